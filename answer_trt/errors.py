@@ -1,0 +1,10 @@
+"""Errors a user can fix by changing their command or call."""
+
+from __future__ import annotations
+
+
+class UserInputError(ValueError):
+    """A request the engine refuses; the message says what to change.
+
+    The CLI prints the message on one line and exits with code 2.
+    """

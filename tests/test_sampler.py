@@ -1,0 +1,139 @@
+"""The sampler's identities (ANSWER.md) on a small nonlinear toy denoiser."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from diffusers import DDIMScheduler, EulerDiscreteScheduler
+
+from answer_trt import guidance as G
+from answer_trt.config import GuidanceConfig
+from answer_trt.sampler import BranchEvaluator, Conditioning, sample
+
+SCHEDULER_CONFIG = dict(
+    num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+    clip_sample=False, set_alpha_to_one=False, steps_offset=1,
+)
+
+
+class ToyDenoiser:
+    """Nonlinear in latents, timestep and condition, so branch mix-ups show."""
+
+    def __init__(self, channels: int = 4, dim: int = 8) -> None:
+        gen = torch.Generator().manual_seed(0)
+        self.mix = torch.randn(channels, channels, generator=gen) * 0.5
+        self.proj = torch.randn(dim, channels, generator=gen)
+
+    def __call__(self, latents: torch.Tensor, timesteps: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        assert latents.shape[0] == timesteps.shape[0] == cond.shape[0]
+        c = (cond.mean(1) @ self.proj)[:, :, None, None]
+        h = torch.einsum("oc,nchw->nohw", self.mix, latents)
+        return torch.tanh(h + c * (timesteps[:, None, None, None] / 1000.0)) + 0.1 * latents
+
+
+def make_scheduler(kind: str):
+    cls = {"ddim": DDIMScheduler, "euler": EulerDiscreteScheduler}[kind]
+    return cls.from_config(SCHEDULER_CONFIG)
+
+
+@pytest.fixture
+def problem():
+    gen = torch.Generator().manual_seed(1)
+    noise = torch.randn(2, 4, 6, 6, generator=gen)
+    cond = Conditioning(torch.randn(2, 5, 8, generator=gen), torch.randn(2, 5, 8, generator=gen))
+    return noise, cond
+
+
+def run(problem, guidance: GuidanceConfig, kind: str = "ddim", fused: bool = True, steps: int = 8, **kw):
+    noise, cond = problem
+    return sample(ToyDenoiser(), noise, cond, make_scheduler(kind), steps, guidance, fused=fused, **kw)
+
+
+ALL_METHODS = [
+    GuidanceConfig(method="cfg"),
+    GuidanceConfig(method="dns", negative_scale=3.0),
+    GuidanceConfig(method="answer", dns_steps=3, mode="parallel"),
+    GuidanceConfig(method="answer", dns_steps=3, mode="inner"),
+]
+
+
+@pytest.mark.parametrize("kind", ["ddim", "euler"])
+@pytest.mark.parametrize("guidance", ALL_METHODS, ids=lambda g: f"{g.method}-{g.mode}")
+def test_fused_equals_unfused(problem, guidance, kind):
+    fused = run(problem, guidance, kind, fused=True)
+    unfused = run(problem, guidance, kind, fused=False)
+    assert torch.isfinite(fused).all()
+    torch.testing.assert_close(fused, unfused, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["ddim", "euler"])
+@pytest.mark.parametrize("mode", ["parallel", "inner"])
+@pytest.mark.parametrize("wn", [0.5, 7.5, 20.0])
+def test_answer_k1_equals_cfg_for_any_negative_scale(problem, kind, mode, wn):
+    cfg = run(problem, GuidanceConfig(method="cfg", guidance_scale=5.0), kind)
+    ans = run(problem, GuidanceConfig(method="answer", guidance_scale=5.0, negative_scale=wn, dns_steps=1, mode=mode), kind)
+    torch.testing.assert_close(ans, cfg, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["parallel", "inner"])
+def test_answer_k_above_one_differs_from_cfg(problem, mode):
+    cfg = run(problem, GuidanceConfig(method="cfg", guidance_scale=5.0))
+    ans = run(problem, GuidanceConfig(method="answer", guidance_scale=5.0, dns_steps=4, mode=mode))
+    assert (ans - cfg).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("kind", ["ddim", "euler"])
+def test_dns_equals_cfg_with_prompts_swapped(problem, kind):
+    noise, cond = problem
+    wn = 4.0
+    dns = run(problem, GuidanceConfig(method="dns", negative_scale=wn), kind)
+    swapped = Conditioning(positive=cond.negative, negative=cond.positive)
+    cfg = run((noise, swapped), GuidanceConfig(method="cfg", guidance_scale=1.0 + wn), kind)
+    torch.testing.assert_close(dns, cfg, rtol=1e-5, atol=1e-5)
+
+
+def test_call_counts_match_the_cost_model(problem):
+    """Parallel: one call per step. Inner: up to K calls per step (2K evaluations)."""
+    noise, cond = problem
+    counts = {}
+    for mode in ("parallel", "inner"):
+        evaluators = []
+        original_init = BranchEvaluator.__init__
+
+        def spy(self, *a, **kw):
+            original_init(self, *a, **kw)
+            evaluators.append(self)
+
+        BranchEvaluator.__init__ = spy
+        try:
+            run(problem, GuidanceConfig(method="answer", dns_steps=3, mode=mode), steps=6)
+        finally:
+            BranchEvaluator.__init__ = original_init
+        counts[mode] = evaluators[0].calls
+    assert counts["parallel"] == 6
+    # steps 0..3 run 3 iterations, step 4 runs 2, step 5 runs 1.
+    assert counts["inner"] == 3 * 4 + 2 + 1
+
+
+def test_parallel_batch_sizes_per_step(problem):
+    """Re-anchor steps send 2 branches, the others 3 (ANSWER.md)."""
+    noise, cond = problem
+    sizes = []
+    toy = ToyDenoiser()
+
+    def recording(latents, t, c):
+        sizes.append(latents.shape[0])
+        return toy(latents, t, c)
+
+    sample(recording, noise, cond, make_scheduler("ddim"), 5, GuidanceConfig(dns_steps=2))
+    b = noise.shape[0]
+    assert sizes == [2 * b, 3 * b, 2 * b, 3 * b, 2 * b]
+
+
+def test_v_prediction_is_converted_to_epsilon():
+    gen = torch.Generator().manual_seed(3)
+    x0, eps = torch.randn(2, 4, 3, 3, generator=gen), torch.randn(2, 4, 3, 3, generator=gen)
+    alpha, sigma = 0.6, 0.8
+    x = alpha * x0 + sigma * eps
+    v = alpha * eps - sigma * x0
+    torch.testing.assert_close(G.to_epsilon(v, x, alpha, sigma, "v_prediction"), eps, rtol=1e-5, atol=1e-5)
