@@ -1,0 +1,1 @@
+"""Engines behind one interface: ``run(dict of named tensors) -> dict of named tensors``."""

@@ -1,0 +1,27 @@
+"""Torch backend (eager): the reference every exported engine is compared with."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor, nn
+
+from export.iospec import ComponentSpec
+
+
+class TorchEngine:
+    """Runs the spec-shaped torch module of one component (see ``export.wrappers``)."""
+
+    def __init__(self, module: nn.Module, spec: ComponentSpec, dtype: torch.dtype = torch.float32) -> None:
+        self.spec = spec
+        self.module = module.to(dtype).eval()
+        self.dtype = dtype
+
+    def run(self, feeds: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        args = [
+            feeds[t.name].to(self.dtype) if t.dtype.startswith("float") else feeds[t.name] for t in self.spec.inputs
+        ]
+        with torch.inference_mode():
+            out = self.module(*args)
+        return {self.spec.output_names[0]: out}

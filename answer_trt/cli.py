@@ -1,0 +1,210 @@
+"""`answer-trt`: build, generate and info. User errors exit with code 2 and one line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from answer_trt.config import METHODS, MODES
+from answer_trt.errors import UserInputError
+from answer_trt.images import NonFiniteImageError, numbered_paths
+from answer_trt.schedulers import SCHEDULERS
+
+EXIT_USAGE = 2
+EXIT_FAILURE = 1
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _positive_multiple_of_8(text: str) -> int:
+    value = _int(text)
+    if value <= 0 or value % 8:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive multiple of 8")
+    return value
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+
+
+def _at_least_1(text: str) -> int:
+    value = _int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is below 1")
+    return value
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = _ArgumentParser(prog="answer-trt", description="ANSWER-guided text-to-image on optimized engines.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_ArgumentParser)
+
+    b = sub.add_parser("build", help="export a model's components and build engines")
+    b.add_argument("--model", default="tiny", help="diffusers folder, hub id, or `tiny` (default)")
+    b.add_argument("--out", required=True, type=Path, help="engines folder to write")
+    b.add_argument("--backend", default="onnxruntime", choices=("onnxruntime", "tensorrt"))
+    b.add_argument("--precision", default="fp32", choices=("fp32", "fp16"))
+    b.add_argument("--max-batch", type=_at_least_1, default=4, help="most images per call (default 4)")
+    b.add_argument("--height", type=_positive_multiple_of_8, help="image height (default: the model's)")
+    b.add_argument("--width", type=_positive_multiple_of_8, help="image width (default: the model's)")
+    b.add_argument("--force", action="store_true", help="rebuild even when the manifest matches")
+
+    g = sub.add_parser("generate", help="generate images")
+    g.add_argument("prompt", help="text prompt; an empty string means unconditional sampling")
+    source = g.add_mutually_exclusive_group()
+    source.add_argument("--engines", type=Path, help="engines folder made by `answer-trt build`")
+    source.add_argument("--model", help="model to build into the cache on first use (default `tiny`)")
+    g.add_argument("--backend", choices=("onnxruntime", "torch"), default=None,
+                   help="with --model: torch runs it eagerly instead of building engines")
+    g.add_argument("--method", choices=METHODS, default="answer")
+    g.add_argument("--negative-prompt", default=None)
+    g.add_argument("--steps", type=_at_least_1, default=30)
+    g.add_argument("--guidance-scale", type=float, default=7.5)
+    g.add_argument("--negative-scale", type=float, default=None, help="wn (default: the guidance scale)")
+    g.add_argument("--dns-steps", type=_at_least_1, default=4, help="K, DNS iterations per negative")
+    g.add_argument("--mode", choices=MODES, default="parallel")
+    g.add_argument("--scheduler", choices=tuple(SCHEDULERS), default=None, help="default: the model's own")
+    g.add_argument("--seed", type=_int, default=0)
+    g.add_argument("--height", type=_positive_multiple_of_8)
+    g.add_argument("--width", type=_positive_multiple_of_8)
+    g.add_argument("--batch", type=_at_least_1, default=1)
+    g.add_argument("-o", "--output", type=Path, default=Path("answer.png"), help="PNG path (default answer.png)")
+
+    i = sub.add_parser("info", help="print an engines folder's manifest")
+    i.add_argument("folder", type=Path)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="answer-trt: %(levelname)s: %(message)s", stream=sys.stderr)
+    try:
+        return {"build": _build, "generate": _generate, "info": _info}[args.command](args)
+    except UserInputError as exc:
+        print(f"answer-trt: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except NonFiniteImageError as exc:
+        print(f"answer-trt: error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def _build(args: argparse.Namespace) -> int:
+    from export.build import BuildConfig, build
+
+    started = time.perf_counter()
+    config = BuildConfig(
+        model=args.model, out=args.out, backend=args.backend, precision=args.precision,
+        max_batch=args.max_batch, height=args.height, width=args.width, force=args.force,
+    )
+    build(config, log=lambda msg: print(msg, file=sys.stderr))
+    print(f"answer-trt: build finished in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+    return 0
+
+
+def _check_output(path: Path, batch: int) -> None:
+    if path.suffix.lower() != ".png":
+        raise UserInputError(f"-o {path}: the output must be a .png file")
+    if not path.parent.is_dir():
+        raise UserInputError(f"-o {path}: folder {path.parent} does not exist; create it or pick another path")
+    for target in numbered_paths(path, batch):
+        if target.is_dir():
+            raise UserInputError(f"-o {path}: {target} is a folder; pick a file name")
+
+
+def _generate(args: argparse.Namespace) -> int:
+    import answer_trt
+    from answer_trt.images import save_pngs
+    from answer_trt.loaders import build_cached
+
+    _check_output(args.output, args.batch)
+    started = time.perf_counter()
+    if args.engines is not None:
+        if args.backend == "torch":
+            raise UserInputError("--backend torch runs a model, not engines: use --model with it")
+        pipe = answer_trt.load(args.engines)
+    elif args.backend == "torch":
+        pipe = answer_trt.load(args.model or "tiny", backend="torch")
+    else:
+        model = args.model or "tiny"
+        log = lambda msg: print(msg, file=sys.stderr)  # noqa: E731
+        pipe = answer_trt.load(build_cached(model, args.height, args.width, args.batch, log=log))
+    loaded = time.perf_counter()
+
+    progress = _progress_bar(args.steps)
+    try:
+        result = pipe.generate(
+            args.prompt, method=args.method, negative_prompt=args.negative_prompt, steps=args.steps,
+            guidance_scale=args.guidance_scale, negative_scale=args.negative_scale, dns_steps=args.dns_steps,
+            mode=args.mode, scheduler=args.scheduler, seed=args.seed, height=args.height, width=args.width,
+            batch=args.batch, callback=progress.update if progress else None,
+        )
+    finally:
+        if progress:
+            progress.close()
+    paths = save_pngs(result.images, args.output)
+    h, w = result.config.height, result.config.width
+    assert h is not None and w is not None
+    print(
+        f"answer-trt: wrote {', '.join(map(str, paths))}; {result.timings.summary(len(paths), h, w)}; "
+        f"load {loaded - started:.2f} s",
+        file=sys.stderr,
+    )
+    return 0
+
+
+class _Progress:
+    def __init__(self, steps: int) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=steps, unit="step", leave=False, file=sys.stderr)
+
+    def update(self, _index: int, _total: int) -> None:
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _progress_bar(steps: int) -> _Progress | None:
+    return _Progress(steps) if sys.stderr.isatty() else None
+
+
+def _info(args: argparse.Namespace) -> int:
+    from answer_trt.manifest import mismatched_files, read_manifest
+
+    manifest = read_manifest(args.folder)
+    bad = mismatched_files(args.folder, manifest)
+    lines = [
+        f"engines:    {args.folder}",
+        f"model:      {manifest.model_name} (sha256 {manifest.model_hash[:16]}...)",
+        f"backend:    {manifest.backend}, {manifest.precision}",
+        f"built for:  batch <= {manifest.max_batch}, {manifest.width}x{manifest.height} px, "
+        f"prediction {manifest.prediction_type}",
+        f"key:        {manifest.key}",
+        f"versions:   {', '.join(f'{k} {v}' for k, v in sorted(manifest.versions.items()))}",
+        "components:",
+    ]
+    for name, entry in manifest.components.items():
+        profile = ", ".join(f"{sym} {lo}..{hi} (opt {opt})" for sym, (lo, opt, hi) in entry.profile.items())
+        lines.append(f"  {name:<13} {entry.file}  [{profile}]")
+        for tensor in (*entry.spec.inputs, *entry.spec.outputs):
+            kind = "in " if tensor in entry.spec.inputs else "out"
+            lines.append(f"      {kind} {tensor.name:<22} {tensor.dtype:<8} {list(tensor.shape)}")
+    lines.append(f"files:      {len(manifest.files)}, " + ("all match their checksums" if not bad else
+                                                            f"MISMATCH: {', '.join(bad)}"))
+    print("\n".join(lines))
+    return 0 if not bad else EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

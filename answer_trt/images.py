@@ -1,0 +1,52 @@
+"""Decoded image tensors -> PIL images -> PNG files carrying the generation parameters."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+from torch import Tensor
+
+from answer_trt.files import atomic_path
+
+
+class NonFiniteImageError(RuntimeError):
+    """The decoder produced NaN or inf: writing the image would give a black picture."""
+
+
+def to_pil(images: Tensor, params: Mapping[str, str]) -> list[Image.Image]:
+    """``images[B, 3, H, W]`` in [-1, 1] -> RGB images; ``params`` go into ``image.info``."""
+    if not torch.isfinite(images).all():
+        raise NonFiniteImageError(
+            "the VAE decoder produced NaN or inf values; with fp16 engines rebuild with --precision fp32"
+        )
+    pixels = ((images.to(torch.float32) / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
+    arrays = pixels.permute(0, 2, 3, 1).contiguous().numpy()
+    result = []
+    for array in arrays:
+        image = Image.fromarray(np.ascontiguousarray(array), mode="RGB")
+        image.info.update(params)
+        result.append(image)
+    return result
+
+
+def numbered_paths(first: Path, count: int) -> list[Path]:
+    """``out.png, out-1.png, out-2.png, ...``: the first keeps the name the user gave."""
+    return [first] + [first.with_name(f"{first.stem}-{i}{first.suffix}") for i in range(1, count)]
+
+
+def save_pngs(images: Sequence[Image.Image], first: Path) -> list[Path]:
+    """Write each image atomically with its ``info`` as PNG text chunks."""
+    paths = numbered_paths(first, len(images))
+    for image, path in zip(images, paths):
+        info = PngInfo()
+        for key, value in image.info.items():
+            if isinstance(value, str):
+                info.add_text(key, value)
+        with atomic_path(path) as tmp:
+            image.save(tmp, format="PNG", pnginfo=info)
+    return paths

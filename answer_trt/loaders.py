@@ -1,0 +1,99 @@
+"""Make a Pipeline from an engines folder, a model (built into the cache), or a model
+run eagerly in torch."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from answer_trt.cache import cache_root
+from answer_trt.errors import UserInputError
+from answer_trt.manifest import MANIFEST_NAME, read_manifest, verify_files
+from answer_trt.pipeline import Limits, Pipeline
+
+BACKENDS = ("onnxruntime", "torch")
+DEFAULT_MAX_BATCH = 4
+
+
+def load(source: str | Path = "tiny", *, backend: str | None = None, build_log: Any = None) -> Pipeline:
+    """``source``: an engines folder (has manifest.json), or a MODEL (``tiny``, a
+    diffusers folder, a hub id). A model is built into the cache on first use, or run
+    eagerly with ``backend="torch"``."""
+    if backend is not None and backend not in BACKENDS:
+        raise UserInputError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+    if backend == "torch":
+        return from_model_eager(str(source))
+    if (Path(source) / MANIFEST_NAME).is_file():
+        return from_engines(Path(source))
+    return from_engines(build_cached(str(source), log=build_log))
+
+
+def from_engines(folder: Path) -> Pipeline:
+    from transformers import CLIPTokenizer
+
+    from answer_trt.backends.ort import OnnxRuntimeEngine
+
+    manifest = read_manifest(folder)
+    verify_files(folder, manifest)
+    engines = {
+        name: OnnxRuntimeEngine(folder / entry.file, entry.spec, entry.profile)
+        for name, entry in manifest.components.items()
+    }
+    return Pipeline(
+        tokenizer=CLIPTokenizer.from_pretrained(folder / "tokenizer"),
+        engines=engines,  # type: ignore[arg-type]
+        scheduler_config=json.loads((folder / "scheduler" / "scheduler_config.json").read_text()),
+        dims=manifest.dims,
+        prediction_type=manifest.prediction_type,
+        model_name=manifest.model_name,
+        backend=manifest.backend,
+        limits=Limits(manifest.max_batch, manifest.height, manifest.width, f"answer-trt build --model "
+                      f"{manifest.model_name} --out {folder}"),
+    )
+
+
+def from_model_eager(model: str) -> Pipeline:
+    from answer_trt.backends.torch_eager import TorchEngine
+    from answer_trt.models.source import load_model, read_dims, resolve_model
+    from export.iospec import component_specs
+    from export.wrappers import component_modules
+
+    source = resolve_model(model)
+    loaded = load_model(source.path)
+    dims = read_dims(source.path)
+    specs = component_specs(dims)
+    engines = {name: TorchEngine(module, specs[name]) for name, module in component_modules(loaded).items()}
+    return Pipeline(
+        tokenizer=loaded.tokenizer,
+        engines=engines,  # type: ignore[arg-type]
+        scheduler_config=loaded.scheduler_config,
+        dims=dims,
+        prediction_type=loaded.scheduler_config.get("prediction_type", "epsilon"),
+        model_name=source.name,
+        backend="torch",
+    )
+
+
+def cached_engines_folder(model: str, height: int | None, width: int | None, max_batch: int) -> Path:
+    """One cache folder per model and build shape: ``<cache>/engines/<name>-<hash>-...``."""
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(model).name or model)[:40]
+    where = model if model == "tiny" else str(Path(model).expanduser().resolve()) if Path(model).exists() else model
+    tag = hashlib.sha256(where.encode()).hexdigest()[:10]
+    size = f"{height or 'default'}x{width or 'default'}"
+    return cache_root() / "engines" / f"{slug}-{tag}-{size}-b{max_batch}"
+
+
+def build_cached(
+    model: str, height: int | None = None, width: int | None = None, batch: int = 1, log: Any = None
+) -> Path:
+    """Build (or reuse) ONNX Runtime engines for ``model`` in the cache; returns the folder."""
+    from export.build import BuildConfig, build
+
+    max_batch = max(DEFAULT_MAX_BATCH, batch)
+    folder = cached_engines_folder(model, height, width, max_batch)
+    config = BuildConfig(model=model, out=folder, max_batch=max_batch, height=height, width=width)
+    build(config, log=log or (lambda _msg: None))
+    return folder

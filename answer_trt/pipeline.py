@@ -1,0 +1,196 @@
+"""The generation pipeline: tokenize -> encode -> sample -> decode -> PIL images."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from answer_trt.backends.base import Engine, EngineDenoiser
+from answer_trt.config import GuidanceConfig, SamplingConfig
+from answer_trt.errors import UserInputError
+from answer_trt.images import to_pil
+from answer_trt.sampler import Conditioning, StepCallback, sample
+from answer_trt.schedulers import make_scheduler
+from answer_trt.text import PromptEncoder
+from export.iospec import TEXT_ENCODER, UNET, VAE_DECODER, ModelDims
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What the engines were built for; ``None`` means unlimited (torch backend)."""
+
+    max_batch: int | None = None
+    height: int | None = None
+    width: int | None = None
+    rebuild_hint: str = "answer-trt build"
+
+
+@dataclass(frozen=True)
+class Timings:
+    text_s: float
+    denoise_s: float
+    decode_s: float
+    steps: int
+
+    @property
+    def total_s(self) -> float:
+        return self.text_s + self.denoise_s + self.decode_s
+
+    def summary(self, images: int, height: int, width: int) -> str:
+        return (
+            f"{images} image(s) {width}x{height} in {self.total_s:.2f} s: text {self.text_s * 1e3:.0f} ms, "
+            f"denoise {self.denoise_s:.2f} s ({self.denoise_s / self.steps * 1e3:.1f} ms/step x {self.steps}), "
+            f"decode {self.decode_s * 1e3:.0f} ms"
+        )
+
+
+@dataclass(frozen=True)
+class Generation:
+    images: list[Image.Image]
+    params: dict[str, str]
+    timings: Timings
+    config: SamplingConfig
+
+
+class Pipeline:
+    """ANSWER / CFG / DNS text-to-image over three engines (see ``answer_trt.load``)."""
+
+    def __init__(
+        self,
+        *,
+        tokenizer: Any,
+        engines: dict[str, Engine],
+        scheduler_config: dict[str, Any],
+        dims: ModelDims,
+        prediction_type: str,
+        model_name: str,
+        backend: str,
+        limits: Limits = Limits(),
+    ) -> None:
+        self.engines = engines
+        self.text = PromptEncoder(tokenizer, engines[TEXT_ENCODER], dims.text_max_length)
+        self.denoiser = EngineDenoiser(engines[UNET])
+        self.scheduler_config = scheduler_config
+        self.dims = dims
+        self.prediction_type = prediction_type
+        self.model_name = model_name
+        self.backend = backend
+        self.limits = limits
+
+    @property
+    def default_size(self) -> tuple[int, int]:
+        size = self.dims.default_image_size
+        return (self.limits.height or size, self.limits.width or size)
+
+    def __call__(self, prompt: str, **kwargs: Any) -> list[Image.Image]:
+        return self.generate(prompt, **kwargs).images
+
+    def generate(
+        self,
+        prompt: str,
+        *,
+        method: str = "answer",
+        negative_prompt: str | None = None,
+        steps: int = 30,
+        guidance_scale: float = 7.5,
+        negative_scale: float | None = None,
+        dns_steps: int = 4,
+        mode: str = "parallel",
+        scheduler: str | None = None,
+        seed: int = 0,
+        height: int | None = None,
+        width: int | None = None,
+        batch: int = 1,
+        fused: bool = True,
+        callback: StepCallback | None = None,
+    ) -> Generation:
+        """Generate ``batch`` images for ``prompt``. An empty prompt is valid: its
+        embedding is c_0, so CFG becomes unconditional sampling."""
+        config = SamplingConfig(
+            guidance=GuidanceConfig(method, guidance_scale, negative_scale, dns_steps, mode),
+            steps=steps,
+            scheduler=scheduler,
+            seed=seed,
+            height=height,
+            width=width,
+            batch=batch,
+        )
+        config = self.check_request(config, prompt)
+        scheduler_obj = make_scheduler(self.scheduler_config, config.scheduler)
+        assert config.height is not None and config.width is not None  # resolved by check_request
+
+        started = time.perf_counter()
+        c_p, c_neg = self.text.encode(prompt, negative_prompt)
+        cond = Conditioning(c_p.expand(batch, -1, -1), c_neg.expand(batch, -1, -1))
+        text_done = time.perf_counter()
+
+        generator = torch.Generator("cpu").manual_seed(seed)
+        shape = (batch, self.dims.latent_channels, config.height // self.dims.vae_scale_factor,
+                 config.width // self.dims.vae_scale_factor)
+        noise = torch.randn(shape, generator=generator, dtype=torch.float32)
+        latents = sample(
+            self.denoiser, noise, cond, scheduler_obj, steps, config.guidance,
+            prediction_type=self.prediction_type, fused=fused, callback=callback,
+        )
+        denoise_done = time.perf_counter()
+
+        decoder = self.engines[VAE_DECODER]
+        decoded = decoder.run({decoder.spec.input_names[0]: latents})[decoder.spec.output_names[0]]
+        params = self.parameters(prompt, negative_prompt, config, type(scheduler_obj).__name__)
+        images = to_pil(decoded, params)
+        timings = Timings(text_done - started, denoise_done - text_done, time.perf_counter() - denoise_done, steps)
+        return Generation(images, params, timings, config)
+
+    def check_request(self, config: SamplingConfig, prompt: str) -> SamplingConfig:
+        """Fill in the default size and refuse what the engines were not built for."""
+        if not isinstance(prompt, str):
+            raise UserInputError(f"prompt must be a string, got {type(prompt).__name__}")
+        default_h, default_w = self.default_size
+        config = replace(config, height=config.height or default_h, width=config.width or default_w)
+        limits, factor = self.limits, self.dims.vae_scale_factor
+        for side, value, built in (("height", config.height, limits.height), ("width", config.width, limits.width)):
+            assert value is not None
+            if value % factor:
+                raise UserInputError(f"--{side} {value} is not a multiple of {factor}: pick e.g. {value - value % factor}")
+            if built is not None and value != built:
+                raise UserInputError(
+                    f"--{side} {value} is outside what was built ({side} {built}): use --{side} {built}, "
+                    f"or rebuild with `{limits.rebuild_hint} --{side} {value}`"
+                )
+        if limits.max_batch is not None and config.batch > limits.max_batch:
+            raise UserInputError(
+                f"--batch {config.batch} is beyond the built maximum of {limits.max_batch}: use --batch "
+                f"{limits.max_batch} or fewer, or rebuild with `{limits.rebuild_hint} --max-batch {config.batch}`"
+            )
+        return config
+
+    def parameters(
+        self, prompt: str, negative_prompt: str | None, config: SamplingConfig, scheduler_name: str
+    ) -> dict[str, str]:
+        g = config.guidance
+        params: dict[str, Any] = {
+            "prompt": prompt,
+            "negative_prompt": negative_prompt or "",
+            "method": g.method,
+            "seed": config.seed,
+            "steps": config.steps,
+            "guidance_scale": g.guidance_scale,
+            "negative_scale": g.wn,
+            "dns_steps": g.dns_steps,
+            "mode": g.mode,
+            "scheduler": scheduler_name,
+            "height": config.height,
+            "width": config.width,
+            "model": self.model_name,
+            "backend": self.backend,
+        }
+        text = {k: str(v) for k, v in params.items()}
+        text["parameters"] = json.dumps(params, sort_keys=True)
+        return text

@@ -1,0 +1,201 @@
+"""`answer-trt build`: model -> ONNX per component -> engines folder with a manifest.
+
+A build whose key (model content, backend, precision, shapes, library versions)
+matches the folder's manifest, and whose files still match their checksums, is
+skipped. Everything is written into a staging folder first; files are moved into
+place with renames and the manifest is written last.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from answer_trt import __version__
+from answer_trt.errors import UserInputError
+from answer_trt.manifest import (
+    MANIFEST_NAME,
+    ComponentEntry,
+    Manifest,
+    mismatched_files,
+    read_manifest,
+    write_manifest,
+)
+from answer_trt.files import sha256_file
+from answer_trt.models.source import LoadedModel, ModelSource, load_model, read_dims, resolve_model
+from export.iospec import ModelDims, component_profiles, component_specs
+
+BACKENDS = ("onnxruntime", "tensorrt")
+PRECISIONS = ("fp32", "fp16")
+# Copied beside the engines so that a folder is all `generate --engines` needs.
+MODEL_FILES = ("tokenizer", "scheduler")
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    model: str = "tiny"
+    out: Path = Path("engines/tiny")
+    backend: str = "onnxruntime"
+    precision: str = "fp32"
+    max_batch: int = 4
+    height: int | None = None
+    width: int | None = None
+    force: bool = False
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise UserInputError(f"unknown backend {self.backend!r}: choose one of {', '.join(BACKENDS)}")
+        if self.precision not in PRECISIONS:
+            raise UserInputError(f"unknown precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
+        if isinstance(self.max_batch, bool) or not isinstance(self.max_batch, int) or self.max_batch < 1:
+            raise UserInputError(f"--max-batch must be an integer >= 1, got {self.max_batch!r}")
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    """A build request resolved against its model: what the artifacts will be."""
+
+    config: BuildConfig
+    source: ModelSource
+    model_hash: str
+    dims: ModelDims
+    height: int
+    width: int
+
+    @property
+    def key(self) -> str:
+        """sha256 of everything that decides the artifacts; ``force`` and ``out`` are not in it."""
+        from export.onnx_export import OPSET
+
+        inputs = {
+            "model_hash": self.model_hash,
+            "backend": self.config.backend,
+            "precision": self.config.precision,
+            "max_batch": self.config.max_batch,
+            "height": self.height,
+            "width": self.width,
+            "opset": OPSET,
+            "versions": library_versions(),
+        }
+        return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    manifest: Manifest
+    folder: Path
+    skipped: bool
+
+
+def build(config: BuildConfig, log: Callable[[str], None] = print) -> BuildResult:
+    if config.backend == "tensorrt":
+        raise UserInputError(
+            "the tensorrt backend needs TensorRT, which is not part of this build: use --backend onnxruntime"
+        )
+    source = resolve_model(config.model)
+    dims = read_dims(source.path)
+    height, width = _resolution(config, dims)
+    plan = BuildPlan(config, source, source.content_hash(), dims, height, width)
+    key = plan.key
+    out = config.out
+    if not config.force and _up_to_date(out, key):
+        log(f"{out}: up to date with {source.name} (manifest key {key[:12]}), nothing to build")
+        return BuildResult(read_manifest(out), out, skipped=True)
+
+    out.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out))
+    try:
+        manifest = _export_all(plan, load_model(source.path), staging, log)
+        _publish(staging, out, manifest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    log(f"{out}: built {', '.join(manifest.components)} ({config.backend}, {config.precision})")
+    return BuildResult(manifest, out, skipped=False)
+
+
+def _resolution(config: BuildConfig, dims: ModelDims) -> tuple[int, int]:
+    height = config.height or dims.default_image_size
+    width = config.width or dims.default_image_size
+    for side, value in (("height", height), ("width", width)):
+        if value <= 0 or value % dims.vae_scale_factor:
+            raise UserInputError(f"--{side} must be a positive multiple of {dims.vae_scale_factor}, got {value}")
+    return height, width
+
+
+def library_versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+    import torch
+
+    return {"answer_trt": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__}
+
+
+def _up_to_date(out: Path, key: str) -> bool:
+    if not (out / MANIFEST_NAME).is_file():
+        return False
+    try:
+        manifest = read_manifest(out)
+    except UserInputError:
+        return False
+    return manifest.key == key and not mismatched_files(out, manifest)
+
+
+def _export_all(plan: BuildPlan, model: LoadedModel, staging: Path, log: Callable[[str], None]) -> Manifest:
+    import torch
+
+    from export.onnx_export import export_onnx
+    from export.wrappers import component_modules
+
+    config, dims = plan.config, plan.dims
+    float_dtype = "float16" if config.precision == "fp16" else "float32"
+    specs = {name: spec.with_dtype(float_dtype) for name, spec in component_specs(dims).items()}
+    profiles = component_profiles(dims, config.max_batch, plan.height, plan.width)
+    modules = component_modules(model)
+    binding = dims.bind(1, plan.height, plan.width)
+    components = {}
+    for name, module in modules.items():
+        log(f"exporting {name} to ONNX")
+        if float_dtype == "float16":
+            module = module.to(torch.float16)
+        file = f"{name}.onnx"
+        export_onnx(module, specs[name], binding, staging / file)
+        components[name] = ComponentEntry(file, specs[name], profiles[name])
+    for sub in MODEL_FILES:
+        shutil.copytree(plan.source.path / sub, staging / sub)
+    files = {
+        p.relative_to(staging).as_posix(): sha256_file(p) for p in sorted(staging.rglob("*")) if p.is_file()
+    }
+    scheduler_config = json.loads((plan.source.path / "scheduler" / "scheduler_config.json").read_text())
+    return Manifest(
+        key=plan.key,
+        backend=config.backend,
+        precision=config.precision,
+        model_name=plan.source.name,
+        model_hash=plan.model_hash,
+        max_batch=config.max_batch,
+        height=plan.height,
+        width=plan.width,
+        dims=dims,
+        prediction_type=scheduler_config.get("prediction_type", "epsilon"),
+        components=components,
+        files=files,
+        versions=library_versions(),
+    )
+
+
+def _publish(staging: Path, out: Path, manifest: Manifest) -> None:
+    """Move the staged files into ``out``; the old manifest goes first and the new one
+    comes last, so an interrupted publish leaves a folder that loads as 'rebuild'."""
+    (out / MANIFEST_NAME).unlink(missing_ok=True)
+    for entry in sorted(staging.iterdir()):
+        target = out / entry.name
+        if target.is_dir():
+            shutil.rmtree(target)
+        entry.replace(target)
+    write_manifest(out, manifest)

@@ -1,0 +1,197 @@
+"""The IO spec: the one table of tensor names, shapes and dtypes per component.
+
+Dynamic axes, sample inputs, optimization profiles, runtime feed names and shape
+checks are all derived from it. Shapes mix fixed sizes (ints) with symbols (str)
+that a request binds: ``batch``, ``latent_height``/``latent_width`` and
+``image_height``/``image_width``. This module imports nothing heavy: the runtime uses it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from answer_trt.errors import UserInputError
+
+Dim = int | str
+Profile = dict[str, tuple[int, int, int]]  # symbol -> (min, opt, max)
+
+TEXT_ENCODER, UNET, VAE_DECODER = "text_encoder", "unet", "vae_decoder"
+COMPONENTS = (TEXT_ENCODER, UNET, VAE_DECODER)
+
+# Branches stacked in one UNet call: ANSWER parallel sends (x,c_p), (z,c_p), (z,c_0).
+MAX_BRANCHES = 3
+# Text encoder calls encode the prompt and the negative (or empty) prompt together.
+TEXT_BRANCHES = 2
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: tuple[Dim, ...]
+    dtype: str  # numpy dtype name: "float32", "float16", "int64"
+
+    def bind(self, dims: Mapping[str, int]) -> tuple[int, ...]:
+        return tuple(d if isinstance(d, int) else dims[d] for d in self.shape)
+
+
+@dataclass(frozen=True)
+class ComponentSpec:
+    name: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+    @property
+    def input_names(self) -> list[str]:
+        return [t.name for t in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [t.name for t in self.outputs]
+
+    @property
+    def symbols(self) -> list[str]:
+        seen: dict[str, None] = {}
+        for tensor in (*self.inputs, *self.outputs):
+            seen.update((d, None) for d in tensor.shape if isinstance(d, str))
+        return list(seen)
+
+    def dynamic_axes(self) -> dict[str, dict[int, str]]:
+        """``torch.onnx.export``'s dynamic_axes: every symbolic dim of every tensor."""
+        return {
+            t.name: {axis: d for axis, d in enumerate(t.shape) if isinstance(d, str)}
+            for t in (*self.inputs, *self.outputs)
+            if any(isinstance(d, str) for d in t.shape)
+        }
+
+    def with_dtype(self, float_dtype: str) -> ComponentSpec:
+        """The same spec with its floating tensors in ``float_dtype`` (for fp16 builds)."""
+
+        def convert(tensors: tuple[TensorSpec, ...]) -> tuple[TensorSpec, ...]:
+            return tuple(
+                TensorSpec(t.name, t.shape, float_dtype if t.dtype.startswith("float") else t.dtype) for t in tensors
+            )
+
+        return ComponentSpec(self.name, convert(self.inputs), convert(self.outputs))
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ComponentSpec:
+        def tensors(items: list[Mapping[str, Any]]) -> tuple[TensorSpec, ...]:
+            return tuple(TensorSpec(i["name"], tuple(i["shape"]), i["dtype"]) for i in items)
+
+        return cls(data["name"], tensors(data["inputs"]), tensors(data["outputs"]))
+
+
+@dataclass(frozen=True)
+class ModelDims:
+    """The sizes of a model that its component specs depend on."""
+
+    text_max_length: int
+    text_hidden_size: int
+    latent_channels: int
+    vae_scale_factor: int
+    default_latent_size: int
+
+    @property
+    def default_image_size(self) -> int:
+        return self.default_latent_size * self.vae_scale_factor
+
+    def bind(self, batch: int, height: int, width: int) -> dict[str, int]:
+        """Values of every symbol for ``batch`` images of ``height`` x ``width`` pixels."""
+        return {
+            "batch": batch,
+            "image_height": height,
+            "image_width": width,
+            "latent_height": height // self.vae_scale_factor,
+            "latent_width": width // self.vae_scale_factor,
+        }
+
+
+def component_specs(dims: ModelDims) -> dict[str, ComponentSpec]:
+    latent = ("batch", dims.latent_channels, "latent_height", "latent_width")
+    text = ("batch", dims.text_max_length, dims.text_hidden_size)
+    return {
+        TEXT_ENCODER: ComponentSpec(
+            TEXT_ENCODER,
+            inputs=(TensorSpec("input_ids", ("batch", dims.text_max_length), "int64"),),
+            outputs=(TensorSpec("text_embeddings", text, "float32"),),
+        ),
+        UNET: ComponentSpec(
+            UNET,
+            inputs=(
+                TensorSpec("sample", latent, "float32"),
+                TensorSpec("timestep", ("batch",), "float32"),
+                TensorSpec("encoder_hidden_states", text, "float32"),
+            ),
+            outputs=(TensorSpec("noise_pred", latent, "float32"),),
+        ),
+        VAE_DECODER: ComponentSpec(
+            VAE_DECODER,
+            inputs=(TensorSpec("latent", latent, "float32"),),
+            outputs=(TensorSpec("images", ("batch", 3, "image_height", "image_width"), "float32"),),
+        ),
+    }
+
+
+# How many stacked rows one image adds to each component's batch axis.
+BATCH_MULTIPLIER = {TEXT_ENCODER: TEXT_BRANCHES, UNET: MAX_BRANCHES, VAE_DECODER: 1}
+
+
+def component_profiles(dims: ModelDims, max_batch: int, height: int, width: int) -> dict[str, Profile]:
+    """Optimization profiles per component: batch from 1 to multiplier x max_batch
+    (opt at max_batch images), resolution fixed at the built size."""
+    smallest = dims.bind(1, height, width)
+    profiles: dict[str, Profile] = {}
+    for name, spec in component_specs(dims).items():
+        multiplier = BATCH_MULTIPLIER[name]
+        profile: Profile = {}
+        for symbol in spec.symbols:
+            if symbol == "batch":
+                profile[symbol] = (1, multiplier * max_batch, multiplier * max_batch)
+            else:
+                value = smallest[symbol]
+                profile[symbol] = (value, value, value)
+        profiles[name] = profile
+    return profiles
+
+
+# Which `answer-trt build` flag widens each symbol of a profile.
+BUILD_FLAG = {
+    "batch": "--max-batch",
+    "latent_height": "--height",
+    "image_height": "--height",
+    "latent_width": "--width",
+    "image_width": "--width",
+}
+
+
+def check_shapes(spec: ComponentSpec, profile: Profile, shapes: Mapping[str, tuple[int, ...]]) -> None:
+    """Refuse input shapes outside ``profile`` before anything runs.
+
+    Raises ``UserInputError`` naming the component, the symbol, the profile range and the
+    build flag that would cover the request.
+    """
+    bound: dict[str, int] = {}
+    for tensor in spec.inputs:
+        shape = shapes.get(tensor.name)
+        if shape is None:
+            raise UserInputError(f"{spec.name}: missing input {tensor.name!r}")
+        if len(shape) != len(tensor.shape):
+            raise UserInputError(f"{spec.name}: input {tensor.name!r} has rank {len(shape)}, expected {len(tensor.shape)}")
+        for axis, (want, got) in enumerate(zip(tensor.shape, shape)):
+            if isinstance(want, int):
+                if want != got:
+                    raise UserInputError(f"{spec.name}: input {tensor.name!r} axis {axis} is {got}, the model needs {want}")
+                continue
+            if bound.setdefault(want, got) != got:
+                raise UserInputError(f"{spec.name}: {want} is {bound[want]} in one input and {got} in {tensor.name!r}")
+            low, _, high = profile[want]
+            if not low <= got <= high:
+                raise UserInputError(
+                    f"{spec.name}: {want}={got} is outside the built profile [{low}, {high}]; "
+                    f"rebuild with `answer-trt build {BUILD_FLAG.get(want, '')} ...` covering it"
+                )

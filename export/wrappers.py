@@ -1,0 +1,73 @@
+"""Torch modules with the exact inputs and outputs of each component's IO spec.
+
+The ONNX export traces them, and the torch backend runs them, so both backends
+compute the same function under the same tensor names.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from export.iospec import TEXT_ENCODER, UNET, VAE_DECODER, ComponentSpec
+
+
+class TextEncoderModule(nn.Module):
+    """``input_ids[B, L] -> text_embeddings[B, L, D]`` (CLIP last hidden state, as SD 1.x uses)."""
+
+    def __init__(self, text_encoder: Any) -> None:
+        super().__init__()
+        self.text_encoder = text_encoder
+
+    def forward(self, input_ids: Tensor) -> Tensor:
+        return self.text_encoder(input_ids, return_dict=False)[0]
+
+
+class UNetModule(nn.Module):
+    """``(sample, timestep[N], encoder_hidden_states) -> noise_pred``: the raw UNet output
+    (eps or v, per the scheduler config's prediction_type)."""
+
+    def __init__(self, unet: Any) -> None:
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, sample: Tensor, timestep: Tensor, encoder_hidden_states: Tensor) -> Tensor:
+        return self.unet(sample, timestep, encoder_hidden_states, return_dict=False)[0]
+
+
+class VaeDecoderModule(nn.Module):
+    """``latent -> images`` in [-1, 1]; undoes the VAE scaling factor first."""
+
+    def __init__(self, vae: Any) -> None:
+        super().__init__()
+        self.vae = vae
+        self.scaling_factor = float(vae.config.scaling_factor)
+
+    def forward(self, latent: Tensor) -> Tensor:
+        return self.vae.decode(latent / self.scaling_factor, return_dict=False)[0]
+
+
+def component_modules(model: Any) -> dict[str, nn.Module]:
+    """The three spec-shaped modules of a ``LoadedModel``, in eval mode."""
+    return {
+        TEXT_ENCODER: TextEncoderModule(model.text_encoder).eval(),
+        UNET: UNetModule(model.unet).eval(),
+        VAE_DECODER: VaeDecoderModule(model.vae).eval(),
+    }
+
+
+def sample_inputs(spec: ComponentSpec, dims: dict[str, int], dtype: torch.dtype = torch.float32) -> dict[str, Tensor]:
+    """Seeded example inputs shaped by the spec (trace inputs and parity tests)."""
+    gen = torch.Generator().manual_seed(0)
+    inputs: dict[str, Tensor] = {}
+    for tensor in spec.inputs:
+        shape = tensor.bind(dims)
+        if tensor.dtype == "int64":
+            inputs[tensor.name] = torch.randint(0, 100, shape, generator=gen, dtype=torch.int64)
+        elif tensor.name == "timestep":
+            inputs[tensor.name] = torch.randint(1, 1000, shape, generator=gen).to(dtype)
+        else:
+            inputs[tensor.name] = torch.randn(shape, generator=gen).to(dtype)
+    return inputs
