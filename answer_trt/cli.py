@@ -10,10 +10,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from answer_trt.config import METHODS, MODES
-from answer_trt.errors import UserInputError
-from answer_trt.images import NonFiniteImageError, numbered_paths
-from answer_trt.schedulers import SCHEDULERS
+from answer_trt.config import METHODS, MODES, SCHEDULERS
+from answer_trt.errors import NonFiniteImageError, UserInputError
+from answer_trt.files import numbered_paths
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
@@ -124,20 +123,20 @@ def _check_output(path: Path, batch: int) -> None:
 def _generate(args: argparse.Namespace) -> int:
     import answer_trt
     from answer_trt.images import save_pngs
-    from answer_trt.loaders import build_cached
+    from answer_trt.loaders import build_cached, from_engines
 
     _check_output(args.output, args.batch)
     started = time.perf_counter()
     if args.engines is not None:
         if args.backend == "torch":
             raise UserInputError("--backend torch runs a model, not engines: use --model with it")
-        pipe = answer_trt.load(args.engines)
+        pipe = from_engines(args.engines)
     elif args.backend == "torch":
         pipe = answer_trt.load(args.model or "tiny", backend="torch")
     else:
         model = args.model or "tiny"
         log = lambda msg: print(msg, file=sys.stderr)  # noqa: E731
-        pipe = answer_trt.load(build_cached(model, args.height, args.width, args.batch, log=log))
+        pipe = from_engines(build_cached(model, args.height, args.width, args.batch, log=log))
     loaded = time.perf_counter()
 
     progress = _progress_bar(args.steps)

@@ -8,6 +8,8 @@ from answer_trt.errors import UserInputError
 
 METHODS = ("answer", "cfg", "dns")
 MODES = ("parallel", "inner")
+# --scheduler names -> diffusers classes; without one, the model's own scheduler runs.
+SCHEDULERS: dict[str, str] = {"ddim": "DDIMScheduler", "euler": "EulerDiscreteScheduler"}
 
 
 @dataclass(frozen=True)

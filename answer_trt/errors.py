@@ -8,3 +8,7 @@ class UserInputError(ValueError):
 
     The CLI prints the message on one line and exits with code 2.
     """
+
+
+class NonFiniteImageError(RuntimeError):
+    """The decoder produced NaN or inf: writing the image would give a black picture."""

@@ -42,6 +42,11 @@ def atomic_path(target: Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def numbered_paths(first: Path, count: int) -> list[Path]:
+    """``out.png, out-1.png, out-2.png, ...``: the first keeps the name the user gave."""
+    return [first] + [first.with_name(f"{first.stem}-{i}{first.suffix}") for i in range(1, count)]
+
+
 def write_atomic(target: Path, write: Callable[[Path], None]) -> None:
     with atomic_path(target) as tmp:
         write(tmp)

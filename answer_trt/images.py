@@ -11,11 +11,8 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 from torch import Tensor
 
-from answer_trt.files import atomic_path
-
-
-class NonFiniteImageError(RuntimeError):
-    """The decoder produced NaN or inf: writing the image would give a black picture."""
+from answer_trt.errors import NonFiniteImageError
+from answer_trt.files import atomic_path, numbered_paths
 
 
 def to_pil(images: Tensor, params: Mapping[str, str]) -> list[Image.Image]:
@@ -32,11 +29,6 @@ def to_pil(images: Tensor, params: Mapping[str, str]) -> list[Image.Image]:
         image.info.update(params)
         result.append(image)
     return result
-
-
-def numbered_paths(first: Path, count: int) -> list[Path]:
-    """``out.png, out-1.png, out-2.png, ...``: the first keeps the name the user gave."""
-    return [first] + [first.with_name(f"{first.stem}-{i}{first.suffix}") for i in range(1, count)]
 
 
 def save_pngs(images: Sequence[Image.Image], first: Path) -> list[Path]:

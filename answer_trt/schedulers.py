@@ -14,9 +14,8 @@ from typing import Any
 import diffusers
 import torch
 
+from answer_trt.config import SCHEDULERS
 from answer_trt.errors import UserInputError
-
-SCHEDULERS: dict[str, str] = {"ddim": "DDIMScheduler", "euler": "EulerDiscreteScheduler"}
 
 
 def make_scheduler(config: Mapping[str, Any], name: str | None = None) -> Any:

@@ -1,0 +1,53 @@
+"""Shared fixtures: a private cache, the tiny model and its ONNX Runtime engines,
+all built once per session through the real build and loading path."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the network
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("cache")
+    previous = os.environ.get("ANSWER_TRT_CACHE")
+    os.environ["ANSWER_TRT_CACHE"] = str(root)
+    yield root
+    if previous is None:
+        os.environ.pop("ANSWER_TRT_CACHE", None)
+    else:
+        os.environ["ANSWER_TRT_CACHE"] = previous
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(private_cache: Path) -> Path:
+    from answer_trt.models.source import ensure_tiny_model
+
+    return ensure_tiny_model()
+
+
+@pytest.fixture(scope="session")
+def engines_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from export.build import BuildConfig, build
+
+    out = tmp_path_factory.mktemp("engines") / "tiny"
+    build(BuildConfig(model="tiny", out=out, max_batch=2), log=lambda _m: None)
+    return out
+
+
+@pytest.fixture(scope="session")
+def ort_pipe(engines_dir: Path):
+    import answer_trt
+
+    return answer_trt.load(engines_dir)
+
+
+@pytest.fixture(scope="session")
+def torch_pipe(tiny_model_dir: Path):
+    import answer_trt
+
+    return answer_trt.load("tiny", backend="torch")

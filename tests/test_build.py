@@ -1,0 +1,104 @@
+"""Build decisions: skip on a matching manifest, rebuild on any difference, and never
+leave a folder half-written."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from answer_trt.errors import UserInputError
+from answer_trt.files import sha256_file
+from answer_trt.manifest import MANIFEST_NAME, read_manifest, verify_files
+from export import onnx_export
+from export.build import BuildConfig, build
+
+
+def quiet(_msg: str) -> None:
+    pass
+
+
+@pytest.fixture
+def built(engines_dir, tmp_path):
+    out = tmp_path / "engines"
+    shutil.copytree(engines_dir, out)
+    return out
+
+
+def test_manifest_records_files_specs_profiles_and_versions(engines_dir):
+    manifest = read_manifest(engines_dir)
+    for rel, digest in manifest.files.items():
+        assert sha256_file(engines_dir / rel) == digest
+    assert {"unet.onnx", "text_encoder.onnx", "vae_decoder.onnx", "tokenizer/vocab.json"} <= set(manifest.files)
+    assert manifest.components["unet"].profile["batch"] == (1, 6, 6)  # 3 branches x max batch 2
+    assert manifest.components["text_encoder"].profile["batch"] == (1, 4, 4)
+    assert manifest.components["vae_decoder"].profile["batch"] == (1, 2, 2)
+    assert manifest.components["unet"].spec.input_names == ["sample", "timestep", "encoder_hidden_states"]
+    assert {"torch", "onnx", "onnxruntime", "answer_trt"} <= set(manifest.versions)
+    assert len(manifest.model_hash) == 64 and manifest.model_name == "tiny"
+
+
+def test_matching_build_is_skipped(built):
+    before = (built / "unet.onnx").stat().st_mtime_ns
+    result = build(BuildConfig(model="tiny", out=built, max_batch=2), log=quiet)
+    assert result.skipped
+    assert (built / "unet.onnx").stat().st_mtime_ns == before
+
+
+def test_any_difference_rebuilds(built):
+    key = read_manifest(built).key
+    result = build(BuildConfig(model="tiny", out=built, max_batch=3), log=quiet)
+    assert not result.skipped and result.manifest.key != key
+    assert read_manifest(built).components["unet"].profile["batch"] == (1, 9, 9)
+    verify_files(built, read_manifest(built))
+
+
+def test_force_rebuilds_a_matching_folder(built):
+    result = build(BuildConfig(model="tiny", out=built, max_batch=2, force=True), log=quiet)
+    assert not result.skipped
+    assert result.manifest.key == read_manifest(built).key
+
+
+def test_tampered_files_rebuild(built):
+    (built / "vae_decoder.onnx").write_bytes(b"broken")
+    result = build(BuildConfig(model="tiny", out=built, max_batch=2), log=quiet)
+    assert not result.skipped
+    verify_files(built, read_manifest(built))
+
+
+def test_failed_build_leaves_the_previous_engines_intact(built, monkeypatch):
+    manifest_before = (built / MANIFEST_NAME).read_text()
+    real_export = onnx_export.export_onnx
+
+    def failing_export(module, spec, dims, path):
+        if spec.name == "unet":
+            raise RuntimeError("simulated exporter crash")
+        real_export(module, spec, dims, path)
+
+    monkeypatch.setattr(onnx_export, "export_onnx", failing_export)
+    with pytest.raises(RuntimeError, match="simulated"):
+        build(BuildConfig(model="tiny", out=built, max_batch=3), log=quiet)
+    assert (built / MANIFEST_NAME).read_text() == manifest_before
+    verify_files(built, read_manifest(built))
+    assert not [p for p in built.iterdir() if p.name.startswith(".staging")]
+
+
+def test_bad_build_requests(tmp_path):
+    with pytest.raises(UserInputError, match="max-batch"):
+        BuildConfig(out=tmp_path, max_batch=0)
+    with pytest.raises(UserInputError, match="multiple of 8"):
+        build(BuildConfig(model="tiny", out=tmp_path / "e", height=100), log=quiet)
+    with pytest.raises(UserInputError, match="not found"):
+        build(BuildConfig(model=str(tmp_path / "no-such-model"), out=tmp_path / "e"), log=quiet)
+    not_a_model = tmp_path / "folder"
+    not_a_model.mkdir()
+    with pytest.raises(UserInputError, match="not a diffusers model folder"):
+        build(BuildConfig(model=str(not_a_model), out=tmp_path / "e"), log=quiet)
+    assert not (tmp_path / "e").exists()
+
+
+def test_unreadable_manifest_is_a_user_error(built):
+    (built / MANIFEST_NAME).write_text(json.dumps({"format": 99}))
+    with pytest.raises(UserInputError, match="rebuild with --force"):
+        read_manifest(built)

@@ -1,0 +1,134 @@
+"""The CLI contract: generate from an empty cache, info, and every bad input exiting
+with code 2, a one-line message, and no output file."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from answer_trt.cli import main
+
+
+def run_cli(*args: object) -> int:
+    """Exit code of the CLI, whether it returns one or argparse exits."""
+    try:
+        return main([str(a) for a in args])
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+
+
+def test_generate_from_empty_cache_then_cached(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("ANSWER_TRT_CACHE", str(tmp_path / "fresh-cache"))
+    out = tmp_path / "cat.png"
+    assert run_cli("generate", "a cat", "--model", "tiny", "--steps", "3", "-o", out) == 0
+    first = capsys.readouterr().err
+    assert "built text_encoder, unet, vae_decoder" in first and "wrote" in first
+    image = Image.open(out)
+    assert image.size == (64, 64)
+    assert image.text["prompt"] == "a cat" and image.text["method"] == "answer"
+    assert json.loads(image.text["parameters"])["dns_steps"] == 4
+
+    out2 = tmp_path / "cat2.png"
+    assert run_cli("generate", "a cat", "--model", "tiny", "--steps", "3", "-o", out2) == 0
+    assert "up to date" in capsys.readouterr().err
+    assert out.read_bytes() == out2.read_bytes()  # deterministic for the seed
+
+
+def test_generate_batch_numbers_the_files(engines_dir, tmp_path):
+    out = tmp_path / "b.png"
+    assert run_cli("generate", "a dog", "--engines", engines_dir, "--steps", "2", "--batch", "2", "-o", out) == 0
+    assert out.is_file() and (tmp_path / "b-1.png").is_file()
+    assert not (tmp_path / "b-2.png").exists()
+
+
+def test_info_prints_the_manifest(engines_dir, capsys):
+    assert run_cli("info", engines_dir) == 0
+    text = capsys.readouterr().out
+    assert "unet" in text and "all match their checksums" in text and "batch 1..6" in text
+
+
+def test_console_script_runs(engines_dir, tmp_path):
+    out = tmp_path / "sub.png"
+    proc = subprocess.run(
+        [sys.executable, "-m", "answer_trt.cli", "generate", "a cat", "--engines", str(engines_dir),
+         "--steps", "2", "-o", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert out.is_file() and "ms/step" in proc.stderr
+
+
+BAD_INPUTS = {
+    "height-not-multiple-of-8": (["--height", "60"], "multiple of 8"),
+    "height-outside-built": (["--height", "128"], "outside what was built"),
+    "batch-beyond-built": (["--batch", "3"], "beyond the built maximum of 2"),
+    "steps-below-1": (["--steps", "0"], "below 1"),
+    "dns-steps-below-1": (["--dns-steps", "0"], "below 1"),
+    "unknown-method": (["--method", "pag"], "invalid choice"),
+    "unknown-scheduler": (["--scheduler", "lms"], "invalid choice"),
+    "not-png": (["-o", "{tmp}/x.jpg"], "must be a .png"),
+    "missing-output-folder": (["-o", "{tmp}/nowhere/x.png"], "does not exist"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_exits_2_without_output(case, engines_dir, tmp_path, capsys):
+    extra, message = BAD_INPUTS[case]
+    extra = [a.format(tmp=tmp_path) for a in extra]
+    out = tmp_path / "out.png"
+    args = ["generate", "a cat", "--engines", str(engines_dir), "--steps", "2"]
+    if "-o" not in extra:
+        args += ["-o", str(out)]
+    code = run_cli(*args, *extra)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err
+    assert len(err.strip().splitlines()) <= 3  # usage line(s) + one error line, no traceback
+    assert "Traceback" not in err
+    assert list(tmp_path.glob("*.png")) == [] and list(tmp_path.glob(".*.tmp")) == []
+
+
+def test_missing_engines_folder(tmp_path, capsys):
+    assert run_cli("generate", "a cat", "--engines", tmp_path / "absent", "-o", tmp_path / "x.png") == 2
+    err = capsys.readouterr().err
+    assert "does not exist" in err and "answer-trt build" in err
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_engines_that_do_not_match_the_manifest(engines_dir, tmp_path, capsys):
+    copy = tmp_path / "engines"
+    shutil.copytree(engines_dir, copy)
+    with open(copy / "unet.onnx", "ab") as f:
+        f.write(b"tampered")
+    assert run_cli("generate", "a cat", "--engines", copy, "-o", tmp_path / "x.png") == 2
+    err = capsys.readouterr().err
+    assert "unet.onnx" in err and "checksum" in err and "--force" in err
+    assert not (tmp_path / "x.png").exists()
+    assert run_cli("info", copy) == 2
+    assert "MISMATCH: unet.onnx" in capsys.readouterr().out
+
+
+def test_tensorrt_build_without_tensorrt_is_a_clear_error(tmp_path, capsys):
+    pytest.importorskip("torch")
+    try:
+        import tensorrt  # noqa: F401
+
+        pytest.skip("TensorRT is installed here")
+    except ImportError:
+        pass
+    assert run_cli("build", "--model", "tiny", "--out", tmp_path / "trt", "--backend", "tensorrt") == 2
+    assert "TensorRT" in capsys.readouterr().err
+    assert not (tmp_path / "trt").exists()
+
+
+def test_existing_output_is_kept_when_generation_fails(engines_dir, tmp_path):
+    out = tmp_path / "keep.png"
+    out.write_bytes(b"previous image")
+    assert run_cli("generate", "a cat", "--engines", engines_dir, "--batch", "5", "-o", out) == 2
+    assert out.read_bytes() == b"previous image"

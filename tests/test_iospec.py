@@ -1,0 +1,69 @@
+"""The IO spec is the one source of names and shapes; everything else derives from it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from answer_trt.errors import UserInputError
+from export.iospec import ComponentSpec, ModelDims, check_shapes, component_profiles, component_specs
+
+DIMS = ModelDims(text_max_length=77, text_hidden_size=768, latent_channels=4, vae_scale_factor=8,
+                 default_latent_size=64)
+
+
+def test_dynamic_axes_are_every_symbolic_dim():
+    unet = component_specs(DIMS)["unet"]
+    assert unet.dynamic_axes() == {
+        "sample": {0: "batch", 2: "latent_height", 3: "latent_width"},
+        "timestep": {0: "batch"},
+        "encoder_hidden_states": {0: "batch"},
+        "noise_pred": {0: "batch", 2: "latent_height", 3: "latent_width"},
+    }
+
+
+def test_bind_and_profiles_follow_the_build_shape():
+    specs = component_specs(DIMS)
+    dims = DIMS.bind(3, 512, 768)
+    assert specs["unet"].inputs[0].bind(dims) == (3, 4, 64, 96)
+    assert specs["vae_decoder"].outputs[0].bind(dims) == (3, 3, 512, 768)
+    profiles = component_profiles(DIMS, max_batch=2, height=512, width=768)
+    assert profiles["unet"]["batch"] == (1, 6, 6)
+    assert profiles["unet"]["latent_width"] == (96, 96, 96)
+
+
+def test_spec_survives_json_and_dtype_change():
+    spec = component_specs(DIMS)["unet"]
+    assert ComponentSpec.from_json(spec.to_json()) == spec
+    half = spec.with_dtype("float16")
+    assert [t.dtype for t in half.inputs] == ["float16", "float16", "float16"]
+    assert component_specs(DIMS)["text_encoder"].with_dtype("float16").inputs[0].dtype == "int64"
+
+
+def test_check_shapes_names_profile_and_build_flag():
+    spec = component_specs(DIMS)["unet"]
+    profile = component_profiles(DIMS, max_batch=1, height=512, width=512)["unet"]
+    ok = {"sample": (3, 4, 64, 64), "timestep": (3,), "encoder_hidden_states": (3, 77, 768)}
+    check_shapes(spec, profile, ok)
+    with pytest.raises(UserInputError, match=r"batch=4 is outside the built profile \[1, 3\].*--max-batch"):
+        check_shapes(spec, profile, {**ok, "sample": (4, 4, 64, 64), "timestep": (4,),
+                                     "encoder_hidden_states": (4, 77, 768)})
+    with pytest.raises(UserInputError, match="--height"):
+        check_shapes(spec, profile, {**ok, "sample": (3, 4, 96, 64)})
+    with pytest.raises(UserInputError, match="batch is 3 in one input and 2"):
+        check_shapes(spec, profile, {**ok, "timestep": (2,)})
+    with pytest.raises(UserInputError, match="needs 768"):
+        check_shapes(spec, profile, {**ok, "encoder_hidden_states": (3, 77, 1024)})
+
+
+def test_importing_the_runtime_does_not_pull_in_the_export_stack():
+    code = (
+        "import sys, answer_trt; p = answer_trt.load; "
+        "import answer_trt.pipeline, answer_trt.backends.ort; "
+        "bad = [m for m in ('onnx', 'export.build', 'export.onnx_export', 'tensorrt') if m in sys.modules]; "
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr

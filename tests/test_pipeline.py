@@ -1,0 +1,102 @@
+"""End to end on the ONNX Runtime engines of the tiny model: ANSWER.md's identities
+through the real text encoder, UNet, scheduler and decoder."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+
+STEPS = 6
+
+
+def pixels(images) -> np.ndarray:
+    return np.stack([np.asarray(im, dtype=np.int16) for im in images])
+
+
+def max_level_diff(a, b) -> int:
+    return int(np.abs(pixels(a) - pixels(b)).max())
+
+
+METHODS = [
+    dict(method="cfg"),
+    dict(method="cfg", negative_prompt="a blue house"),
+    dict(method="dns"),
+    dict(method="answer", mode="parallel", dns_steps=2),
+    dict(method="answer", mode="inner", dns_steps=2),
+]
+
+
+@pytest.mark.parametrize("kw", METHODS, ids=lambda kw: "-".join(str(v) for v in kw.values()))
+def test_fused_equals_unfused(ort_pipe, kw):
+    fused = ort_pipe("a cat and a dog", steps=STEPS, seed=1, **kw)
+    unfused = ort_pipe("a cat and a dog", steps=STEPS, seed=1, fused=False, **kw)
+    assert max_level_diff(fused, unfused) <= 1
+
+
+@pytest.mark.parametrize("mode", ["parallel", "inner"])
+@pytest.mark.parametrize("wn", [1.0, 7.5, 15.0])
+def test_answer_k1_equals_cfg(ort_pipe, mode, wn):
+    cfg = ort_pipe("a red car", method="cfg", steps=STEPS, seed=2, guidance_scale=6.0)
+    ans = ort_pipe("a red car", method="answer", mode=mode, dns_steps=1, negative_scale=wn, steps=STEPS,
+                   seed=2, guidance_scale=6.0)
+    assert max_level_diff(cfg, ans) <= 1
+
+
+@pytest.mark.parametrize("mode", ["parallel", "inner"])
+def test_answer_k_above_one_differs_from_cfg(ort_pipe, mode):
+    cfg = ort_pipe("a red car", method="cfg", steps=STEPS, seed=2)
+    ans = ort_pipe("a red car", method="answer", mode=mode, dns_steps=3, steps=STEPS, seed=2)
+    assert max_level_diff(cfg, ans) > 3
+
+
+def test_dns_equals_cfg_with_prompts_swapped(ort_pipe):
+    wn = 3.0
+    dns = ort_pipe("a green tree", method="dns", negative_scale=wn, steps=STEPS, seed=4)
+    # c_p and c_0 swapped: the prompt becomes the negative, the empty prompt the positive.
+    swapped = ort_pipe("", method="cfg", negative_prompt="a green tree", guidance_scale=1 + wn, steps=STEPS, seed=4)
+    assert max_level_diff(dns, swapped) <= 1
+
+
+def test_deterministic_for_a_seed(ort_pipe):
+    a = ort_pipe("a bird", steps=STEPS, seed=7)
+    b = ort_pipe("a bird", steps=STEPS, seed=7)
+    c = ort_pipe("a bird", steps=STEPS, seed=8)
+    assert np.array_equal(pixels(a), pixels(b))
+    assert max_level_diff(a, c) > 3
+
+
+def test_batch_images_differ_and_first_matches_batch_of_one(ort_pipe):
+    pair = ort_pipe("a bird", steps=STEPS, seed=7, batch=2)
+    assert len(pair) == 2 and max_level_diff(pair[:1], pair[1:]) > 3
+
+
+def test_onnxruntime_pipeline_matches_torch_pipeline(ort_pipe, torch_pipe):
+    for method in ("answer", "cfg"):
+        a = ort_pipe("a photo of a house", method=method, steps=STEPS, seed=5)
+        b = torch_pipe("a photo of a house", method=method, steps=STEPS, seed=5)
+        assert max_level_diff(a, b) <= 1
+
+
+def test_scheduler_override_is_used(ort_pipe):
+    default = ort_pipe.generate("a cat", steps=STEPS, seed=1)
+    euler = ort_pipe.generate("a cat", steps=STEPS, seed=1, scheduler="euler")
+    assert default.params["scheduler"] == "DDIMScheduler"  # the tiny model's own
+    assert euler.params["scheduler"] == "EulerDiscreteScheduler"
+
+
+def test_parameters_are_attached_to_images(ort_pipe):
+    result = ort_pipe.generate("a cat", steps=3, seed=11, method="dns", negative_scale=2.0)
+    info = result.images[0].info
+    assert info["prompt"] == "a cat" and info["seed"] == "11" and info["method"] == "dns"
+    assert info["negative_scale"] == "2.0" and info["steps"] == "3" and info["model"] == "tiny"
+    assert result.timings.denoise_s > 0 and result.timings.steps == 3
+
+
+def test_long_prompt_is_truncated_with_a_warning(ort_pipe, caplog):
+    long_prompt = " ".join(["cat"] * 100)
+    with caplog.at_level(logging.WARNING, logger="answer_trt"):
+        images = ort_pipe(long_prompt, steps=2, seed=0)
+    assert len(images) == 1
+    assert any("truncated" in r.getMessage() for r in caplog.records)
