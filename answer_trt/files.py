@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -27,6 +27,12 @@ def tree_sha256(folder: Path) -> str:
     return digest.hexdigest()
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_path(target: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; rename it onto ``target`` on success,
@@ -37,6 +43,7 @@ def atomic_path(target: Path) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give what a plain open() would
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
@@ -47,10 +54,6 @@ def numbered_paths(first: Path, count: int) -> list[Path]:
     return [first] + [first.with_name(f"{first.stem}-{i}{first.suffix}") for i in range(1, count)]
 
 
-def write_atomic(target: Path, write: Callable[[Path], None]) -> None:
-    with atomic_path(target) as tmp:
-        write(tmp)
-
-
 def write_text_atomic(target: Path, text: str) -> None:
-    write_atomic(target, lambda tmp: tmp.write_text(text))
+    with atomic_path(target) as tmp:
+        tmp.write_text(text)

@@ -37,7 +37,7 @@ def save_pngs(images: Sequence[Image.Image], first: Path) -> list[Path]:
     for image, path in zip(images, paths):
         info = PngInfo()
         for key, value in image.info.items():
-            if isinstance(value, str):
+            if isinstance(key, str) and isinstance(value, str):
                 info.add_text(key, value)
         with atomic_path(path) as tmp:
             image.save(tmp, format="PNG", pnginfo=info)

@@ -59,9 +59,9 @@ class BranchEvaluator:
                 outputs.append(self.denoiser(lat, t.expand(lat.shape[0]), cond))
             return outputs
         key = tuple(id(c) for c in conds)
-        cond = self._stacked.get(key)
-        if cond is None:
-            cond = self._stacked[key] = torch.cat(list(conds))
+        if key not in self._stacked:
+            self._stacked[key] = torch.cat(list(conds))
+        cond = self._stacked[key]
         stacked = torch.cat(list(latents))
         self.calls += 1
         out = self.denoiser(stacked, t.expand(stacked.shape[0]), cond)

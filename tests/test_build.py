@@ -102,3 +102,13 @@ def test_unreadable_manifest_is_a_user_error(built):
     (built / MANIFEST_NAME).write_text(json.dumps({"format": 99}))
     with pytest.raises(UserInputError, match="rebuild with --force"):
         read_manifest(built)
+
+
+def test_written_files_get_ordinary_permissions(tmp_path):
+    from answer_trt.files import write_text_atomic
+
+    target = tmp_path / "file.txt"
+    write_text_atomic(target, "hello")
+    assert target.read_text() == "hello"
+    assert target.stat().st_mode & 0o044 == 0o044  # group and others may read, as with open()
+    assert [p.name for p in tmp_path.iterdir()] == ["file.txt"]

@@ -87,5 +87,5 @@ def build_tiny_model(folder: Path, seed: int = 0) -> Path:
         feature_extractor=None,
         requires_safety_checker=False,
     )
-    pipeline.save_pretrained(folder, safe_serialization=True)
+    pipeline.save_pretrained(folder, safe_serialization=True)  # type: ignore[attr-defined]
     return folder
