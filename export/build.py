@@ -28,10 +28,13 @@ from answer_trt.manifest import (
 )
 from answer_trt.files import sha256_file
 from answer_trt.models.source import LoadedModel, ModelSource, load_model, read_dims, resolve_model
-from export.iospec import ModelDims, component_profiles, component_specs
+from export.iospec import UNET, VAE_DECODER, ModelDims, component_profiles, component_specs
 
 BACKENDS = ("onnxruntime", "tensorrt")
 PRECISIONS = ("fp32", "fp16")
+# Components that an fp16 build runs in half precision. The text encoder stays fp32:
+# it runs once per prompt, and its fp16 ONNX graph mixes types in LayerNormalization.
+HALF_PRECISION_COMPONENTS = (UNET, VAE_DECODER)
 # Copied beside the engines so that a folder is all `generate --engines` needs.
 MODEL_FILES = ("tokenizer", "scheduler")
 
@@ -153,15 +156,18 @@ def _export_all(plan: BuildPlan, model: LoadedModel, staging: Path, log: Callabl
     from export.wrappers import component_modules
 
     config, dims = plan.config, plan.dims
-    float_dtype = "float16" if config.precision == "fp16" else "float32"
-    specs = {name: spec.with_dtype(float_dtype) for name, spec in component_specs(dims).items()}
+    half = config.precision == "fp16"
+    specs = {
+        name: spec.with_dtype("float16") if half and name in HALF_PRECISION_COMPONENTS else spec
+        for name, spec in component_specs(dims).items()
+    }
     profiles = component_profiles(dims, config.max_batch, plan.height, plan.width)
     modules = component_modules(model)
     binding = dims.bind(1, plan.height, plan.width)
     components = {}
     for name, module in modules.items():
         log(f"exporting {name} to ONNX")
-        if float_dtype == "float16":
+        if half and name in HALF_PRECISION_COMPONENTS:
             module = module.to(torch.float16)
         file = f"{name}.onnx"
         export_onnx(module, specs[name], binding, staging / file)

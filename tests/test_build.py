@@ -112,3 +112,20 @@ def test_written_files_get_ordinary_permissions(tmp_path):
     assert target.read_text() == "hello"
     assert target.stat().st_mode & 0o044 == 0o044  # group and others may read, as with open()
     assert [p.name for p in tmp_path.iterdir()] == ["file.txt"]
+
+
+def test_fp16_build_runs_on_onnxruntime(engines_dir, tmp_path):
+    import numpy as np
+
+    import answer_trt
+
+    out = tmp_path / "fp16"
+    result = build(BuildConfig(model="tiny", out=out, max_batch=1, precision="fp16"), log=quiet)
+    specs = {name: entry.spec for name, entry in result.manifest.components.items()}
+    assert specs["unet"].inputs[0].dtype == "float16" and specs["vae_decoder"].outputs[0].dtype == "float16"
+    assert specs["text_encoder"].outputs[0].dtype == "float32"
+    assert result.manifest.key != read_manifest(engines_dir).key
+    half = answer_trt.load(out)("a cat", steps=4, seed=3)[0]
+    full = answer_trt.load(engines_dir)("a cat", steps=4, seed=3)[0]
+    diff = np.abs(np.asarray(half, dtype=np.int16) - np.asarray(full, dtype=np.int16))
+    assert diff.max() <= 8, diff.max()  # same picture up to half-precision rounding
