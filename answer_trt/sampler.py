@@ -8,7 +8,6 @@ the denoiser once per branch (the unfused reference). Equations are ANSWER.md's.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -18,7 +17,7 @@ from torch import Tensor
 
 from answer_trt import guidance as G
 from answer_trt.config import GuidanceConfig
-from answer_trt.schedulers import noise_levels
+from answer_trt.schedulers import StepRule, make_step_rule
 
 
 class Denoiser(Protocol):
@@ -78,30 +77,34 @@ def sample(
     *,
     prediction_type: str = "epsilon",
     fused: bool = True,
+    exact_diffusers_step: bool = False,
     callback: StepCallback | None = None,
 ) -> Tensor:
     """Run ``steps`` denoising steps from ``noise`` (unit variance) and return the latents.
 
-    ``scheduler`` is a diffusers scheduler configured for epsilon; it is mutated.
+    ``scheduler`` is a diffusers scheduler configured for epsilon; its timesteps are set
+    here. ``exact_diffusers_step`` forces its own ``step()`` over the precomputed linear rule.
     """
-    scheduler.set_timesteps(steps)
+    rule = make_step_rule(scheduler, steps, exact_diffusers_step)
     evaluate = BranchEvaluator(denoiser, fused)
-    x = noise.to(torch.float32) * scheduler.init_noise_sigma
-    timesteps = scheduler.timesteps
+    x = noise.to(torch.float32) * rule.init_noise_sigma
+    timesteps = rule.timesteps
     n = len(timesteps)
     c_p, c_0 = cond.positive, cond.negative
     wn = guidance.wn
     g = G.answer_scale(guidance.guidance_scale, wn)
     k = guidance.dns_steps
-    z: Tensor | None = None
-    scheduler_z: Any = None
+    prediction_is_eps = prediction_type == "epsilon"
+    z = x
+    rule_z = rule
 
     def eps_of(raw: Tensor, x_in: Tensor, alpha: float, sigma: float) -> Tensor:
-        return G.to_epsilon(raw, x_in, alpha, sigma, prediction_type)
+        return raw if prediction_is_eps else G.to_epsilon(raw, x_in, alpha, sigma, prediction_type)
 
-    for i, t in enumerate(timesteps):
-        alpha, sigma = noise_levels(scheduler, i, t)
-        x_in = scheduler.scale_model_input(x, t)
+    for i in range(n):
+        t = timesteps[i]
+        alpha, sigma = rule.levels(i)
+        x_in = rule.scale_input(x, i)
         if guidance.method in ("cfg", "dns") or guidance.mode == "inner":
             raw_p, raw_0 = evaluate([x_in, x_in], [c_p, c_0], t)
             ep, e0 = eps_of(raw_p, x_in, alpha, sigma), eps_of(raw_0, x_in, alpha, sigma)
@@ -110,27 +113,24 @@ def sample(
             elif guidance.method == "dns":
                 e = G.dns(e0, ep, wn)
             else:
-                xneg0 = _inner_negative(evaluate, scheduler, x, x_in, i, ep, e0, (c_p, c_0), k, wn, (alpha, sigma), eps_of)
+                xneg0 = _inner_negative(evaluate, rule, x, x_in, i, ep, e0, (c_p, c_0), k, wn, (alpha, sigma), eps_of)
                 e = G.answer(G.negative_noise(x_in, xneg0, alpha, sigma), ep, g)
         else:
             if i % k == 0:
                 # Re-anchor: z <- x with the scheduler state; (z, c_p) duplicates (x, c_p).
-                z, scheduler_z = x, copy.deepcopy(scheduler)
+                z, rule_z = x, rule.fork()
                 raw_p, raw_0 = evaluate([x_in, x_in], [c_p, c_0], t)
                 z_in = x_in
                 ep = ep_z = eps_of(raw_p, x_in, alpha, sigma)
             else:
-                assert z is not None  # set at step 0
-                z_in = scheduler_z.scale_model_input(z, t)
+                z_in = rule_z.scale_input(z, i)
                 raw_p, raw_pz, raw_0 = evaluate([x_in, z_in, z_in], [c_p, c_p, c_0], t)
                 ep, ep_z = eps_of(raw_p, x_in, alpha, sigma), eps_of(raw_pz, z_in, alpha, sigma)
-            e0_z = eps_of(raw_0, z_in, alpha, sigma)
-            e_dns = G.dns(e0_z, ep_z, wn)
-            xneg0 = G.tweedie_x0(z_in, e_dns, alpha, sigma)
-            e = G.answer(G.negative_noise(x_in, xneg0, alpha, sigma), ep, g)
+            e_dns = G.dns(eps_of(raw_0, z_in, alpha, sigma), ep_z, wn)
+            e = G.answer(G.negative_noise_from_dns(x_in, z_in, e_dns, sigma), ep, g)
             if (i + 1) % k != 0 and i + 1 < n:  # z is re-anchored (or unused) otherwise
-                z = scheduler_z.step(e_dns, t, z).prev_sample
-        x = scheduler.step(e, t, x).prev_sample
+                z = rule_z.step(e_dns, i, z)
+        x = rule.step(e, i, x)
         if callback is not None:
             callback(i, n)
     return x
@@ -138,7 +138,7 @@ def sample(
 
 def _inner_negative(
     evaluate: BranchEvaluator,
-    scheduler: Any,
+    rule: StepRule,
     x: Tensor,
     x_in: Tensor,
     i: int,
@@ -152,20 +152,18 @@ def _inner_negative(
 ) -> Tensor:
     """Inner mode: from z = x, up to K DNS iterations on the step grid; returns xneg0
     of the last one. The first iteration reuses the main call's ``ep``/``e0`` on x."""
-    timesteps = scheduler.timesteps
     e_dns = G.dns(e0, ep, wn)
     xneg0 = G.tweedie_x0(x_in, e_dns, *levels)
-    iterations = min(k, len(timesteps) - i)
+    iterations = min(k, len(rule.timesteps) - i)
     if iterations == 1:
         return xneg0
-    scheduler_z = copy.deepcopy(scheduler)
+    rule_z = rule.fork()
     z = x
     for j in range(i + 1, i + iterations):
-        z = scheduler_z.step(e_dns, timesteps[j - 1], z).prev_sample
-        t_j = timesteps[j]
-        alpha_j, sigma_j = noise_levels(scheduler_z, j, t_j)
-        z_in = scheduler_z.scale_model_input(z, t_j)
-        raw_p, raw_0 = evaluate([z_in, z_in], list(conds), t_j)
+        z = rule_z.step(e_dns, j - 1, z)
+        alpha_j, sigma_j = rule_z.levels(j)
+        z_in = rule_z.scale_input(z, j)
+        raw_p, raw_0 = evaluate([z_in, z_in], list(conds), rule.timesteps[j])
         e_dns = G.dns(eps_of(raw_0, z_in, alpha_j, sigma_j), eps_of(raw_p, z_in, alpha_j, sigma_j), wn)
         xneg0 = G.tweedie_x0(z_in, e_dns, alpha_j, sigma_j)
     return xneg0

@@ -43,3 +43,11 @@ def test_guidance_runs_in_float32_for_half_inputs():
     e0, ep = (t.half() for t in tensors(2))
     assert G.cfg(e0, ep, 7.5).dtype == torch.float32
     assert G.negative_noise(e0, ep, 0.99, 0.01).dtype == torch.float32
+
+
+def test_negative_noise_from_dns_equals_eqs_3_and_4():
+    x, z, e_dns = tensors(3, seed=2)
+    alpha, sigma = 0.7, (1 - 0.49) ** 0.5
+    via_xneg0 = G.negative_noise(x, G.tweedie_x0(z, e_dns, alpha, sigma), alpha, sigma)
+    torch.testing.assert_close(G.negative_noise_from_dns(x, z, e_dns, sigma), via_xneg0, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(G.negative_noise_from_dns(x, x, e_dns, sigma), e_dns)

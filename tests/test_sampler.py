@@ -137,3 +137,40 @@ def test_v_prediction_is_converted_to_epsilon():
     x = alpha * x0 + sigma * eps
     v = alpha * eps - sigma * x0
     torch.testing.assert_close(G.to_epsilon(v, x, alpha, sigma, "v_prediction"), eps, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["ddim", "euler"])
+def test_linear_step_rule_matches_diffusers_step(kind):
+    """The precomputed pure-tensor update equals diffusers' own step() over a trajectory."""
+    from answer_trt.schedulers import DiffusersStepRule, LinearStepRule, make_step_rule
+
+    fast = make_step_rule(make_scheduler(kind), 12)
+    exact = make_step_rule(make_scheduler(kind), 12, exact_diffusers=True)
+    assert isinstance(fast, LinearStepRule) and isinstance(exact, DiffusersStepRule)
+    assert fast.init_noise_sigma == pytest.approx(exact.init_noise_sigma)
+    gen = torch.Generator().manual_seed(5)
+    x_fast = x_exact = torch.randn(1, 4, 5, 5, generator=gen) * fast.init_noise_sigma
+    for i in range(len(fast.timesteps)):
+        assert fast.levels(i) == pytest.approx(exact.levels(i), rel=1e-5)
+        torch.testing.assert_close(fast.scale_input(x_fast, i), exact.scale_input(x_exact, i), rtol=1e-5, atol=1e-5)
+        eps = torch.randn(1, 4, 5, 5, generator=gen)
+        x_fast, x_exact = fast.step(eps, i, x_fast), exact.step(eps, i, x_exact)
+        torch.testing.assert_close(x_fast, x_exact, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["ddim", "euler"])
+@pytest.mark.parametrize("mode", ["parallel", "inner"])
+def test_sampler_with_linear_rule_equals_diffusers_step(problem, kind, mode):
+    guidance = GuidanceConfig(method="answer", dns_steps=3, mode=mode)
+    fast = run(problem, guidance, kind)
+    exact = run(problem, guidance, kind, exact_diffusers_step=True)
+    torch.testing.assert_close(fast, exact, rtol=1e-4, atol=1e-4)
+
+
+def test_too_many_steps_is_a_user_error():
+    from answer_trt.errors import UserInputError
+    from answer_trt.schedulers import make_step_rule
+
+    make_step_rule(make_scheduler("ddim"), 999)
+    with pytest.raises(UserInputError, match="--steps 1000 is too many"):
+        make_step_rule(make_scheduler("ddim"), 1000)
