@@ -79,6 +79,18 @@ def make_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch", type=_at_least_1, default=1)
     g.add_argument("-o", "--output", type=Path, default=Path("answer.png"), help="PNG path (default answer.png)")
 
+    bench = sub.add_parser("bench", help="latency and throughput per stage, side-by-side ratios")
+    bsource = bench.add_mutually_exclusive_group()
+    bsource.add_argument("--engines", type=Path, help="engines folder made by `answer-trt build`")
+    bsource.add_argument("--model", help="model to build into the cache on first use (default `tiny`)")
+    bench.add_argument("--methods", default=",".join(METHODS), help="comma-separated (default answer,cfg,dns)")
+    bench.add_argument("--steps", type=_at_least_1, default=30)
+    bench.add_argument("--batch", type=_at_least_1, default=1)
+    bench.add_argument("--runs", type=_at_least_1, default=5)
+    bench.add_argument("--warmup", type=_int, default=1)
+    bench.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    bench.add_argument("--baseline", choices=("torch",), help="also time a plain PyTorch ANSWER loop")
+
     i = sub.add_parser("info", help="print an engines folder's manifest")
     i.add_argument("folder", type=Path)
     return parser
@@ -88,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="answer-trt: %(levelname)s: %(message)s", stream=sys.stderr)
     try:
-        return {"build": _build, "generate": _generate, "info": _info}[args.command](args)
+        return {"build": _build, "generate": _generate, "bench": _bench, "info": _info}[args.command](args)
     except UserInputError as exc:
         print(f"answer-trt: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -107,6 +119,34 @@ def _build(args: argparse.Namespace) -> int:
     )
     build(config, log=lambda msg: print(msg, file=sys.stderr))
     print(f"answer-trt: build finished in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from answer_trt.bench.report import format_table
+    from answer_trt.bench.suite import BenchConfig, run_bench
+    from answer_trt.files import write_text_atomic
+    from answer_trt.loaders import build_cached, from_engines
+
+    config = BenchConfig(
+        methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()), steps=args.steps,
+        batch=args.batch, runs=args.runs, warmup=args.warmup, baseline=args.baseline,
+    )
+    if args.json is not None and not args.json.parent.is_dir():
+        raise UserInputError(f"--json {args.json}: folder {args.json.parent} does not exist")
+    log = lambda msg: print(f"answer-trt: {msg}", file=sys.stderr)  # noqa: E731
+    folder = args.engines if args.engines is not None else build_cached(args.model or "tiny", batch=args.batch, log=log)
+    pipe = from_engines(folder)
+    eager_unet = None
+    if config.baseline == "torch":
+        from answer_trt.models.source import load_model, resolve_model
+
+        eager_unet = load_model(resolve_model(args.model or pipe.model_name).path).unet
+    report = run_bench(pipe, config, eager_unet, log=log)
+    print(format_table(report))
+    if args.json is not None:
+        write_text_atomic(args.json, json.dumps(report.to_json(), indent=2) + "\n")
+        print(f"answer-trt: wrote {args.json}", file=sys.stderr)
     return 0
 
 

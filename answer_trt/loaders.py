@@ -50,6 +50,7 @@ def from_engines(folder: Path) -> Pipeline:
         prediction_type=manifest.prediction_type,
         model_name=manifest.model_name,
         backend=manifest.backend,
+        precision=manifest.precision,
         limits=Limits(manifest.max_batch, manifest.height, manifest.width, f"answer-trt build --model "
                       f"{manifest.model_name} --out {folder}"),
     )

@@ -16,7 +16,7 @@ from answer_trt.backends.base import Engine, EngineDenoiser
 from answer_trt.config import GuidanceConfig, SamplingConfig
 from answer_trt.errors import UserInputError
 from answer_trt.images import to_pil
-from answer_trt.sampler import Conditioning, StepCallback, sample
+from answer_trt.sampler import Conditioning, Denoiser, StepCallback, sample
 from answer_trt.schedulers import make_scheduler
 from answer_trt.text import PromptEncoder
 from export.iospec import TEXT_ENCODER, UNET, VAE_DECODER, ModelDims
@@ -72,16 +72,18 @@ class Pipeline:
         prediction_type: str,
         model_name: str,
         backend: str,
+        precision: str = "fp32",
         limits: Limits = Limits(),
     ) -> None:
         self.engines = engines
         self.text = PromptEncoder(tokenizer, engines[TEXT_ENCODER], dims.text_max_length)
-        self.denoiser = EngineDenoiser(engines[UNET])
+        self.denoiser: Denoiser = EngineDenoiser(engines[UNET])
         self.scheduler_config = scheduler_config
         self.dims = dims
         self.prediction_type = prediction_type
         self.model_name = model_name
         self.backend = backend
+        self.precision = precision
         self.limits = limits
 
     @property

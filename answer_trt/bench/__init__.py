@@ -1,0 +1,1 @@
+"""`answer-trt bench`: per-stage latency, throughput, side-by-side ratios, runtime overhead."""

@@ -1,0 +1,272 @@
+"""Runs the benchmark: every method on one engine, fused and unfused ANSWER, the
+plain-PyTorch baseline and the null-denoiser overhead, all in one process so the
+ratios compare like with like. Stage times come from ``perf_counter`` (the engines
+here return host tensors synchronously); CUDA-event timing arrives with a CUDA backend."""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from answer_trt import __version__
+from answer_trt.bench.plain_loop import diffusers_unet_call, null_unet, plain_answer_loop
+from answer_trt.bench.stats import Summary, summarize
+from answer_trt.config import METHODS, GuidanceConfig
+from answer_trt.errors import UserInputError
+from answer_trt.pipeline import Pipeline
+from answer_trt.sampler import Conditioning, Denoiser, sample
+from answer_trt.schedulers import make_scheduler
+
+PROMPT = "a cat and a dog"
+OVERHEAD_STEPS = 200
+REPORT_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    methods: tuple[str, ...] = METHODS
+    steps: int = 30
+    batch: int = 1
+    runs: int = 5
+    warmup: int = 1
+    baseline: str | None = None  # "torch": also time the plain PyTorch loop
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown or not self.methods:
+            raise UserInputError(f"--methods {','.join(self.methods)}: choose from {','.join(METHODS)}")
+        for name, value, low in (("steps", self.steps, 1), ("batch", self.batch, 1), ("runs", self.runs, 1),
+                                 ("warmup", self.warmup, 0)):
+            if value < low:
+                raise UserInputError(f"--{name} must be >= {low}, got {value}")
+        if self.baseline not in (None, "torch"):
+            raise UserInputError(f"--baseline {self.baseline}: the only baseline is `torch`")
+
+
+@dataclass(frozen=True)
+class MethodResult:
+    method: str
+    fused: bool
+    text_ms: Summary
+    denoise_ms: Summary
+    step_ms: Summary
+    decode_ms: Summary
+    total_ms: Summary
+    images_per_s: float
+    unet_calls_per_step: float
+
+
+@dataclass
+class BenchReport:
+    config: BenchConfig
+    machine: dict[str, Any]
+    versions: dict[str, str]
+    model: dict[str, Any]
+    results: list[MethodResult] = field(default_factory=list)
+    baseline_step_ms: Summary | None = None
+    overhead_us_per_step: dict[str, float] = field(default_factory=dict)
+    ratios: dict[str, float] = field(default_factory=dict)
+    peak_memory_mb: dict[str, float | None] = field(default_factory=dict)
+
+    def result(self, method: str, fused: bool = True) -> MethodResult | None:
+        return next((r for r in self.results if r.method == method and r.fused == fused), None)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["format"] = REPORT_FORMAT
+        data["config"]["methods"] = list(self.config.methods)
+        return data
+
+
+def run_bench(
+    pipe: Pipeline,
+    config: BenchConfig,
+    eager_unet: Any = None,
+    log: Callable[[str], None] = lambda _m: None,
+) -> BenchReport:
+    """``eager_unet``: the model's diffusers UNet, needed for ``baseline="torch"``."""
+    height, width = pipe.default_size
+    report = BenchReport(config, machine_info(), library_versions(), {
+        "name": pipe.model_name, "backend": pipe.backend, "precision": pipe.precision,
+        "height": height, "width": width,
+        "latent_shape": [config.batch, pipe.dims.latent_channels, height // pipe.dims.vae_scale_factor,
+                         width // pipe.dims.vae_scale_factor],
+    })
+    variants = [(m, True) for m in config.methods]
+    if "answer" in config.methods:
+        variants.append(("answer", False))
+    log(f"timing {', '.join(f'{m} ({_fusion(f)})' for m, f in variants)}, interleaved run by run")
+    report.results = _time_variants(pipe, config, variants)
+    if config.baseline == "torch":
+        if eager_unet is None:
+            raise UserInputError("--baseline torch needs the model's diffusers UNet: pass --model or an engines "
+                                 "folder whose model is reachable")
+        log("timing the plain PyTorch loop")
+        report.baseline_step_ms = _time_plain_loop(pipe, config, eager_unet)
+    log("timing runtime overhead with a null denoiser")
+    report.overhead_us_per_step = runtime_overhead(pipe, config.batch)
+    report.ratios = ratios(report)
+    report.peak_memory_mb = peak_memory_mb()
+    return report
+
+
+def _fusion(fused: bool) -> str:
+    return "fused" if fused else "unfused"
+
+
+def _time_variants(pipe: Pipeline, config: BenchConfig, variants: list[tuple[str, bool]]) -> list[MethodResult]:
+    """Round-robin over the variants, run by run, so that a slow spell of a noisy machine
+    falls on every variant alike and the ratios stay fair."""
+    samples: dict[tuple[str, bool], dict[str, list[float]]] = {v: {"text": [], "denoise": [], "decode": [], "total": []} for v in variants}
+    calls = {v: 0 for v in variants}
+    for run in range(config.warmup + config.runs):
+        for method, fused in variants:
+            with counting_unet_calls(pipe) as counter:
+                result = pipe.generate(PROMPT, method=method, steps=config.steps, batch=config.batch, seed=run,
+                                       fused=fused)
+            if run < config.warmup:
+                continue
+            t, into = result.timings, samples[(method, fused)]
+            into["text"].append(t.text_s * 1e3)
+            into["denoise"].append(t.denoise_s * 1e3)
+            into["decode"].append(t.decode_s * 1e3)
+            into["total"].append(t.total_s * 1e3)
+            calls[(method, fused)] = counter.calls
+    results = []
+    for (method, fused), into in samples.items():
+        denoise, total = summarize(into["denoise"]), summarize(into["total"])
+        results.append(MethodResult(
+            method=method,
+            fused=fused,
+            text_ms=summarize(into["text"]),
+            denoise_ms=denoise,
+            step_ms=denoise.scaled(1.0 / config.steps),
+            decode_ms=summarize(into["decode"]),
+            total_ms=total,
+            images_per_s=config.batch / (total.median / 1e3),
+            unet_calls_per_step=calls[(method, fused)] / config.steps,
+        ))
+    return results
+
+
+class _CountingDenoiser:
+    def __init__(self, denoiser: Denoiser) -> None:
+        self.denoiser = denoiser
+        self.calls = 0
+
+    def __call__(self, latents: torch.Tensor, timesteps: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.denoiser(latents, timesteps, cond)
+
+
+@contextmanager
+def counting_unet_calls(pipe: Pipeline) -> Iterator[_CountingDenoiser]:
+    """Count the UNet calls of generations inside the block (checks the fused-call shape)."""
+    original = pipe.denoiser
+    counter = _CountingDenoiser(original)
+    pipe.denoiser = counter
+    try:
+        yield counter
+    finally:
+        pipe.denoiser = original
+
+
+def _plain_inputs(pipe: Pipeline, batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    height, width = pipe.default_size
+    c_p, c_0 = pipe.text.encode(PROMPT)
+    f = pipe.dims.vae_scale_factor
+    noise = torch.randn(batch, pipe.dims.latent_channels, height // f, width // f,
+                        generator=torch.Generator().manual_seed(0))
+    return noise, c_p.expand(batch, -1, -1), c_0.expand(batch, -1, -1)
+
+
+def _time_plain_loop(pipe: Pipeline, config: BenchConfig, eager_unet: Any) -> Summary:
+    noise, c_p, c_0 = _plain_inputs(pipe, config.batch)
+    unet = diffusers_unet_call(eager_unet)
+    per_step = []
+    for run in range(config.warmup + config.runs):
+        scheduler = make_scheduler(pipe.scheduler_config)
+        started = time.perf_counter()
+        plain_answer_loop(unet, scheduler, noise, c_p, c_0, config.steps)
+        if run >= config.warmup:
+            per_step.append((time.perf_counter() - started) * 1e3 / config.steps)
+    return summarize(per_step)
+
+
+def runtime_overhead(pipe: Pipeline, batch: int, steps: int = OVERHEAD_STEPS, repeats: int = 5) -> dict[str, float]:
+    """Median microseconds per step spent outside the denoiser: our sampler (ANSWER and
+    CFG) and the plain PyTorch loop, both with a denoiser that returns at once."""
+    noise, c_p, c_0 = _plain_inputs(pipe, batch)
+    cond = Conditioning(c_p, c_0)
+
+    def ours(method: str) -> float:
+        scheduler = make_scheduler(pipe.scheduler_config)
+        started = time.perf_counter()
+        sample(null_unet, noise, cond, scheduler, steps, GuidanceConfig(method=method))
+        return (time.perf_counter() - started) * 1e6 / steps
+
+    def plain() -> float:
+        scheduler = make_scheduler(pipe.scheduler_config)
+        started = time.perf_counter()
+        plain_answer_loop(null_unet, scheduler, noise, c_p, c_0, steps)
+        return (time.perf_counter() - started) * 1e6 / steps
+
+    timers = {"answer_trt_answer": lambda: ours("answer"), "answer_trt_cfg": lambda: ours("cfg"),
+              "plain_torch_answer": plain}
+    return {name: summarize([timer() for _ in range(repeats)]).median for name, timer in timers.items()}
+
+
+def ratios(report: BenchReport) -> dict[str, float]:
+    """Side-by-side ratios of per-step medians from this one run."""
+    out: dict[str, float] = {}
+    answer, cfg, unfused = report.result("answer"), report.result("cfg"), report.result("answer", fused=False)
+    if answer and cfg:
+        out["answer_over_cfg_step"] = answer.step_ms.median / cfg.step_ms.median
+    if answer and unfused:
+        out["fused_speedup_over_unfused"] = unfused.step_ms.median / answer.step_ms.median
+    if answer and report.baseline_step_ms:
+        out["speedup_over_plain_torch"] = report.baseline_step_ms.median / answer.step_ms.median
+    return out
+
+
+def machine_info() -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": _cpu_count(),
+        "python": sys.version.split()[0],
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.is_available(),
+        "clock": "perf_counter",
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def _cpu_count() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def library_versions() -> dict[str, str]:
+    import diffusers
+    import onnxruntime
+    import transformers
+
+    return {"answer_trt": __version__, "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
+            "diffusers": diffusers.__version__, "transformers": transformers.__version__}
+
+
+def peak_memory_mb() -> dict[str, float | None]:
+    rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux
+    device = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
+    return {"host_peak_rss": rss_kb / 1024, "device_peak_allocated": device}
