@@ -126,7 +126,9 @@ def _fusion(fused: bool) -> str:
 def _time_variants(pipe: Pipeline, config: BenchConfig, variants: list[tuple[str, bool]]) -> list[MethodResult]:
     """Round-robin over the variants, run by run, so that a slow spell of a noisy machine
     falls on every variant alike and the ratios stay fair."""
-    samples: dict[tuple[str, bool], dict[str, list[float]]] = {v: {"text": [], "denoise": [], "decode": [], "total": []} for v in variants}
+    samples: dict[tuple[str, bool], dict[str, list[float]]] = {
+        v: {"text": [], "denoise": [], "decode": [], "total": []} for v in variants
+    }
     calls = {v: 0 for v in variants}
     for run in range(config.warmup + config.runs):
         for method, fused in variants:
