@@ -13,6 +13,7 @@ from pathlib import Path
 from answer_trt.config import METHODS, MODES, SCHEDULERS
 from answer_trt.errors import NonFiniteImageError, UserInputError
 from answer_trt.files import numbered_paths
+from export.iospec import SizeRange
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
@@ -28,6 +29,16 @@ def _positive_multiple_of_8(text: str) -> int:
     if value <= 0 or value % 8:
         raise argparse.ArgumentTypeError(f"{value} is not a positive multiple of 8")
     return value
+
+
+def _size_or_range(text: str) -> SizeRange:
+    """``512`` or ``512:768`` (build-time resolution range)."""
+    low, _, high = text.partition(":")
+    low_value = _positive_multiple_of_8(low)
+    high_value = _positive_multiple_of_8(high) if high else low_value
+    if high_value < low_value:
+        raise argparse.ArgumentTypeError(f"{text}: the low end is above the high end")
+    return SizeRange(low_value, low_value, high_value)
 
 
 def _int(text: str) -> int:
@@ -54,8 +65,8 @@ def make_parser() -> argparse.ArgumentParser:
     b.add_argument("--backend", default="onnxruntime", choices=("onnxruntime", "tensorrt"))
     b.add_argument("--precision", default="fp32", choices=("fp32", "fp16"))
     b.add_argument("--max-batch", type=_at_least_1, default=4, help="most images per call (default 4)")
-    b.add_argument("--height", type=_positive_multiple_of_8, help="image height (default: the model's)")
-    b.add_argument("--width", type=_positive_multiple_of_8, help="image width (default: the model's)")
+    b.add_argument("--height", type=_size_or_range, help="image height H or range MIN:MAX (default: the model's)")
+    b.add_argument("--width", type=_size_or_range, help="image width W or range MIN:MAX (default: the model's)")
     b.add_argument("--force", action="store_true", help="rebuild even when the manifest matches")
 
     g = sub.add_parser("generate", help="generate images")
@@ -227,8 +238,8 @@ def _info(args: argparse.Namespace) -> int:
         f"engines:    {args.folder}",
         f"model:      {manifest.model_name} (sha256 {manifest.model_hash[:16]}...)",
         f"backend:    {manifest.backend}, {manifest.precision}",
-        f"built for:  batch <= {manifest.max_batch}, {manifest.width}x{manifest.height} px, "
-        f"prediction {manifest.prediction_type}",
+        f"built for:  batch <= {manifest.max_batch}, width {manifest.width} x height {manifest.height} px, "
+        f"prediction {manifest.info.prediction_type}",
         f"key:        {manifest.key}",
         f"versions:   {', '.join(f'{k} {v}' for k, v in sorted(manifest.versions.items()))}",
         "components:",

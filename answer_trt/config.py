@@ -9,7 +9,11 @@ from answer_trt.errors import UserInputError
 METHODS = ("answer", "cfg", "dns")
 MODES = ("parallel", "inner")
 # --scheduler names -> diffusers classes; without one, the model's own scheduler runs.
-SCHEDULERS: dict[str, str] = {"ddim": "DDIMScheduler", "euler": "EulerDiscreteScheduler"}
+SCHEDULERS: dict[str, str] = {
+    "ddim": "DDIMScheduler",
+    "euler": "EulerDiscreteScheduler",
+    "dpm++": "DPMSolverMultistepScheduler",  # DPM-Solver++ (2M), multistep
+}
 
 
 @dataclass(frozen=True)

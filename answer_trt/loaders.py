@@ -32,9 +32,8 @@ def load(source: str | Path = "tiny", *, backend: str | None = None, build_log: 
 
 
 def from_engines(folder: Path) -> Pipeline:
-    from transformers import CLIPTokenizer
-
     from answer_trt.backends.ort import OnnxRuntimeEngine
+    from answer_trt.models.source import load_tokenizers
 
     manifest = read_manifest(folder)
     verify_files(folder, manifest)
@@ -43,11 +42,10 @@ def from_engines(folder: Path) -> Pipeline:
         for name, entry in manifest.components.items()
     }
     return Pipeline(
-        tokenizer=CLIPTokenizer.from_pretrained(folder / "tokenizer"),
+        tokenizers=load_tokenizers(folder),
         engines=engines,  # type: ignore[arg-type]
         scheduler_config=json.loads((folder / "scheduler" / "scheduler_config.json").read_text()),
-        dims=manifest.dims,
-        prediction_type=manifest.prediction_type,
+        info=manifest.info,
         model_name=manifest.model_name,
         backend=manifest.backend,
         precision=manifest.precision,
@@ -58,21 +56,21 @@ def from_engines(folder: Path) -> Pipeline:
 
 def from_model_eager(model: str) -> Pipeline:
     from answer_trt.backends.torch_eager import TorchEngine
-    from answer_trt.models.source import load_model, read_dims, resolve_model
+    from answer_trt.models.info import read_model_info
+    from answer_trt.models.source import load_model, resolve_model
     from export.iospec import component_specs
     from export.wrappers import component_modules
 
     source = resolve_model(model)
     loaded = load_model(source.path)
-    dims = read_dims(source.path)
-    specs = component_specs(dims)
+    info = read_model_info(source.path)
+    specs = component_specs(info.dims)
     engines = {name: TorchEngine(module, specs[name]) for name, module in component_modules(loaded).items()}
     return Pipeline(
-        tokenizer=loaded.tokenizer,
+        tokenizers=loaded.tokenizers,
         engines=engines,  # type: ignore[arg-type]
         scheduler_config=loaded.scheduler_config,
-        dims=dims,
-        prediction_type=loaded.scheduler_config.get("prediction_type", "epsilon"),
+        info=info,
         model_name=source.name,
         backend="torch",
     )

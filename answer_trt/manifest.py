@@ -13,10 +13,11 @@ from typing import Any
 
 from answer_trt.errors import UserInputError
 from answer_trt.files import sha256_file, write_text_atomic
-from export.iospec import ComponentSpec, ModelDims, Profile
+from answer_trt.models.info import ModelInfo
+from export.iospec import ComponentSpec, ModelDims, Profile, SizeRange
 
 MANIFEST_NAME = "manifest.json"
-MANIFEST_FORMAT = 1
+MANIFEST_FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -34,10 +35,9 @@ class Manifest:
     model_name: str
     model_hash: str
     max_batch: int
-    height: int
-    width: int
-    dims: ModelDims
-    prediction_type: str
+    height: SizeRange
+    width: SizeRange
+    info: ModelInfo
     components: dict[str, ComponentEntry]
     files: dict[str, str]  # relative path -> sha256
     versions: dict[str, str]
@@ -56,7 +56,10 @@ class Manifest:
         if data.get("format") != MANIFEST_FORMAT:
             raise ValueError(f"manifest format {data.get('format')!r}, this answer-trt reads {MANIFEST_FORMAT}")
         fields = {k: v for k, v in data.items() if k != "format"}
-        fields["dims"] = ModelDims(**data["dims"])
+        info = dict(data["info"])
+        info["dims"] = ModelDims(**info["dims"])
+        fields["info"] = ModelInfo(**info)
+        fields["height"], fields["width"] = SizeRange(**data["height"]), SizeRange(**data["width"])
         fields["components"] = {
             name: ComponentEntry(
                 e["file"], ComponentSpec.from_json(e["spec"]), {k: tuple(v) for k, v in e["profile"].items()}

@@ -19,7 +19,9 @@ from answer_trt.images import to_pil
 from answer_trt.sampler import Conditioning, Denoiser, StepCallback, sample
 from answer_trt.schedulers import make_scheduler
 from answer_trt.text import PromptEncoder
-from export.iospec import TEXT_ENCODER, UNET, VAE_DECODER, ModelDims
+from answer_trt.conditioning import TextCondition
+from answer_trt.models.info import ModelInfo
+from export.iospec import TEXT_ENCODER, UNET, VAE_DECODER, SizeRange
 
 
 @dataclass(frozen=True)
@@ -27,8 +29,8 @@ class Limits:
     """What the engines were built for; ``None`` means unlimited (torch backend)."""
 
     max_batch: int | None = None
-    height: int | None = None
-    width: int | None = None
+    height: SizeRange | None = None
+    width: SizeRange | None = None
     rebuild_hint: str = "answer-trt build"
 
 
@@ -65,22 +67,23 @@ class Pipeline:
     def __init__(
         self,
         *,
-        tokenizer: Any,
+        tokenizers: tuple[Any, ...],
         engines: dict[str, Engine],
         scheduler_config: dict[str, Any],
-        dims: ModelDims,
-        prediction_type: str,
+        info: ModelInfo,
         model_name: str,
         backend: str,
         precision: str = "fp32",
         limits: Limits = Limits(),
     ) -> None:
         self.engines = engines
-        self.text = PromptEncoder(tokenizer, engines[TEXT_ENCODER], dims.text_max_length)
+        self.text = PromptEncoder(tokenizers, engines[TEXT_ENCODER], info.dims.text_max_length,
+                                  info.zero_empty_negative)
         self.denoiser: Denoiser = EngineDenoiser(engines[UNET])
         self.scheduler_config = scheduler_config
-        self.dims = dims
-        self.prediction_type = prediction_type
+        self.info = info
+        self.dims = info.dims
+        self.prediction_type = info.prediction_type
         self.model_name = model_name
         self.backend = backend
         self.precision = precision
@@ -89,7 +92,8 @@ class Pipeline:
     @property
     def default_size(self) -> tuple[int, int]:
         size = self.dims.default_image_size
-        return (self.limits.height or size, self.limits.width or size)
+        height, width = self.limits.height, self.limits.width
+        return (height.opt if height else size, width.opt if width else size)
 
     def __call__(self, prompt: str, **kwargs: Any) -> list[Image.Image]:
         return self.generate(prompt, **kwargs).images
@@ -130,7 +134,9 @@ class Pipeline:
 
         started = time.perf_counter()
         c_p, c_neg = self.text.encode(prompt, negative_prompt)
-        cond = Conditioning(c_p.expand(batch, -1, -1), c_neg.expand(batch, -1, -1))
+        if self.dims.time_ids_size:
+            c_p, c_neg = (self.with_time_ids(c, config.height, config.width) for c in (c_p, c_neg))
+        cond = Conditioning(c_p.expand(batch), c_neg.expand(batch))
         text_done = time.perf_counter()
 
         generator = torch.Generator("cpu").manual_seed(seed)
@@ -150,6 +156,13 @@ class Pipeline:
         timings = Timings(text_done - started, denoise_done - text_done, time.perf_counter() - denoise_done, steps)
         return Generation(images, params, timings, config)
 
+    @staticmethod
+    def with_time_ids(cond: TextCondition, height: int, width: int) -> TextCondition:
+        """SDXL micro-conditioning with diffusers' defaults: original size = target size =
+        the requested size, crop top-left = (0, 0)."""
+        time_ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=torch.float32)
+        return replace(cond, time_ids=time_ids)
+
     def check_request(self, config: SamplingConfig, prompt: str) -> SamplingConfig:
         """Fill in the default size and refuse what the engines were not built for."""
         if not isinstance(prompt, str):
@@ -161,10 +174,10 @@ class Pipeline:
             assert value is not None
             if value % factor:
                 raise UserInputError(f"--{side} {value} is not a multiple of {factor}: pick e.g. {value - value % factor}")
-            if built is not None and value != built:
+            if built is not None and not built.low <= value <= built.high:
                 raise UserInputError(
-                    f"--{side} {value} is outside what was built ({side} {built}): use --{side} {built}, "
-                    f"or rebuild with `{limits.rebuild_hint} --{side} {value}`"
+                    f"--{side} {value} is outside what was built ({side} {built}): use a {side} in that range, "
+                    f"or rebuild with `{limits.rebuild_hint} --{side} {value}` (a MIN:MAX range works too)"
                 )
         if limits.max_batch is not None and config.batch > limits.max_batch:
             raise UserInputError(

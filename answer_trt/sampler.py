@@ -16,12 +16,13 @@ import torch
 from torch import Tensor
 
 from answer_trt import guidance as G
+from answer_trt.conditioning import TextCondition, cat_conditions
 from answer_trt.config import GuidanceConfig
 from answer_trt.schedulers import StepRule, make_step_rule
 
 
 class Denoiser(Protocol):
-    def __call__(self, latents: Tensor, timesteps: Tensor, cond: Tensor) -> Tensor: ...
+    def __call__(self, latents: Tensor, timesteps: Tensor, cond: TextCondition) -> Tensor: ...
 
 
 StepCallback = Callable[[int, int], None]
@@ -32,8 +33,8 @@ class Conditioning:
     """Text conditions of a batch: ``positive`` is c_p; ``negative`` is c_0, or the
     embedding of a user negative prompt, which replaces c_0 everywhere."""
 
-    positive: Tensor
-    negative: Tensor
+    positive: TextCondition
+    negative: TextCondition
 
 
 class BranchEvaluator:
@@ -48,9 +49,9 @@ class BranchEvaluator:
         self.denoiser = denoiser
         self.fused = fused
         self.calls = 0
-        self._stacked: dict[tuple[int, ...], Tensor] = {}
+        self._stacked: dict[tuple[int, ...], TextCondition] = {}
 
-    def __call__(self, latents: Sequence[Tensor], conds: Sequence[Tensor], t: Tensor) -> list[Tensor]:
+    def __call__(self, latents: Sequence[Tensor], conds: Sequence[TextCondition], t: Tensor) -> list[Tensor]:
         if not self.fused:
             outputs = []
             for lat, cond in zip(latents, conds):
@@ -59,7 +60,7 @@ class BranchEvaluator:
             return outputs
         key = tuple(id(c) for c in conds)
         if key not in self._stacked:
-            self._stacked[key] = torch.cat(list(conds))
+            self._stacked[key] = cat_conditions(conds)
         cond = self._stacked[key]
         stacked = torch.cat(list(latents))
         self.calls += 1
@@ -144,7 +145,7 @@ def _inner_negative(
     i: int,
     ep: Tensor,
     e0: Tensor,
-    conds: tuple[Tensor, Tensor],
+    conds: tuple[TextCondition, TextCondition],
     k: int,
     wn: float,
     levels: tuple[float, float],

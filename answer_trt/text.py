@@ -1,51 +1,67 @@
-"""Prompt -> token ids -> text embeddings, with the empty-prompt embedding cached."""
+"""Prompt -> token ids -> text conditions, with c_0 (the empty prompt) cached."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from answer_trt.backends.base import Engine
+from answer_trt.conditioning import TextCondition
+from export.iospec import POOLED_EMBEDDINGS, TEXT_EMBEDDINGS, input_ids_name
 
 log = logging.getLogger("answer_trt")
 
 
 class PromptEncoder:
     """Encodes a prompt and its negative (a user negative prompt, or the empty prompt
-    c_0) in one text-engine call. c_0 is computed once and reused."""
+    c_0) in one text-engine call; c_0 is computed once and reused. With
+    ``zero_empty_negative`` (SDXL), c_0 is all zeros, as in diffusers' SDXL pipeline."""
 
-    def __init__(self, tokenizer: Any, engine: Engine, max_length: int) -> None:
-        self.tokenizer = tokenizer
+    def __init__(
+        self, tokenizers: Sequence[Any], engine: Engine, max_length: int, zero_empty_negative: bool = False
+    ) -> None:
+        self.tokenizers = tuple(tokenizers)
         self.engine = engine
         self.max_length = max_length
-        self.input_name = engine.spec.input_names[0]
-        self.output_name = engine.spec.output_names[0]
-        self._empty: Tensor | None = None
+        self.zero_empty_negative = zero_empty_negative
+        self._empty: TextCondition | None = None
 
-    def tokenize(self, texts: list[str]) -> Tensor:
+    def tokenize(self, texts: list[str]) -> dict[str, Tensor]:
         for text in texts:
-            n = len(self.tokenizer(text).input_ids)
+            n = len(self.tokenizers[0](text).input_ids)
             if n > self.max_length:
                 log.warning("prompt is %d tokens, truncated to the model's limit of %d: %r", n, self.max_length, text)
-        ids = self.tokenizer(
-            texts, padding="max_length", max_length=self.max_length, truncation=True, return_tensors="np"
-        ).input_ids
-        return torch.from_numpy(ids).to(torch.int64)
+        return {
+            input_ids_name(i): torch.from_numpy(
+                tokenizer(texts, padding="max_length", max_length=self.max_length, truncation=True,
+                          return_tensors="np").input_ids
+            ).to(torch.int64)
+            for i, tokenizer in enumerate(self.tokenizers)
+        }
 
-    def encode(self, prompt: str, negative_prompt: str | None = None) -> tuple[Tensor, Tensor]:
-        """``(c_p, c_neg)``, each ``[1, L, D]``; ``c_neg`` is c_0 when no negative prompt is given."""
-        texts = [prompt]
+    def _run(self, texts: list[str]) -> list[TextCondition]:
+        out = self.engine.run(self.tokenize(texts))
+        hidden = out[TEXT_EMBEDDINGS].to(torch.float32)
+        pooled = out[POOLED_EMBEDDINGS].to(torch.float32) if POOLED_EMBEDDINGS in out else None
+        return [
+            TextCondition(hidden[i : i + 1], None if pooled is None else pooled[i : i + 1]) for i in range(len(texts))
+        ]
+
+    def encode(self, prompt: str, negative_prompt: str | None = None) -> tuple[TextCondition, TextCondition]:
+        """``(c_p, c_neg)``, one row each; ``c_neg`` is c_0 when no negative prompt is given."""
         if negative_prompt is not None:
-            texts.append(negative_prompt)
-        elif self._empty is None:
-            texts.append("")
-        embeddings = self.engine.run({self.input_name: self.tokenize(texts)})[self.output_name]
-        embeddings = embeddings.to(torch.float32)
-        if negative_prompt is None and self._empty is None:
-            self._empty = embeddings[1:2].clone()
-        negative = embeddings[1:2] if negative_prompt is not None else self._empty
-        assert negative is not None
-        return embeddings[0:1], negative
+            positive, negative = self._run([prompt, negative_prompt])
+            return positive, negative
+        if self._empty is not None:
+            return self._run([prompt])[0], self._empty
+        if self.zero_empty_negative:
+            (positive,) = self._run([prompt])
+            pooled = None if positive.pooled is None else torch.zeros_like(positive.pooled)
+            self._empty = TextCondition(torch.zeros_like(positive.hidden), pooled)
+        else:
+            positive, self._empty = self._run([prompt, ""])
+        return positive, self._empty

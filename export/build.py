@@ -13,7 +13,7 @@ import json
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from answer_trt import __version__
@@ -27,16 +27,18 @@ from answer_trt.manifest import (
     write_manifest,
 )
 from answer_trt.files import sha256_file
-from answer_trt.models.source import LoadedModel, ModelSource, load_model, read_dims, resolve_model
-from export.iospec import UNET, VAE_DECODER, ModelDims, component_profiles, component_specs
+from answer_trt.models.info import ModelInfo, read_model_info
+from answer_trt.models.source import TOKENIZER_FOLDERS, LoadedModel, ModelSource, load_model, resolve_model
+from export.iospec import UNET, VAE_DECODER, ModelDims, SizeRange, component_profiles, component_specs
 
 BACKENDS = ("onnxruntime", "tensorrt")
 PRECISIONS = ("fp32", "fp16")
 # Components that an fp16 build runs in half precision. The text encoder stays fp32:
 # it runs once per prompt, and its fp16 ONNX graph mixes types in LayerNormalization.
+# A VAE whose config asks for it (force_upcast, SDXL) stays fp32 too.
 HALF_PRECISION_COMPONENTS = (UNET, VAE_DECODER)
 # Copied beside the engines so that a folder is all `generate --engines` needs.
-MODEL_FILES = ("tokenizer", "scheduler")
+MODEL_FILES = (*TOKENIZER_FOLDERS, "scheduler")
 
 
 @dataclass(frozen=True)
@@ -46,8 +48,8 @@ class BuildConfig:
     backend: str = "onnxruntime"
     precision: str = "fp32"
     max_batch: int = 4
-    height: int | None = None
-    width: int | None = None
+    height: SizeRange | int | None = None  # None: the model's default size
+    width: SizeRange | int | None = None
     force: bool = False
 
     def __post_init__(self) -> None:
@@ -66,9 +68,9 @@ class BuildPlan:
     config: BuildConfig
     source: ModelSource
     model_hash: str
-    dims: ModelDims
-    height: int
-    width: int
+    info: ModelInfo
+    height: SizeRange
+    width: SizeRange
 
     @property
     def key(self) -> str:
@@ -80,8 +82,8 @@ class BuildPlan:
             "backend": self.config.backend,
             "precision": self.config.precision,
             "max_batch": self.config.max_batch,
-            "height": self.height,
-            "width": self.width,
+            "height": asdict(self.height),
+            "width": asdict(self.width),
             "opset": OPSET,
             "versions": library_versions(),
         }
@@ -101,9 +103,10 @@ def build(config: BuildConfig, log: Callable[[str], None] = print) -> BuildResul
             "the tensorrt backend needs TensorRT, which is not part of this build: use --backend onnxruntime"
         )
     source = resolve_model(config.model)
-    dims = read_dims(source.path)
-    height, width = _resolution(config, dims)
-    plan = BuildPlan(config, source, source.content_hash(), dims, height, width)
+    info = read_model_info(source.path)
+    height, width = (_size_range(side, value, info.dims) for side, value in
+                     (("height", config.height), ("width", config.width)))
+    plan = BuildPlan(config, source, source.content_hash(), info, height, width)
     key = plan.key
     out = config.out
     if not config.force and _up_to_date(out, key):
@@ -121,13 +124,21 @@ def build(config: BuildConfig, log: Callable[[str], None] = print) -> BuildResul
     return BuildResult(manifest, out, skipped=False)
 
 
-def _resolution(config: BuildConfig, dims: ModelDims) -> tuple[int, int]:
-    height = config.height or dims.default_image_size
-    width = config.width or dims.default_image_size
-    for side, value in (("height", height), ("width", width)):
-        if value <= 0 or value % dims.vae_scale_factor:
-            raise UserInputError(f"--{side} must be a positive multiple of {dims.vae_scale_factor}, got {value}")
-    return height, width
+def _size_range(side: str, value: SizeRange | int | None, dims: ModelDims) -> SizeRange:
+    """The built range of one image side; opt is the model's default size when it lies
+    inside, else the low end."""
+    default = dims.default_image_size
+    if value is None:
+        return SizeRange.fixed(default)
+    size = SizeRange.fixed(value) if isinstance(value, int) else value
+    factor = dims.vae_scale_factor
+    for v in (size.low, size.high):
+        if v <= 0 or v % factor:
+            raise UserInputError(f"--{side} {size}: sizes must be positive multiples of {factor}")
+    if size.low > size.high:
+        raise UserInputError(f"--{side} {size.low}:{size.high}: the low end is above the high end")
+    opt = default if size.low <= default <= size.high else size.low
+    return SizeRange(size.low, opt, size.high)
 
 
 def library_versions() -> dict[str, str]:
@@ -155,29 +166,31 @@ def _export_all(plan: BuildPlan, model: LoadedModel, staging: Path, log: Callabl
     from export.onnx_export import export_onnx
     from export.wrappers import component_modules
 
-    config, dims = plan.config, plan.dims
-    half = config.precision == "fp16"
+    config, dims = plan.config, plan.info.dims
+    half_components = set(HALF_PRECISION_COMPONENTS) if config.precision == "fp16" else set()
+    if plan.info.vae_force_upcast:
+        half_components.discard(VAE_DECODER)
     specs = {
-        name: spec.with_dtype("float16") if half and name in HALF_PRECISION_COMPONENTS else spec
+        name: spec.with_dtype("float16") if name in half_components else spec
         for name, spec in component_specs(dims).items()
     }
     profiles = component_profiles(dims, config.max_batch, plan.height, plan.width)
     modules = component_modules(model)
-    binding = dims.bind(1, plan.height, plan.width)
+    binding = dims.bind(1, plan.height.opt, plan.width.opt)
     components = {}
     for name, module in modules.items():
         log(f"exporting {name} to ONNX")
-        if half and name in HALF_PRECISION_COMPONENTS:
+        if name in half_components:
             module = module.to(torch.float16)
         file = f"{name}.onnx"
         export_onnx(module, specs[name], binding, staging / file)
         components[name] = ComponentEntry(file, specs[name], profiles[name])
     for sub in MODEL_FILES:
-        shutil.copytree(plan.source.path / sub, staging / sub)
+        if (plan.source.path / sub).is_dir():
+            shutil.copytree(plan.source.path / sub, staging / sub)
     files = {
         p.relative_to(staging).as_posix(): sha256_file(p) for p in sorted(staging.rglob("*")) if p.is_file()
     }
-    scheduler_config = json.loads((plan.source.path / "scheduler" / "scheduler_config.json").read_text())
     return Manifest(
         key=plan.key,
         backend=config.backend,
@@ -187,8 +200,7 @@ def _export_all(plan: BuildPlan, model: LoadedModel, staging: Path, log: Callabl
         max_batch=config.max_batch,
         height=plan.height,
         width=plan.width,
-        dims=dims,
-        prediction_type=scheduler_config.get("prediction_type", "epsilon"),
+        info=plan.info,
         components=components,
         files=files,
         versions=library_versions(),

@@ -95,6 +95,14 @@ class ModelDims:
     latent_channels: int
     vae_scale_factor: int
     default_latent_size: int
+    # SDXL: the second text encoder's pooled embedding and the six micro-conditioning
+    # time ids (original size, crop top-left, target size) join the UNet's inputs.
+    pooled_size: int = 0
+    time_ids_size: int = 0
+
+    @property
+    def text_encoders(self) -> int:
+        return 2 if self.pooled_size else 1
 
     @property
     def default_image_size(self) -> int:
@@ -111,21 +119,44 @@ class ModelDims:
         }
 
 
+# Names of the text-condition inputs of the UNet, per field of ``TextCondition``.
+HIDDEN, POOLED, TIME_IDS = "encoder_hidden_states", "text_embeds", "time_ids"
+# Names of the text encoder's outputs.
+TEXT_EMBEDDINGS, POOLED_EMBEDDINGS = "text_embeddings", "pooled_embeddings"
+
+
+def input_ids_name(index: int) -> str:
+    """``input_ids`` for the first tokenizer, ``input_ids_2`` for SDXL's second."""
+    return "input_ids" if index == 0 else f"input_ids_{index + 1}"
+
+
 def component_specs(dims: ModelDims) -> dict[str, ComponentSpec]:
     latent = ("batch", dims.latent_channels, "latent_height", "latent_width")
     text = ("batch", dims.text_max_length, dims.text_hidden_size)
+    text_outputs = [TensorSpec(TEXT_EMBEDDINGS, text, "float32")]
+    added_unet_inputs = []
+    if dims.pooled_size:
+        text_outputs.append(TensorSpec(POOLED_EMBEDDINGS, ("batch", dims.pooled_size), "float32"))
+        added_unet_inputs = [
+            TensorSpec(POOLED, ("batch", dims.pooled_size), "float32"),
+            TensorSpec(TIME_IDS, ("batch", dims.time_ids_size), "float32"),
+        ]
     return {
         TEXT_ENCODER: ComponentSpec(
             TEXT_ENCODER,
-            inputs=(TensorSpec("input_ids", ("batch", dims.text_max_length), "int64"),),
-            outputs=(TensorSpec("text_embeddings", text, "float32"),),
+            inputs=tuple(
+                TensorSpec(input_ids_name(i), ("batch", dims.text_max_length), "int64")
+                for i in range(dims.text_encoders)
+            ),
+            outputs=tuple(text_outputs),
         ),
         UNET: ComponentSpec(
             UNET,
             inputs=(
                 TensorSpec("sample", latent, "float32"),
                 TensorSpec("timestep", ("batch",), "float32"),
-                TensorSpec("encoder_hidden_states", text, "float32"),
+                TensorSpec(HIDDEN, text, "float32"),
+                *added_unet_inputs,
             ),
             outputs=(TensorSpec("noise_pred", latent, "float32"),),
         ),
@@ -141,10 +172,30 @@ def component_specs(dims: ModelDims) -> dict[str, ComponentSpec]:
 BATCH_MULTIPLIER = {TEXT_ENCODER: TEXT_BRANCHES, UNET: MAX_BRANCHES, VAE_DECODER: 1}
 
 
-def component_profiles(dims: ModelDims, max_batch: int, height: int, width: int) -> dict[str, Profile]:
+@dataclass(frozen=True)
+class SizeRange:
+    """Image sizes (pixels) an engine accepts along one side: ``low..high``, tuned for ``opt``."""
+
+    low: int
+    opt: int
+    high: int
+
+    @classmethod
+    def fixed(cls, size: int) -> SizeRange:
+        return cls(size, size, size)
+
+    def __str__(self) -> str:
+        return str(self.low) if self.low == self.high else f"{self.low}:{self.high}"
+
+
+def component_profiles(
+    dims: ModelDims, max_batch: int, height: SizeRange | int, width: SizeRange | int
+) -> dict[str, Profile]:
     """Optimization profiles per component: batch from 1 to multiplier x max_batch
-    (opt at max_batch images), resolution fixed at the built size."""
-    smallest = dims.bind(1, height, width)
+    (opt at max_batch images); each spatial symbol over the built size range."""
+    h = height if isinstance(height, SizeRange) else SizeRange.fixed(height)
+    w = width if isinstance(width, SizeRange) else SizeRange.fixed(width)
+    low, opt, high = dims.bind(1, h.low, w.low), dims.bind(1, h.opt, w.opt), dims.bind(1, h.high, w.high)
     profiles: dict[str, Profile] = {}
     for name, spec in component_specs(dims).items():
         multiplier = BATCH_MULTIPLIER[name]
@@ -153,8 +204,7 @@ def component_profiles(dims: ModelDims, max_batch: int, height: int, width: int)
             if symbol == "batch":
                 profile[symbol] = (1, multiplier * max_batch, multiplier * max_batch)
             else:
-                value = smallest[symbol]
-                profile[symbol] = (value, value, value)
+                profile[symbol] = (low[symbol], opt[symbol], high[symbol])
         profiles[name] = profile
     return profiles
 

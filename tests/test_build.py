@@ -87,7 +87,7 @@ def test_failed_build_leaves_the_previous_engines_intact(built, monkeypatch):
 def test_bad_build_requests(tmp_path):
     with pytest.raises(UserInputError, match="max-batch"):
         BuildConfig(out=tmp_path, max_batch=0)
-    with pytest.raises(UserInputError, match="multiple of 8"):
+    with pytest.raises(UserInputError, match="multiples of 8"):
         build(BuildConfig(model="tiny", out=tmp_path / "e", height=100), log=quiet)
     with pytest.raises(UserInputError, match="not found"):
         build(BuildConfig(model=str(tmp_path / "no-such-model"), out=tmp_path / "e"), log=quiet)

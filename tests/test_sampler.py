@@ -7,6 +7,7 @@ import torch
 from diffusers import DDIMScheduler, EulerDiscreteScheduler
 
 from answer_trt import guidance as G
+from answer_trt.conditioning import TextCondition
 from answer_trt.config import GuidanceConfig
 from answer_trt.sampler import BranchEvaluator, Conditioning, sample
 
@@ -24,9 +25,9 @@ class ToyDenoiser:
         self.mix = torch.randn(channels, channels, generator=gen) * 0.5
         self.proj = torch.randn(dim, channels, generator=gen)
 
-    def __call__(self, latents: torch.Tensor, timesteps: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        assert latents.shape[0] == timesteps.shape[0] == cond.shape[0]
-        c = (cond.mean(1) @ self.proj)[:, :, None, None]
+    def __call__(self, latents: torch.Tensor, timesteps: torch.Tensor, cond: TextCondition) -> torch.Tensor:
+        assert latents.shape[0] == timesteps.shape[0] == cond.batch
+        c = (cond.hidden.mean(1) @ self.proj)[:, :, None, None]
         h = torch.einsum("oc,nchw->nohw", self.mix, latents)
         return torch.tanh(h + c * (timesteps[:, None, None, None] / 1000.0)) + 0.1 * latents
 
@@ -40,7 +41,8 @@ def make_scheduler(kind: str):
 def problem():
     gen = torch.Generator().manual_seed(1)
     noise = torch.randn(2, 4, 6, 6, generator=gen)
-    cond = Conditioning(torch.randn(2, 5, 8, generator=gen), torch.randn(2, 5, 8, generator=gen))
+    cond = Conditioning(TextCondition(torch.randn(2, 5, 8, generator=gen)),
+                        TextCondition(torch.randn(2, 5, 8, generator=gen)))
     return noise, cond
 
 

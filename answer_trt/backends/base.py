@@ -7,6 +7,7 @@ from typing import Protocol
 
 from torch import Tensor
 
+from answer_trt.conditioning import TextCondition
 from export.iospec import ComponentSpec
 
 
@@ -21,14 +22,15 @@ class Engine(Protocol):
 class EngineDenoiser:
     """Adapts a UNet engine to the sampler's ``denoiser(latents, t, cond)`` contract.
 
-    Feed names come from the spec's inputs, in order: sample, timestep, text condition.
+    The spec's first two inputs are the latents and the timestep; the rest are named
+    by the condition's fields (``TextCondition.feeds``).
     """
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self.sample_name, self.timestep_name, self.cond_name = engine.spec.input_names
+        self.sample_name, self.timestep_name = engine.spec.input_names[:2]
         self.output_name = engine.spec.output_names[0]
 
-    def __call__(self, latents: Tensor, timesteps: Tensor, cond: Tensor) -> Tensor:
-        feeds = {self.sample_name: latents, self.timestep_name: timesteps, self.cond_name: cond}
+    def __call__(self, latents: Tensor, timesteps: Tensor, cond: TextCondition) -> Tensor:
+        feeds = {self.sample_name: latents, self.timestep_name: timesteps, **cond.feeds()}
         return self.engine.run(feeds)[self.output_name]

@@ -24,4 +24,5 @@ class TorchEngine:
         ]
         with torch.inference_mode():
             out = self.module(*args)
-        return {self.spec.output_names[0]: out}
+        outputs = out if isinstance(out, tuple) else (out,)
+        return dict(zip(self.spec.output_names, outputs))

@@ -20,6 +20,7 @@ import torch
 from answer_trt import __version__
 from answer_trt.bench.plain_loop import diffusers_unet_call, null_unet, plain_answer_loop
 from answer_trt.bench.stats import Summary, summarize
+from answer_trt.conditioning import TextCondition
 from answer_trt.config import METHODS, GuidanceConfig
 from answer_trt.errors import UserInputError
 from answer_trt.pipeline import Pipeline
@@ -165,7 +166,7 @@ class _CountingDenoiser:
         self.denoiser = denoiser
         self.calls = 0
 
-    def __call__(self, latents: torch.Tensor, timesteps: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    def __call__(self, latents: torch.Tensor, timesteps: torch.Tensor, cond: TextCondition) -> torch.Tensor:
         self.calls += 1
         return self.denoiser(latents, timesteps, cond)
 
@@ -182,13 +183,15 @@ def counting_unet_calls(pipe: Pipeline) -> Iterator[_CountingDenoiser]:
         pipe.denoiser = original
 
 
-def _plain_inputs(pipe: Pipeline, batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _plain_inputs(pipe: Pipeline, batch: int) -> tuple[torch.Tensor, TextCondition, TextCondition]:
     height, width = pipe.default_size
     c_p, c_0 = pipe.text.encode(PROMPT)
+    if pipe.dims.time_ids_size:
+        c_p, c_0 = (pipe.with_time_ids(c, height, width) for c in (c_p, c_0))
     f = pipe.dims.vae_scale_factor
     noise = torch.randn(batch, pipe.dims.latent_channels, height // f, width // f,
                         generator=torch.Generator().manual_seed(0))
-    return noise, c_p.expand(batch, -1, -1), c_0.expand(batch, -1, -1)
+    return noise, c_p.expand(batch), c_0.expand(batch)
 
 
 def _time_plain_loop(pipe: Pipeline, config: BenchConfig, eager_unet: Any) -> Summary:

@@ -14,7 +14,7 @@ from answer_trt.cache import cache_root
 from answer_trt.errors import UserInputError
 from answer_trt.files import tree_sha256
 from answer_trt.models import quiet_libraries, tiny
-from export.iospec import ModelDims
+from answer_trt.models.info import config_json, is_sdxl
 
 REQUIRED_SUBFOLDERS = ("tokenizer", "text_encoder", "unet", "vae", "scheduler")
 
@@ -31,8 +31,8 @@ class ModelSource:
 
 
 def resolve_model(model: str) -> ModelSource:
-    if model == tiny.TINY_NAME:
-        return ModelSource(model, ensure_tiny_model())
+    if model in tiny.BUILDERS:
+        return ModelSource(model, ensure_tiny_model(model))
     path = Path(model).expanduser()
     if path.is_dir():
         missing = [sub for sub in REQUIRED_SUBFOLDERS if not (path / sub).is_dir()]
@@ -59,15 +59,15 @@ def _download(repo_id: str) -> Path:
         ) from None
 
 
-def ensure_tiny_model() -> Path:
-    """Build the tiny model into the cache once (atomically: temp folder + rename)."""
-    folder = cache_root() / "models" / f"{tiny.TINY_NAME}-v{tiny.TINY_VERSION}"
+def ensure_tiny_model(name: str = tiny.TINY_NAME) -> Path:
+    """Build a built-in model into the cache once (atomically: temp folder + rename)."""
+    folder = cache_root() / "models" / f"{name}-v{tiny.TINY_VERSION}"
     if (folder / "model_index.json").is_file():
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".tiny-", dir=folder.parent))
     try:
-        tiny.build_tiny_model(staging)
+        tiny.build_tiny_model(staging, name)
         try:
             staging.rename(folder)
         except OSError:  # another process finished first
@@ -78,46 +78,40 @@ def ensure_tiny_model() -> Path:
     return folder
 
 
-def read_dims(path: Path) -> ModelDims:
-    """The sizes the IO specs need, read from the model's config files (no weights loaded)."""
-
-    def config(sub: str, name: str = "config.json") -> dict[str, Any]:
-        return dict(json.loads((path / sub / name).read_text()))
-
-    text, unet, vae = config("text_encoder"), config("unet"), config("vae")
-    max_length = config("tokenizer", "tokenizer_config.json").get("model_max_length")
-    if not isinstance(max_length, int) or max_length > text["max_position_embeddings"]:
-        max_length = int(text["max_position_embeddings"])
-    return ModelDims(
-        text_max_length=max_length,
-        text_hidden_size=int(text["hidden_size"]),
-        latent_channels=int(unet["in_channels"]),
-        vae_scale_factor=2 ** (len(vae["block_out_channels"]) - 1),
-        default_latent_size=int(unet["sample_size"]),
-    )
-
-
 @dataclass(frozen=True)
 class LoadedModel:
-    """The torch components of a diffusers SD-family folder."""
+    """The torch components of a diffusers SD-family folder (SDXL: with the second
+    tokenizer and text encoder)."""
 
-    tokenizer: Any
+    tokenizers: tuple[Any, ...]
     text_encoder: Any
     unet: Any
     vae: Any
     scheduler_config: dict[str, Any]
+    text_encoder_2: Any = None
 
 
 def load_model(path: Path) -> LoadedModel:
     quiet_libraries()
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-
+    sdxl = is_sdxl(path)
     return LoadedModel(
-        tokenizer=CLIPTokenizer.from_pretrained(path / "tokenizer"),
+        tokenizers=load_tokenizers(path),
         text_encoder=CLIPTextModel.from_pretrained(path / "text_encoder").eval(),
+        text_encoder_2=CLIPTextModelWithProjection.from_pretrained(path / "text_encoder_2").eval() if sdxl else None,
         unet=UNet2DConditionModel.from_pretrained(path / "unet").eval(),
         vae=AutoencoderKL.from_pretrained(path / "vae").eval(),
-        scheduler_config=json.loads((path / "scheduler" / "scheduler_config.json").read_text()),
+        scheduler_config=config_json(path, "scheduler", "scheduler_config.json"),
     )
+
+
+TOKENIZER_FOLDERS = ("tokenizer", "tokenizer_2")
+
+
+def load_tokenizers(path: Path) -> tuple[Any, ...]:
+    """The model's CLIP tokenizer(s), from ``path/tokenizer`` (and ``path/tokenizer_2``)."""
+    from transformers import CLIPTokenizer
+
+    return tuple(CLIPTokenizer.from_pretrained(path / sub) for sub in TOKENIZER_FOLDERS if (path / sub).is_dir())

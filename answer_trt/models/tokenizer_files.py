@@ -41,8 +41,11 @@ def _merges_for(word: str) -> list[tuple[str, str]]:
     return merges
 
 
-def write_clip_tokenizer(folder: Path, words: Iterable[str], model_max_length: int = 77) -> CLIPTokenizer:
-    """Save a CLIPTokenizer covering ``words`` into ``folder`` and return it loaded from there."""
+def write_clip_tokenizer(
+    folder: Path, words: Iterable[str], model_max_length: int = 77, pad_token: str = EOS
+) -> CLIPTokenizer:
+    """Save a CLIPTokenizer covering ``words`` into ``folder`` and return it loaded from there.
+    (SDXL's second tokenizer pads with ``!`` instead of the end token.)"""
     folder.mkdir(parents=True, exist_ok=True)
     alphabet = byte_alphabet()
     vocab_list = alphabet + [a + "</w>" for a in alphabet]
@@ -66,7 +69,7 @@ def write_clip_tokenizer(folder: Path, words: Iterable[str], model_max_length: i
                 "bos_token": BOS,
                 "eos_token": EOS,
                 "unk_token": EOS,
-                "pad_token": EOS,
+                "pad_token": pad_token,
             }
         )
     )

@@ -1,0 +1,56 @@
+"""What the UNet is conditioned on besides the latents, one row per image."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from export.iospec import HIDDEN, POOLED, TIME_IDS
+
+
+@dataclass(frozen=True)
+class TextCondition:
+    """``hidden``: cross-attention text states ``[B, L, D]`` (c_p or c_0 in ANSWER.md).
+    SDXL adds ``pooled`` ``[B, P]`` text embeddings and ``time_ids`` ``[B, 6]``."""
+
+    hidden: Tensor
+    pooled: Tensor | None = None
+    time_ids: Tensor | None = None
+
+    @property
+    def batch(self) -> int:
+        return int(self.hidden.shape[0])
+
+    def expand(self, batch: int) -> TextCondition:
+        """Repeat a one-row condition for ``batch`` images (views, no copy)."""
+
+        def grow(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t.expand(batch, *t.shape[1:])
+
+        return TextCondition(grow(self.hidden), grow(self.pooled), grow(self.time_ids))  # type: ignore[arg-type]
+
+    def feeds(self) -> dict[str, Tensor]:
+        """The UNet inputs this condition fills, by IO-spec name."""
+        out = {HIDDEN: self.hidden}
+        if self.pooled is not None:
+            out[POOLED] = self.pooled
+        if self.time_ids is not None:
+            out[TIME_IDS] = self.time_ids
+        return out
+
+
+def cat_conditions(conds: Sequence[TextCondition]) -> TextCondition:
+    """Stack conditions on the batch axis (the fused call's branches)."""
+
+    def cat(parts: list[Tensor | None]) -> Tensor | None:
+        if all(p is None for p in parts):
+            return None
+        if any(p is None for p in parts):
+            raise ValueError("cannot stack conditions with and without SDXL's added inputs")
+        return torch.cat(parts)  # type: ignore[arg-type]
+
+    hidden = torch.cat([c.hidden for c in conds])
+    return TextCondition(hidden, cat([c.pooled for c in conds]), cat([c.time_ids for c in conds]))
