@@ -176,14 +176,13 @@ def _export_all(plan: BuildPlan, model: LoadedModel, staging: Path, log: Callabl
     }
     profiles = component_profiles(dims, config.max_batch, plan.height, plan.width)
     modules = component_modules(model)
-    binding = dims.bind(1, plan.height.opt, plan.width.opt)
     components = {}
     for name, module in modules.items():
         log(f"exporting {name} to ONNX")
         if name in half_components:
             module = module.to(torch.float16)
         file = f"{name}.onnx"
-        export_onnx(module, specs[name], binding, staging / file)
+        export_onnx(module, specs[name], dims, staging / file)
         components[name] = ComponentEntry(file, specs[name], profiles[name])
     for sub in MODEL_FILES:
         if (plan.source.path / sub).is_dir():

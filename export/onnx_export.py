@@ -3,6 +3,8 @@ followed by the graph clean-up (shape inference and the ONNX checker)."""
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -10,32 +12,66 @@ import onnx
 import torch
 from torch import nn
 
-from export.iospec import ComponentSpec
+from export.iospec import ComponentSpec, ModelDims
 from export.wrappers import sample_inputs
 
 OPSET = 17
-# Trace at batch 2 so the exporter cannot specialize the batch axis to 1.
+# Trace at batch 2 so the exporter cannot specialize the batch axis to 1, and at a
+# small latent (the spatial axes are dynamic): tracing a full-size UNet at 64x64 latents
+# in fp16 on a CPU takes many minutes, at 8x8 seconds.
 TRACE_BATCH = 2
+TRACE_LATENT = 8
 
 
-def export_onnx(module: nn.Module, spec: ComponentSpec, dims: dict[str, int], path: Path) -> None:
-    """Export ``module`` to ``path``; ``dims`` binds the symbols for the trace inputs."""
+def trace_binding(dims: ModelDims) -> dict[str, int]:
+    size = TRACE_LATENT * dims.vae_scale_factor
+    return dims.bind(TRACE_BATCH, size, size)
+
+
+# Weights of a larger component go to one external-data file beside the graph
+# (``unet.onnx.data``): the graph stays small and protobuf's 2 GB limit is never hit.
+EXTERNAL_DATA_BYTES = 256 * 2**20
+
+
+def external_data_file(path: Path) -> str:
+    return path.name + ".data"
+
+
+def export_onnx(module: nn.Module, spec: ComponentSpec, dims: ModelDims, path: Path) -> list[Path]:
+    """Export ``module`` to ``path``, traced on inputs of ``trace_binding(dims)``.
+    Returns the files written (the graph, and its external data if any)."""
     float_dtype = torch.float16 if any(t.dtype == "float16" for t in spec.inputs) else torch.float32
-    inputs = sample_inputs(spec, {**dims, "batch": TRACE_BATCH}, float_dtype)
-    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tracer warnings about Python control flow on shapes
-        torch.onnx.export(
-            module,
-            tuple(inputs[name] for name in spec.input_names),
-            str(path),
-            input_names=spec.input_names,
-            output_names=spec.output_names,
-            dynamic_axes=spec.dynamic_axes(),
-            opset_version=OPSET,
-            do_constant_folding=True,
-            dynamo=False,
-        )
+    inputs = sample_inputs(spec, trace_binding(dims), float_dtype)
+    weight_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
+    external = weight_bytes >= EXTERNAL_DATA_BYTES
+    # Large exports may scatter one file per tensor: export into a folder of its own.
+    trace_dir = Path(tempfile.mkdtemp(prefix=f".{spec.name}-", dir=path.parent))
+    traced = trace_dir / path.name
+    try:
+        with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer warnings about Python control flow on shapes
+            torch.onnx.export(
+                module,
+                tuple(inputs[name] for name in spec.input_names),
+                str(traced),
+                input_names=spec.input_names,
+                output_names=spec.output_names,
+                dynamic_axes=spec.dynamic_axes(),
+                opset_version=OPSET,
+                do_constant_folding=True,
+                dynamo=False,
+            )
+        if external:
+            model = onnx.load(str(traced))
+            onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                            location=external_data_file(path), size_threshold=1024)
+            del model
+        else:
+            traced.replace(path)
+    finally:
+        shutil.rmtree(trace_dir, ignore_errors=True)
     clean_graph(path)
+    return [path, path.parent / external_data_file(path)] if external else [path]
 
 
 def clean_graph(path: Path) -> None:

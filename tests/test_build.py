@@ -74,7 +74,7 @@ def test_failed_build_leaves_the_previous_engines_intact(built, monkeypatch):
     def failing_export(module, spec, dims, path):
         if spec.name == "unet":
             raise RuntimeError("simulated exporter crash")
-        real_export(module, spec, dims, path)
+        return real_export(module, spec, dims, path)
 
     monkeypatch.setattr(onnx_export, "export_onnx", failing_export)
     with pytest.raises(RuntimeError, match="simulated"):
@@ -129,3 +129,26 @@ def test_fp16_build_runs_on_onnxruntime(engines_dir, tmp_path):
     full = answer_trt.load(engines_dir)("a cat", steps=4, seed=3)[0]
     diff = np.abs(np.asarray(half, dtype=np.int16) - np.asarray(full, dtype=np.int16))
     assert diff.max() <= 8, diff.max()  # same picture up to half-precision rounding
+
+
+def test_fp16_sdxl_keeps_its_vae_in_fp32(tmp_path):
+    result = build(BuildConfig(model="tiny-sdxl", out=tmp_path / "xl16", max_batch=1, precision="fp16"), log=quiet)
+    specs = {name: entry.spec for name, entry in result.manifest.components.items()}
+    assert specs["unet"].inputs[0].dtype == "float16"
+    assert [t.dtype for t in specs["vae_decoder"].inputs + specs["vae_decoder"].outputs] == ["float32", "float32"]
+    assert result.manifest.info.vae_force_upcast and result.manifest.info.zero_empty_negative
+    assert {"pooled_embeddings"} <= set(specs["text_encoder"].output_names)
+    assert specs["unet"].input_names[-2:] == ["text_embeds", "time_ids"]
+
+
+def test_non_finite_decoder_output_fails_clearly():
+    import torch
+
+    from answer_trt.errors import NonFiniteImageError
+    from answer_trt.images import to_pil
+
+    images = torch.zeros(1, 3, 8, 8)
+    assert to_pil(images, {})[0].size == (8, 8)
+    images[0, 0, 0, 0] = float("nan")
+    with pytest.raises(NonFiniteImageError, match="NaN or inf"):
+        to_pil(images, {})

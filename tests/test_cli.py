@@ -132,3 +132,31 @@ def test_existing_output_is_kept_when_generation_fails(engines_dir, tmp_path):
     out.write_bytes(b"previous image")
     assert run_cli("generate", "a cat", "--engines", engines_dir, "--batch", "5", "-o", out) == 2
     assert out.read_bytes() == b"previous image"
+
+
+def test_resolution_range_build_and_generate(tmp_path, capsys):
+    out = tmp_path / "ranged"
+    assert run_cli("build", "--model", "tiny", "--out", out, "--height", "64:128", "--width", "64:96",
+                   "--max-batch", "1") == 0
+    assert run_cli("info", out) == 0
+    assert "width 64:96 x height 64:128" in capsys.readouterr().out
+    for height, width in ((64, 64), (128, 96), (96, 80)):
+        png = tmp_path / f"{height}x{width}.png"
+        assert run_cli("generate", "a cat", "--engines", out, "--steps", "2", "--height", height, "--width", width,
+                       "-o", png) == 0
+        assert Image.open(png).size == (width, height)
+    assert run_cli("generate", "a cat", "--engines", out, "--steps", "2", "--height", "136", "-o",
+                   tmp_path / "big.png") == 2
+    err = capsys.readouterr().err
+    assert "outside what was built (height 64:128)" in err and "--height 136" in err
+    assert not (tmp_path / "big.png").exists()
+    assert run_cli("build", "--model", "tiny", "--out", tmp_path / "bad", "--height", "128:64") == 2
+    assert "low end is above" in capsys.readouterr().err
+
+
+def test_built_in_families_generate_from_the_cli(tmp_path, capsys):
+    for name in ("tiny-sd21", "tiny-sdxl"):
+        png = tmp_path / f"{name}.png"
+        assert run_cli("generate", "a cat", "--model", name, "--steps", "2", "-o", png) == 0
+        image = Image.open(png)
+        assert image.text["model"] == name and image.size == (64, 64)
