@@ -63,7 +63,8 @@ def make_parser() -> argparse.ArgumentParser:
     b.add_argument("--model", default="tiny", help="diffusers folder, hub id, or `tiny` (default)")
     b.add_argument("--out", required=True, type=Path, help="engines folder to write")
     b.add_argument("--backend", default="onnxruntime", choices=("onnxruntime", "tensorrt"))
-    b.add_argument("--precision", default="fp32", choices=("fp32", "fp16"))
+    b.add_argument("--precision", default=None, choices=("fp32", "fp16", "bf16"),
+                   help="default: fp32 on onnxruntime, fp16 on tensorrt (bf16: tensorrt only)")
     b.add_argument("--max-batch", type=_at_least_1, default=4, help="most images per call (default 4)")
     b.add_argument("--height", type=_size_or_range, help="image height H or range MIN:MAX (default: the model's)")
     b.add_argument("--width", type=_size_or_range, help="image width W or range MIN:MAX (default: the model's)")
@@ -76,6 +77,8 @@ def make_parser() -> argparse.ArgumentParser:
     source.add_argument("--model", help="model to build into the cache on first use (default `tiny`)")
     g.add_argument("--backend", choices=("onnxruntime", "torch"), default=None,
                    help="with --model: torch runs it eagerly instead of building engines")
+    g.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="with --backend torch: cuda runs the model in fp16 on the GPU")
     g.add_argument("--method", choices=METHODS, default="answer")
     g.add_argument("--negative-prompt", default=None)
     g.add_argument("--steps", type=_at_least_1, default=30)
@@ -183,7 +186,7 @@ def _generate(args: argparse.Namespace) -> int:
             raise UserInputError("--backend torch runs a model, not engines: use --model with it")
         pipe = from_engines(args.engines)
     elif args.backend == "torch":
-        pipe = answer_trt.load(args.model or "tiny", backend="torch")
+        pipe = answer_trt.load(args.model or "tiny", backend="torch", device=args.device)
     else:
         model = args.model or "tiny"
         log = lambda msg: print(msg, file=sys.stderr)  # noqa: E731

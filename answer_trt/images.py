@@ -21,7 +21,7 @@ def to_pil(images: Tensor, params: Mapping[str, str]) -> list[Image.Image]:
         raise NonFiniteImageError(
             "the VAE decoder produced NaN or inf values; with fp16 engines rebuild with --precision fp32"
         )
-    pixels = ((images.to(torch.float32) / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
+    pixels = ((images.detach().cpu().to(torch.float32) / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
     arrays = pixels.permute(0, 2, 3, 1).contiguous().numpy()
     result = []
     for array in arrays:

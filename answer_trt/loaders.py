@@ -11,21 +11,23 @@ from typing import Any
 
 from answer_trt.cache import cache_root
 from answer_trt.errors import UserInputError
-from answer_trt.manifest import MANIFEST_NAME, read_manifest, verify_files
+from answer_trt.manifest import MANIFEST_NAME, Manifest, read_manifest, verify_files
 from answer_trt.pipeline import Limits, Pipeline
 
 BACKENDS = ("onnxruntime", "torch")
 DEFAULT_MAX_BATCH = 4
 
 
-def load(source: str | Path = "tiny", *, backend: str | None = None, build_log: Any = None) -> Pipeline:
+def load(
+    source: str | Path = "tiny", *, backend: str | None = None, device: str = "cpu", build_log: Any = None
+) -> Pipeline:
     """``source``: an engines folder (has manifest.json), or a MODEL (``tiny``, a
     diffusers folder, a hub id). A model is built into the cache on first use, or run
-    eagerly with ``backend="torch"``."""
+    eagerly with ``backend="torch"`` (``device="cuda"``: in fp16 on the GPU)."""
     if backend is not None and backend not in BACKENDS:
         raise UserInputError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
     if backend == "torch":
-        return from_model_eager(str(source))
+        return from_model_eager(str(source), device)
     if (Path(source) / MANIFEST_NAME).is_file():
         return from_engines(Path(source))
     return from_engines(build_cached(str(source), log=build_log))
@@ -37,24 +39,45 @@ def from_engines(folder: Path) -> Pipeline:
 
     manifest = read_manifest(folder)
     verify_files(folder, manifest)
-    engines = {
-        name: OnnxRuntimeEngine(folder / entry.file, entry.spec, entry.profile)
-        for name, entry in manifest.components.items()
-    }
+    engines: dict[str, Any]
+    device = "cpu"
+    if manifest.backend == "tensorrt":
+        engines, device = _tensorrt_engines(folder, manifest), "cuda"
+    else:
+        engines = {
+            name: OnnxRuntimeEngine(folder / entry.file, entry.spec, entry.profile)
+            for name, entry in manifest.components.items()
+        }
     return Pipeline(
         tokenizers=load_tokenizers(folder),
-        engines=engines,  # type: ignore[arg-type]
+        engines=engines,
         scheduler_config=json.loads((folder / "scheduler" / "scheduler_config.json").read_text()),
         info=manifest.info,
         model_name=manifest.model_name,
         backend=manifest.backend,
         precision=manifest.precision,
+        device=device,
         limits=Limits(manifest.max_batch, manifest.height, manifest.width, f"answer-trt build --model "
                       f"{manifest.model_name} --out {folder}"),
     )
 
 
-def from_model_eager(model: str) -> Pipeline:
+def _tensorrt_engines(folder: Path, manifest: Manifest) -> dict[str, Any]:
+    try:
+        from answer_trt.backends.tensorrt import load_engines
+    except ImportError:
+        raise UserInputError(
+            f"{folder} holds TensorRT engines, and TensorRT (or cuda-python) is not installed here: install "
+            "tensorrt-cu12 and cuda-python on a machine with an NVIDIA GPU, or build ONNX Runtime engines"
+        ) from None
+    components = {name: (e.file, e.spec, e.profile) for name, e in manifest.components.items()}
+    return dict(load_engines(folder, components, manifest.versions.get("tensorrt"), manifest.gpu_capability,
+                             manifest.rebuild_command(folder)))
+
+
+def from_model_eager(model: str, device: str = "cpu") -> Pipeline:
+    import torch
+
     from answer_trt.backends.torch_eager import TorchEngine
     from answer_trt.models.info import read_model_info
     from answer_trt.models.source import load_model, resolve_model
@@ -65,7 +88,15 @@ def from_model_eager(model: str) -> Pipeline:
     loaded = load_model(source.path)
     info = read_model_info(source.path)
     specs = component_specs(info.dims)
-    engines = {name: TorchEngine(module, specs[name]) for name, module in component_modules(loaded).items()}
+    if device not in ("cpu", "cuda"):
+        raise UserInputError(f"unknown device {device!r}: choose cpu or cuda")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserInputError("device cuda was asked for, and torch sees no CUDA GPU here: use device cpu")
+    dtype = torch.float16 if device == "cuda" else torch.float32
+    engines = {
+        name: TorchEngine(module, specs[name], dtype=dtype, device=device)
+        for name, module in component_modules(loaded).items()
+    }
     return Pipeline(
         tokenizers=loaded.tokenizers,
         engines=engines,  # type: ignore[arg-type]
@@ -73,6 +104,8 @@ def from_model_eager(model: str) -> Pipeline:
         info=info,
         model_name=source.name,
         backend="torch",
+        precision="fp16" if device == "cuda" else "fp32",
+        device=device,
     )
 
 

@@ -41,6 +41,7 @@ class Manifest:
     components: dict[str, ComponentEntry]
     files: dict[str, str]  # relative path -> sha256
     versions: dict[str, str]
+    gpu_capability: str | None = None  # TensorRT plans: the compute capability they were built on
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)

@@ -74,6 +74,7 @@ class Pipeline:
         model_name: str,
         backend: str,
         precision: str = "fp32",
+        device: str = "cpu",
         limits: Limits = Limits(),
     ) -> None:
         self.engines = engines
@@ -87,6 +88,7 @@ class Pipeline:
         self.model_name = model_name
         self.backend = backend
         self.precision = precision
+        self.device = torch.device(device)
         self.limits = limits
 
     @property
@@ -142,7 +144,8 @@ class Pipeline:
         generator = torch.Generator("cpu").manual_seed(seed)
         shape = (batch, self.dims.latent_channels, config.height // self.dims.vae_scale_factor,
                  config.width // self.dims.vae_scale_factor)
-        noise = torch.randn(shape, generator=generator, dtype=torch.float32)
+        # Drawn on the CPU with a CPU generator, as diffusers does, so seeds agree everywhere.
+        noise = torch.randn(shape, generator=generator, dtype=torch.float32).to(self.device)
         latents = sample(
             self.denoiser, noise, cond, scheduler_obj, steps, config.guidance,
             prediction_type=self.prediction_type, fused=fused, callback=callback,

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from answer_trt import __version__
+from answer_trt.backends import tensorrt_available
 from answer_trt.errors import UserInputError
 from answer_trt.manifest import (
     MANIFEST_NAME,
@@ -29,10 +30,21 @@ from answer_trt.manifest import (
 from answer_trt.files import sha256_file
 from answer_trt.models.info import ModelInfo, read_model_info
 from answer_trt.models.source import TOKENIZER_FOLDERS, LoadedModel, ModelSource, load_model, resolve_model
-from export.iospec import UNET, VAE_DECODER, ModelDims, SizeRange, component_profiles, component_specs
+from export.iospec import (
+    UNET,
+    VAE_DECODER,
+    ComponentSpec,
+    ModelDims,
+    Profile,
+    SizeRange,
+    component_profiles,
+    component_specs,
+)
 
 BACKENDS = ("onnxruntime", "tensorrt")
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "bf16")
+# Without --precision: fp32 on ONNX Runtime (CPU), fp16 on TensorRT.
+DEFAULT_PRECISION = {"onnxruntime": "fp32", "tensorrt": "fp16"}
 # Components that an fp16 build runs in half precision. The text encoder stays fp32:
 # it runs once per prompt, and its fp16 ONNX graph mixes types in LayerNormalization.
 # A VAE whose config asks for it (force_upcast, SDXL) stays fp32 too.
@@ -46,7 +58,7 @@ class BuildConfig:
     model: str = "tiny"
     out: Path = Path("engines/tiny")
     backend: str = "onnxruntime"
-    precision: str = "fp32"
+    precision: str | None = None  # None: DEFAULT_PRECISION of the backend
     max_batch: int = 4
     height: SizeRange | int | None = None  # None: the model's default size
     width: SizeRange | int | None = None
@@ -55,8 +67,12 @@ class BuildConfig:
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise UserInputError(f"unknown backend {self.backend!r}: choose one of {', '.join(BACKENDS)}")
+        if self.precision is None:
+            object.__setattr__(self, "precision", DEFAULT_PRECISION[self.backend])
         if self.precision not in PRECISIONS:
             raise UserInputError(f"unknown precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
+        if self.precision == "bf16" and self.backend != "tensorrt":
+            raise UserInputError("--precision bf16 needs --backend tensorrt; use fp32 or fp16 with onnxruntime")
         if isinstance(self.max_batch, bool) or not isinstance(self.max_batch, int) or self.max_batch < 1:
             raise UserInputError(f"--max-batch must be an integer >= 1, got {self.max_batch!r}")
 
@@ -86,6 +102,7 @@ class BuildPlan:
             "width": asdict(self.width),
             "opset": OPSET,
             "versions": library_versions(),
+            "gpu": gpu_capability() if self.config.backend == "tensorrt" else None,
         }
         return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
 
@@ -98,9 +115,10 @@ class BuildResult:
 
 
 def build(config: BuildConfig, log: Callable[[str], None] = print) -> BuildResult:
-    if config.backend == "tensorrt":
+    if config.backend == "tensorrt" and not tensorrt_available():
         raise UserInputError(
-            "the tensorrt backend needs TensorRT, which is not part of this build: use --backend onnxruntime"
+            "the tensorrt backend needs TensorRT, which is not installed: on a machine with an NVIDIA GPU run "
+            "`pip install tensorrt-cu12` (or use the NGC image in docker/), or build with --backend onnxruntime"
         )
     source = resolve_model(config.model)
     info = read_model_info(source.path)
@@ -146,8 +164,23 @@ def library_versions() -> dict[str, str]:
     import onnxruntime
     import torch
 
-    return {"answer_trt": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
-            "onnxruntime": onnxruntime.__version__}
+    versions = {"answer_trt": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
+                "onnxruntime": onnxruntime.__version__}
+    if tensorrt_available():
+        from export.tensorrt_build import tensorrt_version
+
+        versions["tensorrt"] = tensorrt_version()
+    return versions
+
+
+def gpu_capability() -> str | None:
+    """Compute capability of GPU 0 (``"9.0"`` on an H100), or None without CUDA."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    major, minor = torch.cuda.get_device_capability(0)
+    return f"{major}.{minor}"
 
 
 def _up_to_date(out: Path, key: str) -> bool:
@@ -167,6 +200,7 @@ def _export_all(plan: BuildPlan, model: LoadedModel, staging: Path, log: Callabl
     from export.wrappers import component_modules
 
     config, dims = plan.config, plan.info.dims
+    # bf16 builds export fp32 graphs and let TensorRT pick bf16 layers.
     half_components = set(HALF_PRECISION_COMPONENTS) if config.precision == "fp16" else set()
     if plan.info.vae_force_upcast:
         half_components.discard(VAE_DECODER)
@@ -183,6 +217,8 @@ def _export_all(plan: BuildPlan, model: LoadedModel, staging: Path, log: Callabl
             module = module.to(torch.float16)
         file = f"{name}.onnx"
         export_onnx(module, specs[name], dims, staging / file)
+        if config.backend == "tensorrt":
+            file = _build_tensorrt_plan(staging / file, specs[name], profiles[name], config.precision, log)
         components[name] = ComponentEntry(file, specs[name], profiles[name])
     for sub in MODEL_FILES:
         if (plan.source.path / sub).is_dir():
@@ -193,7 +229,7 @@ def _export_all(plan: BuildPlan, model: LoadedModel, staging: Path, log: Callabl
     return Manifest(
         key=plan.key,
         backend=config.backend,
-        precision=config.precision,
+        precision=str(config.precision),
         model_name=plan.source.name,
         model_hash=plan.model_hash,
         max_batch=config.max_batch,
@@ -203,7 +239,23 @@ def _export_all(plan: BuildPlan, model: LoadedModel, staging: Path, log: Callabl
         components=components,
         files=files,
         versions=library_versions(),
+        gpu_capability=gpu_capability() if config.backend == "tensorrt" else None,
     )
+
+
+def _build_tensorrt_plan(
+    onnx_path: Path, spec: ComponentSpec, profile: Profile, precision: str | None, log: Callable[[str], None]
+) -> str:
+    """Build ``<component>.plan`` beside its ONNX file; returns the plan's file name."""
+    from answer_trt.cache import cache_root
+    from export.tensorrt_build import build_plan, tensorrt_version
+
+    log(f"building the TensorRT engine for {spec.name}")
+    plan = onnx_path.with_suffix(".plan")
+    timing_cache = cache_root() / "tensorrt" / f"timing-{tensorrt_version()}-sm{gpu_capability()}.cache"
+    timing_cache.parent.mkdir(parents=True, exist_ok=True)
+    build_plan(onnx_path, spec, profile, str(precision), plan, timing_cache, log)
+    return plan.name
 
 
 def _publish(staging: Path, out: Path, manifest: Manifest) -> None:

@@ -1,0 +1,145 @@
+"""TensorRT backend: deserialized plans behind the Engine interface.
+
+- One device-memory block is shared by all engines' execution contexts, sized by the
+  largest need (they run one at a time on one stream).
+- Inputs and outputs are torch CUDA tensors: nothing passes through the host between steps.
+- ``set_input_shape`` / ``set_tensor_address`` are called only when they change.
+- Shapes outside the built profile are refused before anything runs (``check_shapes``);
+  a plan for another TensorRT version or GPU, or a corrupt one, is refused with the
+  command that rebuilds it.
+- Work is enqueued on one CUDA stream created with cuda-python; torch uses the same
+  stream (``torch.cuda.ExternalStream``), so the guidance and scheduler ops between
+  engine calls are ordered without host synchronization.
+
+Written against the TensorRT 10 Python API and type-checked with ``tensorrt-stubs``; no
+machine of ours can run TensorRT, so this module has not been executed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import tensorrt as trt
+import torch
+from torch import Tensor
+
+from answer_trt.backends.bindings import BindingState, check_plan_compatible
+from answer_trt.errors import UserInputError
+from export.iospec import ComponentSpec, Profile, check_shapes
+
+TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "int64": torch.int64,
+                "int32": torch.int32}
+
+
+def _dims(dims: trt.Dims) -> tuple[int, ...]:
+    return tuple(dims[i] for i in range(len(dims)))
+
+
+class CudaStream:
+    """A CUDA stream made with cuda-python, usable by torch as an external stream."""
+
+    def __init__(self) -> None:
+        from cuda.bindings import runtime as cudart
+
+        error, stream = cudart.cudaStreamCreate()
+        if error != cudart.cudaError_t.cudaSuccess:
+            raise RuntimeError(f"cudaStreamCreate failed: {error}")
+        self.handle = int(stream)
+        self._stream = stream
+        self.torch_stream = torch.cuda.ExternalStream(self.handle)  # type: ignore[no-untyped-call]
+
+    def synchronize(self) -> None:
+        from cuda.bindings import runtime as cudart
+
+        (error,) = cudart.cudaStreamSynchronize(self._stream)
+        if error != cudart.cudaError_t.cudaSuccess:
+            raise RuntimeError(f"cudaStreamSynchronize failed: {error}")
+
+
+class SharedDeviceMemory:
+    """One activation-memory block for every execution context, grown to the largest need."""
+
+    def __init__(self) -> None:
+        self.block: Tensor | None = None
+        self.contexts: list[tuple[trt.IExecutionContext, BindingState]] = []
+
+    def attach(self, context: trt.IExecutionContext, size: int, state: BindingState) -> None:
+        self.contexts.append((context, state))
+        if self.block is None or self.block.numel() < size:
+            # Growing moves the block: every context is re-pointed and rebinds everything.
+            self.block = torch.empty(size, dtype=torch.uint8, device="cuda")
+            for ctx, ctx_state in self.contexts:
+                ctx.set_device_memory(self.block.data_ptr(), self.block.numel())
+                ctx_state.forget()
+        else:
+            context.set_device_memory(self.block.data_ptr(), self.block.numel())
+
+
+class TensorRTEngine:
+    """One component's plan, run on device tensors (see the module docstring)."""
+
+    def __init__(
+        self,
+        plan_path: Path,
+        spec: ComponentSpec,
+        profile: Profile,
+        runtime: trt.Runtime,
+        memory: SharedDeviceMemory,
+        stream: CudaStream,
+        rebuild_command: str,
+    ) -> None:
+        self.spec = spec
+        self.profile = profile
+        self.stream = stream
+        engine = runtime.deserialize_cuda_engine(plan_path.read_bytes())
+        if engine is None:
+            raise UserInputError(f"{plan_path} is not a TensorRT plan this machine can load: rebuild with "
+                                 f"`{rebuild_command}`")
+        self.engine = engine
+        self.context = engine.create_execution_context(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
+        self.state = BindingState()
+        memory.attach(self.context, engine.device_memory_size_v2, self.state)
+        self._checked: dict[str, tuple[int, ...]] | None = None
+
+    def run(self, feeds: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        shapes = {t.name: tuple(feeds[t.name].shape) for t in self.spec.inputs}
+        if shapes != self._checked:
+            check_shapes(self.spec, self.profile, shapes)
+            self._checked = shapes
+        inputs = {
+            t.name: feeds[t.name].to(device="cuda", dtype=TORCH_DTYPES[t.dtype]).contiguous() for t in self.spec.inputs
+        }
+        for name, shape in self.state.shape_updates(shapes).items():
+            if not self.context.set_input_shape(name, shape):
+                raise RuntimeError(f"{self.spec.name}: TensorRT refused shape {shape} for {name}")
+        outputs = {
+            t.name: torch.empty(_dims(self.context.get_tensor_shape(t.name)), dtype=TORCH_DTYPES[t.dtype],
+                                device="cuda")
+            for t in self.spec.outputs
+        }
+        addresses = {name: tensor.data_ptr() for name, tensor in (*inputs.items(), *outputs.items())}
+        for name, address in self.state.address_updates(addresses).items():
+            self.context.set_tensor_address(name, address)
+        with torch.cuda.stream(self.stream.torch_stream):
+            if not self.context.execute_async_v3(self.stream.handle):
+                raise RuntimeError(f"{self.spec.name}: TensorRT execution failed")
+        return outputs
+
+
+def load_engines(
+    folder: Path,
+    components: Mapping[str, tuple[str, ComponentSpec, Profile]],
+    built_version: str | None,
+    built_capability: str | None,
+    rebuild_command: str,
+) -> dict[str, TensorRTEngine]:
+    """Deserialize every component's plan after checking it was built for this machine."""
+    major, minor = torch.cuda.get_device_capability()
+    check_plan_compatible(built_version, built_capability, trt.__version__, f"{major}.{minor}", rebuild_command)
+    runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+    memory, stream = SharedDeviceMemory(), CudaStream()
+    return {
+        name: TensorRTEngine(folder / file, spec, profile, runtime, memory, stream, rebuild_command)
+        for name, (file, spec, profile) in components.items()
+    }
