@@ -91,6 +91,8 @@ def make_parser() -> argparse.ArgumentParser:
     g.add_argument("--height", type=_positive_multiple_of_8)
     g.add_argument("--width", type=_positive_multiple_of_8)
     g.add_argument("--batch", type=_at_least_1, default=1)
+    g.add_argument("--cuda-graph", action="store_true",
+                   help="replay each denoising step as a CUDA graph (GPU engines, ddim/euler, parallel mode)")
     g.add_argument("-o", "--output", type=Path, default=Path("answer.png"), help="PNG path (default answer.png)")
 
     bench = sub.add_parser("bench", help="latency and throughput per stage, side-by-side ratios")
@@ -199,7 +201,7 @@ def _generate(args: argparse.Namespace) -> int:
             args.prompt, method=args.method, negative_prompt=args.negative_prompt, steps=args.steps,
             guidance_scale=args.guidance_scale, negative_scale=args.negative_scale, dns_steps=args.dns_steps,
             mode=args.mode, scheduler=args.scheduler, seed=args.seed, height=args.height, width=args.width,
-            batch=args.batch, callback=progress.update if progress else None,
+            batch=args.batch, cuda_graph=args.cuda_graph, callback=progress.update if progress else None,
         )
     finally:
         if progress:

@@ -40,9 +40,10 @@ def from_engines(folder: Path) -> Pipeline:
     manifest = read_manifest(folder)
     verify_files(folder, manifest)
     engines: dict[str, Any]
-    device = "cpu"
+    device, stream = "cpu", None
     if manifest.backend == "tensorrt":
-        engines, device = _tensorrt_engines(folder, manifest), "cuda"
+        engines, stream = _tensorrt_engines(folder, manifest)
+        device = "cuda"
     else:
         engines = {
             name: OnnxRuntimeEngine(folder / entry.file, entry.spec, entry.profile)
@@ -57,12 +58,13 @@ def from_engines(folder: Path) -> Pipeline:
         backend=manifest.backend,
         precision=manifest.precision,
         device=device,
+        stream=stream,
         limits=Limits(manifest.max_batch, manifest.height, manifest.width, f"answer-trt build --model "
                       f"{manifest.model_name} --out {folder}"),
     )
 
 
-def _tensorrt_engines(folder: Path, manifest: Manifest) -> dict[str, Any]:
+def _tensorrt_engines(folder: Path, manifest: Manifest) -> tuple[dict[str, Any], Any]:
     try:
         from answer_trt.backends.tensorrt import load_engines
     except ImportError:
@@ -71,8 +73,9 @@ def _tensorrt_engines(folder: Path, manifest: Manifest) -> dict[str, Any]:
             "tensorrt-cu12 and cuda-python on a machine with an NVIDIA GPU, or build ONNX Runtime engines"
         ) from None
     components = {name: (e.file, e.spec, e.profile) for name, e in manifest.components.items()}
-    return dict(load_engines(folder, components, manifest.versions.get("tensorrt"), manifest.gpu_capability,
-                             manifest.rebuild_command(folder)))
+    engines, stream = load_engines(folder, components, manifest.versions.get("tensorrt"), manifest.gpu_capability,
+                                   manifest.rebuild_command(folder))
+    return dict(engines), stream.torch_stream
 
 
 def from_model_eager(model: str, device: str = "cpu") -> Pipeline:

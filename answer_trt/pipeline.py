@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -75,6 +74,7 @@ class Pipeline:
         backend: str,
         precision: str = "fp32",
         device: str = "cpu",
+        stream: Any = None,
         limits: Limits = Limits(),
     ) -> None:
         self.engines = engines
@@ -89,6 +89,7 @@ class Pipeline:
         self.backend = backend
         self.precision = precision
         self.device = torch.device(device)
+        self.stream = stream  # a torch CUDA stream the engines run on (TensorRT), or None
         self.limits = limits
 
     @property
@@ -99,6 +100,9 @@ class Pipeline:
 
     def __call__(self, prompt: str, **kwargs: Any) -> list[Image.Image]:
         return self.generate(prompt, **kwargs).images
+
+    def _on_stream(self) -> contextlib.AbstractContextManager[Any]:
+        return torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext()
 
     def generate(
         self,
@@ -117,6 +121,7 @@ class Pipeline:
         width: int | None = None,
         batch: int = 1,
         fused: bool = True,
+        cuda_graph: bool = False,
         callback: StepCallback | None = None,
     ) -> Generation:
         """Generate ``batch`` images for ``prompt``. An empty prompt is valid: its
@@ -132,8 +137,15 @@ class Pipeline:
         )
         config = self.check_request(config, prompt)
         scheduler_obj = make_scheduler(self.scheduler_config, config.scheduler)
-        assert config.height is not None and config.width is not None  # resolved by check_request
+        with self._on_stream():
+            return self._generate(prompt, negative_prompt, config, scheduler_obj, fused, cuda_graph, callback)
 
+    def _generate(
+        self, prompt: str, negative_prompt: str | None, config: SamplingConfig, scheduler_obj: Any, fused: bool,
+        cuda_graph: bool, callback: StepCallback | None,
+    ) -> Generation:
+        assert config.height is not None and config.width is not None  # resolved by check_request
+        steps, batch, seed = config.steps, config.batch, config.seed
         started = time.perf_counter()
         c_p, c_neg = self.text.encode(prompt, negative_prompt)
         if self.dims.time_ids_size:
@@ -146,10 +158,13 @@ class Pipeline:
                  config.width // self.dims.vae_scale_factor)
         # Drawn on the CPU with a CPU generator, as diffusers does, so seeds agree everywhere.
         noise = torch.randn(shape, generator=generator, dtype=torch.float32).to(self.device)
-        latents = sample(
-            self.denoiser, noise, cond, scheduler_obj, steps, config.guidance,
-            prediction_type=self.prediction_type, fused=fused, callback=callback,
-        )
+        if cuda_graph:
+            latents = self._sample_graphed(noise, cond, scheduler_obj, steps, config, callback)
+        else:
+            latents = sample(
+                self.denoiser, noise, cond, scheduler_obj, steps, config.guidance,
+                prediction_type=self.prediction_type, fused=fused, callback=callback,
+            )
         denoise_done = time.perf_counter()
 
         decoder = self.engines[VAE_DECODER]
@@ -158,6 +173,21 @@ class Pipeline:
         images = to_pil(decoded, params)
         timings = Timings(text_done - started, denoise_done - text_done, time.perf_counter() - denoise_done, steps)
         return Generation(images, params, timings, config)
+
+    def _sample_graphed(
+        self, noise: torch.Tensor, cond: Conditioning, scheduler: Any, steps: int, config: SamplingConfig,
+        callback: StepCallback | None,
+    ) -> torch.Tensor:
+        from answer_trt.graphed import CudaGraphCapturer, GraphCache, sample_graphed, supports
+        from answer_trt.schedulers import make_step_rule
+
+        if self.device.type != "cuda":
+            raise UserInputError("--cuda-graph needs engines on a CUDA GPU (tensorrt, or torch with --device cuda)")
+        if not supports(config.guidance, make_step_rule(scheduler, steps)):
+            raise UserInputError("--cuda-graph needs --scheduler ddim or euler and, for ANSWER, --mode parallel")
+        return sample_graphed(self.denoiser, noise, cond, scheduler, steps, config.guidance,
+                              prediction_type=self.prediction_type, cache=GraphCache(CudaGraphCapturer()),
+                              callback=callback)
 
     @staticmethod
     def with_time_ids(cond: TextCondition, height: int, width: int) -> TextCondition:

@@ -48,14 +48,12 @@ class BranchEvaluator:
     def __init__(self, denoiser: Denoiser, fused: bool = True) -> None:
         self.denoiser = denoiser
         self.fused = fused
-        self.calls = 0
         self._stacked: dict[tuple[int, ...], TextCondition] = {}
 
     def __call__(self, latents: Sequence[Tensor], conds: Sequence[TextCondition], t: Tensor) -> list[Tensor]:
         if not self.fused:
             outputs = []
             for lat, cond in zip(latents, conds):
-                self.calls += 1
                 outputs.append(self.denoiser(lat, t.expand(lat.shape[0]), cond))
             return outputs
         key = tuple(id(c) for c in conds)
@@ -63,7 +61,6 @@ class BranchEvaluator:
             self._stacked[key] = cat_conditions(conds)
         cond = self._stacked[key]
         stacked = torch.cat(list(latents))
-        self.calls += 1
         out = self.denoiser(stacked, t.expand(stacked.shape[0]), cond)
         return list(out.chunk(len(latents)))
 

@@ -7,7 +7,6 @@ import json
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -74,6 +73,7 @@ BAD_INPUTS = {
     "unknown-scheduler": (["--scheduler", "lms"], "invalid choice"),
     "not-png": (["-o", "{tmp}/x.jpg"], "must be a .png"),
     "missing-output-folder": (["-o", "{tmp}/nowhere/x.png"], "does not exist"),
+    "cuda-graph-on-cpu-engines": (["--cuda-graph"], "needs engines on a CUDA GPU"),
 }
 
 
@@ -157,3 +157,14 @@ def test_built_in_families_generate_from_the_cli(tmp_path, capsys):
         assert run_cli("generate", "a cat", "--model", name, "--steps", "2", "-o", png) == 0
         image = Image.open(png)
         assert image.text["model"] == name and image.size == (64, 64)
+
+
+def test_torch_on_cuda_without_a_gpu_is_a_clear_error(tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    code = run_cli("generate", "a cat", "--model", "tiny", "--backend", "torch", "--device", "cuda",
+                   "-o", tmp_path / "x.png")
+    assert code == 2 and "no CUDA GPU" in capsys.readouterr().err
+    assert not (tmp_path / "x.png").exists()

@@ -7,9 +7,9 @@
 - Shapes outside the built profile are refused before anything runs (``check_shapes``);
   a plan for another TensorRT version or GPU, or a corrupt one, is refused with the
   command that rebuilds it.
-- Work is enqueued on one CUDA stream created with cuda-python; torch uses the same
-  stream (``torch.cuda.ExternalStream``), so the guidance and scheduler ops between
-  engine calls are ordered without host synchronization.
+- Work is enqueued on one CUDA stream created with cuda-python; the pipeline makes it
+  torch's current stream (``torch.cuda.ExternalStream``), so the guidance and scheduler
+  ops between engine calls are ordered without host synchronization.
 
 Written against the TensorRT 10 Python API and type-checked with ``tensorrt-stubs``; no
 machine of ours can run TensorRT, so this module has not been executed.
@@ -86,12 +86,10 @@ class TensorRTEngine:
         profile: Profile,
         runtime: trt.Runtime,
         memory: SharedDeviceMemory,
-        stream: CudaStream,
         rebuild_command: str,
     ) -> None:
         self.spec = spec
         self.profile = profile
-        self.stream = stream
         engine = runtime.deserialize_cuda_engine(plan_path.read_bytes())
         if engine is None:
             raise UserInputError(f"{plan_path} is not a TensorRT plan this machine can load: rebuild with "
@@ -121,9 +119,11 @@ class TensorRTEngine:
         addresses = {name: tensor.data_ptr() for name, tensor in (*inputs.items(), *outputs.items())}
         for name, address in self.state.address_updates(addresses).items():
             self.context.set_tensor_address(name, address)
-        with torch.cuda.stream(self.stream.torch_stream):
-            if not self.context.execute_async_v3(self.stream.handle):
-                raise RuntimeError(f"{self.spec.name}: TensorRT execution failed")
+        # Enqueue on torch's current stream: the pipeline makes it our cuda-python stream
+        # (so torch's ops and the engines are ordered), and under CUDA-graph capture it is
+        # the capturing stream.
+        if not self.context.execute_async_v3(torch.cuda.current_stream().cuda_stream):
+            raise RuntimeError(f"{self.spec.name}: TensorRT execution failed")
         return outputs
 
 
@@ -133,13 +133,15 @@ def load_engines(
     built_version: str | None,
     built_capability: str | None,
     rebuild_command: str,
-) -> dict[str, TensorRTEngine]:
-    """Deserialize every component's plan after checking it was built for this machine."""
+) -> tuple[dict[str, TensorRTEngine], CudaStream]:
+    """Deserialize every component's plan after checking it was built for this machine;
+    returns the engines and the stream to run them on."""
     major, minor = torch.cuda.get_device_capability()
     check_plan_compatible(built_version, built_capability, trt.__version__, f"{major}.{minor}", rebuild_command)
     runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-    memory, stream = SharedDeviceMemory(), CudaStream()
-    return {
-        name: TensorRTEngine(folder / file, spec, profile, runtime, memory, stream, rebuild_command)
+    memory = SharedDeviceMemory()
+    engines = {
+        name: TensorRTEngine(folder / file, spec, profile, runtime, memory, rebuild_command)
         for name, (file, spec, profile) in components.items()
     }
+    return engines, CudaStream()

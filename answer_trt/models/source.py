@@ -3,7 +3,6 @@ local diffusers folder, and load its components through ``from_pretrained``."""
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 from dataclasses import dataclass

@@ -1,0 +1,87 @@
+"""The graphable whole-step sampler equals the reference sampler (on the CPU, replaying
+the step functions eagerly), and the graph cache captures once per step kind and again
+only when its key changes. CUDA-graph capture itself needs a GPU (marked test)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from answer_trt.config import GuidanceConfig
+from answer_trt.graphed import EagerCapturer, GraphCache, sample_graphed, supports
+from answer_trt.sampler import sample
+from answer_trt.schedulers import make_step_rule
+from tests.test_sampler import ToyDenoiser, make_scheduler, problem  # noqa: F401 (fixture)
+
+CASES = [
+    GuidanceConfig(method="cfg"),
+    GuidanceConfig(method="dns", negative_scale=3.0),
+    GuidanceConfig(method="answer", dns_steps=3),
+    GuidanceConfig(method="answer", dns_steps=1),
+]
+
+
+@pytest.mark.parametrize("kind", ["ddim", "euler"])
+@pytest.mark.parametrize("guidance", CASES, ids=lambda g: f"{g.method}-K{g.dns_steps}")
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_graphed_steps_equal_the_reference_sampler(problem, kind, guidance, prediction_type):
+    noise, cond = problem
+    want = sample(ToyDenoiser(), noise, cond, make_scheduler(kind), 7, guidance, prediction_type=prediction_type)
+    got = sample_graphed(ToyDenoiser(), noise, cond, make_scheduler(kind), 7, guidance,
+                         prediction_type=prediction_type)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+class CountingCapturer(EagerCapturer):
+    """Runs the step twice while 'capturing', as warm-up does on a GPU."""
+
+    def __init__(self) -> None:
+        self.kinds: list[str] = []
+
+    def capture(self, step):
+        self.kinds.append(step.__name__)
+        step()
+        step()
+        return step
+
+
+def test_graphs_are_captured_once_per_kind_and_again_on_a_new_key(problem):
+    noise, cond = problem
+    capturer = CountingCapturer()
+    cache = GraphCache(capturer)
+    guidance = GuidanceConfig(method="answer", dns_steps=3)
+    got = sample_graphed(ToyDenoiser(), noise, cond, make_scheduler("ddim"), 7, guidance, cache=cache)
+    assert capturer.kinds == ["two_row_step", "three_row_step"]
+    want = sample(ToyDenoiser(), noise, cond, make_scheduler("ddim"), 7, guidance)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)  # warm-up left no trace in the state
+    sample_graphed(ToyDenoiser(), noise, cond, make_scheduler("ddim"), 7, guidance, cache=cache)
+    assert cache.captures == 4  # new static buffers (addresses) in the second call: both kinds re-captured
+    replay = cache.get("two", cache.graphs["two"][0], lambda: None)
+    assert cache.captures == 4 and replay is cache.graphs["two"][1]
+
+
+def test_graphable_configurations():
+    ddim = make_step_rule(make_scheduler("ddim"), 5)
+    exact = make_step_rule(make_scheduler("ddim"), 5, exact_diffusers=True)
+    assert supports(GuidanceConfig(), ddim)
+    assert not supports(GuidanceConfig(mode="inner"), ddim)
+    assert not supports(GuidanceConfig(), exact)
+
+
+@pytest.mark.gpu
+def test_cuda_graph_replay_matches_eager_on_a_gpu(problem):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    from answer_trt.conditioning import TextCondition
+    from answer_trt.graphed import CudaGraphCapturer
+    from answer_trt.sampler import Conditioning
+
+    noise, cond = problem
+    toy = ToyDenoiser()
+    toy.mix, toy.proj = toy.mix.cuda(), toy.proj.cuda()
+    on_gpu = Conditioning(TextCondition(cond.positive.hidden.cuda()), TextCondition(cond.negative.hidden.cuda()))
+    guidance = GuidanceConfig(method="answer", dns_steps=3)
+    eager = sample_graphed(toy, noise.cuda(), on_gpu, make_scheduler("ddim"), 7, guidance)
+    graphed = sample_graphed(toy, noise.cuda(), on_gpu, make_scheduler("ddim"), 7, guidance,
+                             cache=GraphCache(CudaGraphCapturer()))
+    torch.testing.assert_close(graphed, eager, rtol=1e-5, atol=1e-5)
