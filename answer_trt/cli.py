@@ -151,8 +151,10 @@ def _bench(args: argparse.Namespace) -> int:
     if args.json is not None and not args.json.parent.is_dir():
         raise UserInputError(f"--json {args.json}: folder {args.json.parent} does not exist")
     log = lambda msg: print(f"answer-trt: {msg}", file=sys.stderr)  # noqa: E731
-    folder = args.engines if args.engines is not None else build_cached(args.model or "tiny", batch=args.batch, log=log)
-    pipe = from_engines(folder)
+    if args.engines is not None:
+        pipe = from_engines(args.engines)
+    else:
+        pipe = from_engines(build_cached(args.model or "tiny", batch=args.batch, log=log), verify=False)
     eager_unet = None
     if config.baseline == "torch":
         from answer_trt.models.source import load_model, resolve_model
@@ -192,7 +194,7 @@ def _generate(args: argparse.Namespace) -> int:
     else:
         model = args.model or "tiny"
         log = lambda msg: print(msg, file=sys.stderr)  # noqa: E731
-        pipe = from_engines(build_cached(model, args.height, args.width, args.batch, log=log))
+        pipe = from_engines(build_cached(model, args.height, args.width, args.batch, log=log), verify=False)
     loaded = time.perf_counter()
 
     progress = _progress_bar(args.steps)

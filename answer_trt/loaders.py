@@ -30,15 +30,18 @@ def load(
         return from_model_eager(str(source), device)
     if (Path(source) / MANIFEST_NAME).is_file():
         return from_engines(Path(source))
-    return from_engines(build_cached(str(source), log=build_log))
+    return from_engines(build_cached(str(source), log=build_log), verify=False)
 
 
-def from_engines(folder: Path) -> Pipeline:
+def from_engines(folder: Path, verify: bool = True) -> Pipeline:
+    """``verify=False`` skips the checksums: only for a folder that ``build`` has just
+    built or found up to date, which checked them already (hashing GBs twice is slow)."""
     from answer_trt.backends.ort import OnnxRuntimeEngine
     from answer_trt.models.source import load_tokenizers
 
     manifest = read_manifest(folder)
-    verify_files(folder, manifest)
+    if verify:
+        verify_files(folder, manifest)
     engines: dict[str, Any]
     device, stream = "cpu", None
     if manifest.backend == "tensorrt":
