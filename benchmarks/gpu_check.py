@@ -22,6 +22,9 @@ from typing import Any
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: answer_trt
+from answer_trt.graphed import CudaGraphCapturer  # noqa: E402
+
 WARMUP, ITERS = 5, 20
 W, WN = 7.5, 7.5
 G = (W + WN) / (1 + WN)
@@ -112,20 +115,6 @@ def time_ms(fn: Callable[[], Any]) -> float:
     return start.elapsed_time(end) / ITERS
 
 
-def graphed(fn: Callable[[], Any]) -> Callable[[], Any]:
-    """Capture ``fn`` (static inputs) as a CUDA graph; the returned callable replays it."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    return graph.replay
-
-
 def check_model(name: str) -> dict[str, Any]:
     config, latent, text_dim, pooled = MODELS[name]
     started = time.perf_counter()
@@ -143,7 +132,7 @@ def check_model(name: str) -> dict[str, Any]:
             result[f"{method}_eager_ms"] = time_ms(fn)
     for method, fn in fns.items():  # capture outside inference_mode (graph pools need it)
         with torch.no_grad():
-            result[f"{method}_graph_ms"] = time_ms(graphed(fn))
+            result[f"{method}_graph_ms"] = time_ms(CudaGraphCapturer(warmup=3).capture(fn))
     result["seconds"] = time.perf_counter() - started
     del unet
     torch.cuda.empty_cache()

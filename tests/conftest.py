@@ -23,6 +23,21 @@ def private_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
         os.environ["ANSWER_TRT_CACHE"] = previous
 
 
+@pytest.fixture
+def problem():
+    """Seeded noise and a two-image text condition for the toy denoiser."""
+    import torch
+
+    from answer_trt.conditioning import TextCondition
+    from answer_trt.sampler import Conditioning
+
+    gen = torch.Generator().manual_seed(1)
+    noise = torch.randn(2, 4, 6, 6, generator=gen)
+    cond = Conditioning(TextCondition(torch.randn(2, 5, 8, generator=gen)),
+                        TextCondition(torch.randn(2, 5, 8, generator=gen)))
+    return noise, cond
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(private_cache: Path) -> Path:
     from answer_trt.models.source import ensure_tiny_model

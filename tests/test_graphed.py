@@ -11,7 +11,7 @@ from answer_trt.config import GuidanceConfig
 from answer_trt.graphed import EagerCapturer, GraphCache, sample_graphed, supports
 from answer_trt.sampler import sample
 from answer_trt.schedulers import make_step_rule
-from tests.test_sampler import ToyDenoiser, make_scheduler, problem  # noqa: F401 (fixture)
+from tests.toys import ToyDenoiser, make_scheduler
 
 CASES = [
     GuidanceConfig(method="cfg"),

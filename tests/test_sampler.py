@@ -4,47 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from diffusers import DDIMScheduler, EulerDiscreteScheduler
 
 from answer_trt import guidance as G
-from answer_trt.conditioning import TextCondition
 from answer_trt.config import GuidanceConfig
 from answer_trt.sampler import Conditioning, sample
-
-SCHEDULER_CONFIG = dict(
-    num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-    clip_sample=False, set_alpha_to_one=False, steps_offset=1,
-)
-
-
-class ToyDenoiser:
-    """Nonlinear in latents, timestep and condition, so branch mix-ups show."""
-
-    def __init__(self, channels: int = 4, dim: int = 8) -> None:
-        gen = torch.Generator().manual_seed(0)
-        self.mix = torch.randn(channels, channels, generator=gen) * 0.5
-        self.proj = torch.randn(dim, channels, generator=gen)
-
-    def __call__(self, latents: torch.Tensor, timesteps: torch.Tensor, cond: TextCondition) -> torch.Tensor:
-        assert latents.shape[0] == timesteps.shape[0] == cond.batch
-        c = (cond.hidden.mean(1) @ self.proj)[:, :, None, None]
-        h = torch.einsum("oc,nchw->nohw", self.mix, latents)
-        return torch.tanh(h + c * (timesteps[:, None, None, None] / 1000.0)) + 0.1 * latents
-
-
-def make_scheduler(kind: str):
-    cls = {"ddim": DDIMScheduler, "euler": EulerDiscreteScheduler}[kind]
-    return cls.from_config(SCHEDULER_CONFIG)
-
-
-@pytest.fixture
-def problem():
-    gen = torch.Generator().manual_seed(1)
-    noise = torch.randn(2, 4, 6, 6, generator=gen)
-    cond = Conditioning(TextCondition(torch.randn(2, 5, 8, generator=gen)),
-                        TextCondition(torch.randn(2, 5, 8, generator=gen)))
-    return noise, cond
-
+from tests.toys import ToyDenoiser, make_scheduler
 
 def run(problem, guidance: GuidanceConfig, kind: str = "ddim", fused: bool = True, steps: int = 8, **kw):
     noise, cond = problem
