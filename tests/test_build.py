@@ -152,3 +152,10 @@ def test_non_finite_decoder_output_fails_clearly():
     images[0, 0, 0, 0] = float("nan")
     with pytest.raises(NonFiniteImageError, match="NaN or inf"):
         to_pil(images, {})
+
+
+def test_unreachable_hub_id_is_a_user_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UserInputError, match="could not fetch model 'nobody/no-such-model'.*local folder"):
+        build(BuildConfig(model="nobody/no-such-model", out=tmp_path / "e"), log=quiet)
+    assert not (tmp_path / "e").exists()
