@@ -137,6 +137,8 @@ class Pipeline:
         )
         config = self.check_request(config, prompt)
         scheduler_obj = make_scheduler(self.scheduler_config, config.scheduler)
+        if cuda_graph:
+            self._check_graphable(config, scheduler_obj)
         with self._on_stream():
             return self._generate(prompt, negative_prompt, config, scheduler_obj, fused, cuda_graph, callback)
 
@@ -174,17 +176,21 @@ class Pipeline:
         timings = Timings(text_done - started, denoise_done - text_done, time.perf_counter() - denoise_done, steps)
         return Generation(images, params, timings, config)
 
-    def _sample_graphed(
-        self, noise: torch.Tensor, cond: Conditioning, scheduler: Any, steps: int, config: SamplingConfig,
-        callback: StepCallback | None,
-    ) -> torch.Tensor:
-        from answer_trt.graphed import CudaGraphCapturer, GraphCache, sample_graphed, supports
+    def _check_graphable(self, config: SamplingConfig, scheduler: Any) -> None:
+        from answer_trt.graphed import supports
         from answer_trt.schedulers import make_step_rule
 
         if self.device.type != "cuda":
             raise UserInputError("--cuda-graph needs engines on a CUDA GPU (tensorrt, or torch with --device cuda)")
-        if not supports(config.guidance, make_step_rule(scheduler, steps)):
+        if not supports(config.guidance, make_step_rule(scheduler, config.steps)):
             raise UserInputError("--cuda-graph needs --scheduler ddim or euler and, for ANSWER, --mode parallel")
+
+    def _sample_graphed(
+        self, noise: torch.Tensor, cond: Conditioning, scheduler: Any, steps: int, config: SamplingConfig,
+        callback: StepCallback | None,
+    ) -> torch.Tensor:
+        from answer_trt.graphed import CudaGraphCapturer, GraphCache, sample_graphed
+
         return sample_graphed(self.denoiser, noise, cond, scheduler, steps, config.guidance,
                               prediction_type=self.prediction_type, cache=GraphCache(CudaGraphCapturer()),
                               callback=callback)

@@ -14,6 +14,7 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from pathlib import Path
 
 from answer_trt import __version__
@@ -88,7 +89,7 @@ class BuildPlan:
     height: SizeRange
     width: SizeRange
 
-    @property
+    @cached_property
     def key(self) -> str:
         """sha256 of everything that decides the artifacts; ``force`` and ``out`` are not in it."""
         from export.onnx_export import OPSET
