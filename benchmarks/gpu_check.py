@@ -29,8 +29,8 @@ WARMUP, ITERS = 5, 20
 W, WN = 7.5, 7.5
 G = (W + WN) / (1 + WN)
 
-SD15 = dict(sample_size=64, cross_attention_dim=768)
-SDXL = dict(
+SD15: dict[str, Any] = dict(sample_size=64, cross_attention_dim=768)
+SDXL: dict[str, Any] = dict(
     sample_size=128, block_out_channels=(320, 640, 1280), layers_per_block=2,
     down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
     up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
@@ -38,7 +38,8 @@ SDXL = dict(
     use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
     projection_class_embeddings_input_dim=2816,
 )
-MODELS = {"sd15": (SD15, 64, 768, 0), "sdxl": (SDXL, 128, 2048, 1280)}  # config, latent, text dim, pooled
+# config, latent size, text dim, pooled dim
+MODELS: dict[str, tuple[dict[str, Any], int, int, int]] = {"sd15": (SD15, 64, 768, 0), "sdxl": (SDXL, 128, 2048, 1280)}
 
 
 def make_unet(config: dict[str, Any]) -> Any:
@@ -46,7 +47,8 @@ def make_unet(config: dict[str, Any]) -> Any:
 
     torch.manual_seed(0)
     with torch.device("cuda"):
-        return UNet2DConditionModel(**config).half().eval()
+        model: Any = UNet2DConditionModel(**config)
+        return model.half().eval()
 
 
 class Inputs:
@@ -140,12 +142,49 @@ def check_model(name: str) -> dict[str, Any]:
 
 
 def tensorrt_status() -> str:
-    try:
-        import tensorrt as trt
+    from answer_trt.backends import tensorrt_available
 
-        return f"TensorRT {trt.__version__} importable (TensorRT step timing is not part of this script yet)"
-    except ImportError:
+    if not tensorrt_available():
         return "TensorRT not importable here: TensorRT path skipped"
+    import tensorrt as trt
+
+    return f"TensorRT {trt.__version__}: SD-1.5 UNet engine timed (UNet calls only)"
+
+
+def check_tensorrt_sd15(workdir: Path) -> dict[str, Any]:
+    """Export the SD-1.5 UNet (fp16) with answer-trt's exporter, build a plan for batch
+    1..3, and time the UNet calls of each method through ``TensorRTEngine``."""
+    import tensorrt as trt
+
+    from answer_trt.backends.tensorrt import SharedDeviceMemory, TensorRTEngine
+    from export.iospec import ModelDims, component_profiles, component_specs
+    from export.onnx_export import export_onnx
+    from export.tensorrt_build import build_plan
+    from export.wrappers import UNetModule, sample_inputs
+
+    started = time.perf_counter()
+    dims = ModelDims(77, 768, 4, 8, 64)
+    spec = component_specs(dims)["unet"].with_dtype("float16")
+    profile = component_profiles(dims, 1, 512, 512)["unet"]
+    unet = make_unet(SD15)
+    export_onnx(UNetModule(unet), spec, dims, workdir / "unet.onnx")
+    del unet
+    torch.cuda.empty_cache()
+    build_plan(workdir / "unet.onnx", spec, profile, "fp16", workdir / "unet.plan", workdir / "timing.cache",
+               log=lambda msg: print(msg, file=sys.stderr))
+    engine = TensorRTEngine(workdir / "unet.plan", spec, profile, trt.Runtime(trt.Logger(trt.Logger.WARNING)),
+                            SharedDeviceMemory(), rebuild_command="rerun gpu_check.py")
+    feeds = {n: sample_inputs(spec, dims.bind(n, 512, 512), torch.float16, "cuda") for n in (1, 2, 3)}
+    result: dict[str, Any] = {
+        "answer_fused_unet_ms": time_ms(lambda: engine.run(feeds[3])),
+        "answer_unfused_unet_ms": time_ms(lambda: [engine.run(feeds[1]) for _ in range(3)]),
+        "cfg_unet_ms": time_ms(lambda: engine.run(feeds[2])),
+    }
+    fused = engine.run(feeds[3])["noise_pred"]
+    rows = torch.cat([engine.run({k: v[i : i + 1] for k, v in feeds[3].items()})["noise_pred"] for i in range(3)])
+    result["max_abs_diff_fused_vs_unfused"] = float((fused.float() - rows.float()).abs().max())
+    result["seconds"] = time.perf_counter() - started
+    return result
 
 
 def main() -> int:
@@ -166,6 +205,13 @@ def main() -> int:
     for name in MODELS:
         report["models"][name] = check_model(name)
         print(f"{name} done in {report['models'][name]['seconds']:.0f} s", file=sys.stderr, flush=True)
+    from answer_trt.backends import tensorrt_available
+
+    if tensorrt_available():
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as workdir:
+            report["tensorrt_sd15"] = check_tensorrt_sd15(Path(workdir))
     out = Path(os.environ.get("OUT", ".")) / "gpu_check.json"
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"{report['gpu']}, torch {report['torch']}; {report['tensorrt']}")
@@ -176,6 +222,11 @@ def main() -> int:
         speedup = r["answer_unfused_eager_ms"] / r["answer_fused_eager_ms"]
         print(f"{name}: fused vs unfused eager {speedup:.2f}x; max |fused - unfused| "
               f"{r['max_abs_diff_fused_vs_unfused']:.3g}")
+    if "tensorrt_sd15" in report:
+        t = report["tensorrt_sd15"]
+        print(f"TensorRT sd15 UNet calls: fused {t['answer_fused_unet_ms']:.2f} ms, unfused "
+              f"{t['answer_unfused_unet_ms']:.2f} ms, CFG {t['cfg_unet_ms']:.2f} ms; max |fused - unfused| "
+              f"{t['max_abs_diff_fused_vs_unfused']:.3g}")
     print(f"wrote {out}")
     return 0
 

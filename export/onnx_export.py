@@ -41,7 +41,8 @@ def export_onnx(module: nn.Module, spec: ComponentSpec, dims: ModelDims, path: P
     """Export ``module`` to ``path``, traced on inputs of ``trace_binding(dims)``.
     Returns the files written (the graph, and its external data if any)."""
     float_dtype = torch.float16 if any(t.dtype == "float16" for t in spec.inputs) else torch.float32
-    inputs = sample_inputs(spec, trace_binding(dims), float_dtype)
+    device = next(module.parameters()).device  # trace where the module lives (a GPU is much faster)
+    inputs = sample_inputs(spec, trace_binding(dims), float_dtype, device)
     weight_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
     external = weight_bytes >= EXTERNAL_DATA_BYTES
     # Large exports may scatter one file per tensor: export into a folder of its own.

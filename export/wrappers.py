@@ -90,7 +90,9 @@ def component_modules(model: Any) -> dict[str, nn.Module]:
     return {TEXT_ENCODER: text.eval(), UNET: unet.eval(), VAE_DECODER: VaeDecoderModule(model.vae).eval()}
 
 
-def sample_inputs(spec: ComponentSpec, dims: dict[str, int], dtype: torch.dtype = torch.float32) -> dict[str, Tensor]:
+def sample_inputs(
+    spec: ComponentSpec, dims: dict[str, int], dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+) -> dict[str, Tensor]:
     """Seeded example inputs shaped by the spec (trace inputs and parity tests)."""
     gen = torch.Generator().manual_seed(0)
     inputs: dict[str, Tensor] = {}
@@ -104,4 +106,4 @@ def sample_inputs(spec: ComponentSpec, dims: dict[str, int], dtype: torch.dtype 
             inputs[tensor.name] = torch.tensor([512, 512, 0, 0, 512, 512]).expand(shape).to(dtype)
         else:
             inputs[tensor.name] = torch.randn(shape, generator=gen).to(dtype)
-    return inputs
+    return {name: t.to(device) for name, t in inputs.items()}
