@@ -1,0 +1,87 @@
+"""A deterministic dataset of plain-background images with one or two coloured shapes.
+
+Captions: ``a {colour} {shape}``, or ``a {colour} {shape} and a {colour} {shape}`` where
+the first object lies in the left half and the second in the right half. Example ``i``
+of a dataset is a pure function of ``(seed, i, size)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 30, 30),
+    "green": (30, 170, 50),
+    "blue": (30, 60, 220),
+    "yellow": (235, 210, 30),
+}
+SHAPES = ("circle", "square", "triangle")
+BACKGROUND = (255, 255, 255)
+VOCABULARY = ("a", "and", *COLOURS, *SHAPES)
+
+
+@dataclass(frozen=True)
+class ShapeObject:
+    colour: str
+    shape: str
+    cx: float  # centre, pixels
+    cy: float
+    size: float  # side of the square / diameter / triangle base, pixels
+
+
+@dataclass(frozen=True)
+class Example:
+    caption: str
+    objects: tuple[ShapeObject, ...]  # left to right
+    image: np.ndarray  # HxWx3 uint8
+
+
+def caption_of(objects: tuple[ShapeObject, ...]) -> str:
+    return " and ".join(f"a {o.colour} {o.shape}" for o in objects)
+
+
+def render(objects: tuple[ShapeObject, ...], size: int) -> np.ndarray:
+    """Rasterize the objects (no anti-aliasing) on the plain background."""
+    image = np.empty((size, size, 3), dtype=np.uint8)
+    image[:] = BACKGROUND
+    ys, xs = np.mgrid[0:size, 0:size] + 0.5
+    for o in objects:
+        half = o.size / 2
+        dx, dy = xs - o.cx, ys - o.cy
+        if o.shape == "square":
+            mask = (np.abs(dx) <= half) & (np.abs(dy) <= half)
+        elif o.shape == "circle":
+            mask = dx * dx + dy * dy <= half * half
+        else:  # triangle, apex up: inside when below the two slanted edges and above the base
+            mask = (dy <= half) & (dy >= -half) & (np.abs(dx) <= (dy + half) / 2)
+        image[mask] = COLOURS[o.colour]
+    return image
+
+
+def make_example(seed: int, index: int, size: int = 32, two_objects: bool | None = None) -> Example:
+    """Example ``index`` of the dataset ``seed``; ``two_objects=None`` draws it (50/50)."""
+    rng = np.random.default_rng([seed, index])
+    pair = bool(rng.integers(2)) if two_objects is None else two_objects
+    colours, shapes = list(COLOURS), list(SHAPES)
+    objects = []
+    for slot in range(2 if pair else 1):
+        obj_size = float(rng.uniform(0.28, 0.42) * size) if pair else float(rng.uniform(0.35, 0.6) * size)
+        half = obj_size / 2
+        if pair:  # each object inside its own half
+            low, high = slot * size / 2 + half, (slot + 1) * size / 2 - half
+        else:
+            low, high = half, size - half
+        cx = float(rng.uniform(low, max(low, high)))
+        cy = float(rng.uniform(half, size - half))
+        objects.append(ShapeObject(colours[rng.integers(len(colours))], shapes[rng.integers(len(shapes))], cx, cy,
+                                   obj_size))
+    objs = tuple(objects)
+    return Example(caption_of(objs), objs, render(objs, size))
+
+
+def prompts(seed: int, count: int) -> list[tuple[ShapeObject, ...]]:
+    """``count`` seeded two-object prompts (objects without positions matter only by
+    colour and shape) for the compliance benchmark."""
+    return [make_example(seed, i, two_objects=True).objects for i in range(count)]
