@@ -79,9 +79,9 @@ def score(image: np.ndarray, objects: tuple[ShapeObject, ...]) -> list[ObjectSco
     height, width, _ = image.shape
     flat = image.reshape(-1, 3).astype(np.float32)
     foreground = np.sqrt(((flat - np.array(BACKGROUND, dtype=np.float32)) ** 2).sum(-1)) > FOREGROUND_DISTANCE
-    labels = np.full(flat.shape[0], -1)
-    labels[foreground] = nearest_colour(flat[foreground])
-    labels = labels.reshape(height, width)
+    flat_labels = np.full(flat.shape[0], -1)
+    flat_labels[foreground] = nearest_colour(flat[foreground])
+    labels = flat_labels.reshape(height, width)
     names = list(COLOURS)
     scores = []
     for slot, obj in enumerate(objects):
