@@ -20,7 +20,7 @@ from answer_trt.models import quiet_libraries
 from answer_trt.models.tokenizer_files import write_clip_tokenizer
 
 TINY_NAME = "tiny"
-TINY_VERSION = 2
+TINY_VERSION = 3
 WORDS = (
     "a an and the of in on with photo painting picture cat dog bird car house tree "
     "red green blue yellow black white circle square triangle left right"

@@ -30,15 +30,20 @@ def byte_alphabet() -> list[str]:
     return symbols
 
 
-def _merges_for(word: str) -> list[tuple[str, str]]:
-    """Left-to-right merges that assemble ``word</w>`` from its letters."""
-    merges = []
-    current = word[0]
-    for position, ch in enumerate(word[1:], start=1):
-        piece = ch + "</w>" if position == len(word) - 1 else ch
-        merges.append((current, piece))
-        current += piece
-    return merges
+def _add_word_merges(word: str, merges: list[tuple[str, str]]) -> None:
+    """Extend ``merges`` so that BPE, applying merges by rank, ends with ``word</w>`` as
+    one symbol: first replay the merges already known (other words may share pieces,
+    e.g. "an" of "and" inside "triangle"), then join the first two symbols, repeat."""
+    symbols = list(word[:-1]) + [word[-1] + "</w>"]
+    rank = {pair: i for i, pair in enumerate(merges)}
+    while len(symbols) > 1:
+        pairs = [(rank.get((a, b), len(merges)), i) for i, (a, b) in enumerate(zip(symbols, symbols[1:]))]
+        best, i = min(pairs)
+        if best == len(merges):  # no known merge applies: add one for the first pair
+            merges.append((symbols[0], symbols[1]))
+            rank[merges[-1]] = best
+            i = 0
+        symbols[i : i + 2] = [symbols[i] + symbols[i + 1]]
 
 
 def write_clip_tokenizer(
@@ -51,13 +56,13 @@ def write_clip_tokenizer(
     vocab_list = alphabet + [a + "</w>" for a in alphabet]
     merges: list[tuple[str, str]] = []
     for word in sorted(set(words)):
-        if len(word) < 2:
-            continue
-        for left, right in _merges_for(word):
-            if (left, right) not in merges:
-                merges.append((left, right))
-                if left + right not in vocab_list:
-                    vocab_list.append(left + right)
+        if len(word) >= 2:
+            _add_word_merges(word, merges)
+    known = set(vocab_list)
+    for left, right in merges:
+        if left + right not in known:
+            known.add(left + right)
+            vocab_list.append(left + right)
     vocab_list += [BOS, EOS]
     (folder / "vocab.json").write_text(json.dumps({tok: i for i, tok in enumerate(vocab_list)}, ensure_ascii=False))
     (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
