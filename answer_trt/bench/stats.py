@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
@@ -18,9 +18,6 @@ class Summary:
 
     def scaled(self, factor: float) -> Summary:
         return Summary(self.median * factor, self.p90 * factor, self.min * factor, self.runs)
-
-    def to_json(self) -> dict[str, float]:
-        return asdict(self)
 
 
 def summarize(samples: Sequence[float]) -> Summary:
