@@ -117,8 +117,10 @@ def from_model_eager(model: str, device: str = "cpu") -> Pipeline:
 
 def cached_engines_folder(model: str, height: int | None, width: int | None, max_batch: int) -> Path:
     """One cache folder per model and build shape: ``<cache>/engines/<name>-<hash>-...``."""
+    from answer_trt.models.source import BUILT_IN_MODELS
+
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(model).name or model)[:40]
-    where = model if model == "tiny" else str(Path(model).expanduser().resolve()) if Path(model).exists() else model
+    where = model if model in BUILT_IN_MODELS else str(Path(model).expanduser().resolve()) if Path(model).exists() else model
     tag = hashlib.sha256(where.encode()).hexdigest()[:10]
     size = f"{height or 'default'}x{width or 'default'}"
     return cache_root() / "engines" / f"{slug}-{tag}-{size}-b{max_batch}"

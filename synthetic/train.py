@@ -1,21 +1,28 @@
-"""Train a small SD-shaped model on the synthetic shapes (issue 6; work in progress).
+"""Train the built-in ``tiny`` model: a small SD-shaped model on the synthetic shapes.
 
-    python -m synthetic.train --out trained/shapes --vae-minutes 8 --unet-minutes 35
+    python -m synthetic.train --out answer_trt/models/weights/tiny
 
-Stage 1 trains a small AutoencoderKL (4 latent channels, 4x downsampling) on 32x32
-images; stage 2 trains a UNet2DConditionModel and a CLIPTextModel jointly on its latents
-with the epsilon objective (10% empty captions, for classifier-free guidance). Seeded;
-the result is a diffusers StableDiffusionPipeline folder. Prints the command and the
-sha256 of every file it writes. Time budgets, not step counts, bound each stage.
+Stage 1 trains a small AutoencoderKL (4 latent channels, 4x downsampling: 32x32 images,
+8x8 latents) on the images; stage 2 trains a UNet2DConditionModel and a CLIPTextModel
+jointly on its latents with the epsilon objective (10% empty captions, for
+classifier-free guidance), with warm-up + cosine learning rates and an exponential
+moving average of the weights (the average is what gets saved). Step counts, not time,
+bound each stage, so a run is a function of its arguments (seeded; same torch, same
+result up to floating-point summation order). The result is a diffusers
+StableDiffusionPipeline folder with fp16 safetensors weights. Prints the command, each
+stage's time, and the sha256 of every file it writes.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
+import math
+import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +37,20 @@ from synthetic.dataset import VOCABULARY, make_example
 IMAGE_SIZE = 32
 MAX_TOKENS = 16
 CAPTION_DROPOUT = 0.1
+BATCH = 64
+NOISE_CONFIG = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
+VAE_CONFIG = dict(
+    in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, norm_num_groups=16,
+    down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+    block_out_channels=(16, 32, 32), sample_size=IMAGE_SIZE,
+)
+UNET_CONFIG = dict(
+    sample_size=IMAGE_SIZE // 4, in_channels=4, out_channels=4, block_out_channels=(64, 128), layers_per_block=1,
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=64, attention_head_dim=8,
+    norm_num_groups=16,
+)
+TEXT_CONFIG = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2)
 
 
 def dataset(seed: int, count: int) -> tuple[torch.Tensor, list[str]]:
@@ -38,44 +59,99 @@ def dataset(seed: int, count: int) -> tuple[torch.Tensor, list[str]]:
     return images, [e.caption for e in examples]
 
 
-def train_vae(images: torch.Tensor, minutes: float, log: Callable[[str], None]) -> Any:
+def learning_rate_factor(step: int, total: int, warmup: int) -> float:
+    """Linear warm-up, then cosine decay to 10% of the peak."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.1 + 0.45 * (1 + math.cos(math.pi * progress))
+
+
+class WeightAverage:
+    """Exponential moving average of some modules' parameters (kept on copies)."""
+
+    def __init__(self, modules: Iterable[torch.nn.Module], decay: float) -> None:
+        self.modules = [copy.deepcopy(m).eval().requires_grad_(False) for m in modules]
+        self.decay = decay
+
+    @torch.no_grad()
+    def update(self, modules: Iterable[torch.nn.Module], step: int) -> None:
+        weight = 1 - min(self.decay, (1 + step) / (10 + step))  # short warm-up: early averages follow closely
+        for average, live in zip(self.modules, modules):
+            torch._foreach_lerp_(list(average.parameters()), list(live.parameters()), weight)
+
+
+def train_vae(images: torch.Tensor, steps: int, log: Callable[[str], None]) -> Any:
     from diffusers import AutoencoderKL
 
     torch.manual_seed(1)
-    vae: Any = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, norm_num_groups=16,
-        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
-        block_out_channels=(32, 64, 64), sample_size=IMAGE_SIZE,
-    )
+    vae: Any = AutoencoderKL(**VAE_CONFIG)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=1e-3)
-    deadline, step = time.monotonic() + minutes * 60, 0
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: learning_rate_factor(s, steps, 100))
     gen = torch.Generator().manual_seed(2)
-    while time.monotonic() < deadline:
-        batch = images[torch.randint(len(images), (64,), generator=gen)]
+    for step in range(1, steps + 1):
+        batch = images[torch.randint(len(images), (BATCH,), generator=gen)]
         posterior = vae.encode(batch).latent_dist
         recon = vae.decode(posterior.sample(generator=gen)).sample
         loss = F.mse_loss(recon, batch) + 1e-6 * posterior.kl().mean()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        step += 1
-        if step % 50 == 0:
-            log(f"vae step {step}: loss {loss.item():.4f}")
-    log(f"vae: {step} steps")
+        schedule.step()
+        if step % 100 == 0:
+            log(f"vae step {step}/{steps}: loss {loss.item():.4f}")
     return vae.eval()
+
+
+def train_denoiser(latents: torch.Tensor, ids: torch.Tensor, empty: torch.Tensor, vocab_size: int,
+                   special: tuple[int, int], steps: int, log: Callable[[str], None]) -> tuple[Any, Any]:
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(3)
+    text_encoder: Any = CLIPTextModel(CLIPTextConfig(
+        vocab_size=vocab_size, max_position_embeddings=MAX_TOKENS, bos_token_id=special[0], eos_token_id=special[1],
+        pad_token_id=1, **TEXT_CONFIG))
+    unet: Any = UNet2DConditionModel(**UNET_CONFIG)
+    log(f"unet {sum(p.numel() for p in unet.parameters()) / 1e6:.2f} M params, text encoder "
+        f"{sum(p.numel() for p in text_encoder.parameters()) / 1e3:.0f} k")
+    ddpm: Any = DDPMScheduler(**NOISE_CONFIG)
+    optimizer = torch.optim.AdamW([{"params": unet.parameters(), "lr": 4e-4},
+                                   {"params": text_encoder.parameters(), "lr": 1e-4}])
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: learning_rate_factor(s, steps, 200))
+    average = WeightAverage((unet, text_encoder), decay=0.999)
+    gen = torch.Generator().manual_seed(4)
+    for step in range(1, steps + 1):
+        index = torch.randint(len(latents), (BATCH,), generator=gen)
+        x0, tokens = latents[index], ids[index].clone()
+        tokens[torch.rand(BATCH, generator=gen) < CAPTION_DROPOUT] = empty
+        noise = torch.randn(x0.shape, generator=gen)
+        t = torch.randint(0, NOISE_CONFIG["num_train_timesteps"], (BATCH,), generator=gen)
+        pred = unet(ddpm.add_noise(x0, noise, t), t, text_encoder(tokens)[0]).sample
+        loss = F.mse_loss(pred, noise)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        average.update((unet, text_encoder), step)
+        if step % 100 == 0:
+            log(f"unet step {step}/{steps}: loss {loss.item():.4f}")
+    unet_average, text_average = average.modules
+    return unet_average, text_average
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True, help="folder to write (replaced if it exists)")
     parser.add_argument("--examples", type=int, default=20000)
-    parser.add_argument("--vae-minutes", type=float, default=8)
-    parser.add_argument("--unet-minutes", type=float, default=35)
+    parser.add_argument("--vae-steps", type=int, default=1500)
+    parser.add_argument("--unet-steps", type=int, default=4000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     quiet_libraries()
-    from diffusers import DDIMScheduler, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    torch.set_num_threads(args.threads)
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
 
     started = time.monotonic()
 
@@ -83,9 +159,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{time.monotonic() - started:7.1f} s] {msg}", flush=True)
 
     print("command: python -m synthetic.train " + " ".join(sys.argv[1:] if argv is None else argv), flush=True)
+    staging = args.out.with_name(args.out.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
     torch.manual_seed(args.seed)
     images, captions = dataset(args.seed, args.examples)
-    vae = train_vae(images, args.vae_minutes, log)
+    vae = train_vae(images, args.vae_steps, log)
+    log("vae done")
     with torch.no_grad():
         latents = torch.cat([vae.encode(images[i : i + 256]).latent_dist.mean for i in range(0, len(images), 256)])
     scaling = float(1.0 / latents.std())
@@ -93,55 +172,28 @@ def main(argv: list[str] | None = None) -> int:
     latents = latents * scaling
     log(f"latents {tuple(latents.shape)}, scaling factor {scaling:.4f}")
 
-    tokenizer = write_clip_tokenizer(args.out / "tokenizer", VOCABULARY, model_max_length=MAX_TOKENS)
+    tokenizer = write_clip_tokenizer(staging / "tokenizer", VOCABULARY, model_max_length=MAX_TOKENS)
     ids = torch.from_numpy(tokenizer(captions, padding="max_length", max_length=MAX_TOKENS, truncation=True,
                                      return_tensors="np").input_ids).long()
     empty = torch.from_numpy(tokenizer([""], padding="max_length", max_length=MAX_TOKENS,
                                        return_tensors="np").input_ids).long()
-    torch.manual_seed(3)
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
-        max_position_embeddings=MAX_TOKENS, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=1))
-    unet: Any = UNet2DConditionModel(
-        sample_size=IMAGE_SIZE // 4, in_channels=4, out_channels=4, block_out_channels=(64, 128), layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=64, attention_head_dim=8,
-        norm_num_groups=16)
-    log(f"unet {sum(p.numel() for p in unet.parameters()) / 1e6:.2f} M params, text encoder "
-        f"{sum(p.numel() for p in text_encoder.parameters()) / 1e3:.0f} k")
-    noise_config = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
-    ddpm: Any = DDPMScheduler(**noise_config)
-    optimizer = torch.optim.AdamW([{"params": unet.parameters(), "lr": 3e-4},
-                                   {"params": text_encoder.parameters(), "lr": 1e-4}])
-    gen = torch.Generator().manual_seed(4)
-    deadline, step = time.monotonic() + args.unet_minutes * 60, 0
-    while time.monotonic() < deadline:
-        index = torch.randint(len(latents), (64,), generator=gen)
-        x0, tokens = latents[index], ids[index].clone()
-        drop = torch.rand(64, generator=gen) < CAPTION_DROPOUT
-        tokens[drop] = empty
-        noise = torch.randn(x0.shape, generator=gen)
-        t = torch.randint(0, 1000, (64,), generator=gen)
-        cond = text_encoder(tokens)[0]
-        pred = unet(ddpm.add_noise(x0, noise, t), t, cond).sample
-        loss = F.mse_loss(pred, noise)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        step += 1
-        if step % 50 == 0:
-            log(f"unet step {step}: loss {loss.item():.4f}")
-    log(f"unet: {step} steps")
+    unet, text_encoder = train_denoiser(latents, ids, empty, len(tokenizer),
+                                        (tokenizer.bos_token_id, tokenizer.eos_token_id), args.unet_steps, log)
+    log("unet done")
 
     pipeline = StableDiffusionPipeline(
-        vae=vae.half().float(), text_encoder=text_encoder.eval(), tokenizer=tokenizer, unet=unet.eval(),
-        scheduler=DDIMScheduler(**noise_config, clip_sample=False, set_alpha_to_one=False, steps_offset=1),
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+        scheduler=DDIMScheduler(**NOISE_CONFIG, clip_sample=False, set_alpha_to_one=False, steps_offset=1),
         safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    pipeline.save_pretrained(args.out, safe_serialization=True)  # type: ignore[attr-defined]
+    pipeline.to(dtype=torch.float16)  # type: ignore[attr-defined]
+    pipeline.save_pretrained(staging, safe_serialization=True)  # type: ignore[attr-defined]
+    shutil.rmtree(args.out, ignore_errors=True)
+    staging.rename(args.out)
+    total = 0
     for path in sorted(p for p in args.out.rglob("*") if p.is_file()):
+        total += path.stat().st_size
         print(f"{hashlib.sha256(path.read_bytes()).hexdigest()}  {path}")
-    log("done")
+    log(f"done: {total / 1e6:.2f} MB in {args.out}")
     return 0
 
 

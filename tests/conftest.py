@@ -49,8 +49,8 @@ def tiny_model_dir(private_cache: Path) -> Path:
 def engines_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from export.build import BuildConfig, build
 
-    out = tmp_path_factory.mktemp("engines") / "tiny"
-    build(BuildConfig(model="tiny", out=out, max_batch=2), log=lambda _m: None)
+    out = tmp_path_factory.mktemp("engines") / "tiny-random"
+    build(BuildConfig(model="tiny-random", out=out, max_batch=2), log=lambda _m: None)
     return out
 
 
@@ -65,4 +65,4 @@ def ort_pipe(engines_dir: Path):
 def torch_pipe(tiny_model_dir: Path):
     import answer_trt
 
-    return answer_trt.load("tiny", backend="torch")
+    return answer_trt.load("tiny-random", backend="torch")

@@ -36,33 +36,33 @@ def test_manifest_records_files_specs_profiles_and_versions(engines_dir):
     assert manifest.components["vae_decoder"].profile["batch"] == (1, 2, 2)
     assert manifest.components["unet"].spec.input_names == ["sample", "timestep", "encoder_hidden_states"]
     assert {"torch", "onnx", "onnxruntime", "answer_trt"} <= set(manifest.versions)
-    assert len(manifest.model_hash) == 64 and manifest.model_name == "tiny"
+    assert len(manifest.model_hash) == 64 and manifest.model_name == "tiny-random"
 
 
 def test_matching_build_is_skipped(built):
     before = (built / "unet.onnx").stat().st_mtime_ns
-    result = build(BuildConfig(model="tiny", out=built, max_batch=2), log=quiet)
+    result = build(BuildConfig(model="tiny-random", out=built, max_batch=2), log=quiet)
     assert result.skipped
     assert (built / "unet.onnx").stat().st_mtime_ns == before
 
 
 def test_any_difference_rebuilds(built):
     key = read_manifest(built).key
-    result = build(BuildConfig(model="tiny", out=built, max_batch=3), log=quiet)
+    result = build(BuildConfig(model="tiny-random", out=built, max_batch=3), log=quiet)
     assert not result.skipped and result.manifest.key != key
     assert read_manifest(built).components["unet"].profile["batch"] == (1, 9, 9)
     verify_files(built, read_manifest(built))
 
 
 def test_force_rebuilds_a_matching_folder(built):
-    result = build(BuildConfig(model="tiny", out=built, max_batch=2, force=True), log=quiet)
+    result = build(BuildConfig(model="tiny-random", out=built, max_batch=2, force=True), log=quiet)
     assert not result.skipped
     assert result.manifest.key == read_manifest(built).key
 
 
 def test_tampered_files_rebuild(built):
     (built / "vae_decoder.onnx").write_bytes(b"broken")
-    result = build(BuildConfig(model="tiny", out=built, max_batch=2), log=quiet)
+    result = build(BuildConfig(model="tiny-random", out=built, max_batch=2), log=quiet)
     assert not result.skipped
     verify_files(built, read_manifest(built))
 
@@ -78,7 +78,7 @@ def test_failed_build_leaves_the_previous_engines_intact(built, monkeypatch):
 
     monkeypatch.setattr(onnx_export, "export_onnx", failing_export)
     with pytest.raises(RuntimeError, match="simulated"):
-        build(BuildConfig(model="tiny", out=built, max_batch=3), log=quiet)
+        build(BuildConfig(model="tiny-random", out=built, max_batch=3), log=quiet)
     assert (built / MANIFEST_NAME).read_text() == manifest_before
     verify_files(built, read_manifest(built))
     assert not [p for p in built.iterdir() if p.name.startswith(".staging")]
@@ -88,7 +88,7 @@ def test_bad_build_requests(tmp_path):
     with pytest.raises(UserInputError, match="max-batch"):
         BuildConfig(out=tmp_path, max_batch=0)
     with pytest.raises(UserInputError, match="multiples of 8"):
-        build(BuildConfig(model="tiny", out=tmp_path / "e", height=100), log=quiet)
+        build(BuildConfig(model="tiny-random", out=tmp_path / "e", height=100), log=quiet)
     with pytest.raises(UserInputError, match="not found"):
         build(BuildConfig(model=str(tmp_path / "no-such-model"), out=tmp_path / "e"), log=quiet)
     not_a_model = tmp_path / "folder"
@@ -120,7 +120,7 @@ def test_fp16_build_runs_on_onnxruntime(engines_dir, tmp_path):
     import answer_trt
 
     out = tmp_path / "fp16"
-    result = build(BuildConfig(model="tiny", out=out, max_batch=1, precision="fp16"), log=quiet)
+    result = build(BuildConfig(model="tiny-random", out=out, max_batch=1, precision="fp16"), log=quiet)
     specs = {name: entry.spec for name, entry in result.manifest.components.items()}
     assert specs["unet"].inputs[0].dtype == "float16" and specs["vae_decoder"].outputs[0].dtype == "float16"
     assert specs["text_encoder"].outputs[0].dtype == "float32"

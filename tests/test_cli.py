@@ -25,7 +25,7 @@ def run_cli(*args: object) -> int:
 def test_generate_from_empty_cache_then_cached(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("ANSWER_TRT_CACHE", str(tmp_path / "fresh-cache"))
     out = tmp_path / "cat.png"
-    assert run_cli("generate", "a cat", "--model", "tiny", "--steps", "3", "-o", out) == 0
+    assert run_cli("generate", "a cat", "--model", "tiny-random", "--steps", "3", "-o", out) == 0
     first = capsys.readouterr().err
     assert "built text_encoder, unet, vae_decoder" in first and "wrote" in first
     image = Image.open(out)
@@ -34,7 +34,7 @@ def test_generate_from_empty_cache_then_cached(tmp_path, monkeypatch, capsys):
     assert json.loads(image.text["parameters"])["dns_steps"] == 4
 
     out2 = tmp_path / "cat2.png"
-    assert run_cli("generate", "a cat", "--model", "tiny", "--steps", "3", "-o", out2) == 0
+    assert run_cli("generate", "a cat", "--model", "tiny-random", "--steps", "3", "-o", out2) == 0
     assert "up to date" in capsys.readouterr().err
     assert out.read_bytes() == out2.read_bytes()  # deterministic for the seed
 
@@ -119,7 +119,7 @@ def test_tensorrt_build_without_tensorrt_is_a_clear_error(tmp_path, capsys):
 
     if tensorrt_available():
         pytest.skip("TensorRT is installed here")
-    assert run_cli("build", "--model", "tiny", "--out", tmp_path / "trt", "--backend", "tensorrt") == 2
+    assert run_cli("build", "--model", "tiny-random", "--out", tmp_path / "trt", "--backend", "tensorrt") == 2
     assert "TensorRT" in capsys.readouterr().err
     assert not (tmp_path / "trt").exists()
 
@@ -133,7 +133,7 @@ def test_existing_output_is_kept_when_generation_fails(engines_dir, tmp_path):
 
 def test_resolution_range_build_and_generate(tmp_path, capsys):
     out = tmp_path / "ranged"
-    assert run_cli("build", "--model", "tiny", "--out", out, "--height", "64:128", "--width", "64:96",
+    assert run_cli("build", "--model", "tiny-random", "--out", out, "--height", "64:128", "--width", "64:96",
                    "--max-batch", "1") == 0
     assert run_cli("info", out) == 0
     assert "width 64:96 x height 64:128" in capsys.readouterr().out
@@ -147,7 +147,7 @@ def test_resolution_range_build_and_generate(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "outside what was built (height 64:128)" in err and "--height 136" in err
     assert not (tmp_path / "big.png").exists()
-    assert run_cli("build", "--model", "tiny", "--out", tmp_path / "bad", "--height", "128:64") == 2
+    assert run_cli("build", "--model", "tiny-random", "--out", tmp_path / "bad", "--height", "128:64") == 2
     assert "low end is above" in capsys.readouterr().err
 
 
@@ -164,7 +164,7 @@ def test_torch_on_cuda_without_a_gpu_is_a_clear_error(tmp_path, capsys):
 
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
-    code = run_cli("generate", "a cat", "--model", "tiny", "--backend", "torch", "--device", "cuda",
+    code = run_cli("generate", "a cat", "--model", "tiny-random", "--backend", "torch", "--device", "cuda",
                    "-o", tmp_path / "x.png")
     assert code == 2 and "no CUDA GPU" in capsys.readouterr().err
     assert not (tmp_path / "x.png").exists()

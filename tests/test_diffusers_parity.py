@@ -14,8 +14,8 @@ from export.build import BuildConfig, build
 
 STEPS = 6
 CASES = [
-    ("tiny", None),
-    ("tiny", "a blue house"),
+    ("tiny-random", None),
+    ("tiny-random", "a blue house"),
     ("tiny-sd21", None),
     ("tiny-sd21", "a blue house"),
     ("tiny-sdxl", None),
@@ -28,7 +28,7 @@ def pipes(tmp_path_factory):
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
     out = {}
-    for name in ("tiny", "tiny-sd21", "tiny-sdxl"):
+    for name in ("tiny-random", "tiny-sd21", "tiny-sdxl"):
         folder = tmp_path_factory.mktemp(name) / "engines"
         build(BuildConfig(model=name, out=folder, max_batch=1), log=lambda _m: None)
         reference_class = StableDiffusionXLPipeline if name == "tiny-sdxl" else StableDiffusionPipeline

@@ -14,14 +14,14 @@ from export.build import BuildConfig, build
 from export.iospec import BATCH_MULTIPLIER, COMPONENTS
 from export.wrappers import component_modules, sample_inputs
 
-FAMILIES = ["tiny", "tiny-sd21", "tiny-sdxl"]
+FAMILIES = ["tiny-random", "tiny-sd21", "tiny-sdxl"]
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
 def engine_pairs(request, engines_dir, tmp_path_factory):
     name = request.param
-    folder = engines_dir if name == "tiny" else tmp_path_factory.mktemp(name) / "engines"
-    if name != "tiny":
+    folder = engines_dir if name == "tiny-random" else tmp_path_factory.mktemp(name) / "engines"
+    if name != "tiny-random":
         build(BuildConfig(model=name, out=folder, max_batch=2), log=lambda _m: None)
     manifest = read_manifest(folder)
     modules = component_modules(load_model(resolve_model(name).path))

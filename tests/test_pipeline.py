@@ -90,7 +90,7 @@ def test_parameters_are_attached_to_images(ort_pipe):
     result = ort_pipe.generate("a cat", steps=3, seed=11, method="dns", negative_scale=2.0)
     info = result.images[0].info
     assert info["prompt"] == "a cat" and info["seed"] == "11" and info["method"] == "dns"
-    assert info["negative_scale"] == "2.0" and info["steps"] == "3" and info["model"] == "tiny"
+    assert info["negative_scale"] == "2.0" and info["steps"] == "3" and info["model"] == "tiny-random"
     assert result.timings.denoise_s > 0 and result.timings.steps == 3
 
 

@@ -1,5 +1,10 @@
-"""Resolve a MODEL argument (``tiny``, a local diffusers folder, or a hub id) to a
-local diffusers folder, and load its components through ``from_pretrained``."""
+"""Resolve a MODEL argument (a built-in name, a local diffusers folder, or a hub id) to
+a local diffusers folder, and load its components through ``from_pretrained``.
+
+Built-in names: ``tiny``, the default, is a small model trained on the synthetic shapes
+(``synthetic/train.py``) whose fp16 weights ship inside the package; ``tiny-random``,
+``tiny-sd21`` and ``tiny-sdxl`` have random weights and are built in code on first use.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +21,9 @@ from answer_trt.models import quiet_libraries, tiny
 from answer_trt.models.info import config_json, is_sdxl
 
 REQUIRED_SUBFOLDERS = ("tokenizer", "text_encoder", "unet", "vae", "scheduler")
+DEFAULT_MODEL = "tiny"
+SHIPPED_MODELS = {DEFAULT_MODEL: Path(__file__).parent / "weights" / "tiny"}
+BUILT_IN_MODELS = (*SHIPPED_MODELS, *tiny.BUILDERS)
 
 
 @dataclass(frozen=True)
@@ -30,6 +38,8 @@ class ModelSource:
 
 
 def resolve_model(model: str) -> ModelSource:
+    if model in SHIPPED_MODELS:
+        return ModelSource(model, shipped_model(model))
     if model in tiny.BUILDERS:
         return ModelSource(model, ensure_tiny_model(model))
     path = Path(model).expanduser()
@@ -38,11 +48,14 @@ def resolve_model(model: str) -> ModelSource:
         if missing:
             raise UserInputError(
                 f"{path} is not a diffusers model folder (missing {', '.join(missing)}): pass a folder saved "
-                "with save_pretrained, a hub id, or `tiny`"
+                "with save_pretrained, a hub id, or a built-in name (" + ", ".join(BUILT_IN_MODELS) + ")"
             )
         return ModelSource(model, path.resolve())
     if path.exists() or model.count("/") != 1:
-        raise UserInputError(f"model {model!r} not found: pass a diffusers model folder, a hub id (org/name), or `tiny`")
+        raise UserInputError(
+            f"model {model!r} not found: pass a diffusers model folder, a hub id (org/name), or a built-in name "
+            f"({', '.join(BUILT_IN_MODELS)})"
+        )
     return ModelSource(model, _download(model))
 
 
@@ -58,8 +71,20 @@ def _download(repo_id: str) -> Path:
         ) from None
 
 
-def ensure_tiny_model(name: str = tiny.TINY_NAME) -> Path:
-    """Build a built-in model into the cache once (atomically: temp folder + rename)."""
+def shipped_model(name: str = DEFAULT_MODEL) -> Path:
+    """The folder of a model whose weights ship inside the package."""
+    folder = SHIPPED_MODELS[name]
+    if not (folder / "model_index.json").is_file():
+        raise UserInputError(
+            f"the weights of the built-in `{name}` model are missing from this install ({folder}): reinstall "
+            "answer-trt, or retrain them with `python -m synthetic.train --out " + str(folder) + "`"
+        )
+    return folder
+
+
+def ensure_tiny_model(name: str = tiny.RANDOM_NAME) -> Path:
+    """Build a random-weight built-in model into the cache once (atomically: temp folder
+    + rename)."""
     folder = cache_root() / "models" / f"{name}-v{tiny.TINY_VERSION}"
     if (folder / "model_index.json").is_file():
         return folder

@@ -1,11 +1,13 @@
-"""Built-in miniature models: seeded, random weights, built in code, no download.
+"""Built-in miniature models with random weights: seeded, built in code, no download.
 
-``tiny`` is SD-1.5-shaped (CLIP text encoder, UNet2DConditionModel, AutoencoderKL with
+They exist for fast tests of every code path; their images are noise. (The default
+``tiny`` model is a different one: trained, shipped in the package, see ``source.py``.)
+``tiny-random`` is SD-1.5-shaped (CLIP text encoder, UNet2DConditionModel, AutoencoderKL with
 8x downsampling, DDIM config, CLIP tokenizer); ``tiny-sd21`` is the same with SD 2.x's
 v-prediction and linear-projection attention; ``tiny-sdxl`` is SDXL-shaped (two text
 encoders, pooled embeddings and time ids, Euler config, a VAE that asks to be upcast).
 Each is saved with ``save_pretrained`` as a diffusers pipeline folder, so everything
-after this module goes through the real loading path. Their images are noise.
+after this module goes through the real loading path.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import torch
 from answer_trt.models import quiet_libraries
 from answer_trt.models.tokenizer_files import write_clip_tokenizer
 
-TINY_NAME = "tiny"
+RANDOM_NAME = "tiny-random"
 TINY_VERSION = 3
 WORDS = (
     "a an and the of in on with photo painting picture cat dog bird car house tree "
@@ -100,13 +102,13 @@ def _sdxl(folder: Path, seed: int) -> None:
 
 
 BUILDERS: dict[str, Callable[[Path, int], None]] = {
-    TINY_NAME: lambda folder, seed: _sd(folder, seed, v_prediction=False),
+    RANDOM_NAME: lambda folder, seed: _sd(folder, seed, v_prediction=False),
     "tiny-sd21": lambda folder, seed: _sd(folder, seed, v_prediction=True),
     "tiny-sdxl": _sdxl,
 }
 
 
-def build_tiny_model(folder: Path, name: str = TINY_NAME, seed: int = 0) -> Path:
+def build_tiny_model(folder: Path, name: str = RANDOM_NAME, seed: int = 0) -> Path:
     """Create the built-in model ``name`` in diffusers format under ``folder``."""
     quiet_libraries()
     BUILDERS[name](folder, seed)
