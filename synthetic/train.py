@@ -38,19 +38,20 @@ IMAGE_SIZE = 32
 MAX_TOKENS = 16
 CAPTION_DROPOUT = 0.1
 BATCH = 64
-NOISE_CONFIG = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
-VAE_CONFIG = dict(
+TRAIN_TIMESTEPS = 1000
+NOISE_CONFIG: dict[str, Any] = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=TRAIN_TIMESTEPS)
+VAE_CONFIG: dict[str, Any] = dict(
     in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, norm_num_groups=16,
     down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
     block_out_channels=(16, 32, 32), sample_size=IMAGE_SIZE,
 )
-UNET_CONFIG = dict(
+UNET_CONFIG: dict[str, Any] = dict(
     sample_size=IMAGE_SIZE // 4, in_channels=4, out_channels=4, block_out_channels=(64, 128), layers_per_block=1,
     down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
     up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=64, attention_head_dim=8,
     norm_num_groups=16,
 )
-TEXT_CONFIG = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2)
+TEXT_CONFIG: dict[str, Any] = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2)
 
 
 def dataset(seed: int, count: int) -> tuple[torch.Tensor, list[str]]:
@@ -126,7 +127,7 @@ def train_denoiser(latents: torch.Tensor, ids: torch.Tensor, empty: torch.Tensor
         x0, tokens = latents[index], ids[index].clone()
         tokens[torch.rand(BATCH, generator=gen) < CAPTION_DROPOUT] = empty
         noise = torch.randn(x0.shape, generator=gen)
-        t = torch.randint(0, NOISE_CONFIG["num_train_timesteps"], (BATCH,), generator=gen)
+        t = torch.randint(0, TRAIN_TIMESTEPS, (BATCH,), generator=gen)
         pred = unet(ddpm.add_noise(x0, noise, t), t, text_encoder(tokens)[0]).sample
         loss = F.mse_loss(pred, noise)
         optimizer.zero_grad()
