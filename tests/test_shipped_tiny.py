@@ -1,0 +1,50 @@
+"""The default `tiny` model: trained weights shipped in the package (fp16, at most 10 MB),
+a tokenizer whose every vocabulary word is one token, and a small-N compliance check
+through the product path (ONNX Runtime engines built into the cache) at the default
+settings. The full N = 256 run is in benchmarks/README.md."""
+
+from __future__ import annotations
+
+import json
+
+from safetensors import safe_open
+
+from answer_trt.models.source import DEFAULT_MODEL, load_tokenizers, resolve_model
+from synthetic import compliance
+from synthetic.dataset import VOCABULARY
+
+WEIGHTS_BUDGET_BYTES = 10_000_000
+SMALL_N = 16
+# At N = 256 the model scores over 0.8 (benchmarks/README.md); a small N gets a margin.
+SMALL_N_CFG_COLOUR_FLOOR = 0.7
+
+
+def test_default_model_ships_in_the_package_within_budget():
+    source = resolve_model(DEFAULT_MODEL)
+    assert source.name == "tiny" and "answer_trt/models/weights/tiny" in source.path.as_posix()
+    files = [p for p in source.path.rglob("*") if p.is_file()]
+    assert sum(p.stat().st_size for p in files) <= WEIGHTS_BUDGET_BYTES
+    weights = [p for p in files if p.suffix == ".safetensors"]
+    assert {p.parent.name for p in weights} == {"unet", "vae", "text_encoder"}
+    for path in weights:
+        with safe_open(str(path), "pt") as tensors:
+            assert {str(tensors.get_tensor(k).dtype) for k in tensors.keys()} == {"torch.float16"}, path
+
+
+def test_every_vocabulary_word_is_one_token():
+    (tokenizer,) = load_tokenizers(resolve_model(DEFAULT_MODEL).path)
+    for word in VOCABULARY:
+        assert len(tokenizer(word, add_special_tokens=False).input_ids) == 1, word
+
+
+def test_small_n_compliance_through_the_engines(tmp_path, capsys):
+    out = tmp_path / "compliance.json"
+    args = ["--prompts", str(SMALL_N), "--methods", "cfg,answer-K=2-parallel,dns", "--json", str(out)]
+    assert compliance.main(args) == 0
+    print(capsys.readouterr().out)
+    report = json.loads(out.read_text())
+    assert report["backend"] == "onnxruntime" and report["model"]["name"] == "tiny"
+    assert report["steps"] == 30 and report["guidance_scale"] == 7.5  # the defaults
+    assert min(report["checker_on_ground_truth"][m] for m in compliance.METRICS) >= compliance.CHECKER_BAR
+    cfg = report["methods"][0]
+    assert cfg["label"] == "cfg" and cfg["rates"]["colour"]["value"] >= SMALL_N_CFG_COLOUR_FLOOR
