@@ -117,16 +117,23 @@ class LoadedModel:
 
 def load_model(path: Path) -> LoadedModel:
     quiet_libraries()
+    import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     sdxl = is_sdxl(path)
+    # Always fp32, whatever the saved dtype (transformers 5 would keep fp16 weights fp16):
+    # the export stage and the torch backend choose the precision themselves.
+    text = dict(dtype=torch.float32)
+    image = dict(torch_dtype=torch.float32)
     return LoadedModel(
         tokenizers=load_tokenizers(path),
-        text_encoder=CLIPTextModel.from_pretrained(path / "text_encoder").eval(),
-        text_encoder_2=CLIPTextModelWithProjection.from_pretrained(path / "text_encoder_2").eval() if sdxl else None,
-        unet=UNet2DConditionModel.from_pretrained(path / "unet").eval(),
-        vae=AutoencoderKL.from_pretrained(path / "vae").eval(),
+        text_encoder=CLIPTextModel.from_pretrained(path / "text_encoder", **text).eval(),
+        text_encoder_2=(
+            CLIPTextModelWithProjection.from_pretrained(path / "text_encoder_2", **text).eval() if sdxl else None
+        ),
+        unet=UNet2DConditionModel.from_pretrained(path / "unet", **image).eval(),
+        vae=AutoencoderKL.from_pretrained(path / "vae", **image).eval(),
         scheduler_config=config_json(path, "scheduler", "scheduler_config.json"),
     )
 
