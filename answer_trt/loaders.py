@@ -120,7 +120,8 @@ def cached_engines_folder(model: str, height: int | None, width: int | None, max
     from answer_trt.models.source import BUILT_IN_MODELS
 
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(model).name or model)[:40]
-    where = model if model in BUILT_IN_MODELS else str(Path(model).expanduser().resolve()) if Path(model).exists() else model
+    local = model not in BUILT_IN_MODELS and Path(model).exists()
+    where = str(Path(model).expanduser().resolve()) if local else model
     tag = hashlib.sha256(where.encode()).hexdigest()[:10]
     size = f"{height or 'default'}x{width or 'default'}"
     return cache_root() / "engines" / f"{slug}-{tag}-{size}-b{max_batch}"

@@ -29,7 +29,7 @@ import numpy as np
 
 from answer_trt.errors import UserInputError
 from synthetic.checker import score
-from synthetic.dataset import ShapeObject, caption_of, make_example
+from synthetic.dataset import Example, ShapeObject, caption_of, make_example
 
 METRICS = ("colour", "shape", "side", "all")
 BOOTSTRAP_RESAMPLES = 2000
@@ -97,15 +97,11 @@ def bootstrap_mean(rows: np.ndarray, seed: int = 0) -> list[Interval]:
     return [Interval(float(v), float(lo), float(hi)) for v, lo, hi in zip(rows.mean(axis=0), low, high)]
 
 
-def two_object_prompts(seed: int, count: int) -> list[tuple[ShapeObject, ...]]:
-    return [make_example(seed, i, two_objects=True).objects for i in range(count)]
-
-
-def checker_accuracy(seed: int, count: int) -> dict[str, Any]:
+def checker_accuracy(examples: Sequence[Example]) -> dict[str, Any]:
     """The checker on the ground-truth images of the benchmark's own prompts."""
-    examples = [make_example(seed, i, two_objects=True) for i in range(count)]
     rows = np.stack([prompt_scores(e.image, e.objects) for e in examples])
-    return {"objects": 2 * count, **{m: float(rows[:, k].mean()) for k, m in enumerate(METRICS)}}
+    return {"objects": sum(len(e.objects) for e in examples),
+            **{m: float(rows[:, k].mean()) for k, m in enumerate(METRICS)}}
 
 
 Draw = Callable[[str, MethodSpec, int], tuple[np.ndarray, float]]
@@ -151,7 +147,7 @@ def format_table(results: Sequence[MethodResult], prompts: int) -> str:
     lines = [f"per-object compliance, {prompts} prompts ({2 * prompts} objects), 95% bootstrap intervals", head]
     for r in results:
         rates = " ".join(f"{str(r.rates[m]):>22}" for m in METRICS)
-        delta = "" if r.method == "cfg" and r.label == results[0].label else str(r.vs_cfg["all"])
+        delta = "" if r is results[0] else str(r.vs_cfg["all"])
         lines.append(f"{r.label:<20} {rates} {delta:>24} {r.seconds_per_image:>8.3f}")
     return "\n".join(lines)
 
@@ -196,13 +192,14 @@ def _run(args: argparse.Namespace) -> int:
     if args.json is not None and not args.json.parent.is_dir():
         raise UserInputError(f"--json {args.json}: folder {args.json.parent} does not exist")
     methods = _select(args.methods)
-    checker = checker_accuracy(args.seed, args.prompts)
+    examples = [make_example(args.seed, i, two_objects=True) for i in range(args.prompts)]
+    checker = checker_accuracy(examples)
     print(f"checker on the ground-truth images of these prompts ({checker['objects']} objects): "
           + ", ".join(f"{m} {checker[m]:.3f}" for m in METRICS), flush=True)
     if min(checker[m] for m in METRICS) < CHECKER_BAR:
         raise UserInputError(f"the checker reads under {CHECKER_BAR:.0%} of the ground truth right: fix it first")
     pipe = answer_trt.load(args.model)
-    prompts = two_object_prompts(args.seed, args.prompts)
+    prompts = [e.objects for e in examples]  # the same as synthetic.dataset.prompts(seed, N)
     started = time.perf_counter()
 
     def progress(done: int) -> None:

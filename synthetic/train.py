@@ -39,7 +39,9 @@ MAX_TOKENS = 16
 CAPTION_DROPOUT = 0.1
 BATCH = 64
 TRAIN_TIMESTEPS = 1000
-NOISE_CONFIG: dict[str, Any] = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=TRAIN_TIMESTEPS)
+NOISE_CONFIG: dict[str, Any] = dict(
+    beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=TRAIN_TIMESTEPS
+)
 VAE_CONFIG: dict[str, Any] = dict(
     in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, norm_num_groups=16,
     down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,

@@ -10,8 +10,8 @@ import pytest
 
 from answer_trt.errors import UserInputError
 from synthetic import compliance
-from synthetic.compliance import DEFAULT_METHODS, MethodSpec, bootstrap_mean, run_compliance, two_object_prompts
-from synthetic.dataset import BACKGROUND, make_example, render
+from synthetic.compliance import DEFAULT_METHODS, MethodSpec, bootstrap_mean, run_compliance
+from synthetic.dataset import BACKGROUND, make_example, prompts, render
 
 PROMPT_SEED = 7
 
@@ -36,9 +36,9 @@ def _mirrored(prompt: str, spec: MethodSpec, seed: int) -> tuple[np.ndarray, flo
 
 
 def test_ground_truth_images_comply_fully_and_blank_ones_not_at_all():
-    prompts = two_object_prompts(PROMPT_SEED, 12)
+    asked = prompts(PROMPT_SEED, 12)
     results = run_compliance(_ground_truth_for_cfg_blank_otherwise, [DEFAULT_METHODS[0], DEFAULT_METHODS[-1]],
-                             prompts)
+                             asked)
     cfg, dns = results
     assert all(cfg.rates[m].value == 1.0 for m in compliance.METRICS)
     assert all(dns.rates[m].value == 0.0 for m in compliance.METRICS)
@@ -47,17 +47,17 @@ def test_ground_truth_images_comply_fully_and_blank_ones_not_at_all():
 
 
 def test_mirrored_images_fail_on_side():
-    prompts = two_object_prompts(PROMPT_SEED, 24)
-    (result,) = run_compliance(_mirrored, [DEFAULT_METHODS[0]], prompts)
+    asked = prompts(PROMPT_SEED, 24)
+    (result,) = run_compliance(_mirrored, [DEFAULT_METHODS[0]], asked)
     # Only prompts whose two objects share a colour can pass when left and right swap.
-    same_colour = np.mean([a.colour == b.colour for a, b in prompts])
+    same_colour = np.mean([a.colour == b.colour for a, b in asked])
     assert result.rates["side"].value == pytest.approx(same_colour) and same_colour < 0.5
     assert result.rates["all"].value <= same_colour
 
 
 def test_first_method_must_be_cfg():
     with pytest.raises(UserInputError, match="first method must be cfg"):
-        run_compliance(_truth, [DEFAULT_METHODS[-1]], two_object_prompts(PROMPT_SEED, 2))
+        run_compliance(_truth, [DEFAULT_METHODS[-1]], prompts(PROMPT_SEED, 2))
 
 
 def test_bootstrap_interval_brackets_the_mean_and_narrows_with_more_prompts():

@@ -124,16 +124,15 @@ def load_model(path: Path) -> LoadedModel:
     sdxl = is_sdxl(path)
     # Always fp32, whatever the saved dtype (transformers 5 would keep fp16 weights fp16):
     # the export stage and the torch backend choose the precision themselves.
-    text = dict(dtype=torch.float32)
-    image = dict(torch_dtype=torch.float32)
+    fp32 = torch.float32
     return LoadedModel(
         tokenizers=load_tokenizers(path),
-        text_encoder=CLIPTextModel.from_pretrained(path / "text_encoder", **text).eval(),
+        text_encoder=CLIPTextModel.from_pretrained(path / "text_encoder", dtype=fp32).eval(),
         text_encoder_2=(
-            CLIPTextModelWithProjection.from_pretrained(path / "text_encoder_2", **text).eval() if sdxl else None
+            CLIPTextModelWithProjection.from_pretrained(path / "text_encoder_2", dtype=fp32).eval() if sdxl else None
         ),
-        unet=UNet2DConditionModel.from_pretrained(path / "unet", **image).eval(),
-        vae=AutoencoderKL.from_pretrained(path / "vae", **image).eval(),
+        unet=UNet2DConditionModel.from_pretrained(path / "unet", torch_dtype=fp32).eval(),
+        vae=AutoencoderKL.from_pretrained(path / "vae", torch_dtype=fp32).eval(),
         scheduler_config=config_json(path, "scheduler", "scheduler_config.json"),
     )
 
