@@ -10,7 +10,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from answer_trt.config import METHODS, MODES, SCHEDULERS
+from answer_trt.config import DEFAULT_GUIDANCE, METHODS, MODES, SCHEDULERS
 from answer_trt.errors import NonFiniteImageError, UserInputError
 from answer_trt.files import numbered_paths
 from export.iospec import SizeRange
@@ -80,13 +80,23 @@ def make_parser() -> argparse.ArgumentParser:
                    help="with --model: torch runs it eagerly instead of building engines")
     g.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="with --backend torch: cuda runs the model in fp16 on the GPU")
-    g.add_argument("--method", choices=METHODS, default="answer")
+    d = DEFAULT_GUIDANCE
+    g.add_argument("--method", choices=METHODS, default=d.method)
     g.add_argument("--negative-prompt", default=None)
     g.add_argument("--steps", type=_at_least_1, default=30)
-    g.add_argument("--guidance-scale", type=float, default=7.5)
+    g.add_argument("--guidance-scale", type=float, default=d.guidance_scale)
     g.add_argument("--negative-scale", type=float, default=None, help="wn (default: the guidance scale)")
-    g.add_argument("--dns-steps", type=_at_least_1, default=4, help="K, DNS iterations per negative")
-    g.add_argument("--mode", choices=MODES, default="parallel")
+    g.add_argument("--dns-steps", type=_at_least_1, default=d.dns_steps, help=f"K, DNS iterations per negative "
+                   f"(default {d.dns_steps})")
+    g.add_argument("--mode", choices=MODES, default=d.mode)
+    g.add_argument("--chain-min-sigma", type=float, default=d.chain_min_sigma,
+                   help="run the negative chain only while sigma_t >= this; CFG below "
+                        f"(variant `interval`, default {d.chain_min_sigma:g})")
+    g.add_argument("--drift-tau", type=float, default=d.drift_tau,
+                   help="fade the parallel chain's drift term below noise level ~tau (variant `fade`; default off)")
+    g.add_argument("--guidance-rescale", type=float, default=d.guidance_rescale,
+                   help=f"rescale CFG/ANSWER noise to the positive branch's deviation, 0..1 (default "
+                        f"{d.guidance_rescale:g})")
     g.add_argument("--scheduler", choices=tuple(SCHEDULERS), default=None, help="default: the model's own")
     g.add_argument("--seed", type=_int, default=0)
     g.add_argument("--height", type=_positive_multiple_of_8)
@@ -203,7 +213,8 @@ def _generate(args: argparse.Namespace) -> int:
         result = pipe.generate(
             args.prompt, method=args.method, negative_prompt=args.negative_prompt, steps=args.steps,
             guidance_scale=args.guidance_scale, negative_scale=args.negative_scale, dns_steps=args.dns_steps,
-            mode=args.mode, scheduler=args.scheduler, seed=args.seed, height=args.height, width=args.width,
+            mode=args.mode, chain_min_sigma=args.chain_min_sigma, drift_tau=args.drift_tau,
+            guidance_rescale=args.guidance_rescale, scheduler=args.scheduler, seed=args.seed, height=args.height, width=args.width,
             batch=args.batch, cuda_graph=args.cuda_graph, callback=progress.update if progress else None,
         )
     finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from answer_trt.errors import UserInputError
@@ -18,9 +19,13 @@ SCHEDULERS: dict[str, str] = {
 
 @dataclass(frozen=True)
 class GuidanceConfig:
-    """How each step combines the branches (ANSWER.md, "Parameters and defaults").
+    """How each step combines the branches (docs/ANSWER.md, "Parameters and defaults").
 
-    ``negative_scale`` (wn) defaults to ``guidance_scale`` (w); ``dns_steps`` is K.
+    ``negative_scale`` (wn) defaults to ``guidance_scale`` (w); ``dns_steps`` is K. The
+    variants (docs/ANSWER.md, "Variants"): ``chain_min_sigma`` runs the negative chain only
+    while sigma_t >= it and re-anchors at every step below (ANSWER is CFG there);
+    ``drift_tau`` fades the chain's drift term (parallel mode); ``guidance_rescale`` (phi)
+    rescales the guided noise of CFG and ANSWER to the positive branch's deviation.
     """
 
     method: str = "answer"
@@ -28,6 +33,9 @@ class GuidanceConfig:
     negative_scale: float | None = None
     dns_steps: int = 4
     mode: str = "parallel"
+    chain_min_sigma: float = 0.0
+    drift_tau: float | None = None
+    guidance_rescale: float = 0.0
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -36,12 +44,37 @@ class GuidanceConfig:
             raise UserInputError(f"unknown mode {self.mode!r}: choose one of {', '.join(MODES)}")
         if isinstance(self.dns_steps, bool) or not isinstance(self.dns_steps, int) or self.dns_steps < 1:
             raise UserInputError(f"dns-steps must be an integer >= 1, got {self.dns_steps!r}")
-        if self.negative_scale is not None and self.negative_scale <= -1.0:
-            raise UserInputError(f"negative-scale must be > -1, got {self.negative_scale}")
+        _check_number("guidance-scale", self.guidance_scale)
+        if self.negative_scale is not None:
+            _check_number("negative-scale", self.negative_scale)
+        if self.method != "cfg" and self.wn <= -1.0:
+            which = "negative-scale" if self.negative_scale is not None else "guidance-scale (wn defaults to it)"
+            raise UserInputError(f"{which} must be > -1 for {self.method}, got {self.wn}: "
+                                 "ANSWER's scale (w + wn) / (1 + wn) needs 1 + wn > 0")
+        _check_number("chain-min-sigma", self.chain_min_sigma)
+        if not 0.0 <= self.chain_min_sigma < 1.0:
+            raise UserInputError(f"chain-min-sigma must be in [0, 1) (a noise level sigma_t), got {self.chain_min_sigma}")
+        if self.drift_tau is not None:
+            _check_number("drift-tau", self.drift_tau)
+            if self.drift_tau <= 0.0:
+                raise UserInputError(f"drift-tau must be > 0 (or left out), got {self.drift_tau}")
+            if self.mode != "parallel":
+                raise UserInputError("drift-tau fades the parallel chain's drift: use it with --mode parallel")
+        _check_number("guidance-rescale", self.guidance_rescale)
+        if not 0.0 <= self.guidance_rescale <= 1.0:
+            raise UserInputError(f"guidance-rescale must be in [0, 1], got {self.guidance_rescale}")
 
     @property
     def wn(self) -> float:
         return self.guidance_scale if self.negative_scale is None else self.negative_scale
+
+
+def _check_number(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise UserInputError(f"{name} must be a finite number, got {value!r}")
+
+
+DEFAULT_GUIDANCE = GuidanceConfig()
 
 
 @dataclass(frozen=True)

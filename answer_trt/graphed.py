@@ -26,11 +26,11 @@ from torch import Tensor
 from answer_trt import guidance as G
 from answer_trt.conditioning import cat_conditions
 from answer_trt.config import GuidanceConfig
-from answer_trt.sampler import Conditioning, Denoiser, StepCallback
+from answer_trt.sampler import Conditioning, Denoiser, StepCallback, anchored_steps
 from answer_trt.schedulers import LinearStepRule, make_step_rule
 
 # Columns of the per-step table.
-ALPHA, SIGMA, INV_SIGMA, INPUT_SCALE, X_COEF, EPS_COEF, TIMESTEP = range(7)
+ALPHA, SIGMA, INPUT_SCALE, X_COEF, EPS_COEF, TIMESTEP = range(6)
 
 Replay = Callable[[], None]
 
@@ -89,9 +89,9 @@ class GraphCache:
 
 
 def step_table(rule: LinearStepRule, device: torch.device) -> Tensor:
-    """``[steps, 7]`` float32: alpha, sigma, 1/sigma, input scale, x and eps coefficients, t."""
+    """``[steps, 6]`` float32: alpha, sigma, input scale, x and eps coefficients, t."""
     rows = [
-        [a, s, 1.0 / s, scale, xc, ec, float(t)]
+        [a, s, scale, xc, ec, float(t)]
         for a, s, scale, xc, ec, t in zip(rule.alphas, rule.sigmas, rule.input_scales, rule.x_coefs,
                                             rule.eps_coefs, rule.timesteps.tolist())
     ]
@@ -123,14 +123,14 @@ def sample_graphed(
     cache = cache if cache is not None else GraphCache(EagerCapturer())
     device = noise.device
     table = step_table(rule, device)
-    s = torch.empty(7, dtype=torch.float32, device=device)  # this step's row of the table
+    s = torch.empty(TIMESTEP + 1, dtype=torch.float32, device=device)  # this step's row of the table
     x = (noise.to(torch.float32) * rule.init_noise_sigma).contiguous()
     z = torch.empty_like(x)
     batch = x.shape[0]
     c_p, c_0 = cond.positive, cond.negative
     two, three = cat_conditions([c_p, c_0]), cat_conditions([c_p, c_p, c_0])
     w, wn = guidance.guidance_scale, guidance.wn
-    g = G.answer_scale(w, wn)
+    g = G.answer_scale(w, wn) if guidance.method == "answer" else 1.0  # 1 + wn may be 0 for CFG
 
     def eps(raw: Tensor, x_in: Tensor) -> Tensor:
         raw = raw.to(torch.float32)
@@ -144,6 +144,8 @@ def sample_graphed(
     def update(chain: Tensor, e: Tensor) -> None:
         chain.copy_(chain * s[X_COEF] + e * s[EPS_COEF])
 
+    tau, phi = guidance.drift_tau, guidance.guidance_rescale
+
     def two_row_step() -> None:  # CFG, DNS, and ANSWER's re-anchor steps
         if guidance.method == "answer":
             z.copy_(x)
@@ -151,30 +153,30 @@ def sample_graphed(
         raw_p, raw_0 = denoiser(torch.cat([x_in, x_in]), timesteps(2 * batch), two).chunk(2)
         ep, e0 = eps(raw_p, x_in), eps(raw_0, x_in)
         if guidance.method == "cfg":
-            update(x, G.cfg(e0, ep, w))
+            update(x, G.rescale(G.cfg(e0, ep, w), ep, phi))
             return
-        e_dns = G.dns(e0, ep, wn)
         if guidance.method == "dns":
-            update(x, e_dns)
+            update(x, G.dns(e0, ep, wn))
             return
-        update(x, G.answer(e_dns, ep, g))  # z == x: e_neg is e_dns
+        e, e_dns = G.parallel_answer(ep, ep, e0, x_in, x_in, s[ALPHA], s[SIGMA], g, wn, tau, phi)  # z == x
+        update(x, e)
         update(z, e_dns)
 
     def three_row_step() -> None:  # ANSWER parallel between re-anchors
         x_in, z_in = x * s[INPUT_SCALE], z * s[INPUT_SCALE]
         raw_p, raw_pz, raw_0 = denoiser(torch.cat([x_in, z_in, z_in]), timesteps(3 * batch), three).chunk(3)
-        ep, e_dns = eps(raw_p, x_in), G.dns(eps(raw_0, z_in), eps(raw_pz, z_in), wn)
-        e_neg = e_dns + (x_in - z_in) * s[INV_SIGMA]  # G.negative_noise_from_dns with a tensor 1/sigma
-        update(x, G.answer(e_neg, ep, g))
+        e, e_dns = G.parallel_answer(eps(raw_p, x_in), eps(raw_pz, z_in), eps(raw_0, z_in), x_in, z_in,
+                                     s[ALPHA], s[SIGMA], g, wn, tau, phi)
+        update(x, e)
         update(z, e_dns)
 
     addresses = tuple(t.data_ptr() for c in (two, three) for t in c.feeds().values())
     key = (tuple(x.shape), str(x.dtype), addresses)
-    k = guidance.dns_steps
+    anchored = anchored_steps(rule.sigmas, guidance.dns_steps, guidance.chain_min_sigma)
     for i in range(len(rule.timesteps)):
         s.copy_(table[i])
-        anchored = guidance.method != "answer" or i % k == 0
-        replay = cache.get("two" if anchored else "three", key, two_row_step if anchored else three_row_step,
+        two_rows = guidance.method != "answer" or anchored[i]
+        replay = cache.get("two" if two_rows else "three", key, two_row_step if two_rows else three_row_step,
                            state=(x, z))
         replay()
         if callback is not None:

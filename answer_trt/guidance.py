@@ -1,12 +1,14 @@
-"""Guidance arithmetic of ANSWER.md as pure float32 tensor functions.
+"""Guidance arithmetic of docs/ANSWER.md as pure float32 tensor functions.
 
-Notation follows ANSWER.md: ``ep = eps(x, t, c_p)``, ``e0 = eps(x, t, c_0)``,
+Equation numbers are those of docs/ANSWER.md. Notation: ``ep = eps(x, t, c_p)``, ``e0 = eps(x, t, c_0)``,
 ``alpha_t = sqrt(alphabar_t)``, ``sigma_t = sqrt(1 - alphabar_t)``.
 Every function upcasts to float32 first: ``e_neg`` divides by ``sigma_t``, which
 is tiny at the end of sampling, and fp16 would lose the result there.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -38,13 +40,6 @@ def negative_noise(x: Tensor, xneg0: Tensor, alpha: float, sigma: float) -> Tens
     return (_f32(x) - alpha * _f32(xneg0)) / sigma
 
 
-def negative_noise_from_dns(x: Tensor, z: Tensor, e_dns: Tensor, sigma: float) -> Tensor:
-    """Eqs. 3-4 in one step when z and x share the timestep (parallel mode):
-    substituting ``xneg0 = (z - sigma_t * e_dns) / alpha_t`` into Eq. 4 gives
-    ``e_neg = e_dns + (x - z) / sigma_t``; at a re-anchor step (z == x) it is e_dns itself."""
-    return torch.add(_f32(e_dns), _f32(x) - _f32(z), alpha=1.0 / sigma)
-
-
 def answer_scale(w: float, wn: float) -> float:
     """Normalized ANSWER scale ``g = (w + wn) / (1 + wn)``; ANSWER equals CFG(w) when z == x."""
     return (w + wn) / (1.0 + wn)
@@ -53,6 +48,44 @@ def answer_scale(w: float, wn: float) -> float:
 def answer(e_neg: Tensor, ep: Tensor, g: float) -> Tensor:
     """Eq. 5: ``e_ans = e_neg + g * (ep - e_neg)`` (one lerp)."""
     return torch.lerp(_f32(e_neg), _f32(ep), g)
+
+
+def drift_weight(alpha: Any, sigma: Any, tau: float | None) -> Any:
+    """Variant "fade" (docs/ANSWER.md, Eq. 6): ``rho = sigma_t^2 / (sigma_t^2 + alpha_t^2 tau^2)``,
+    the weight of the chain's drift term; 1 without ``tau``. Works on floats and on 0-d tensors."""
+    if tau is None:
+        return 1.0
+    return sigma * sigma / (sigma * sigma + alpha * alpha * (tau * tau))
+
+
+def rescale(e: Tensor, ep: Tensor, phi: float) -> Tensor:
+    """Variant "rescale" (docs/ANSWER.md, Eq. 7; Lin et al. 2024): scale the guided noise
+    to the per-image standard deviation of ``ep``, then mix ``phi`` of it with ``1 - phi``
+    of the unscaled one. ``phi = 0`` returns ``e`` unchanged."""
+    if phi == 0.0:
+        return e
+    dims = tuple(range(1, e.dim()))
+    ratio = _f32(ep).std(dim=dims, keepdim=True) / e.std(dim=dims, keepdim=True).clamp_min(1e-12)
+    return e * (1.0 + phi * (ratio - 1.0))
+
+
+def parallel_answer(
+    ep: Tensor, ep_z: Tensor, e0_z: Tensor, x_in: Tensor, z_in: Tensor, alpha: Any, sigma: Any,
+    g: float, wn: float, tau: float | None = None, phi: float = 0.0,
+) -> tuple[Tensor, Tensor]:
+    """One parallel-mode ANSWER step's guidance (docs/ANSWER.md, Eqs. 2, 4', 5 and the
+    variants 6-7): returns ``(e_ans, e_dns)``; ``e_dns`` also advances the chain z.
+
+    ``e_neg = e_dns(z) + rho * (x - z) / sigma_t``; at a re-anchor step z == x, so
+    ``e_neg = e_dns`` and ``e_ans`` equals CFG(w) (the normalized scale ``g``). ``alpha``
+    and ``sigma`` may be floats or 0-d tensors (the graphed sampler reads them from a table).
+    """
+    e_dns = dns(e0_z, ep_z, wn)
+    if z_in is x_in:
+        e_neg = e_dns
+    else:
+        e_neg = e_dns + (_f32(x_in) - _f32(z_in)) * (drift_weight(alpha, sigma, tau) / sigma)
+    return rescale(answer(e_neg, ep, g), ep, phi), e_dns
 
 
 def to_epsilon(output: Tensor, x_in: Tensor, alpha: float, sigma: float, prediction_type: str) -> Tensor:

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from answer_trt.backends.base import Engine, EngineDenoiser
-from answer_trt.config import GuidanceConfig, SamplingConfig
+from answer_trt.config import DEFAULT_GUIDANCE, GuidanceConfig, SamplingConfig
 from answer_trt.errors import UserInputError
 from answer_trt.images import to_pil
 from answer_trt.sampler import Conditioning, Denoiser, StepCallback, sample
@@ -108,13 +108,16 @@ class Pipeline:
         self,
         prompt: str,
         *,
-        method: str = "answer",
+        method: str = DEFAULT_GUIDANCE.method,
         negative_prompt: str | None = None,
         steps: int = 30,
-        guidance_scale: float = 7.5,
+        guidance_scale: float = DEFAULT_GUIDANCE.guidance_scale,
         negative_scale: float | None = None,
-        dns_steps: int = 4,
-        mode: str = "parallel",
+        dns_steps: int = DEFAULT_GUIDANCE.dns_steps,
+        mode: str = DEFAULT_GUIDANCE.mode,
+        chain_min_sigma: float = DEFAULT_GUIDANCE.chain_min_sigma,
+        drift_tau: float | None = DEFAULT_GUIDANCE.drift_tau,
+        guidance_rescale: float = DEFAULT_GUIDANCE.guidance_rescale,
         scheduler: str | None = None,
         seed: int = 0,
         height: int | None = None,
@@ -125,9 +128,11 @@ class Pipeline:
         callback: StepCallback | None = None,
     ) -> Generation:
         """Generate ``batch`` images for ``prompt``. An empty prompt is valid: its
-        embedding is c_0, so CFG becomes unconditional sampling."""
+        embedding is c_0, so CFG becomes unconditional sampling. The guidance arguments
+        are ``GuidanceConfig``'s (docs/ANSWER.md)."""
         config = SamplingConfig(
-            guidance=GuidanceConfig(method, guidance_scale, negative_scale, dns_steps, mode),
+            guidance=GuidanceConfig(method, guidance_scale, negative_scale, dns_steps, mode, chain_min_sigma,
+                                    drift_tau, guidance_rescale),
             steps=steps,
             scheduler=scheduler,
             seed=seed,
@@ -239,6 +244,9 @@ class Pipeline:
             "negative_scale": g.wn,
             "dns_steps": g.dns_steps,
             "mode": g.mode,
+            "chain_min_sigma": g.chain_min_sigma,
+            "drift_tau": g.drift_tau,
+            "guidance_rescale": g.guidance_rescale,
             "scheduler": scheduler_name,
             "height": config.height,
             "width": config.width,

@@ -3,7 +3,7 @@
 In the style of k-diffusion's samplers: one function, a denoiser in, latents out.
 A denoiser is ``raw = denoiser(latents[N], t[N], cond[N])``; ``BranchEvaluator`` stacks
 the branches of a step on the batch axis and makes ONE call (``fused=True``) or calls
-the denoiser once per branch (the unfused reference). Equations are ANSWER.md's.
+the denoiser once per branch (the unfused reference). Equations are docs/ANSWER.md's.
 """
 
 from __future__ import annotations
@@ -65,6 +65,16 @@ class BranchEvaluator:
         return list(out.chunk(len(latents)))
 
 
+def anchored_steps(sigmas: Sequence[float], k: int, chain_min_sigma: float = 0.0) -> list[bool]:
+    """Which steps re-anchor the negative chain (z <- x): every K-th step, and every step
+    whose noise level sigma_t is below ``chain_min_sigma`` (docs/ANSWER.md, variant
+    "interval"); at those steps ANSWER in parallel mode equals CFG."""
+    return [i % k == 0 or sigma < chain_min_sigma for i, sigma in enumerate(sigmas)]
+
+
+Probe = Callable[[dict[str, Any]], None]
+
+
 def sample(
     denoiser: Denoiser,
     noise: Tensor,
@@ -77,11 +87,15 @@ def sample(
     fused: bool = True,
     exact_diffusers_step: bool = False,
     callback: StepCallback | None = None,
+    probe: Probe | None = None,
 ) -> Tensor:
     """Run ``steps`` denoising steps from ``noise`` (unit variance) and return the latents.
 
     ``scheduler`` is a diffusers scheduler configured for epsilon; its timesteps are set
     here. ``exact_diffusers_step`` forces its own ``step()`` over the precomputed linear rule.
+    ``probe`` (debugging, docs/ANSWER.md "Diagnosis") gets a dict per step, before the
+    update: i, t, alpha, sigma, x, x_in, ep, e (the guided noise), and for ANSWER e_neg,
+    z_in (parallel mode) and anchored.
     """
     rule = make_step_rule(scheduler, steps, exact_diffusers_step)
     evaluate = BranchEvaluator(denoiser, fused)
@@ -89,9 +103,11 @@ def sample(
     timesteps = rule.timesteps
     n = len(timesteps)
     c_p, c_0 = cond.positive, cond.negative
-    wn = guidance.wn
-    g = G.answer_scale(guidance.guidance_scale, wn)
+    w, wn, phi = guidance.guidance_scale, guidance.wn, guidance.guidance_rescale
+    g = G.answer_scale(w, wn) if guidance.method == "answer" else 1.0  # 1 + wn may be 0 for CFG
     k = guidance.dns_steps
+    sigmas = [rule.levels(i)[1] for i in range(n)]
+    anchored = anchored_steps(sigmas, k, guidance.chain_min_sigma)
     prediction_is_eps = prediction_type == "epsilon"
     z = x
     rule_z = rule
@@ -103,18 +119,23 @@ def sample(
         t = timesteps[i]
         alpha, sigma = rule.levels(i)
         x_in = rule.scale_input(x, i)
+        seen: dict[str, Any] = {}
         if guidance.method in ("cfg", "dns") or guidance.mode == "inner":
             raw_p, raw_0 = evaluate([x_in, x_in], [c_p, c_0], t)
             ep, e0 = eps_of(raw_p, x_in, alpha, sigma), eps_of(raw_0, x_in, alpha, sigma)
             if guidance.method == "cfg":
-                e = G.cfg(e0, ep, guidance.guidance_scale)
+                e = G.rescale(G.cfg(e0, ep, w), ep, phi)
             elif guidance.method == "dns":
                 e = G.dns(e0, ep, wn)
             else:
-                xneg0 = _inner_negative(evaluate, rule, x, x_in, i, ep, e0, (c_p, c_0), k, wn, (alpha, sigma), eps_of)
-                e = G.answer(G.negative_noise(x_in, xneg0, alpha, sigma), ep, g)
+                iterations = 1 if sigma < guidance.chain_min_sigma else k
+                xneg0 = _inner_negative(evaluate, rule, x, x_in, i, ep, e0, (c_p, c_0), iterations, wn,
+                                        (alpha, sigma), eps_of)
+                e_neg = G.negative_noise(x_in, xneg0, alpha, sigma)
+                e = G.rescale(G.answer(e_neg, ep, g), ep, phi)
+                seen = {"e_neg": e_neg, "anchored": True}
         else:
-            if i % k == 0:
+            if anchored[i]:
                 # Re-anchor: z <- x with the scheduler state; (z, c_p) duplicates (x, c_p).
                 z, rule_z = x, rule.fork()
                 raw_p, raw_0 = evaluate([x_in, x_in], [c_p, c_0], t)
@@ -124,10 +145,15 @@ def sample(
                 z_in = rule_z.scale_input(z, i)
                 raw_p, raw_pz, raw_0 = evaluate([x_in, z_in, z_in], [c_p, c_p, c_0], t)
                 ep, ep_z = eps_of(raw_p, x_in, alpha, sigma), eps_of(raw_pz, z_in, alpha, sigma)
-            e_dns = G.dns(eps_of(raw_0, z_in, alpha, sigma), ep_z, wn)
-            e = G.answer(G.negative_noise_from_dns(x_in, z_in, e_dns, sigma), ep, g)
-            if (i + 1) % k != 0 and i + 1 < n:  # z is re-anchored (or unused) otherwise
+            e, e_dns = G.parallel_answer(ep, ep_z, eps_of(raw_0, z_in, alpha, sigma), x_in, z_in, alpha, sigma,
+                                         g, wn, guidance.drift_tau, phi)
+            if probe is not None:
+                rho = G.drift_weight(alpha, sigma, guidance.drift_tau)
+                seen = {"e_neg": e_dns + (x_in - z_in) * (rho / sigma), "z_in": z_in, "anchored": anchored[i]}
+            if i + 1 < n and not anchored[i + 1]:  # z is re-anchored (or unused) otherwise
                 z = rule_z.step(e_dns, i, z)
+        if probe is not None:
+            probe({"i": i, "t": t, "alpha": alpha, "sigma": sigma, "x": x, "x_in": x_in, "ep": ep, "e": e, **seen})
         x = rule.step(e, i, x)
         if callback is not None:
             callback(i, n)
@@ -143,7 +169,7 @@ def _inner_negative(
     ep: Tensor,
     e0: Tensor,
     conds: tuple[TextCondition, TextCondition],
-    k: int,
+    iterations: int,
     wn: float,
     levels: tuple[float, float],
     eps_of: Callable[[Tensor, Tensor, float, float], Tensor],
@@ -152,7 +178,7 @@ def _inner_negative(
     of the last one. The first iteration reuses the main call's ``ep``/``e0`` on x."""
     e_dns = G.dns(e0, ep, wn)
     xneg0 = G.tweedie_x0(x_in, e_dns, *levels)
-    iterations = min(k, len(rule.timesteps) - i)
+    iterations = min(iterations, len(rule.timesteps) - i)
     if iterations == 1:
         return xneg0
     rule_z = rule.fork()

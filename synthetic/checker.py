@@ -5,7 +5,8 @@ two-object prompt, the whole image for one) is searched for pixels of the expect
 colour; the object counts as present in colour if they are a clear share of the
 region's foreground. Its shape is read from how much of its bounding box the largest
 such blob fills: square ~1, circle ~pi/4, triangle ~1/2. Side: the colour's pixels lie
-mostly in the expected half.
+mostly in the expected half. Count: the number of foreground blobs of a clear size must
+equal the number of objects asked for (nothing extra, nothing missing).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from synthetic.dataset import BACKGROUND, COLOURS, ShapeObject
 
 FOREGROUND_DISTANCE = 60.0  # RGB distance from the background that counts as foreground
 MIN_PIXELS = 4
+MIN_OBJECT_PIXELS = 12  # a blob smaller than this is a speck, not an object (objects: >= ~40 px at 32x32)
 
 
 @dataclass(frozen=True)
@@ -48,10 +50,10 @@ def classify_shape(mask: np.ndarray) -> str:
     return "triangle"
 
 
-def _largest_component(mask: np.ndarray) -> np.ndarray:
-    """The largest 4-connected component of ``mask`` (small images: a plain flood fill)."""
+def _components(mask: np.ndarray) -> list[list[tuple[int, int]]]:
+    """The 4-connected components of ``mask`` (small images: a plain flood fill)."""
     seen = np.zeros_like(mask)
-    best: list[tuple[int, int]] = []
+    components: list[list[tuple[int, int]]] = []
     height, width = mask.shape
     for start in zip(*np.nonzero(mask)):
         if seen[start]:
@@ -65,8 +67,13 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
                 if 0 <= ny < height and 0 <= nx < width and mask[ny, nx] and not seen[ny, nx]:
                     seen[ny, nx] = True
                     stack.append((ny, nx))
-        if len(component) > len(best):
-            best = component
+        components.append(component)
+    return components
+
+
+def _largest_component(mask: np.ndarray) -> np.ndarray:
+    """The largest 4-connected component of ``mask``."""
+    best = max(_components(mask), key=len, default=[])
     out = np.zeros_like(mask)
     if best:
         ys, xs = zip(*best)
@@ -74,11 +81,23 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
     return out
 
 
+def _foreground(flat: np.ndarray) -> np.ndarray:
+    return np.sqrt(((flat - np.array(BACKGROUND, dtype=np.float32)) ** 2).sum(-1)) > FOREGROUND_DISTANCE
+
+
+def count_objects(image: np.ndarray) -> int:
+    """Foreground blobs of at least ``MIN_OBJECT_PIXELS`` pixels, whatever their colour (a
+    colour-blind count: blurred edges change colour, not connectivity)."""
+    height, width, _ = image.shape
+    mask = _foreground(image.reshape(-1, 3).astype(np.float32)).reshape(height, width)
+    return sum(len(c) >= MIN_OBJECT_PIXELS for c in _components(mask))
+
+
 def score(image: np.ndarray, objects: tuple[ShapeObject, ...]) -> list[ObjectScore]:
     """One score per expected object (``objects`` left to right)."""
     height, width, _ = image.shape
     flat = image.reshape(-1, 3).astype(np.float32)
-    foreground = np.sqrt(((flat - np.array(BACKGROUND, dtype=np.float32)) ** 2).sum(-1)) > FOREGROUND_DISTANCE
+    foreground = _foreground(flat)
     flat_labels = np.full(flat.shape[0], -1)
     flat_labels[foreground] = nearest_colour(flat[foreground])
     labels = flat_labels.reshape(height, width)

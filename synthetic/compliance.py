@@ -1,17 +1,25 @@
 """Prompt-compliance benchmark on the shapes model: does each method draw what was asked?
 
-    python -m synthetic.compliance --prompts 256 --json benchmarks/results/compliance-cpu.json
+    python -m synthetic.compliance --prompts 256 --families all --guidance-scales 3,5,7.5 \
+        --json benchmarks/results/compliance-suite.json
 
-N seeded two-object prompts ("a {colour} {shape} and a {colour} {shape}"); every method
-draws each prompt from the same seed (prompt i, seed i: paired samples), methods
-interleaved prompt by prompt so machine noise spreads evenly. ``synthetic.checker``
-scores each object's colour, shape and side from the pixels; before that the checker
-is scored on the ground-truth images of the same prompts, since its numbers mean nothing
-unless it reads those right (at least 98%).
+Prompt families (``synthetic.dataset.FAMILIES``): one object and nothing else, free pairs,
+same-colour pairs, same-shape pairs; N seeded prompts each. Every method draws each prompt
+from the same seed (prompt i, seed i: paired samples); methods are interleaved batch by
+batch so machine noise spreads evenly. ``synthetic.checker`` scores each object's colour,
+shape and side and counts the objects in the picture; before that the checker is scored
+on the ground-truth images of the same prompts, since its numbers mean nothing unless it
+reads those right (at least 98%).
 
-Rates are per object; their 95% intervals come from a percentile bootstrap over prompts
-(the two objects of one image are not independent), and so do the paired differences
-to CFG.
+Metrics: ``colour``, ``shape``, ``side`` and ``all`` (all three) are per-object shares per
+prompt; ``count`` is 1 when the picture holds exactly the asked number of objects;
+``correct`` is 1 when every object is right in all three and the count is right (the
+picture is what was asked, nothing extra, nothing missing). 95% intervals come from a
+percentile bootstrap over prompts, and so do the paired differences to CFG.
+
+Prompts are drawn in batches (``--batch``) through answer-trt's pipeline parts (text
+encoder, the sampler over the UNet engine, VAE decoder): the same computation as
+``Pipeline.generate`` for each prompt and seed (tested), at a fraction of the time.
 """
 
 from __future__ import annotations
@@ -21,34 +29,69 @@ import json
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from answer_trt.errors import UserInputError
-from synthetic.checker import score
-from synthetic.dataset import Example, ShapeObject, caption_of, make_example
+from synthetic.checker import count_objects, score
+from synthetic.dataset import FAMILIES, Example, ShapeObject, caption_of, family_example
 
-METRICS = ("colour", "shape", "side", "all")
+METRICS = ("colour", "shape", "side", "all", "count", "correct")
 BOOTSTRAP_RESAMPLES = 2000
 CHECKER_BAR = 0.98
 
 
 @dataclass(frozen=True)
 class MethodSpec:
-    label: str
+    """A guidance method and its settings (``answer_trt.config.GuidanceConfig`` fields
+    besides the guidance scale, which the benchmark sweeps)."""
+
     method: str
     dns_steps: int = 4
     mode: str = "parallel"
+    negative_scale: float | None = None
+    chain_min_sigma: float = 0.0
+    drift_tau: float | None = None
+    guidance_rescale: float = 0.0
+
+    @property
+    def label(self) -> str:
+        if self.method != "answer":
+            return self.method + (f" rescale={self.guidance_rescale:g}" if self.guidance_rescale else "")
+        parts = [f"answer K={self.dns_steps} {self.mode}"]
+        if self.chain_min_sigma:
+            parts.append(f"min-sigma={self.chain_min_sigma:g}")
+        if self.drift_tau is not None:
+            parts.append(f"tau={self.drift_tau:g}")
+        if self.guidance_rescale:
+            parts.append(f"rescale={self.guidance_rescale:g}")
+        if self.negative_scale is not None:
+            parts.append(f"wn={self.negative_scale:g}")
+        return " ".join(parts)
+
+    def guidance_kwargs(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items()}
 
 
-DEFAULT_METHODS = (
-    MethodSpec("cfg", "cfg"),
-    *(MethodSpec(f"answer K={k} {mode}", "answer", k, mode) for mode in ("parallel", "inner") for k in (2, 4, 8)),
-    MethodSpec("dns", "dns"),
+CFG = MethodSpec("cfg")
+CANDIDATES = (
+    CFG,
+    MethodSpec("answer", 4),  # ANSWER.md's reconstruction as first adopted
+    MethodSpec("answer", 2),
+    MethodSpec("answer", 4, chain_min_sigma=0.5),
+    MethodSpec("answer", 3, chain_min_sigma=0.5),
+    MethodSpec("answer", 8, chain_min_sigma=0.5),
+    MethodSpec("answer", 4, drift_tau=0.3),
+    MethodSpec("answer", 4, guidance_rescale=0.7),
+    MethodSpec("answer", 4, chain_min_sigma=0.5, guidance_rescale=0.7),
+    MethodSpec("cfg", guidance_rescale=0.7),
+    *(MethodSpec("answer", 4, chain_min_sigma=0.5, negative_scale=wn) for wn in (1.0, 2.0, 4.0)),
+    MethodSpec("answer", 2, mode="inner"),
 )
+OTHERS = (MethodSpec("dns"),)  # by name only: DNS is meant to miss
 
 
 @dataclass(frozen=True)
@@ -66,23 +109,34 @@ class Interval:
 @dataclass(frozen=True)
 class MethodResult:
     label: str
-    method: str
-    dns_steps: int
-    mode: str
+    spec: dict[str, Any]
     rates: dict[str, Interval]
     vs_cfg: dict[str, Interval]  # paired difference of rates, this method minus CFG
     seconds_per_image: float
 
 
+@dataclass(frozen=True)
+class Cell:
+    """One prompt family at one guidance scale."""
+
+    family: str
+    guidance_scale: float
+    prompts: int
+    methods: list[MethodResult] = field(default_factory=list)
+
+
 def prompt_scores(image: np.ndarray, objects: tuple[ShapeObject, ...]) -> np.ndarray:
-    """One row per prompt: the share of its objects right in colour, shape, side, and
-    in all three."""
+    """One row per prompt, in ``METRICS`` order."""
     scores = score(image, objects)
+    right = [s.colour and s.shape and s.side for s in scores]
+    count_ok = count_objects(image) == len(objects)
     return np.array([
         np.mean([s.colour for s in scores]),
         np.mean([s.shape for s in scores]),
         np.mean([s.side for s in scores]),
-        np.mean([s.colour and s.shape and s.side for s in scores]),
+        np.mean(right),
+        float(count_ok),
+        float(count_ok and all(right)),
     ])
 
 
@@ -104,62 +158,92 @@ def checker_accuracy(examples: Sequence[Example]) -> dict[str, Any]:
             **{m: float(rows[:, k].mean()) for k, m in enumerate(METRICS)}}
 
 
-Draw = Callable[[str, MethodSpec, int], tuple[np.ndarray, float]]
+# (prompts, method, seeds, guidance scale) -> (HxWx3 uint8 images, seconds for all of them)
+Draw = Callable[[Sequence[str], MethodSpec, Sequence[int], float], tuple[list[np.ndarray], float]]
 
 
-def pipeline_draw(pipe: Any, steps: int, guidance_scale: float) -> Draw:
-    """Draw one image with answer-trt's pipeline: returns (HxWx3 uint8, seconds)."""
+def pipeline_draw(pipe: Any, steps: int) -> Draw:
+    """Draw a batch of prompts, one seed each, with answer-trt's pipeline parts: the
+    computation of ``pipe.generate(prompt, seed=seed, ...)`` for every (prompt, seed)
+    pair, stacked on the batch axis."""
+    import torch
 
-    def draw(prompt: str, spec: MethodSpec, seed: int) -> tuple[np.ndarray, float]:
+    from answer_trt.conditioning import cat_conditions
+    from answer_trt.config import GuidanceConfig
+    from answer_trt.images import to_pil
+    from answer_trt.sampler import Conditioning, sample
+    from answer_trt.schedulers import make_scheduler
+    from export.iospec import VAE_DECODER
+
+    height, width = pipe.default_size
+    factor = pipe.dims.vae_scale_factor
+    shape = (1, pipe.dims.latent_channels, height // factor, width // factor)
+    decoder = pipe.engines[VAE_DECODER]
+
+    def draw(prompts: Sequence[str], spec: MethodSpec, seeds: Sequence[int], w: float) -> tuple[list[np.ndarray], float]:
         started = time.perf_counter()
-        generation = pipe.generate(prompt, method=spec.method, dns_steps=spec.dns_steps, mode=spec.mode, steps=steps,
-                                   guidance_scale=guidance_scale, seed=seed)
-        elapsed = time.perf_counter() - started
-        return np.asarray(generation.images[0].convert("RGB")), elapsed
+        guidance = GuidanceConfig(guidance_scale=w, **spec.guidance_kwargs())
+        pairs = [pipe.text.encode(prompt, None) for prompt in prompts]
+        cond = Conditioning(cat_conditions([p for p, _ in pairs]), cat_conditions([n for _, n in pairs]))
+        noise = torch.cat([torch.randn(shape, generator=torch.Generator("cpu").manual_seed(s)) for s in seeds])
+        latents = sample(pipe.denoiser, noise.to(pipe.device), cond, make_scheduler(pipe.scheduler_config), steps,
+                         guidance, prediction_type=pipe.prediction_type)
+        decoded = decoder.run({decoder.spec.input_names[0]: latents})[decoder.spec.output_names[0]]
+        images = [np.asarray(image) for image in to_pil(decoded, {})]
+        return images, time.perf_counter() - started
 
     return draw
 
 
 def run_compliance(draw: Draw, methods: Sequence[MethodSpec], prompts: Sequence[tuple[ShapeObject, ...]],
+                   guidance_scale: float = 7.5, batch: int = 1,
                    progress: Callable[[int], None] = lambda _i: None) -> list[MethodResult]:
-    if not methods or methods[0].method != "cfg":
-        raise UserInputError("the first method must be cfg: the others are compared with it")
+    """Every method on every prompt (prompt i with seed i), methods interleaved per batch."""
+    if not methods or methods[0] != CFG:
+        raise UserInputError("the first method must be plain cfg: the others are compared with it")
     rows = np.zeros((len(methods), len(prompts), len(METRICS)))
     seconds = np.zeros(len(methods))
-    for i, objects in enumerate(prompts):
+    for first in range(0, len(prompts), batch):
+        chunk = range(first, min(first + batch, len(prompts)))
+        captions = [caption_of(prompts[i]) for i in chunk]
         for m, spec in enumerate(methods):
-            image, elapsed = draw(caption_of(objects), spec, i)
-            rows[m, i] = prompt_scores(image, objects)
+            images, elapsed = draw(captions, spec, list(chunk), guidance_scale)
+            for i, image in zip(chunk, images):
+                rows[m, i] = prompt_scores(image, prompts[i])
             seconds[m] += elapsed
-        progress(i + 1)
+        progress(chunk.stop)
     results = []
     for m, spec in enumerate(methods):
         rates = bootstrap_mean(rows[m])
         deltas = bootstrap_mean(rows[m] - rows[0])
-        results.append(MethodResult(spec.label, spec.method, spec.dns_steps, spec.mode, dict(zip(METRICS, rates)),
-                                    dict(zip(METRICS, deltas)), float(seconds[m] / len(prompts))))
+        results.append(MethodResult(spec.label, asdict(spec), dict(zip(METRICS, rates)), dict(zip(METRICS, deltas)),
+                                    float(seconds[m] / len(prompts))))
     return results
 
 
-def format_table(results: Sequence[MethodResult], prompts: int) -> str:
-    head = (f"{'method':<20} {'colour':>22} {'shape':>22} {'side':>22} {'all three':>22} "
-            f"{'all three - CFG':>24} {'s/image':>8}")
-    lines = [f"per-object compliance, {prompts} prompts ({2 * prompts} objects), 95% bootstrap intervals", head]
-    for r in results:
-        rates = " ".join(f"{str(r.rates[m]):>22}" for m in METRICS)
-        delta = "" if r is results[0] else str(r.vs_cfg["all"])
-        lines.append(f"{r.label:<20} {rates} {delta:>24} {r.seconds_per_image:>8.3f}")
+def format_table(cell: Cell) -> str:
+    head = (f"{'method':<48} {'all three':>22} {'count':>22} {'correct':>22} {'correct - CFG':>24} "
+            f"{'s/image':>8}")
+    lines = [f"{cell.family}, w = {cell.guidance_scale:g}: {cell.prompts} prompts, 95% bootstrap intervals", head]
+    for r in cell.methods:
+        rates = " ".join(f"{str(r.rates[m]):>22}" for m in ("all", "count", "correct"))
+        delta = "" if r is cell.methods[0] else str(r.vs_cfg["correct"])
+        lines.append(f"{r.label:<48} {rates} {delta:>24} {r.seconds_per_image:>8.3f}")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="tiny", help="a shapes model (default: the built-in `tiny`)")
-    parser.add_argument("--prompts", type=int, default=256, help="number of seeded prompts N (default 256)")
+    parser.add_argument("--prompts", type=int, default=256, help="seeded prompts N per family (default 256)")
     parser.add_argument("--seed", type=int, default=1000, help="prompt set seed (not the dataset's training seed)")
     parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--guidance-scale", type=float, default=7.5)
-    parser.add_argument("--methods", default="all", help="comma-separated labels, or `all` (cfg must come first)")
+    parser.add_argument("--guidance-scales", default="7.5", help="comma-separated w values (default 7.5)")
+    parser.add_argument("--families", default="pair", help=f"comma-separated of {', '.join(FAMILIES)}, or `all`")
+    parser.add_argument("--methods", default="all", help="comma-separated labels (spaces as -), or `all`; "
+                        "cfg is always run first")
+    parser.add_argument("--batch", type=int, default=32, help="prompts per engine call (default 32)")
+    parser.add_argument("--backend", choices=("onnxruntime", "torch"), default="onnxruntime")
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args(argv)
     args.command = "python -m synthetic.compliance " + " ".join(sys.argv[1:] if argv is None else argv)
@@ -170,53 +254,83 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def _select(methods: str) -> list[MethodSpec]:
+def select_methods(methods: str) -> list[MethodSpec]:
     if methods == "all":
-        return list(DEFAULT_METHODS)
-    by_label = {spec.label.replace(" ", "-"): spec for spec in DEFAULT_METHODS}
-    wanted = [label.strip() for label in methods.split(",")]
+        return list(CANDIDATES)
+    by_label = {spec.label.replace(" ", "-"): spec for spec in (*CANDIDATES, *OTHERS)}
+    wanted = [label.strip() for label in methods.split(",") if label.strip() != "cfg"]
     unknown = [label for label in wanted if label not in by_label]
     if unknown:
         raise UserInputError(f"unknown method(s) {', '.join(unknown)}: choose from {', '.join(by_label)}")
-    return [by_label[label] for label in wanted]
+    return [CFG, *(by_label[label] for label in wanted)]
+
+
+def _parse_list(text: str, name: str, allowed: Sequence[str] | None = None) -> list[str]:
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if not items:
+        raise UserInputError(f"--{name} is empty")
+    if allowed is not None:
+        if items == ["all"]:
+            return list(allowed)
+        unknown = [item for item in items if item not in allowed]
+        if unknown:
+            raise UserInputError(f"unknown --{name} {', '.join(unknown)}: choose from {', '.join(allowed)}, or all")
+    return items
 
 
 def _run(args: argparse.Namespace) -> int:
     import answer_trt
     from answer_trt.bench.suite import library_versions, machine_info
     from answer_trt.files import write_text_atomic
+    from answer_trt.loaders import build_cached, from_engines
     from answer_trt.models.source import resolve_model
 
     if args.prompts < 2:
         raise UserInputError("--prompts must be at least 2 (intervals need more than one prompt)")
+    if args.batch < 1:
+        raise UserInputError("--batch must be at least 1")
     if args.json is not None and not args.json.parent.is_dir():
         raise UserInputError(f"--json {args.json}: folder {args.json.parent} does not exist")
-    methods = _select(args.methods)
-    examples = [make_example(args.seed, i, two_objects=True) for i in range(args.prompts)]
-    checker = checker_accuracy(examples)
-    print(f"checker on the ground-truth images of these prompts ({checker['objects']} objects): "
-          + ", ".join(f"{m} {checker[m]:.3f}" for m in METRICS), flush=True)
-    if min(checker[m] for m in METRICS) < CHECKER_BAR:
-        raise UserInputError(f"the checker reads under {CHECKER_BAR:.0%} of the ground truth right: fix it first")
-    pipe = answer_trt.load(args.model)
-    prompts = [e.objects for e in examples]  # the same as synthetic.dataset.prompts(seed, N)
+    methods = select_methods(args.methods)
+    families = _parse_list(args.families, "families", FAMILIES)
+    try:
+        scales = [float(w) for w in _parse_list(args.guidance_scales, "guidance-scales")]
+    except ValueError:
+        raise UserInputError(f"--guidance-scales {args.guidance_scales!r}: give numbers such as 3,5,7.5") from None
+    examples = {f: [family_example(f, args.seed, i) for i in range(args.prompts)] for f in families}
+    checker = {f: checker_accuracy(e) for f, e in examples.items()}
+    for f, c in checker.items():
+        print(f"checker on the ground truth of {f} ({c['objects']} objects): "
+              + ", ".join(f"{m} {c[m]:.3f}" for m in METRICS), flush=True)
+        if min(c[m] for m in METRICS) < CHECKER_BAR:
+            raise UserInputError(f"the checker reads under {CHECKER_BAR:.0%} of the {f} ground truth right: fix it")
+    if args.backend == "torch":
+        pipe = answer_trt.load(args.model, backend="torch")
+    else:
+        pipe = from_engines(build_cached(args.model, batch=args.batch), verify=False)
+    draw = pipeline_draw(pipe, args.steps)
+    cells = []
     started = time.perf_counter()
+    for family in families:
+        prompts = [e.objects for e in examples[family]]
+        for w in scales:
+            def progress(done: int, family: str = family, w: float = w) -> None:
+                print(f"{family} w={w:g}: {done}/{len(prompts)} prompts, {time.perf_counter() - started:.0f} s",
+                      file=sys.stderr, flush=True)
 
-    def progress(done: int) -> None:
-        if done % 16 == 0 or done == len(prompts):
-            print(f"{done}/{len(prompts)} prompts, {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
-
-    results = run_compliance(pipeline_draw(pipe, args.steps, args.guidance_scale), methods, prompts, progress)
-    print(format_table(results, args.prompts))
+            cell = Cell(family, w, len(prompts), run_compliance(draw, methods, prompts, w, args.batch, progress))
+            print(format_table(cell), flush=True)
+            cells.append(cell)
     if args.json is not None:
         model = resolve_model(args.model)
         report = {
             "model": {"name": args.model, "sha256": model.content_hash()},
-            "prompts": args.prompts, "prompt_seed": args.seed, "steps": args.steps,
-            "guidance_scale": args.guidance_scale, "scheduler": pipe.scheduler_config.get("_class_name", "?"),
-            "backend": pipe.backend, "precision": pipe.precision, "batch": 1,
+            "prompts_per_family": args.prompts, "prompt_seed": args.seed, "steps": args.steps,
+            "scheduler": pipe.scheduler_config.get("_class_name", "?"),
+            "backend": pipe.backend, "precision": pipe.precision, "batch": args.batch,
             "checker_on_ground_truth": checker,
-            "methods": [asdict(r) for r in results],
+            "cells": [asdict(c) for c in cells],
+            "seconds": time.perf_counter() - started,
             "machine": machine_info(), "versions": library_versions(),
             "command": args.command,
         }

@@ -7,7 +7,7 @@ of a dataset is a pure function of ``(seed, i, size)``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -85,3 +85,23 @@ def prompts(seed: int, count: int) -> list[tuple[ShapeObject, ...]]:
     """``count`` seeded two-object prompts (objects without positions matter only by
     colour and shape) for the compliance benchmark."""
     return [make_example(seed, i, two_objects=True).objects for i in range(count)]
+
+
+FAMILIES = ("single", "pair", "same-colour", "same-shape")
+
+
+def family_example(family: str, seed: int, index: int, size: int = 32) -> Example:
+    """Example ``index`` of a compliance prompt family: ``single`` (one object, nothing
+    else), ``pair`` (two objects, colours and shapes drawn freely), ``same-colour`` and
+    ``same-shape`` (the right object takes the left one's colour, or shape)."""
+    if family not in FAMILIES:
+        raise ValueError(f"unknown prompt family {family!r}: choose one of {', '.join(FAMILIES)}")
+    if family == "single":
+        return make_example(seed, index, size, two_objects=False)
+    example = make_example(seed, index, size, two_objects=True)
+    if family == "pair":
+        return example
+    left, right = example.objects
+    right = replace(right, colour=left.colour) if family == "same-colour" else replace(right, shape=left.shape)
+    objects = (left, right)
+    return Example(caption_of(objects), objects, render(objects, size))

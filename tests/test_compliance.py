@@ -10,10 +10,21 @@ import pytest
 
 from answer_trt.errors import UserInputError
 from synthetic import compliance
-from synthetic.compliance import DEFAULT_METHODS, MethodSpec, bootstrap_mean, run_compliance
-from synthetic.dataset import BACKGROUND, make_example, prompts, render
+from synthetic.compliance import CANDIDATES, CFG, MethodSpec, bootstrap_mean, run_compliance
+from synthetic.dataset import BACKGROUND, FAMILIES, family_example, make_example, prompts, render
 
 PROMPT_SEED = 7
+DNS = MethodSpec("dns")
+
+
+def per_image(draw_one):
+    """A batched Draw from a one-image stand-in."""
+
+    def draw(captions, spec, seeds, w):
+        drawn = [draw_one(caption, spec, seed) for caption, seed in zip(captions, seeds)]
+        return [image for image, _ in drawn], sum(seconds for _, seconds in drawn)
+
+    return draw
 
 
 def _truth(prompt: str, spec: MethodSpec, seed: int) -> tuple[np.ndarray, float]:
@@ -35,20 +46,37 @@ def _mirrored(prompt: str, spec: MethodSpec, seed: int) -> tuple[np.ndarray, flo
     return render(objects, 32)[:, ::-1].copy(), 0.1
 
 
+def _with_extra_object(prompt: str, spec: MethodSpec, seed: int) -> tuple[np.ndarray, float]:
+    """Ground truth plus a 4x4 third object in a free corner: the objects are right, the count is not."""
+    image = make_example(PROMPT_SEED, seed, two_objects=True).image.copy()
+    for y, x in ((0, 0), (0, 28), (28, 0), (28, 28)):
+        area = image[max(y - 2, 0):y + 6, max(x - 2, 0):x + 6]
+        if (area == BACKGROUND).all():
+            image[y:y + 4, x:x + 4] = (30, 170, 50)
+            return image, 0.1
+    raise AssertionError("no free corner")
+
+
 def test_ground_truth_images_comply_fully_and_blank_ones_not_at_all():
     asked = prompts(PROMPT_SEED, 12)
-    results = run_compliance(_ground_truth_for_cfg_blank_otherwise, [DEFAULT_METHODS[0], DEFAULT_METHODS[-1]],
-                             asked)
+    results = run_compliance(per_image(_ground_truth_for_cfg_blank_otherwise), [CFG, DNS], asked, batch=5)
     cfg, dns = results
     assert all(cfg.rates[m].value == 1.0 for m in compliance.METRICS)
     assert all(dns.rates[m].value == 0.0 for m in compliance.METRICS)
-    assert dns.vs_cfg["all"].value == -1.0 and cfg.vs_cfg["all"].value == 0.0
+    assert dns.vs_cfg["correct"].value == -1.0 and cfg.vs_cfg["correct"].value == 0.0
     assert cfg.seconds_per_image == pytest.approx(0.5) and dns.seconds_per_image == pytest.approx(0.25)
+
+
+def test_an_extra_object_fails_count_and_correct_only():
+    asked = prompts(PROMPT_SEED, 16)
+    (result,) = run_compliance(per_image(_with_extra_object), [CFG], asked, batch=16)
+    assert result.rates["count"].value == 0.0 and result.rates["correct"].value == 0.0
+    assert result.rates["colour"].value >= 0.95 and result.rates["side"].value >= 0.95
 
 
 def test_mirrored_images_fail_on_side():
     asked = prompts(PROMPT_SEED, 24)
-    (result,) = run_compliance(_mirrored, [DEFAULT_METHODS[0]], asked)
+    (result,) = run_compliance(per_image(_mirrored), [CFG], asked)
     # Only prompts whose two objects share a colour can pass when left and right swap.
     same_colour = np.mean([a.colour == b.colour for a, b in asked])
     assert result.rates["side"].value == pytest.approx(same_colour) and same_colour < 0.5
@@ -56,8 +84,21 @@ def test_mirrored_images_fail_on_side():
 
 
 def test_first_method_must_be_cfg():
-    with pytest.raises(UserInputError, match="first method must be cfg"):
-        run_compliance(_truth, [DEFAULT_METHODS[-1]], prompts(PROMPT_SEED, 2))
+    with pytest.raises(UserInputError, match="first method must be plain cfg"):
+        run_compliance(per_image(_truth), [DNS], prompts(PROMPT_SEED, 2))
+
+
+def test_families_ask_what_their_names_say():
+    for i in range(20):
+        assert len(family_example("single", 1, i).objects) == 1
+        left, right = family_example("same-colour", 1, i).objects
+        assert left.colour == right.colour
+        left, right = family_example("same-shape", 1, i).objects
+        assert left.shape == right.shape
+        assert family_example("pair", 1, i) .caption == make_example(1, i, two_objects=True).caption
+    with pytest.raises(ValueError, match="unknown prompt family"):
+        family_example("triples", 1, 0)
+    assert set(FAMILIES) == {"single", "pair", "same-colour", "same-shape"}
 
 
 def test_bootstrap_interval_brackets_the_mean_and_narrows_with_more_prompts():
@@ -70,24 +111,49 @@ def test_bootstrap_interval_brackets_the_mean_and_narrows_with_more_prompts():
     assert (constant.low, constant.value, constant.high) == (1.0, 1.0, 1.0)
 
 
-def test_default_methods_cover_the_issue_list():
-    labels = [spec.label for spec in DEFAULT_METHODS]
-    assert labels[0] == "cfg" and "dns" in labels
-    assert {(s.dns_steps, s.mode) for s in DEFAULT_METHODS if s.method == "answer"} == {
-        (k, mode) for k in (2, 4, 8) for mode in ("parallel", "inner")}
+def test_candidates_cover_the_variants_and_labels_are_unique():
+    labels = [spec.label for spec in CANDIDATES]
+    assert labels[0] == "cfg" and len(set(labels)) == len(labels)
+    answer = [s for s in CANDIDATES if s.method == "answer"]
+    assert any(s.chain_min_sigma for s in answer) and any(s.drift_tau for s in answer)
+    assert any(s.guidance_rescale for s in answer) and {s.negative_scale for s in answer} >= {1.0, 2.0, 4.0}
+    assert all(s.dns_steps >= 2 for s in answer)  # K = 1 is CFG
+    assert MethodSpec("answer", 4, chain_min_sigma=0.5).label == "answer K=4 parallel min-sigma=0.5"
 
 
 def test_command_line_writes_json_and_refuses_unknown_methods(tmp_path, tiny_model_dir, capsys):
     out = tmp_path / "c.json"
-    args = ["--model", "tiny-random", "--prompts", "3", "--steps", "2", "--methods", "cfg,answer-K=2-inner",
-            "--json", str(out)]
+    args = ["--model", "tiny-random", "--prompts", "3", "--steps", "2", "--methods", "answer-K=2-inner",
+            "--families", "single,same-shape", "--guidance-scales", "3,7.5", "--batch", "2", "--json", str(out)]
     assert compliance.main(args) == 0
     report = json.loads(out.read_text())
-    assert [m["label"] for m in report["methods"]] == ["cfg", "answer K=2 inner"]
-    assert report["checker_on_ground_truth"]["objects"] == 6 and report["prompts"] == 3
-    assert set(report["methods"][1]["rates"]) == set(compliance.METRICS)
+    assert [(c["family"], c["guidance_scale"]) for c in report["cells"]] == [
+        ("single", 3.0), ("single", 7.5), ("same-shape", 3.0), ("same-shape", 7.5)]
+    cell = report["cells"][0]
+    assert [m["label"] for m in cell["methods"]] == ["cfg", "answer K=2 inner"]
+    assert report["checker_on_ground_truth"]["single"]["objects"] == 3 and report["prompts_per_family"] == 3
+    assert set(cell["methods"][1]["rates"]) == set(compliance.METRICS)
     assert report["command"].startswith("python -m synthetic.compliance --model tiny-random")
-    assert "all three" in capsys.readouterr().out
-    assert compliance.main(["--model", "tiny-random", "--methods", "cfg,answer-K=3-inner"]) == 2
+    assert "correct - CFG" in capsys.readouterr().out
+    assert compliance.main(["--model", "tiny-random", "--methods", "answer-K=3-inner"]) == 2
     assert "unknown method(s) answer-K=3-inner" in capsys.readouterr().err
     assert compliance.main(["--prompts", "1"]) == 2
+    assert compliance.main(["--families", "triples"]) == 2
+    assert "unknown --families triples" in capsys.readouterr().err
+    assert compliance.main(["--guidance-scales", "3,x"]) == 2
+
+
+def test_batched_draw_equals_pipeline_generate(tiny_model_dir):
+    """The benchmark's batched draw is the computation of Pipeline.generate per prompt and seed."""
+    from answer_trt.loaders import build_cached, from_engines
+
+    pipe = from_engines(build_cached("tiny-random", batch=4), verify=False)
+    draw = compliance.pipeline_draw(pipe, 3)
+    captions = [family_example("pair", 1, i).caption for i in range(3)]
+    spec = MethodSpec("answer", 2, chain_min_sigma=0.5)
+    images, seconds = draw(captions, spec, [5, 6, 7], 5.0)
+    assert seconds > 0
+    for caption, seed, image in zip(captions, [5, 6, 7], images):
+        alone = pipe.generate(caption, steps=3, seed=seed, guidance_scale=5.0, **{
+            k: v for k, v in spec.guidance_kwargs().items()})
+        assert np.abs(np.asarray(alone.images[0]).astype(int) - image.astype(int)).max() <= 1

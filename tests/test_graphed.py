@@ -18,11 +18,13 @@ CASES = [
     GuidanceConfig(method="dns", negative_scale=3.0),
     GuidanceConfig(method="answer", dns_steps=3),
     GuidanceConfig(method="answer", dns_steps=1),
+    GuidanceConfig(method="answer", dns_steps=3, chain_min_sigma=0.5, drift_tau=0.3, guidance_rescale=0.7),
+    GuidanceConfig(method="cfg", guidance_rescale=0.7),
 ]
 
 
 @pytest.mark.parametrize("kind", ["ddim", "euler"])
-@pytest.mark.parametrize("guidance", CASES, ids=lambda g: f"{g.method}-K{g.dns_steps}")
+@pytest.mark.parametrize("guidance", CASES, ids=lambda g: f"{g.method}-K{g.dns_steps}-s{g.chain_min_sigma}-r{g.guidance_rescale}")
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
 def test_graphed_steps_equal_the_reference_sampler(problem, kind, guidance, prediction_type):
     noise, cond = problem

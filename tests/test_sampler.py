@@ -20,6 +20,15 @@ ALL_METHODS = [
     GuidanceConfig(method="dns", negative_scale=3.0),
     GuidanceConfig(method="answer", dns_steps=3, mode="parallel"),
     GuidanceConfig(method="answer", dns_steps=3, mode="inner"),
+    GuidanceConfig(method="answer", dns_steps=3, chain_min_sigma=0.5, drift_tau=0.3, guidance_rescale=0.7),
+    GuidanceConfig(method="answer", dns_steps=3, mode="inner", chain_min_sigma=0.5, guidance_rescale=0.7),
+]
+
+VARIANTS = [
+    dict(chain_min_sigma=0.5),
+    dict(drift_tau=0.3),
+    dict(guidance_rescale=0.7),
+    dict(negative_scale=2.0),
 ]
 
 
@@ -39,6 +48,67 @@ def test_answer_k1_equals_cfg_for_any_negative_scale(problem, kind, mode, wn):
     cfg = run(problem, GuidanceConfig(method="cfg", guidance_scale=5.0), kind)
     ans = run(problem, GuidanceConfig(method="answer", guidance_scale=5.0, negative_scale=wn, dns_steps=1, mode=mode), kind)
     torch.testing.assert_close(ans, cfg, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: next(iter(v)))
+def test_every_variant_with_k1_equals_cfg(problem, variant):
+    """K = 1 is CFG for every variant (with rescale: CFG with the same rescale)."""
+    rescale = variant.get("guidance_rescale", 0.0)
+    cfg = run(problem, GuidanceConfig(method="cfg", guidance_scale=5.0, guidance_rescale=rescale))
+    modes = ["parallel"] if "drift_tau" in variant else ["parallel", "inner"]
+    for mode in modes:
+        ans = run(problem, GuidanceConfig(method="answer", guidance_scale=5.0, dns_steps=1, mode=mode, **variant))
+        torch.testing.assert_close(ans, cfg, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: next(iter(v)))
+def test_every_variant_changes_answer_at_k_above_one(problem, variant):
+    plain = run(problem, GuidanceConfig(method="answer", guidance_scale=5.0, dns_steps=4))
+    varied = run(problem, GuidanceConfig(method="answer", guidance_scale=5.0, dns_steps=4, **variant))
+    assert (plain - varied).abs().max() > 1e-3
+
+
+def test_chain_min_sigma_above_every_level_is_cfg(problem):
+    """Re-anchoring at every step (all sigma_t below the threshold) is exactly CFG."""
+    cfg = run(problem, GuidanceConfig(method="cfg", guidance_scale=5.0))
+    for mode in ("parallel", "inner"):
+        ans = run(problem, GuidanceConfig(guidance_scale=5.0, dns_steps=4, mode=mode, chain_min_sigma=0.9999))
+        torch.testing.assert_close(ans, cfg, rtol=1e-4, atol=1e-4)
+
+
+def test_anchored_steps_every_k_and_below_the_threshold():
+    from answer_trt.sampler import anchored_steps
+
+    sigmas = [0.99, 0.9, 0.8, 0.7, 0.6, 0.4, 0.3, 0.2]
+    assert anchored_steps(sigmas, 3) == [True, False, False, True, False, False, True, False]
+    assert anchored_steps(sigmas, 3, 0.5) == [True, False, False, True, False, True, True, True]
+
+
+def test_probe_sees_every_step_and_the_anchors(problem):
+    seen = []
+    run(problem, GuidanceConfig(dns_steps=2, chain_min_sigma=0.5), probe=seen.append)
+    assert [s["i"] for s in seen] == list(range(8))
+    assert all({"x", "ep", "e", "e_neg", "z_in", "sigma"} <= set(s) for s in seen)
+    for s in seen:
+        assert s["anchored"] == (s["i"] % 2 == 0 or s["sigma"] < 0.5)
+        if s["anchored"]:
+            torch.testing.assert_close(s["z_in"], s["x_in"])
+
+
+def test_parallel_call_sizes_follow_the_interval(problem):
+    noise, cond = problem
+    sizes = []
+    toy = ToyDenoiser()
+
+    def recording(latents, t, c):
+        sizes.append(latents.shape[0] // noise.shape[0])
+        return toy(latents, t, c)
+
+    sample(recording, noise, cond, make_scheduler("ddim"), 8, GuidanceConfig(dns_steps=4, chain_min_sigma=0.5))
+    from answer_trt.schedulers import make_step_rule
+    sigmas = [make_step_rule(make_scheduler("ddim"), 8).levels(i)[1] for i in range(8)]
+    assert sizes == [2 if (i % 4 == 0 or s < 0.5) else 3 for i, s in enumerate(sigmas)]
+    assert any(s < 0.5 and i % 4 for i, s in enumerate(sigmas))  # the threshold, not K alone, decides some
 
 
 @pytest.mark.parametrize("mode", ["parallel", "inner"])

@@ -10,13 +10,18 @@ import json
 from safetensors import safe_open
 
 from answer_trt.models.source import DEFAULT_MODEL, load_tokenizers, resolve_model
+from answer_trt.config import DEFAULT_GUIDANCE
 from synthetic import compliance
+from synthetic.compliance import MethodSpec
 from synthetic.dataset import VOCABULARY
 
 WEIGHTS_BUDGET_BYTES = 10_000_000
 SMALL_N = 16
 # At N = 256 the model scores over 0.8 (benchmarks/README.md); a small N gets a margin.
 SMALL_N_CFG_COLOUR_FLOOR = 0.7
+DEFAULT = DEFAULT_GUIDANCE
+DEFAULT_LABEL = MethodSpec("answer", DEFAULT.dns_steps, DEFAULT.mode, DEFAULT.negative_scale, DEFAULT.chain_min_sigma,
+                           DEFAULT.drift_tau, DEFAULT.guidance_rescale).label.replace(" ", "-")
 
 
 def test_default_model_ships_in_the_package_within_budget():
@@ -39,12 +44,17 @@ def test_every_vocabulary_word_is_one_token():
 
 def test_small_n_compliance_through_the_engines(tmp_path, capsys):
     out = tmp_path / "compliance.json"
-    args = ["--prompts", str(SMALL_N), "--methods", "cfg,answer-K=2-parallel,dns", "--json", str(out)]
+    args = ["--prompts", str(SMALL_N), "--families", "all", "--batch", str(SMALL_N), "--methods",
+            f"{DEFAULT_LABEL},answer-K=4-parallel,dns", "--json", str(out)]
     assert compliance.main(args) == 0
     print(capsys.readouterr().out)
     report = json.loads(out.read_text())
     assert report["backend"] == "onnxruntime" and report["model"]["name"] == "tiny"
-    assert report["steps"] == 30 and report["guidance_scale"] == 7.5  # the defaults
-    assert min(report["checker_on_ground_truth"][m] for m in compliance.METRICS) >= compliance.CHECKER_BAR
-    cfg = report["methods"][0]
-    assert cfg["label"] == "cfg" and cfg["rates"]["colour"]["value"] >= SMALL_N_CFG_COLOUR_FLOOR
+    assert report["steps"] == 30 and [c["guidance_scale"] for c in report["cells"]] == [7.5] * 4  # the defaults
+    for family in report["checker_on_ground_truth"].values():
+        assert min(family[m] for m in compliance.METRICS) >= compliance.CHECKER_BAR
+    for cell in report["cells"]:
+        cfg, default, *_ = cell["methods"]
+        assert cfg["label"] == "cfg" and cfg["rates"]["colour"]["value"] >= SMALL_N_CFG_COLOUR_FLOOR
+        assert default["spec"] == {**MethodSpec("answer").guidance_kwargs(), **{
+            k: getattr(DEFAULT, k) for k in default["spec"] if k != "method"}}

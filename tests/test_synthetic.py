@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from synthetic.checker import score
-from synthetic.dataset import COLOURS, SHAPES, ShapeObject, make_example
+from synthetic.checker import count_objects, score
+from synthetic.dataset import COLOURS, SHAPES, ShapeObject, make_example, render
 
 N = 400
 
@@ -49,3 +49,36 @@ def test_checker_rejects_wrong_colours_shapes_and_sides():
     assert swapped >= 0.95 * sum(
         make_example(2, i, two_objects=True).objects[0].colour != make_example(2, i, two_objects=True).objects[1].colour
         for i in range(N // 2))
+
+
+def test_object_count_is_right_on_ground_truth_and_rejects_extra_or_missing_objects():
+    right = extra = separate = missing = 0
+    background = np.array([255, 255, 255])
+    for i in range(N):
+        ex = make_example(3, i)
+        right += count_objects(ex.image) == len(ex.objects)
+        # A small extra object in a corner, where it stands apart from the others (a gap of 2 px).
+        for corner in ((5.0, 5.0), (27.0, 5.0), (5.0, 27.0), (27.0, 27.0)):
+            other = ShapeObject("yellow", "square", *corner, 7.0)
+            alone = (render((other,), 32) != background).any(-1)
+            grown = np.zeros_like(alone)
+            ys, xs = np.nonzero(alone)
+            grown[max(ys.min() - 2, 0):ys.max() + 3, max(xs.min() - 2, 0):xs.max() + 3] = True
+            if not ((ex.image != background).any(-1) & grown).any():
+                separate += 1
+                extra += count_objects(render((*ex.objects, other), 32)) != len(ex.objects)
+                break
+        if len(ex.objects) == 2:
+            missing += count_objects(render(ex.objects[:1], 32)) != 2
+        else:
+            missing += count_objects(render((), 32)) != 1
+    print(f"count right on {N} ground-truth images: {right / N:.4f}; extra rejected {extra}/{separate}, "
+          f"missing rejected {missing / N:.4f}")
+    assert right / N >= 0.98
+    assert separate >= 0.8 * N and extra == separate and missing == N
+
+
+def test_specks_are_not_objects():
+    image = make_example(3, 0, two_objects=False).image.copy()
+    image[0:2, 0:2] = COLOURS["red"]  # 4 pixels
+    assert count_objects(image) == 1
