@@ -60,8 +60,16 @@ def render(objects: tuple[ShapeObject, ...], size: int) -> np.ndarray:
     return image
 
 
-def make_example(seed: int, index: int, size: int = 32, two_objects: bool | None = None) -> Example:
-    """Example ``index`` of the dataset ``seed``; ``two_objects=None`` draws it (50/50)."""
+# The biased training set of the benchmark fixture `tiny-biased` (benchmarks/models/): a
+# triangle is red and a square is blue this often; otherwise, and for circles, colours are uniform.
+BIASED_COLOUR = {"triangle": "red", "square": "blue"}
+BIAS_STRENGTH = 0.9
+
+
+def make_example(seed: int, index: int, size: int = 32, two_objects: bool | None = None,
+                 biased: bool = False) -> Example:
+    """Example ``index`` of the dataset ``seed``; ``two_objects=None`` draws it (50/50).
+    ``biased``: colours follow ``BIASED_COLOUR`` with probability ``BIAS_STRENGTH``."""
     rng = np.random.default_rng([seed, index])
     pair = bool(rng.integers(2)) if two_objects is None else two_objects
     colours, shapes = list(COLOURS), list(SHAPES)
@@ -75,8 +83,10 @@ def make_example(seed: int, index: int, size: int = 32, two_objects: bool | None
             low, high = half, size - half
         cx = float(rng.uniform(low, max(low, high)))
         cy = float(rng.uniform(half, size - half))
-        objects.append(ShapeObject(colours[rng.integers(len(colours))], shapes[rng.integers(len(shapes))], cx, cy,
-                                   obj_size))
+        colour, shape = colours[rng.integers(len(colours))], shapes[rng.integers(len(shapes))]
+        if biased and shape in BIASED_COLOUR and rng.uniform() < BIAS_STRENGTH:
+            colour = BIASED_COLOUR[shape]
+        objects.append(ShapeObject(colour, shape, cx, cy, obj_size))
     objs = tuple(objects)
     return Example(caption_of(objs), objs, render(objs, size))
 
@@ -87,13 +97,15 @@ def prompts(seed: int, count: int) -> list[tuple[ShapeObject, ...]]:
     return [make_example(seed, i, two_objects=True).objects for i in range(count)]
 
 
-FAMILIES = ("single", "pair", "same-colour", "same-shape")
+FAMILIES = ("single", "pair", "same-colour", "same-shape", "against-bias")
 
 
 def family_example(family: str, seed: int, index: int, size: int = 32) -> Example:
     """Example ``index`` of a compliance prompt family: ``single`` (one object, nothing
     else), ``pair`` (two objects, colours and shapes drawn freely), ``same-colour`` and
-    ``same-shape`` (the right object takes the left one's colour, or shape)."""
+    ``same-shape`` (the right object takes the left one's colour, or shape), and
+    ``against-bias`` (pairs of triangles and squares in colours other than the biased
+    training set's, ``BIASED_COLOUR``: hard for the `tiny-biased` fixture)."""
     if family not in FAMILIES:
         raise ValueError(f"unknown prompt family {family!r}: choose one of {', '.join(FAMILIES)}")
     if family == "single":
@@ -101,6 +113,14 @@ def family_example(family: str, seed: int, index: int, size: int = 32) -> Exampl
     example = make_example(seed, index, size, two_objects=True)
     if family == "pair":
         return example
+    if family == "against-bias":
+        rng = np.random.default_rng([seed, index, 1])
+        objects = []
+        for obj in example.objects:
+            shape = sorted(BIASED_COLOUR)[rng.integers(len(BIASED_COLOUR))]
+            others = [c for c in COLOURS if c != BIASED_COLOUR[shape]]
+            objects.append(replace(obj, shape=shape, colour=others[rng.integers(len(others))]))
+        return Example(caption_of(tuple(objects)), tuple(objects), render(tuple(objects), size))
     left, right = example.objects
     right = replace(right, colour=left.colour) if family == "same-colour" else replace(right, shape=left.shape)
     objects = (left, right)

@@ -6,7 +6,10 @@ For CFG and ANSWER (K in {1, 2, 4, 8}, parallel and inner mode, and the chosen v
 N seeded two-object prompts of the shapes model, every step records (RMS per image, then
 the mean over images; docs/ANSWER.md's notation):
 
-- ``negative``: ``||e_neg - e0(x)||``, how far ANSWER's negative is from CFG's (0 for CFG);
+- ``negative``: ``||e_neg - e0(x)||``, how far ANSWER's negative is from CFG's (0 for CFG;
+  ``wn ||e0 - ep||`` for ANSWER at a re-anchor step, where e_neg = e_dns(x));
+- ``guidance``: ``||e - ep||``, the guidance term in noise space (CFG: ``(w - 1) ||e0 - ep||``;
+  ANSWER: ``(g - 1) ||e_neg - ep||``; equal at re-anchor steps);
 - ``push``: ``||x0(x, e) - x0(x, ep)||``, the clean-image change the guidance makes
   (CFG: ``(w - 1) sigma_t / alpha_t ||e0 - ep||``; ANSWER: ``(g - 1) ||x0(x, ep) - xneg0||``);
 - ``drift``: ``||z - x||`` in parallel mode (0 at re-anchor steps).
@@ -29,7 +32,7 @@ from answer_trt.errors import UserInputError
 from synthetic.compliance import MethodSpec
 from synthetic.dataset import family_example
 
-SERIES = ("negative", "push", "drift")
+SERIES = ("negative", "guidance", "push", "drift")
 METHODS = (
     MethodSpec("cfg"),
     *(MethodSpec("answer", k) for k in (1, 2, 4, 8)),
@@ -44,6 +47,7 @@ class Trace:
     label: str
     sigmas: list[float]
     negative: list[float]
+    guidance: list[float]
     push: list[float]
     drift: list[float]
 
@@ -70,7 +74,7 @@ def trace(pipe: Any, spec: MethodSpec, captions: Sequence[str], steps: int, w: f
     c_0 = cat_conditions([n for _, n in pairs])
     cond = Conditioning(cat_conditions([p for p, _ in pairs]), c_0)
     noise = torch.cat([torch.randn(shape, generator=torch.Generator("cpu").manual_seed(i)) for i in range(len(captions))])
-    out = Trace(spec.label, [], [], [], [])
+    out = Trace(spec.label, [], [], [], [], [])
 
     def probe(step: dict[str, Any]) -> None:
         x_in, alpha, sigma = step["x_in"], step["alpha"], step["sigma"]
@@ -80,6 +84,7 @@ def trace(pipe: Any, spec: MethodSpec, captions: Sequence[str], steps: int, w: f
         z_in = step.get("z_in", x_in)
         out.sigmas.append(float(sigma))
         out.negative.append(rms(e_neg - e0))
+        out.guidance.append(rms(step["e"] - step["ep"]))
         out.push.append(rms((step["e"] - step["ep"]) * (sigma / alpha)))
         out.drift.append(rms(z_in - x_in))
 
@@ -97,10 +102,11 @@ def plot(traces: Sequence[Trace], path: Path, title: str) -> None:
 
     from answer_trt.files import atomic_path
 
-    names = {"negative": "||e_neg - e0(x)||  (negative term vs CFG's)",
+    names = {"negative": "||e_neg - e0(x)||  (negative vs CFG's e0)",
+             "guidance": "||e - ep||  (guidance term, noise space)",
              "push": "||x0(x, e) - x0(x, ep)||  (clean-space push)",
              "drift": "||z - x||  (parallel chain drift)"}
-    fig, axes = plt.subplots(1, len(SERIES), figsize=(6 * len(SERIES), 4.6))
+    fig, axes = plt.subplots(1, len(SERIES), figsize=(5 * len(SERIES), 4.8))
     for ax, series in zip(axes, SERIES):
         for t in traces:
             style = "--" if "inner" in t.label else ("-." if "min-sigma" in t.label or "tau" in t.label else "-")
@@ -115,9 +121,10 @@ def plot(traces: Sequence[Trace], path: Path, title: str) -> None:
     if below is not None:
         for ax in axes:
             ax.axvline(below, color="grey", linewidth=0.8)
-    axes[0].legend(fontsize=7)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=5, fontsize=8)
     fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=90)
     plt.close(fig)

@@ -56,8 +56,8 @@ UNET_CONFIG: dict[str, Any] = dict(
 TEXT_CONFIG: dict[str, Any] = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2)
 
 
-def dataset(seed: int, count: int) -> tuple[torch.Tensor, list[str]]:
-    examples = [make_example(seed, i, IMAGE_SIZE) for i in range(count)]
+def dataset(seed: int, count: int, biased: bool = False) -> tuple[torch.Tensor, list[str]]:
+    examples = [make_example(seed, i, IMAGE_SIZE, biased=biased) for i in range(count)]
     images = torch.from_numpy(np.stack([e.image for e in examples])).permute(0, 3, 1, 2).float() / 127.5 - 1
     return images, [e.caption for e in examples]
 
@@ -151,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--unet-steps", type=int, default=4000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--biased", action="store_true",
+                        help="train on the biased set (synthetic.dataset.BIASED_COLOUR): the `tiny-biased` fixture")
     args = parser.parse_args(argv)
     quiet_libraries()
     torch.set_num_threads(args.threads)
@@ -165,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     staging = args.out.with_name(args.out.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     torch.manual_seed(args.seed)
-    images, captions = dataset(args.seed, args.examples)
+    images, captions = dataset(args.seed, args.examples, args.biased)
     vae = train_vae(images, args.vae_steps, log)
     log("vae done")
     with torch.no_grad():

@@ -11,7 +11,8 @@ import pytest
 from answer_trt.errors import UserInputError
 from synthetic import compliance
 from synthetic.compliance import CANDIDATES, CFG, MethodSpec, bootstrap_mean, run_compliance
-from synthetic.dataset import BACKGROUND, FAMILIES, family_example, make_example, prompts, render
+from synthetic.dataset import (BACKGROUND, BIASED_COLOUR, COLOURS, FAMILIES, family_example, make_example, prompts,
+                               render)
 
 PROMPT_SEED = 7
 DNS = MethodSpec("dns")
@@ -95,10 +96,25 @@ def test_families_ask_what_their_names_say():
         assert left.colour == right.colour
         left, right = family_example("same-shape", 1, i).objects
         assert left.shape == right.shape
-        assert family_example("pair", 1, i) .caption == make_example(1, i, two_objects=True).caption
+        assert family_example("pair", 1, i).caption == make_example(1, i, two_objects=True).caption
+        for obj in family_example("against-bias", 1, i).objects:
+            assert obj.shape in BIASED_COLOUR and obj.colour != BIASED_COLOUR[obj.shape]
     with pytest.raises(ValueError, match="unknown prompt family"):
         family_example("triples", 1, 0)
-    assert set(FAMILIES) == {"single", "pair", "same-colour", "same-shape"}
+    assert set(FAMILIES) == {"single", "pair", "same-colour", "same-shape", "against-bias"}
+
+
+def test_biased_training_set_follows_the_bias_and_the_plain_one_does_not_change():
+    objects = [o for i in range(2000) for o in make_example(0, i, biased=True).objects]
+    for shape, colour in BIASED_COLOUR.items():
+        of_shape = [o for o in objects if o.shape == shape]
+        assert 0.85 <= np.mean([o.colour == colour for o in of_shape]) <= 0.97
+        assert {o.colour for o in of_shape} == set(COLOURS)  # the other colours still occur
+    plain = [make_example(0, i) for i in range(50)]
+    assert [e.caption for e in plain] == [make_example(0, i, biased=False).caption for i in range(50)]
+    red_triangles = np.mean([o.colour == "red" for i in range(2000) for o in make_example(0, i).objects
+                             if o.shape == "triangle"])
+    assert red_triangles < 0.35
 
 
 def test_bootstrap_interval_brackets_the_mean_and_narrows_with_more_prompts():
