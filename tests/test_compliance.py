@@ -173,3 +173,26 @@ def test_batched_draw_equals_pipeline_generate(tiny_model_dir):
         alone = pipe.generate(caption, steps=3, seed=seed, guidance_scale=5.0, **{
             k: v for k, v in spec.guidance_kwargs().items()})
         assert np.abs(np.asarray(alone.images[0]).astype(int) - image.astype(int)).max() <= 1
+
+
+def test_tables_pool_families_weighted_by_prompts():
+    from synthetic.tables import markdown, pooled_difference
+
+    def method(label, value, delta, half):
+        interval = {"value": value, "low": value, "high": value}
+        return {"label": label, "rates": {"correct": interval},
+                "vs_cfg": {"correct": {"value": delta, "low": delta - half, "high": delta + half}},
+                "seconds_per_image": 1.0 if label == "cfg" else 1.5}
+
+    cells = [
+        {"family": "a", "guidance_scale": 7.5, "prompts": 100,
+         "methods": [method("cfg", 0.8, 0.0, 0.0), method("x", 0.9, 0.1, 0.0392)]},
+        {"family": "b", "guidance_scale": 7.5, "prompts": 300,
+         "methods": [method("cfg", 0.4, 0.0, 0.0), method("x", 0.4, 0.0, 0.0392)]},
+    ]
+    rate, delta, se = pooled_difference([c["methods"][1] for c in cells], cells, "correct")
+    assert rate == pytest.approx(0.525) and delta == pytest.approx(0.025)
+    assert se == pytest.approx(((0.01 * 0.25) ** 2 + (0.01 * 0.75) ** 2) ** 0.5)
+    text = markdown([{"cells": cells}])
+    assert "| x | 0.900 (+0.100 [+0.061, +0.139]) | 0.400 (+0.000 [-0.039, +0.039]) | 0.525 (+0.025" in text
+    assert text.rstrip().endswith("| 1.50x |")
