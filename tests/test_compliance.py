@@ -192,7 +192,7 @@ def test_tables_pool_families_weighted_by_prompts():
     ]
     rate, delta, se = pooled_difference([c["methods"][1] for c in cells], cells, "correct")
     assert rate == pytest.approx(0.525) and delta == pytest.approx(0.025)
-    assert se == pytest.approx(((0.01 * 0.25) ** 2 + (0.01 * 0.75) ** 2) ** 0.5)
+    assert se == pytest.approx(((0.02 * 0.25) ** 2 + (0.02 * 0.75) ** 2) ** 0.5)  # width / 3.92 = 0.02
     text = markdown([{"cells": cells}])
     assert "| x | 0.900 (+0.100 [+0.061, +0.139]) | 0.400 (+0.000 [-0.039, +0.039]) | 0.525 (+0.025" in text
     assert text.rstrip().endswith("| 1.50x |")
