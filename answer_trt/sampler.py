@@ -98,66 +98,104 @@ def sample(
     z_in (parallel mode) and anchored.
     """
     rule = make_step_rule(scheduler, steps, exact_diffusers_step)
-    evaluate = BranchEvaluator(denoiser, fused)
+    loop = _Loop(rule, BranchEvaluator(denoiser, fused), cond, guidance, prediction_type)
     x = noise.to(torch.float32) * rule.init_noise_sigma
-    timesteps = rule.timesteps
-    n = len(timesteps)
-    c_p, c_0 = cond.positive, cond.negative
-    w, wn, phi = guidance.guidance_scale, guidance.wn, guidance.guidance_rescale
-    g = G.answer_scale(w, wn) if guidance.method == "answer" else 1.0  # 1 + wn may be 0 for CFG
-    k = guidance.dns_steps
-    sigmas = [rule.levels(i)[1] for i in range(n)]
-    anchored = anchored_steps(sigmas, k, guidance.chain_min_sigma)
-    prediction_is_eps = prediction_type == "epsilon"
-    z = x
-    rule_z = rule
-
-    def eps_of(raw: Tensor, x_in: Tensor, alpha: float, sigma: float) -> Tensor:
-        return raw if prediction_is_eps else G.to_epsilon(raw, x_in, alpha, sigma, prediction_type)
-
+    n = len(rule.timesteps)
+    parallel = guidance.method == "answer" and guidance.mode == "parallel"
+    chain = _ParallelChain(loop, probing=probe is not None) if parallel else None
     for i in range(n):
-        t = timesteps[i]
-        alpha, sigma = rule.levels(i)
         x_in = rule.scale_input(x, i)
-        seen: dict[str, Any] = {}
-        if guidance.method in ("cfg", "dns") or guidance.mode == "inner":
-            raw_p, raw_0 = evaluate([x_in, x_in], [c_p, c_0], t)
-            ep, e0 = eps_of(raw_p, x_in, alpha, sigma), eps_of(raw_0, x_in, alpha, sigma)
-            if guidance.method == "cfg":
-                e = G.rescale(G.cfg(e0, ep, w), ep, phi)
-            elif guidance.method == "dns":
-                e = G.dns(e0, ep, wn)
-            else:
-                iterations = 1 if sigma < guidance.chain_min_sigma else k
-                xneg0 = _inner_negative(evaluate, rule, x, x_in, i, ep, e0, (c_p, c_0), iterations, wn,
-                                        (alpha, sigma), eps_of)
-                e_neg = G.negative_noise(x_in, xneg0, alpha, sigma)
-                e = G.rescale(G.answer(e_neg, ep, g), ep, phi)
-                seen = {"e_neg": e_neg, "anchored": True}
-        else:
-            if anchored[i]:
-                # Re-anchor: z <- x with the scheduler state; (z, c_p) duplicates (x, c_p).
-                z, rule_z = x, rule.fork()
-                raw_p, raw_0 = evaluate([x_in, x_in], [c_p, c_0], t)
-                z_in = x_in
-                ep = ep_z = eps_of(raw_p, x_in, alpha, sigma)
-            else:
-                z_in = rule_z.scale_input(z, i)
-                raw_p, raw_pz, raw_0 = evaluate([x_in, z_in, z_in], [c_p, c_p, c_0], t)
-                ep, ep_z = eps_of(raw_p, x_in, alpha, sigma), eps_of(raw_pz, z_in, alpha, sigma)
-            e, e_dns = G.parallel_answer(ep, ep_z, eps_of(raw_0, z_in, alpha, sigma), x_in, z_in, alpha, sigma,
-                                         g, wn, guidance.drift_tau, phi)
-            if probe is not None:
-                rho = G.drift_weight(alpha, sigma, guidance.drift_tau)
-                seen = {"e_neg": e_dns + (x_in - z_in) * (rho / sigma), "z_in": z_in, "anchored": anchored[i]}
-            if i + 1 < n and not anchored[i + 1]:  # z is re-anchored (or unused) otherwise
-                z = rule_z.step(e_dns, i, z)
+        e, seen = chain.guide(i, x, x_in) if chain is not None else _two_row_guidance(loop, i, x, x_in)
         if probe is not None:
-            probe({"i": i, "t": t, "alpha": alpha, "sigma": sigma, "x": x, "x_in": x_in, "ep": ep, "e": e, **seen})
+            alpha, sigma = rule.levels(i)
+            probe({"i": i, "t": rule.timesteps[i], "alpha": alpha, "sigma": sigma, "x": x, "x_in": x_in, **seen,
+                   "e": e})
         x = rule.step(e, i, x)
         if callback is not None:
             callback(i, n)
     return x
+
+
+@dataclass(frozen=True)
+class _Loop:
+    """What every step of one ``sample`` call reads."""
+
+    rule: StepRule
+    evaluate: BranchEvaluator
+    cond: Conditioning
+    guidance: GuidanceConfig
+    prediction_type: str
+
+    @property
+    def g(self) -> float:
+        """Eq. 5's normalized scale (only ANSWER uses it: 1 + wn may be 0 for CFG)."""
+        return G.answer_scale(self.guidance.guidance_scale, self.guidance.wn)
+
+    def eps_of(self, raw: Tensor, x_in: Tensor, alpha: float, sigma: float) -> Tensor:
+        if self.prediction_type == "epsilon":
+            return raw
+        return G.to_epsilon(raw, x_in, alpha, sigma, self.prediction_type)
+
+
+def _two_row_guidance(loop: _Loop, i: int, x: Tensor, x_in: Tensor) -> tuple[Tensor, dict[str, Any]]:
+    """CFG (Eq. 1, rescale Eq. 7), DNS (Eq. 2) or ANSWER in inner mode (Eqs. 3-5) at step i:
+    one call on ``[(x, c_p), (x, c_0)]`` (inner mode adds its DNS iterations)."""
+    guidance, rule = loop.guidance, loop.rule
+    alpha, sigma = rule.levels(i)
+    c_p, c_0 = loop.cond.positive, loop.cond.negative
+    raw_p, raw_0 = loop.evaluate([x_in, x_in], [c_p, c_0], rule.timesteps[i])
+    ep, e0 = loop.eps_of(raw_p, x_in, alpha, sigma), loop.eps_of(raw_0, x_in, alpha, sigma)
+    if guidance.method == "cfg":
+        return G.rescale(G.cfg(e0, ep, guidance.guidance_scale), ep, guidance.guidance_rescale), {"ep": ep}
+    if guidance.method == "dns":
+        return G.dns(e0, ep, guidance.wn), {"ep": ep}
+    iterations = 1 if sigma < guidance.chain_min_sigma else guidance.dns_steps  # variant "interval"
+    xneg0 = _inner_negative(loop.evaluate, rule, x, x_in, i, ep, e0, (c_p, c_0), iterations, guidance.wn,
+                            (alpha, sigma), loop.eps_of)
+    e_neg = G.negative_noise(x_in, xneg0, alpha, sigma)
+    e = G.rescale(G.answer(e_neg, ep, loop.g), ep, guidance.guidance_rescale)
+    return e, {"ep": ep, "e_neg": e_neg, "anchored": True}
+
+
+class _ParallelChain:
+    """ANSWER's parallel mode: the negative chain z beside x, re-anchored (z <- x, with the
+    scheduler state) at the anchored steps; one fused call per step, 2 rows at an anchor
+    (where (z, c_p) would duplicate (x, c_p)) and 3 rows otherwise."""
+
+    def __init__(self, loop: _Loop, probing: bool = False) -> None:
+        self.loop = loop
+        self.probing = probing
+        rule, guidance = loop.rule, loop.guidance
+        sigmas = [rule.levels(i)[1] for i in range(len(rule.timesteps))]
+        self.anchored = anchored_steps(sigmas, guidance.dns_steps, guidance.chain_min_sigma)
+        self.g = loop.g
+        self.z: Tensor | None = None
+        self.rule_z = rule
+
+    def guide(self, i: int, x: Tensor, x_in: Tensor) -> tuple[Tensor, dict[str, Any]]:
+        loop, rule, guidance = self.loop, self.loop.rule, self.loop.guidance
+        alpha, sigma = rule.levels(i)
+        c_p, c_0, t = loop.cond.positive, loop.cond.negative, rule.timesteps[i]
+        if self.anchored[i]:
+            self.z, self.rule_z = x, rule.fork()
+            raw_p, raw_0 = loop.evaluate([x_in, x_in], [c_p, c_0], t)
+            z_in = x_in
+            ep = ep_z = loop.eps_of(raw_p, x_in, alpha, sigma)
+        else:
+            assert self.z is not None  # step 0 is always anchored
+            z_in = self.rule_z.scale_input(self.z, i)
+            raw_p, raw_pz, raw_0 = loop.evaluate([x_in, z_in, z_in], [c_p, c_p, c_0], t)
+            ep, ep_z = loop.eps_of(raw_p, x_in, alpha, sigma), loop.eps_of(raw_pz, z_in, alpha, sigma)
+        e, e_dns = G.parallel_answer(ep, ep_z, loop.eps_of(raw_0, z_in, alpha, sigma), x_in, z_in, alpha, sigma,
+                                     self.g, guidance.wn, guidance.drift_tau, guidance.guidance_rescale)
+        if i + 1 < len(self.anchored) and not self.anchored[i + 1]:  # z is re-anchored (or unused) otherwise
+            assert self.z is not None
+            self.z = self.rule_z.step(e_dns, i, self.z)
+        if not self.probing:
+            return e, {}
+        rho = G.drift_weight(alpha, sigma, guidance.drift_tau)
+        return e, {"ep": ep, "z_in": z_in, "anchored": self.anchored[i],
+                   "e_neg": e_dns + (x_in - z_in) * (rho / sigma)}
 
 
 def _inner_negative(
