@@ -115,12 +115,12 @@ def family_example(family: str, seed: int, index: int, size: int = 32) -> Exampl
         return example
     if family == "against-bias":
         rng = np.random.default_rng([seed, index, 1])
-        objects = []
+        against = []
         for obj in example.objects:
             shape = sorted(BIASED_COLOUR)[rng.integers(len(BIASED_COLOUR))]
             others = [c for c in COLOURS if c != BIASED_COLOUR[shape]]
-            objects.append(replace(obj, shape=shape, colour=others[rng.integers(len(others))]))
-        return Example(caption_of(tuple(objects)), tuple(objects), render(tuple(objects), size))
+            against.append(replace(obj, shape=shape, colour=others[rng.integers(len(others))]))
+        return Example(caption_of(tuple(against)), tuple(against), render(tuple(against), size))
     left, right = example.objects
     right = replace(right, colour=left.colour) if family == "same-colour" else replace(right, shape=left.shape)
     objects = (left, right)
