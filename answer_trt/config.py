@@ -17,11 +17,16 @@ SCHEDULERS: dict[str, str] = {
 }
 
 
+# ANSWER's default wn and interval, chosen by the compliance suite (docs/ANSWER.md, "Defaults").
+ANSWER_NEGATIVE_SCALE = 1.0
+
+
 @dataclass(frozen=True)
 class GuidanceConfig:
     """How each step combines the branches (docs/ANSWER.md, "Parameters and defaults").
 
-    ``negative_scale`` (wn) defaults to ``guidance_scale`` (w); ``dns_steps`` is K. The
+    ``negative_scale`` (wn) defaults to ``ANSWER_NEGATIVE_SCALE`` for ANSWER and to
+    ``guidance_scale`` (w) for DNS (docs/ANSWER.md, "Defaults"); ``dns_steps`` is K. The
     variants (docs/ANSWER.md, "Variants"): ``chain_min_sigma`` runs the negative chain only
     while sigma_t >= it and re-anchors at every step below (ANSWER is CFG there);
     ``drift_tau`` fades the chain's drift term (parallel mode); ``guidance_rescale`` (phi)
@@ -33,7 +38,7 @@ class GuidanceConfig:
     negative_scale: float | None = None
     dns_steps: int = 4
     mode: str = "parallel"
-    chain_min_sigma: float = 0.0
+    chain_min_sigma: float = 0.5
     drift_tau: float | None = None
     guidance_rescale: float = 0.0
 
@@ -48,7 +53,7 @@ class GuidanceConfig:
         if self.negative_scale is not None:
             _check_number("negative-scale", self.negative_scale)
         if self.method != "cfg" and self.wn <= -1.0:
-            which = "negative-scale" if self.negative_scale is not None else "guidance-scale (wn defaults to it)"
+            which = "negative-scale" if self.negative_scale is not None else "guidance-scale (DNS's wn defaults to it)"
             raise UserInputError(f"{which} must be > -1 for {self.method}, got {self.wn}: "
                                  "ANSWER's scale (w + wn) / (1 + wn) needs 1 + wn > 0")
         _check_number("chain-min-sigma", self.chain_min_sigma)
@@ -66,7 +71,9 @@ class GuidanceConfig:
 
     @property
     def wn(self) -> float:
-        return self.guidance_scale if self.negative_scale is None else self.negative_scale
+        if self.negative_scale is not None:
+            return self.negative_scale
+        return ANSWER_NEGATIVE_SCALE if self.method == "answer" else self.guidance_scale
 
 
 def _check_number(name: str, value: object) -> None:

@@ -75,6 +75,15 @@ class MethodSpec:
     def guidance_kwargs(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items()}
 
+    def guidance(self, w: float) -> Any:
+        """The ``GuidanceConfig`` at guidance scale ``w``; no ``wn`` means wn = w, as the label says."""
+        from answer_trt.config import GuidanceConfig
+
+        kwargs = self.guidance_kwargs()
+        if kwargs["negative_scale"] is None:
+            kwargs["negative_scale"] = w
+        return GuidanceConfig(guidance_scale=w, **kwargs)
+
 
 CFG = MethodSpec("cfg")
 CANDIDATES = (
@@ -169,7 +178,6 @@ def pipeline_draw(pipe: Any, steps: int) -> Draw:
     import torch
 
     from answer_trt.conditioning import cat_conditions
-    from answer_trt.config import GuidanceConfig
     from answer_trt.images import to_pil
     from answer_trt.sampler import Conditioning, sample
     from answer_trt.schedulers import make_scheduler
@@ -182,7 +190,7 @@ def pipeline_draw(pipe: Any, steps: int) -> Draw:
 
     def draw(prompts: Sequence[str], spec: MethodSpec, seeds: Sequence[int], w: float) -> tuple[list[np.ndarray], float]:
         started = time.perf_counter()
-        guidance = GuidanceConfig(guidance_scale=w, **spec.guidance_kwargs())
+        guidance = spec.guidance(w)
         pairs = [pipe.text.encode(prompt, None) for prompt in prompts]
         cond = Conditioning(cat_conditions([p for p, _ in pairs]), cat_conditions([n for _, n in pairs]))
         noise = torch.cat([torch.randn(shape, generator=torch.Generator("cpu").manual_seed(s)) for s in seeds])
@@ -280,10 +288,11 @@ def _parse_list(text: str, name: str, allowed: Sequence[str] | None = None) -> l
 
 def _run(args: argparse.Namespace) -> int:
     import answer_trt
-    from answer_trt.bench.suite import library_versions, machine_info
+    from answer_trt.bench.suite import machine_info
     from answer_trt.files import write_text_atomic
     from answer_trt.loaders import build_cached, from_engines
     from answer_trt.models.source import resolve_model
+    from answer_trt.versions import library_versions
 
     if args.prompts < 2:
         raise UserInputError("--prompts must be at least 2 (intervals need more than one prompt)")

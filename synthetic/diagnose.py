@@ -63,7 +63,6 @@ def trace(pipe: Any, spec: MethodSpec, captions: Sequence[str], steps: int, w: f
 
     from answer_trt import guidance as G
     from answer_trt.conditioning import cat_conditions
-    from answer_trt.config import GuidanceConfig
     from answer_trt.sampler import Conditioning, sample
     from answer_trt.schedulers import make_scheduler
 
@@ -88,7 +87,7 @@ def trace(pipe: Any, spec: MethodSpec, captions: Sequence[str], steps: int, w: f
         out.push.append(rms((step["e"] - step["ep"]) * (sigma / alpha)))
         out.drift.append(rms(z_in - x_in))
 
-    guidance = GuidanceConfig(guidance_scale=w, **spec.guidance_kwargs())
+    guidance = spec.guidance(w)
     sample(pipe.denoiser, noise, cond, make_scheduler(pipe.scheduler_config), steps, guidance,
            prediction_type=pipe.prediction_type, probe=probe)
     return out

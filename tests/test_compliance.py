@@ -170,8 +170,10 @@ def test_batched_draw_equals_pipeline_generate(tiny_model_dir):
     images, seconds = draw(captions, spec, [5, 6, 7], 5.0)
     assert seconds > 0
     for caption, seed, image in zip(captions, [5, 6, 7], images):
-        alone = pipe.generate(caption, steps=3, seed=seed, guidance_scale=5.0, **{
-            k: v for k, v in spec.guidance_kwargs().items()})
+        g = spec.guidance(5.0)
+        assert g.wn == 5.0  # a spec without wn means wn = w, whatever the API's default
+        alone = pipe.generate(caption, steps=3, seed=seed, guidance_scale=5.0, negative_scale=g.negative_scale,
+                              dns_steps=g.dns_steps, chain_min_sigma=g.chain_min_sigma)
         assert np.abs(np.asarray(alone.images[0]).astype(int) - image.astype(int)).max() <= 1
 
 
