@@ -1,5 +1,8 @@
-"""Where answer-trt keeps what it builds on its own: the tiny model and engines for
-``generate --model``. ``ANSWER_TRT_CACHE`` overrides the default ``~/.cache/answer-trt``."""
+"""Where answer-trt keeps what it builds on its own: ``models/`` (the random-weight
+built-ins ``tiny-random``, ``tiny-sd21``, ``tiny-sdxl``, generated on first use; the
+trained ``tiny`` ships inside the package instead), ``engines/`` (the engines that
+``load(MODEL)`` and ``generate --model`` build) and ``tensorrt/`` (TensorRT timing
+caches). ``ANSWER_TRT_CACHE`` overrides the default ``~/.cache/answer-trt``."""
 
 from __future__ import annotations
 

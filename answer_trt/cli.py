@@ -7,13 +7,24 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
-from answer_trt.config import DEFAULT_GUIDANCE, METHODS, MODES, SCHEDULERS
+from answer_trt.config import ANSWER_NEGATIVE_SCALE, DEFAULT_GUIDANCE, METHODS, MODES, SCHEDULERS
 from answer_trt.errors import NonFiniteImageError, UserInputError
 from answer_trt.files import numbered_paths
-from export.iospec import SizeRange
+from answer_trt.rules import (
+    BUILD_BACKENDS,
+    DEFAULT_MAX_BATCH,
+    DEVICES,
+    LOAD_BACKENDS,
+    PRECISIONS,
+    check_int,
+    check_size,
+    parse_int,
+    parse_size_range,
+)
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
@@ -24,35 +35,27 @@ class _ArgumentParser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
-def _positive_multiple_of_8(text: str) -> int:
-    value = _int(text)
-    if value <= 0 or value % 8:
-        raise argparse.ArgumentTypeError(f"{value} is not a positive multiple of 8")
-    return value
+T = TypeVar("T")
 
 
-def _size_or_range(text: str) -> SizeRange:
-    """``512`` or ``512:768`` (build-time resolution range)."""
-    low, _, high = text.partition(":")
-    low_value = _positive_multiple_of_8(low)
-    high_value = _positive_multiple_of_8(high) if high else low_value
-    if high_value < low_value:
-        raise argparse.ArgumentTypeError(f"{text}: the low end is above the high end")
-    return SizeRange(low_value, low_value, high_value)
+def _argument(parse: Callable[[str], T], name: str) -> Callable[[str], T]:
+    """An argparse ``type`` from one of ``answer_trt.rules``' checks: its message becomes
+    argparse's usage error (exit code 2)."""
+
+    def parse_argument(text: str) -> T:
+        try:
+            return parse(text)
+        except UserInputError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parse_argument.__name__ = name  # argparse names the type in "invalid <name> value"
+    return parse_argument
 
 
-def _int(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-
-
-def _at_least_1(text: str) -> int:
-    value = _int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is below 1")
-    return value
+_int = _argument(parse_int, "integer")
+_at_least_1 = _argument(lambda text: check_int("the value", parse_int(text)), "integer >= 1")
+_size = _argument(lambda text: check_size("size", parse_int(text, "size")), "size")
+_size_or_range = _argument(parse_size_range, "size or range")
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -63,10 +66,11 @@ def make_parser() -> argparse.ArgumentParser:
     b.add_argument("--model", default="tiny", help="diffusers folder, hub id, or built-in name: `tiny` (default, "
                    "trained on coloured shapes), `tiny-random`, `tiny-sd21`, `tiny-sdxl`")
     b.add_argument("--out", required=True, type=Path, help="engines folder to write")
-    b.add_argument("--backend", default="onnxruntime", choices=("onnxruntime", "tensorrt"))
-    b.add_argument("--precision", default=None, choices=("fp32", "fp16", "bf16"),
+    b.add_argument("--backend", default=BUILD_BACKENDS[0], choices=BUILD_BACKENDS)
+    b.add_argument("--precision", default=None, choices=PRECISIONS,
                    help="default: fp32 on onnxruntime, fp16 on tensorrt (bf16: tensorrt only)")
-    b.add_argument("--max-batch", type=_at_least_1, default=4, help="most images per call (default 4)")
+    b.add_argument("--max-batch", type=_at_least_1, default=DEFAULT_MAX_BATCH,
+                   help=f"most images per call (default {DEFAULT_MAX_BATCH})")
     b.add_argument("--height", type=_size_or_range, help="image height H or range MIN:MAX (default: the model's)")
     b.add_argument("--width", type=_size_or_range, help="image width W or range MIN:MAX (default: the model's)")
     b.add_argument("--force", action="store_true", help="rebuild even when the manifest matches")
@@ -76,16 +80,16 @@ def make_parser() -> argparse.ArgumentParser:
     source = g.add_mutually_exclusive_group()
     source.add_argument("--engines", type=Path, help="engines folder made by `answer-trt build`")
     source.add_argument("--model", help="model to build into the cache on first use (default `tiny`)")
-    g.add_argument("--backend", choices=("onnxruntime", "torch"), default=None,
+    g.add_argument("--backend", choices=LOAD_BACKENDS, default=None,
                    help="with --model: torch runs it eagerly instead of building engines")
-    g.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+    g.add_argument("--device", choices=DEVICES, default=DEVICES[0],
                    help="with --backend torch: cuda runs the model in fp16 on the GPU")
     d = DEFAULT_GUIDANCE
     g.add_argument("--method", choices=METHODS, default=d.method)
     g.add_argument("--negative-prompt", default=None)
     g.add_argument("--steps", type=_at_least_1, default=30)
     g.add_argument("--guidance-scale", type=float, default=d.guidance_scale)
-    g.add_argument("--negative-scale", type=float, default=None, help="wn (default: the guidance scale)")
+    g.add_argument("--negative-scale", type=float, default=None, help=f"wn (default: {ANSWER_NEGATIVE_SCALE:g} for answer, the guidance scale for dns)")
     g.add_argument("--dns-steps", type=_at_least_1, default=d.dns_steps, help=f"K, DNS iterations per negative "
                    f"(default {d.dns_steps})")
     g.add_argument("--mode", choices=MODES, default=d.mode)
@@ -99,8 +103,8 @@ def make_parser() -> argparse.ArgumentParser:
                         f"{d.guidance_rescale:g})")
     g.add_argument("--scheduler", choices=tuple(SCHEDULERS), default=None, help="default: the model's own")
     g.add_argument("--seed", type=_int, default=0)
-    g.add_argument("--height", type=_positive_multiple_of_8)
-    g.add_argument("--width", type=_positive_multiple_of_8)
+    g.add_argument("--height", type=_size)
+    g.add_argument("--width", type=_size)
     g.add_argument("--batch", type=_at_least_1, default=1)
     g.add_argument("--cuda-graph", action="store_true",
                    help="replay each denoising step as a CUDA graph (GPU engines, ddim/euler, parallel mode)")
@@ -137,14 +141,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from export.build import BuildConfig, build
+    from answer_trt.build_config import BuildConfig
+    from answer_trt.loaders import build_engines
 
     started = time.perf_counter()
     config = BuildConfig(
         model=args.model, out=args.out, backend=args.backend, precision=args.precision,
         max_batch=args.max_batch, height=args.height, width=args.width, force=args.force,
     )
-    build(config, log=lambda msg: print(msg, file=sys.stderr))
+    build_engines(config, log=lambda msg: print(msg, file=sys.stderr))
     print(f"answer-trt: build finished in {time.perf_counter() - started:.1f} s", file=sys.stderr)
     return 0
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from export.iospec import HIDDEN, POOLED, TIME_IDS
+from answer_trt.iospec import HIDDEN, POOLED, TIME_IDS
 
 
 @dataclass(frozen=True)

@@ -1,21 +1,26 @@
 """Make a Pipeline from an engines folder, a model (built into the cache), or a model
-run eagerly in torch."""
+run eagerly in torch.
+
+``build_engines`` is the runtime's one way into the export stage (``export.build``),
+imported lazily there: importing the runtime never loads the export stack (ONNX,
+the exporter), and a machine that only runs engines never needs it.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from answer_trt.build_config import BuildConfig, BuildResult
 from answer_trt.cache import cache_root
 from answer_trt.errors import UserInputError
-from answer_trt.manifest import MANIFEST_NAME, Manifest, read_manifest, verify_files
+from answer_trt.manifest import MANIFEST_NAME, SCHEDULER_CONFIG, Manifest, read_manifest, verify_files
 from answer_trt.pipeline import Limits, Pipeline
-
-BACKENDS = ("onnxruntime", "torch")
-DEFAULT_MAX_BATCH = 4
+from answer_trt.rules import DEFAULT_MAX_BATCH, DEVICES, LOAD_BACKENDS, check_choice
 
 
 def load(
@@ -24,8 +29,8 @@ def load(
     """``source``: an engines folder (has manifest.json), or a MODEL (``tiny``, a
     diffusers folder, a hub id). A model is built into the cache on first use, or run
     eagerly with ``backend="torch"`` (``device="cuda"``: in fp16 on the GPU)."""
-    if backend is not None and backend not in BACKENDS:
-        raise UserInputError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+    if backend is not None:
+        check_choice("backend", backend, LOAD_BACKENDS)
     if backend == "torch":
         return from_model_eager(str(source), device)
     if (Path(source) / MANIFEST_NAME).is_file():
@@ -48,23 +53,36 @@ def from_engines(folder: Path, verify: bool = True) -> Pipeline:
         engines, stream = _tensorrt_engines(folder, manifest)
         device = "cuda"
     else:
+        rebuild = manifest.build_command(folder)
         engines = {
-            name: OnnxRuntimeEngine(folder / entry.file, entry.spec, entry.profile)
+            name: OnnxRuntimeEngine(folder / entry.file, entry.spec, entry.profile, rebuild_command=rebuild)
             for name, entry in manifest.components.items()
         }
     return Pipeline(
         tokenizers=load_tokenizers(folder),
         engines=engines,
-        scheduler_config=json.loads((folder / "scheduler" / "scheduler_config.json").read_text()),
+        scheduler_config=_scheduler_config(folder, manifest),
         info=manifest.info,
         model_name=manifest.model_name,
         backend=manifest.backend,
         precision=manifest.precision,
         device=device,
         stream=stream,
-        limits=Limits(manifest.max_batch, manifest.height, manifest.width, f"answer-trt build --model "
-                      f"{manifest.model_name} --out {folder}"),
+        limits=Limits(manifest.max_batch, manifest.height, manifest.width, manifest.build_config(folder)),
     )
+
+
+def _scheduler_config(folder: Path, manifest: Manifest) -> dict[str, Any]:
+    """The scheduler config copied beside the engines: a JSON object, or a user error."""
+    path = folder / SCHEDULER_CONFIG
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError):  # unreadable, not JSON, absurdly nested
+        config = None
+    if not isinstance(config, dict):
+        raise UserInputError(f"{path} is not a scheduler config (a JSON object): rebuild with "
+                             f"`{manifest.build_command(folder)}`")
+    return config
 
 
 def _tensorrt_engines(folder: Path, manifest: Manifest) -> tuple[dict[str, Any], Any]:
@@ -77,7 +95,7 @@ def _tensorrt_engines(folder: Path, manifest: Manifest) -> tuple[dict[str, Any],
         ) from None
     components = {name: (e.file, e.spec, e.profile) for name, e in manifest.components.items()}
     engines, stream = load_engines(folder, components, manifest.versions.get("tensorrt"), manifest.gpu_capability,
-                                   manifest.rebuild_command(folder))
+                                   manifest.build_command(folder))
     return dict(engines), stream.torch_stream
 
 
@@ -85,19 +103,18 @@ def from_model_eager(model: str, device: str = "cpu") -> Pipeline:
     import torch
 
     from answer_trt.backends.torch_eager import TorchEngine
+    from answer_trt.backends.torch_modules import component_modules
+    from answer_trt.iospec import component_specs
     from answer_trt.models.info import read_model_info
     from answer_trt.models.source import load_model, resolve_model
-    from export.iospec import component_specs
-    from export.wrappers import component_modules
 
+    check_choice("device", device, DEVICES)
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserInputError("device cuda was asked for, and torch sees no CUDA GPU here: use device cpu")
     source = resolve_model(model)
     loaded = load_model(source.path)
     info = read_model_info(source.path)
     specs = component_specs(info.dims)
-    if device not in ("cpu", "cuda"):
-        raise UserInputError(f"unknown device {device!r}: choose cpu or cuda")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UserInputError("device cuda was asked for, and torch sees no CUDA GPU here: use device cpu")
     dtype = torch.float16 if device == "cuda" else torch.float32
     engines = {
         name: TorchEngine(module, specs[name], dtype=dtype, device=device)
@@ -131,10 +148,18 @@ def build_cached(
     model: str, height: int | None = None, width: int | None = None, batch: int = 1, log: Any = None
 ) -> Path:
     """Build (or reuse) ONNX Runtime engines for ``model`` in the cache; returns the folder."""
-    from export.build import BuildConfig, build
-
     max_batch = max(DEFAULT_MAX_BATCH, batch)
     folder = cached_engines_folder(model, height, width, max_batch)
     config = BuildConfig(model=model, out=folder, max_batch=max_batch, height=height, width=width)
-    build(config, log=log or (lambda _msg: None))
+    build_engines(config, log=log or (lambda _msg: None))
     return folder
+
+
+def build_engines(config: BuildConfig, log: Callable[[str], None] = print) -> BuildResult:
+    """Run ``answer-trt build`` (export, engine build, manifest). The one place under
+    ``answer_trt/`` that imports the export stage, and only when a build is asked for:
+    the runtime owns the contract (IO spec, manifest, build request) and ``export``
+    depends on it, never the reverse."""
+    from export.build import build  # lazy by design: see the module docstring
+
+    return build(config, log=log)

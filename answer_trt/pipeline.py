@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import time
+import threading
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -12,25 +12,37 @@ import torch
 from PIL import Image
 
 from answer_trt.backends.base import Engine, EngineDenoiser
+from answer_trt.build_config import BuildConfig
+from answer_trt.clock import StageClock
+from answer_trt.conditioning import TextCondition
 from answer_trt.config import DEFAULT_GUIDANCE, GuidanceConfig, SamplingConfig
 from answer_trt.errors import UserInputError
+from answer_trt.graphed import CudaGraphCapturer, GraphCache, sample_graphed, supports
 from answer_trt.images import to_pil
-from answer_trt.sampler import Conditioning, Denoiser, StepCallback, sample
-from answer_trt.schedulers import make_scheduler
-from answer_trt.text import PromptEncoder
-from answer_trt.conditioning import TextCondition
+from answer_trt.iospec import TEXT_ENCODER, UNET, VAE_DECODER, SizeRange
 from answer_trt.models.info import ModelInfo
-from export.iospec import TEXT_ENCODER, UNET, VAE_DECODER, SizeRange
+from answer_trt.rules import check_size
+from answer_trt.sampler import Conditioning, Denoiser, StepCallback, sample
+from answer_trt.schedulers import make_scheduler, make_step_rule
+from answer_trt.text import PromptEncoder
 
 
 @dataclass(frozen=True)
 class Limits:
-    """What the engines were built for; ``None`` means unlimited (torch backend)."""
+    """What the engines were built for; ``None`` means unlimited (torch backend).
+    ``build`` is the request that built them (``Manifest.build_config``): a rebuild hint
+    replays it with only the flag that must change."""
 
     max_batch: int | None = None
     height: SizeRange | None = None
     width: SizeRange | None = None
-    rebuild_hint: str = "answer-trt build"
+    build: BuildConfig | None = None
+
+    def rebuild_command(self, **changes: Any) -> str:
+        """``answer-trt build ...`` with ``changes`` (BuildConfig fields) applied."""
+        if self.build is None:
+            return " ".join(["answer-trt build", *(f"--{k.replace('_', '-')} {v}" for k, v in changes.items())])
+        return replace(self.build, **changes).command()
 
 
 @dataclass(frozen=True)
@@ -91,6 +103,10 @@ class Pipeline:
         self.device = torch.device(device)
         self.stream = stream  # a torch CUDA stream the engines run on (TensorRT), or None
         self.limits = limits
+        self.clock = StageClock(self.device)
+        # --cuda-graph: graphs and their static buffers, kept across calls; the lock serializes their use.
+        self.graphs = GraphCache(CudaGraphCapturer())
+        self._graphs_lock = threading.Lock()
 
     @property
     def default_size(self) -> tuple[int, int]:
@@ -153,12 +169,12 @@ class Pipeline:
     ) -> Generation:
         assert config.height is not None and config.width is not None  # resolved by check_request
         steps, batch, seed = config.steps, config.batch, config.seed
-        started = time.perf_counter()
+        started = self.clock()
         c_p, c_neg = self.text.encode(prompt, negative_prompt)
         if self.dims.time_ids_size:
             c_p, c_neg = (self.with_time_ids(c, config.height, config.width) for c in (c_p, c_neg))
         cond = Conditioning(c_p.expand(batch), c_neg.expand(batch))
-        text_done = time.perf_counter()
+        text_done = self.clock()
 
         generator = torch.Generator("cpu").manual_seed(seed)
         shape = (batch, self.dims.latent_channels, config.height // self.dims.vae_scale_factor,
@@ -172,20 +188,17 @@ class Pipeline:
                 self.denoiser, noise, cond, scheduler_obj, steps, config.guidance,
                 prediction_type=self.prediction_type, fused=fused, callback=callback,
             )
-        denoise_done = time.perf_counter()
+        denoise_done = self.clock()
 
         decoder = self.engines[VAE_DECODER]
         decoded = decoder.run({decoder.spec.input_names[0]: latents})[decoder.spec.output_names[0]]
         params = self.parameters(prompt, negative_prompt, config, type(scheduler_obj).__name__)
         images = to_pil(decoded, params)
-        timings = Timings(text_done - started, denoise_done - text_done, time.perf_counter() - denoise_done, steps)
+        timings = Timings(text_done - started, denoise_done - text_done, self.clock() - denoise_done, steps)
         return Generation(images, params, timings, config)
 
     def _check_graphable(self, config: SamplingConfig, scheduler: Any) -> None:
-        from answer_trt.graphed import supports
-        from answer_trt.schedulers import make_step_rule
-
-        if self.device.type != "cuda":
+        if self.graphs.capturer.requires_cuda and self.device.type != "cuda":
             raise UserInputError("--cuda-graph needs engines on a CUDA GPU (tensorrt, or torch with --device cuda)")
         if not supports(config.guidance, make_step_rule(scheduler, config.steps)):
             raise UserInputError("--cuda-graph needs --scheduler ddim or euler and, for ANSWER, --mode parallel")
@@ -194,11 +207,9 @@ class Pipeline:
         self, noise: torch.Tensor, cond: Conditioning, scheduler: Any, steps: int, config: SamplingConfig,
         callback: StepCallback | None,
     ) -> torch.Tensor:
-        from answer_trt.graphed import CudaGraphCapturer, GraphCache, sample_graphed
-
-        return sample_graphed(self.denoiser, noise, cond, scheduler, steps, config.guidance,
-                              prediction_type=self.prediction_type, cache=GraphCache(CudaGraphCapturer()),
-                              callback=callback)
+        with self._graphs_lock:  # the static buffers serve one generation at a time
+            return sample_graphed(self.denoiser, noise, cond, scheduler, steps, config.guidance,
+                                  prediction_type=self.prediction_type, cache=self.graphs, callback=callback)
 
     @staticmethod
     def with_time_ids(cond: TextCondition, height: int, width: int) -> TextCondition:
@@ -216,17 +227,16 @@ class Pipeline:
         limits, factor = self.limits, self.dims.vae_scale_factor
         for side, value, built in (("height", config.height, limits.height), ("width", config.width, limits.width)):
             assert value is not None
-            if value % factor:
-                raise UserInputError(f"--{side} {value} is not a multiple of {factor}: pick e.g. {value - value % factor}")
+            check_size(f"--{side}", value, factor)
             if built is not None and not built.low <= value <= built.high:
                 raise UserInputError(
                     f"--{side} {value} is outside what was built ({side} {built}): use a {side} in that range, "
-                    f"or rebuild with `{limits.rebuild_hint} --{side} {value}` (a MIN:MAX range works too)"
+                    f"or rebuild with `{limits.rebuild_command(**{side: value})}` (a MIN:MAX range works too)"
                 )
         if limits.max_batch is not None and config.batch > limits.max_batch:
             raise UserInputError(
                 f"--batch {config.batch} is beyond the built maximum of {limits.max_batch}: use --batch "
-                f"{limits.max_batch} or fewer, or rebuild with `{limits.rebuild_hint} --max-batch {config.batch}`"
+                f"{limits.max_batch} or fewer, or rebuild with `{limits.rebuild_command(max_batch=config.batch)}`"
             )
         return config
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -11,7 +12,7 @@ from torch import Tensor
 
 from answer_trt.backends.base import Engine
 from answer_trt.conditioning import TextCondition
-from export.iospec import POOLED_EMBEDDINGS, TEXT_EMBEDDINGS, input_ids_name
+from answer_trt.iospec import POOLED_EMBEDDINGS, TEXT_EMBEDDINGS, input_ids_name
 
 log = logging.getLogger("answer_trt")
 
@@ -19,7 +20,10 @@ log = logging.getLogger("answer_trt")
 class PromptEncoder:
     """Encodes a prompt and its negative (a user negative prompt, or the empty prompt
     c_0) in one text-engine call; c_0 is computed once and reused. With
-    ``zero_empty_negative`` (SDXL), c_0 is all zeros, as in diffusers' SDXL pipeline."""
+    ``zero_empty_negative`` (SDXL), c_0 is all zeros, as in diffusers' SDXL pipeline.
+
+    Safe to share between threads: Hugging Face tokenizers are not, so one lock covers
+    tokenization, the engine call and the c_0 cache."""
 
     def __init__(
         self, tokenizers: Sequence[Any], engine: Engine, max_length: int, zero_empty_negative: bool = False
@@ -29,8 +33,13 @@ class PromptEncoder:
         self.max_length = max_length
         self.zero_empty_negative = zero_empty_negative
         self._empty: TextCondition | None = None
+        self._lock = threading.Lock()
 
     def tokenize(self, texts: list[str]) -> dict[str, Tensor]:
+        with self._lock:
+            return self._tokenize(texts)
+
+    def _tokenize(self, texts: list[str]) -> dict[str, Tensor]:
         for text in texts:
             n = len(self.tokenizers[0](text).input_ids)
             if n > self.max_length:
@@ -44,7 +53,7 @@ class PromptEncoder:
         }
 
     def _run(self, texts: list[str]) -> list[TextCondition]:
-        out = self.engine.run(self.tokenize(texts))
+        out = self.engine.run(self._tokenize(texts))
         hidden = out[TEXT_EMBEDDINGS].to(torch.float32)
         pooled = out[POOLED_EMBEDDINGS].to(torch.float32) if POOLED_EMBEDDINGS in out else None
         return [
@@ -53,6 +62,10 @@ class PromptEncoder:
 
     def encode(self, prompt: str, negative_prompt: str | None = None) -> tuple[TextCondition, TextCondition]:
         """``(c_p, c_neg)``, one row each; ``c_neg`` is c_0 when no negative prompt is given."""
+        with self._lock:
+            return self._encode(prompt, negative_prompt)
+
+    def _encode(self, prompt: str, negative_prompt: str | None) -> tuple[TextCondition, TextCondition]:
         if negative_prompt is not None:
             positive, negative = self._run([prompt, negative_prompt])
             return positive, negative

@@ -157,10 +157,11 @@ def check_tensorrt_sd15(workdir: Path) -> dict[str, Any]:
     import tensorrt as trt
 
     from answer_trt.backends.tensorrt import SharedDeviceMemory, TensorRTEngine
-    from export.iospec import ModelDims, component_profiles, component_specs
+    from answer_trt.backends.torch_modules import UNetModule
+    from answer_trt.iospec import ModelDims, component_profiles, component_specs
     from export.onnx_export import export_onnx
+    from export.sample_inputs import sample_inputs
     from export.tensorrt_build import build_plan
-    from export.wrappers import UNetModule, sample_inputs
 
     started = time.perf_counter()
     dims = ModelDims(77, 768, 4, 8, 64)

@@ -2,36 +2,45 @@
 
 A build whose key (model content, backend, precision, shapes, library versions)
 matches the folder's manifest, and whose files still match their checksums, is
-skipped. Everything is written into a staging folder first; files are moved into
-place with renames and the manifest is written last.
+skipped.
+
+The build writes only into an engines folder it owns: a new folder, an empty one, or
+one with a manifest of ours. It never writes into a model folder, and a folder with
+other content is refused. Everything is written into a staging folder beside
+``--out`` (``.NAME.answer-trt-staging-*``); the user's own files in the old folder
+(anything the old manifest does not list, outside the folders the build writes) are
+hard-linked into it; then one atomic exchange of the two folders publishes it, and the
+old one is deleted. A kill at any moment leaves ``--out`` either old and whole or new
+and whole; the next build removes stale staging folders (those whose lock no live
+build holds). Where the filesystem cannot exchange folders, two renames do, and the
+next build puts the old folder back if a kill fell between them.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import glob
 import hashlib
 import json
+import os
 import shutil
+import stat
+import sys
 import tempfile
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from functools import cached_property
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from functools import cache, cached_property
 from pathlib import Path
+from typing import Any
 
-from answer_trt import __version__
 from answer_trt.backends import tensorrt_available
+from answer_trt.build_config import BuildConfig, BuildResult
 from answer_trt.errors import UserInputError
-from answer_trt.manifest import (
-    MANIFEST_NAME,
-    ComponentEntry,
-    Manifest,
-    mismatched_files,
-    read_manifest,
-    write_manifest,
-)
 from answer_trt.files import sha256_file
-from answer_trt.models.info import ModelInfo, read_model_info
-from answer_trt.models.source import TOKENIZER_FOLDERS, LoadedModel, ModelSource, load_model, resolve_model
-from export.iospec import (
+from answer_trt.iospec import (
+    COMPONENTS,
     UNET,
     VAE_DECODER,
     ComponentSpec,
@@ -41,41 +50,46 @@ from export.iospec import (
     component_profiles,
     component_specs,
 )
+from answer_trt.manifest import (
+    MANIFEST_NAME,
+    ComponentEntry,
+    Manifest,
+    ManifestError,
+    external_data_name,
+    load_manifest_json,
+    mismatched_files,
+    owned_paths,
+    read_manifest,
+    write_manifest,
+)
+from answer_trt.models.info import ModelInfo, read_model_info
+from answer_trt.models.source import (
+    TOKENIZER_FOLDERS,
+    LoadedModel,
+    ModelSource,
+    load_model,
+    model_folder_evidence,
+    resolve_model,
+)
+from answer_trt.rules import check_size_range
+from answer_trt.versions import gpu_capability, library_versions
 
-BACKENDS = ("onnxruntime", "tensorrt")
-PRECISIONS = ("fp32", "fp16", "bf16")
-# Without --precision: fp32 on ONNX Runtime (CPU), fp16 on TensorRT.
-DEFAULT_PRECISION = {"onnxruntime": "fp32", "tensorrt": "fp16"}
 # Components that an fp16 build runs in half precision. The text encoder stays fp32:
 # it runs once per prompt, and its fp16 ONNX graph mixes types in LayerNormalization.
 # A VAE whose config asks for it (force_upcast, SDXL) stays fp32 too.
 HALF_PRECISION_COMPONENTS = (UNET, VAE_DECODER)
 # Copied beside the engines so that a folder is all `generate --engines` needs.
 MODEL_FILES = (*TOKENIZER_FOLDERS, "scheduler")
-
-
-@dataclass(frozen=True)
-class BuildConfig:
-    model: str = "tiny"
-    out: Path = Path("engines/tiny")
-    backend: str = "onnxruntime"
-    precision: str | None = None  # None: DEFAULT_PRECISION of the backend
-    max_batch: int = 4
-    height: SizeRange | int | None = None  # None: the model's default size
-    width: SizeRange | int | None = None
-    force: bool = False
-
-    def __post_init__(self) -> None:
-        if self.backend not in BACKENDS:
-            raise UserInputError(f"unknown backend {self.backend!r}: choose one of {', '.join(BACKENDS)}")
-        if self.precision is None:
-            object.__setattr__(self, "precision", DEFAULT_PRECISION[self.backend])
-        if self.precision not in PRECISIONS:
-            raise UserInputError(f"unknown precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
-        if self.precision == "bf16" and self.backend != "tensorrt":
-            raise UserInputError("--precision bf16 needs --backend tensorrt; use fp32 or fp16 with onnxruntime")
-        if isinstance(self.max_batch, bool) or not isinstance(self.max_batch, int) or self.max_batch < 1:
-            raise UserInputError(f"--max-batch must be an integer >= 1, got {self.max_batch!r}")
+# Every top-level name a build may write (besides the manifest): a user's file with one
+# of these names is never overwritten; the build is refused instead.
+OUTPUT_NAMES = frozenset(
+    name for c in COMPONENTS for name in (f"{c}.onnx", external_data_name(f"{c}.onnx"), f"{c}.plan")
+)
+# Names of the staging folders (and their lock files) beside --out: `.NAME` + tag + random.
+STAGING_TAG = ".answer-trt-staging-"
+LOCK_SUFFIX, ASIDE_SUFFIX = ".lock", ".aside"
+# Where fcntl is missing (Windows), a staging folder counts as stale after this long.
+STALE_AFTER_S = 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -108,20 +122,18 @@ class BuildPlan:
         return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
 
 
-@dataclass(frozen=True)
-class BuildResult:
-    manifest: Manifest
-    folder: Path
-    skipped: bool
-
-
 def build(config: BuildConfig, log: Callable[[str], None] = print) -> BuildResult:
     if config.backend == "tensorrt" and not tensorrt_available():
         raise UserInputError(
             "the tensorrt backend needs TensorRT, which is not installed: on a machine with an NVIDIA GPU run "
             "`pip install tensorrt-cu12` (or use the NGC image in docker/), or build with --backend onnxruntime"
         )
+    clean_stale(config.out.resolve())
+    target = inspect_out(config.out, config.force)
     source = resolve_model(config.model)
+    if target.path.is_relative_to(source.path):
+        raise UserInputError(f"--out {config.out} is inside the model folder {source.path}: answer-trt never "
+                             "writes into a model; choose an --out outside it")
     info = read_model_info(source.path)
     height, width = (_size_range(side, value, info.dims) for side, value in
                      (("height", config.height), ("width", config.width)))
@@ -132,13 +144,15 @@ def build(config: BuildConfig, log: Callable[[str], None] = print) -> BuildResul
         log(f"{out}: up to date with {source.name} (manifest key {key[:12]}), nothing to build")
         return BuildResult(read_manifest(out), out, skipped=True)
 
-    out.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out))
+    check_collisions(target, OUTPUT_NAMES)
+    created = _make_folders(target.path.parent)
     try:
-        manifest = _export_all(plan, load_model(source.path), staging, log)
-        _publish(staging, out, manifest)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        with Staging.beside(target.path) as staging:
+            manifest = _export_all(plan, load_model(source.path), staging.path, log)
+            publish(staging, target, manifest)
+    except BaseException:
+        _remove_empty(created)
+        raise
     log(f"{out}: built {', '.join(manifest.components)} ({config.backend}, {config.precision})")
     return BuildResult(manifest, out, skipped=False)
 
@@ -149,39 +163,10 @@ def _size_range(side: str, value: SizeRange | int | None, dims: ModelDims) -> Si
     default = dims.default_image_size
     if value is None:
         return SizeRange.fixed(default)
-    size = SizeRange.fixed(value) if isinstance(value, int) else value
-    factor = dims.vae_scale_factor
-    for v in (size.low, size.high):
-        if v <= 0 or v % factor:
-            raise UserInputError(f"--{side} {size}: sizes must be positive multiples of {factor}")
-    if size.low > size.high:
-        raise UserInputError(f"--{side} {size.low}:{size.high}: the low end is above the high end")
+    size = check_size_range(f"--{side}", SizeRange.fixed(value) if isinstance(value, int) else value,
+                            multiple=dims.vae_scale_factor)
     opt = default if size.low <= default <= size.high else size.low
     return SizeRange(size.low, opt, size.high)
-
-
-def library_versions() -> dict[str, str]:
-    import onnx
-    import onnxruntime
-    import torch
-
-    versions = {"answer_trt": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
-                "onnxruntime": onnxruntime.__version__}
-    if tensorrt_available():
-        from export.tensorrt_build import tensorrt_version
-
-        versions["tensorrt"] = tensorrt_version()
-    return versions
-
-
-def gpu_capability() -> str | None:
-    """Compute capability of GPU 0 (``"9.0"`` on an H100), or None without CUDA."""
-    import torch
-
-    if not torch.cuda.is_available():
-        return None
-    major, minor = torch.cuda.get_device_capability(0)
-    return f"{major}.{minor}"
 
 
 def _up_to_date(out: Path, key: str) -> bool:
@@ -198,7 +183,7 @@ def _export_all(plan: BuildPlan, model: LoadedModel, staging: Path, log: Callabl
     import torch
 
     from export.onnx_export import export_onnx
-    from export.wrappers import component_modules
+    from answer_trt.backends.torch_modules import component_modules
 
     config, dims = plan.config, plan.info.dims
     # bf16 builds export fp32 graphs and let TensorRT pick bf16 layers.
@@ -259,13 +244,294 @@ def _build_tensorrt_plan(
     return plan.name
 
 
-def _publish(staging: Path, out: Path, manifest: Manifest) -> None:
-    """Move the staged files into ``out``; the old manifest goes first and the new one
-    comes last, so an interrupted publish leaves a folder that loads as 'rebuild'."""
-    (out / MANIFEST_NAME).unlink(missing_ok=True)
-    for entry in sorted(staging.iterdir()):
-        target = out / entry.name
-        if target.is_dir():
-            shutil.rmtree(target)
-        entry.replace(target)
-    write_manifest(out, manifest)
+
+
+# --- where a build may write, and how it publishes --------------------------------------
+
+
+@dataclass(frozen=True)
+class OutFolder:
+    """The ``--out`` of a build, inspected: its resolved path, whether it exists, and
+    which of its entries are the build's own (replaced) rather than the user's (kept)."""
+
+    path: Path
+    exists: bool = False
+    owned_files: frozenset[str] = frozenset()  # relative paths: the manifest and what it lists
+    owned_folders: frozenset[str] = frozenset()  # top-level folders the build writes
+
+    def owns(self, rel: Path) -> bool:
+        name = rel.parts[0]
+        return (rel.as_posix() in self.owned_files or name in self.owned_folders
+                or (len(rel.parts) == 1 and _leftover_of_ours(name)))
+
+
+def _leftover_of_ours(name: str) -> bool:
+    """Staging folders of earlier answer-trt versions (inside --out) and atomic-write temp files."""
+    return name.startswith(".staging-") or (name.startswith(f".{MANIFEST_NAME}.") and name.endswith(".tmp"))
+
+
+def inspect_out(out: Path, force: bool) -> OutFolder:
+    """Decide whether a build may write ``out``: absent, empty, or an engines folder of
+    ours (one whose manifest.json is not ours only with ``force``). Never a model
+    folder, never a folder with other content. Raises ``UserInputError`` otherwise."""
+    path = out.resolve()  # a link to a folder: the build replaces the folder it points to
+    if not path.exists():
+        return OutFolder(path)
+    if not path.is_dir():
+        raise UserInputError(f"--out {out} is a file, not a folder: choose a folder path for the engines")
+    evidence = model_folder_evidence(path)
+    if evidence:
+        raise UserInputError(f"--out {out} looks like a model folder (it has {evidence}): answer-trt never writes "
+                             f"into a model, even with --force; choose another --out, such as {out}-engines")
+    try:
+        names = [entry.name for entry in path.iterdir()]
+    except OSError as exc:
+        raise UserInputError(f"--out {out} cannot be listed ({exc.strerror}): choose a folder you can read and "
+                             "write") from None
+    if all(_leftover_of_ours(name) for name in names):
+        return OutFolder(path, exists=True)
+    if not (path / MANIFEST_NAME).is_file():
+        raise UserInputError(f"--out {out} is a folder with content and not an engines folder (it has no "
+                             f"{MANIFEST_NAME}): answer-trt writes only into a new or empty folder or one it "
+                             "built; choose another --out")
+    try:
+        listed = owned_paths(load_manifest_json(path))
+    except ManifestError:
+        listed = None
+    if listed is None and not force:
+        raise UserInputError(f"--out {out} has a {MANIFEST_NAME} that answer-trt did not write: choose another "
+                             f"--out, or, if answer-trt built this folder, pass --force (it replaces {MANIFEST_NAME} "
+                             f"and the {', '.join(MODEL_FILES)} folders, and keeps every other file)")
+    return OutFolder(path, True, frozenset({MANIFEST_NAME, *(listed or ())}), frozenset(MODEL_FILES))
+
+
+def check_collisions(target: OutFolder, names: frozenset[str]) -> None:
+    """Refuse before building when a user's entry in ``--out`` has a name the build writes."""
+    if not target.exists:
+        return
+    clashes = sorted(name for name in names if os.path.lexists(target.path / name) and not target.owns(Path(name)))
+    if clashes:
+        raise UserInputError(f"{target.path}: {', '.join(clashes)} would be overwritten and is not listed in its "
+                             f"{MANIFEST_NAME}: move it elsewhere, or choose another --out")
+
+
+def foreign_entries(target: OutFolder) -> Iterator[Path]:
+    """Relative paths of the entries under ``target`` that are not the build's own,
+    parents before their children."""
+    pending = [Path()]
+    while pending:
+        folder = pending.pop()
+        for entry in sorted(os.scandir(target.path / folder), key=lambda e: e.name):
+            rel = folder / entry.name
+            if target.owns(rel):
+                continue
+            yield rel
+            if entry.is_dir(follow_symlinks=False):
+                pending.append(rel)
+
+
+def carry_over(target: OutFolder, staging: Path) -> None:
+    """Hard-link (or copy) the user's entries of the old folder into the staged one, so
+    that publishing keeps them; folders and links are recreated."""
+    if not target.exists:
+        return
+    folder_modes = []
+    for rel in foreign_entries(target):
+        source, dest = target.path / rel, staging / rel
+        if os.path.lexists(dest):
+            raise UserInputError(f"{source} would be overwritten by the build and is not listed in the "
+                                 f"{MANIFEST_NAME}: move it elsewhere, or choose another --out")
+        info = source.lstat()
+        if stat.S_ISDIR(info.st_mode):
+            dest.mkdir(mode=0o700)
+            folder_modes.append((dest, stat.S_IMODE(info.st_mode)))
+        else:
+            _link_entry(source, dest, info)
+    for dest, mode in reversed(folder_modes):  # last: a read-only folder is filled first
+        os.chmod(dest, mode)
+
+
+def _link_entry(source: Path, dest: Path, info: os.stat_result) -> None:
+    """Recreate a link, hard-link a file (copy it where linking is not allowed)."""
+    if stat.S_ISLNK(info.st_mode):
+        os.symlink(os.readlink(source), dest)
+    else:
+        try:
+            os.link(source, dest)
+        except OSError:
+            if not stat.S_ISREG(info.st_mode):
+                raise UserInputError(f"{source} is a special file that cannot be kept through a rebuild: move it "
+                                     "out of the engines folder") from None
+            shutil.copy2(source, dest)
+
+
+@dataclass
+class Staging:
+    """A staging folder beside ``--out``, with a lock file that marks it live while this
+    process holds it (``clean_stale`` leaves live ones alone)."""
+
+    path: Path
+    lock: Path
+    _lock_fd: int = field(repr=False)
+
+    @classmethod
+    def beside(cls, target: Path) -> Staging:
+        try:
+            fd, lock_name = tempfile.mkstemp(prefix=f".{target.name}{STAGING_TAG}", suffix=LOCK_SUFFIX,
+                                             dir=target.parent)
+        except PermissionError as exc:
+            raise UserInputError(f"cannot write in {target.parent} ({exc.strerror}): a build stages its files "
+                                 "beside --out; choose an --out in a folder you can write to") from None
+        staging = cls(Path(lock_name[: -len(LOCK_SUFFIX)]), Path(lock_name), fd)
+        try:
+            _lock(fd)
+            staging.path.mkdir(mode=0o700)
+        except BaseException:
+            staging.remove()
+            raise
+        return staging
+
+    def __enter__(self) -> Staging:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.remove()
+
+    def remove(self) -> None:
+        """Delete the staging path (after a publish: the old folder) and the lock."""
+        shutil.rmtree(self.path, ignore_errors=True)
+        self.lock.unlink(missing_ok=True)
+        os.close(self._lock_fd)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _lock(fd: int) -> None:
+    try:
+        import fcntl
+    except ImportError:  # Windows: staleness goes by age instead
+        return
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def _is_live(lock: Path) -> bool:
+    """Whether a live build holds ``lock``."""
+    try:
+        import fcntl
+    except ImportError:
+        try:
+            return time.time() - lock.stat().st_mtime < STALE_AFTER_S
+        except OSError:
+            return False
+    try:
+        fd = os.open(lock, os.O_RDWR)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def clean_stale(target: Path) -> None:
+    """Remove what killed builds left beside ``target``: staging folders and lock files
+    no live build holds; a folder set aside by an interrupted two-rename swap goes back
+    to ``target`` when ``target`` is missing."""
+    if not target.parent.is_dir():
+        return
+    for leftover in sorted(target.parent.glob(f".{glob.escape(target.name)}{STAGING_TAG}*")):
+        stem = str(leftover).removesuffix(LOCK_SUFFIX).removesuffix(ASIDE_SUFFIX)
+        if _is_live(Path(stem + LOCK_SUFFIX)):
+            continue
+        if leftover.name.endswith(ASIDE_SUFFIX) and not (target.exists() or target.is_symlink()):
+            os.rename(leftover, target)
+        elif leftover.is_dir() and not leftover.is_symlink():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
+
+
+def publish(staging: Staging, target: OutFolder, manifest: Manifest) -> None:
+    """Complete the staged folder (manifest, the user's entries) and put it in place of
+    ``target`` in one atomic step; the old folder ends up at the staging path."""
+    write_manifest(staging.path, manifest)
+    carry_over(target, staging.path)
+    os.chmod(staging.path, stat.S_IMODE(target.path.stat().st_mode) if target.exists else 0o777 & ~_umask())
+    try:
+        if not target.exists:
+            os.rename(staging.path, target.path)
+        elif not exchange(staging.path, target.path):
+            _swap_by_renames(staging.path, target.path)
+    except OSError as exc:
+        raise UserInputError(f"could not put the built engines in place of {target.path} ({exc.strerror}): "
+                             "check that nothing else writes there, or choose another --out") from None
+
+
+def exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``); False
+    where the system or the filesystem cannot."""
+    renameat2 = _renameat2()
+    if renameat2 is None:
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), str(b))
+
+
+_AT_FDCWD, _RENAME_EXCHANGE = -100, 2
+
+
+@cache
+def _renameat2() -> Any:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        function = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # a libc without it (glibc < 2.28, some musl)
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    function.restype = ctypes.c_int
+    return function
+
+
+def _swap_by_renames(staging: Path, target: Path) -> None:
+    """The non-atomic fallback: old folder aside, new one in, old one to the staging
+    path. A kill between the first two renames leaves the old folder whole under the
+    aside name, which ``clean_stale`` puts back."""
+    aside = staging.with_name(staging.name + ASIDE_SUFFIX)
+    os.rename(target, aside)
+    try:
+        os.rename(staging, target)
+    except OSError:
+        os.rename(aside, target)
+        raise
+    os.rename(aside, staging)
+
+
+def _make_folders(folder: Path) -> list[Path]:
+    """Create ``folder`` and its missing parents; returns those created, deepest first."""
+    missing = []
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    for created in reversed(missing):
+        created.mkdir(exist_ok=True)
+    return missing
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return

@@ -12,8 +12,9 @@ import onnx
 import torch
 from torch import nn
 
-from export.iospec import ComponentSpec, ModelDims
-from export.wrappers import sample_inputs
+from answer_trt.iospec import ComponentSpec, ModelDims
+from answer_trt.manifest import external_data_name
+from export.sample_inputs import sample_inputs
 
 OPSET = 17
 # Trace at batch 2 so the exporter cannot specialize the batch axis to 1, and at a
@@ -34,7 +35,9 @@ EXTERNAL_DATA_BYTES = 256 * 2**20
 
 
 def external_data_file(path: Path) -> str:
-    return path.name + ".data"
+    """The external-data file beside ``path``, named by the runtime's rule (the loader
+    checks it against the manifest)."""
+    return external_data_name(path.name)
 
 
 def export_onnx(module: nn.Module, spec: ComponentSpec, dims: ModelDims, path: Path) -> list[Path]:

@@ -3,7 +3,7 @@ TensorRT build feeds them to ``IOptimizationProfile.set_shape``)."""
 
 from __future__ import annotations
 
-from export.iospec import ComponentSpec, Profile
+from answer_trt.iospec import ComponentSpec, Profile
 
 Shape = tuple[int, ...]
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import tensorrt as trt
 
 from answer_trt.files import atomic_path
-from export.iospec import ComponentSpec, Profile
+from answer_trt.iospec import ComponentSpec, Profile
 from export.profiles import profile_shapes
 
 WORKSPACE_BYTES = 8 * 2**30

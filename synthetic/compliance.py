@@ -179,9 +179,9 @@ def pipeline_draw(pipe: Any, steps: int) -> Draw:
 
     from answer_trt.conditioning import cat_conditions
     from answer_trt.images import to_pil
+    from answer_trt.iospec import VAE_DECODER
     from answer_trt.sampler import Conditioning, sample
     from answer_trt.schedulers import make_scheduler
-    from export.iospec import VAE_DECODER
 
     height, width = pipe.default_size
     factor = pipe.dims.vae_scale_factor

@@ -8,11 +8,12 @@ import shutil
 
 import pytest
 
+from answer_trt.build_config import BuildConfig
 from answer_trt.errors import UserInputError
 from answer_trt.files import sha256_file
 from answer_trt.manifest import MANIFEST_NAME, read_manifest, verify_files
 from export import onnx_export
-from export.build import BuildConfig, build
+from export.build import build
 
 
 def quiet(_msg: str) -> None:
@@ -82,12 +83,50 @@ def test_failed_build_leaves_the_previous_engines_intact(built, monkeypatch):
     assert (built / MANIFEST_NAME).read_text() == manifest_before
     verify_files(built, read_manifest(built))
     assert not [p for p in built.iterdir() if p.name.startswith(".staging")]
+    assert [p.name for p in built.parent.iterdir()] == ["engines"]  # no staging folder or lock beside it
+
+
+def test_failed_first_build_leaves_nothing_behind(tmp_path, monkeypatch):
+    def failing_export(module, spec, dims, path):
+        raise RuntimeError("simulated exporter crash")
+
+    monkeypatch.setattr(onnx_export, "export_onnx", failing_export)
+    with pytest.raises(RuntimeError, match="simulated"):
+        build(BuildConfig(model="tiny-random", out=tmp_path / "new" / "nested" / "engines"), log=quiet)
+    assert list(tmp_path.iterdir()) == []  # not even the parent folders it created
+
+
+def test_stale_staging_is_cleaned_and_live_staging_kept(built):
+    from export.build import STAGING_TAG, Staging, clean_stale
+
+    dead = built.parent / f".{built.name}{STAGING_TAG}dead"
+    (dead / "tokenizer").mkdir(parents=True)
+    (dead / "tokenizer" / "vocab.json").write_text("partial")
+    dead.with_name(dead.name + ".lock").write_text("")  # its process is gone: nobody holds the lock
+    with Staging.beside(built) as live:
+        clean_stale(built)
+        assert live.path.is_dir() and live.lock.is_file()
+        assert not dead.exists() and not dead.with_name(dead.name + ".lock").exists()
+    assert [p.name for p in built.parent.iterdir()] == ["engines"]
+    verify_files(built, read_manifest(built))
+
+
+def test_rebuild_without_atomic_exchange_falls_back_to_renames(built, monkeypatch):
+    from export import build as build_module
+
+    monkeypatch.setattr(build_module, "exchange", lambda a, b: False)  # a filesystem without RENAME_EXCHANGE
+    (built / "notes.txt").write_text("mine")
+    result = build(BuildConfig(model="tiny-random", out=built, max_batch=1), log=quiet)
+    assert not result.skipped and read_manifest(built).max_batch == 1
+    verify_files(built, read_manifest(built))
+    assert (built / "notes.txt").read_text() == "mine"
+    assert [p.name for p in built.parent.iterdir()] == ["engines"]
 
 
 def test_bad_build_requests(tmp_path):
     with pytest.raises(UserInputError, match="max-batch"):
         BuildConfig(out=tmp_path, max_batch=0)
-    with pytest.raises(UserInputError, match="multiples of 8"):
+    with pytest.raises(UserInputError, match="--height 100 is not a positive multiple of 8"):
         build(BuildConfig(model="tiny-random", out=tmp_path / "e", height=100), log=quiet)
     with pytest.raises(UserInputError, match="not found"):
         build(BuildConfig(model=str(tmp_path / "no-such-model"), out=tmp_path / "e"), log=quiet)

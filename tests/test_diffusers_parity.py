@@ -9,8 +9,9 @@ import pytest
 import torch
 
 import answer_trt
+from answer_trt.build_config import BuildConfig
 from answer_trt.models.source import resolve_model
-from export.build import BuildConfig, build
+from export.build import build
 
 STEPS = 6
 CASES = [

@@ -8,11 +8,13 @@ import torch
 
 from answer_trt.backends.ort import OnnxRuntimeEngine
 from answer_trt.backends.torch_eager import TorchEngine
+from answer_trt.backends.torch_modules import component_modules
+from answer_trt.build_config import BuildConfig
+from answer_trt.iospec import BATCH_MULTIPLIER, COMPONENTS
 from answer_trt.manifest import read_manifest
 from answer_trt.models.source import load_model, resolve_model
-from export.build import BuildConfig, build
-from export.iospec import BATCH_MULTIPLIER, COMPONENTS
-from export.wrappers import component_modules, sample_inputs
+from export.build import build
+from export.sample_inputs import sample_inputs
 
 FAMILIES = ["tiny-random", "tiny-sd21", "tiny-sdxl"]
 

@@ -13,9 +13,9 @@ import onnx
 import pytest
 import torch
 
-from export.iospec import ModelDims, component_specs
+from answer_trt.backends.torch_modules import UNetModule
+from answer_trt.iospec import ModelDims, component_specs
 from export.onnx_export import export_onnx
-from export.wrappers import UNetModule
 
 pytestmark = pytest.mark.slow
 

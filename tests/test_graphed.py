@@ -1,15 +1,17 @@
 """The graphable whole-step sampler equals the reference sampler (on the CPU, replaying
-the step functions eagerly), and the graph cache captures once per step kind and again
-only when its key changes. CUDA-graph capture itself needs a GPU (marked test)."""
+the step functions eagerly), and the graph cache captures once per step kind, shape and
+configuration, reusing graphs and static buffers across calls. CUDA-graph capture
+itself needs a GPU (marked test)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from answer_trt.conditioning import TextCondition
 from answer_trt.config import GuidanceConfig
 from answer_trt.graphed import EagerCapturer, GraphCache, sample_graphed, supports
-from answer_trt.sampler import sample
+from answer_trt.sampler import Conditioning, sample
 from answer_trt.schedulers import make_step_rule
 from tests.toys import ToyDenoiser, make_scheduler
 
@@ -47,19 +49,44 @@ class CountingCapturer(EagerCapturer):
         return step
 
 
-def test_graphs_are_captured_once_per_kind_and_again_on_a_new_key(problem):
+def test_graphs_are_captured_once_and_reused_across_calls(problem):
     noise, cond = problem
     capturer = CountingCapturer()
     cache = GraphCache(capturer)
     guidance = GuidanceConfig(method="answer", dns_steps=3)
-    got = sample_graphed(ToyDenoiser(), noise, cond, make_scheduler("ddim"), 7, guidance, cache=cache)
+    denoiser = ToyDenoiser()
+
+    def graphed(noise, cond, guidance=guidance):
+        return sample_graphed(denoiser, noise, cond, make_scheduler("ddim"), 7, guidance, cache=cache)
+
+    def reference(noise, cond, guidance=guidance):
+        return sample(denoiser, noise, cond, make_scheduler("ddim"), 7, guidance)
+
+    first = graphed(noise, cond)
     assert capturer.kinds == ["two_row_step", "three_row_step"]
-    want = sample(ToyDenoiser(), noise, cond, make_scheduler("ddim"), 7, guidance)
-    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)  # warm-up left no trace in the state
-    sample_graphed(ToyDenoiser(), noise, cond, make_scheduler("ddim"), 7, guidance, cache=cache)
-    assert cache.captures == 4  # new static buffers (addresses) in the second call: both kinds re-captured
-    replay = cache.get("two", cache.graphs["two"][0], lambda: None)
-    assert cache.captures == 4 and replay is cache.graphs["two"][1]
+    torch.testing.assert_close(first, reference(noise, cond), rtol=1e-4, atol=1e-4)  # warm-up left no trace
+    again = graphed(noise, cond)
+    assert cache.captures == 2 and torch.equal(again, first)  # same shapes: nothing captured
+    assert first.data_ptr() not in {b.x.data_ptr() for b in cache.buffers.values()}  # a copy, not the buffer
+
+    other = Conditioning(cond.negative, cond.positive)  # another prompt: copied into the same buffers
+    torch.testing.assert_close(graphed(noise, other), reference(noise, other), rtol=1e-4, atol=1e-4)
+    assert cache.captures == 2 and len(cache.buffers) == 1
+
+    cfg = GuidanceConfig(method="cfg", guidance_scale=3.0)  # constants baked into a graph: a new key
+    torch.testing.assert_close(graphed(noise, cond, cfg), reference(noise, cond, cfg), rtol=1e-4, atol=1e-4)
+    assert cache.captures == 3
+    one = Conditioning(*(TextCondition(c.hidden[:1]) for c in (cond.positive, cond.negative)))
+    torch.testing.assert_close(graphed(noise[:1], one), reference(noise[:1], one), rtol=1e-4, atol=1e-4)
+    assert cache.captures == 5 and len(cache.buffers) == 2  # a new shape: new buffers, both kinds
+
+
+def test_the_cache_keeps_a_bounded_number_of_graphs(problem):
+    noise, cond = problem
+    cache = GraphCache(EagerCapturer(), limit=2)
+    for w in (2.0, 3.0, 4.0):
+        sample_graphed(ToyDenoiser(), noise, cond, make_scheduler("ddim"), 3, GuidanceConfig("cfg", w), cache=cache)
+    assert cache.captures == 3 and len(cache.graphs) == 2
 
 
 def test_graphable_configurations():
@@ -74,9 +101,7 @@ def test_graphable_configurations():
 def test_cuda_graph_replay_matches_eager_on_a_gpu(problem):
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
-    from answer_trt.conditioning import TextCondition
     from answer_trt.graphed import CudaGraphCapturer
-    from answer_trt.sampler import Conditioning
 
     noise, cond = problem
     toy = ToyDenoiser()
@@ -84,6 +109,8 @@ def test_cuda_graph_replay_matches_eager_on_a_gpu(problem):
     on_gpu = Conditioning(TextCondition(cond.positive.hidden.cuda()), TextCondition(cond.negative.hidden.cuda()))
     guidance = GuidanceConfig(method="answer", dns_steps=3)
     eager = sample_graphed(toy, noise.cuda(), on_gpu, make_scheduler("ddim"), 7, guidance)
-    graphed = sample_graphed(toy, noise.cuda(), on_gpu, make_scheduler("ddim"), 7, guidance,
-                             cache=GraphCache(CudaGraphCapturer()))
+    cache = GraphCache(CudaGraphCapturer())
+    graphed = sample_graphed(toy, noise.cuda(), on_gpu, make_scheduler("ddim"), 7, guidance, cache=cache)
     torch.testing.assert_close(graphed, eager, rtol=1e-5, atol=1e-5)
+    again = sample_graphed(toy, noise.cuda(), on_gpu, make_scheduler("ddim"), 7, guidance, cache=cache)
+    assert cache.captures == 2 and torch.equal(again, graphed)  # replayed, not re-captured

@@ -70,6 +70,28 @@ def test_deterministic_for_a_seed(ort_pipe):
 def test_batch_images_differ_and_first_matches_batch_of_one(ort_pipe):
     pair = ort_pipe("a bird", steps=STEPS, seed=7, batch=2)
     assert len(pair) == 2 and max_level_diff(pair[:1], pair[1:]) > 3
+    one = ort_pipe("a bird", steps=STEPS, seed=7)  # the seed's noise starts with the first image's
+    assert max_level_diff(pair[:1], one) <= 1
+
+
+@pytest.mark.parametrize("kw", [dict(method="answer", dns_steps=2), dict(method="cfg")], ids=["answer", "cfg"])
+def test_graphed_generate_captures_once_and_reuses_its_graphs(engines_dir, kw):
+    """The pipeline owns one graph cache: the second generate of a shape captures nothing
+    (eager capturer on the CPU), and every graphed image equals the eager one."""
+    import answer_trt
+    from answer_trt.graphed import EagerCapturer, GraphCache
+
+    pipe = answer_trt.load(engines_dir)
+    pipe.graphs = GraphCache(EagerCapturer())
+    first = pipe("a bird", steps=STEPS, seed=3, cuda_graph=True, **kw)
+    captures = pipe.graphs.captures
+    assert captures == (2 if kw["method"] == "answer" else 1)
+    again = pipe("a bird", steps=STEPS, seed=3, cuda_graph=True, **kw)
+    other = pipe("a cat", steps=STEPS, seed=4, cuda_graph=True, **kw)  # new conditions, same buffers
+    assert pipe.graphs.captures == captures
+    assert np.array_equal(pixels(first), pixels(again))
+    assert max_level_diff(first, pipe("a bird", steps=STEPS, seed=3, **kw)) <= 1
+    assert max_level_diff(other, pipe("a cat", steps=STEPS, seed=4, **kw)) <= 1
 
 
 def test_onnxruntime_pipeline_matches_torch_pipeline(ort_pipe, torch_pipe):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -63,8 +65,9 @@ def test_every_variant_with_k1_equals_cfg(problem, variant):
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: next(iter(v)))
 def test_every_variant_changes_answer_at_k_above_one(problem, variant):
-    plain = run(problem, GuidanceConfig(method="answer", guidance_scale=5.0, dns_steps=4))
-    varied = run(problem, GuidanceConfig(method="answer", guidance_scale=5.0, dns_steps=4, **variant))
+    first = GuidanceConfig(method="answer", guidance_scale=5.0, negative_scale=5.0, dns_steps=4, chain_min_sigma=0.0)
+    plain = run(problem, first)  # the first reconstruction: no variant at all
+    varied = run(problem, replace(first, **variant))
     assert (plain - varied).abs().max() > 1e-3
 
 
@@ -140,7 +143,8 @@ def test_call_counts_match_the_cost_model(problem):
             calls.append(latents.shape[0])
             return toy(latents, t, c)
 
-        sample(counting, noise, cond, make_scheduler("ddim"), 6, GuidanceConfig(method="answer", dns_steps=3, mode=mode))
+        sample(counting, noise, cond, make_scheduler("ddim"), 6, GuidanceConfig(method="answer", dns_steps=3, mode=mode,
+                                                                               chain_min_sigma=0.0))
         counts[mode] = len(calls)
     assert counts["parallel"] == 6
     # steps 0..3 run 3 iterations, step 4 runs 2, step 5 runs 1.
@@ -157,7 +161,7 @@ def test_parallel_batch_sizes_per_step(problem):
         sizes.append(latents.shape[0])
         return toy(latents, t, c)
 
-    sample(recording, noise, cond, make_scheduler("ddim"), 5, GuidanceConfig(dns_steps=2))
+    sample(recording, noise, cond, make_scheduler("ddim"), 5, GuidanceConfig(dns_steps=2, chain_min_sigma=0.0))
     b = noise.shape[0]
     assert sizes == [2 * b, 3 * b, 2 * b, 3 * b, 2 * b]
 

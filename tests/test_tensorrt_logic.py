@@ -12,11 +12,12 @@ from pathlib import Path
 import pytest
 
 from answer_trt.backends.bindings import BindingState, check_plan_compatible
+from answer_trt.build_config import BuildConfig
 from answer_trt.errors import UserInputError
+from answer_trt.iospec import ModelDims, SizeRange, component_profiles, component_specs
 from answer_trt.models.info import ModelInfo
 from answer_trt.models.source import ModelSource
-from export.build import BuildConfig, BuildPlan
-from export.iospec import ModelDims, SizeRange, component_profiles, component_specs
+from export.build import BuildPlan
 from export.profiles import profile_shapes
 
 REPO = Path(__file__).resolve().parents[1]
@@ -109,8 +110,10 @@ def run_strict_mypy(tmp_path: Path, files: list[str]) -> subprocess.CompletedPro
 
 def test_tensorrt_modules_type_check_strictly_and_the_check_bites(tmp_path):
     """One mypy run (the stubs are large): our TensorRT modules are clean, and a probe
-    with a misspelled method, a misspelled flag and a wrong argument count is not."""
-    probe = REPO / "export" / "_typecheck_probe.py"
+    with a misspelled method, a misspelled flag and a wrong argument count is not. The
+    probe is written under tmp_path, never into the source tree."""
+    probe = tmp_path / "probe" / "_typecheck_probe.py"
+    probe.parent.mkdir()
     probe.write_text(textwrap.dedent("""\
         import tensorrt as trt
 
@@ -120,12 +123,9 @@ def test_tensorrt_modules_type_check_strictly_and_the_check_bites(tmp_path):
             config.set_flag(trt.BuilderFlag.FP17)
             builder.create_network(0, 1)
         """))
-    try:
-        result = run_strict_mypy(tmp_path, [*TRT_MODULES, "export/_typecheck_probe.py"])
-    finally:
-        probe.unlink()
+    result = run_strict_mypy(tmp_path, [*TRT_MODULES, str(probe)])
     lines = [line for line in result.stdout.splitlines() if ": error:" in line]
-    assert [line for line in lines if not line.startswith("export/_typecheck_probe.py")] == [], result.stdout
+    assert [line for line in lines if "_typecheck_probe.py:" not in line] == [], result.stdout
     assert any('has no attribute "build_serialized_netwrk"' in line for line in lines), result.stdout
     assert any('has no attribute "FP17"' in line for line in lines), result.stdout
     assert any("Too many arguments" in line for line in lines), result.stdout

@@ -8,7 +8,7 @@ from typing import Protocol
 from torch import Tensor
 
 from answer_trt.conditioning import TextCondition
-from export.iospec import ComponentSpec
+from answer_trt.iospec import ComponentSpec
 
 
 class Engine(Protocol):

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,12 @@ import onnxruntime as ort
 import torch
 from torch import Tensor
 
-from export.iospec import ComponentSpec, Profile, check_shapes
+from answer_trt.errors import UserInputError
+from answer_trt.iospec import ComponentSpec, Profile, check_shapes
+
+# ONNX Runtime's type names for the IO spec's dtypes.
+ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(bfloat16)": "bfloat16",
+             "tensor(int64)": "int64", "tensor(int32)": "int32"}
 
 
 def default_providers() -> list[str]:
@@ -18,25 +24,62 @@ def default_providers() -> list[str]:
     return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
 
 
-class OnnxRuntimeEngine:
-    """Runs one ONNX component; refuses shapes outside its built profile before running."""
+@cache
+def disable_telemetry() -> None:
+    """Turn off ONNX Runtime's telemetry events (once; a no-op where this build of
+    onnxruntime has no such switch)."""
+    switch = getattr(ort, "disable_telemetry_events", None)
+    if callable(switch):
+        switch()
 
-    def __init__(self, path: Path, spec: ComponentSpec, profile: Profile, providers: list[str] | None = None) -> None:
+
+def check_graph_matches_spec(
+    session: ort.InferenceSession, spec: ComponentSpec, path: Path, rebuild_command: str
+) -> None:
+    """Refuse a graph whose inputs or outputs (names, dtypes, fixed sizes) are not the
+    spec's, before any run fails inside ONNX Runtime."""
+
+    def signature(name: str, dtype: str, shape: Sequence[object]) -> tuple[str, str, tuple[object, ...]]:
+        return name, dtype, tuple(d if isinstance(d, int) else "dynamic" for d in shape)
+
+    graph = {signature(t.name, ORT_TYPES.get(t.type, t.type), t.shape)
+             for t in (*session.get_inputs(), *session.get_outputs())}
+    wanted = {signature(t.name, t.dtype, t.shape) for t in (*spec.inputs, *spec.outputs)}
+    if graph != wanted:
+        differ = ", ".join(sorted(name for name, *_ in graph ^ wanted))
+        raise UserInputError(
+            f"{path}: the graph's tensors do not match the manifest's spec ({differ}): rebuild the engines folder "
+            f"with `{rebuild_command}`"
+        )
+
+
+class OnnxRuntimeEngine:
+    """Runs one ONNX component; refuses shapes outside its built profile before running.
+    ``rebuild_command`` (the folder's ``Manifest.build_command``) is what its errors say
+    to run."""
+
+    def __init__(
+        self, path: Path, spec: ComponentSpec, profile: Profile, providers: list[str] | None = None,
+        rebuild_command: str = "answer-trt build ... --force",
+    ) -> None:
         self.spec = spec
         self.profile = profile
+        self.rebuild_command = rebuild_command
+        disable_telemetry()
         options = ort.SessionOptions()
         options.log_severity_level = 3
         # Between UNet calls the runtime runs torch ops; ORT's spin-waiting worker threads
         # would compete with them for the cores (measured on 2 cores: ~25% slower steps).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(path), options, providers=providers or default_providers())
+        check_graph_matches_spec(self.session, spec, path, rebuild_command)
         self._dtypes = {t.name: np.dtype(t.dtype) for t in spec.inputs}
         self._checked: tuple[tuple[int, ...], ...] | None = None
 
     def run(self, feeds: Mapping[str, Tensor]) -> dict[str, Tensor]:
         shapes = tuple(tuple(feeds[name].shape) for name in self.spec.input_names)
         if shapes != self._checked:  # check once per new shape set, not per step
-            check_shapes(self.spec, self.profile, dict(zip(self.spec.input_names, shapes)))
+            check_shapes(self.spec, self.profile, dict(zip(self.spec.input_names, shapes)), self.rebuild_command)
             self._checked = shapes
         arrays = {
             name: np.ascontiguousarray(feeds[name].detach().cpu().numpy(), dtype=self._dtypes[name])

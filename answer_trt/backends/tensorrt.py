@@ -26,7 +26,8 @@ from torch import Tensor
 
 from answer_trt.backends.bindings import BindingState, check_plan_compatible
 from answer_trt.errors import UserInputError
-from export.iospec import ComponentSpec, Profile, check_shapes
+from answer_trt.iospec import ComponentSpec, Profile, check_shapes
+from answer_trt.versions import gpu_capability
 
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "int64": torch.int64,
                 "int32": torch.int32}
@@ -90,6 +91,7 @@ class TensorRTEngine:
     ) -> None:
         self.spec = spec
         self.profile = profile
+        self.rebuild_command = rebuild_command
         engine = runtime.deserialize_cuda_engine(plan_path.read_bytes())
         if engine is None:
             raise UserInputError(f"{plan_path} is not a TensorRT plan this machine can load: rebuild with "
@@ -103,7 +105,7 @@ class TensorRTEngine:
     def run(self, feeds: Mapping[str, Tensor]) -> dict[str, Tensor]:
         shapes = {t.name: tuple(feeds[t.name].shape) for t in self.spec.inputs}
         if shapes != self._checked:
-            check_shapes(self.spec, self.profile, shapes)
+            check_shapes(self.spec, self.profile, shapes, self.rebuild_command)
             self._checked = shapes
         inputs = {
             t.name: feeds[t.name].to(device="cuda", dtype=TORCH_DTYPES[t.dtype]).contiguous() for t in self.spec.inputs
@@ -136,8 +138,7 @@ def load_engines(
 ) -> tuple[dict[str, TensorRTEngine], CudaStream]:
     """Deserialize every component's plan after checking it was built for this machine;
     returns the engines and the stream to run them on."""
-    major, minor = torch.cuda.get_device_capability()
-    check_plan_compatible(built_version, built_capability, trt.__version__, f"{major}.{minor}", rebuild_command)
+    check_plan_compatible(built_version, built_capability, trt.__version__, str(gpu_capability()), rebuild_command)
     runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
     memory = SharedDeviceMemory()
     engines = {

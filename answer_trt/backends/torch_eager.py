@@ -8,11 +8,11 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-from export.iospec import ComponentSpec
+from answer_trt.iospec import ComponentSpec
 
 
 class TorchEngine:
-    """Runs the spec-shaped torch module of one component (see ``export.wrappers``)."""
+    """Runs the spec-shaped torch module of one component (see ``torch_modules``)."""
 
     def __init__(
         self, module: nn.Module, spec: ComponentSpec, dtype: torch.dtype = torch.float32, device: str = "cpu"

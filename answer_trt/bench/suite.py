@@ -1,7 +1,7 @@
 """Runs the benchmark: every method on one engine, fused and unfused ANSWER, the
 plain-PyTorch baseline and the null-denoiser overhead, all in one process so the
-ratios compare like with like. Stage times come from ``perf_counter`` (the engines
-here return host tensors synchronously); CUDA-event timing arrives with a CUDA backend."""
+ratios compare like with like. Stage times are the pipeline's ``Timings``, read from
+its ``StageClock`` (``perf_counter``, after a device synchronization on CUDA)."""
 
 from __future__ import annotations
 
@@ -17,15 +17,16 @@ from typing import Any
 
 import torch
 
-from answer_trt import __version__
 from answer_trt.bench.plain_loop import diffusers_unet_call, null_unet, plain_answer_loop
 from answer_trt.bench.stats import Summary, summarize
 from answer_trt.conditioning import TextCondition
 from answer_trt.config import METHODS, GuidanceConfig
 from answer_trt.errors import UserInputError
 from answer_trt.pipeline import Pipeline
+from answer_trt.rules import check_int
 from answer_trt.sampler import Conditioning, Denoiser, sample
 from answer_trt.schedulers import make_scheduler
+from answer_trt.versions import library_versions
 
 PROMPT = "a cat and a dog"
 OVERHEAD_STEPS = 200
@@ -47,8 +48,7 @@ class BenchConfig:
             raise UserInputError(f"--methods {','.join(self.methods)}: choose from {','.join(METHODS)}")
         for name, value, low in (("steps", self.steps, 1), ("batch", self.batch, 1), ("runs", self.runs, 1),
                                  ("warmup", self.warmup, 0)):
-            if value < low:
-                raise UserInputError(f"--{name} must be >= {low}, got {value}")
+            check_int(f"--{name}", value, low)
         if self.baseline not in (None, "torch"):
             raise UserInputError(f"--baseline {self.baseline}: the only baseline is `torch`")
 
@@ -251,7 +251,7 @@ def machine_info() -> dict[str, Any]:
         "python": sys.version.split()[0],
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.is_available(),
-        "clock": "perf_counter",
+        "clock": "perf_counter, device-synchronized per stage on CUDA",
     }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
@@ -260,15 +260,6 @@ def machine_info() -> dict[str, Any]:
 
 def _cpu_count() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-def library_versions() -> dict[str, str]:
-    import diffusers
-    import onnxruntime
-    import transformers
-
-    return {"answer_trt": __version__, "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
-            "diffusers": diffusers.__version__, "transformers": transformers.__version__}
 
 
 def peak_memory_mb() -> dict[str, float | None]:

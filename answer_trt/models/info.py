@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from export.iospec import ModelDims
+from answer_trt.iospec import ModelDims
 
 
 def config_json(path: Path, sub: str, name: str = "config.json") -> dict[str, Any]:

@@ -17,6 +17,7 @@ from typing import Any
 from answer_trt.cache import cache_root
 from answer_trt.errors import UserInputError
 from answer_trt.files import tree_sha256
+from answer_trt.manifest import TOKENIZER_FOLDERS
 from answer_trt.models import quiet_libraries, tiny
 from answer_trt.models.info import config_json, is_sdxl
 
@@ -57,6 +58,19 @@ def resolve_model(model: str) -> ModelSource:
             f"({', '.join(BUILT_IN_MODELS)})"
         )
     return ModelSource(model, _download(model))
+
+
+# Subfolders whose config file marks a folder as a diffusers model (or a part of one).
+MODEL_CONFIGS = ("unet/config.json", "text_encoder/config.json", "text_encoder_2/config.json", "vae/config.json")
+
+
+def model_folder_evidence(path: Path) -> str | None:
+    """Why ``path`` looks like a diffusers model folder (``"model_index.json"``, or a
+    component config such as ``"unet/config.json"``), or None where it does not."""
+    for marker in ("model_index.json", *MODEL_CONFIGS):
+        if (path / marker).exists():
+            return marker
+    return None
 
 
 def _download(repo_id: str) -> Path:
@@ -135,9 +149,6 @@ def load_model(path: Path) -> LoadedModel:
         vae=AutoencoderKL.from_pretrained(path / "vae", torch_dtype=fp32).eval(),
         scheduler_config=config_json(path, "scheduler", "scheduler_config.json"),
     )
-
-
-TOKENIZER_FOLDERS = ("tokenizer", "tokenizer_2")
 
 
 def load_tokenizers(path: Path) -> tuple[Any, ...]:

@@ -3,7 +3,10 @@
 Dynamic axes, sample inputs, optimization profiles, runtime feed names and shape
 checks are all derived from it. Shapes mix fixed sizes (ints) with symbols (str)
 that a request binds: ``batch``, ``latent_height``/``latent_width`` and
-``image_height``/``image_width``. This module imports nothing heavy: the runtime uses it.
+``image_height``/``image_width``.
+
+The runtime owns this contract: its engines feed and check tensors by it, and the
+export stage (``export/``) builds graphs and plans to it. It imports nothing heavy.
 """
 
 from __future__ import annotations
@@ -219,11 +222,15 @@ BUILD_FLAG = {
 }
 
 
-def check_shapes(spec: ComponentSpec, profile: Profile, shapes: Mapping[str, tuple[int, ...]]) -> None:
+def check_shapes(
+    spec: ComponentSpec, profile: Profile, shapes: Mapping[str, tuple[int, ...]],
+    rebuild_command: str = "answer-trt build ...",
+) -> None:
     """Refuse input shapes outside ``profile`` before anything runs.
 
     Raises ``UserInputError`` naming the component, the symbol, the profile range and the
-    build flag that would cover the request.
+    build flag that would cover the request; ``rebuild_command`` is the command that
+    rebuilt the folder as it is (``Manifest.build_command``), to change that flag in.
     """
     bound: dict[str, int] = {}
     for tensor in spec.inputs:
@@ -242,6 +249,6 @@ def check_shapes(spec: ComponentSpec, profile: Profile, shapes: Mapping[str, tup
             low, _, high = profile[want]
             if not low <= got <= high:
                 raise UserInputError(
-                    f"{spec.name}: {want}={got} is outside the built profile [{low}, {high}]; "
-                    f"rebuild with `answer-trt build {BUILD_FLAG.get(want, '')} ...` covering it"
+                    f"{spec.name}: {want}={got} is outside the built profile [{low}, {high}]; rebuild with "
+                    f"`{rebuild_command}`, its {BUILD_FLAG.get(want, 'size flags')} widened to cover it"
                 )

@@ -1,7 +1,7 @@
 """Torch modules with the exact inputs and outputs of each component's IO spec.
 
-The ONNX export traces them, and the torch backend runs them, so both backends
-compute the same function under the same tensor names.
+The torch backend runs them (``torch_eager.TorchEngine``) and the export stage traces
+them into ONNX, so every backend computes the same function under the same tensor names.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from export.iospec import TEXT_ENCODER, TIME_IDS, UNET, VAE_DECODER, ComponentSpec
+from answer_trt.iospec import TEXT_ENCODER, UNET, VAE_DECODER
 
 
 class TextEncoderModule(nn.Module):
@@ -88,22 +88,3 @@ def component_modules(model: Any) -> dict[str, nn.Module]:
     else:
         text, unet = TextEncoderModule(model.text_encoder), UNetModule(model.unet)
     return {TEXT_ENCODER: text.eval(), UNET: unet.eval(), VAE_DECODER: VaeDecoderModule(model.vae).eval()}
-
-
-def sample_inputs(
-    spec: ComponentSpec, dims: dict[str, int], dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
-) -> dict[str, Tensor]:
-    """Seeded example inputs shaped by the spec (trace inputs and parity tests)."""
-    gen = torch.Generator().manual_seed(0)
-    inputs: dict[str, Tensor] = {}
-    for tensor in spec.inputs:
-        shape = tensor.bind(dims)
-        if tensor.dtype == "int64":
-            inputs[tensor.name] = torch.randint(0, 100, shape, generator=gen, dtype=torch.int64)
-        elif tensor.name == "timestep":
-            inputs[tensor.name] = torch.randint(1, 1000, shape, generator=gen).to(dtype)
-        elif tensor.name == TIME_IDS:  # sizes and crop offsets, as SDXL sees them
-            inputs[tensor.name] = torch.tensor([512, 512, 0, 0, 512, 512]).expand(shape).to(dtype)
-        else:
-            inputs[tensor.name] = torch.randn(shape, generator=gen).to(dtype)
-    return {name: t.to(device) for name, t in inputs.items()}

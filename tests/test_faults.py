@@ -1,0 +1,529 @@
+"""Fault injection: nothing a user owns is lost, nothing outside an engines folder is
+read, a kill at any moment of a publish leaves a whole folder, and one prompt encoder
+serves many threads.
+
+Every refusal goes through the CLI: exit code 2, one line on stderr, no traceback, and
+the next ordinary command on a good folder still works."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from answer_trt.cli import main
+from answer_trt.files import sha256_file
+from answer_trt.manifest import MANIFEST_NAME, read_manifest, write_manifest
+
+Tree = dict[str, str]
+
+
+def run_cli(*args: object) -> int:
+    """Exit code of the CLI, whether it returns one or argparse exits."""
+    try:
+        return main([str(a) for a in args])
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+
+
+def snapshot(root: Path) -> Tree:
+    """Every entry under ``root`` (links not followed): file digests, link targets, folders."""
+    tree: Tree = {}
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root).as_posix()
+        if path.is_symlink():
+            tree[rel] = "-> " + os.readlink(path)
+        elif path.is_dir():
+            tree[rel] = "dir"
+        else:
+            tree[rel] = sha256_file(path)
+    return tree
+
+
+def assert_refused(capsys: pytest.CaptureFixture[str], code: int, *needles: str) -> str:
+    """Exit code 2 with one error line (naming ``needles``) and no traceback."""
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("answer-trt: error: "), err
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+def assert_good_folder_still_works(engines_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_cli("info", engines_dir) == 0
+    assert "all match their checksums" in capsys.readouterr().out
+
+
+@pytest.fixture
+def copy(engines_dir: Path, tmp_path: Path) -> Path:
+    folder = tmp_path / "engines"
+    shutil.copytree(engines_dir, folder, symlinks=True)
+    return folder
+
+
+# --- build: --out must be ours --------------------------------------------------------
+
+
+def user_folder(root: Path) -> Path:
+    """A folder of the user's own: the names a build would write, and more."""
+    (root / "scheduler").mkdir(parents=True)
+    (root / "scheduler" / "plan.txt").write_text("my schedule")
+    (root / "tokenizer").mkdir()
+    (root / "tokenizer" / "vocab.json").write_text('{"mine": 1}')
+    (root / "unet.onnx").write_bytes(b"my own graph")
+    (root / "notes.txt").write_text("notes")
+    return root
+
+
+def model_folder(tiny_model_dir: Path, root: Path) -> Path:
+    shutil.copytree(tiny_model_dir, root)
+    return root
+
+
+def foreign_manifest_folder(root: Path) -> Path:
+    root.mkdir()
+    (root / MANIFEST_NAME).write_text(json.dumps({"name": "my web app", "icons": []}))
+    (root / "index.html").write_text("<html></html>")
+    return root
+
+
+def file_not_folder(root: Path) -> Path:
+    root.write_text("a file")
+    return root
+
+
+BUILD_REFUSALS: dict[str, tuple[Callable[..., Path], list[str], str]] = {
+    "user-folder": (lambda tmp, _model: user_folder(tmp / "out"), [], "not an engines folder"),
+    "user-folder-force": (lambda tmp, _model: user_folder(tmp / "out"), ["--force"], "not an engines folder"),
+    "model-folder": (lambda tmp, model: model_folder(model, tmp / "out"), [], "looks like a model folder"),
+    "model-folder-force": (lambda tmp, model: model_folder(model, tmp / "out"), ["--force"],
+                           "looks like a model folder"),
+    "foreign-manifest": (lambda tmp, _model: foreign_manifest_folder(tmp / "out"), [], "did not write"),
+    "a-file": (lambda tmp, _model: file_not_folder(tmp / "out"), [], "is a file"),
+}
+
+
+@pytest.mark.parametrize("case", list(BUILD_REFUSALS))
+def test_build_into_a_folder_that_is_not_ours_is_refused(case, tmp_path, tiny_model_dir, engines_dir, capsys):
+    make, extra, message = BUILD_REFUSALS[case]
+    out = make(tmp_path, tiny_model_dir)
+    before = snapshot(tmp_path)
+    code = run_cli("build", "--model", "tiny-random", "--out", out, "--max-batch", "2", *extra)
+    assert_refused(capsys, code, message, str(out))
+    assert snapshot(tmp_path) == before  # nothing changed, nothing staged beside it
+    assert_good_folder_still_works(engines_dir, capsys)
+
+
+def test_build_inside_the_model_folder_is_refused(tmp_path, tiny_model_dir, capsys):
+    model = model_folder(tiny_model_dir, tmp_path / "model")
+    before = snapshot(tmp_path)
+    code = run_cli("build", "--model", model, "--out", model / "engines")
+    assert_refused(capsys, code, "inside the model folder")
+    assert snapshot(tmp_path) == before
+
+
+def test_user_file_with_a_name_the_build_writes_is_refused(copy, capsys):
+    (copy / "unet.onnx.data").write_bytes(b"the user's, not in the manifest")
+    before = snapshot(copy.parent)
+    code = run_cli("build", "--model", "tiny-random", "--out", copy, "--max-batch", "2", "--force")
+    assert_refused(capsys, code, "unet.onnx.data", "not listed")
+    assert snapshot(copy.parent) == before
+
+
+def test_force_keeps_the_users_own_files(tmp_path, engines_dir, capsys):
+    out = tmp_path / "fresh"
+    out.mkdir()  # an empty folder is accepted
+    assert run_cli("build", "--model", "tiny-random", "--out", out, "--max-batch", "1") == 0
+    (out / "notes.txt").write_text("keep me")
+    (out / "mine").mkdir()
+    (out / "mine" / "data.bin").write_bytes(b"\x00\x01")
+    (out / "link-to-notes").symlink_to("notes.txt")
+    (out / "unet.onnx").write_bytes(b"corrupted: ours, so replaced")
+    assert run_cli("build", "--model", "tiny-random", "--out", out, "--max-batch", "1", "--force") == 0
+    capsys.readouterr()
+    assert (out / "notes.txt").read_text() == "keep me"
+    assert (out / "mine" / "data.bin").read_bytes() == b"\x00\x01"
+    assert os.readlink(out / "link-to-notes") == "notes.txt"
+    assert run_cli("info", out) == 0  # the corrupted unet.onnx was rebuilt
+    assert "all match their checksums" in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fresh"]  # no staging or lock left beside it
+
+
+# --- manifests: validated before use --------------------------------------------------
+
+
+def edit_manifest(folder: Path, change: Callable[[dict], object]) -> None:
+    path = folder / MANIFEST_NAME
+    data = json.loads(path.read_text())
+    change(data)  # edits in place; what it returns is ignored
+    path.write_text(json.dumps(data))
+
+
+def outside_copy(folder: Path, name: str) -> Path:
+    """A copy of one of the folder's files next to the folder (outside it)."""
+    target = folder.parent / f"outside-{name.replace('/', '-')}"
+    shutil.copy(folder / name, target)
+    return target
+
+
+def nested(depth: int) -> object:
+    value: object = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+def add_file(data: dict, rel: str, digest: str = "0" * 64) -> None:
+    data["files"][rel] = digest
+
+
+def component_file(data: dict, file: str, digest: str) -> None:
+    data["components"]["unet"]["file"] = file
+    data["files"][file] = digest
+
+
+def symlink_outside(folder: Path, name: str) -> None:
+    target = outside_copy(folder, name)
+    (folder / name).unlink()
+    (folder / name).symlink_to(target)
+
+
+def symlink_folder_outside(folder: Path, name: str) -> None:
+    target = folder.parent / f"outside-{name}"
+    shutil.copytree(folder / name, target)
+    shutil.rmtree(folder / name)
+    (folder / name).symlink_to(target, target_is_directory=True)
+
+
+def manifest_symlink_outside(folder: Path) -> None:
+    target = outside_copy(folder, MANIFEST_NAME)
+    (folder / MANIFEST_NAME).unlink()
+    (folder / MANIFEST_NAME).symlink_to(target)
+
+
+def unlisted_external_data(folder: Path) -> None:
+    (folder / "unet.onnx.data").write_bytes(b"weights nobody checksummed")
+
+
+def corrupt_unlisted_unet(folder: Path) -> None:
+    edit_manifest(folder, lambda d: d["files"].pop("unet.onnx"))
+    with open(folder / "unet.onnx", "ab") as f:
+        f.write(b"corrupted")
+
+
+def write_raw(folder: Path, raw: bytes) -> None:
+    (folder / MANIFEST_NAME).write_bytes(raw)
+
+
+def set_field(*keys_and_value: object) -> Callable[[Path], None]:
+    *keys, value = keys_and_value
+
+    def change(data: dict) -> None:
+        for key in keys[:-1]:
+            data = data[key]
+        data[keys[-1]] = value
+
+    return lambda folder: edit_manifest(folder, change)
+
+
+def digest_of(folder: Path, name: str) -> str:
+    return sha256_file(folder / name)
+
+
+MANIFEST_FAULTS: dict[str, tuple[Callable[[Path], None], str]] = {
+    # paths
+    "files-dotdot": (lambda f: edit_manifest(f, lambda d: add_file(d, "../x")), "'..'"),
+    "files-dotdot-real-file": (lambda f: edit_manifest(f, lambda d: add_file(
+        d, "../" + outside_copy(f, "unet.onnx").name, digest_of(f, "unet.onnx"))), "'..'"),
+    "files-absolute": (lambda f: edit_manifest(f, lambda d: add_file(d, "/etc/passwd")), "absolute"),
+    "files-inner-dotdot": (lambda f: edit_manifest(f, lambda d: add_file(d, "tokenizer/../../x")), "'..'"),
+    "files-backslash": (lambda f: edit_manifest(f, lambda d: add_file(d, "..\\x")), "backslash"),
+    "files-windows-drive": (lambda f: edit_manifest(f, lambda d: add_file(d, "C:/x")), "absolute"),
+    "component-dotdot": (lambda f: edit_manifest(f, lambda d: component_file(
+        d, "../" + outside_copy(f, "unet.onnx").name, digest_of(f, "unet.onnx"))), "'..'"),
+    "component-absolute": (lambda f: edit_manifest(f, lambda d: component_file(
+        d, str(outside_copy(f, "unet.onnx")), digest_of(f, "unet.onnx"))), "absolute"),
+    "component-symlink-outside": (lambda f: symlink_outside(f, "unet.onnx"), "outside the folder"),
+    "tokenizer-file-symlink-outside": (lambda f: symlink_outside(f, "tokenizer/vocab.json"), "outside the folder"),
+    "tokenizer-folder-symlink-outside": (lambda f: symlink_folder_outside(f, "tokenizer"), "outside the folder"),
+    "manifest-symlink-outside": (manifest_symlink_outside, "outside the folder"),
+    # integrity
+    "files-empty": (lambda f: edit_manifest(f, lambda d: d.update(files={})), "every loaded file must have"),
+    "component-not-checksummed": (corrupt_unlisted_unet, "lacks 'unet.onnx'"),
+    "external-data-not-checksummed": (unlisted_external_data, "lacks 'unet.onnx.data'"),
+    "scheduler-not-checksummed": (lambda f: edit_manifest(
+        f, lambda d: d["files"].pop("scheduler/scheduler_config.json")), "scheduler"),
+    "extra-tokenizer-file": (lambda f: (f / "tokenizer" / "added_tokens.json").write_text("{}"),
+                             "added_tokens.json"),
+    # JSON shape
+    "json-list": (lambda f: write_raw(f, b"[1, 2, 3]"), "must be a JSON object, not a list"),
+    "json-string": (lambda f: write_raw(f, b'"manifest"'), "must be a JSON object"),
+    "json-null": (lambda f: write_raw(f, b"null"), "must be a JSON object"),
+    "empty-file": (lambda f: write_raw(f, b""), "not valid JSON"),
+    "not-json": (lambda f: write_raw(f, b"{format: 2,"), "not valid JSON"),
+    "binary": (lambda f: write_raw(f, bytes(range(256))), "not valid JSON"),
+    "too-large": (lambda f: write_raw(f, b" " * (5 << 20) + b"{}"), "larger than"),
+    "nested-100-whole": (lambda f: write_raw(f, json.dumps(nested(100)).encode()), "nests deeper"),
+    "nested-100-in-field": (set_field("versions", nested(100)), "nests deeper"),
+    "nested-100000": (lambda f: write_raw(f, b"[" * 100_000 + b"]" * 100_000), "nests deeper"),
+    # types and ranges
+    "format-wrong": (set_field("format", 3), "format"),
+    "format-string": (set_field("format", "2"), "format"),
+    "max-batch-string": (set_field("max_batch", "2"), "max_batch must be an integer"),
+    "max-batch-bool": (set_field("max_batch", True), "max_batch must be an integer"),
+    "max-batch-zero": (set_field("max_batch", 0), "max_batch is 0"),
+    "max-batch-huge": (set_field("max_batch", 10**30), "outside"),
+    "max-batch-float": (set_field("max_batch", 2.5), "max_batch must be an integer"),
+    "height-list": (set_field("height", [64, 64, 64]), "height must be a JSON object"),
+    "height-unordered": (set_field("height", {"low": 128, "opt": 64, "high": 64}), "increasing order"),
+    "backend-unknown": (set_field("backend", "tensorflow"), "backend"),
+    "key-not-hex": (set_field("key", "x" * 64), "sha256"),
+    "digest-int": (set_field("files", "unet.onnx", 5), "must be a string"),
+    "files-list": (set_field("files", ["unet.onnx"]), "files must be a JSON object"),
+    "components-missing-unet": (lambda f: edit_manifest(f, lambda d: d["components"].pop("unet")), "unet"),
+    "component-file-int": (set_field("components", "unet", "file", 7), "must be a string"),
+    "spec-shape-float": (set_field("components", "unet", "spec", "inputs", 0, "shape", 1, 4.0), "integer"),
+    "spec-dtype-unknown": (set_field("components", "unet", "spec", "inputs", 0, "dtype", "object"), "dtype"),
+    "profile-not-triple": (set_field("components", "unet", "profile", "batch", [1, 6]), "[min, opt, max]"),
+    "profile-missing-symbol": (lambda f: edit_manifest(
+        f, lambda d: d["components"]["unet"]["profile"].pop("batch")), "symbols"),
+    "spec-renamed-input": (set_field("components", "unet", "spec", "inputs", 0, "name", "x"), "does not match"),
+    "spec-other-size": (set_field("components", "unet", "spec", "inputs", 0, "shape", 1, 5), "does not match"),
+    "dims-negative": (set_field("info", "dims", "latent_channels", -4), "latent_channels"),
+    "unknown-field": (set_field("surprise", 1), "unknown field"),
+    "missing-field": (lambda f: edit_manifest(f, lambda d: d.pop("info")), "lacks info"),
+    "model-name-newline": (set_field("model_name", "tiny\nsecond line"), "model_name"),
+    "nan": (lambda f: write_raw(f, (f / MANIFEST_NAME).read_bytes().replace(b'"max_batch": 2', b'"max_batch": NaN')),
+            "max_batch must be an integer"),
+}
+
+
+@pytest.mark.parametrize("command", ["info", "generate"])
+@pytest.mark.parametrize("case", list(MANIFEST_FAULTS))
+def test_bad_manifest_is_refused(case, command, copy, engines_dir, tmp_path, capsys):
+    fault, message = MANIFEST_FAULTS[case]
+    fault(copy)
+    png = tmp_path / "x.png"
+    if command == "info":
+        code = run_cli("info", copy)
+    else:
+        code = run_cli("generate", "a cat", "--engines", copy, "--steps", "1", "-o", png)
+    err = assert_refused(capsys, code, message)
+    assert "answer-trt build" in err  # says how to rebuild
+    assert not png.exists()
+    assert_good_folder_still_works(engines_dir, capsys)
+
+
+def test_good_folder_generates_after_refusals(copy, engines_dir, tmp_path, capsys):
+    for case in ("files-dotdot", "json-list", "files-empty"):
+        folder = tmp_path / case
+        shutil.copytree(engines_dir, folder)
+        MANIFEST_FAULTS[case][0](folder)
+        assert run_cli("generate", "a cat", "--engines", folder, "--steps", "1", "-o", tmp_path / "bad.png") == 2
+    png = tmp_path / "good.png"
+    assert run_cli("generate", "a cat", "--engines", engines_dir, "--steps", "2", "-o", png) == 0
+    assert png.is_file() and not (tmp_path / "bad.png").exists()
+
+
+def test_scheduler_config_that_is_not_an_object_is_refused(copy, engines_dir, tmp_path, capsys):
+    (copy / "scheduler" / "scheduler_config.json").write_text("[1, 2]")
+    edit_manifest(copy, lambda d: add_file(d, "scheduler/scheduler_config.json",
+                                           digest_of(copy, "scheduler/scheduler_config.json")))
+    code = run_cli("generate", "a cat", "--engines", copy, "--steps", "1", "-o", tmp_path / "x.png")
+    assert_refused(capsys, code, "not a scheduler config", "answer-trt build")
+    assert not (tmp_path / "x.png").exists()
+    assert_good_folder_still_works(engines_dir, capsys)
+
+
+def test_graph_that_is_not_its_spec_is_refused(copy, engines_dir, tmp_path, capsys):
+    """A checksummed graph of the wrong component (a crafted folder) fails on load, not in a run."""
+    shutil.copy(copy / "text_encoder.onnx", copy / "unet.onnx")
+    edit_manifest(copy, lambda d: add_file(d, "unet.onnx", digest_of(copy, "unet.onnx")))
+    code = run_cli("generate", "a cat", "--engines", copy, "--steps", "1", "-o", tmp_path / "x.png")
+    assert_refused(capsys, code, "unet.onnx", "do not match the manifest's spec", "answer-trt build")
+    assert not (tmp_path / "x.png").exists()
+    assert_good_folder_still_works(engines_dir, capsys)
+
+
+def test_symlink_inside_the_folder_is_allowed(copy, capsys):
+    (copy / "weights").mkdir()
+    (copy / "unet.onnx").rename(copy / "weights" / "unet.onnx")
+    (copy / "unet.onnx").symlink_to(Path("weights") / "unet.onnx")
+    assert run_cli("info", copy) == 0
+    assert "all match their checksums" in capsys.readouterr().out
+
+
+def test_a_broken_manifest_can_be_rebuilt_with_force(copy, capsys):
+    """An unreadable manifest lists nothing: --force replaces it and the folders a build
+    writes, and refuses to overwrite the unlisted graphs until they are moved away."""
+    (copy / MANIFEST_NAME).write_text("[1, 2, 3]")
+    (copy / "notes.txt").write_text("mine")
+    args = ("build", "--model", "tiny-random", "--out", copy, "--max-batch", "2")
+    assert_refused(capsys, run_cli(*args), "did not write", "--force")
+    assert_refused(capsys, run_cli(*args, "--force"), "unet.onnx", "move it elsewhere")
+    for graph in copy.glob("*.onnx"):
+        graph.unlink()
+    assert run_cli(*args, "--force") == 0
+    assert run_cli("info", copy) == 0
+    assert (copy / "notes.txt").read_text() == "mine"
+
+
+# --- a kill at any moment of a publish --------------------------------------------------
+
+KILL_SCRIPT = textwrap.dedent("""
+    import os, shutil, signal, sys
+    from pathlib import Path
+    import export.build as b
+    from answer_trt.manifest import read_manifest
+
+    out, new_source, phase = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+
+    def kill():
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def after(function):
+        def wrapped(*args, **kwargs):
+            result = function(*args, **kwargs)
+            kill()
+            return result
+        return wrapped
+
+    if phase == "after-carry-over":
+        b.carry_over = after(b.carry_over)
+    elif phase == "after-exchange":
+        b.exchange = after(b.exchange)
+    elif phase == "during-old-removal":
+        def partial_rmtree(path, ignore_errors=False):
+            first = sorted(p for p in Path(path).iterdir() if p.is_file())[0]
+            first.unlink()
+            kill()
+        b.shutil.rmtree = partial_rmtree
+    elif phase.startswith("fallback"):
+        b.exchange = lambda a, c: False
+        if phase == "fallback-between-renames":
+            real_rename, calls = os.rename, []
+            def rename(a, c):
+                real_rename(a, c)
+                calls.append(a)
+                if len(calls) == 1:
+                    kill()
+            b.os.rename = rename
+
+    target = b.inspect_out(out, force=True)
+    manifest = read_manifest(new_source)
+    with b.Staging.beside(target.path) as staging:
+        staging.path.rmdir()
+        shutil.copytree(new_source, staging.path)
+        b.publish(staging, target, manifest)
+""")
+
+KILL_PHASES = ["after-carry-over", "after-exchange", "during-old-removal", "fallback-between-renames",
+               "fallback-complete"]
+
+
+@pytest.mark.parametrize("phase", KILL_PHASES)
+def test_a_kill_during_publish_leaves_old_or_new_whole(phase, engines_dir, tmp_path, capsys):
+    from export.build import clean_stale
+
+    out = tmp_path / "engines"
+    shutil.copytree(engines_dir, out)
+    (out / "notes.txt").write_text("the user's")
+    new = tmp_path / "new-build"  # a different, valid build: one more tokenizer file
+    shutil.copytree(engines_dir, new)
+    (new / "tokenizer" / "added_tokens.json").write_text("{}")
+    edit_manifest(new, lambda d: add_file(d, "tokenizer/added_tokens.json",
+                                          digest_of(new, "tokenizer/added_tokens.json")))
+    write_manifest(new, read_manifest(new))  # as a build writes it
+    old_tree, new_tree = snapshot(out), {**snapshot(new), "notes.txt": snapshot(out)["notes.txt"]}
+
+    proc = subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(out), str(new), phase], capture_output=True,
+                          text=True, timeout=300, cwd=Path(__file__).parents[1])
+    killed = proc.returncode == -9
+    assert killed or (phase == "fallback-complete" and proc.returncode == 0), proc.stderr
+    if phase == "fallback-between-renames":
+        assert not out.exists()  # the one non-atomic window of the fallback
+    else:
+        assert snapshot(out) in (old_tree, new_tree)
+
+    clean_stale(out)  # what the next build does first
+    assert snapshot(out) in (old_tree, new_tree)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["engines", "new-build"]
+    assert run_cli("info", out) == 0
+
+
+# --- threads ----------------------------------------------------------------------------
+
+
+class OverlapProbe:
+    """Wraps a tokenizer and records how many threads were inside it at once (a short
+    sleep widens the window a race needs)."""
+
+    def __init__(self, tokenizer: object) -> None:
+        self.tokenizer, self.active, self.most = tokenizer, 0, 0
+        self.count_lock = threading.Lock()
+
+    def __call__(self, *args: object, **kwargs: object) -> object:
+        with self.count_lock:
+            self.active += 1
+            self.most = max(self.most, self.active)
+        try:
+            time.sleep(0.001)
+            return self.tokenizer(*args, **kwargs)  # type: ignore[operator]
+        finally:
+            with self.count_lock:
+                self.active -= 1
+
+
+def test_prompt_encoder_is_thread_safe(ort_pipe):
+    """5 threads x 10 encodes on one PromptEncoder give the sequential results, and the
+    (thread-unsafe) tokenizer is never entered by two threads at once."""
+    import torch
+
+    from answer_trt.text import PromptEncoder
+
+    text = ort_pipe.text
+
+    def encoder(tokenizers: tuple[object, ...]) -> PromptEncoder:
+        return PromptEncoder(tokenizers, text.engine, text.max_length, text.zero_empty_negative)
+
+    colours, shapes = ("red", "green", "blue", "yellow", "purple"), ("circle", "square", "triangle", "star")
+    calls = [(f"a {colours[t]} {shapes[i % 4]} number {i}", None if i % 3 else f"a {colours[i % 5]} blob")
+             for t in range(5) for i in range(10)]
+    sequential = encoder(text.tokenizers)
+    expected = [sequential.encode(prompt, negative) for prompt, negative in calls]
+
+    probes = tuple(OverlapProbe(t) for t in text.tokenizers)
+    shared = encoder(probes)
+    results: list[object] = [None] * len(calls)
+    errors: list[Exception] = []
+
+    def work(thread: int) -> None:
+        try:
+            for i in range(thread * 10, thread * 10 + 10):
+                results[i] = shared.encode(*calls[i])
+        except Exception as exc:  # noqa: BLE001 - collected and reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(5)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert max(probe.most for probe in probes) == 1
+    assert not errors, errors
+    for got, want in zip(results, expected):
+        assert got is not None
+        for a, b in zip(got, want):  # type: ignore[call-overload]
+            assert torch.allclose(a.hidden, b.hidden, atol=1e-6, rtol=0)

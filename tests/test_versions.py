@@ -1,0 +1,25 @@
+"""One ``library_versions()``: the build key, the manifest and the bench report record
+the same libraries under the same keys, and asking never loads the export stack."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from answer_trt.manifest import read_manifest
+from answer_trt.versions import LIBRARIES, library_versions
+
+
+def test_build_and_bench_record_the_same_versions(engines_dir):
+    from answer_trt.bench import suite
+
+    versions = library_versions()
+    assert {"answer_trt", *LIBRARIES} <= set(versions)
+    assert read_manifest(engines_dir).versions == versions
+    assert suite.library_versions is library_versions
+
+
+def test_asking_for_versions_does_not_import_onnx():
+    code = ("import sys; from answer_trt.versions import library_versions; v = library_versions(); "
+            "sys.exit(0 if 'onnx' in v and 'onnx' not in sys.modules else 1)")
+    assert subprocess.run([sys.executable, "-c", code], timeout=300).returncode == 0
