@@ -13,7 +13,7 @@ from typing import TypeVar
 
 from answer_trt.config import ANSWER_NEGATIVE_SCALE, DEFAULT_GUIDANCE, METHODS, MODES, SCHEDULERS
 from answer_trt.errors import NonFiniteImageError, UserInputError
-from answer_trt.files import numbered_paths
+from answer_trt.files import check_writable_file, numbered_paths
 from answer_trt.rules import (
     BUILD_BACKENDS,
     DEFAULT_MAX_BATCH,
@@ -21,6 +21,7 @@ from answer_trt.rules import (
     LOAD_BACKENDS,
     PRECISIONS,
     check_int,
+    check_seed,
     check_size,
     parse_int,
     parse_size_range,
@@ -56,6 +57,7 @@ _int = _argument(parse_int, "integer")
 _at_least_1 = _argument(lambda text: check_int("the value", parse_int(text)), "integer >= 1")
 _size = _argument(lambda text: check_size("size", parse_int(text, "size")), "size")
 _size_or_range = _argument(parse_size_range, "size or range")
+_seed = _argument(lambda text: check_seed(parse_int(text, "seed")), "seed")
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -102,7 +104,7 @@ def make_parser() -> argparse.ArgumentParser:
                    help=f"rescale CFG/ANSWER noise to the positive branch's deviation, 0..1 (default "
                         f"{d.guidance_rescale:g})")
     g.add_argument("--scheduler", choices=tuple(SCHEDULERS), default=None, help="default: the model's own")
-    g.add_argument("--seed", type=_int, default=0)
+    g.add_argument("--seed", type=_seed, default=0, help="0 .. 2**64 - 1 (default 0)")
     g.add_argument("--height", type=_size)
     g.add_argument("--width", type=_size)
     g.add_argument("--batch", type=_at_least_1, default=1)
@@ -164,8 +166,8 @@ def _bench(args: argparse.Namespace) -> int:
         methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()), steps=args.steps,
         batch=args.batch, runs=args.runs, warmup=args.warmup, baseline=args.baseline,
     )
-    if args.json is not None and not args.json.parent.is_dir():
-        raise UserInputError(f"--json {args.json}: folder {args.json.parent} does not exist")
+    if args.json is not None:
+        check_writable_file("--json", args.json)
     log = lambda msg: print(f"answer-trt: {msg}", file=sys.stderr)  # noqa: E731
     if args.engines is not None:
         pipe = from_engines(args.engines)
@@ -185,10 +187,10 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _check_output(path: Path, batch: int) -> None:
+    """Refuse an output path that could not take ``batch`` PNGs, before any work."""
+    check_writable_file("-o", path)
     if path.suffix.lower() != ".png":
         raise UserInputError(f"-o {path}: the output must be a .png file")
-    if not path.parent.is_dir():
-        raise UserInputError(f"-o {path}: folder {path.parent} does not exist; create it or pick another path")
     for target in numbered_paths(path, batch):
         if target.is_dir():
             raise UserInputError(f"-o {path}: {target} is a folder; pick a file name")

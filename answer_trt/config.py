@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass
 
 from answer_trt.errors import UserInputError
+from answer_trt.rules import check_seed, check_size
 
 METHODS = ("answer", "cfg", "dns")
 MODES = ("parallel", "inner")
@@ -101,6 +102,7 @@ class SamplingConfig:
             raise UserInputError(f"steps must be an integer >= 1, got {self.steps!r}")
         if isinstance(self.batch, bool) or not isinstance(self.batch, int) or self.batch < 1:
             raise UserInputError(f"batch must be an integer >= 1, got {self.batch!r}")
+        check_seed(self.seed)
         for side, value in (("height", self.height), ("width", self.width)):
-            if value is not None and (not isinstance(value, int) or value <= 0 or value % 8):
-                raise UserInputError(f"{side} must be a positive multiple of 8, got {value!r}")
+            if value is not None:
+                check_size(side, value)

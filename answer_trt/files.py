@@ -9,6 +9,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from answer_trt.errors import UserInputError
+
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     digest = hashlib.sha256()
@@ -57,3 +59,24 @@ def numbered_paths(first: Path, count: int) -> list[Path]:
 def write_text_atomic(target: Path, text: str) -> None:
     with atomic_path(target) as tmp:
         tmp.write_text(text)
+
+
+def check_writable_file(flag: str, path: Path) -> None:
+    """Refuse, before any work, an output ``path`` that cannot be written: its folder is
+    missing or not a folder, ``path`` is a folder, or the folder refuses a new file (read
+    only, no permission: tried by creating and removing a temporary file there, which is
+    what the atomic write will do)."""
+    folder = path.parent
+    if path.is_dir():
+        raise UserInputError(f"{flag} {path}: that is a folder; give a file name inside it")
+    if not folder.exists():
+        raise UserInputError(f"{flag} {path}: folder {folder} does not exist; create it or pick another path")
+    if not folder.is_dir():
+        raise UserInputError(f"{flag} {path}: {folder} is a file, not a folder; pick another path")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=folder)
+    except OSError as exc:
+        raise UserInputError(f"{flag} {path}: cannot write into {folder} ({exc.strerror or exc}); "
+                             "pick a writable folder") from None
+    os.close(fd)
+    os.unlink(probe)

@@ -20,7 +20,7 @@ from answer_trt.cache import cache_root
 from answer_trt.errors import UserInputError
 from answer_trt.manifest import MANIFEST_NAME, SCHEDULER_CONFIG, Manifest, read_manifest, verify_files
 from answer_trt.pipeline import Limits, Pipeline
-from answer_trt.rules import DEFAULT_MAX_BATCH, DEVICES, LOAD_BACKENDS, check_choice
+from answer_trt.rules import DEFAULT_MAX_BATCH, DEFAULT_PRECISION, DEVICES, LOAD_BACKENDS, check_choice, check_memory
 
 
 def load(
@@ -112,8 +112,8 @@ def from_model_eager(model: str, device: str = "cpu") -> Pipeline:
     if device == "cuda" and not torch.cuda.is_available():
         raise UserInputError("device cuda was asked for, and torch sees no CUDA GPU here: use device cpu")
     source = resolve_model(model)
+    info = read_model_info(source.path)  # first: its messages name a broken config file
     loaded = load_model(source.path)
-    info = read_model_info(source.path)
     specs = component_specs(info.dims)
     dtype = torch.float16 if device == "cuda" else torch.float32
     engines = {
@@ -147,12 +147,31 @@ def cached_engines_folder(model: str, height: int | None, width: int | None, max
 def build_cached(
     model: str, height: int | None = None, width: int | None = None, batch: int = 1, log: Any = None
 ) -> Path:
-    """Build (or reuse) ONNX Runtime engines for ``model`` in the cache; returns the folder."""
+    """Build (or reuse) ONNX Runtime engines for ``model`` in the cache; returns the folder.
+    ``batch`` images of ``height`` x ``width`` are sized against the memory limit first,
+    so an absurd request never starts a build."""
+    check_cached_request(model, height, width, batch)
     max_batch = max(DEFAULT_MAX_BATCH, batch)
     folder = cached_engines_folder(model, height, width, max_batch)
     config = BuildConfig(model=model, out=folder, max_batch=max_batch, height=height, width=width)
     build_engines(config, log=log or (lambda _msg: None))
     return folder
+
+
+def check_cached_request(model: str, height: int | None, width: int | None, batch: int) -> None:
+    """Refuse a request that ``build_cached``'s engines could never serve within the memory
+    limit, from the model's configs alone (no weights loaded, nothing built)."""
+    from answer_trt.models.info import read_model_info
+    from answer_trt.models.source import resolve_model
+    from answer_trt.rules import check_int, check_size
+
+    check_int("--batch", batch)
+    dims = read_model_info(resolve_model(model).path).dims
+    default = dims.default_image_size
+    h = check_size("--height", height, dims.vae_scale_factor) if height is not None else default
+    w = check_size("--width", width, dims.vae_scale_factor) if width is not None else default
+    label = "" if height is not None and width is not None else "the model's default size, "
+    check_memory(dims, batch, h, w, DEFAULT_PRECISION["onnxruntime"], size_label=label)
 
 
 def build_engines(config: BuildConfig, log: Callable[[str], None] = print) -> BuildResult:

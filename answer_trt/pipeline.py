@@ -21,7 +21,7 @@ from answer_trt.graphed import CudaGraphCapturer, GraphCache, sample_graphed, su
 from answer_trt.images import to_pil
 from answer_trt.iospec import TEXT_ENCODER, UNET, VAE_DECODER, SizeRange
 from answer_trt.models.info import ModelInfo
-from answer_trt.rules import check_size
+from answer_trt.rules import check_int, check_memory, check_size
 from answer_trt.sampler import Conditioning, Denoiser, StepCallback, sample
 from answer_trt.schedulers import make_scheduler, make_step_rule
 from answer_trt.text import PromptEncoder
@@ -37,6 +37,10 @@ class Limits:
     height: SizeRange | None = None
     width: SizeRange | None = None
     build: BuildConfig | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_batch is not None:
+            check_int("max_batch (of the engines' limits)", self.max_batch)
 
     def rebuild_command(self, **changes: Any) -> str:
         """``answer-trt build ...`` with ``changes`` (BuildConfig fields) applied."""
@@ -219,14 +223,17 @@ class Pipeline:
         return replace(cond, time_ids=time_ids)
 
     def check_request(self, config: SamplingConfig, prompt: str) -> SamplingConfig:
-        """Fill in the default size and refuse what the engines were not built for."""
+        """Fill in the default size, refuse what the engines were not built for, and size
+        the work against the memory limit (``answer_trt.rules.check_memory``) before any
+        of it is allocated."""
         if not isinstance(prompt, str):
             raise UserInputError(f"prompt must be a string, got {type(prompt).__name__}")
         default_h, default_w = self.default_size
+        given = config.height is not None and config.width is not None
         config = replace(config, height=config.height or default_h, width=config.width or default_w)
         limits, factor = self.limits, self.dims.vae_scale_factor
         for side, value, built in (("height", config.height, limits.height), ("width", config.width, limits.width)):
-            assert value is not None
+            assert value is not None  # filled in above
             check_size(f"--{side}", value, factor)
             if built is not None and not built.low <= value <= built.high:
                 raise UserInputError(
@@ -238,6 +245,9 @@ class Pipeline:
                 f"--batch {config.batch} is beyond the built maximum of {limits.max_batch}: use --batch "
                 f"{limits.max_batch} or fewer, or rebuild with `{limits.rebuild_command(max_batch=config.batch)}`"
             )
+        assert config.height is not None and config.width is not None
+        check_memory(self.dims, config.batch, config.height, config.width, self.precision,
+                     size_label="" if given else "the default size, ")
         return config
 
     def parameters(

@@ -4,12 +4,31 @@ devices, and the integer and image-size rules with the checks that enforce them.
 The CLI, the loaders, the manifest and the export stage import these instead of
 repeating them. Every check raises ``UserInputError`` with a message that says what
 to change; the CLI's argument parsers wrap the same checks.
+
+Resources are sized before any work starts (``check_memory``): a request for ``batch``
+images of H x W pixels is estimated, as an upper bound linear in the pixel count, at
+
+    bytes = batch * H * W * (LATENT_COPIES * C_lat * 4 / f**2          latents, fp32 sampler state
+                             + MAX_BRANCHES * UNET_TENSORS * UNET_WIDTH * e / f**2   UNet activations
+                             + VAE_TENSORS * VAE_WIDTH * e                  VAE decoder activations
+                             + IMAGE_BYTES_PER_PIXEL)                       decoded images
+
+with C_lat the latent channels, f the VAE's downsampling factor, and e the bytes per
+value of the precision (4 for fp32, 2 for fp16 and bf16). The widths are the SD
+family's (SD 1.x, 2.x and XL all start their UNet at 320 channels and decode at 128),
+so models narrower than that, the built-in tiny ones included, are overestimated.
+Attention score matrices (quadratic in the latent pixels) are not counted: fused
+attention (TensorRT, PyTorch's SDPA) never materializes them. The limit is
+``$ANSWER_TRT_MAX_MEMORY_GB`` where set, else this machine's physical memory.
 """
 
 from __future__ import annotations
 
+import math
+import os
+
 from answer_trt.errors import UserInputError
-from answer_trt.iospec import SizeRange
+from answer_trt.iospec import MAX_BRANCHES, ModelDims, SizeRange
 
 # What `answer-trt build` makes: the backend of an engines folder (and its manifest).
 BUILD_BACKENDS = ("onnxruntime", "tensorrt")
@@ -26,6 +45,24 @@ DEFAULT_MAX_BATCH = 4
 # Every image side is a multiple of this (the VAE's 8x downsampling of SD models); a
 # model whose VAE downsamples less is checked against its own factor as well.
 SIZE_MULTIPLE = 8
+# The largest image side anything accepts (build, generate, API): 4096 px is 4x SD XL's
+# native 1024 and 8x SD 1.x's 512; beyond it the VAE decoder alone needs tens of GB.
+MAX_IMAGE_SIDE = 4096
+# torch.Generator.manual_seed takes 0 .. 2**64 - 1 (and wraps negatives modulo 2**64,
+# so -1 would silently be 2**64 - 1: negative seeds are refused instead).
+MAX_SEED = 2**64 - 1
+
+# The memory estimate (see the module docstring) and its limit.
+MEMORY_ENV = "ANSWER_TRT_MAX_MEMORY_GB"
+FALLBACK_MEMORY_BYTES = 16 * 10**9  # where the machine's memory cannot be read
+GB = 10**9
+LATENT_COPIES = 16  # noise, state, the branches' predictions, scheduler history, chain state
+UNET_TENSORS = 24  # live full-latent-resolution tensors per UNet call: skips, block temporaries, feed-forward
+UNET_WIDTH = 320
+VAE_TENSORS = 8  # live full-image-resolution tensors in the decoder's last up block
+VAE_WIDTH = 128
+IMAGE_BYTES_PER_PIXEL = 3 * (4 + 4 + 1 + 1)  # decoded fp32, a float copy, uint8 pixels, the PIL image
+PRECISION_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
 
 
 def check_choice(name: str, value: object, choices: tuple[str, ...]) -> str:
@@ -43,7 +80,11 @@ def check_int(name: str, value: object, low: int = 1) -> int:
 
 
 def check_size(name: str, value: object, multiple: int = SIZE_MULTIPLE) -> int:
-    """An image side in pixels: a positive integer multiple of ``multiple``."""
+    """An image side in pixels: a positive integer multiple of ``multiple``, at most
+    ``MAX_IMAGE_SIDE``."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > MAX_IMAGE_SIDE:
+        raise UserInputError(f"{name} {value} is above the limit of {MAX_IMAGE_SIDE} px per image side: "
+                             f"pick {MAX_IMAGE_SIDE} or less")
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value % multiple:
         hint = f": pick e.g. {value - value % multiple or multiple}" if isinstance(value, int) and value > 0 else ""
         raise UserInputError(f"{name} {value!r} is not a positive multiple of {multiple}{hint}")
@@ -73,3 +114,69 @@ def parse_size_range(text: str, name: str = "size") -> SizeRange:
     low_value = parse_int(low, name)
     high_value = parse_int(high, name) if high else low_value
     return check_size_range(name, SizeRange(low_value, low_value, high_value))
+
+
+def check_seed(value: object) -> int:
+    """A seed torch's generator takes as it is: an integer in 0 .. 2**64 - 1."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEED:
+        raise UserInputError(f"seed must be an integer from 0 to 2**64 - 1 ({MAX_SEED}), got {value!r}")
+    return value
+
+
+def bytes_per_image(dims: ModelDims, height: int, width: int, precision: str) -> int:
+    """The estimate of the module docstring for one image of ``height`` x ``width`` px."""
+    e = PRECISION_BYTES.get(precision, 4)  # unknown: count as fp32, the widest
+    pixels = height * width
+    latent_pixels = (height // dims.vae_scale_factor) * (width // dims.vae_scale_factor)
+    latents = LATENT_COPIES * dims.latent_channels * latent_pixels * 4
+    unet = MAX_BRANCHES * UNET_TENSORS * UNET_WIDTH * latent_pixels * e
+    vae = VAE_TENSORS * VAE_WIDTH * pixels * e
+    return latents + unet + vae + IMAGE_BYTES_PER_PIXEL * pixels
+
+
+def memory_limit() -> tuple[int, str]:
+    """The most bytes a request may need, and where that figure comes from."""
+    text = os.environ.get(MEMORY_ENV)
+    if text is not None and text.strip():
+        try:
+            gb = float(text)
+        except ValueError:
+            gb = math.nan
+        if not math.isfinite(gb) or gb <= 0:
+            raise UserInputError(f"{MEMORY_ENV}={text!r} is not a positive number of GB: set it to e.g. 16, "
+                                 "or unset it to use this machine's memory")
+        return int(gb * GB), f"{MEMORY_ENV}={text.strip()}"
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        total = -1
+    if total <= 0:
+        return FALLBACK_MEMORY_BYTES, f"a default, as this machine's memory is unknown; set {MEMORY_ENV} to change it"
+    return total, f"this machine's memory; set {MEMORY_ENV} to change it"
+
+
+def _gb(count: int) -> str:
+    gb = count / GB
+    return f"{gb:,.0f} GB" if gb >= 100 else f"{gb:.3g} GB"
+
+
+def check_memory(dims: ModelDims, batch: int, height: int, width: int, precision: str, *,
+                 batch_flag: str = "--batch", size_label: str = "") -> int:
+    """Refuse ``batch`` images of ``height`` x ``width`` px when the estimate of the module
+    docstring exceeds ``memory_limit()``; returns the estimate in bytes. ``batch_flag``
+    names the flag to lower in the hint (``--max-batch`` for a build); ``size_label``
+    (e.g. ``"the default size, "``) says where the size came from when the user did not
+    give it."""
+    per_image = bytes_per_image(dims, height, width, precision)
+    need = batch * per_image
+    limit, source = memory_limit()
+    if need <= limit:
+        return need
+    what = f"{batch_flag} {batch} at {width}x{height} px ({size_label}{precision})"
+    fits = limit // per_image
+    if fits >= 1:
+        hint = f"use {batch_flag} {fits} or fewer, or a smaller --height/--width"
+    else:
+        hint = f"even one image of that size needs {_gb(per_image)}: use a smaller --height/--width"
+    raise UserInputError(f"{what} needs about {_gb(need)} by answer-trt's estimate, above the limit of {_gb(limit)} "
+                         f"({source}): {hint}")

@@ -71,7 +71,7 @@ from answer_trt.models.source import (
     model_folder_evidence,
     resolve_model,
 )
-from answer_trt.rules import check_size_range
+from answer_trt.rules import check_memory, check_size_range
 from answer_trt.versions import gpu_capability, library_versions
 
 # Components that an fp16 build runs in half precision. The text encoder stays fp32:
@@ -137,6 +137,7 @@ def build(config: BuildConfig, log: Callable[[str], None] = print) -> BuildResul
     info = read_model_info(source.path)
     height, width = (_size_range(side, value, info.dims) for side, value in
                      (("height", config.height), ("width", config.width)))
+    check_build_memory(config, info.dims, height, width)
     plan = BuildPlan(config, source, source.content_hash(), info, height, width)
     key = plan.key
     out = config.out
@@ -167,6 +168,19 @@ def _size_range(side: str, value: SizeRange | int | None, dims: ModelDims) -> Si
                             multiple=dims.vae_scale_factor)
     opt = default if size.low <= default <= size.high else size.low
     return SizeRange(size.low, opt, size.high)
+
+
+def check_build_memory(config: BuildConfig, dims: ModelDims, height: SizeRange, width: SizeRange) -> None:
+    """Refuse, before anything is exported, engines whose promises no run could keep within
+    the memory limit (``answer_trt.rules.check_memory``): ``--max-batch`` images at the
+    smallest built size, and one image at the largest. (The two corners together may
+    exceed it: a folder built for both serves large batches of small images and small
+    batches of large ones.)"""
+    precision = str(config.precision)
+    check_memory(dims, config.max_batch, height.low, width.low, precision, batch_flag="--max-batch",
+                 size_label="the smallest built size, ")
+    check_memory(dims, 1, height.high, width.high, precision, batch_flag="batch",
+                 size_label="the largest built size, ")
 
 
 def _up_to_date(out: Path, key: str) -> bool:

@@ -527,3 +527,257 @@ def test_prompt_encoder_is_thread_safe(ort_pipe):
         assert got is not None
         for a, b in zip(got, want):  # type: ignore[call-overload]
             assert torch.allclose(a.hidden, b.hidden, atol=1e-6, rtol=0)
+
+
+# --- resources: sized before any build or allocation ------------------------------------
+
+
+def assert_one_line(capsys: pytest.CaptureFixture[str], code: int, *needles: str) -> str:
+    """Exit code 2 and one error line naming ``needles``, no traceback: the CLI's own
+    ("answer-trt: error: ...") or argparse's ("answer-trt generate: error: argument ...")."""
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("answer-trt") and "error: " in lines[0], err
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+def generate_still_works(engines_dir: Path, folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    png = folder / "after.png"
+    assert run_cli("generate", "a cat", "--engines", engines_dir, "--steps", "1", "-o", png) == 0
+    capsys.readouterr()
+    assert png.is_file()
+    png.unlink()
+
+
+RESOURCE_FAULTS: dict[str, tuple[list[str], str | None, tuple[str, ...]]] = {
+    # args (ENGINES stands for the good engines folder), ANSWER_TRT_MAX_MEMORY_GB, needles
+    "generate-height-100000": (["generate", "x", "--model", "tiny", "--height", "100000", "--width", "100000"],
+                               None, ("100000", "4096 px")),
+    "generate-width-4104": (["generate", "x", "--model", "tiny", "--width", "4104"], None, ("4104", "4096 px")),
+    "generate-batch-10000": (["generate", "x", "--model", "tiny", "--batch", "10000"], "16",
+                             ("--batch 10000", "GB", "ANSWER_TRT_MAX_MEMORY_GB=16", "or fewer")),
+    "generate-4096-square": (["generate", "x", "--model", "tiny", "--height", "4096", "--width", "4096"], "16",
+                             ("4096x4096", "even one image", "smaller --height/--width")),
+    "generate-engines-tiny-limit": (["generate", "x", "--engines", "ENGINES", "--batch", "2"], "0.001",
+                                    ("--batch 2", "(the default size, fp32)", "ANSWER_TRT_MAX_MEMORY_GB=0.001")),
+    "generate-torch-batch": (["generate", "x", "--model", "tiny", "--backend", "torch", "--batch", "10000"], "16",
+                             ("--batch 10000", "or fewer")),
+    "bench-batch-10000": (["bench", "--model", "tiny", "--batch", "10000", "--runs", "1"], "16",
+                          ("--batch 10000", "ANSWER_TRT_MAX_MEMORY_GB")),
+    "build-max-batch-huge": (["build", "--model", "tiny", "--out", "OUT", "--max-batch", "1000000"], "16",
+                             ("--max-batch 1000000", "or fewer")),
+    "build-height-8192": (["build", "--model", "tiny", "--out", "OUT", "--height", "64:8192"], None,
+                          ("8192", "4096 px")),
+    "build-largest-size": (["build", "--model", "tiny", "--out", "OUT", "--height", "64:4096", "--width", "64:4096"],
+                           "16", ("(the largest built size, fp32)", "even one image")),
+    "memory-env-not-a-number": (["generate", "x", "--model", "tiny"], "lots", ("ANSWER_TRT_MAX_MEMORY_GB='lots'",)),
+    "memory-env-negative": (["generate", "x", "--model", "tiny"], "-3", ("positive number of GB",)),
+}
+
+
+@pytest.mark.parametrize("case", list(RESOURCE_FAULTS))
+def test_absurd_resources_are_refused_before_any_work(case, engines_dir, tmp_path, monkeypatch, capsys):
+    args, limit, needles = RESOURCE_FAULTS[case]
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("ANSWER_TRT_CACHE", str(cache))
+    if limit is not None:
+        monkeypatch.setenv("ANSWER_TRT_MAX_MEMORY_GB", limit)
+    out, png = tmp_path / "out", tmp_path / "x.png"
+    argv = [str(engines_dir) if a == "ENGINES" else str(out) if a == "OUT" else a for a in args]
+    if argv[0] == "generate":
+        argv += ["--steps", "1", "-o", str(png)]
+    started = time.perf_counter()
+    assert_one_line(capsys, run_cli(*argv), *needles)
+    assert time.perf_counter() - started < 30  # refused up front, not after a build
+    assert not png.exists() and not out.exists()
+    assert not (cache / "engines").exists()  # no engines build started
+    monkeypatch.delenv("ANSWER_TRT_MAX_MEMORY_GB", raising=False)
+    generate_still_works(engines_dir, tmp_path, capsys)
+
+
+# --- request values: checked where they enter ---------------------------------------------
+
+
+def read_only_folder(_tmp: Path) -> Path:
+    """A folder nobody can create files in, root included."""
+    return Path("/proc")
+
+
+OUTPUT_FAULTS: dict[str, tuple[Callable[[Path], list[str]], tuple[str, ...]]] = {
+    "seed-negative": (lambda t: ["--seed", "-1", "-o", str(t / "x.png")], ("0 to 2**64 - 1",)),
+    "seed-2**64": (lambda t: ["--seed", str(2**64), "-o", str(t / "x.png")], ("0 to 2**64 - 1",)),
+    "seed-float": (lambda t: ["--seed", "1.5", "-o", str(t / "x.png")], ("not an integer",)),
+    "out-read-only-folder": (lambda t: ["-o", str(read_only_folder(t) / "x.png")], ("cannot write into /proc",)),
+    "out-missing-folder": (lambda t: ["-o", str(t / "missing" / "x.png")], ("does not exist",)),
+    "out-existing-folder": (lambda t: ["-o", str(t)], ("that is a folder",)),
+    "out-existing-folder-png": (lambda t: (t / "dir.png").mkdir() or ["-o", str(t / "dir.png")],
+                                ("that is a folder",)),
+    "out-folder-is-a-file": (lambda t: (t / "afile").write_text("x") and ["-o", str(t / "afile" / "x.png")],
+                             ("is a file, not a folder",)),
+    "out-not-png": (lambda t: ["-o", str(t / "x.jpg")], (".png",)),
+    "batch-target-is-folder": (lambda t: (t / "x-1.png").mkdir() or ["-o", str(t / "x.png"), "--batch", "2"],
+                               ("x-1.png is a folder",)),
+}
+
+
+@pytest.mark.parametrize("case", list(OUTPUT_FAULTS))
+def test_bad_request_values_are_refused(case, engines_dir, tmp_path, capsys):
+    make, needles = OUTPUT_FAULTS[case]
+    args = make(tmp_path)
+    before = snapshot(tmp_path)
+    code = run_cli("generate", "a cat", "--engines", engines_dir, "--steps", "1", *args)
+    assert_one_line(capsys, code, *needles)
+    assert snapshot(tmp_path) == before  # nothing written, no probe left behind
+    generate_still_works(engines_dir, tmp_path, capsys)
+
+
+def test_largest_seed_is_accepted(engines_dir, tmp_path, capsys):
+    png = tmp_path / "x.png"
+    assert run_cli("generate", "a cat", "--engines", engines_dir, "--steps", "1", "--seed", str(2**64 - 1),
+                   "-o", png) == 0
+    from PIL import Image
+
+    assert Image.open(png).text["seed"] == str(2**64 - 1)
+
+
+BENCH_JSON_FAULTS: dict[str, tuple[Callable[[Path], Path], str]] = {
+    "a-folder": (lambda t: t, "that is a folder"),
+    "missing-folder": (lambda t: t / "missing" / "r.json", "does not exist"),
+    "read-only-folder": (lambda t: read_only_folder(t) / "r.json", "cannot write into /proc"),
+    "folder-is-a-file": (lambda t: (t / "afile").write_text("x") and t / "afile" / "r.json", "is a file"),
+}
+
+
+@pytest.mark.parametrize("case", list(BENCH_JSON_FAULTS))
+def test_bench_json_that_cannot_be_written_is_refused_before_benchmarking(case, engines_dir, tmp_path, capsys):
+    make, needle = BENCH_JSON_FAULTS[case]
+    target = make(tmp_path)
+    before = snapshot(tmp_path)
+    code = run_cli("bench", "--engines", engines_dir, "--steps", "1", "--runs", "1", "--json", target)
+    err = assert_one_line(capsys, code, needle, "--json")
+    assert "answer |" not in err  # no table: nothing was benchmarked
+    assert snapshot(tmp_path) == before
+    generate_still_works(engines_dir, tmp_path, capsys)
+
+
+def test_build_out_on_an_existing_file_is_refused(tmp_path, engines_dir, capsys):
+    out = file_not_folder(tmp_path / "engines.txt")
+    code = run_cli("build", "--model", "tiny-random", "--out", out)
+    assert_refused(capsys, code, "is a file", str(out))
+    assert out.read_text() == "a file"
+
+
+# --- broken model folders: one line naming the file --------------------------------------
+
+
+def rewrite(rel: str, text: str | bytes) -> Callable[[Path], None]:
+    def change(model: Path) -> None:
+        target = model / rel
+        target.write_bytes(text if isinstance(text, bytes) else text.encode())
+
+    return change
+
+
+def drop_key(rel: str, key: str) -> Callable[[Path], None]:
+    def change(model: Path) -> None:
+        data = json.loads((model / rel).read_text())
+        data.pop(key)
+        (model / rel).write_text(json.dumps(data))
+
+    return change
+
+
+def truncate(rel: str) -> Callable[[Path], None]:
+    def change(model: Path) -> None:
+        data = (model / rel).read_bytes()
+        (model / rel).write_bytes(data[: len(data) // 2])
+
+    return change
+
+
+def rename(rel: str, new_name: str) -> Callable[[Path], None]:
+    return lambda model: (model / rel).rename((model / rel).with_name(new_name)) and None
+
+
+def pickle_only(model: Path) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    weights = model / "unet" / "diffusion_pytorch_model.safetensors"
+    torch.save(load_file(weights), weights.with_suffix(".bin"))
+    weights.unlink()
+
+
+def mismatched_config(model: Path) -> None:
+    path = model / "unet" / "config.json"
+    data = json.loads(path.read_text())
+    data["block_out_channels"] = [16, 32]
+    path.write_text(json.dumps(data))
+
+
+UNET_WEIGHTS = "unet/diffusion_pytorch_model.safetensors"
+MODEL_FAULTS: dict[str, tuple[Callable[[Path], None], tuple[str, ...]]] = {
+    "unet-config-not-json": (rewrite("unet/config.json", "{in_channels: 4,"), ("unet/config.json", "not valid JSON")),
+    "text-config-empty": (rewrite("text_encoder/config.json", ""), ("text_encoder/config.json", "not valid JSON")),
+    "vae-config-list": (rewrite("vae/config.json", "[1, 2]"), ("vae/config.json", "JSON object")),
+    "vae-config-binary": (rewrite("vae/config.json", bytes(range(256))), ("vae/config.json", "cannot be read")),
+    "unet-config-missing-key": (drop_key("unet/config.json", "in_channels"), ("unet/config.json", "in_channels")),
+    "vae-config-no-blocks": (drop_key("vae/config.json", "block_out_channels"),
+                             ("vae/config.json", "block_out_channels")),
+    "scheduler-config-missing": (lambda m: (m / "scheduler" / "scheduler_config.json").unlink(),
+                                 ("scheduler_config.json", "is missing")),
+    "tokenizer-config-not-json": (rewrite("tokenizer/tokenizer_config.json", "nope"),
+                                  ("tokenizer_config.json", "not valid JSON")),
+    "model-index-not-json": (rewrite("model_index.json", "{"), ("model_index.json", "not valid JSON")),
+    "unet-weights-missing": (lambda m: (m / UNET_WEIGHTS).unlink(), (UNET_WEIGHTS, "is missing")),
+    "vae-weights-missing": (lambda m: (m / "vae/diffusion_pytorch_model.safetensors").unlink(),
+                            ("vae/diffusion_pytorch_model.safetensors", "is missing")),
+    "unet-weights-truncated": (truncate(UNET_WEIGHTS), (UNET_WEIGHTS, "truncated")),
+    "text-weights-truncated": (truncate("text_encoder/model.safetensors"),
+                               ("text_encoder/model.safetensors", "truncated")),
+    "unet-weights-garbage": (rewrite(UNET_WEIGHTS, b"\x00" * 5), (UNET_WEIGHTS, "not a safetensors file")),
+    "unet-weights-empty": (rewrite(UNET_WEIGHTS, b""), (UNET_WEIGHTS, "not a safetensors file")),
+    "unet-pickle-only": (pickle_only, ("unet/diffusion_pytorch_model.bin", "pickle")),
+    "unet-variant-only": (rename(UNET_WEIGHTS, "diffusion_pytorch_model.fp16.safetensors"),
+                          ("diffusion_pytorch_model.fp16.safetensors", "rename")),
+    "unet-config-does-not-fit-weights": (mismatched_config, ("unet", "could not be loaded")),
+}
+
+
+@pytest.mark.parametrize("command", ["build", "generate-torch"])
+@pytest.mark.parametrize("case", list(MODEL_FAULTS))
+def test_broken_model_folder_is_named(case, command, tiny_model_dir, engines_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("ANSWER_TRT_CACHE", str(tmp_path / "cache"))
+    model = model_folder(tiny_model_dir, tmp_path / "model")
+    fault, needles = MODEL_FAULTS[case]
+    fault(model)
+    out, png = tmp_path / "out", tmp_path / "x.png"
+    if command == "build":
+        code = run_cli("build", "--model", model, "--out", out)
+    else:
+        code = run_cli("generate", "x", "--model", model, "--backend", "torch", "--steps", "1", "-o", png)
+    assert_refused(capsys, code, *needles)
+    assert not out.exists() and not png.exists()
+    generate_still_works(engines_dir, tmp_path, capsys)
+
+
+# --- messages that make sense -------------------------------------------------------------
+
+
+def test_model_that_is_a_file_is_not_called_missing(tmp_path, capsys):
+    checkpoint = tmp_path / "model.safetensors"
+    checkpoint.write_bytes(b"weights")
+    code = run_cli("build", "--model", checkpoint, "--out", tmp_path / "out")
+    err = assert_refused(capsys, code, "is a file, not a folder")
+    assert "not found" not in err
+
+
+def test_memory_hint_never_suggests_less_than_one_image(engines_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("ANSWER_TRT_MAX_MEMORY_GB", "1e-9")
+    code = run_cli("generate", "x", "--engines", engines_dir, "--steps", "1", "-o", tmp_path / "x.png")
+    err = assert_refused(capsys, code, "even one image")
+    assert "or fewer" not in err and "--batch 0" not in err and "--batch -" not in err

@@ -122,3 +122,26 @@ def test_long_prompt_is_truncated_with_a_warning(ort_pipe, caplog):
         images = ort_pipe(long_prompt, steps=2, seed=0)
     assert len(images) == 1
     assert any("truncated" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(seed=-1), r"0 to 2\*\*64 - 1"),
+    (dict(seed=2**64), r"0 to 2\*\*64 - 1"),
+    (dict(height=8192, width=8192), "4096 px"),
+    (dict(batch=10**6), "estimate"),
+])
+def test_api_refuses_bad_request_values(torch_pipe, kwargs, message):
+    """The API checks what the CLI checks, before anything is allocated (the torch
+    pipeline has no engine profile to stop a huge batch)."""
+    from answer_trt.errors import UserInputError
+
+    with pytest.raises(UserInputError, match=message):
+        torch_pipe.generate("a cat", steps=1, **kwargs)
+
+
+def test_limits_refuse_a_batch_below_one():
+    from answer_trt.errors import UserInputError
+    from answer_trt.pipeline import Limits
+
+    with pytest.raises(UserInputError, match="max_batch"):
+        Limits(max_batch=-5)

@@ -95,3 +95,65 @@ def test_the_checks():
     assert parse_size_range("256:512") == SizeRange(256, 256, 512)
     with pytest.raises(UserInputError, match="not an integer"):
         parse_size_range("256:big")
+
+
+# --- limits: image sides, seeds, the memory estimate ---------------------------------------
+
+
+def test_image_side_is_capped():
+    from answer_trt.rules import MAX_IMAGE_SIDE
+
+    assert check_size("--height", MAX_IMAGE_SIDE) == MAX_IMAGE_SIDE
+    with pytest.raises(UserInputError, match="--height 4104 is above the limit of 4096 px"):
+        check_size("--height", MAX_IMAGE_SIDE + 8)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2**63, 2**64 - 1])
+def test_seeds_torch_takes_are_accepted(seed):
+    import torch
+
+    from answer_trt.rules import check_seed
+
+    assert check_seed(seed) == seed
+    torch.Generator("cpu").manual_seed(seed)  # and torch agrees
+
+
+@pytest.mark.parametrize("seed", [-1, 2**64, 1.0, True, "3"])
+def test_seeds_outside_the_range_are_refused(seed):
+    from answer_trt.rules import check_seed
+
+    with pytest.raises(UserInputError, match=r"0 to 2\*\*64 - 1"):
+        check_seed(seed)
+
+
+def sd_dims():
+    from answer_trt.iospec import ModelDims
+
+    return ModelDims(text_max_length=77, text_hidden_size=768, latent_channels=4, vae_scale_factor=8,
+                     default_latent_size=64)
+
+
+def test_memory_estimate_is_linear_and_halves_with_half_precision():
+    from answer_trt.rules import bytes_per_image
+
+    dims = sd_dims()
+    one = bytes_per_image(dims, 512, 512, "fp32")
+    assert 0.5e9 < one < 3e9  # SD 1.x at 512 px in fp32: a GB or two
+    assert bytes_per_image(dims, 1024, 1024, "fp32") == 4 * one
+    assert bytes_per_image(dims, 512, 512, "fp16") < 0.6 * one
+
+
+def test_memory_limit_comes_from_the_environment(monkeypatch):
+    from answer_trt.rules import check_memory, memory_limit
+
+    monkeypatch.setenv("ANSWER_TRT_MAX_MEMORY_GB", "2.5")
+    assert memory_limit() == (2_500_000_000, "ANSWER_TRT_MAX_MEMORY_GB=2.5")
+    assert check_memory(sd_dims(), 1, 512, 512, "fp32") > 0
+    with pytest.raises(UserInputError, match="--batch 8 at 512x512 px .*ANSWER_TRT_MAX_MEMORY_GB=2.5.*or fewer"):
+        check_memory(sd_dims(), 8, 512, 512, "fp32")
+    for bad in ("0", "-1", "nan", "inf", "many"):
+        monkeypatch.setenv("ANSWER_TRT_MAX_MEMORY_GB", bad)
+        with pytest.raises(UserInputError, match="positive number of GB"):
+            memory_limit()
+    monkeypatch.delenv("ANSWER_TRT_MAX_MEMORY_GB")
+    assert memory_limit()[0] > 0

@@ -7,11 +7,47 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from answer_trt.errors import UserInputError
 from answer_trt.iospec import ModelDims
+
+RESAVE = "re-save the model with save_pretrained, or fetch it again"
+
+
+def read_json_object(file: Path) -> dict[str, Any]:
+    """A model's JSON config as a dict, or a ``UserInputError`` naming the file and what
+    is wrong with it (missing, unreadable, not JSON, not an object)."""
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserInputError(f"{file} is missing from the model folder: {RESAVE}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserInputError(f"{file} cannot be read ({type(exc).__name__}: {exc}): {RESAVE}") from None
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise UserInputError(f"{file} is not valid JSON ({exc}): fix it, or {RESAVE}") from None
+    if not isinstance(data, dict):
+        raise UserInputError(f"{file} must hold a JSON object, not {type(data).__name__}: {RESAVE}")
+    return data
 
 
 def config_json(path: Path, sub: str, name: str = "config.json") -> dict[str, Any]:
-    return dict(json.loads((path / sub / name).read_text()))
+    return read_json_object(path / sub / name)
+
+
+def config_int(config: dict[str, Any], key: str, file: Path, low: int = 1) -> int:
+    """``config[key]`` as an integer of at least ``low``, or a user error naming ``file``."""
+    value = config.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise UserInputError(f"{file}: {key} must be an integer >= {low}, got {value!r}: {RESAVE}")
+    return value
+
+
+def _block_count(vae: dict[str, Any], file: Path) -> int:
+    blocks = vae.get("block_out_channels")
+    if not isinstance(blocks, list) or not 1 <= len(blocks) <= 8:
+        raise UserInputError(f"{file}: block_out_channels must be a list of 1 to 8 widths, got {blocks!r}: {RESAVE}")
+    return len(blocks)
 
 
 def is_sdxl(path: Path) -> bool:
@@ -35,23 +71,26 @@ class ModelInfo:
 def read_model_info(path: Path) -> ModelInfo:
     """Read from the model's config files (no weights loaded)."""
     text, unet, vae = config_json(path, "text_encoder"), config_json(path, "unet"), config_json(path, "vae")
+    text_file, unet_file = path / "text_encoder" / "config.json", path / "unet" / "config.json"
+    positions = config_int(text, "max_position_embeddings", text_file)
     max_length = config_json(path, "tokenizer", "tokenizer_config.json").get("model_max_length")
-    if not isinstance(max_length, int) or max_length > text["max_position_embeddings"]:
-        max_length = int(text["max_position_embeddings"])
-    hidden, pooled, time_ids = int(text["hidden_size"]), 0, 0
+    if not isinstance(max_length, int) or max_length > positions:
+        max_length = positions
+    hidden, pooled, time_ids = config_int(text, "hidden_size", text_file), 0, 0
     if is_sdxl(path):
         text_2 = config_json(path, "text_encoder_2")
-        hidden += int(text_2["hidden_size"])
-        pooled = int(text_2["projection_dim"])
+        text_2_file = path / "text_encoder_2" / "config.json"
+        hidden += config_int(text_2, "hidden_size", text_2_file)
+        pooled = config_int(text_2, "projection_dim", text_2_file)
         time_ids = 6
-    index = json.loads((path / "model_index.json").read_text()) if (path / "model_index.json").is_file() else {}
+    index = read_json_object(path / "model_index.json") if (path / "model_index.json").exists() else {}
     scheduler = config_json(path, "scheduler", "scheduler_config.json")
     dims = ModelDims(
         text_max_length=max_length,
         text_hidden_size=hidden,
-        latent_channels=int(unet["in_channels"]),
-        vae_scale_factor=2 ** (len(vae["block_out_channels"]) - 1),
-        default_latent_size=int(unet["sample_size"]),
+        latent_channels=config_int(unet, "in_channels", unet_file),
+        vae_scale_factor=2 ** (_block_count(vae, path / "vae" / "config.json") - 1),
+        default_latent_size=config_int(unet, "sample_size", unet_file),
         pooled_size=pooled,
         time_ids_size=time_ids,
     )

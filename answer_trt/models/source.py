@@ -8,7 +8,9 @@ Built-in names: ``tiny``, the default, is a small model trained on the synthetic
 
 from __future__ import annotations
 
+import json
 import shutil
+import struct
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +21,7 @@ from answer_trt.errors import UserInputError
 from answer_trt.files import tree_sha256
 from answer_trt.manifest import TOKENIZER_FOLDERS
 from answer_trt.models import quiet_libraries, tiny
-from answer_trt.models.info import config_json, is_sdxl
+from answer_trt.models.info import RESAVE, config_json, is_sdxl, read_json_object
 
 REQUIRED_SUBFOLDERS = ("tokenizer", "text_encoder", "unet", "vae", "scheduler")
 DEFAULT_MODEL = "tiny"
@@ -51,13 +53,106 @@ def resolve_model(model: str) -> ModelSource:
                 f"{path} is not a diffusers model folder (missing {', '.join(missing)}): pass a folder saved "
                 "with save_pretrained, a hub id, or a built-in name (" + ", ".join(BUILT_IN_MODELS) + ")"
             )
+        check_weights(path)
         return ModelSource(model, path.resolve())
-    if path.exists() or model.count("/") != 1:
+    if path.exists():
+        raise UserInputError(
+            f"model {model!r} is a file, not a folder: pass the diffusers model folder (with unet/, vae/, ...; "
+            "a single-file checkpoint must be converted with diffusers first), a hub id, or a built-in name "
+            f"({', '.join(BUILT_IN_MODELS)})"
+        )
+    if model.count("/") != 1:
         raise UserInputError(
             f"model {model!r} not found: pass a diffusers model folder, a hub id (org/name), or a built-in name "
             f"({', '.join(BUILT_IN_MODELS)})"
         )
-    return ModelSource(model, _download(model))
+    folder = _download(model)
+    check_weights(folder)
+    return ModelSource(model, folder)
+
+
+# The weights file each component's from_pretrained loads (without a variant).
+WEIGHT_NAMES = {
+    "text_encoder": "model",
+    "text_encoder_2": "model",
+    "unet": "diffusion_pytorch_model",
+    "vae": "diffusion_pytorch_model",
+}
+PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
+MAX_SAFETENSORS_HEADER = 100 << 20  # the format's own cap on the JSON header
+
+
+def check_weights(path: Path) -> None:
+    """Every component's safetensors weights are there and whole, or a ``UserInputError``
+    names the file and what is wrong. Pickle weights (``.bin``) are refused: loading them
+    can run code. Only headers are read, no tensors."""
+    for sub, stem in WEIGHT_NAMES.items():
+        folder = path / sub
+        if not folder.is_dir():
+            continue  # text_encoder_2: only SDXL has one; the others are checked as required subfolders
+        single, index = folder / f"{stem}.safetensors", folder / f"{stem}.safetensors.index.json"
+        if single.exists():
+            check_safetensors(single)
+        elif index.exists():
+            for shard in _shards(index):
+                check_safetensors(shard)
+        else:
+            raise UserInputError(_missing_weights(folder, single))
+
+
+def _missing_weights(folder: Path, expected: Path) -> str:
+    names = sorted(p.name for p in folder.iterdir() if p.is_file())
+    pickles = [n for n in names if n.endswith(PICKLE_SUFFIXES)]
+    if pickles:
+        return (f"{folder / pickles[0]} is a pickle weights file, which answer-trt does not load (it can run code): "
+                f"convert the model to safetensors (save_pretrained(..., safe_serialization=True)) so that "
+                f"{expected.name} is there")
+    variants = [n for n in names if n.startswith(expected.stem + ".") and n.endswith(".safetensors")]
+    if variants:
+        return (f"{expected} is missing; the folder has only {variants[0]}: rename or copy it to {expected.name}, "
+                f"or {RESAVE}")
+    return f"{expected} is missing (the {folder.name} weights): {RESAVE}"
+
+
+def _shards(index: Path) -> list[Path]:
+    weight_map = read_json_object(index).get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise UserInputError(f"{index}: weight_map must be a non-empty JSON object of tensor -> shard file: {RESAVE}")
+    shards = []
+    for name in sorted({str(v) for v in weight_map.values()}):
+        if "/" in name or "\\" in name or name.startswith("."):
+            raise UserInputError(f"{index}: shard {name!r} must be a file name in the same folder: {RESAVE}")
+        shard = index.parent / name
+        if not shard.exists():
+            raise UserInputError(f"{shard} is missing (listed in {index.name}): {RESAVE}")
+        shards.append(shard)
+    return shards
+
+
+def check_safetensors(file: Path) -> None:
+    """A safetensors file whose header parses and whose tensors fit in the file (a
+    truncated download fails here, not deep inside from_pretrained)."""
+    size = file.stat().st_size
+    try:
+        with open(file, "rb") as f:
+            head = f.read(8)
+            header_len = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
+            if not 0 < header_len <= min(MAX_SAFETENSORS_HEADER, size - 8):
+                raise ValueError(f"its header length is impossible for a {size}-byte file")
+            header = json.loads(f.read(header_len))
+    except OSError as exc:
+        raise UserInputError(f"{file} cannot be read ({exc.strerror or exc}): {RESAVE}") from None
+    except (ValueError, RecursionError) as exc:
+        raise UserInputError(f"{file} is not a safetensors file or is truncated ({exc}): {RESAVE}") from None
+    if not isinstance(header, dict):
+        raise UserInputError(f"{file} has a safetensors header that is not a JSON object: {RESAVE}")
+    offsets = [entry.get("data_offsets") for key, entry in header.items()
+               if key != "__metadata__" and isinstance(entry, dict)]
+    data = size - 8 - header_len
+    end = max((o[1] for o in offsets if isinstance(o, list) and len(o) == 2 and isinstance(o[1], int)), default=0)
+    if end > data:
+        raise UserInputError(f"{file} is truncated: its tensors need {end} bytes of data and it holds {data}; "
+                             f"download or save it again")
 
 
 # Subfolders whose config file marks a folder as a diffusers model (or a part of one).
@@ -139,20 +234,50 @@ def load_model(path: Path) -> LoadedModel:
     # Always fp32, whatever the saved dtype (transformers 5 would keep fp16 weights fp16):
     # the export stage and the torch backend choose the precision themselves.
     fp32 = torch.float32
+    scheduler_config = config_json(path, "scheduler", "scheduler_config.json")
     return LoadedModel(
         tokenizers=load_tokenizers(path),
-        text_encoder=CLIPTextModel.from_pretrained(path / "text_encoder", dtype=fp32).eval(),
+        text_encoder=_load(path / "text_encoder", lambda p: CLIPTextModel.from_pretrained(p, dtype=fp32)),
         text_encoder_2=(
-            CLIPTextModelWithProjection.from_pretrained(path / "text_encoder_2", dtype=fp32).eval() if sdxl else None
+            _load(path / "text_encoder_2", lambda p: CLIPTextModelWithProjection.from_pretrained(p, dtype=fp32))
+            if sdxl else None
         ),
-        unet=UNet2DConditionModel.from_pretrained(path / "unet", torch_dtype=fp32).eval(),
-        vae=AutoencoderKL.from_pretrained(path / "vae", torch_dtype=fp32).eval(),
-        scheduler_config=config_json(path, "scheduler", "scheduler_config.json"),
+        unet=_load(path / "unet", lambda p: UNet2DConditionModel.from_pretrained(p, torch_dtype=fp32)),
+        vae=_load(path / "vae", lambda p: AutoencoderKL.from_pretrained(p, torch_dtype=fp32)),
+        scheduler_config=scheduler_config,
     )
+
+
+def _load(folder: Path, load: Any) -> Any:
+    """``load(folder)`` in eval mode. This is the boundary where a user's files meet the
+    libraries' loaders: whatever they raise about a broken component (a config that does
+    not fit its weights, a corrupt file) becomes one line naming the folder."""
+    try:
+        return load(folder).eval()
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - see the docstring
+        raise UserInputError(f"{folder} could not be loaded ({_first_line(exc)}): {RESAVE}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    line = text[0] if text else ""
+    return f"{type(exc).__name__}: {line[:300]}" if line else type(exc).__name__
 
 
 def load_tokenizers(path: Path) -> tuple[Any, ...]:
     """The model's CLIP tokenizer(s), from ``path/tokenizer`` (and ``path/tokenizer_2``)."""
     from transformers import CLIPTokenizer
 
-    return tuple(CLIPTokenizer.from_pretrained(path / sub) for sub in TOKENIZER_FOLDERS if (path / sub).is_dir())
+    return tuple(_load_tokenizer(path / sub, CLIPTokenizer) for sub in TOKENIZER_FOLDERS if (path / sub).is_dir())
+
+
+def _load_tokenizer(folder: Path, cls: Any) -> Any:
+    try:
+        return cls.from_pretrained(folder)
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a user's broken tokenizer files, as in _load
+        raise UserInputError(f"{folder} could not be loaded as a CLIP tokenizer ({_first_line(exc)}): "
+                             f"{RESAVE}") from None
