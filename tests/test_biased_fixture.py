@@ -1,0 +1,30 @@
+"""The `tiny-biased` benchmark fixture (benchmarks/models/tiny-biased): small, fp16, and
+loadable through the ordinary model path; it stays out of the package."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from safetensors import safe_open
+
+from answer_trt.models.source import resolve_model
+
+FIXTURE = Path(__file__).resolve().parents[1] / "benchmarks" / "models" / "tiny-biased"
+BUDGET_BYTES = 10_000_000
+
+
+def test_fixture_is_small_fp16_and_loads():
+    files = [p for p in FIXTURE.rglob("*") if p.is_file()]
+    assert files and sum(p.stat().st_size for p in files) <= BUDGET_BYTES
+    for path in (p for p in files if p.suffix == ".safetensors"):
+        with safe_open(str(path), "pt") as tensors:
+            assert {str(tensors.get_tensor(k).dtype) for k in tensors.keys()} == {"torch.float16"}, path
+    source = resolve_model(str(FIXTURE))
+    assert source.path.resolve() == FIXTURE.resolve()
+
+
+def test_fixture_is_not_package_data():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    pyproject = tomllib.loads((FIXTURE.parents[2] / "pyproject.toml").read_text())
+    assert all("benchmarks" not in p for p in pyproject["tool"]["setuptools"]["packages"]["find"]["include"])
