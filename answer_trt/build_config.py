@@ -44,6 +44,7 @@ class BuildConfig:
     height: SizeRange | int | None = None  # None: the model's default size
     width: SizeRange | int | None = None
     force: bool = False
+    check: bool | None = None  # the post-build accuracy check; None: on for fp16 and bf16, off for fp32
 
     def __post_init__(self) -> None:
         check_choice("backend", self.backend, BUILD_BACKENDS)
@@ -60,6 +61,12 @@ class BuildConfig:
             elif value is not None:
                 check_size(f"--{side}", value, multiple=1)
 
+    @property
+    def checks_accuracy(self) -> bool:
+        """Whether the build runs the accuracy check (``--check``/``--no-check``; by default
+        for the half-precision builds, whose errors are worth measuring)."""
+        return self.check if self.check is not None else self.precision != "fp32"
+
     def command(self) -> str:
         """The ``answer-trt build`` command line with every flag of this request, so that
         a rebuild makes the same kind of folder (backend, precision, sizes, batch)."""
@@ -69,6 +76,8 @@ class BuildConfig:
             value = getattr(self, side)
             if value is not None:
                 words += [f"--{side}", str(value)]
+        if self.check is not None:
+            words.append("--check" if self.check else "--no-check")
         if self.force:
             words.append("--force")
         return shlex.join(words)

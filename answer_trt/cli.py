@@ -76,6 +76,9 @@ def make_parser() -> argparse.ArgumentParser:
     b.add_argument("--height", type=_size_or_range, help="image height H or range MIN:MAX (default: the model's)")
     b.add_argument("--width", type=_size_or_range, help="image width W or range MIN:MAX (default: the model's)")
     b.add_argument("--force", action="store_true", help="rebuild even when the manifest matches")
+    b.add_argument("--check", action=argparse.BooleanOptionalAction, default=None,
+                   help="compare each built component with its torch reference (Polygraphy) before publishing; "
+                        "default: on for fp16 and bf16, off for fp32")
 
     g = sub.add_parser("generate", help="generate images")
     g.add_argument("prompt", help="text prompt; an empty string means unconditional sampling")
@@ -150,6 +153,7 @@ def _build(args: argparse.Namespace) -> int:
     config = BuildConfig(
         model=args.model, out=args.out, backend=args.backend, precision=args.precision,
         max_batch=args.max_batch, height=args.height, width=args.width, force=args.force,
+        check=args.check,
     )
     build_engines(config, log=lambda msg: print(msg, file=sys.stderr))
     print(f"answer-trt: build finished in {time.perf_counter() - started:.1f} s", file=sys.stderr)
@@ -278,6 +282,12 @@ def _info(args: argparse.Namespace) -> int:
             lines.append(f"      {kind} {tensor.name:<22} {tensor.dtype:<8} {list(tensor.shape)}")
     lines.append(f"files:      {len(manifest.files)}, " + ("all match their checksums" if not bad else
                                                             f"MISMATCH: {', '.join(bad)}"))
+    check = manifest.accuracy
+    lines.append("accuracy:   " + ("not checked (build with --check)" if check is None else
+                                   f"passed, {check.tool} against {check.reference}"))
+    for name, result in (check.components.items() if check else ()):
+        lines.append(f"  {name:<13} {result.precision}: max abs error {result.max_abs_error:.3g} (atol "
+                     f"{result.atol:g}), max rel error {result.max_rel_error:.3g} (rtol {result.rtol:g})")
     print("\n".join(lines))
     return 0 if not bad else EXIT_USAGE
 

@@ -13,6 +13,7 @@ the checksum list. Anything else is a ``UserInputError`` that says to rebuild.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shlex
@@ -72,6 +73,26 @@ class ComponentEntry:
 
 
 @dataclass(frozen=True)
+class AccuracyEntry:
+    """One component's post-build accuracy check (``answer-trt build --check``)."""
+
+    precision: str  # the arithmetic precision its tolerance is for: fp32, fp16 or bf16
+    atol: float
+    rtol: float
+    max_abs_error: float  # against the reference, over every output element
+    max_rel_error: float
+
+
+@dataclass(frozen=True)
+class AccuracyCheck:
+    """The post-build accuracy check a folder passed: by what tool, against what reference."""
+
+    tool: str  # "polygraphy 0.53.6"
+    reference: str  # "torch float32 (cpu)"
+    components: dict[str, AccuracyEntry]
+
+
+@dataclass(frozen=True)
 class Manifest:
     key: str
     backend: str
@@ -86,10 +107,13 @@ class Manifest:
     files: dict[str, str]  # relative path -> sha256
     versions: dict[str, str]
     gpu_capability: str | None = None  # TensorRT plans: the compute capability they were built on
+    accuracy: AccuracyCheck | None = None  # built with --check: what it measured (a failed check publishes nothing)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["format"] = MANIFEST_FORMAT
+        if self.accuracy is None:  # left out: a folder built without the check reads as before
+            del data["accuracy"]
         data["components"] = {
             name: {"file": e.file, "spec": e.spec.to_json(), "profile": {k: list(v) for k, v in e.profile.items()}}
             for name, e in self.components.items()
@@ -103,7 +127,7 @@ class Manifest:
         check_depth(data)
         if isinstance(data, dict) and data.get("format") != MANIFEST_FORMAT:
             _fail("format", f"is {_shown(data.get('format'))}, this answer-trt reads format {MANIFEST_FORMAT}")
-        fields = _object(data, "manifest", _REQUIRED_FIELDS, {"gpu_capability"})
+        fields = _object(data, "manifest", _REQUIRED_FIELDS, _OPTIONAL_FIELDS)
         info = _model_info(fields["info"], "info")
         components = _components(fields["components"], "components")
         _check_specs(components, info.dims)
@@ -121,6 +145,7 @@ class Manifest:
             files=_files(fields["files"], "files"),
             versions=_mapping(fields["versions"], "versions", _text),
             gpu_capability=_optional(fields.get("gpu_capability"), "gpu_capability", _text),
+            accuracy=_optional(fields.get("accuracy"), "accuracy", _accuracy),
         )
 
     def build_config(self, folder: Path) -> BuildConfig:
@@ -136,6 +161,7 @@ class Manifest:
 
 _REQUIRED_FIELDS = {"format", "key", "backend", "precision", "model_name", "model_hash", "max_batch", "height",
                     "width", "info", "components", "files", "versions"}
+_OPTIONAL_FIELDS = {"gpu_capability", "accuracy"}
 # Enough to tell a manifest of ours (even a damaged one) from someone else's manifest.json.
 OWNERSHIP_FIELDS = ("format", "key", "components", "files")
 
@@ -207,6 +233,15 @@ def _bool(value: Any, where: str) -> bool:
     if not isinstance(value, bool):
         _fail(where, f"must be true or false, not {_type_name(value)}")
     return value
+
+
+def _number(value: Any, where: str) -> float:
+    """A finite, non-negative JSON number (an error or a tolerance)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        _fail(where, f"must be a number, not {_type_name(value)} {_shown(value)}")
+    if not math.isfinite(value) or value < 0:
+        _fail(where, f"is {value!r}, not a finite number >= 0")
+    return float(value)
 
 
 def _text(value: Any, where: str) -> str:
@@ -332,11 +367,27 @@ def _components(value: Any, where: str) -> dict[str, ComponentEntry]:
     return components
 
 
+_ACCURACY_ERRORS = ("atol", "rtol", "max_abs_error", "max_rel_error")
+
+
+def _accuracy(value: Any, where: str) -> AccuracyCheck:
+    fields = _object(value, where, ("tool", "reference", "components"))
+    checked = _object(fields["components"], f"{where}.components", (), COMPONENTS)
+    components = {}
+    for name, item in checked.items():
+        entry = _object(item, f"{where}.components.{name}", ("precision", *_ACCURACY_ERRORS))
+        numbers = {k: _number(entry[k], f"{where}.components.{name}.{k}") for k in _ACCURACY_ERRORS}
+        components[name] = AccuracyEntry(
+            precision=_choice(entry["precision"], f"{where}.components.{name}.precision", PRECISIONS), **numbers)
+    return AccuracyCheck(_text(fields["tool"], f"{where}.tool"), _text(fields["reference"], f"{where}.reference"),
+                         components)
+
+
 def _check_specs(components: dict[str, ComponentEntry], dims: ModelDims) -> None:
     """Each component's spec is the one the IO spec derives from the model's dims, in
-    float32 or (a half-precision build) float16: what the runtime will feed it."""
+    float32 or (a half-precision build) float16 or bfloat16: what the runtime will feed it."""
     for name, expected in component_specs(dims).items():
-        if components[name].spec not in (expected, expected.with_dtype("float16")):
+        if components[name].spec not in (expected, expected.with_dtype("float16"), expected.with_dtype("bfloat16")):
             _fail(f"components.{name}.spec", "does not match the model's dims in info (tensor names, shapes or "
                   "dtypes differ from what the runtime feeds)")
 

@@ -10,10 +10,12 @@ other content is refused. Everything is written into a staging folder beside
 ``--out`` (``.NAME.answer-trt-staging-*``); the user's own files in the old folder
 (anything the old manifest does not list, outside the folders the build writes) are
 hard-linked into it; then one atomic exchange of the two folders publishes it, and the
-old one is deleted. A kill at any moment leaves ``--out`` either old and whole or new
-and whole; the next build removes stale staging folders (those whose lock no live
-build holds). Where the filesystem cannot exchange folders, two renames do, and the
-next build puts the old folder back if a kill fell between them.
+old one is deleted. With ``--check`` the staged components are first compared with
+their torch reference (``export.accuracy``); a failure publishes nothing. A kill at
+any moment leaves ``--out`` either old and whole or new and whole; the next build
+removes stale staging folders (those whose lock no live build holds). Where the
+filesystem cannot exchange folders, two renames do, and the next build puts the old
+folder back if a kill fell between them.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import cache, cached_property
 from pathlib import Path
 from typing import Any
@@ -41,8 +43,6 @@ from answer_trt.errors import UserInputError
 from answer_trt.files import sha256_file
 from answer_trt.iospec import (
     COMPONENTS,
-    UNET,
-    VAE_DECODER,
     ComponentSpec,
     ModelDims,
     Profile,
@@ -73,11 +73,8 @@ from answer_trt.models.source import (
 )
 from answer_trt.rules import check_memory, check_size_range
 from answer_trt.versions import gpu_capability, library_versions
+from export.precision import graph_dtype
 
-# Components that an fp16 build runs in half precision. The text encoder stays fp32:
-# it runs once per prompt, and its fp16 ONNX graph mixes types in LayerNormalization.
-# A VAE whose config asks for it (force_upcast, SDXL) stays fp32 too.
-HALF_PRECISION_COMPONENTS = (UNET, VAE_DECODER)
 # Copied beside the engines so that a folder is all `generate --engines` needs.
 MODEL_FILES = (*TOKENIZER_FOLDERS, "scheduler")
 # Every top-level name a build may write (besides the manifest): a user's file with one
@@ -126,7 +123,8 @@ def build(config: BuildConfig, log: Callable[[str], None] = print) -> BuildResul
     if config.backend == "tensorrt" and not tensorrt_available():
         raise UserInputError(
             "the tensorrt backend needs TensorRT, which is not installed: on a machine with an NVIDIA GPU run "
-            "`pip install tensorrt-cu12` (or use the NGC image in docker/), or build with --backend onnxruntime"
+            "`pip install 'tensorrt-cu12>=10.12,<12'` (or use the NGC image in docker/), or build with "
+            "--backend onnxruntime"
         )
     clean_stale(config.out.resolve())
     target = inspect_out(config.out, config.force)
@@ -142,14 +140,23 @@ def build(config: BuildConfig, log: Callable[[str], None] = print) -> BuildResul
     key = plan.key
     out = config.out
     if not config.force and _up_to_date(out, key):
-        log(f"{out}: up to date with {source.name} (manifest key {key[:12]}), nothing to build")
-        return BuildResult(read_manifest(out), out, skipped=True)
+        if not config.checks_accuracy or read_manifest(out).accuracy is not None:
+            log(f"{out}: up to date with {source.name} (manifest key {key[:12]}), nothing to build")
+            return BuildResult(read_manifest(out), out, skipped=True)
+        log(f"{out}: up to date but built without the accuracy check; rebuilding to run it")
 
     check_collisions(target, OUTPUT_NAMES)
     created = _make_folders(target.path.parent)
     try:
         with Staging.beside(target.path) as staging:
-            manifest = _export_all(plan, load_model(source.path), staging.path, log)
+            model = load_model(source.path)
+            manifest = _export_all(plan, model, staging.path, log)
+            if config.checks_accuracy:
+                if config.precision == "fp16":  # the export cast its half components in place: reload fp32
+                    del model
+                    model = load_model(source.path)
+                manifest = _check_accuracy(plan, model, staging.path, manifest, log)
+            del model
             publish(staging, target, manifest)
     except BaseException:
         _remove_empty(created)
@@ -200,12 +207,11 @@ def _export_all(plan: BuildPlan, model: LoadedModel, staging: Path, log: Callabl
     from answer_trt.backends.torch_modules import component_modules
 
     config, dims = plan.config, plan.info.dims
-    # bf16 builds export fp32 graphs and let TensorRT pick bf16 layers.
-    half_components = set(HALF_PRECISION_COMPONENTS) if config.precision == "fp16" else set()
-    if plan.info.vae_force_upcast:
-        half_components.discard(VAE_DECODER)
+    # Builds are strongly typed: each graph is exported in the dtype it runs in (fp16 / bf16
+    # UNet and VAE, fp32 text encoder and upcast VAE: export/precision.py).
+    dtypes = {name: graph_dtype(name, str(config.precision), plan.info.vae_force_upcast) for name in COMPONENTS}
     specs = {
-        name: spec.with_dtype("float16") if name in half_components else spec
+        name: spec.with_dtype(dtypes[name]) if dtypes[name] != "float32" else spec
         for name, spec in component_specs(dims).items()
     }
     profiles = component_profiles(dims, config.max_batch, plan.height, plan.width)
@@ -213,8 +219,8 @@ def _export_all(plan: BuildPlan, model: LoadedModel, staging: Path, log: Callabl
     components = {}
     for name, module in modules.items():
         log(f"exporting {name} to ONNX")
-        if name in half_components:
-            module = module.to(torch.float16)
+        if dtypes[name] != "float32":
+            module = module.to(getattr(torch, dtypes[name]))
         file = f"{name}.onnx"
         export_onnx(module, specs[name], dims, staging / file)
         if config.backend == "tensorrt":
@@ -241,6 +247,20 @@ def _export_all(plan: BuildPlan, model: LoadedModel, staging: Path, log: Callabl
         versions=library_versions(),
         gpu_capability=gpu_capability() if config.backend == "tensorrt" else None,
     )
+
+
+def _check_accuracy(plan: BuildPlan, model: LoadedModel, staging: Path, manifest: Manifest,
+                    log: Callable[[str], None]) -> Manifest:
+    """Compare the staged components with the float32 torch modules of ``model`` (``export.accuracy``),
+    before anything is published; a failure raises ``UserInputError``, and the staging
+    folder goes with it. Returns the manifest with the check's record."""
+    from export.accuracy import check_components
+    from answer_trt.backends.torch_modules import component_modules
+
+    log("checking the built components against the torch reference (Polygraphy)")
+    check = check_components(staging, manifest.components, component_modules(model), plan.config.backend,
+                             str(plan.config.precision), log)
+    return replace(manifest, accuracy=check)
 
 
 def _build_tensorrt_plan(

@@ -43,7 +43,8 @@ def external_data_file(path: Path) -> str:
 def export_onnx(module: nn.Module, spec: ComponentSpec, dims: ModelDims, path: Path) -> list[Path]:
     """Export ``module`` to ``path``, traced on inputs of ``trace_binding(dims)``.
     Returns the files written (the graph, and its external data if any)."""
-    float_dtype = torch.float16 if any(t.dtype == "float16" for t in spec.inputs) else torch.float32
+    half = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+    float_dtype = next((half[t.dtype] for t in spec.inputs if t.dtype in half), torch.float32)
     device = next(module.parameters()).device  # trace where the module lives (a GPU is much faster)
     inputs = sample_inputs(spec, trace_binding(dims), float_dtype, device)
     weight_bytes = sum(p.numel() * p.element_size() for p in module.parameters())

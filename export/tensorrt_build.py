@@ -1,8 +1,20 @@
 """ONNX -> TensorRT plan, one per component, with the optimization profile of the IO
-spec, fp16 / bf16 / fp32 layer selection and a persistent timing cache.
+spec and a persistent timing cache.
 
-Written against the TensorRT 10 Python API and type-checked with ``tensorrt-stubs``;
-no machine of ours can run TensorRT, so this module has not been executed.
+Strongly typed builds: the network is created with
+``NetworkDefinitionCreationFlag.STRONGLY_TYPED`` and no precision builder flag is set, so
+each layer runs in the type its ONNX graph gives it (fp16 / bf16 graphs come from the
+export, ``export.precision.graph_dtype``). TensorRT 11 removed every weak-typing API
+(``BuilderFlag.FP16`` / ``BF16`` / ``INT8`` / ``FP8``, ``OBEY_`` / ``PREFER_PRECISION_CONSTRAINTS``,
+calibrators) and builds every network strongly typed; on 10.x the flag opts in (weak typing
+is deprecated since 10.12). NVIDIA, "Migrating from TensorRT 10.x to 11.x": "Strongly Typed
+Networks Are Now Required"; TensorRT 10.12.0 and 11.0.0 release notes.
+
+Supported: TensorRT 10.12 or newer, 11.x (``answer_trt.backends.bindings.check_tensorrt_version``).
+Written against the TensorRT 10/11 Python API and type-checked with ``tensorrt-stubs`` 10.13
+(no 11.x stubs exist); no machine of ours can run TensorRT, so this module has not been
+executed. ``tests/test_tensorrt_api.py`` runs it against a fake ``tensorrt`` and keeps the
+removed names out.
 """
 
 from __future__ import annotations
@@ -12,6 +24,7 @@ from pathlib import Path
 
 import tensorrt as trt
 
+from answer_trt.backends.bindings import check_tensorrt_version
 from answer_trt.files import atomic_path
 from answer_trt.iospec import ComponentSpec, Profile
 from export.profiles import profile_shapes
@@ -41,21 +54,28 @@ def build_plan(
     log: Callable[[str], None] = print,
 ) -> None:
     """Parse ``onnx_path`` (external data beside it is found by path), build, and write the
-    serialized engine to ``plan_path`` atomically; the timing cache is read and updated."""
+    serialized engine to ``plan_path`` atomically; the timing cache is read and updated.
+
+    The build is strongly typed: ``precision`` selects nothing here (the graph's types do);
+    the graph's input types are checked against ``spec`` so that a graph exported in the
+    wrong precision is refused instead of silently built in it."""
+    check_tensorrt_version(trt.__version__)
     logger = _Logger(log)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)
+    # 10.x: opts into strong typing; 11.x: always strongly typed, the flag is accepted and
+    # ignored (Migrating from TensorRT 10.x to 11.x, "Strongly Typed Networks Are Now Required").
+    network = builder.create_network(strongly_typed_flags())
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise RuntimeError(f"TensorRT could not parse {onnx_path.name}: {errors}")
+    check_graph_types(network, spec, precision)
 
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, WORKSPACE_BYTES)
-    if precision == "fp16":
-        config.set_flag(trt.BuilderFlag.FP16)
-    elif precision == "bf16":
-        config.set_flag(trt.BuilderFlag.BF16)
+    # No precision builder flag: removed in 11.x (BuilderFlag.FP16/BF16 -> "strong typing",
+    # Removed Python APIs and Replacements); on 10.x they would be ignored or refused by a
+    # strongly typed network.
 
     optimization_profile = builder.create_optimization_profile()
     for name, (low, opt, high) in profile_shapes(spec, profile).items():
@@ -73,6 +93,36 @@ def build_plan(
         tmp.write_bytes(memoryview(serialized))
     with atomic_path(timing_cache_path) as tmp:
         tmp.write_bytes(memoryview(config.get_timing_cache().serialize()))
+
+
+def strongly_typed_flags() -> int:
+    """The ``create_network`` flags of every build: strongly typed."""
+    return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+
+
+def trt_dtypes() -> dict[str, trt.DataType]:
+    """Spec dtype names -> TensorRT's."""
+    return {"float32": trt.DataType.FLOAT, "float16": trt.DataType.HALF, "bfloat16": trt.DataType.BF16,
+            "int64": trt.DataType.INT64, "int32": trt.DataType.INT32}
+
+
+def check_graph_types(network: trt.INetworkDefinition, spec: ComponentSpec, precision: str) -> None:
+    """Refuse a parsed graph whose input or output types differ from the IO spec: with strong
+    typing the graph's types are the engine's precision, so a mismatch means the ONNX file was
+    exported for another precision."""
+    expected = {t.name: t.dtype for t in (*spec.inputs, *spec.outputs)}
+    dtypes = trt_dtypes()
+    tensors = [network.get_input(i) for i in range(network.num_inputs)]
+    tensors += [network.get_output(i) for i in range(network.num_outputs)]
+    for tensor in tensors:
+        want = expected.get(tensor.name)
+        if want is None:
+            continue
+        if tensor.dtype != dtypes[want]:
+            raise RuntimeError(
+                f"{spec.name}: the ONNX graph's {tensor.name} is {tensor.dtype}, the {precision} IO spec says {want}; "
+                "TensorRT builds strongly typed, so the graph must be exported in the build's precision"
+            )
 
 
 def tensorrt_version() -> str:

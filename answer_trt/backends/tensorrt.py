@@ -11,8 +11,16 @@
   torch's current stream (``torch.cuda.ExternalStream``), so the guidance and scheduler
   ops between engine calls are ordered without host synchronization.
 
-Written against the TensorRT 10 Python API and type-checked with ``tensorrt-stubs``; no
-machine of ours can run TensorRT, so this module has not been executed.
+Supported: TensorRT 10.12 or newer, 11.x (``bindings.check_tensorrt_version``, called by
+``check_plan_compatible``). Every call here exists in both: the name-based tensor API
+(``set_input_shape``, ``get_tensor_shape``, ``set_tensor_address``, ``execute_async_v3``),
+``create_execution_context(USER_MANAGED)``, ``device_memory_size_v2`` and the two-argument
+``set_device_memory`` (``device_memory_size`` is removed in 11.x in favour of ``device_memory_size_v2``:
+NVIDIA, "Removed Python APIs and Replacements", TensorRT 10.x to 11.x; the deprecated
+``create_execution_context_without_device_memory`` and ``device_memory`` property are not used).
+Type-checked with ``tensorrt-stubs`` 10.13 (no 11.x stubs exist); no machine of ours can run
+TensorRT, so this module has not been executed. ``tests/test_tensorrt_api.py`` keeps
+removed names out.
 """
 
 from __future__ import annotations
@@ -71,6 +79,7 @@ class SharedDeviceMemory:
             # Growing moves the block: every context is re-pointed and rebinds everything.
             self.block = torch.empty(size, dtype=torch.uint8, device="cuda")
             for ctx, ctx_state in self.contexts:
+                # (memory, size): the V2 form (setDeviceMemoryV2), not the deprecated `device_memory` property.
                 ctx.set_device_memory(self.block.data_ptr(), self.block.numel())
                 ctx_state.forget()
         else:
@@ -97,6 +106,8 @@ class TensorRTEngine:
             raise UserInputError(f"{plan_path} is not a TensorRT plan this machine can load: rebuild with "
                                  f"`{rebuild_command}`")
         self.engine = engine
+        # USER_MANAGED + device_memory_size_v2 (since 10.1) replace the deprecated
+        # create_execution_context_without_device_memory and the removed-in-11.x device_memory_size.
         self.context = engine.create_execution_context(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
         self.state = BindingState()
         memory.attach(self.context, engine.device_memory_size_v2, self.state)

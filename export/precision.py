@@ -1,0 +1,35 @@
+"""Which floating dtype each component's ONNX graph is exported in.
+
+TensorRT builds strongly typed networks (required from TensorRT 11, opted into on 10.x):
+the graph's tensor types are the precision, and no builder flag changes them. So an fp16
+or bf16 build must export fp16 / bf16 graphs; an fp32 graph always builds fp32 layers.
+
+- fp16: the UNet and the VAE decoder in float16. The text encoder stays float32 (it runs
+  once per prompt, and its fp16 graph mixes types in LayerNormalization), and so does a
+  VAE whose config asks for it (``force_upcast``, SDXL: its fp16 activations overflow).
+- bf16 (TensorRT only): the same components in bfloat16, exported from modules cast to
+  ``torch.bfloat16``. bfloat16 has float32's exponent range, so the upcast VAE could run in
+  it; it stays float32 anyway, to keep the rule one rule for both half types.
+- fp32: everything float32.
+
+Pure (no torch, no TensorRT): unit-tested on any machine.
+"""
+
+from __future__ import annotations
+
+from answer_trt.iospec import UNET, VAE_DECODER
+
+# Components that an fp16 or bf16 build exports in that half type.
+REDUCED_PRECISION_COMPONENTS = (UNET, VAE_DECODER)
+HALF_DTYPES = {"fp16": "float16", "bf16": "bfloat16"}
+
+
+def graph_dtype(component: str, precision: str, force_upcast: bool) -> str:
+    """The floating dtype (a spec dtype name) of ``component``'s exported graph."""
+    if precision not in (*HALF_DTYPES, "fp32"):
+        raise ValueError(f"unknown precision {precision!r}: expected fp32, fp16 or bf16")
+    if precision == "fp32" or component not in REDUCED_PRECISION_COMPONENTS:
+        return "float32"
+    if component == VAE_DECODER and force_upcast:
+        return "float32"
+    return HALF_DTYPES[precision]
