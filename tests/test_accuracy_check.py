@@ -17,7 +17,8 @@ from answer_trt.errors import UserInputError
 from answer_trt.iospec import COMPONENTS, TEXT_ENCODER, UNET, VAE_DECODER, ComponentSpec, TensorSpec
 from answer_trt.manifest import MANIFEST_NAME, Manifest, ManifestError, read_manifest
 from export import accuracy
-from export.build import STAGING_TAG, build
+from export.build import build
+from export.publish import STAGING_TAG
 from tests.test_cli import run_cli
 
 REPO = Path(__file__).resolve().parents[1]

@@ -97,7 +97,7 @@ def test_failed_first_build_leaves_nothing_behind(tmp_path, monkeypatch):
 
 
 def test_stale_staging_is_cleaned_and_live_staging_kept(built):
-    from export.build import STAGING_TAG, Staging, clean_stale
+    from export.publish import STAGING_TAG, Staging, clean_stale
 
     dead = built.parent / f".{built.name}{STAGING_TAG}dead"
     (dead / "tokenizer").mkdir(parents=True)
@@ -112,9 +112,9 @@ def test_stale_staging_is_cleaned_and_live_staging_kept(built):
 
 
 def test_rebuild_without_atomic_exchange_falls_back_to_renames(built, monkeypatch):
-    from export import build as build_module
+    from export import publish
 
-    monkeypatch.setattr(build_module, "exchange", lambda a, b: False)  # a filesystem without RENAME_EXCHANGE
+    monkeypatch.setattr(publish, "exchange", lambda a, b: False)  # a filesystem without RENAME_EXCHANGE
     (built / "notes.txt").write_text("mine")
     result = build(BuildConfig(model="tiny-random", out=built, max_batch=1), log=quiet)
     assert not result.skipped and read_manifest(built).max_batch == 1

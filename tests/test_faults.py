@@ -385,7 +385,7 @@ def test_a_broken_manifest_can_be_rebuilt_with_force(copy, capsys):
 KILL_SCRIPT = textwrap.dedent("""
     import os, shutil, signal, sys
     from pathlib import Path
-    import export.build as b
+    import export.publish as b
     from answer_trt.manifest import read_manifest
 
     out, new_source, phase = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
@@ -435,7 +435,7 @@ KILL_PHASES = ["after-carry-over", "after-exchange", "during-old-removal", "fall
 
 @pytest.mark.parametrize("phase", KILL_PHASES)
 def test_a_kill_during_publish_leaves_old_or_new_whole(phase, engines_dir, tmp_path, capsys):
-    from export.build import clean_stale
+    from export.publish import clean_stale
 
     out = tmp_path / "engines"
     shutil.copytree(engines_dir, out)
