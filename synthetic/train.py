@@ -143,6 +143,18 @@ def train_denoiser(latents: torch.Tensor, ids: torch.Tensor, empty: torch.Tensor
     return unet_average, text_average
 
 
+def prefix_text_encoder_tensors(path: Path) -> None:
+    """Store CLIPTextModel tensors as ``text_model.*``: transformers 5 saves them without the
+    prefix, which transformers 4.x does not read (it would start from random values); both
+    read the prefixed layout. Same values, same dtype."""
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(path))
+    renamed = {name if name.startswith("text_model.") else f"text_model.{name}": t for name, t in tensors.items()}
+    if renamed.keys() != tensors.keys():
+        save_file(renamed, str(path), metadata={"format": "pt"})
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="folder to write (replaced if it exists)")
@@ -192,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipeline.to(dtype=torch.float16)  # type: ignore[attr-defined]
     pipeline.save_pretrained(staging, safe_serialization=True)  # type: ignore[attr-defined]
+    prefix_text_encoder_tensors(staging / "text_encoder" / "model.safetensors")
     shutil.rmtree(args.out, ignore_errors=True)
     staging.rename(args.out)
     total = 0

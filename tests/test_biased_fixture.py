@@ -28,3 +28,25 @@ def test_fixture_is_not_package_data():
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     pyproject = tomllib.loads((FIXTURE.parents[2] / "pyproject.toml").read_text())
     assert all("benchmarks" not in p for p in pyproject["tool"]["setuptools"]["packages"]["find"]["include"])
+
+
+def test_fixture_loads_with_every_tensor_in_the_layout_every_transformers_reads():
+    from answer_trt.models.source import load_model
+
+    with safe_open(str(FIXTURE / "text_encoder" / "model.safetensors"), "pt") as tensors:
+        assert all(name.startswith("text_model.") for name in tensors.keys())
+    load_model(FIXTURE)  # strict: refuses missing or unexpected tensors
+
+
+def test_training_script_stores_the_prefixed_layout(tmp_path):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from synthetic.train import prefix_text_encoder_tensors
+
+    path = tmp_path / "model.safetensors"
+    save_file({"embeddings.w": torch.ones(2, dtype=torch.float16), "text_model.x": torch.zeros(1)}, str(path))
+    prefix_text_encoder_tensors(path)
+    tensors = load_file(str(path))
+    assert set(tensors) == {"text_model.embeddings.w", "text_model.x"}
+    assert tensors["text_model.embeddings.w"].dtype == torch.float16

@@ -67,3 +67,26 @@ def test_small_n_compliance_through_the_engines(tmp_path, capsys):
     print("pooled correct:", pooled)
     assert pooled[DEFAULT_SPEC.label] >= pooled["cfg"] - 0.1
     assert pooled[DEFAULT_SPEC.label] > pooled["answer K=4 parallel"] + 0.05
+
+
+# sha256 of the decoded pixels (32x32x3 uint8) of the README's main job, recorded before the
+# text encoder weights were re-saved with the `text_model.` prefix (issue 15); the torch
+# backend and the default ONNX Runtime engines give the same bytes.
+README_JOB_PIXELS_SHA256 = "d79f96664a48c6ae78da18407daba6e96a351d59978f79a44ca0bd1ebd9ab55a"
+
+
+def test_readme_main_job_pixels_are_unchanged(tmp_path):
+    import hashlib
+
+    import numpy as np
+    from PIL import Image
+
+    from answer_trt.cli import main
+
+    for backend in ("torch", "onnxruntime"):
+        out = tmp_path / f"{backend}.png"
+        assert main(["generate", "a red circle and a blue square", "--model", "tiny", "--backend", backend,
+                     "-o", str(out)]) == 0
+        pixels = np.asarray(Image.open(out))
+        assert pixels.shape == (32, 32, 3) and pixels.dtype == np.uint8
+        assert hashlib.sha256(pixels.tobytes()).hexdigest() == README_JOB_PIXELS_SHA256, backend

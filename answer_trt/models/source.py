@@ -234,30 +234,71 @@ def load_model(path: Path) -> LoadedModel:
     # Always fp32, whatever the saved dtype (transformers 5 would keep fp16 weights fp16):
     # the export stage and the torch backend choose the precision themselves.
     fp32 = torch.float32
+    # output_loading_info=True: each loader also says which tensors it did not find (left at
+    # their random initial values) or found without a place for them; _load refuses both.
     scheduler_config = config_json(path, "scheduler", "scheduler_config.json")
     return LoadedModel(
         tokenizers=load_tokenizers(path),
-        text_encoder=_load(path / "text_encoder", lambda p: CLIPTextModel.from_pretrained(p, dtype=fp32)),
+        text_encoder=_load(path / "text_encoder",
+                           lambda p: CLIPTextModel.from_pretrained(p, dtype=fp32, output_loading_info=True)),
         text_encoder_2=(
-            _load(path / "text_encoder_2", lambda p: CLIPTextModelWithProjection.from_pretrained(p, dtype=fp32))
+            _load(path / "text_encoder_2",
+                  lambda p: CLIPTextModelWithProjection.from_pretrained(p, dtype=fp32, output_loading_info=True))
             if sdxl else None
         ),
-        unet=_load(path / "unet", lambda p: UNet2DConditionModel.from_pretrained(p, torch_dtype=fp32)),
-        vae=_load(path / "vae", lambda p: AutoencoderKL.from_pretrained(p, torch_dtype=fp32)),
+        unet=_load(path / "unet",
+                   lambda p: UNet2DConditionModel.from_pretrained(p, torch_dtype=fp32, output_loading_info=True)),
+        vae=_load(path / "vae", lambda p: AutoencoderKL.from_pretrained(p, torch_dtype=fp32, output_loading_info=True)),
         scheduler_config=scheduler_config,
     )
 
 
+# Tensors a checkpoint may lack or carry without harm: CLIP's position_ids is a buffer that
+# the model computes itself (older checkpoints saved it, newer models do not load it).
+HARMLESS_TENSORS = ("position_ids",)
+SHOWN_NAMES = 3
+
+
 def _load(folder: Path, load: Any) -> Any:
-    """``load(folder)`` in eval mode. This is the boundary where a user's files meet the
-    libraries' loaders: whatever they raise about a broken component (a config that does
-    not fit its weights, a corrupt file) becomes one line naming the folder."""
+    """``load(folder)`` (a ``from_pretrained`` with ``output_loading_info=True``) in eval
+    mode. This is the boundary where a user's files meet the libraries' loaders: whatever
+    they raise about a broken component (a config that does not fit its weights, a corrupt
+    file) becomes one line naming the folder, and so do weights that leave tensors of the
+    model missing (the libraries would start those from random values and only warn) or
+    hold tensors the model has no place for (weights of another architecture)."""
     try:
-        return load(folder).eval()
+        model, info = load(folder)
     except MemoryError:
         raise
     except Exception as exc:  # noqa: BLE001 - see the docstring
         raise UserInputError(f"{folder} could not be loaded ({_first_line(exc)}): {RESAVE}") from None
+    check_loading_info(folder, info)
+    return model.eval()
+
+
+def check_loading_info(folder: Path, info: dict[str, Any]) -> None:
+    """Refuse a component whose weights do not match its architecture exactly, in one line
+    naming the folder, the count and the first few tensor names."""
+    problems = []
+    for key, what in (("missing_keys", "missing from the weights"),
+                      ("unexpected_keys", "in the weights but not in the model"),
+                      ("mismatched_keys", "of the wrong shape")):
+        names = sorted(_tensor_name(k) for k in info.get(key) or ())
+        names = [n for n in names if not n.endswith(HARMLESS_TENSORS)]
+        if names:
+            shown = ", ".join(names[:SHOWN_NAMES]) + (", ..." if len(names) > SHOWN_NAMES else "")
+            problems.append(f"{len(names)} tensor{'s' if len(names) != 1 else ''} {what} ({shown})")
+    errors = [str(e).strip().splitlines()[0] for e in info.get("error_msgs") or () if str(e).strip()]
+    if errors:
+        problems.append(f"loading error: {errors[0][:300]}")
+    if problems:
+        raise UserInputError(f"{folder}: the weights do not match the {folder.name} model: " + "; ".join(problems)
+                             + f"; answer-trt does not run a model with tensors at random values: {RESAVE}")
+
+
+def _tensor_name(key: Any) -> str:
+    # mismatched_keys are (name, saved shape, model shape) tuples
+    return str(key[0] if isinstance(key, tuple) and key else key)
 
 
 def _first_line(exc: BaseException) -> str:
