@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 
 from answer_trt.errors import UserInputError
-from answer_trt.rules import check_seed, check_size
+from answer_trt.rules import check_int, check_seed, check_size
 
 METHODS = ("answer", "cfg", "dns")
 MODES = ("parallel", "inner")
@@ -48,8 +48,7 @@ class GuidanceConfig:
             raise UserInputError(f"unknown method {self.method!r}: choose one of {', '.join(METHODS)}")
         if self.mode not in MODES:
             raise UserInputError(f"unknown mode {self.mode!r}: choose one of {', '.join(MODES)}")
-        if isinstance(self.dns_steps, bool) or not isinstance(self.dns_steps, int) or self.dns_steps < 1:
-            raise UserInputError(f"dns-steps must be an integer >= 1, got {self.dns_steps!r}")
+        check_int("dns-steps", self.dns_steps)
         _check_number("guidance-scale", self.guidance_scale)
         if self.negative_scale is not None:
             _check_number("negative-scale", self.negative_scale)
@@ -98,10 +97,8 @@ class SamplingConfig:
     batch: int = 1
 
     def __post_init__(self) -> None:
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
-            raise UserInputError(f"steps must be an integer >= 1, got {self.steps!r}")
-        if isinstance(self.batch, bool) or not isinstance(self.batch, int) or self.batch < 1:
-            raise UserInputError(f"batch must be an integer >= 1, got {self.batch!r}")
+        check_int("steps", self.steps)
+        check_int("batch", self.batch)
         check_seed(self.seed)
         for side, value in (("height", self.height), ("width", self.width)):
             if value is not None:

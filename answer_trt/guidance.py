@@ -69,6 +69,15 @@ def rescale(e: Tensor, ep: Tensor, phi: float) -> Tensor:
     return e * (1.0 + phi * (ratio - 1.0))
 
 
+def parallel_negative(e_dns: Tensor, x_in: Tensor, z_in: Tensor, alpha: Any, sigma: Any,
+                      tau: float | None = None) -> Tensor:
+    """Eq. 4' with the fade of Eq. 6: ``e_neg = e_dns(z) + rho (x - z) / sigma_t``; at a
+    re-anchor step (z is x) it is ``e_dns`` itself."""
+    if z_in is x_in:
+        return e_dns
+    return e_dns + (_f32(x_in) - _f32(z_in)) * (drift_weight(alpha, sigma, tau) / sigma)
+
+
 def parallel_answer(
     ep: Tensor, ep_z: Tensor, e0_z: Tensor, x_in: Tensor, z_in: Tensor, alpha: Any, sigma: Any,
     g: float, wn: float, tau: float | None = None, phi: float = 0.0,
@@ -81,10 +90,7 @@ def parallel_answer(
     and ``sigma`` may be floats or 0-d tensors (the graphed sampler reads them from a table).
     """
     e_dns = dns(e0_z, ep_z, wn)
-    if z_in is x_in:
-        e_neg = e_dns
-    else:
-        e_neg = e_dns + (_f32(x_in) - _f32(z_in)) * (drift_weight(alpha, sigma, tau) / sigma)
+    e_neg = parallel_negative(e_dns, x_in, z_in, alpha, sigma, tau)
     return rescale(answer(e_neg, ep, g), ep, phi), e_dns
 
 

@@ -193,9 +193,8 @@ class _ParallelChain:
             self.z = self.rule_z.step(e_dns, i, self.z)
         if not self.probing:
             return e, {}
-        rho = G.drift_weight(alpha, sigma, guidance.drift_tau)
         return e, {"ep": ep, "z_in": z_in, "anchored": self.anchored[i],
-                   "e_neg": e_dns + (x_in - z_in) * (rho / sigma)}
+                   "e_neg": G.parallel_negative(e_dns, x_in, z_in, alpha, sigma, guidance.drift_tau)}
 
 
 def _inner_negative(

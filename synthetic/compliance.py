@@ -171,30 +171,39 @@ def checker_accuracy(examples: Sequence[Example]) -> dict[str, Any]:
 Draw = Callable[[Sequence[str], MethodSpec, Sequence[int], float], tuple[list[np.ndarray], float]]
 
 
-def pipeline_draw(pipe: Any, steps: int) -> Draw:
-    """Draw a batch of prompts, one seed each, with answer-trt's pipeline parts: the
-    computation of ``pipe.generate(prompt, seed=seed, ...)`` for every (prompt, seed)
-    pair, stacked on the batch axis."""
+def batch_inputs(pipe: Any, prompts: Sequence[str], seeds: Sequence[int]) -> tuple[Any, Any]:
+    """``(Conditioning, noise)`` of ``pipe.generate(prompt, seed=seed)`` for every (prompt,
+    seed) pair, stacked on the batch axis (noise drawn per seed on the CPU, as generate does)."""
     import torch
 
     from answer_trt.conditioning import cat_conditions
-    from answer_trt.images import to_pil
-    from answer_trt.iospec import VAE_DECODER
-    from answer_trt.sampler import Conditioning, sample
-    from answer_trt.schedulers import make_scheduler
+    from answer_trt.sampler import Conditioning
 
     height, width = pipe.default_size
     factor = pipe.dims.vae_scale_factor
     shape = (1, pipe.dims.latent_channels, height // factor, width // factor)
+    pairs = [pipe.text.encode(prompt, None) for prompt in prompts]
+    cond = Conditioning(cat_conditions([p for p, _ in pairs]), cat_conditions([n for _, n in pairs]))
+    noise = torch.cat([torch.randn(shape, generator=torch.Generator("cpu").manual_seed(s)) for s in seeds])
+    return cond, noise.to(pipe.device)
+
+
+def pipeline_draw(pipe: Any, steps: int) -> Draw:
+    """Draw a batch of prompts, one seed each, with answer-trt's pipeline parts: the
+    computation of ``pipe.generate(prompt, seed=seed, ...)`` for every (prompt, seed)
+    pair, stacked on the batch axis."""
+    from answer_trt.images import to_pil
+    from answer_trt.iospec import VAE_DECODER
+    from answer_trt.sampler import sample
+    from answer_trt.schedulers import make_scheduler
+
     decoder = pipe.engines[VAE_DECODER]
 
     def draw(prompts: Sequence[str], spec: MethodSpec, seeds: Sequence[int], w: float) -> tuple[list[np.ndarray], float]:
         started = time.perf_counter()
         guidance = spec.guidance(w)
-        pairs = [pipe.text.encode(prompt, None) for prompt in prompts]
-        cond = Conditioning(cat_conditions([p for p, _ in pairs]), cat_conditions([n for _, n in pairs]))
-        noise = torch.cat([torch.randn(shape, generator=torch.Generator("cpu").manual_seed(s)) for s in seeds])
-        latents = sample(pipe.denoiser, noise.to(pipe.device), cond, make_scheduler(pipe.scheduler_config), steps,
+        cond, noise = batch_inputs(pipe, prompts, seeds)
+        latents = sample(pipe.denoiser, noise, cond, make_scheduler(pipe.scheduler_config), steps,
                          guidance, prediction_type=pipe.prediction_type)
         decoded = decoder.run({decoder.spec.input_names[0]: latents})[decoder.spec.output_names[0]]
         images = [np.asarray(image) for image in to_pil(decoded, {})]

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from answer_trt.errors import UserInputError
-from synthetic.compliance import MethodSpec
+from synthetic.compliance import MethodSpec, batch_inputs
 from synthetic.dataset import family_example
 
 SERIES = ("negative", "guidance", "push", "drift")
@@ -59,20 +59,12 @@ def rms(t: Any) -> float:
 
 def trace(pipe: Any, spec: MethodSpec, captions: Sequence[str], steps: int, w: float) -> Trace:
     """Run ``spec`` on ``captions`` (seed i for prompt i) and record the per-step series."""
-    import torch
-
     from answer_trt import guidance as G
-    from answer_trt.conditioning import cat_conditions
-    from answer_trt.sampler import Conditioning, sample
+    from answer_trt.sampler import sample
     from answer_trt.schedulers import make_scheduler
 
-    height, width = pipe.default_size
-    factor = pipe.dims.vae_scale_factor
-    shape = (1, pipe.dims.latent_channels, height // factor, width // factor)
-    pairs = [pipe.text.encode(c, None) for c in captions]
-    c_0 = cat_conditions([n for _, n in pairs])
-    cond = Conditioning(cat_conditions([p for p, _ in pairs]), c_0)
-    noise = torch.cat([torch.randn(shape, generator=torch.Generator("cpu").manual_seed(i)) for i in range(len(captions))])
+    cond, noise = batch_inputs(pipe, captions, range(len(captions)))
+    c_0 = cond.negative
     out = Trace(spec.label, [], [], [], [], [])
 
     def probe(step: dict[str, Any]) -> None:
