@@ -121,7 +121,7 @@ class Pipeline:
     def __call__(self, prompt: str, **kwargs: Any) -> list[Image.Image]:
         return self.generate(prompt, **kwargs).images
 
-    def _on_stream(self) -> contextlib.AbstractContextManager[Any]:
+    def on_stream(self) -> contextlib.AbstractContextManager[Any]:
         return torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext()
 
     def generate(
@@ -150,6 +150,39 @@ class Pipeline:
         """Generate ``batch`` images for ``prompt``. An empty prompt is valid: its
         embedding is c_0, so CFG becomes unconditional sampling. The guidance arguments
         are ``GuidanceConfig``'s (docs/ANSWER.md)."""
+        config = self.request_config(
+            prompt, method=method, steps=steps, guidance_scale=guidance_scale, negative_scale=negative_scale,
+            dns_steps=dns_steps, mode=mode, chain_min_sigma=chain_min_sigma, drift_tau=drift_tau,
+            guidance_rescale=guidance_rescale, scheduler=scheduler, seed=seed, height=height, width=width,
+            batch=batch,
+        )
+        scheduler_obj = make_scheduler(self.scheduler_config, config.scheduler)
+        if cuda_graph:
+            self._check_graphable(config, scheduler_obj)
+        with self.on_stream():
+            return self._generate(prompt, negative_prompt, config, scheduler_obj, fused, cuda_graph, callback)
+
+    def request_config(
+        self,
+        prompt: str,
+        *,
+        method: str = DEFAULT_GUIDANCE.method,
+        steps: int = 30,
+        guidance_scale: float = DEFAULT_GUIDANCE.guidance_scale,
+        negative_scale: float | None = None,
+        dns_steps: int = DEFAULT_GUIDANCE.dns_steps,
+        mode: str = DEFAULT_GUIDANCE.mode,
+        chain_min_sigma: float = DEFAULT_GUIDANCE.chain_min_sigma,
+        drift_tau: float | None = DEFAULT_GUIDANCE.drift_tau,
+        guidance_rescale: float = DEFAULT_GUIDANCE.guidance_rescale,
+        scheduler: str | None = None,
+        seed: int = 0,
+        height: int | None = None,
+        width: int | None = None,
+        batch: int = 1,
+    ) -> SamplingConfig:
+        """A request's validated configuration, sized against these engines
+        (``check_request``); raises ``UserInputError`` with the CLI's messages."""
         config = SamplingConfig(
             guidance=GuidanceConfig(method, guidance_scale, negative_scale, dns_steps, mode, chain_min_sigma,
                                     drift_tau, guidance_rescale),
@@ -160,46 +193,53 @@ class Pipeline:
             width=width,
             batch=batch,
         )
-        config = self.check_request(config, prompt)
-        scheduler_obj = make_scheduler(self.scheduler_config, config.scheduler)
-        if cuda_graph:
-            self._check_graphable(config, scheduler_obj)
-        with self._on_stream():
-            return self._generate(prompt, negative_prompt, config, scheduler_obj, fused, cuda_graph, callback)
+        return self.check_request(config, prompt)
 
     def _generate(
         self, prompt: str, negative_prompt: str | None, config: SamplingConfig, scheduler_obj: Any, fused: bool,
         cuda_graph: bool, callback: StepCallback | None,
     ) -> Generation:
-        assert config.height is not None and config.width is not None  # resolved by check_request
-        steps, batch, seed = config.steps, config.batch, config.seed
         started = self.clock()
-        c_p, c_neg = self.text.encode(prompt, negative_prompt)
-        if self.dims.time_ids_size:
-            c_p, c_neg = (self.with_time_ids(c, config.height, config.width) for c in (c_p, c_neg))
-        cond = Conditioning(c_p.expand(batch), c_neg.expand(batch))
+        cond, noise = self.prepare(prompt, negative_prompt, config)
         text_done = self.clock()
-
-        generator = torch.Generator("cpu").manual_seed(seed)
-        shape = (batch, self.dims.latent_channels, config.height // self.dims.vae_scale_factor,
-                 config.width // self.dims.vae_scale_factor)
-        # Drawn on the CPU with a CPU generator, as diffusers does, so seeds agree everywhere.
-        noise = torch.randn(shape, generator=generator, dtype=torch.float32).to(self.device)
         if cuda_graph:
-            latents = self._sample_graphed(noise, cond, scheduler_obj, steps, config, callback)
+            latents = self._sample_graphed(noise, cond, scheduler_obj, config.steps, config, callback)
         else:
             latents = sample(
-                self.denoiser, noise, cond, scheduler_obj, steps, config.guidance,
+                self.denoiser, noise, cond, scheduler_obj, config.steps, config.guidance,
                 prediction_type=self.prediction_type, fused=fused, callback=callback,
             )
         denoise_done = self.clock()
-
-        decoder = self.engines[VAE_DECODER]
-        decoded = decoder.run({decoder.spec.input_names[0]: latents})[decoder.spec.output_names[0]]
         params = self.parameters(prompt, negative_prompt, config, type(scheduler_obj).__name__)
-        images = to_pil(decoded, params)
-        timings = Timings(text_done - started, denoise_done - text_done, self.clock() - denoise_done, steps)
+        images = self.decode(latents, params)
+        timings = Timings(text_done - started, denoise_done - text_done, self.clock() - denoise_done, config.steps)
         return Generation(images, params, timings, config)
+
+    def prepare(
+        self, prompt: str, negative_prompt: str | None, config: SamplingConfig
+    ) -> tuple[Conditioning, torch.Tensor]:
+        """The text conditions of ``config.batch`` images (c_p, and c_0 or the negative
+        prompt's; SDXL time ids added) and their initial noise, drawn from the seed."""
+        assert config.height is not None and config.width is not None  # resolved by check_request
+        c_p, c_neg = self.text.encode(prompt, negative_prompt)
+        if self.dims.time_ids_size:
+            c_p, c_neg = (self.with_time_ids(c, config.height, config.width) for c in (c_p, c_neg))
+        cond = Conditioning(c_p.expand(config.batch), c_neg.expand(config.batch))
+        generator = torch.Generator("cpu").manual_seed(config.seed)
+        shape = (config.batch, self.dims.latent_channels, config.height // self.dims.vae_scale_factor,
+                 config.width // self.dims.vae_scale_factor)
+        # Drawn on the CPU with a CPU generator, as diffusers does, so seeds agree everywhere.
+        noise = torch.randn(shape, generator=generator, dtype=torch.float32).to(self.device)
+        return cond, noise
+
+    def decode(self, latents: torch.Tensor, params: dict[str, str]) -> list[Image.Image]:
+        """VAE-decode ``latents`` into images carrying ``params`` as PNG text."""
+        return to_pil(self.vae_decode(latents), params)
+
+    def vae_decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents ``[B, C, h, w]`` -> images ``[B, 3, H, W]`` in [-1, 1]."""
+        decoder = self.engines[VAE_DECODER]
+        return decoder.run({decoder.spec.input_names[0]: latents})[decoder.spec.output_names[0]]
 
     def _check_graphable(self, config: SamplingConfig, scheduler: Any) -> None:
         if self.graphs.capturer.requires_cuda and self.device.type != "cuda":

@@ -4,11 +4,17 @@ In the style of k-diffusion's samplers: one function, a denoiser in, latents out
 A denoiser is ``raw = denoiser(latents[N], t[N], cond[N])``; ``BranchEvaluator`` stacks
 the branches of a step on the batch axis and makes ONE call (``fused=True``) or calls
 the denoiser once per branch (the unfused reference). Equations are docs/ANSWER.md's.
+
+The loop itself is a generator (``sampling_program``): it yields the ``Rows`` each
+denoiser call needs and is sent their outputs, so it never calls a denoiser. ``sample``
+answers it with one ``BranchEvaluator``; the serving batcher
+(``answer_trt.serving.batcher``) answers many programs at once with one call per step
+across requests. One loop, so both give the same latents.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -75,6 +81,37 @@ def anchored_steps(sigmas: Sequence[float], k: int, chain_min_sigma: float = 0.0
 Probe = Callable[[dict[str, Any]], None]
 
 
+@dataclass(frozen=True)
+class Rows:
+    """What one denoiser call of a program needs: branch i is ``latents[i]`` (each
+    ``[B, C, h, w]``) conditioned on ``conds[i]``, all at timestep ``t`` (0-d)."""
+
+    latents: tuple[Tensor, ...]
+    conds: tuple[TextCondition, ...]
+    t: Tensor
+
+    @property
+    def count(self) -> int:
+        """Rows on the batch axis: branches x images."""
+        return sum(int(lat.shape[0]) for lat in self.latents)
+
+
+SamplingProgram = Generator[Rows, list[Tensor], Tensor]
+"""Yields the ``Rows`` of each denoiser call, is sent the outputs (one tensor per branch,
+in order), returns the final latents."""
+
+
+def run_program(program: SamplingProgram, evaluate: BranchEvaluator) -> Tensor:
+    """Answer every call of ``program`` with ``evaluate``; return its latents."""
+    try:
+        rows = next(program)
+        while True:
+            rows = program.send(evaluate(rows.latents, rows.conds, rows.t))
+    except StopIteration as done:
+        latents: Tensor = done.value
+        return latents
+
+
 def sample(
     denoiser: Denoiser,
     noise: Tensor,
@@ -97,15 +134,33 @@ def sample(
     update: i, t, alpha, sigma, x, x_in, ep, e (the guided noise), and for ANSWER e_neg,
     z_in (parallel mode) and anchored.
     """
-    rule = make_step_rule(scheduler, steps, exact_diffusers_step)
-    loop = _Loop(rule, BranchEvaluator(denoiser, fused), cond, guidance, prediction_type)
+    program = sampling_program(noise, cond, make_step_rule(scheduler, steps, exact_diffusers_step), guidance,
+                               prediction_type=prediction_type, callback=callback, probe=probe)
+    return run_program(program, BranchEvaluator(denoiser, fused))
+
+
+def sampling_program(
+    noise: Tensor,
+    cond: Conditioning,
+    rule: StepRule,
+    guidance: GuidanceConfig,
+    *,
+    prediction_type: str = "epsilon",
+    callback: StepCallback | None = None,
+    probe: Probe | None = None,
+) -> SamplingProgram:
+    """``sample``'s loop over a step rule, as a program (see the module docstring)."""
+    loop = _Loop(rule, cond, guidance, prediction_type)
     x = noise.to(torch.float32) * rule.init_noise_sigma
     n = len(rule.timesteps)
     parallel = guidance.method == "answer" and guidance.mode == "parallel"
     chain = _ParallelChain(loop, probing=probe is not None) if parallel else None
     for i in range(n):
         x_in = rule.scale_input(x, i)
-        e, seen = chain.guide(i, x, x_in) if chain is not None else _two_row_guidance(loop, i, x, x_in)
+        if chain is not None:
+            e, seen = yield from chain.guide(i, x, x_in)
+        else:
+            e, seen = yield from _two_row_guidance(loop, i, x, x_in)
         if probe is not None:
             alpha, sigma = rule.levels(i)
             probe({"i": i, "t": rule.timesteps[i], "alpha": alpha, "sigma": sigma, "x": x, "x_in": x_in, **seen,
@@ -121,7 +176,6 @@ class _Loop:
     """What every step of one ``sample`` call reads."""
 
     rule: StepRule
-    evaluate: BranchEvaluator
     cond: Conditioning
     guidance: GuidanceConfig
     prediction_type: str
@@ -137,21 +191,25 @@ class _Loop:
         return G.to_epsilon(raw, x_in, alpha, sigma, self.prediction_type)
 
 
-def _two_row_guidance(loop: _Loop, i: int, x: Tensor, x_in: Tensor) -> tuple[Tensor, dict[str, Any]]:
+Guided = Generator[Rows, list[Tensor], tuple[Tensor, dict[str, Any]]]
+"""One step's guidance as a program: yields its calls, returns (e, what the probe sees)."""
+
+
+def _two_row_guidance(loop: _Loop, i: int, x: Tensor, x_in: Tensor) -> Guided:
     """CFG (Eq. 1, rescale Eq. 7), DNS (Eq. 2) or ANSWER in inner mode (Eqs. 3-5) at step i:
     one call on ``[(x, c_p), (x, c_0)]`` (inner mode adds its DNS iterations)."""
     guidance, rule = loop.guidance, loop.rule
     alpha, sigma = rule.levels(i)
     c_p, c_0 = loop.cond.positive, loop.cond.negative
-    raw_p, raw_0 = loop.evaluate([x_in, x_in], [c_p, c_0], rule.timesteps[i])
+    raw_p, raw_0 = yield Rows((x_in, x_in), (c_p, c_0), rule.timesteps[i])
     ep, e0 = loop.eps_of(raw_p, x_in, alpha, sigma), loop.eps_of(raw_0, x_in, alpha, sigma)
     if guidance.method == "cfg":
         return G.rescale(G.cfg(e0, ep, guidance.guidance_scale), ep, guidance.guidance_rescale), {"ep": ep}
     if guidance.method == "dns":
         return G.dns(e0, ep, guidance.wn), {"ep": ep}
     iterations = 1 if sigma < guidance.chain_min_sigma else guidance.dns_steps  # variant "interval"
-    xneg0 = _inner_negative(loop.evaluate, rule, x, x_in, i, ep, e0, (c_p, c_0), iterations, guidance.wn,
-                            (alpha, sigma), loop.eps_of)
+    xneg0 = yield from _inner_negative(rule, x, x_in, i, ep, e0, (c_p, c_0), iterations, guidance.wn,
+                                       (alpha, sigma), loop.eps_of)
     e_neg = G.negative_noise(x_in, xneg0, alpha, sigma)
     e = G.rescale(G.answer(e_neg, ep, loop.g), ep, guidance.guidance_rescale)
     return e, {"ep": ep, "e_neg": e_neg, "anchored": True}
@@ -172,19 +230,19 @@ class _ParallelChain:
         self.z: Tensor | None = None
         self.rule_z = rule
 
-    def guide(self, i: int, x: Tensor, x_in: Tensor) -> tuple[Tensor, dict[str, Any]]:
+    def guide(self, i: int, x: Tensor, x_in: Tensor) -> Guided:
         loop, rule, guidance = self.loop, self.loop.rule, self.loop.guidance
         alpha, sigma = rule.levels(i)
         c_p, c_0, t = loop.cond.positive, loop.cond.negative, rule.timesteps[i]
         if self.anchored[i]:
             self.z, self.rule_z = x, rule.fork()
-            raw_p, raw_0 = loop.evaluate([x_in, x_in], [c_p, c_0], t)
+            raw_p, raw_0 = yield Rows((x_in, x_in), (c_p, c_0), t)
             z_in = x_in
             ep = ep_z = loop.eps_of(raw_p, x_in, alpha, sigma)
         else:
             assert self.z is not None  # step 0 is always anchored
             z_in = self.rule_z.scale_input(self.z, i)
-            raw_p, raw_pz, raw_0 = loop.evaluate([x_in, z_in, z_in], [c_p, c_p, c_0], t)
+            raw_p, raw_pz, raw_0 = yield Rows((x_in, z_in, z_in), (c_p, c_p, c_0), t)
             ep, ep_z = loop.eps_of(raw_p, x_in, alpha, sigma), loop.eps_of(raw_pz, z_in, alpha, sigma)
         e, e_dns = G.parallel_answer(ep, ep_z, loop.eps_of(raw_0, z_in, alpha, sigma), x_in, z_in, alpha, sigma,
                                      self.g, guidance.wn, guidance.drift_tau, guidance.guidance_rescale)
@@ -198,7 +256,6 @@ class _ParallelChain:
 
 
 def _inner_negative(
-    evaluate: BranchEvaluator,
     rule: StepRule,
     x: Tensor,
     x_in: Tensor,
@@ -210,7 +267,7 @@ def _inner_negative(
     wn: float,
     levels: tuple[float, float],
     eps_of: Callable[[Tensor, Tensor, float, float], Tensor],
-) -> Tensor:
+) -> Generator[Rows, list[Tensor], Tensor]:
     """Inner mode: from z = x, up to K DNS iterations on the step grid; returns xneg0
     of the last one. The first iteration reuses the main call's ``ep``/``e0`` on x."""
     e_dns = G.dns(e0, ep, wn)
@@ -224,7 +281,7 @@ def _inner_negative(
         z = rule_z.step(e_dns, j - 1, z)
         alpha_j, sigma_j = rule_z.levels(j)
         z_in = rule_z.scale_input(z, j)
-        raw_p, raw_0 = evaluate([z_in, z_in], list(conds), rule.timesteps[j])
+        raw_p, raw_0 = yield Rows((z_in, z_in), conds, rule.timesteps[j])
         e_dns = G.dns(eps_of(raw_0, z_in, alpha_j, sigma_j), eps_of(raw_p, z_in, alpha_j, sigma_j), wn)
         xneg0 = G.tweedie_x0(z_in, e_dns, alpha_j, sigma_j)
     return xneg0

@@ -1,0 +1,484 @@
+"""Step-level batching across requests: one UNet call per step for every request in flight.
+
+Every row of a UNet call carries its own latents, timestep and text condition, so
+requests at different steps, with different methods, can share a call: the three
+rows of an ANSWER step of request A, the two CFG rows of request B and the rows of C,
+which has just arrived, go through the engine together (iteration-level scheduling,
+as LLM servers do it, with diffusion steps as the iterations).
+
+Each request runs the sampler's own loop (``answer_trt.sampler.sampling_program``),
+which yields the rows of each call instead of making it; the batcher answers many
+programs with one call per group, so a request's latents are those of
+``Pipeline.generate`` for the same request and seed (up to the engine's batch-size
+rounding). Requests join a running set when the engine's batch axis has room for
+their largest step (strictly oldest first, so nothing starves); every request in the
+set advances one call per iteration. Finished requests are decoded together.
+
+No serving framework in here: ``answer_trt.serving.app`` puts this behind Ray Serve.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import math
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from answer_trt.conditioning import cat_conditions
+from answer_trt.config import DEFAULT_GUIDANCE, SamplingConfig
+from answer_trt.errors import UserInputError
+from answer_trt.images import to_pil
+from answer_trt.iospec import MAX_BRANCHES
+from answer_trt.pipeline import Generation, Pipeline, Timings
+from answer_trt.rules import check_int
+from answer_trt.sampler import Rows, SamplingProgram, sampling_program
+from answer_trt.schedulers import StepRule, make_scheduler, make_step_rule
+
+# Rows per call when the engines set no limit (the torch backend).
+UNLIMITED_ENGINE_ROWS = 48
+# The window over which ``BatcherStats.calls_per_second`` counts calls.
+RATE_WINDOW_S = 10.0
+
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    """One image: the prompt and ``Pipeline.generate``'s keywords (the same defaults)."""
+
+    prompt: str
+    method: str = DEFAULT_GUIDANCE.method
+    negative_prompt: str | None = None
+    steps: int = 30
+    guidance_scale: float = DEFAULT_GUIDANCE.guidance_scale
+    negative_scale: float | None = None
+    dns_steps: int = DEFAULT_GUIDANCE.dns_steps
+    mode: str = DEFAULT_GUIDANCE.mode
+    chain_min_sigma: float = DEFAULT_GUIDANCE.chain_min_sigma
+    drift_tau: float | None = DEFAULT_GUIDANCE.drift_tau
+    guidance_rescale: float = DEFAULT_GUIDANCE.guidance_rescale
+    scheduler: str | None = None
+    seed: int = 0
+    height: int | None = None
+    width: int | None = None
+
+    def sampling_keywords(self) -> dict[str, Any]:
+        """The keywords of ``Pipeline.request_config`` (all fields but the prompts)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("prompt", "negative_prompt")}
+
+
+class QueueFullError(RuntimeError):
+    """The waiting queue is at its limit; ``retry_after_s`` estimates when there is room."""
+
+    def __init__(self, waiting: int, retry_after_s: float) -> None:
+        super().__init__(f"the queue is full ({waiting} requests waiting): retry in {retry_after_s:.0f} s")
+        self.retry_after_s = retry_after_s
+
+
+class RequestCancelled(RuntimeError):
+    """The request was cancelled (by its client, or because the batcher closed)."""
+
+
+class DeadlineExceeded(RuntimeError):
+    """The request was not finished by its deadline."""
+
+
+class Ticket:
+    """A submitted request: ``future`` ends with its ``Generation`` or one of the errors above."""
+
+    def __init__(self, request: GenerateRequest, deadline: float | None, wake: threading.Condition) -> None:
+        self.request = request
+        self.deadline = deadline  # time.monotonic() value, or None
+        self.submitted = time.monotonic()
+        self.future: Future[Generation] = Future()
+        self._cancelled = threading.Event()
+        self._wake = wake
+
+    def result(self, timeout: float | None = None) -> Generation:
+        return self.future.result(timeout)
+
+    def cancel(self) -> bool:
+        """Ask the batcher to drop this request at its next iteration; False if it had ended."""
+        if self.future.done():
+            return False
+        self._cancelled.set()
+        with self._wake:
+            self._wake.notify_all()
+        return True
+
+    @property
+    def cancel_requested(self) -> bool:
+        return self._cancelled.is_set()
+
+
+@dataclass(frozen=True)
+class BatcherStats:
+    queue_length: int
+    active: int
+    completed: int
+    cancelled: int
+    expired: int
+    failed: int
+    calls: int
+    rows: int
+    rows_per_call: float
+    calls_per_second: float
+    max_rows: int
+    batching: bool
+    uptime_s: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """A validated request's configuration, scheduler and step rule (made at submit)."""
+
+    config: SamplingConfig
+    scheduler: Any
+    rule: StepRule
+
+
+@dataclass
+class _Job:
+    """An admitted request: its program, the rows it waits on, and its bookkeeping."""
+
+    ticket: Ticket
+    config: SamplingConfig
+    params: dict[str, str]
+    program: SamplingProgram
+    key: tuple[int, ...]  # what must agree to share a call: the latent shape
+    peak_rows: int
+    started: float
+    text_s: float
+    pending: Rows | None = None
+    latents: Tensor | None = None
+
+    def advance(self, outputs: list[Tensor]) -> None:
+        try:
+            self.pending = self.program.send(outputs)
+        except StopIteration as done:
+            self.pending, self.latents = None, done.value
+
+
+def peak_rows(config: SamplingConfig) -> int:
+    """The most rows one step of this request puts on the batch axis."""
+    g = config.guidance
+    return (MAX_BRANCHES if g.method == "answer" and g.mode == "parallel" else 2) * config.batch
+
+
+def default_max_rows(pipeline: Pipeline) -> int:
+    """The UNet's batch axis as built (``MAX_BRANCHES`` rows per image of ``--max-batch``)."""
+    max_batch = pipeline.limits.max_batch
+    return UNLIMITED_ENGINE_ROWS if max_batch is None else MAX_BRANCHES * max_batch
+
+
+class StepBatcher:
+    """Runs submitted requests on ``pipeline`` with one UNet call per step across requests.
+
+    ``max_rows``: rows per UNet call (default: what the engines were built for).
+    ``batching=False`` runs one request at a time (the baseline the batching is measured
+    against). ``max_queue``: requests waiting to join beyond which ``submit`` raises
+    ``QueueFullError``. A worker thread does all the engine work; ``close`` stops it.
+    """
+
+    def __init__(
+        self, pipeline: Pipeline, *, max_rows: int | None = None, batching: bool = True, max_queue: int | None = None
+    ) -> None:
+        built = default_max_rows(pipeline)
+        self.max_rows = built if max_rows is None else check_int("max-rows", max_rows)
+        if self.max_rows < 2:
+            raise UserInputError(f"max-rows must be at least 2 (a CFG step's two rows), got {self.max_rows}")
+        if self.max_rows > built:
+            raise UserInputError(
+                f"max-rows {self.max_rows} is beyond the {built} rows per call the engines were built for: use "
+                f"--max-rows {built} or fewer, or rebuild with `{pipeline.limits.rebuild_command(max_batch=math.ceil(self.max_rows / MAX_BRANCHES))}`"
+            )
+        self.max_queue = None if max_queue is None else check_int("max-queue", max_queue)
+        self.pipeline = pipeline
+        self.batching = batching
+        self._wake = threading.Condition()
+        self._waiting: collections.deque[tuple[Ticket, _Plan]] = collections.deque()
+        self._active: list[_Job] = []
+        self._closed = False
+        self._counts = collections.Counter[str]()
+        self._call_times: collections.deque[float] = collections.deque()
+        self._service_s = 0.0  # the mean time from joining to finishing, for Retry-After
+        self._started = time.monotonic()
+        self._worker = threading.Thread(target=self._run, name="answer-trt-batcher", daemon=True)
+        self._worker.start()
+
+    # -- the caller's side -------------------------------------------------------------
+
+    def submit(self, request: GenerateRequest, *, deadline_s: float | None = None) -> Ticket:
+        """Validate ``request`` (``UserInputError`` with the CLI's messages) and queue it.
+        ``deadline_s``: seconds from now by which it must finish, or it ends with
+        ``DeadlineExceeded``."""
+        if not isinstance(request, GenerateRequest):
+            raise UserInputError(f"expected a GenerateRequest, got {type(request).__name__}")
+        if request.negative_prompt is not None and not isinstance(request.negative_prompt, str):
+            raise UserInputError(f"negative_prompt must be a string, got {type(request.negative_prompt).__name__}")
+        config = self.pipeline.request_config(request.prompt, **request.sampling_keywords())
+        scheduler = make_scheduler(self.pipeline.scheduler_config, config.scheduler)
+        plan = _Plan(config, scheduler, make_step_rule(scheduler, config.steps))  # e.g. too many steps fails here
+        if peak_rows(config) > self.max_rows:
+            raise UserInputError(f"this request needs {peak_rows(config)} rows per call but the batcher takes "
+                                 f"{self.max_rows}: raise --max-rows")
+        if deadline_s is not None and (isinstance(deadline_s, bool) or not isinstance(deadline_s, (int, float))
+                                       or not math.isfinite(deadline_s) or deadline_s <= 0):
+            raise UserInputError(f"timeout must be a positive number of seconds, got {deadline_s!r}")
+        with self._wake:
+            if self._closed:
+                raise RuntimeError("the batcher is closed")
+            if self.max_queue is not None and len(self._waiting) >= self.max_queue:
+                raise QueueFullError(len(self._waiting), self._retry_after())
+            ticket = Ticket(request, None if deadline_s is None else time.monotonic() + deadline_s, self._wake)
+            self._waiting.append((ticket, plan))
+            self._wake.notify_all()
+        return ticket
+
+    def generate(self, request: GenerateRequest, timeout: float | None = None) -> Generation:
+        """Submit and wait."""
+        return self.submit(request, deadline_s=timeout).result()
+
+    def stats(self) -> BatcherStats:
+        with self._wake:
+            now = time.monotonic()
+            window = min(RATE_WINDOW_S, max(now - self._started, 1e-9))
+            recent = sum(1 for t in self._call_times if t >= now - window)
+            c = self._counts
+            return BatcherStats(
+                queue_length=len(self._waiting), active=len(self._active), completed=c["completed"],
+                cancelled=c["cancelled"], expired=c["expired"], failed=c["failed"], calls=c["calls"],
+                rows=c["rows"], rows_per_call=c["rows"] / c["calls"] if c["calls"] else 0.0,
+                calls_per_second=recent / window, max_rows=self.max_rows, batching=self.batching,
+                uptime_s=now - self._started,
+            )
+
+    def close(self) -> None:
+        """Stop the worker; requests not finished end with ``RequestCancelled``."""
+        with self._wake:
+            self._closed = True
+            self._wake.notify_all()
+        self._worker.join()
+
+    def __enter__(self) -> StepBatcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _retry_after(self) -> float:
+        """Seconds until the queue has likely moved by one: the mean service time spread
+        over the requests in flight, at least one second."""
+        per_request = self._service_s / max(len(self._active), 1)
+        return max(1.0, math.ceil(per_request * max(len(self._waiting), 1)))
+
+    # -- the worker ------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._closed and not self._waiting and not self._active:
+                    self._wake.wait()
+                if self._closed:
+                    break
+                self._drop_ended()
+                joining = self._take_joining()
+            try:
+                with self.pipeline.on_stream():
+                    self._iterate(joining)
+            except Exception as exc:  # noqa: BLE001 - a failed iteration fails its requests, not the server
+                with self._wake:
+                    failed, self._active = self._active, []
+                for job in failed:
+                    self._fail(job, exc)
+        with self._wake:
+            ended = [t for t, _ in self._waiting] + [j.ticket for j in self._active]
+            self._waiting.clear()
+            self._active = []
+        for ticket in ended:
+            _end(ticket.future, RequestCancelled("the server is shutting down"))
+
+    def _drop_ended(self) -> None:
+        """Remove cancelled and expired requests, waiting or in flight (under the lock)."""
+        now = time.monotonic()
+
+        def ended(ticket: Ticket) -> bool:
+            if ticket.cancel_requested:
+                self._counts["cancelled"] += 1
+                _end(ticket.future, RequestCancelled("the request was cancelled"))
+                return True
+            if ticket.deadline is not None and now > ticket.deadline:
+                self._counts["expired"] += 1
+                waited = now - ticket.submitted
+                _end(ticket.future, DeadlineExceeded(f"the request was not finished within its timeout "
+                                                     f"({waited:.1f} s passed)"))
+                return True
+            return False
+
+        self._waiting = collections.deque(w for w in self._waiting if not ended(w[0]))
+        self._active = [job for job in self._active if not ended(job.ticket)]
+
+    def _take_joining(self) -> list[tuple[Ticket, _Plan]]:
+        """The waiting requests that fit beside those in flight, strictly oldest first
+        (under the lock)."""
+        limit = self.max_rows if self.batching else 0
+        used = collections.Counter[tuple[int, ...]]()
+        for job in self._active:
+            used[job.key] += job.peak_rows
+        joining: list[tuple[Ticket, _Plan]] = []
+        while self._waiting:
+            ticket, plan = self._waiting[0]
+            key, rows = self._key(plan.config), peak_rows(plan.config)
+            if (self._active or joining) and used[key] + rows > limit:
+                break
+            self._waiting.popleft()
+            used[key] += rows
+            joining.append((ticket, plan))
+        return joining
+
+    def _key(self, config: SamplingConfig) -> tuple[int, ...]:
+        assert config.height is not None and config.width is not None  # resolved by request_config
+        factor = self.pipeline.dims.vae_scale_factor
+        return (config.height // factor, config.width // factor)
+
+    def _iterate(self, joining: list[tuple[Ticket, _Plan]]) -> None:
+        for ticket, plan in joining:
+            self._join(ticket, plan)
+        for group in _groups(self._active).values():
+            for chunk in _pack(group, self.max_rows):
+                self._call(chunk)
+        finished = [job for job in self._active if job.latents is not None]
+        if finished:
+            with self._wake:
+                self._active = [job for job in self._active if job.latents is None]
+            for group in _groups(finished).values():
+                self._decode(group)
+
+    def _join(self, ticket: Ticket, plan: _Plan) -> None:
+        pipe, request, config = self.pipeline, ticket.request, plan.config
+        started = time.monotonic()
+        try:
+            cond, noise = pipe.prepare(request.prompt, request.negative_prompt, config)
+            program = sampling_program(noise, cond, plan.rule, config.guidance, prediction_type=pipe.prediction_type)
+            params = pipe.parameters(request.prompt, request.negative_prompt, config, type(plan.scheduler).__name__)
+            job = _Job(ticket, config, params, program, self._key(config), peak_rows(config), started,
+                       time.monotonic() - started)
+            job.pending = next(program)
+        except Exception as exc:  # noqa: BLE001 - this request fails, the others go on
+            self._counts["failed"] += 1
+            _end(ticket.future, exc)
+            return
+        with self._wake:
+            self._active.append(job)
+
+    def _call(self, chunk: Sequence[_Job]) -> None:
+        """ONE UNet call for the pending rows of ``chunk``; each job gets its outputs."""
+        rows = [job.pending for job in chunk]
+        assert all(r is not None for r in rows)
+        branches = [(lat, cond) for r in rows if r is not None for lat, cond in zip(r.latents, r.conds)]
+        latents = torch.cat([lat for lat, _ in branches])
+        cond = cat_conditions([c for _, c in branches])
+        t = _timesteps([(r.t, r.count) for r in rows if r is not None])
+        try:
+            out = self.pipeline.denoiser(latents, t, cond)
+        except Exception as exc:  # noqa: BLE001
+            for job in chunk:
+                self._fail(job, exc)
+            return
+        with self._wake:
+            self._counts["calls"] += 1
+            self._counts["rows"] += int(latents.shape[0])
+            self._call_times.append(time.monotonic())
+            while self._call_times and self._call_times[0] < time.monotonic() - RATE_WINDOW_S:
+                self._call_times.popleft()
+        parts = iter(out.split([int(lat.shape[0]) for lat, _ in branches]))
+        for job, r in zip(chunk, rows):
+            assert r is not None
+            job.advance(list(itertools.islice(parts, len(r.latents))))
+
+    def _decode(self, group: list[_Job]) -> None:
+        pipe = self.pipeline
+        step = pipe.limits.max_batch or len(group)
+        for start in range(0, len(group), step):
+            chunk = group[start:start + step]
+            began = time.monotonic()
+            latents = torch.cat([job.latents for job in chunk if job.latents is not None])
+            try:
+                decoded = pipe.vae_decode(latents)
+            except Exception as exc:  # noqa: BLE001
+                for job in chunk:
+                    self._fail(job, exc)
+                continue
+            decode_s = time.monotonic() - began
+            offset = 0
+            for job in chunk:
+                count = job.config.batch
+                try:
+                    images = to_pil(decoded[offset:offset + count], job.params)
+                except Exception as exc:  # noqa: BLE001 - e.g. NonFiniteImageError, for this request only
+                    self._fail(job, exc)
+                    continue
+                finally:
+                    offset += count
+                denoise_s = began - job.started - job.text_s
+                timings = Timings(job.text_s, denoise_s, decode_s, job.config.steps)
+                with self._wake:
+                    self._counts["completed"] += 1
+                    served = time.monotonic() - job.started
+                    done = self._counts["completed"]
+                    self._service_s += (served - self._service_s) / done
+                _end(job.ticket.future, Generation(images, job.params, timings, job.config))
+
+    def _fail(self, job: _Job, exc: BaseException) -> None:
+        with self._wake:
+            self._counts["failed"] += 1
+        _end(job.ticket.future, exc)
+
+
+def _end(future: Future[Generation], outcome: Generation | BaseException) -> None:
+    if future.done():
+        return
+    if isinstance(outcome, BaseException):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
+
+
+def _groups(jobs: Sequence[_Job]) -> dict[tuple[int, ...], list[_Job]]:
+    """Jobs that can share a call (or a decode), in their order."""
+    groups: dict[tuple[int, ...], list[_Job]] = {}
+    for job in jobs:
+        groups.setdefault(job.key, []).append(job)
+    return groups
+
+
+def _pack(group: list[_Job], max_rows: int) -> list[list[_Job]]:
+    """Consecutive chunks of at most ``max_rows`` pending rows, in order (oldest first)."""
+    chunks: list[list[_Job]] = []
+    rows = 0
+    for job in group:
+        if job.pending is None:
+            continue
+        count = job.pending.count
+        if not chunks or rows + count > max_rows:
+            chunks.append([])
+            rows = 0
+        chunks[-1].append(job)
+        rows += count
+    return chunks
+
+
+def _timesteps(per_request: list[tuple[Tensor, int]]) -> Tensor:
+    """One timestep per row; requests on different schedulers may differ in dtype."""
+    dtypes = {t.dtype for t, _ in per_request}
+    dtype = dtypes.pop() if len(dtypes) == 1 else torch.float32
+    return torch.cat([t.to(dtype).reshape(1).expand(count) for t, count in per_request])
