@@ -129,6 +129,12 @@ def make_parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("info", help="print an engines folder's manifest")
     i.add_argument("folder", type=Path)
+
+    from answer_trt.bench.load import add_load_parser  # serve and load: stdlib-only until they run
+    from answer_trt.serving.cli_serve import add_serve_parser
+
+    add_serve_parser(sub)
+    add_load_parser(sub)
     return parser
 
 
@@ -136,7 +142,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="answer-trt: %(levelname)s: %(message)s", stream=sys.stderr)
     try:
-        return {"build": _build, "generate": _generate, "bench": _bench, "info": _info}[args.command](args)
+        handlers = {"build": _build, "generate": _generate, "bench": _bench, "info": _info}
+        return (handlers.get(args.command) or args.handler)(args)  # serve, load: set_defaults(handler=...)
     except UserInputError as exc:
         print(f"answer-trt: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

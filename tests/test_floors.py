@@ -24,7 +24,7 @@ def _floors() -> dict[str, str]:
             requirements += reqs
     floors = {}
     for req in requirements:
-        match = re.fullmatch(r"([A-Za-z0-9_.-]+)\s*>=\s*([0-9][^,;\s]*)\s*(,.*)?", req)
+        match = re.fullmatch(r"([A-Za-z0-9_.-]+)(?:\[[^\]]*\])?\s*>=\s*([0-9][^,;\s]*)\s*(,.*)?", req)
         assert match, f"{req!r}: every tested dependency needs a >= floor"
         floors[_norm(match[1])] = match[2]
     return floors

@@ -97,6 +97,9 @@ class Ticket:
         self.deadline = deadline  # time.monotonic() value, or None
         self.submitted = time.monotonic()
         self.future: Future[Generation] = Future()
+        # Running from the start: ``future.cancel()`` (asyncio's, when an awaiting task is
+        # cancelled) then does nothing, so only the worker ends a future; ``cancel()`` asks it to.
+        self.future.set_running_or_notify_cancel()
         self._cancelled = threading.Event()
         self._wake = wake
 
@@ -262,12 +265,13 @@ class StepBatcher:
                 uptime_s=now - self._started,
             )
 
-    def close(self) -> None:
-        """Stop the worker; requests not finished end with ``RequestCancelled``."""
+    def close(self, timeout: float | None = 60.0) -> None:
+        """Stop the worker; requests not finished end with ``RequestCancelled``. Waits up to
+        ``timeout`` seconds for an engine call in progress (the worker thread is a daemon)."""
         with self._wake:
             self._closed = True
             self._wake.notify_all()
-        self._worker.join()
+        self._worker.join(timeout)
 
     def __enter__(self) -> StepBatcher:
         return self

@@ -1,0 +1,103 @@
+"""`answer-trt serve`: its arguments and its handler (registered by ``answer_trt.cli``)."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from answer_trt.errors import UserInputError
+
+SERVE_EXTRA_HINT = 'install the serve extra: pip install -c constraints.txt -e ".[serve]"'
+
+
+def add_serve_parser(sub: Any) -> argparse.ArgumentParser:
+    s: argparse.ArgumentParser = sub.add_parser(
+        "serve", help="serve generate over HTTP with Ray Serve (cross-request step-level batching)")
+    add_source_arguments(s)
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    s.add_argument("--port", type=int, default=8000, help="default 8000")
+    add_batcher_arguments(s)
+    s.add_argument("--no-batching", action="store_true",
+                   help="one request at a time (the baseline cross-request batching is measured against)")
+    s.set_defaults(handler=serve_command)
+    return s
+
+
+def add_source_arguments(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--engines", type=Path, help="engines folder made by `answer-trt build`")
+    source.add_argument("--model", help="model to build into the cache on first use (default `tiny`)")
+
+
+def add_batcher_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--replicas", type=int, default=1, help="copies of the model (Ray Serve replicas; default 1)")
+    parser.add_argument("--max-queue", type=int, default=None,
+                        help="requests waiting to join a replica's batch before it answers 503 (default: no limit)")
+    parser.add_argument("--max-rows", type=int, default=None,
+                        help="most UNet rows per batched call (default: what the engines were built for)")
+
+
+def serve_config(args: argparse.Namespace, **overrides: Any) -> Any:
+    """The ``ServeConfig`` of ``args``; a ``--model`` is built into the cache first."""
+    from answer_trt.loaders import build_cached
+    from answer_trt.iospec import MAX_BRANCHES
+    from answer_trt.manifest import read_manifest, verify_files
+    from answer_trt.serving.app import ServeConfig, check_serve_flags
+
+    fields: dict[str, Any] = dict(replicas=args.replicas, max_queue=args.max_queue, max_rows=args.max_rows)
+    fields.update(overrides)
+    check_serve_flags(fields.get("host", "127.0.0.1"), fields.get("port", 8000), fields["replicas"],
+                      fields["max_queue"], fields["max_rows"])  # before a build
+    if args.engines is not None:
+        engines = Path(args.engines)
+        manifest = read_manifest(engines)
+        verify_files(engines, manifest)  # here, once: a mismatch is one line, not a failed deployment
+    else:
+        engines = build_cached(args.model or "tiny", log=lambda msg: print(msg, file=sys.stderr))
+        manifest = read_manifest(engines)
+    built = MAX_BRANCHES * manifest.max_batch
+    if fields["max_rows"] is not None and fields["max_rows"] > built:
+        raise UserInputError(f"--max-rows {fields['max_rows']} is beyond the {built} rows per call the engines were "
+                             f"built for: use --max-rows {built} or fewer, or build with a larger --max-batch")
+    gpus = 1.0 if manifest.backend == "tensorrt" else 0.0
+    return ServeConfig(engines=engines, verify=False, replica_gpus=gpus, **fields)
+
+
+def import_ray() -> None:
+    try:
+        import ray  # noqa: F401
+        from ray import serve  # noqa: F401
+    except ImportError:
+        raise UserInputError(f"`answer-trt serve` needs Ray Serve: {SERVE_EXTRA_HINT}") from None
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    import_ray()
+    from answer_trt.serving.app import start, stop
+
+    config = serve_config(args, host=args.host, port=args.port, batching=not args.no_batching)
+    try:
+        url = start(config)
+        # After ray.init, which installs its own: `docker stop` and `kill` shut down as Ctrl-C does.
+        signal.signal(signal.SIGTERM, _interrupt)
+        print(f"answer-trt: serving {url} (POST /v1/generate, GET /v1/health, GET /v1/stats; "
+              f"{config.replicas} replica(s), batching {'on' if config.batching else 'off'}); Ctrl-C stops",
+              flush=True)
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("answer-trt: stopping", file=sys.stderr)
+    finally:
+        try:
+            stop()
+        except KeyboardInterrupt:  # a second Ctrl-C: leave the rest to Ray's exit hooks
+            print("answer-trt: stopped without waiting for Ray to shut down", file=sys.stderr)
+    return 0
+
+
+def _interrupt(_signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt

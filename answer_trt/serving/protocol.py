@@ -1,0 +1,206 @@
+"""The wire format of ``POST /v1/generate``: a JSON body -> a ``GenerateCall`` (the request for
+the batcher and how to answer it), and a ``Generation`` -> the response body.
+
+Every refusal is a ``UserInputError`` whose one-line message names the field and what to
+change; value checks are the configuration's own (``answer_trt.config``), so a bad value
+reads as it does from ``Pipeline.generate``. No Ray here.
+"""
+
+from __future__ import annotations
+
+import base64
+import difflib
+import io
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+from answer_trt.config import SCHEDULERS, GuidanceConfig, SamplingConfig
+from answer_trt.errors import UserInputError
+from answer_trt.pipeline import Generation
+from answer_trt.rules import check_choice
+from answer_trt.serving.batcher import GenerateRequest
+
+RESPONSE_FORMATS = ("png", "json")
+# A prompt is cut at the tokenizer's 77 tokens anyway; a larger body is a mistake or abuse.
+MAX_BODY_BYTES = 64 * 1024
+EXAMPLE = '{"prompt": "a red circle and a blue square"}'
+
+
+@dataclass(frozen=True)
+class Kind:
+    """The JSON type a field takes; ``nullable``: ``null`` is allowed (the default then)."""
+
+    name: str
+    test: Callable[[object], bool]
+    nullable: bool = False
+
+    def describe(self) -> str:
+        return f"{self.name} or null" if self.nullable else self.name
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # JSON true is not 1
+
+
+def _is_number(value: object) -> bool:
+    return _is_int(value) or isinstance(value, float)
+
+
+_STRING = Kind("a string", lambda v: isinstance(v, str))
+_INT = Kind("an integer", _is_int)
+_NUMBER = Kind("a number", _is_number)
+_OPT_STRING = Kind("a string", _STRING.test, nullable=True)
+_OPT_INT = Kind("an integer", _INT.test, nullable=True)
+_OPT_NUMBER = Kind("a number", _NUMBER.test, nullable=True)
+
+# The fields of GenerateRequest a client may send, and their JSON types.
+REQUEST_FIELDS: dict[str, Kind] = {
+    "prompt": _STRING,
+    "method": _STRING,
+    "negative_prompt": _OPT_STRING,
+    "steps": _INT,
+    "guidance_scale": _NUMBER,
+    "negative_scale": _OPT_NUMBER,
+    "dns_steps": _INT,
+    "mode": _STRING,
+    "chain_min_sigma": _NUMBER,
+    "drift_tau": _OPT_NUMBER,
+    "guidance_rescale": _NUMBER,
+    "scheduler": _OPT_STRING,
+    "seed": _INT,
+    "height": _OPT_INT,
+    "width": _OPT_INT,
+}
+# How to answer: the response format, and a deadline for the whole request (queue included).
+OPTION_FIELDS: dict[str, Kind] = {"response": _STRING, "timeout_s": _OPT_NUMBER}
+FIELDS = {**REQUEST_FIELDS, **OPTION_FIELDS}
+
+
+@dataclass(frozen=True)
+class GenerateCall:
+    """One parsed ``POST /v1/generate``."""
+
+    request: GenerateRequest
+    response: str = "png"
+    timeout_s: float | None = None
+
+
+def parse_generate(body: bytes) -> GenerateCall:
+    """The request in ``body`` (a JSON object), checked field by field."""
+    fields = _fields(_decode(body))
+    options = {name: fields.pop(name) for name in OPTION_FIELDS if name in fields}
+    request = GenerateRequest(**fields)
+    check_values(request)
+    response = check_choice("response", options.get("response", "png"), RESPONSE_FORMATS)
+    timeout_s = options.get("timeout_s")
+    if timeout_s is not None and not (math.isfinite(timeout_s) and timeout_s > 0):
+        raise UserInputError(f"timeout_s must be a positive number of seconds (or null for none), got {timeout_s}")
+    return GenerateCall(request, response, None if timeout_s is None else float(timeout_s))
+
+
+def check_values(request: GenerateRequest) -> None:
+    """The checks ``Pipeline.generate`` makes before looking at the engines."""
+    SamplingConfig(
+        guidance=GuidanceConfig(request.method, request.guidance_scale, request.negative_scale, request.dns_steps,
+                                request.mode, request.chain_min_sigma, request.drift_tau, request.guidance_rescale),
+        steps=request.steps, scheduler=request.scheduler, seed=request.seed, height=request.height,
+        width=request.width,
+    )
+    if request.scheduler is not None:
+        check_choice("scheduler", request.scheduler, tuple(SCHEDULERS))
+
+
+def _decode(body: bytes) -> dict[str, Any]:
+    if len(body) > MAX_BODY_BYTES:
+        raise UserInputError(f"the request body is {len(body)} bytes, above the limit of {MAX_BODY_BYTES}: "
+                             "send a shorter prompt")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UserInputError(f"the request body is not UTF-8 text: send a JSON object such as {EXAMPLE}") from None
+    try:
+        value = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+    except json.JSONDecodeError as exc:
+        raise UserInputError(f"the request body is not valid JSON ({exc.msg} at line {exc.lineno} column "
+                             f"{exc.colno}): send a JSON object such as {EXAMPLE}") from None
+    except RecursionError:
+        raise UserInputError(f"the request body is nested too deeply: send a JSON object such as {EXAMPLE}") from None
+    if not isinstance(value, dict):
+        raise UserInputError(f"the request body must be a JSON object such as {EXAMPLE}, got {_json_type(value)}")
+    return value
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise UserInputError(f"field {key!r} appears more than once: send it once")
+        result[key] = value
+    return result
+
+
+def _no_constant(name: str) -> None:
+    raise UserInputError(f"{name} is not a JSON number: send a finite number")
+
+
+def _fields(body: dict[str, Any]) -> dict[str, Any]:
+    """The fields of ``body``, each of its kind; nulls dropped so the defaults apply."""
+    for name in body:
+        if name not in FIELDS:
+            close = difflib.get_close_matches(name, FIELDS, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise UserInputError(f"unknown field {name!r}: {hint}the fields are {', '.join(FIELDS)}")
+    if "prompt" not in body:
+        raise UserInputError("field 'prompt' is missing: send the text to draw (an empty string means "
+                             "unconditional sampling)")
+    fields = {}
+    for name, value in body.items():
+        kind = FIELDS[name]
+        if value is None and kind.nullable:
+            continue
+        if not kind.test(value):
+            raise UserInputError(f"field {name!r} must be {kind.describe()}, got {_shown(value)}")
+        fields[name] = value
+    return fields
+
+
+def _json_type(value: object) -> str:
+    names = {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "an array"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
+
+
+def _shown(value: object, limit: int = 40) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    """``image`` as PNG, its ``info`` (the generation parameters) as text chunks."""
+    info = PngInfo()
+    for key, value in image.info.items():
+        if isinstance(key, str) and isinstance(value, str):
+            info.add_text(key, value)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=info)
+    return buffer.getvalue()
+
+
+def render(generation: Generation, response: str) -> tuple[bytes, str]:
+    """The response body and its content type."""
+    png = png_bytes(generation.images[0])
+    if response == "png":
+        return png, "image/png"
+    body = {"image_png_base64": base64.b64encode(png).decode("ascii"),
+            "parameters": json.loads(generation.params["parameters"])}
+    return json.dumps(body).encode(), "application/json"
+
+
+def error_body(message: str) -> bytes:
+    """``{"error": "<one line>"}``."""
+    return json.dumps({"error": " ".join(message.split())}).encode()
