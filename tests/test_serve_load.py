@@ -145,3 +145,15 @@ def test_a_server_that_is_not_there_is_one_clear_error():
     with pytest.raises(ServerError) as info:
         AnswerTrtClient(f"http://127.0.0.1:{free_port()}", timeout_s=5).health()
     assert info.value.status == 0 and "cannot reach http://127.0.0.1:" in str(info.value)
+
+
+def test_serve_config_checks_cluster_and_gpu_flags():
+    from pathlib import Path
+
+    from answer_trt.serving.app import ServeConfig
+
+    assert ServeConfig(Path("e"), replica_gpus=0.5, address="auto").address == "auto"
+    with pytest.raises(UserInputError, match="--gpus-per-replica must be a number from 0 to 64"):
+        ServeConfig(Path("e"), replica_gpus=-1.0)
+    with pytest.raises(UserInputError, match="--address must name a Ray cluster"):
+        ServeConfig(Path("e"), address=" ")

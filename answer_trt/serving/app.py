@@ -49,9 +49,16 @@ class ServeConfig:
     replica_gpus: float = 0.0
     app_name: str = APP_NAME
     route_prefix: str = "/"
+    address: str | None = None  # a running Ray cluster (`auto`, or HEAD:6379); None: start Ray here
 
     def __post_init__(self) -> None:
         check_serve_flags(self.host, self.port, self.replicas, self.max_queue, self.max_rows)
+        if isinstance(self.replica_gpus, bool) or not isinstance(self.replica_gpus, (int, float)) \
+                or not 0.0 <= self.replica_gpus <= 64.0:
+            raise UserInputError(f"--gpus-per-replica must be a number from 0 to 64 (0.5 puts two replicas on one "
+                                 f"GPU), got {self.replica_gpus!r}")
+        if self.address is not None and not self.address.strip():
+            raise UserInputError("--address must name a Ray cluster: `auto` on one of its machines, or HEAD:6379")
         if not self.route_prefix.startswith("/"):
             raise UserInputError(f"route prefix {self.route_prefix!r} must start with '/'")
 
@@ -167,7 +174,9 @@ def start(config: ServeConfig) -> str:
     import ray
     from ray import serve
 
-    if not ray.is_initialized():
+    if not ray.is_initialized() and config.address is not None:  # replicas go where the cluster has room
+        ray.init(address=config.address, log_to_driver=False, configure_logging=False)
+    elif not ray.is_initialized():
         ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(config.replicas * config.replica_cpus)),
                  include_dashboard=False, log_to_driver=False, configure_logging=False)
     serve.start(http_options={"host": config.host, "port": config.port})

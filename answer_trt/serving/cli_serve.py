@@ -21,6 +21,12 @@ def add_serve_parser(sub: Any) -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     s.add_argument("--port", type=int, default=8000, help="default 8000")
     add_batcher_arguments(s)
+    s.add_argument("--address", default=None,
+                   help="join a running Ray cluster (`auto` on one of its machines, or HEAD:6379) and place the "
+                        "replicas across its machines; the engines folder must exist at the same path on each")
+    s.add_argument("--gpus-per-replica", type=float, default=None,
+                   help="GPUs each replica reserves (default: 1 for tensorrt engines, 0 otherwise; 0.5 puts two "
+                        "replicas on one GPU)")
     s.add_argument("--no-batching", action="store_true",
                    help="one request at a time (the baseline cross-request batching is measured against)")
     s.set_defaults(handler=serve_command)
@@ -63,7 +69,9 @@ def serve_config(args: argparse.Namespace, **overrides: Any) -> Any:
     if fields["max_rows"] is not None and fields["max_rows"] > built:
         raise UserInputError(f"--max-rows {fields['max_rows']} is beyond the {built} rows per call the engines were "
                              f"built for: use --max-rows {built} or fewer, or build with a larger --max-batch")
-    gpus = 1.0 if manifest.backend == "tensorrt" else 0.0
+    gpus = getattr(args, "gpus_per_replica", None)
+    if gpus is None:
+        gpus = 1.0 if manifest.backend == "tensorrt" else 0.0
     return ServeConfig(engines=engines, verify=False, replica_gpus=gpus, **fields)
 
 
@@ -79,7 +87,7 @@ def serve_command(args: argparse.Namespace) -> int:
     import_ray()
     from answer_trt.serving.app import start, stop
 
-    config = serve_config(args, host=args.host, port=args.port, batching=not args.no_batching)
+    config = serve_config(args, host=args.host, port=args.port, batching=not args.no_batching, address=args.address)
     try:
         url = start(config)
         # After ray.init, which installs its own: `docker stop` and `kill` shut down as Ctrl-C does.
