@@ -45,6 +45,9 @@ class BuildConfig:
     width: SizeRange | int | None = None
     force: bool = False
     check: bool | None = None  # the post-build accuracy check; None: on for fp16 and bf16, off for fp32
+    # Build-time graph optimization (export/graph_optimize.py), onnxruntime only; None: off
+    # (measured: no gain on the CPU, benchmarks/README.md).
+    optimize: bool | None = None
 
     def __post_init__(self) -> None:
         check_choice("backend", self.backend, BUILD_BACKENDS)
@@ -54,6 +57,9 @@ class BuildConfig:
         if self.precision == "bf16" and self.backend not in BF16_BACKENDS:
             raise UserInputError("--precision bf16 needs --backend tensorrt; use fp32 or fp16 with onnxruntime")
         check_int("--max-batch", self.max_batch)
+        if self.optimize and self.backend != "onnxruntime":
+            raise UserInputError("--optimize rewrites ONNX Runtime graphs: TensorRT optimizes its plans itself; "
+                                 "drop --optimize or use --backend onnxruntime")
         for side in ("height", "width"):
             value = getattr(self, side)
             if isinstance(value, SizeRange):
@@ -67,6 +73,11 @@ class BuildConfig:
         for the half-precision builds, whose errors are worth measuring)."""
         return self.check if self.check is not None else self.precision != "fp32"
 
+    @property
+    def optimizes_graphs(self) -> bool:
+        """Whether the build runs ONNX Runtime's transformer optimizer on its graphs."""
+        return bool(self.optimize)
+
     def command(self) -> str:
         """The ``answer-trt build`` command line with every flag of this request, so that
         a rebuild makes the same kind of folder (backend, precision, sizes, batch)."""
@@ -78,6 +89,8 @@ class BuildConfig:
                 words += [f"--{side}", str(value)]
         if self.check is not None:
             words.append("--check" if self.check else "--no-check")
+        if self.optimize is not None:
+            words.append("--optimize" if self.optimize else "--no-optimize")
         if self.force:
             words.append("--force")
         return shlex.join(words)

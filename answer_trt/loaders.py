@@ -38,11 +38,13 @@ def load(
     return from_engines(build_cached(str(source), log=build_log), verify=False)
 
 
-def from_engines(folder: Path, verify: bool = True) -> Pipeline:
+def from_engines(folder: Path, verify: bool = True, session: Any = None) -> Pipeline:
     """``verify=False`` skips the checksums: only for a folder that ``build`` has just
-    built or found up to date, which checked them already (hashing GBs twice is slow)."""
-    from answer_trt.backends.ort import OnnxRuntimeEngine
-    from answer_trt.models.source import load_tokenizers
+    built or found up to date, which checked them already (hashing GBs twice is slow).
+    ``session``: ONNX Runtime ``SessionSettings`` (default: the measured defaults, with the
+    intra-op thread count the build measured where the manifest records one)."""
+    from answer_trt.backends.ort import OnnxRuntimeEngine, SessionSettings
+    from answer_trt.models.source import load_engine_tokenizers
 
     manifest = read_manifest(folder)
     if verify:
@@ -54,12 +56,16 @@ def from_engines(folder: Path, verify: bool = True) -> Pipeline:
         device = "cuda"
     else:
         rebuild = manifest.build_command(folder)
+        if session is None:
+            threads = manifest.session.intra_op_threads if manifest.session is not None else 0
+            session = SessionSettings(intra_op_threads=threads)
         engines = {
-            name: OnnxRuntimeEngine(folder / entry.file, entry.spec, entry.profile, rebuild_command=rebuild)
+            name: OnnxRuntimeEngine(folder / entry.file, entry.spec, entry.profile, rebuild_command=rebuild,
+                                    settings=session)
             for name, entry in manifest.components.items()
         }
     return Pipeline(
-        tokenizers=load_tokenizers(folder),
+        tokenizers=load_engine_tokenizers(folder, manifest.files),
         engines=engines,
         scheduler_config=_scheduler_config(folder, manifest),
         info=manifest.info,

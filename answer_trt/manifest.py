@@ -44,6 +44,8 @@ TENSOR_DTYPES = ("float32", "float16", "bfloat16", "int64", "int32")
 # Copied from the model beside the engines by the build, read by the loader.
 TOKENIZER_FOLDERS = ("tokenizer", "tokenizer_2")
 TOKENIZER_FILES = ("vocab.json", "merges.txt")  # what a CLIP tokenizer cannot load without
+# Written by the build beside them: the tokenizer as one `tokenizers` file (models/fast_tokenizer.py).
+FAST_TOKENIZER_FILE = "answer-trt-tokenizer.json"
 SCHEDULER_CONFIG = "scheduler/scheduler_config.json"
 
 # Bounds on untrusted input. A real manifest is a few kB and nests 7 levels deep
@@ -93,6 +95,37 @@ class AccuracyCheck:
 
 
 @dataclass(frozen=True)
+class GraphOptimizationEntry:
+    """One component's build-time graph optimization (``answer-trt build --optimize``)."""
+
+    kept: bool  # the optimized graph replaced the exported one
+    note: str  # why it was kept or not
+    fusions: dict[str, int]  # fused operator -> count (only those that fired)
+    max_abs_error: float | None = None  # against the unoptimized graph; None where it did not run
+    max_rel_error: float | None = None
+    atol: float | None = None
+    rtol: float | None = None
+    exported_ms: float | None = None  # fastest of a few calls at the check size, each graph
+    optimized_ms: float | None = None
+
+
+@dataclass(frozen=True)
+class GraphOptimization:
+    """The build-time graph optimization a folder's graphs went through: by what tool."""
+
+    tool: str  # "onnxruntime.transformers.optimizer 1.32.0"
+    components: dict[str, GraphOptimizationEntry]
+
+
+@dataclass(frozen=True)
+class SessionChoice:
+    """ONNX Runtime session settings the build chose by measuring the UNet (CPU provider)."""
+
+    intra_op_threads: int  # 0: ONNX Runtime's own choice (one per physical core)
+    unet_call_ms: dict[str, float]  # candidate thread count -> fastest measured UNet call
+
+
+@dataclass(frozen=True)
 class Manifest:
     key: str
     backend: str
@@ -108,12 +141,15 @@ class Manifest:
     versions: dict[str, str]
     gpu_capability: str | None = None  # TensorRT plans: the compute capability they were built on
     accuracy: AccuracyCheck | None = None  # built with --check: what it measured (a failed check publishes nothing)
+    graph_optimization: GraphOptimization | None = None  # built with --optimize: per component, what it did
+    session: SessionChoice | None = None  # onnxruntime on the CPU: the measured session settings
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["format"] = MANIFEST_FORMAT
-        if self.accuracy is None:  # left out: a folder built without the check reads as before
-            del data["accuracy"]
+        for optional in ("accuracy", "graph_optimization", "session"):
+            if data[optional] is None:  # left out: a folder built without it reads as before
+                del data[optional]
         data["components"] = {
             name: {"file": e.file, "spec": e.spec.to_json(), "profile": {k: list(v) for k, v in e.profile.items()}}
             for name, e in self.components.items()
@@ -146,13 +182,17 @@ class Manifest:
             versions=_mapping(fields["versions"], "versions", _text),
             gpu_capability=_optional(fields.get("gpu_capability"), "gpu_capability", _text),
             accuracy=_optional(fields.get("accuracy"), "accuracy", _accuracy),
+            graph_optimization=_optional(fields.get("graph_optimization"), "graph_optimization",
+                                         _graph_optimization),
+            session=_optional(fields.get("session"), "session", _session_choice),
         )
 
     def build_config(self, folder: Path) -> BuildConfig:
         """The build request that makes this folder again: every flag it was built with
         (model, backend, precision, max batch, height and width ranges), and --force."""
         return BuildConfig(model=self.model_name, out=folder, backend=self.backend, precision=self.precision,
-                           max_batch=self.max_batch, height=self.height, width=self.width, force=True)
+                           max_batch=self.max_batch, height=self.height, width=self.width, force=True,
+                           optimize=True if self.graph_optimization is not None else None)
 
     def build_command(self, folder: Path) -> str:
         """``answer-trt build ...`` replaying ``build_config``: what every rebuild hint says."""
@@ -161,7 +201,7 @@ class Manifest:
 
 _REQUIRED_FIELDS = {"format", "key", "backend", "precision", "model_name", "model_hash", "max_batch", "height",
                     "width", "info", "components", "files", "versions"}
-_OPTIONAL_FIELDS = {"gpu_capability", "accuracy"}
+_OPTIONAL_FIELDS = {"gpu_capability", "accuracy", "graph_optimization", "session"}
 # Enough to tell a manifest of ours (even a damaged one) from someone else's manifest.json.
 OWNERSHIP_FIELDS = ("format", "key", "components", "files")
 
@@ -381,6 +421,29 @@ def _accuracy(value: Any, where: str) -> AccuracyCheck:
             precision=_choice(entry["precision"], f"{where}.components.{name}.precision", PRECISIONS), **numbers)
     return AccuracyCheck(_text(fields["tool"], f"{where}.tool"), _text(fields["reference"], f"{where}.reference"),
                          components)
+
+
+_OPTIMIZATION_NUMBERS = ("max_abs_error", "max_rel_error", "atol", "rtol", "exported_ms", "optimized_ms")
+
+
+def _graph_optimization(value: Any, where: str) -> GraphOptimization:
+    fields = _object(value, where, ("tool", "components"))
+    optimized = _object(fields["components"], f"{where}.components", (), COMPONENTS)
+    components = {}
+    for name, item in optimized.items():
+        at = f"{where}.components.{name}"
+        entry = _object(item, at, ("kept", "note", "fusions"), _OPTIMIZATION_NUMBERS)
+        numbers = {k: _optional(entry.get(k), f"{at}.{k}", _number) for k in _OPTIMIZATION_NUMBERS}
+        components[name] = GraphOptimizationEntry(
+            kept=_bool(entry["kept"], f"{at}.kept"), note=_text(entry["note"], f"{at}.note"),
+            fusions=_mapping(entry["fusions"], f"{at}.fusions", lambda v, w: _int(v, w, low=1)), **numbers)
+    return GraphOptimization(_text(fields["tool"], f"{where}.tool"), components)
+
+
+def _session_choice(value: Any, where: str) -> SessionChoice:
+    fields = _object(value, where, ("intra_op_threads", "unet_call_ms"))
+    return SessionChoice(_int(fields["intra_op_threads"], f"{where}.intra_op_threads", high=1024),
+                         _mapping(fields["unet_call_ms"], f"{where}.unet_call_ms", _number))
 
 
 def _check_specs(components: dict[str, ComponentEntry], dims: ModelDims) -> None:

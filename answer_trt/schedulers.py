@@ -9,6 +9,10 @@ precomputes the coefficients once, so a step is two multiply-adds: stateless (th
 negative chain's "copy of the scheduler state" is free), and a pure tensor function
 that a CUDA graph can capture. Any other diffusers scheduler runs through its own
 ``step()`` (``DiffusersStepRule``).
+
+Their schedules (timesteps, alphas, sigmas) come from ``native_schedulers`` where the
+config allows, so a generation with DDIM or Euler never imports diffusers; diffusers is
+imported only for the other schedulers and configs (``make_diffusers_scheduler``).
 """
 
 from __future__ import annotations
@@ -19,25 +23,41 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import diffusers
 import torch
 from torch import Tensor
 
 from answer_trt.config import SCHEDULERS
 from answer_trt.errors import UserInputError
+from answer_trt.native_schedulers import NativeSchedule, native_scheduler
+
+
+def scheduler_class_name(config: Mapping[str, Any], name: str | None = None) -> str:
+    """The diffusers class a scheduler is made of: ``name``'s (``--scheduler``), or with
+    ``name=None`` the model's own (``_class_name`` of the config)."""
+    if name is None:
+        return str(config.get("_class_name", "DDIMScheduler"))
+    if name in SCHEDULERS:
+        return SCHEDULERS[name]
+    raise UserInputError(f"unknown scheduler {name!r}: choose one of {', '.join(SCHEDULERS)}")
 
 
 def make_scheduler(config: Mapping[str, Any], name: str | None = None) -> Any:
-    """Build a scheduler from the model's config; ``name`` overrides its class.
+    """The schedule the sampler runs, from the model's config; ``name`` overrides its class.
 
-    ``name=None`` keeps the model's own scheduler class (``_class_name`` of the config).
+    DDIM and Euler come as native schedules (``native_schedulers``: the same numbers,
+    without importing diffusers) where the config allows; everything else is
+    ``make_diffusers_scheduler``'s.
     """
-    if name is None:
-        class_name = str(config.get("_class_name", "DDIMScheduler"))
-    elif name in SCHEDULERS:
-        class_name = SCHEDULERS[name]
-    else:
-        raise UserInputError(f"unknown scheduler {name!r}: choose one of {', '.join(SCHEDULERS)}")
+    native = native_scheduler(config, scheduler_class_name(config, name))
+    return native if native is not None else make_diffusers_scheduler(config, name)
+
+
+def make_diffusers_scheduler(config: Mapping[str, Any], name: str | None = None) -> Any:
+    """A diffusers scheduler object from the model's config (``name`` as in ``make_scheduler``),
+    configured for epsilon prediction; imports diffusers."""
+    import diffusers
+
+    class_name = scheduler_class_name(config, name)
     scheduler_class = getattr(diffusers, class_name, None)
     if scheduler_class is None or not hasattr(scheduler_class, "from_config"):
         raise UserInputError(
@@ -134,7 +154,11 @@ class DiffusersStepRule:
 
 
 def make_step_rule(scheduler: Any, steps: int, exact_diffusers: bool = False) -> StepRule:
-    """Set ``steps`` timesteps and return the fastest rule that matches ``scheduler.step()``."""
+    """Set ``steps`` timesteps and return the fastest rule that matches ``scheduler.step()``.
+    ``exact_diffusers``: diffusers' own ``step()`` (a native schedule becomes its diffusers
+    scheduler)."""
+    if exact_diffusers and isinstance(scheduler, NativeSchedule):
+        scheduler = scheduler.to_diffusers()
     name, trained = type(scheduler).__name__, len(scheduler.alphas_cumprod)
     try:
         scheduler.set_timesteps(steps)

@@ -25,6 +25,7 @@ from answer_trt.errors import UserInputError
 from answer_trt.files import sha256_file
 from answer_trt.iospec import (
     COMPONENTS,
+    UNET,
     ComponentSpec,
     ModelDims,
     Profile,
@@ -34,12 +35,14 @@ from answer_trt.iospec import (
 )
 from answer_trt.manifest import (
     MANIFEST_NAME,
+    TOKENIZER_FOLDERS,
     ComponentEntry,
     Manifest,
     external_data_name,
     mismatched_files,
     read_manifest,
 )
+from answer_trt.models.fast_tokenizer import write_fast_tokenizer
 from answer_trt.models.info import ModelInfo, read_model_info
 from answer_trt.models.source import (
     LoadedModel,
@@ -63,6 +66,9 @@ from export.publish import (
 
 # Every top-level name a build may write (besides the manifest): a user's file with one
 # of these names is never overwritten; the build is refused instead.
+# The layout of what a build writes beside the graphs; raised when it changes, so that the
+# key changes and an older folder is rebuilt (2: the tokenizers' `tokenizers` files).
+ARTIFACT_LAYOUT = 2
 OUTPUT_NAMES = frozenset(
     name for c in COMPONENTS for name in (f"{c}.onnx", external_data_name(f"{c}.onnx"), f"{c}.plan")
 )
@@ -92,6 +98,8 @@ class BuildPlan:
             "height": asdict(self.height),
             "width": asdict(self.width),
             "opset": OPSET,
+            "layout": ARTIFACT_LAYOUT,
+            "optimize": self.config.optimizes_graphs,
             "versions": library_versions(),
             "gpu": gpu_capability() if self.config.backend == "tensorrt" else None,
         }
@@ -205,9 +213,22 @@ def _export_all(plan: BuildPlan, model: LoadedModel, staging: Path, log: Callabl
         if config.backend == "tensorrt":
             file = _build_tensorrt_plan(staging / file, specs[name], profiles[name], config.precision, log)
         components[name] = ComponentEntry(file, specs[name], profiles[name])
+    optimization = None
+    if config.optimizes_graphs:
+        from export.graph_optimize import optimize_components
+
+        optimization = optimize_components(staging, components, log)
+    session = None
+    if config.backend == "onnxruntime":
+        from export.session_tune import choose_session
+
+        session = choose_session(staging, components[UNET], log)
     for sub in MODEL_FILES:
         if (plan.source.path / sub).is_dir():
             shutil.copytree(plan.source.path / sub, staging / sub)
+    tokenizer_subs = [sub for sub in TOKENIZER_FOLDERS if (plan.source.path / sub).is_dir()]
+    for sub, tokenizer in zip(tokenizer_subs, model.tokenizers):
+        write_fast_tokenizer(tokenizer, plan.source.path / sub, staging / sub)
     files = {
         p.relative_to(staging).as_posix(): sha256_file(p) for p in sorted(staging.rglob("*")) if p.is_file()
     }
@@ -225,6 +246,8 @@ def _export_all(plan: BuildPlan, model: LoadedModel, staging: Path, log: Callabl
         files=files,
         versions=library_versions(),
         gpu_capability=gpu_capability() if config.backend == "tensorrt" else None,
+        graph_optimization=optimization,
+        session=session,
     )
 
 

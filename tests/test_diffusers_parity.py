@@ -49,10 +49,10 @@ def test_cfg_reproduces_diffusers(pipes, name, negative, scheduler, monkeypatch)
     ours, reference = pipes[name]
     monkeypatch.setattr(reference, "scheduler", reference.scheduler)  # restored after the test
     if scheduler is not None:
-        from answer_trt.schedulers import make_scheduler
+        from answer_trt.schedulers import make_diffusers_scheduler
 
-        reference.scheduler = make_scheduler(reference.scheduler.config, scheduler)
-        # make_scheduler sets epsilon for our sampler; diffusers must see the model's own type.
+        reference.scheduler = make_diffusers_scheduler(reference.scheduler.config, scheduler)
+        # make_diffusers_scheduler sets epsilon for our sampler; diffusers must see the model's own type.
         reference.scheduler.register_to_config(prediction_type=ours.prediction_type)
     expected = reference(
         "a cat and a dog", negative_prompt=negative, num_inference_steps=STEPS, guidance_scale=6.0,

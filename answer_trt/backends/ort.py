@@ -8,6 +8,7 @@ latents never leave the GPU between steps."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
@@ -22,6 +23,55 @@ from answer_trt.iospec import ComponentSpec, Profile, check_shapes
 # ONNX Runtime's type names for the IO spec's dtypes.
 ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(bfloat16)": "bfloat16",
              "tensor(int64)": "int64", "tensor(int32)": "int32"}
+
+
+GRAPH_LEVELS = {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+                "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+                "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+                "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
+EXECUTION_MODES = {"sequential": ort.ExecutionMode.ORT_SEQUENTIAL, "parallel": ort.ExecutionMode.ORT_PARALLEL}
+
+
+@dataclass(frozen=True)
+class SessionSettings:
+    """The ONNX Runtime session options every engine is made with. The defaults were
+    chosen by measurement (benchmarks/README.md, "CPU: graph optimization and session
+    options"; ``python -m benchmarks.session_options``); 0 threads means ONNX Runtime's
+    own choice (one per physical core)."""
+
+    intra_op_threads: int = 0
+    inter_op_threads: int = 0
+    # Between UNet calls the runtime runs torch ops; ORT's spin-waiting worker threads
+    # would compete with them for the cores (measured on 2 cores: ~25% slower steps).
+    allow_spinning: bool = False
+    mem_pattern: bool = True
+    graph_level: str = "all"
+    execution_mode: str = "sequential"
+
+    def __post_init__(self) -> None:
+        if self.intra_op_threads < 0 or self.inter_op_threads < 0:
+            raise UserInputError("ONNX Runtime thread counts must be 0 (its own choice) or more")
+        if self.graph_level not in GRAPH_LEVELS:
+            raise UserInputError(f"graph_level must be one of {', '.join(GRAPH_LEVELS)}, not {self.graph_level!r}")
+        if self.execution_mode not in EXECUTION_MODES:
+            raise UserInputError(f"execution_mode must be one of {', '.join(EXECUTION_MODES)}, not "
+                                 f"{self.execution_mode!r}")
+
+    def options(self) -> ort.SessionOptions:
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        options.intra_op_num_threads = self.intra_op_threads
+        options.inter_op_num_threads = self.inter_op_threads
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.allow_spinning else "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "1" if self.allow_spinning else "0")
+        options.enable_mem_pattern = self.mem_pattern
+        options.graph_optimization_level = GRAPH_LEVELS[self.graph_level]
+        options.execution_mode = EXECUTION_MODES[self.execution_mode]
+        return options
+
+    def describe(self) -> str:
+        """One line for the log: every setting."""
+        return ", ".join(f"{k} {v}" for k, v in vars(self).items())
 
 
 def default_providers() -> list[str]:
@@ -110,19 +160,17 @@ class OnnxRuntimeEngine:
     def __init__(
         self, path: Path, spec: ComponentSpec, profile: Profile, providers: list[str] | None = None,
         rebuild_command: str = "answer-trt build ... --force", io_binding: bool | None = None,
+        settings: SessionSettings = SessionSettings(),
     ) -> None:
         """``io_binding``: bind tensors in place (default: on when the session runs on the
-        CUDA provider; forcing it on the CPU provider is for tests)."""
+        CUDA provider; forcing it on the CPU provider is for tests). ``settings``: the
+        session options (``SessionSettings``)."""
         self.spec = spec
         self.profile = profile
         self.rebuild_command = rebuild_command
+        self.settings = settings
         disable_telemetry()
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        # Between UNet calls the runtime runs torch ops; ORT's spin-waiting worker threads
-        # would compete with them for the cores (measured on 2 cores: ~25% slower steps).
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(path), options, providers=providers or default_providers())
+        self.session = ort.InferenceSession(str(path), settings.options(), providers=providers or default_providers())
         check_graph_matches_spec(self.session, spec, path, rebuild_command)
         self._dtypes = {t.name: np.dtype(t.dtype) for t in spec.inputs}
         self._checked: tuple[tuple[int, ...], ...] | None = None

@@ -25,7 +25,7 @@ from answer_trt.errors import UserInputError
 from answer_trt.pipeline import Pipeline
 from answer_trt.rules import check_int
 from answer_trt.sampler import Conditioning, Denoiser, sample
-from answer_trt.schedulers import make_scheduler
+from answer_trt.schedulers import make_diffusers_scheduler, make_scheduler
 from answer_trt.versions import library_versions
 
 PROMPT = "a cat and a dog"
@@ -199,7 +199,7 @@ def _time_plain_loop(pipe: Pipeline, config: BenchConfig, eager_unet: Any) -> Su
     unet = diffusers_unet_call(eager_unet)
     per_step = []
     for run in range(config.warmup + config.runs):
-        scheduler = make_scheduler(pipe.scheduler_config)
+        scheduler = make_diffusers_scheduler(pipe.scheduler_config)
         started = time.perf_counter()
         plain_answer_loop(unet, scheduler, noise, c_p, c_0, config.steps)
         if run >= config.warmup:
@@ -220,7 +220,7 @@ def runtime_overhead(pipe: Pipeline, batch: int, steps: int = OVERHEAD_STEPS, re
         return (time.perf_counter() - started) * 1e6 / steps
 
     def plain() -> float:
-        scheduler = make_scheduler(pipe.scheduler_config)
+        scheduler = make_diffusers_scheduler(pipe.scheduler_config)
         started = time.perf_counter()
         plain_answer_loop(null_unet, scheduler, noise, c_p, c_0, steps)
         return (time.perf_counter() - started) * 1e6 / steps

@@ -12,6 +12,7 @@ import json
 import shutil
 import struct
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from typing import Any
 from answer_trt.cache import cache_root
 from answer_trt.errors import UserInputError
 from answer_trt.files import tree_sha256
-from answer_trt.manifest import TOKENIZER_FOLDERS
+from answer_trt.manifest import FAST_TOKENIZER_FILE, TOKENIZER_FOLDERS
 from answer_trt.models import quiet_libraries, tiny
 from answer_trt.models.info import RESAVE, config_json, is_sdxl, read_json_object
 
@@ -305,6 +306,20 @@ def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     line = text[0] if text else ""
     return f"{type(exc).__name__}: {line[:300]}" if line else type(exc).__name__
+
+
+def load_engine_tokenizers(folder: Path, files: Iterable[str]) -> tuple[Any, ...]:
+    """The CLIP tokenizer(s) of an engines folder: from the ``tokenizers`` files the build
+    wrote (``models/fast_tokenizer.py``: no transformers import) where ``files`` (the
+    manifest's checksummed files) lists one for every tokenizer folder, else through
+    transformers as ``load_tokenizers`` (folders built before those files existed)."""
+    from answer_trt.models.fast_tokenizer import FastClipTokenizer
+
+    subs = [sub for sub in TOKENIZER_FOLDERS if (folder / sub).is_dir()]
+    listed = set(files)
+    if subs and all(f"{sub}/{FAST_TOKENIZER_FILE}" in listed for sub in subs):
+        return tuple(FastClipTokenizer.from_file(folder / sub / FAST_TOKENIZER_FILE) for sub in subs)
+    return load_tokenizers(folder)
 
 
 def load_tokenizers(path: Path) -> tuple[Any, ...]:

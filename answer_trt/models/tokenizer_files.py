@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from transformers import CLIPTokenizer
+if TYPE_CHECKING:
+    from transformers import CLIPTokenizer
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 
@@ -51,6 +53,8 @@ def write_clip_tokenizer(
 ) -> CLIPTokenizer:
     """Save a CLIPTokenizer covering ``words`` into ``folder`` and return it loaded from there.
     (SDXL's second tokenizer pads with ``!`` instead of the end token.)"""
+    from transformers import CLIPTokenizer
+
     folder.mkdir(parents=True, exist_ok=True)
     alphabet = byte_alphabet()
     vocab_list = alphabet + [a + "</w>" for a in alphabet]
