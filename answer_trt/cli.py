@@ -304,7 +304,9 @@ def _info(args: argparse.Namespace) -> int:
     lines += _optimization_lines(manifest.graph_optimization)
     if manifest.session is not None:
         measured = ", ".join(f"{'default' if k == '0' else k} {v:.2f} ms" for k, v in manifest.session.unet_call_ms.items())
-        lines.append(f"session:    intra-op threads {manifest.session.intra_op_threads or 'default'} (measured at build, "
+        session = manifest.session
+        where = f"on {session.cpus} CPUs; used on machines with as many" if session.cpus else "used everywhere"
+        lines.append(f"session:    intra-op threads {session.intra_op_threads or 'default'} (measured at build {where}, "
                      f"fastest UNet call: {measured})")
     print("\n".join(lines))
     return 0 if not bad else EXIT_USAGE

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -57,7 +58,7 @@ def from_engines(folder: Path, verify: bool = True, session: Any = None) -> Pipe
     else:
         rebuild = manifest.build_command(folder)
         if session is None:
-            threads = manifest.session.intra_op_threads if manifest.session is not None else 0
+            threads = manifest.session.threads_here(os.cpu_count()) if manifest.session is not None else 0
             session = SessionSettings(intra_op_threads=threads)
         engines = {
             name: OnnxRuntimeEngine(folder / entry.file, entry.spec, entry.profile, rebuild_command=rebuild,

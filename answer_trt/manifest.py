@@ -123,6 +123,13 @@ class SessionChoice:
 
     intra_op_threads: int  # 0: ONNX Runtime's own choice (one per physical core)
     unet_call_ms: dict[str, float]  # candidate thread count -> fastest measured UNet call
+    cpus: int | None = None  # os.cpu_count() of the machine that measured; None: not recorded
+
+    def threads_here(self, cpus: int | None) -> int:
+        """The thread count to run with on a machine with ``cpus`` CPUs: the measured one
+        only on a machine like the one that measured it, ONNX Runtime's default elsewhere
+        (an engines folder built on a busy laptop must not pin a server to one thread)."""
+        return self.intra_op_threads if self.cpus is not None and self.cpus == cpus else 0
 
 
 @dataclass(frozen=True)
@@ -441,9 +448,10 @@ def _graph_optimization(value: Any, where: str) -> GraphOptimization:
 
 
 def _session_choice(value: Any, where: str) -> SessionChoice:
-    fields = _object(value, where, ("intra_op_threads", "unet_call_ms"))
+    fields = _object(value, where, ("intra_op_threads", "unet_call_ms"), ("cpus",))
     return SessionChoice(_int(fields["intra_op_threads"], f"{where}.intra_op_threads", high=1024),
-                         _mapping(fields["unet_call_ms"], f"{where}.unet_call_ms", _number))
+                         _mapping(fields["unet_call_ms"], f"{where}.unet_call_ms", _number),
+                         _optional(fields.get("cpus"), f"{where}.cpus", lambda v, w: _int(v, w, low=1, high=1 << 20)))
 
 
 def _check_specs(components: dict[str, ComponentEntry], dims: ModelDims) -> None:

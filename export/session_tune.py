@@ -17,6 +17,7 @@ sequential execution).
 from __future__ import annotations
 
 import gc
+import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -56,7 +57,7 @@ def choose_session(staging: Path, unet: ComponentEntry, log: Callable[[str], Non
     timings = {str(t): round(ms, 3) for t, ms in best.items()}
     shown = ", ".join(f"{_label(t)} {ms:.2f} ms" for t, ms in best.items())
     log(f"session: intra-op threads {_label(chosen)} (fastest UNet call at batch {binding['batch']}: {shown})")
-    return SessionChoice(intra_op_threads=chosen, unet_call_ms=timings)
+    return SessionChoice(intra_op_threads=chosen, unet_call_ms=timings, cpus=os.cpu_count())
 
 
 def _label(threads: int) -> str:

@@ -6,7 +6,9 @@ of the build key and of the rebuild command."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -157,7 +159,12 @@ def test_the_build_measures_the_intra_op_threads_and_the_loader_uses_them(engine
     assert set(session.unet_call_ms) == {str(t) for t in session_tune.CANDIDATES}
     assert all(ms > 0 for ms in session.unet_call_ms.values())
     pipe = from_engines(engines_dir)
+    assert session.cpus == os.cpu_count()
     assert all(e.settings.intra_op_threads == session.intra_op_threads for e in pipe.engines.values())
+    # Measured on another kind of machine: ONNX Runtime's default there, not the measured count.
+    assert replace(session, intra_op_threads=1).threads_here(os.cpu_count()) == 1
+    assert replace(session, intra_op_threads=1).threads_here((os.cpu_count() or 1) * 8) == 0
+    assert replace(session, intra_op_threads=1, cpus=None).threads_here(os.cpu_count()) == 0
     assert run_cli("info", engines_dir) == 0
     assert "session:    intra-op threads" in capsys.readouterr().out
     # The choice itself: a candidate must be clearly faster than the default.
