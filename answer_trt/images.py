@@ -31,14 +31,19 @@ def to_pil(images: Tensor, params: Mapping[str, str]) -> list[Image.Image]:
     return result
 
 
+def png_info(image: Image.Image) -> PngInfo:
+    """The image's ``info`` (the generation parameters) as PNG text chunks."""
+    info = PngInfo()
+    for key, value in image.info.items():
+        if isinstance(key, str) and isinstance(value, str):
+            info.add_text(key, value)
+    return info
+
+
 def save_pngs(images: Sequence[Image.Image], first: Path) -> list[Path]:
     """Write each image atomically with its ``info`` as PNG text chunks."""
     paths = numbered_paths(first, len(images))
     for image, path in zip(images, paths):
-        info = PngInfo()
-        for key, value in image.info.items():
-            if isinstance(key, str) and isinstance(value, str):
-                info.add_text(key, value)
         with atomic_path(path) as tmp:
-            image.save(tmp, format="PNG", pnginfo=info)
+            image.save(tmp, format="PNG", pnginfo=png_info(image))
     return paths

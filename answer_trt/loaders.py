@@ -75,8 +75,13 @@ def from_engines(folder: Path, verify: bool = True, session: Any = None) -> Pipe
         precision=manifest.precision,
         device=device,
         stream=stream,
-        limits=Limits(manifest.max_batch, manifest.height, manifest.width, manifest.build_config(folder)),
+        limits=engine_limits(folder, manifest),
     )
+
+
+def engine_limits(folder: Path, manifest: Manifest) -> Limits:
+    """What the engines in ``folder`` were built for, and the build that replays them."""
+    return Limits(manifest.max_batch, manifest.height, manifest.width, manifest.build_config(folder))
 
 
 def _scheduler_config(folder: Path, manifest: Manifest) -> dict[str, Any]:

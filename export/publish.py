@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from answer_trt.errors import UserInputError
+from answer_trt.files import current_umask
 from answer_trt.manifest import (
     MANIFEST_NAME,
     Manifest,
@@ -197,12 +198,6 @@ class Staging:
         os.close(self._lock_fd)
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def _lock(fd: int) -> None:
     try:
         import fcntl
@@ -256,7 +251,7 @@ def publish(staging: Staging, target: OutFolder, manifest: Manifest) -> None:
     ``target`` in one atomic step; the old folder ends up at the staging path."""
     write_manifest(staging.path, manifest)
     carry_over(target, staging.path)
-    os.chmod(staging.path, stat.S_IMODE(target.path.stat().st_mode) if target.exists else 0o777 & ~_umask())
+    os.chmod(staging.path, stat.S_IMODE(target.path.stat().st_mode) if target.exists else 0o777 & ~current_umask())
     try:
         if not target.exists:
             os.rename(staging.path, target.path)

@@ -17,10 +17,10 @@ from answer_trt.bench.load import (
     format_table,
     latency_summary,
     parse_concurrencies,
-    percentile,
     run_level,
     target_verdict,
 )
+from answer_trt.bench.stats import percentile
 from answer_trt.errors import UserInputError
 from answer_trt.serving.client import ServerError
 

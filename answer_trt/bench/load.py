@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from answer_trt.bench.stats import percentile
 from answer_trt.errors import UserInputError
 from answer_trt.rules import check_int
 
@@ -82,17 +83,6 @@ class LevelResult:
     unet_rows: int
     rows_per_call: float
     errors: tuple[str, ...] = field(default=())
-
-
-def percentile(samples: Sequence[float], q: float) -> float:
-    """The ``q``-th percentile (0 < q <= 100) by nearest rank: the smallest sample with at
-    least q% of the samples at or below it."""
-    if not samples:
-        raise ValueError("no samples")
-    if not 0 < q <= 100:
-        raise ValueError(f"percentile {q} is outside (0, 100]")
-    ordered = sorted(samples)
-    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
 
 
 def latency_summary(samples: Sequence[float]) -> dict[str, float]:

@@ -37,7 +37,7 @@ from answer_trt.config import DEFAULT_GUIDANCE, SamplingConfig
 from answer_trt.errors import UserInputError
 from answer_trt.images import to_pil
 from answer_trt.iospec import MAX_BRANCHES
-from answer_trt.pipeline import Generation, Pipeline, Timings
+from answer_trt.pipeline import Generation, Limits, Pipeline, Timings
 from answer_trt.rules import check_int
 from answer_trt.sampler import Rows, SamplingProgram, sampling_program
 from answer_trt.schedulers import StepRule, make_scheduler, make_step_rule
@@ -142,11 +142,14 @@ class BatcherStats:
 
 @dataclass(frozen=True)
 class _Plan:
-    """A validated request's configuration, scheduler and step rule (made at submit)."""
+    """A validated request's configuration, scheduler and step rule (made at submit), what
+    must agree to share a call with it (``key``: the latent shape) and its largest step."""
 
     config: SamplingConfig
     scheduler: Any
     rule: StepRule
+    key: tuple[int, ...]
+    peak_rows: int
 
 
 @dataclass
@@ -154,11 +157,9 @@ class _Job:
     """An admitted request: its program, the rows it waits on, and its bookkeeping."""
 
     ticket: Ticket
-    config: SamplingConfig
+    plan: _Plan
     params: dict[str, str]
     program: SamplingProgram
-    key: tuple[int, ...]  # what must agree to share a call: the latent shape
-    peak_rows: int
     started: float
     text_s: float
     pending: Rows | None = None
@@ -177,10 +178,22 @@ def peak_rows(config: SamplingConfig) -> int:
     return (MAX_BRANCHES if g.method == "answer" and g.mode == "parallel" else 2) * config.batch
 
 
-def default_max_rows(pipeline: Pipeline) -> int:
-    """The UNet's batch axis as built (``MAX_BRANCHES`` rows per image of ``--max-batch``)."""
-    max_batch = pipeline.limits.max_batch
-    return UNLIMITED_ENGINE_ROWS if max_batch is None else MAX_BRANCHES * max_batch
+def check_max_rows(max_rows: int | None, limits: Limits) -> int:
+    """Rows per batched UNet call: ``max_rows``, checked against the engines' batch axis
+    (``MAX_BRANCHES`` rows per image of ``--max-batch``), or all of that axis."""
+    built = UNLIMITED_ENGINE_ROWS if limits.max_batch is None else MAX_BRANCHES * limits.max_batch
+    if max_rows is None:
+        return built
+    check_int("max-rows", max_rows)
+    if max_rows < 2:
+        raise UserInputError(f"max-rows must be at least 2 (a CFG step's two rows), got {max_rows}")
+    if max_rows > built:
+        raise UserInputError(
+            f"max-rows {max_rows} is beyond the {built} rows per call the engines were built for: use "
+            f"--max-rows {built} or fewer, or rebuild with "
+            f"`{limits.rebuild_command(max_batch=math.ceil(max_rows / MAX_BRANCHES))}`"
+        )
+    return max_rows
 
 
 class StepBatcher:
@@ -195,15 +208,7 @@ class StepBatcher:
     def __init__(
         self, pipeline: Pipeline, *, max_rows: int | None = None, batching: bool = True, max_queue: int | None = None
     ) -> None:
-        built = default_max_rows(pipeline)
-        self.max_rows = built if max_rows is None else check_int("max-rows", max_rows)
-        if self.max_rows < 2:
-            raise UserInputError(f"max-rows must be at least 2 (a CFG step's two rows), got {self.max_rows}")
-        if self.max_rows > built:
-            raise UserInputError(
-                f"max-rows {self.max_rows} is beyond the {built} rows per call the engines were built for: use "
-                f"--max-rows {built} or fewer, or rebuild with `{pipeline.limits.rebuild_command(max_batch=math.ceil(self.max_rows / MAX_BRANCHES))}`"
-            )
+        self.max_rows = check_max_rows(max_rows, pipeline.limits)
         self.max_queue = None if max_queue is None else check_int("max-queue", max_queue)
         self.pipeline = pipeline
         self.batching = batching
@@ -230,9 +235,10 @@ class StepBatcher:
             raise UserInputError(f"negative_prompt must be a string, got {type(request.negative_prompt).__name__}")
         config = self.pipeline.request_config(request.prompt, **request.sampling_keywords())
         scheduler = make_scheduler(self.pipeline.scheduler_config, config.scheduler)
-        plan = _Plan(config, scheduler, make_step_rule(scheduler, config.steps))  # e.g. too many steps fails here
-        if peak_rows(config) > self.max_rows:
-            raise UserInputError(f"this request needs {peak_rows(config)} rows per call but the batcher takes "
+        rule = make_step_rule(scheduler, config.steps)  # e.g. too many steps for the scheduler fails here
+        plan = _Plan(config, scheduler, rule, self._key(config), peak_rows(config))
+        if plan.peak_rows > self.max_rows:
+            raise UserInputError(f"this request needs {plan.peak_rows} rows per call but the batcher takes "
                                  f"{self.max_rows}: raise --max-rows")
         if deadline_s is not None and (isinstance(deadline_s, bool) or not isinstance(deadline_s, (int, float))
                                        or not math.isfinite(deadline_s) or deadline_s <= 0):
@@ -337,15 +343,14 @@ class StepBatcher:
         limit = self.max_rows if self.batching else 0
         used = collections.Counter[tuple[int, ...]]()
         for job in self._active:
-            used[job.key] += job.peak_rows
+            used[job.plan.key] += job.plan.peak_rows
         joining: list[tuple[Ticket, _Plan]] = []
         while self._waiting:
             ticket, plan = self._waiting[0]
-            key, rows = self._key(plan.config), peak_rows(plan.config)
-            if (self._active or joining) and used[key] + rows > limit:
+            if (self._active or joining) and used[plan.key] + plan.peak_rows > limit:
                 break
             self._waiting.popleft()
-            used[key] += rows
+            used[plan.key] += plan.peak_rows
             joining.append((ticket, plan))
         return joining
 
@@ -374,8 +379,7 @@ class StepBatcher:
             cond, noise = pipe.prepare(request.prompt, request.negative_prompt, config)
             program = sampling_program(noise, cond, plan.rule, config.guidance, prediction_type=pipe.prediction_type)
             params = pipe.parameters(request.prompt, request.negative_prompt, config, type(plan.scheduler).__name__)
-            job = _Job(ticket, config, params, program, self._key(config), peak_rows(config), started,
-                       time.monotonic() - started)
+            job = _Job(ticket, plan, params, program, started, time.monotonic() - started)
             job.pending = next(program)
         except Exception as exc:  # noqa: BLE001 - this request fails, the others go on
             self._counts["failed"] += 1
@@ -425,7 +429,7 @@ class StepBatcher:
             decode_s = time.monotonic() - began
             offset = 0
             for job in chunk:
-                count = job.config.batch
+                count = job.plan.config.batch
                 try:
                     images = to_pil(decoded[offset:offset + count], job.params)
                 except Exception as exc:  # noqa: BLE001 - e.g. NonFiniteImageError, for this request only
@@ -434,13 +438,13 @@ class StepBatcher:
                 finally:
                     offset += count
                 denoise_s = began - job.started - job.text_s
-                timings = Timings(job.text_s, denoise_s, decode_s, job.config.steps)
+                timings = Timings(job.text_s, denoise_s, decode_s, job.plan.config.steps)
                 with self._wake:
                     self._counts["completed"] += 1
                     served = time.monotonic() - job.started
                     done = self._counts["completed"]
                     self._service_s += (served - self._service_s) / done
-                _end(job.ticket.future, Generation(images, job.params, timings, job.config))
+                _end(job.ticket.future, Generation(images, job.params, timings, job.plan.config))
 
     def _fail(self, job: _Job, exc: BaseException) -> None:
         with self._wake:
@@ -461,7 +465,7 @@ def _groups(jobs: Sequence[_Job]) -> dict[tuple[int, ...], list[_Job]]:
     """Jobs that can share a call (or a decode), in their order."""
     groups: dict[tuple[int, ...], list[_Job]] = {}
     for job in jobs:
-        groups.setdefault(job.key, []).append(job)
+        groups.setdefault(job.plan.key, []).append(job)
     return groups
 
 

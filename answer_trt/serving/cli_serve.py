@@ -49,9 +49,9 @@ def add_batcher_arguments(parser: argparse.ArgumentParser) -> None:
 
 def serve_config(args: argparse.Namespace, **overrides: Any) -> Any:
     """The ``ServeConfig`` of ``args``; a ``--model`` is built into the cache first."""
-    from answer_trt.loaders import build_cached
-    from answer_trt.iospec import MAX_BRANCHES
+    from answer_trt.loaders import build_cached, engine_limits
     from answer_trt.manifest import read_manifest, verify_files
+    from answer_trt.serving.batcher import check_max_rows
     from answer_trt.serving.app import ServeConfig, check_serve_flags
 
     fields: dict[str, Any] = dict(replicas=args.replicas, max_queue=args.max_queue, max_rows=args.max_rows)
@@ -65,10 +65,7 @@ def serve_config(args: argparse.Namespace, **overrides: Any) -> Any:
     else:
         engines = build_cached(args.model or "tiny", log=lambda msg: print(msg, file=sys.stderr))
         manifest = read_manifest(engines)
-    built = MAX_BRANCHES * manifest.max_batch
-    if fields["max_rows"] is not None and fields["max_rows"] > built:
-        raise UserInputError(f"--max-rows {fields['max_rows']} is beyond the {built} rows per call the engines were "
-                             f"built for: use --max-rows {built} or fewer, or build with a larger --max-batch")
+    check_max_rows(fields["max_rows"], engine_limits(engines, manifest))  # here, before a replica starts
     gpus = getattr(args, "gpus_per_replica", None)
     if gpus is None:
         gpus = 1.0 if manifest.backend == "tensorrt" else 0.0

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from PIL import Image
-from PIL.PngImagePlugin import PngInfo
 
 from answer_trt.config import SCHEDULERS, GuidanceConfig, SamplingConfig
 from answer_trt.errors import UserInputError
+from answer_trt.images import png_info
 from answer_trt.pipeline import Generation
 from answer_trt.rules import check_choice
 from answer_trt.serving.batcher import GenerateRequest
@@ -182,12 +182,8 @@ def _shown(value: object, limit: int = 40) -> str:
 
 def png_bytes(image: Image.Image) -> bytes:
     """``image`` as PNG, its ``info`` (the generation parameters) as text chunks."""
-    info = PngInfo()
-    for key, value in image.info.items():
-        if isinstance(key, str) and isinstance(value, str):
-            info.add_text(key, value)
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG", pnginfo=info)
+    image.save(buffer, format="PNG", pnginfo=png_info(image))
     return buffer.getvalue()
 
 
