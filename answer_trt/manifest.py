@@ -351,8 +351,9 @@ def _size_range(value: Any, where: str) -> SizeRange:
 
 def _model_info(value: Any, where: str) -> ModelInfo:
     fields = _object(value, where, ("dims", "prediction_type", "zero_empty_negative", "vae_force_upcast"))
-    dims = _object(fields["dims"], f"{where}.dims", _POSITIVE_DIMS + _OPTIONAL_DIMS)
-    values = {k: _int(dims[k], f"{where}.dims.{k}", low=1 if k in _POSITIVE_DIMS else 0) for k in dims}
+    dims = _object(fields["dims"], f"{where}.dims", _POSITIVE_DIMS + _OPTIONAL_DIMS[:2], _OPTIONAL_DIMS[2:])
+    values = {k: _int(dims[k], f"{where}.dims.{k}", low=1 if k in _POSITIVE_DIMS + _OPTIONAL_POSITIVE_DIMS else 0)
+              for k in dims}
     return ModelInfo(
         dims=ModelDims(**values),
         prediction_type=_text(fields["prediction_type"], f"{where}.prediction_type"),
@@ -363,7 +364,10 @@ def _model_info(value: Any, where: str) -> ModelInfo:
 
 _POSITIVE_DIMS = ("text_max_length", "text_hidden_size", "latent_channels", "vae_scale_factor",
                   "default_latent_size")
-_OPTIONAL_DIMS = ("pooled_size", "time_ids_size")
+# Zero where the model has none (SD 1.x / 2.x); the last is absent from manifests written
+# before it was recorded (ModelDims' default, 1), and never 0.
+_OPTIONAL_DIMS = ("pooled_size", "time_ids_size", "unet_overall_up_factor")
+_OPTIONAL_POSITIVE_DIMS = ("unet_overall_up_factor",)
 
 
 def _tensor(value: Any, where: str) -> TensorSpec:
