@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 from typing import TYPE_CHECKING, Any
 
 from answer_trt.errors import UserInputError
 
 if TYPE_CHECKING:
+    __version__: str
+
     from answer_trt.loaders import load
     from answer_trt.pipeline import Generation, Pipeline
 
@@ -18,6 +18,10 @@ _LAZY = {"load": "answer_trt.loaders", "Pipeline": "answer_trt.pipeline", "Gener
 
 def __getattr__(name: str) -> Any:
     # torch and diffusers load on first use, so `answer-trt info` and CLI errors stay fast.
+    if name == "__version__":  # from the distribution's metadata (pyproject.toml is its one source)
+        from answer_trt.versions import package_version
+
+        return package_version()
     if name in _LAZY:
         import importlib
 

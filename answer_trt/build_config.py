@@ -4,7 +4,7 @@ line that replays it.
 It lives in the runtime so that the CLI and the loaders can make one without loading
 the export stage, and so that every rebuild hint (manifest, loaders, shape checks,
 TensorRT plan mismatch) is rendered by one ``command()`` from what a folder was built
-with (``Manifest.build_config``).
+with (``Manifest.build_config``). It imports no manifest: the manifest imports it.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from answer_trt.errors import UserInputError
 from answer_trt.iospec import SizeRange
@@ -27,9 +26,6 @@ from answer_trt.rules import (
     check_size,
     check_size_range,
 )
-
-if TYPE_CHECKING:
-    from answer_trt.manifest import Manifest
 
 
 @dataclass(frozen=True)
@@ -94,12 +90,3 @@ class BuildConfig:
         if self.force:
             words.append("--force")
         return shlex.join(words)
-
-
-@dataclass(frozen=True)
-class BuildResult:
-    """What a build gave: the folder's manifest, and whether it was up to date already."""
-
-    manifest: Manifest
-    folder: Path
-    skipped: bool

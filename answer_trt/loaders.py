@@ -1,7 +1,7 @@
 """Make a Pipeline from an engines folder, a model (built into the cache), or a model
 run eagerly in torch.
 
-``build_engines`` is the runtime's one way into the export stage (``export.build``),
+``build_engines`` is the runtime's one way into the export stage (``answer_trt.export.build``),
 imported lazily there: importing the runtime never loads the export stack (ONNX,
 the exporter), and a machine that only runs engines never needs it.
 """
@@ -16,10 +16,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from answer_trt.build_config import BuildConfig, BuildResult
+from answer_trt.build_config import BuildConfig
 from answer_trt.cache import cache_root
 from answer_trt.errors import UserInputError
-from answer_trt.manifest import MANIFEST_NAME, SCHEDULER_CONFIG, Manifest, read_manifest, verify_files
+from answer_trt.manifest import MANIFEST_NAME, SCHEDULER_CONFIG, BuildResult, Manifest, read_manifest, verify_files
 from answer_trt.pipeline import Limits, Pipeline
 from answer_trt.rules import DEFAULT_MAX_BATCH, DEFAULT_PRECISION, DEVICES, LOAD_BACKENDS, check_choice, check_memory
 
@@ -180,8 +180,8 @@ def check_cached_request(model: str, height: int | None, width: int | None, batc
     check_int("--batch", batch)
     dims = read_model_info(resolve_model(model).path).dims
     default = dims.default_image_size
-    h = check_size("--height", height, dims.size_multiple) if height is not None else default
-    w = check_size("--width", width, dims.size_multiple) if width is not None else default
+    h = check_size("--height", height, dims.vae_scale_factor) if height is not None else default
+    w = check_size("--width", width, dims.vae_scale_factor) if width is not None else default
     label = "" if height is not None and width is not None else "the model's default size, "
     check_memory(dims, batch, h, w, DEFAULT_PRECISION["onnxruntime"], size_label=label)
 
@@ -191,6 +191,6 @@ def build_engines(config: BuildConfig, log: Callable[[str], None] = print) -> Bu
     ``answer_trt/`` that imports the export stage, and only when a build is asked for:
     the runtime owns the contract (IO spec, manifest, build request) and ``export``
     depends on it, never the reverse."""
-    from export.build import build  # lazy by design: see the module docstring
+    from answer_trt.export.build import build  # lazy by design: see the module docstring
 
     return build(config, log=log)

@@ -1,6 +1,8 @@
 """The library versions and GPU that an engines folder or a benchmark report depends on:
 one ``library_versions()`` with the same keys for the build key, the manifest and the
-bench report, and one ``gpu_capability()`` for the build and the TensorRT loader."""
+bench report, one ``gpu_capability()`` for the build and the TensorRT loader, and
+``tensorrt_available()``. A leaf: it imports nothing of answer_trt (answer-trt's own version
+comes from the installed distribution's metadata, not from the package's ``__init__``)."""
 
 from __future__ import annotations
 
@@ -8,9 +10,9 @@ import importlib
 import importlib.metadata
 import sys
 
-from answer_trt import __version__
-from answer_trt.backends import tensorrt_available
-
+DISTRIBUTION = "answer-trt"
+# A source checkout put on sys.path without installing it has no distribution metadata.
+UNKNOWN_VERSION = "0+unknown"
 # Key = import name. Versions come from the installed packages' metadata (the same in
 # every process, and asking never imports the export stack's onnx); a library whose
 # package is named otherwise (onnxruntime-gpu) is asked for its ``__version__``.
@@ -31,10 +33,29 @@ def _version(name: str) -> str | None:
     return None if version is None else str(version)
 
 
+def package_version() -> str:
+    """answer-trt's own version, from the installed distribution's metadata (pyproject.toml
+    is its one source); ``UNKNOWN_VERSION`` where answer-trt is not installed."""
+    try:
+        return importlib.metadata.version(DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        return UNKNOWN_VERSION
+
+
+def tensorrt_available() -> bool:
+    """True where the TensorRT runtime imports. (``tensorrt-stubs`` alone installs a
+    ``tensorrt`` folder of type stubs that imports as an empty namespace package.)"""
+    try:
+        trt = importlib.import_module("tensorrt")
+    except ImportError:
+        return False
+    return hasattr(trt, "Builder") and hasattr(trt, "__version__")
+
+
 def library_versions() -> dict[str, str]:
     """``{"answer_trt": ..., "torch": ..., ...}`` for every library present (TensorRT
     only where its runtime imports)."""
-    versions = {"answer_trt": __version__}
+    versions = {"answer_trt": package_version()}
     for name in LIBRARIES:
         version = _version(name)
         if version is not None:

@@ -5,7 +5,7 @@ The reference is the model's own component module (``answer_trt.backends.torch_m
 in float32 on the CPU, i.e. what ``--backend torch`` runs; the built artifact (ONNX graph
 or TensorRT plan, in the staging folder) runs through Polygraphy's ONNX Runtime or
 TensorRT runner. Both get the IO spec's seeded sample inputs
-(``export.sample_inputs``) at batch 1 and the built profile's opt size, so the check
+(``answer_trt.export.sample_inputs``) at batch 1 and the built profile's opt size, so the check
 also covers a batch and a size other than the trace's. Polygraphy's comparator decides
 element-wise: an element passes when its absolute error is within ``atol`` or its
 relative error within ``rtol``.
@@ -126,7 +126,7 @@ def feed(spec: ComponentSpec, binding: Mapping[str, int]) -> OrderedDict[str, An
     """The IO spec's seeded sample inputs at ``binding``, in the built graph's dtypes."""
     import torch
 
-    from export.sample_inputs import sample_inputs
+    from answer_trt.export.sample_inputs import sample_inputs
 
     dtype = torch.float16 if any(t.dtype == "float16" for t in spec.inputs) else torch.float32
     inputs = sample_inputs(spec, dict(binding), dtype)

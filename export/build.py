@@ -4,9 +4,9 @@ A build whose key (model content, backend, precision, shapes, library versions)
 matches the folder's manifest, and whose files still match their checksums, is
 skipped. The build writes only into an engines folder it owns (a new folder, an empty
 one, or one with a manifest of ours; never a model folder), into a staging folder
-beside ``--out`` that is published in one atomic step (``export.publish``). With
+beside ``--out`` that is published in one atomic step (``answer_trt.export.publish``). With
 ``--check`` the staged components are first compared with their torch reference
-(``export.accuracy``); a failure publishes nothing.
+(``answer_trt.export.accuracy``); a failure publishes nothing.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from functools import cached_property
 from pathlib import Path
 
 from answer_trt.backends import tensorrt_available
-from answer_trt.build_config import BuildConfig, BuildResult
+from answer_trt.build_config import BuildConfig
 from answer_trt.errors import UserInputError
 from answer_trt.files import sha256_file
 from answer_trt.iospec import (
@@ -36,6 +36,7 @@ from answer_trt.iospec import (
 from answer_trt.manifest import (
     MANIFEST_NAME,
     TOKENIZER_FOLDERS,
+    BuildResult,
     ComponentEntry,
     Manifest,
     external_data_name,
@@ -52,8 +53,8 @@ from answer_trt.models.source import (
 )
 from answer_trt.rules import check_memory, check_size_range
 from answer_trt.versions import gpu_capability, library_versions
-from export.precision import graph_dtype
-from export.publish import (
+from answer_trt.export.precision import graph_dtype
+from answer_trt.export.publish import (
     MODEL_FILES,
     Staging,
     check_collisions,
@@ -68,7 +69,7 @@ from export.publish import (
 # of these names is never overwritten; the build is refused instead.
 # The layout of what a build writes beside the graphs; raised when it changes, so that the
 # key changes and an older folder is rebuilt (2: the tokenizers' `tokenizers` files).
-ARTIFACT_LAYOUT = 3  # 3: the manifest records the UNet's up factor (ModelDims.size_multiple)
+ARTIFACT_LAYOUT = 2
 OUTPUT_NAMES = frozenset(
     name for c in COMPONENTS for name in (f"{c}.onnx", external_data_name(f"{c}.onnx"), f"{c}.plan")
 )
@@ -88,7 +89,7 @@ class BuildPlan:
     @cached_property
     def key(self) -> str:
         """sha256 of everything that decides the artifacts; ``force`` and ``out`` are not in it."""
-        from export.onnx_export import OPSET
+        from answer_trt.export.onnx_export import OPSET
 
         inputs = {
             "model_hash": self.model_hash,
@@ -159,7 +160,7 @@ def _size_range(side: str, value: SizeRange | int | None, dims: ModelDims) -> Si
     if value is None:
         return SizeRange.fixed(default)
     size = check_size_range(f"--{side}", SizeRange.fixed(value) if isinstance(value, int) else value,
-                            multiple=dims.size_multiple)
+                            multiple=dims.vae_scale_factor)
     opt = default if size.low <= default <= size.high else size.low
     return SizeRange(size.low, opt, size.high)
 
@@ -190,7 +191,7 @@ def _up_to_date(out: Path, key: str) -> bool:
 def _export_all(plan: BuildPlan, model: LoadedModel, staging: Path, log: Callable[[str], None]) -> Manifest:
     import torch
 
-    from export.onnx_export import export_onnx
+    from answer_trt.export.onnx_export import export_onnx
     from answer_trt.backends.torch_modules import component_modules
 
     config, dims = plan.config, plan.info.dims
@@ -215,12 +216,12 @@ def _export_all(plan: BuildPlan, model: LoadedModel, staging: Path, log: Callabl
         components[name] = ComponentEntry(file, specs[name], profiles[name])
     optimization = None
     if config.optimizes_graphs:
-        from export.graph_optimize import optimize_components
+        from answer_trt.export.graph_optimize import optimize_components
 
         optimization = optimize_components(staging, components, log)
     session = None
     if config.backend == "onnxruntime":
-        from export.session_tune import choose_session
+        from answer_trt.export.session_tune import choose_session
 
         session = choose_session(staging, components[UNET], log)
     for sub in MODEL_FILES:
@@ -253,10 +254,10 @@ def _export_all(plan: BuildPlan, model: LoadedModel, staging: Path, log: Callabl
 
 def _check_accuracy(plan: BuildPlan, model: LoadedModel, staging: Path, manifest: Manifest,
                     log: Callable[[str], None]) -> Manifest:
-    """Compare the staged components with the float32 torch modules of ``model`` (``export.accuracy``),
+    """Compare the staged components with the float32 torch modules of ``model`` (``answer_trt.export.accuracy``),
     before anything is published; a failure raises ``UserInputError``, and the staging
     folder goes with it. Returns the manifest with the check's record."""
-    from export.accuracy import check_components
+    from answer_trt.export.accuracy import check_components
     from answer_trt.backends.torch_modules import component_modules
 
     log("checking the built components against the torch reference (Polygraphy)")
@@ -270,7 +271,7 @@ def _build_tensorrt_plan(
 ) -> str:
     """Build ``<component>.plan`` beside its ONNX file; returns the plan's file name."""
     from answer_trt.cache import cache_root
-    from export.tensorrt_build import build_plan, tensorrt_version
+    from answer_trt.export.tensorrt_build import build_plan, tensorrt_version
 
     log(f"building the TensorRT engine for {spec.name}")
     plan = onnx_path.with_suffix(".plan")

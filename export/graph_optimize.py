@@ -13,7 +13,7 @@ the dtypes it was exported in. The result replaces the exported graph only if
 - at least one fusion fired (else the graph is the same program),
 - it loads in ONNX Runtime with exactly the IO spec's tensors,
 - it matches the UNOPTIMIZED graph on the IO spec's seeded sample inputs at the check
-  size within the accuracy check's tolerances (``export.accuracy.TOLERANCES``: element-wise,
+  size within the accuracy check's tolerances (``answer_trt.export.accuracy.TOLERANCES``: element-wise,
   absolute or relative error), and
 - it is not slower: the fastest of a few alternating calls of each graph.
 
@@ -39,7 +39,7 @@ import numpy as np
 
 from answer_trt.iospec import TEXT_ENCODER, UNET, VAE_DECODER, ComponentSpec
 from answer_trt.manifest import ComponentEntry, GraphOptimization, GraphOptimizationEntry, external_data_name
-from export.accuracy import TOLERANCES, Tolerance, arithmetic_precision, check_binding, feed
+from answer_trt.export.accuracy import TOLERANCES, Tolerance, arithmetic_precision, check_binding, feed
 
 MODEL_TYPES = {TEXT_ENCODER: "clip", UNET: "unet", VAE_DECODER: "vae"}  # SDXL: both encoders in one graph
 # FusionOptions switches for fusions into CUDA-only contrib operators.

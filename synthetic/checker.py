@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from synthetic.dataset import BACKGROUND, COLOURS, ShapeObject
+from answer_trt.synthetic.dataset import BACKGROUND, COLOURS, ShapeObject
 
 FOREGROUND_DISTANCE = 60.0  # RGB distance from the background that counts as foreground
 MIN_PIXELS = 4

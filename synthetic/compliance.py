@@ -1,12 +1,12 @@
 """Prompt-compliance benchmark on the shapes model: does each method draw what was asked?
 
-    python -m synthetic.compliance --prompts 256 --families all --guidance-scales 3,5,7.5 \
+    python -m answer_trt.synthetic.compliance --prompts 256 --families all --guidance-scales 3,5,7.5 \
         --json benchmarks/results/compliance-suite.json
 
-Prompt families (``synthetic.dataset.FAMILIES``): one object and nothing else, free pairs,
+Prompt families (``answer_trt.synthetic.dataset.FAMILIES``): one object and nothing else, free pairs,
 same-colour pairs, same-shape pairs; N seeded prompts each. Every method draws each prompt
 from the same seed (prompt i, seed i: paired samples); methods are interleaved batch by
-batch so machine noise spreads evenly. ``synthetic.checker`` scores each object's colour,
+batch so machine noise spreads evenly. ``answer_trt.synthetic.checker`` scores each object's colour,
 shape and side and counts the objects in the picture; before that the checker is scored
 on the ground-truth images of the same prompts, since its numbers mean nothing unless it
 reads those right (at least 98%).
@@ -36,8 +36,8 @@ from typing import Any
 import numpy as np
 
 from answer_trt.errors import UserInputError
-from synthetic.checker import count_objects, score
-from synthetic.dataset import FAMILIES, Example, ShapeObject, caption_of, family_example
+from answer_trt.synthetic.checker import count_objects, score
+from answer_trt.synthetic.dataset import FAMILIES, Example, ShapeObject, caption_of, family_example
 
 METRICS = ("colour", "shape", "side", "all", "count", "correct")
 BOOTSTRAP_RESAMPLES = 2000
@@ -263,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend", choices=("onnxruntime", "torch"), default="onnxruntime")
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args(argv)
-    args.command = "python -m synthetic.compliance " + " ".join(sys.argv[1:] if argv is None else argv)
+    args.command = "python -m answer_trt.synthetic.compliance " + " ".join(sys.argv[1:] if argv is None else argv)
     try:
         return _run(args)
     except UserInputError as exc:

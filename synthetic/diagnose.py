@@ -1,6 +1,6 @@
 """Where does ANSWER's guidance go, step by step? Per-step sizes from the sampler's probe.
 
-    python -m synthetic.diagnose --prompts 32 --out benchmarks/results/diagnosis.png
+    python -m answer_trt.synthetic.diagnose --prompts 32 --out benchmarks/results/diagnosis.png
 
 For CFG and ANSWER (K in {1, 2, 4, 8}, parallel and inner mode, and the chosen variants) on
 N seeded two-object prompts of the shapes model, every step records (RMS per image, then
@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from answer_trt.errors import UserInputError
-from synthetic.compliance import MethodSpec, batch_inputs
-from synthetic.dataset import family_example
+from answer_trt.synthetic.compliance import MethodSpec, batch_inputs
+from answer_trt.synthetic.dataset import family_example
 
 SERIES = ("negative", "guidance", "push", "drift")
 METHODS = (
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
                  f"{args.steps} steps (grey line: first step with sigma_t < 0.5)")
         plot(traces, args.out, title)
         write_text_atomic(args.out.with_suffix(".json"), json.dumps(
-            {"command": "python -m synthetic.diagnose " + " ".join(sys.argv[1:] if argv is None else argv),
+            {"command": "python -m answer_trt.synthetic.diagnose " + " ".join(sys.argv[1:] if argv is None else argv),
              "traces": [asdict(t) for t in traces]}, indent=1) + "\n")
     except UserInputError as exc:
         print(f"diagnose: error: {exc}", file=sys.stderr)

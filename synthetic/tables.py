@@ -1,6 +1,6 @@
 """Markdown tables from compliance JSON reports (benchmarks/README.md is written from these).
 
-    python -m synthetic.tables benchmarks/results/compliance-suite-w7.5.json [more.json ...]
+    python -m answer_trt.synthetic.tables benchmarks/results/compliance-suite-w7.5.json [more.json ...]
 
 One table per guidance scale: a row per method, a column per prompt family with the
 "correct" rate and its paired difference to CFG (95% interval), then the share of all

@@ -1,6 +1,6 @@
 """Train the built-in ``tiny`` model: a small SD-shaped model on the synthetic shapes.
 
-    python -m synthetic.train --out answer_trt/models/weights/tiny
+    python -m answer_trt.synthetic.train --out answer_trt/models/weights/tiny
 
 Stage 1 trains a small AutoencoderKL (4 latent channels, 4x downsampling: 32x32 images,
 8x8 latents) on the images; stage 2 trains a UNet2DConditionModel and a CLIPTextModel
@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from answer_trt.models import quiet_libraries
 from answer_trt.models.tokenizer_files import write_clip_tokenizer
-from synthetic.dataset import VOCABULARY, make_example
+from answer_trt.synthetic.dataset import VOCABULARY, make_example
 
 IMAGE_SIZE = 32
 MAX_TOKENS = 16
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--biased", action="store_true",
-                        help="train on the biased set (synthetic.dataset.BIASED_COLOUR): the `tiny-biased` fixture")
+                        help="train on the biased set (answer_trt.synthetic.dataset.BIASED_COLOUR): the `tiny-biased` fixture")
     args = parser.parse_args(argv)
     quiet_libraries()
     torch.set_num_threads(args.threads)
@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     def log(msg: str) -> None:
         print(f"[{time.monotonic() - started:7.1f} s] {msg}", flush=True)
 
-    print("command: python -m synthetic.train " + " ".join(sys.argv[1:] if argv is None else argv), flush=True)
+    print("command: python -m answer_trt.synthetic.train " + " ".join(sys.argv[1:] if argv is None else argv), flush=True)
     staging = args.out.with_name(args.out.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     torch.manual_seed(args.seed)

@@ -48,7 +48,7 @@ def tiny_model_dir(private_cache: Path) -> Path:
 @pytest.fixture(scope="session")
 def engines_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from answer_trt.build_config import BuildConfig
-    from export.build import build
+    from answer_trt.export.build import build
 
     out = tmp_path_factory.mktemp("engines") / "tiny-random"
     build(BuildConfig(model="tiny-random", out=out, max_batch=2), log=lambda _m: None)

@@ -16,9 +16,9 @@ from answer_trt.build_config import BuildConfig
 from answer_trt.errors import UserInputError
 from answer_trt.iospec import COMPONENTS, TEXT_ENCODER, UNET, VAE_DECODER, ComponentSpec, TensorSpec
 from answer_trt.manifest import MANIFEST_NAME, Manifest, ManifestError, read_manifest
-from export import accuracy
-from export.build import build
-from export.publish import STAGING_TAG
+from answer_trt.export import accuracy
+from answer_trt.export.build import build
+from answer_trt.export.publish import STAGING_TAG
 from tests.test_cli import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
@@ -136,7 +136,7 @@ def test_the_runner_follows_the_backend_without_loading_tensorrt(tmp_path):
     code = f"""
 import sys
 from pathlib import Path
-from export.accuracy import artifact_runner
+from answer_trt.export.accuracy import artifact_runner
 plan = Path({str(tmp_path / 'unet.plan')!r})
 trt = artifact_runner(plan, "tensorrt")
 engine = trt._engine_or_context
@@ -202,7 +202,7 @@ def test_the_manifest_validates_the_accuracy_record_strictly(engines_dir, change
 
 
 def test_importing_the_runtime_and_the_build_loads_no_polygraphy():
-    code = ("import sys, answer_trt, answer_trt.cli, answer_trt.manifest, export.build, export.accuracy; "
+    code = ("import sys, answer_trt, answer_trt.cli, answer_trt.manifest, answer_trt.export.build, answer_trt.export.accuracy; "
             "print([m for m in sys.modules if m.split('.')[0] == 'polygraphy'])")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO)
     assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr

@@ -42,7 +42,7 @@ def test_training_script_stores_the_prefixed_layout(tmp_path):
     import torch
     from safetensors.torch import load_file, save_file
 
-    from synthetic.train import prefix_text_encoder_tensors
+    from answer_trt.synthetic.train import prefix_text_encoder_tensors
 
     path = tmp_path / "model.safetensors"
     save_file({"embeddings.w": torch.ones(2, dtype=torch.float16), "text_model.x": torch.zeros(1)}, str(path))

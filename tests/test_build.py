@@ -12,8 +12,8 @@ from answer_trt.build_config import BuildConfig
 from answer_trt.errors import UserInputError
 from answer_trt.files import sha256_file
 from answer_trt.manifest import MANIFEST_NAME, read_manifest, verify_files
-from export import onnx_export
-from export.build import build
+from answer_trt.export import onnx_export
+from answer_trt.export.build import build
 
 
 def quiet(_msg: str) -> None:
@@ -97,7 +97,7 @@ def test_failed_first_build_leaves_nothing_behind(tmp_path, monkeypatch):
 
 
 def test_stale_staging_is_cleaned_and_live_staging_kept(built):
-    from export.publish import STAGING_TAG, Staging, clean_stale
+    from answer_trt.export.publish import STAGING_TAG, Staging, clean_stale
 
     dead = built.parent / f".{built.name}{STAGING_TAG}dead"
     (dead / "tokenizer").mkdir(parents=True)
@@ -112,7 +112,7 @@ def test_stale_staging_is_cleaned_and_live_staging_kept(built):
 
 
 def test_rebuild_without_atomic_exchange_falls_back_to_renames(built, monkeypatch):
-    from export import publish
+    from answer_trt.export import publish
 
     monkeypatch.setattr(publish, "exchange", lambda a, b: False)  # a filesystem without RENAME_EXCHANGE
     (built / "notes.txt").write_text("mine")
@@ -126,7 +126,7 @@ def test_rebuild_without_atomic_exchange_falls_back_to_renames(built, monkeypatc
 def test_bad_build_requests(tmp_path):
     with pytest.raises(UserInputError, match="max-batch"):
         BuildConfig(out=tmp_path, max_batch=0)
-    with pytest.raises(UserInputError, match="--height 100 is not a positive multiple of 16 .*: pick 96 or 112"):
+    with pytest.raises(UserInputError, match="--height 100 is not a positive multiple of 8"):
         build(BuildConfig(model="tiny-random", out=tmp_path / "e", height=100), log=quiet)
     with pytest.raises(UserInputError, match="not found"):
         build(BuildConfig(model=str(tmp_path / "no-such-model"), out=tmp_path / "e"), log=quiet)

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from answer_trt.errors import UserInputError
-from synthetic import compliance
-from synthetic.compliance import CANDIDATES, CFG, MethodSpec, bootstrap_mean, run_compliance
-from synthetic.dataset import (BACKGROUND, BIASED_COLOUR, COLOURS, FAMILIES, family_example, make_example, prompts,
+from answer_trt.synthetic import compliance
+from answer_trt.synthetic.compliance import CANDIDATES, CFG, MethodSpec, bootstrap_mean, run_compliance
+from answer_trt.synthetic.dataset import (BACKGROUND, BIASED_COLOUR, COLOURS, FAMILIES, family_example, make_example, prompts,
                                render)
 
 PROMPT_SEED = 7
@@ -149,7 +149,7 @@ def test_command_line_writes_json_and_refuses_unknown_methods(tmp_path, tiny_mod
     assert [m["label"] for m in cell["methods"]] == ["cfg", "answer K=2 inner"]
     assert report["checker_on_ground_truth"]["single"]["objects"] == 3 and report["prompts_per_family"] == 3
     assert set(cell["methods"][1]["rates"]) == set(compliance.METRICS)
-    assert report["command"].startswith("python -m synthetic.compliance --model tiny-random")
+    assert report["command"].startswith("python -m answer_trt.synthetic.compliance --model tiny-random")
     assert "correct - CFG" in capsys.readouterr().out
     assert compliance.main(["--model", "tiny-random", "--methods", "answer-K=3-inner"]) == 2
     assert "unknown method(s) answer-K=3-inner" in capsys.readouterr().err
@@ -178,7 +178,7 @@ def test_batched_draw_equals_pipeline_generate(tiny_model_dir):
 
 
 def test_tables_pool_families_weighted_by_prompts():
-    from synthetic.tables import markdown, pooled_difference
+    from answer_trt.synthetic.tables import markdown, pooled_difference
 
     def method(label, value, delta, half):
         interval = {"value": value, "low": value, "high": value}

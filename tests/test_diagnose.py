@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from synthetic import diagnose
-from synthetic.compliance import MethodSpec
+from answer_trt.synthetic import diagnose
+from answer_trt.synthetic.compliance import MethodSpec
 
 
 def test_series_obey_the_identities(tiny_model_dir):

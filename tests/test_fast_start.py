@@ -21,7 +21,7 @@ from answer_trt.manifest import FAST_TOKENIZER_FILE, MANIFEST_NAME
 from answer_trt.models.fast_tokenizer import FastClipTokenizer, write_fast_tokenizer
 from answer_trt.models.source import DEFAULT_MODEL, load_engine_tokenizers, resolve_model
 from answer_trt.models.tokenizer_files import write_clip_tokenizer
-from synthetic.dataset import VOCABULARY
+from answer_trt.synthetic.dataset import VOCABULARY
 from tests.test_shipped_tiny import README_JOB_PIXELS_SHA256
 
 REPO = Path(__file__).resolve().parents[1]
@@ -117,7 +117,7 @@ def test_fast_and_library_paths_make_the_same_images(ort_pipe, monkeypatch):
 @pytest.fixture(scope="module")
 def tiny_engines(tmp_path_factory) -> Path:
     from answer_trt.build_config import BuildConfig
-    from export.build import build
+    from answer_trt.export.build import build
 
     out = tmp_path_factory.mktemp("tiny-engines") / "tiny"
     build(BuildConfig(model="tiny", out=out), log=lambda _m: None)

@@ -22,7 +22,7 @@ import pytest
 
 from answer_trt.cli import main
 from answer_trt.files import sha256_file
-from answer_trt.manifest import FAST_TOKENIZER_FILE, MANIFEST_NAME, read_manifest, write_manifest
+from answer_trt.manifest import MANIFEST_NAME, read_manifest, write_manifest
 
 Tree = dict[str, str]
 
@@ -217,15 +217,6 @@ def unlisted_external_data(folder: Path) -> None:
     (folder / "unet.onnx.data").write_bytes(b"weights nobody checksummed")
 
 
-def extra_file_for_transformers(folder: Path) -> None:
-    """A folder whose tokenizer transformers reads (built before the build wrote its own
-    tokenizer file), with a file transformers would open that has no checksum. (Beside the
-    build's own tokenizer file such a file is never opened, so it needs none.)"""
-    (folder / "tokenizer" / FAST_TOKENIZER_FILE).unlink()
-    edit_manifest(folder, lambda d: d["files"].pop(f"tokenizer/{FAST_TOKENIZER_FILE}"))
-    (folder / "tokenizer" / "added_tokens.json").write_text("{}")
-
-
 def corrupt_unlisted_unet(folder: Path) -> None:
     edit_manifest(folder, lambda d: d["files"].pop("unet.onnx"))
     with open(folder / "unet.onnx", "ab") as f:
@@ -274,9 +265,8 @@ MANIFEST_FAULTS: dict[str, tuple[Callable[[Path], None], str]] = {
     "external-data-not-checksummed": (unlisted_external_data, "lacks 'unet.onnx.data'"),
     "scheduler-not-checksummed": (lambda f: edit_manifest(
         f, lambda d: d["files"].pop("scheduler/scheduler_config.json")), "scheduler"),
-    "extra-tokenizer-file": (extra_file_for_transformers, "lacks 'tokenizer/added_tokens.json'"),
-    "tokenizer-file-not-checksummed": (lambda f: edit_manifest(
-        f, lambda d: d["files"].pop(f"tokenizer/{FAST_TOKENIZER_FILE}")), f"lacks 'tokenizer/{FAST_TOKENIZER_FILE}'"),
+    "extra-tokenizer-file": (lambda f: (f / "tokenizer" / "added_tokens.json").write_text("{}"),
+                             "added_tokens.json"),
     # JSON shape
     "json-list": (lambda f: write_raw(f, b"[1, 2, 3]"), "must be a JSON object, not a list"),
     "json-string": (lambda f: write_raw(f, b'"manifest"'), "must be a JSON object"),
@@ -395,7 +385,7 @@ def test_a_broken_manifest_can_be_rebuilt_with_force(copy, capsys):
 KILL_SCRIPT = textwrap.dedent("""
     import os, shutil, signal, sys
     from pathlib import Path
-    import export.publish as b
+    import answer_trt.export.publish as b
     from answer_trt.manifest import read_manifest
 
     out, new_source, phase = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
@@ -445,7 +435,7 @@ KILL_PHASES = ["after-carry-over", "after-exchange", "during-old-removal", "fall
 
 @pytest.mark.parametrize("phase", KILL_PHASES)
 def test_a_kill_during_publish_leaves_old_or_new_whole(phase, engines_dir, tmp_path, capsys):
-    from export.publish import clean_stale
+    from answer_trt.export.publish import clean_stale
 
     out = tmp_path / "engines"
     shutil.copytree(engines_dir, out)

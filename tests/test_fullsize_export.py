@@ -15,7 +15,7 @@ import torch
 
 from answer_trt.backends.torch_modules import UNetModule
 from answer_trt.iospec import ModelDims, component_specs
-from export.onnx_export import export_onnx
+from answer_trt.export.onnx_export import export_onnx
 
 pytestmark = pytest.mark.slow
 

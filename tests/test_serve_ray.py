@@ -35,7 +35,7 @@ WAIT_S = 60.0  # the most any single wait in here may take
 @pytest.fixture(scope="module")
 def engines(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from answer_trt.build_config import BuildConfig
-    from export.build import build
+    from answer_trt.export.build import build
 
     out = tmp_path_factory.mktemp("serve-engines") / "tiny"
     build(BuildConfig(model="tiny", out=out, max_batch=4), log=lambda _m: None)  # 12 UNet rows per call

@@ -11,9 +11,9 @@ from safetensors import safe_open
 
 from answer_trt.models.source import DEFAULT_MODEL, load_tokenizers, resolve_model
 from answer_trt.config import DEFAULT_GUIDANCE
-from synthetic import compliance
-from synthetic.compliance import MethodSpec
-from synthetic.dataset import FAMILIES, VOCABULARY
+from answer_trt.synthetic import compliance
+from answer_trt.synthetic.compliance import MethodSpec
+from answer_trt.synthetic.dataset import FAMILIES, VOCABULARY
 
 WEIGHTS_BUDGET_BYTES = 10_000_000
 SMALL_N = 16

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from synthetic.checker import count_objects, score
-from synthetic.dataset import COLOURS, SHAPES, ShapeObject, make_example, render
+from answer_trt.synthetic.checker import count_objects, score
+from answer_trt.synthetic.dataset import COLOURS, SHAPES, ShapeObject, make_example, render
 
 N = 400
 

@@ -7,14 +7,14 @@ import pytest
 from safetensors import safe_open
 
 import answer_trt
-from synthetic import train
+from answer_trt.synthetic import train
 
 
 def test_training_script_writes_a_loadable_fp16_model(tmp_path, capsys):
     out = tmp_path / "shapes"
     assert train.main(["--out", str(out), "--examples", "64", "--vae-steps", "2", "--unet-steps", "2"]) == 0
     printed = capsys.readouterr().out
-    assert printed.startswith("command: python -m synthetic.train")
+    assert printed.startswith("command: python -m answer_trt.synthetic.train")
     assert "unet/diffusion_pytorch_model.safetensors" in printed  # sha256 lines
     assert not out.with_name("shapes.partial").exists()
     for weights in out.rglob("*.safetensors"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from answer_trt.models.tiny import WORDS
 from answer_trt.models.tokenizer_files import write_clip_tokenizer
-from synthetic.dataset import VOCABULARY
+from answer_trt.synthetic.dataset import VOCABULARY
 
 
 def test_every_word_is_a_single_token(tmp_path):

@@ -23,3 +23,19 @@ def test_asking_for_versions_does_not_import_onnx():
     code = ("import sys; from answer_trt.versions import library_versions; v = library_versions(); "
             "sys.exit(0 if 'onnx' in v and 'onnx' not in sys.modules else 1)")
     assert subprocess.run([sys.executable, "-c", code], timeout=300).returncode == 0
+
+
+def test_the_package_version_comes_from_the_distribution_metadata():
+    """pyproject.toml is the version's one source: ``answer_trt.__version__`` and the manifest's
+    ``answer_trt`` entry read it from the installed distribution."""
+    import importlib.metadata
+    import re
+    from pathlib import Path
+
+    import answer_trt
+
+    pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    declared = re.search(r'^version = "([^"]+)"$', pyproject, re.MULTILINE)
+    assert declared is not None
+    assert answer_trt.__version__ == importlib.metadata.version("answer-trt") == declared[1]
+    assert library_versions()["answer_trt"] == declared[1]

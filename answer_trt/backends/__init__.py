@@ -2,14 +2,7 @@
 
 from __future__ import annotations
 
-import importlib
+# Defined with the other "what is installed" answers (versions.py, a leaf); kept here by name.
+from answer_trt.versions import tensorrt_available
 
-
-def tensorrt_available() -> bool:
-    """True where the TensorRT runtime imports. (``tensorrt-stubs`` alone installs a
-    ``tensorrt`` folder of type stubs that imports as an empty namespace package.)"""
-    try:
-        trt = importlib.import_module("tensorrt")
-    except ImportError:
-        return False
-    return hasattr(trt, "Builder") and hasattr(trt, "__version__")
+__all__ = ["tensorrt_available"]

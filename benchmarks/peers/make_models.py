@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from synthetic.train import prefix_text_encoder_tensors
+from answer_trt.synthetic.train import prefix_text_encoder_tensors
 
 MODELS = ("tiny", "sd15-random")
 SD15_IMAGE_SIZE = 256
