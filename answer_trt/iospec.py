@@ -102,10 +102,22 @@ class ModelDims:
     # time ids (original size, crop top-left, target size) join the UNet's inputs.
     pooled_size: int = 0
     time_ids_size: int = 0
+    # diffusers' UNet2DConditionModel.default_overall_up_factor: 2 ** the number of its
+    # down-sampling stages (len(block_out_channels) - 1). A latent side that is not a
+    # multiple of it makes the skip connections' shapes disagree (diffusers' eager UNet
+    # then upsamples to a given size; the exported graphs cannot). 1 in manifests written
+    # before it was recorded.
+    unet_overall_up_factor: int = 1
 
     @property
     def text_encoders(self) -> int:
         return 2 if self.pooled_size else 1
+
+    @property
+    def size_multiple(self) -> int:
+        """What every image side must be a multiple of: the VAE's factor times the UNet's
+        (``rules.check_size`` takes it). 8 x 8 = 64 px for SD 1.x, 2.x and XL."""
+        return self.vae_scale_factor * self.unet_overall_up_factor
 
     @property
     def default_image_size(self) -> int:

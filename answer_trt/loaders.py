@@ -180,8 +180,8 @@ def check_cached_request(model: str, height: int | None, width: int | None, batc
     check_int("--batch", batch)
     dims = read_model_info(resolve_model(model).path).dims
     default = dims.default_image_size
-    h = check_size("--height", height, dims.vae_scale_factor) if height is not None else default
-    w = check_size("--width", width, dims.vae_scale_factor) if width is not None else default
+    h = check_size("--height", height, dims.size_multiple) if height is not None else default
+    w = check_size("--width", width, dims.size_multiple) if width is not None else default
     label = "" if height is not None and width is not None else "the model's default size, "
     check_memory(dims, batch, h, w, DEFAULT_PRECISION["onnxruntime"], size_label=label)
 

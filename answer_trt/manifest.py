@@ -43,9 +43,16 @@ MANIFEST_FORMAT = 2
 TENSOR_DTYPES = ("float32", "float16", "bfloat16", "int64", "int32")
 # Copied from the model beside the engines by the build, read by the loader.
 TOKENIZER_FOLDERS = ("tokenizer", "tokenizer_2")
-TOKENIZER_FILES = ("vocab.json", "merges.txt")  # what a CLIP tokenizer cannot load without
+# What a CLIP tokenizer folder holds, as transformers 4.57 and 5.x save it: the slow
+# tokenizer's vocabulary and merges, the fast tokenizer's one `tokenizers` file (all that
+# transformers 5 writes besides tokenizer_config.json), or both.
+SLOW_TOKENIZER_FILES = ("vocab.json", "merges.txt")
+TOKENIZER_JSON = "tokenizer.json"
 # Written by the build beside them: the tokenizer as one `tokenizers` file (models/fast_tokenizer.py).
 FAST_TOKENIZER_FILE = "answer-trt-tokenizer.json"
+# Who reads a tokenizer folder (``tokenizer_files``): answer-trt's own file through the
+# `tokenizers` library, or transformers' CLIPTokenizer (slow files) / CLIPTokenizerFast (tokenizer.json).
+TOKENIZER_READERS = ("answer-trt", "slow", "fast")
 SCHEDULER_CONFIG = "scheduler/scheduler_config.json"
 
 # Bounds on untrusted input. A real manifest is a few kB and nests 7 levels deep
@@ -344,8 +351,9 @@ def _size_range(value: Any, where: str) -> SizeRange:
 
 def _model_info(value: Any, where: str) -> ModelInfo:
     fields = _object(value, where, ("dims", "prediction_type", "zero_empty_negative", "vae_force_upcast"))
-    dims = _object(fields["dims"], f"{where}.dims", _POSITIVE_DIMS + _OPTIONAL_DIMS)
-    values = {k: _int(dims[k], f"{where}.dims.{k}", low=1 if k in _POSITIVE_DIMS else 0) for k in dims}
+    dims = _object(fields["dims"], f"{where}.dims", _POSITIVE_DIMS + _OPTIONAL_DIMS[:2], _OPTIONAL_DIMS[2:])
+    values = {k: _int(dims[k], f"{where}.dims.{k}", low=1 if k in _POSITIVE_DIMS + _OPTIONAL_POSITIVE_DIMS else 0)
+              for k in dims}
     return ModelInfo(
         dims=ModelDims(**values),
         prediction_type=_text(fields["prediction_type"], f"{where}.prediction_type"),
@@ -356,7 +364,10 @@ def _model_info(value: Any, where: str) -> ModelInfo:
 
 _POSITIVE_DIMS = ("text_max_length", "text_hidden_size", "latent_channels", "vae_scale_factor",
                   "default_latent_size")
-_OPTIONAL_DIMS = ("pooled_size", "time_ids_size")
+# Zero where the model has none (SD 1.x / 2.x); the last is absent from manifests written
+# before it was recorded (ModelDims' default, 1), and never 0.
+_OPTIONAL_DIMS = ("pooled_size", "time_ids_size", "unet_overall_up_factor")
+_OPTIONAL_POSITIVE_DIMS = ("unet_overall_up_factor",)
 
 
 def _tensor(value: Any, where: str) -> TensorSpec:
@@ -552,6 +563,62 @@ def read_manifest(folder: Path) -> Manifest:
     return manifest
 
 
+@dataclass(frozen=True)
+class TokenizerFiles:
+    """How the tokenizer in ``root/sub`` loads, and every file that load opens."""
+
+    sub: str  # "tokenizer" or "tokenizer_2"
+    reader: str  # one of TOKENIZER_READERS; "" where the folder holds nothing a tokenizer loads from
+    files: tuple[str, ...]  # paths relative to ``root``, sorted
+
+    def describe(self) -> str:
+        """What is missing, for a one-line error about a folder without a loadable tokenizer."""
+        return (f"holds no tokenizer files ({TOKENIZER_JSON}, or {' and '.join(SLOW_TOKENIZER_FILES)}, "
+                f"or {FAST_TOKENIZER_FILE})")
+
+
+def tokenizer_files(root: Path, sub: str) -> TokenizerFiles:
+    """The one answer to "what does loading the tokenizer in ``root/sub`` open", for a
+    model folder and for an engines folder alike, from what the folder holds:
+
+    - ``FAST_TOKENIZER_FILE`` (an engines folder's, written by the build): that file alone,
+      read by the `tokenizers` library (``models/fast_tokenizer.py``);
+    - else ``vocab.json`` + ``merges.txt``: transformers' ``CLIPTokenizer`` (the slow one in
+      4.x; in 5.x the same class reads ``tokenizer.json`` too where it is there);
+    - else ``tokenizer.json``: transformers' ``CLIPTokenizerFast``.
+
+    transformers opens what it finds beside those (``tokenizer_config.json``,
+    ``special_tokens_map.json``, ``added_tokens.json``, ...), so for its readers every file
+    in the folder counts as opened. The loaders open exactly this list
+    (``models/source.py``) and the manifest must checksum every file of it
+    (``check_folder``)."""
+    folder = root / sub
+
+    def has(name: str) -> bool:
+        return (folder / name).is_file()
+
+    if has(FAST_TOKENIZER_FILE):
+        return TokenizerFiles(sub, "answer-trt", (f"{sub}/{FAST_TOKENIZER_FILE}",))
+    if all(has(name) for name in SLOW_TOKENIZER_FILES):
+        reader = "slow"
+    elif has(TOKENIZER_JSON):
+        reader = "fast"
+    else:
+        return TokenizerFiles(sub, "", ())
+    files = sorted(
+        (Path(dirpath) / name).relative_to(root).as_posix()
+        for dirpath, _dirs, names in os.walk(folder)
+        for name in names
+    )
+    return TokenizerFiles(sub, reader, tuple(files))
+
+
+def tokenizer_folders(root: Path, count: int) -> list[str]:
+    """The tokenizer folders of ``root`` that loading reads: the first ``count`` (one per text
+    encoder) and any other that is there."""
+    return [sub for i, sub in enumerate(TOKENIZER_FOLDERS) if i < count or (root / sub).is_dir()]
+
+
 def loaded_files(folder: Path, manifest: Manifest) -> Iterator[tuple[str, str]]:
     """``(relative path, what reads it)`` for every file that loading ``folder`` reads."""
     for name, entry in manifest.components.items():
@@ -560,13 +627,12 @@ def loaded_files(folder: Path, manifest: Manifest) -> Iterator[tuple[str, str]]:
         if (folder / data).exists() or (folder / data).is_symlink() or data in manifest.files:
             yield data, f"component {name}'s external data"
     yield SCHEDULER_CONFIG, "the scheduler"
-    for sub in TOKENIZER_FOLDERS[: manifest.info.dims.text_encoders]:
-        for file in TOKENIZER_FILES:
-            yield f"{sub}/{file}", "the tokenizer"
-    for sub in TOKENIZER_FOLDERS:
-        for dirpath, _dirs, names in os.walk(folder / sub):  # every file a tokenizer might read
-            for file in names:
-                yield (Path(dirpath) / file).relative_to(folder).as_posix(), "the tokenizer"
+    for sub in tokenizer_folders(folder, manifest.info.dims.text_encoders):
+        layout = tokenizer_files(folder, sub)
+        if not layout.reader:
+            _fail(f"folder {sub!r}", layout.describe())
+        for rel in layout.files:
+            yield rel, "the tokenizer"
 
 
 def check_folder(folder: Path, manifest: Manifest) -> None:

@@ -271,7 +271,7 @@ class Pipeline:
         default_h, default_w = self.default_size
         given = config.height is not None and config.width is not None
         config = replace(config, height=config.height or default_h, width=config.width or default_w)
-        limits, factor = self.limits, self.dims.vae_scale_factor
+        limits, factor = self.limits, self.dims.size_multiple
         for side, value, built in (("height", config.height, limits.height), ("width", config.width, limits.width)):
             assert value is not None  # filled in above
             check_size(f"--{side}", value, factor)

@@ -42,8 +42,9 @@ DEFAULT_PRECISION = {"onnxruntime": "fp32", "tensorrt": "fp16"}
 BF16_BACKENDS = ("tensorrt",)
 DEVICES = ("cpu", "cuda")
 DEFAULT_MAX_BATCH = 4
-# Every image side is a multiple of this (the VAE's 8x downsampling of SD models); a
-# model whose VAE downsamples less is checked against its own factor as well.
+# Every image side is a multiple of this before a model is known (the VAE's 8x
+# downsampling of SD models); once it is, of the model's own ``ModelDims.size_multiple``
+# (VAE factor x the UNet's 2**down-sampling stages: 64 for SD 1.x, 2.x and XL).
 SIZE_MULTIPLE = 8
 # The largest image side anything accepts (build, generate, API): 4096 px is 4x SD XL's
 # native 1024 and 8x SD 1.x's 512; beyond it the VAE decoder alone needs tens of GB.
@@ -80,15 +81,25 @@ def check_int(name: str, value: object, low: int = 1) -> int:
 
 
 def check_size(name: str, value: object, multiple: int = SIZE_MULTIPLE) -> int:
-    """An image side in pixels: a positive integer multiple of ``multiple``, at most
-    ``MAX_IMAGE_SIDE``."""
+    """An image side in pixels: a positive integer multiple of ``multiple`` (a model's
+    ``ModelDims.size_multiple`` where the model is known), at most ``MAX_IMAGE_SIDE``.
+    A positive size off the multiple is refused naming both neighbours ("pick 64 or 80")."""
     if isinstance(value, int) and not isinstance(value, bool) and value > MAX_IMAGE_SIDE:
         raise UserInputError(f"{name} {value} is above the limit of {MAX_IMAGE_SIDE} px per image side: "
                              f"pick {MAX_IMAGE_SIDE} or less")
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value % multiple:
-        hint = f": pick e.g. {value - value % multiple or multiple}" if isinstance(value, int) and value > 0 else ""
-        raise UserInputError(f"{name} {value!r} is not a positive multiple of {multiple}{hint}")
+        hint = f": pick {size_neighbours(value, multiple)}" if isinstance(value, int) and value > 0 else ""
+        why = " (this model's size multiple: VAE factor x UNet down-sampling)" if multiple > SIZE_MULTIPLE else ""
+        raise UserInputError(f"{name} {value!r} is not a positive multiple of {multiple}{why}{hint}")
     return value
+
+
+def size_neighbours(value: int, multiple: int) -> str:
+    """The multiples of ``multiple`` on either side of ``value`` ("64 or 80"), within
+    ``multiple`` .. ``MAX_IMAGE_SIDE``."""
+    below, above = value - value % multiple, value - value % multiple + multiple
+    options = [n for n in (below, above) if multiple <= n <= MAX_IMAGE_SIDE]
+    return " or ".join(str(n) for n in options)
 
 
 def check_size_range(name: str, value: SizeRange, multiple: int = SIZE_MULTIPLE) -> SizeRange:

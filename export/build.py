@@ -69,7 +69,7 @@ from answer_trt.export.publish import (
 # of these names is never overwritten; the build is refused instead.
 # The layout of what a build writes beside the graphs; raised when it changes, so that the
 # key changes and an older folder is rebuilt (2: the tokenizers' `tokenizers` files).
-ARTIFACT_LAYOUT = 2
+ARTIFACT_LAYOUT = 3  # 3: the manifest records the UNet's up factor (ModelDims.size_multiple)
 OUTPUT_NAMES = frozenset(
     name for c in COMPONENTS for name in (f"{c}.onnx", external_data_name(f"{c}.onnx"), f"{c}.plan")
 )
@@ -160,7 +160,7 @@ def _size_range(side: str, value: SizeRange | int | None, dims: ModelDims) -> Si
     if value is None:
         return SizeRange.fixed(default)
     size = check_size_range(f"--{side}", SizeRange.fixed(value) if isinstance(value, int) else value,
-                            multiple=dims.vae_scale_factor)
+                            multiple=dims.size_multiple)
     opt = default if size.low <= default <= size.high else size.low
     return SizeRange(size.low, opt, size.high)
 

@@ -126,7 +126,7 @@ def test_rebuild_without_atomic_exchange_falls_back_to_renames(built, monkeypatc
 def test_bad_build_requests(tmp_path):
     with pytest.raises(UserInputError, match="max-batch"):
         BuildConfig(out=tmp_path, max_batch=0)
-    with pytest.raises(UserInputError, match="--height 100 is not a positive multiple of 8"):
+    with pytest.raises(UserInputError, match="--height 100 is not a positive multiple of 16 .*: pick 96 or 112"):
         build(BuildConfig(model="tiny-random", out=tmp_path / "e", height=100), log=quiet)
     with pytest.raises(UserInputError, match="not found"):
         build(BuildConfig(model=str(tmp_path / "no-such-model"), out=tmp_path / "e"), log=quiet)

@@ -142,10 +142,10 @@ def test_resolution_range_build_and_generate(tmp_path, capsys):
         assert run_cli("generate", "a cat", "--engines", out, "--steps", "2", "--height", height, "--width", width,
                        "-o", png) == 0
         assert Image.open(png).size == (width, height)
-    assert run_cli("generate", "a cat", "--engines", out, "--steps", "2", "--height", "136", "-o",
+    assert run_cli("generate", "a cat", "--engines", out, "--steps", "2", "--height", "144", "-o",
                    tmp_path / "big.png") == 2
     err = capsys.readouterr().err
-    assert "outside what was built (height 64:128)" in err and "--height 136" in err
+    assert "outside what was built (height 64:128)" in err and "--height 144" in err
     assert not (tmp_path / "big.png").exists()
     assert run_cli("build", "--model", "tiny-random", "--out", tmp_path / "bad", "--height", "128:64") == 2
     assert "low end is above" in capsys.readouterr().err

@@ -22,7 +22,7 @@ import pytest
 
 from answer_trt.cli import main
 from answer_trt.files import sha256_file
-from answer_trt.manifest import MANIFEST_NAME, read_manifest, write_manifest
+from answer_trt.manifest import FAST_TOKENIZER_FILE, MANIFEST_NAME, read_manifest, write_manifest
 
 Tree = dict[str, str]
 
@@ -217,6 +217,15 @@ def unlisted_external_data(folder: Path) -> None:
     (folder / "unet.onnx.data").write_bytes(b"weights nobody checksummed")
 
 
+def extra_file_for_transformers(folder: Path) -> None:
+    """A folder whose tokenizer transformers reads (built before the build wrote its own
+    tokenizer file), with a file transformers would open that has no checksum. (Beside the
+    build's own tokenizer file such a file is never opened, so it needs none.)"""
+    (folder / "tokenizer" / FAST_TOKENIZER_FILE).unlink()
+    edit_manifest(folder, lambda d: d["files"].pop(f"tokenizer/{FAST_TOKENIZER_FILE}"))
+    (folder / "tokenizer" / "added_tokens.json").write_text("{}")
+
+
 def corrupt_unlisted_unet(folder: Path) -> None:
     edit_manifest(folder, lambda d: d["files"].pop("unet.onnx"))
     with open(folder / "unet.onnx", "ab") as f:
@@ -265,8 +274,9 @@ MANIFEST_FAULTS: dict[str, tuple[Callable[[Path], None], str]] = {
     "external-data-not-checksummed": (unlisted_external_data, "lacks 'unet.onnx.data'"),
     "scheduler-not-checksummed": (lambda f: edit_manifest(
         f, lambda d: d["files"].pop("scheduler/scheduler_config.json")), "scheduler"),
-    "extra-tokenizer-file": (lambda f: (f / "tokenizer" / "added_tokens.json").write_text("{}"),
-                             "added_tokens.json"),
+    "extra-tokenizer-file": (extra_file_for_transformers, "lacks 'tokenizer/added_tokens.json'"),
+    "tokenizer-file-not-checksummed": (lambda f: edit_manifest(
+        f, lambda d: d["files"].pop(f"tokenizer/{FAST_TOKENIZER_FILE}")), f"lacks 'tokenizer/{FAST_TOKENIZER_FILE}'"),
     # JSON shape
     "json-list": (lambda f: write_raw(f, b"[1, 2, 3]"), "must be a JSON object, not a list"),
     "json-string": (lambda f: write_raw(f, b'"manifest"'), "must be a JSON object"),

@@ -87,7 +87,7 @@ def test_the_checks():
         with pytest.raises(UserInputError, match="--steps must be an integer >= 1"):
             check_int("--steps", bad)
     assert check_size("--height", 64) == 64 and check_size("--height", 36, multiple=4) == 36
-    with pytest.raises(UserInputError, match="--height 60 is not a positive multiple of 8: pick e.g. 56"):
+    with pytest.raises(UserInputError, match="--height 60 is not a positive multiple of 8: pick 56 or 64"):
         check_size("--height", 60)
     with pytest.raises(UserInputError, match="positive multiple"):
         check_size("--height", -8)

@@ -43,8 +43,9 @@ def config_int(config: dict[str, Any], key: str, file: Path, low: int = 1) -> in
     return value
 
 
-def _block_count(vae: dict[str, Any], file: Path) -> int:
-    blocks = vae.get("block_out_channels")
+def _block_count(config: dict[str, Any], file: Path) -> int:
+    """``len(block_out_channels)`` of a VAE or UNet config: its resolution stages."""
+    blocks = config.get("block_out_channels")
     if not isinstance(blocks, list) or not 1 <= len(blocks) <= 8:
         raise UserInputError(f"{file}: block_out_channels must be a list of 1 to 8 widths, got {blocks!r}: {RESAVE}")
     return len(blocks)
@@ -93,6 +94,7 @@ def read_model_info(path: Path) -> ModelInfo:
         default_latent_size=config_int(unet, "sample_size", unet_file),
         pooled_size=pooled,
         time_ids_size=time_ids,
+        unet_overall_up_factor=2 ** (_block_count(unet, unet_file) - 1),
     )
     return ModelInfo(
         dims=dims,

@@ -20,7 +20,7 @@ from typing import Any
 from answer_trt.cache import cache_root
 from answer_trt.errors import UserInputError
 from answer_trt.files import tree_sha256
-from answer_trt.manifest import FAST_TOKENIZER_FILE, TOKENIZER_FOLDERS
+from answer_trt.manifest import FAST_TOKENIZER_FILE, TOKENIZER_FOLDERS, TokenizerFiles, tokenizer_files
 from answer_trt.models import quiet_libraries, tiny
 from answer_trt.models.info import RESAVE, config_json, is_sdxl, read_json_object
 
@@ -309,24 +309,48 @@ def _first_line(exc: BaseException) -> str:
 
 
 def load_engine_tokenizers(folder: Path, files: Iterable[str]) -> tuple[Any, ...]:
-    """The CLIP tokenizer(s) of an engines folder: from the ``tokenizers`` files the build
-    wrote (``models/fast_tokenizer.py``: no transformers import) where ``files`` (the
-    manifest's checksummed files) lists one for every tokenizer folder, else through
-    transformers as ``load_tokenizers`` (folders built before those files existed)."""
-    from answer_trt.models.fast_tokenizer import FastClipTokenizer
-
-    subs = [sub for sub in TOKENIZER_FOLDERS if (folder / sub).is_dir()]
+    """The CLIP tokenizer(s) of an engines folder, each opened as ``tokenizer_files`` says
+    (the `tokenizers` file the build wrote, through ``models/fast_tokenizer.py`` with no
+    transformers import; transformers for folders built before that file existed).
+    ``files`` are the manifest's checksummed files: a tokenizer that would open a file
+    outside them is refused (one line: rebuild), so nothing unchecked is ever read."""
     listed = set(files)
-    if subs and all(f"{sub}/{FAST_TOKENIZER_FILE}" in listed for sub in subs):
-        return tuple(FastClipTokenizer.from_file(folder / sub / FAST_TOKENIZER_FILE) for sub in subs)
-    return load_tokenizers(folder)
+    layouts = [tokenizer_files(folder, sub) for sub in TOKENIZER_FOLDERS if (folder / sub).is_dir()]
+    for layout in layouts:
+        unlisted = [rel for rel in layout.files if rel not in listed]
+        if not layout.reader or unlisted:
+            what = f"has {unlisted[0]} without a checksum" if unlisted else layout.describe()
+            raise UserInputError(f"{folder / layout.sub} {what}: rebuild the engines folder with `answer-trt build`")
+    return tuple(open_tokenizer(folder, layout) for layout in layouts)
 
 
 def load_tokenizers(path: Path) -> tuple[Any, ...]:
-    """The model's CLIP tokenizer(s), from ``path/tokenizer`` (and ``path/tokenizer_2``)."""
-    from transformers import CLIPTokenizer
+    """The model's CLIP tokenizer(s), from ``path/tokenizer`` (and ``path/tokenizer_2``), in
+    whichever layout transformers saved them (``manifest.tokenizer_files``)."""
+    tokenizers = []
+    for sub in TOKENIZER_FOLDERS:
+        if not (path / sub).is_dir():
+            continue
+        layout = tokenizer_files(path, sub)
+        if not layout.reader:
+            raise UserInputError(f"{path / sub} {layout.describe()}: {RESAVE}")
+        tokenizers.append(open_tokenizer(path, layout))
+    return tuple(tokenizers)
 
-    return tuple(_load_tokenizer(path / sub, CLIPTokenizer) for sub in TOKENIZER_FOLDERS if (path / sub).is_dir())
+
+def open_tokenizer(root: Path, layout: TokenizerFiles) -> Any:
+    """Open the tokenizer ``layout`` describes, with the reader it names."""
+    folder = root / layout.sub
+    if layout.reader == "answer-trt":
+        from answer_trt.models.fast_tokenizer import FastClipTokenizer
+
+        return FastClipTokenizer.from_file(folder / FAST_TOKENIZER_FILE)
+    import transformers
+
+    # transformers 5 has one CLIP tokenizer class (CLIPTokenizerFast is an alias, where kept).
+    cls = transformers.CLIPTokenizer if layout.reader == "slow" else getattr(
+        transformers, "CLIPTokenizerFast", transformers.CLIPTokenizer)
+    return _load_tokenizer(folder, cls)
 
 
 def _load_tokenizer(folder: Path, cls: Any) -> Any:
