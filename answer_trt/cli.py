@@ -100,7 +100,8 @@ def make_parser() -> argparse.ArgumentParser:
     g.add_argument("--negative-prompt", default=None)
     g.add_argument("--steps", type=_at_least_1, default=30)
     g.add_argument("--guidance-scale", type=float, default=d.guidance_scale)
-    g.add_argument("--negative-scale", type=float, default=None, help=f"wn (default: {ANSWER_NEGATIVE_SCALE:g} for answer, the guidance scale for dns)")
+    g.add_argument("--negative-scale", type=float, default=None,
+                   help=f"wn (default: {ANSWER_NEGATIVE_SCALE:g} for answer, the guidance scale for dns)")
     g.add_argument("--dns-steps", type=_at_least_1, default=d.dns_steps, help=f"K, DNS iterations per negative "
                    f"(default {d.dns_steps})")
     g.add_argument("--mode", choices=MODES, default=d.mode)
@@ -238,7 +239,8 @@ def _generate(args: argparse.Namespace) -> int:
             args.prompt, method=args.method, negative_prompt=args.negative_prompt, steps=args.steps,
             guidance_scale=args.guidance_scale, negative_scale=args.negative_scale, dns_steps=args.dns_steps,
             mode=args.mode, chain_min_sigma=args.chain_min_sigma, drift_tau=args.drift_tau,
-            guidance_rescale=args.guidance_rescale, scheduler=args.scheduler, seed=args.seed, height=args.height, width=args.width,
+            guidance_rescale=args.guidance_rescale, scheduler=args.scheduler, seed=args.seed,
+            height=args.height, width=args.width,
             batch=args.batch, cuda_graph=args.cuda_graph, callback=progress.update if progress else None,
         )
     finally:
@@ -303,11 +305,12 @@ def _info(args: argparse.Namespace) -> int:
                      f"{result.atol:g}), max rel error {result.max_rel_error:.3g} (rtol {result.rtol:g})")
     lines += _optimization_lines(manifest.graph_optimization)
     if manifest.session is not None:
-        measured = ", ".join(f"{'default' if k == '0' else k} {v:.2f} ms" for k, v in manifest.session.unet_call_ms.items())
+        measured = ", ".join(f"{'default' if k == '0' else k} {v:.2f} ms"
+                             for k, v in manifest.session.unet_call_ms.items())
         session = manifest.session
         where = f"on {session.cpus} CPUs; used on machines with as many" if session.cpus else "used everywhere"
-        lines.append(f"session:    intra-op threads {session.intra_op_threads or 'default'} (measured at build {where}, "
-                     f"fastest UNet call: {measured})")
+        lines.append(f"session:    intra-op threads {session.intra_op_threads or 'default'} "
+                     f"(measured at build {where}, fastest UNet call: {measured})")
     print("\n".join(lines))
     return 0 if not bad else EXIT_USAGE
 

@@ -58,7 +58,8 @@ class GuidanceConfig:
                                  "ANSWER's scale (w + wn) / (1 + wn) needs 1 + wn > 0")
         _check_number("chain-min-sigma", self.chain_min_sigma)
         if not 0.0 <= self.chain_min_sigma < 1.0:
-            raise UserInputError(f"chain-min-sigma must be in [0, 1) (a noise level sigma_t), got {self.chain_min_sigma}")
+            raise UserInputError(
+                f"chain-min-sigma must be in [0, 1) (a noise level sigma_t), got {self.chain_min_sigma}")
         if self.drift_tau is not None:
             _check_number("drift-tau", self.drift_tau)
             if self.drift_tau <= 0.0:

@@ -110,7 +110,8 @@ class StepBuffers:
             return TextCondition(torch.empty_like(c.hidden, device=x.device), *grown)
 
         row = torch.empty(TIMESTEP + 1, dtype=torch.float32, device=x.device)
-        two, three = cat_conditions([cond.positive, cond.negative]), cat_conditions([cond.positive] * 2 + [cond.negative])
+        two = cat_conditions([cond.positive, cond.negative])
+        three = cat_conditions([cond.positive] * 2 + [cond.negative])
         return cls(row, torch.empty_like(x), torch.empty_like(x), empty(two), empty(three))
 
     def load(self, x: Tensor, cond: Conditioning) -> None:

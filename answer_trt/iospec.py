@@ -250,11 +250,13 @@ def check_shapes(
         if shape is None:
             raise UserInputError(f"{spec.name}: missing input {tensor.name!r}")
         if len(shape) != len(tensor.shape):
-            raise UserInputError(f"{spec.name}: input {tensor.name!r} has rank {len(shape)}, expected {len(tensor.shape)}")
+            raise UserInputError(
+                f"{spec.name}: input {tensor.name!r} has rank {len(shape)}, expected {len(tensor.shape)}")
         for axis, (want, got) in enumerate(zip(tensor.shape, shape)):
             if isinstance(want, int):
                 if want != got:
-                    raise UserInputError(f"{spec.name}: input {tensor.name!r} axis {axis} is {got}, the model needs {want}")
+                    raise UserInputError(
+                        f"{spec.name}: input {tensor.name!r} axis {axis} is {got}, the model needs {want}")
                 continue
             if bound.setdefault(want, got) != got:
                 raise UserInputError(f"{spec.name}: {want} is {bound[want]} in one input and {got} in {tensor.name!r}")

@@ -62,7 +62,7 @@ def main() -> None:
     args = parser.parse_args()
     rows = profile(args.engines, args.batch, args.latent, args.calls, args.threads)
     total = sum(ms for _, _, ms in rows)
-    print(f"| op type | nodes | ms | share |\n| --- | ---: | ---: | ---: |")
+    print("| op type | nodes | ms | share |\n| --- | ---: | ---: | ---: |")
     for op, count, ms in rows[:15]:
         print(f"| {op} | {count} | {ms:.1f} | {100 * ms / total:.1f}% |")
 

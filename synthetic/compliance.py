@@ -199,7 +199,8 @@ def pipeline_draw(pipe: Any, steps: int) -> Draw:
 
     decoder = pipe.engines[VAE_DECODER]
 
-    def draw(prompts: Sequence[str], spec: MethodSpec, seeds: Sequence[int], w: float) -> tuple[list[np.ndarray], float]:
+    def draw(prompts: Sequence[str], spec: MethodSpec, seeds: Sequence[int],
+             w: float) -> tuple[list[np.ndarray], float]:
         started = time.perf_counter()
         guidance = spec.guidance(w)
         cond, noise = batch_inputs(pipe, prompts, seeds)
@@ -332,8 +333,8 @@ def _run(args: argparse.Namespace) -> int:
     for family in families:
         prompts = [e.objects for e in examples[family]]
         for w in scales:
-            def progress(done: int, family: str = family, w: float = w) -> None:
-                print(f"{family} w={w:g}: {done}/{len(prompts)} prompts, {time.perf_counter() - started:.0f} s",
+            def progress(done: int, family: str = family, w: float = w, total: int = len(prompts)) -> None:
+                print(f"{family} w={w:g}: {done}/{total} prompts, {time.perf_counter() - started:.0f} s",
                       file=sys.stderr, flush=True)
 
             cell = Cell(family, w, len(prompts), run_compliance(draw, methods, prompts, w, args.batch, progress))

@@ -164,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--biased", action="store_true",
-                        help="train on the biased set (answer_trt.synthetic.dataset.BIASED_COLOUR): the `tiny-biased` fixture")
+                        help="train on the biased set (answer_trt.synthetic.dataset.BIASED_COLOUR): "
+                             "the `tiny-biased` fixture")
     args = parser.parse_args(argv)
     quiet_libraries()
     torch.set_num_threads(args.threads)
@@ -175,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     def log(msg: str) -> None:
         print(f"[{time.monotonic() - started:7.1f} s] {msg}", flush=True)
 
-    print("command: python -m answer_trt.synthetic.train " + " ".join(sys.argv[1:] if argv is None else argv), flush=True)
+    arguments = " ".join(sys.argv[1:] if argv is None else argv)
+    print(f"command: python -m answer_trt.synthetic.train {arguments}", flush=True)
     staging = args.out.with_name(args.out.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     torch.manual_seed(args.seed)

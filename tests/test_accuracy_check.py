@@ -202,7 +202,8 @@ def test_the_manifest_validates_the_accuracy_record_strictly(engines_dir, change
 
 
 def test_importing_the_runtime_and_the_build_loads_no_polygraphy():
-    code = ("import sys, answer_trt, answer_trt.cli, answer_trt.manifest, answer_trt.export.build, answer_trt.export.accuracy; "
+    code = ("import sys, answer_trt, answer_trt.cli, answer_trt.manifest, answer_trt.export.build, "
+            "answer_trt.export.accuracy; "
             "print([m for m in sys.modules if m.split('.')[0] == 'polygraphy'])")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO)
     assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr

@@ -11,8 +11,8 @@ import pytest
 from answer_trt.errors import UserInputError
 from answer_trt.synthetic import compliance
 from answer_trt.synthetic.compliance import CANDIDATES, CFG, MethodSpec, bootstrap_mean, run_compliance
-from answer_trt.synthetic.dataset import (BACKGROUND, BIASED_COLOUR, COLOURS, FAMILIES, family_example, make_example, prompts,
-                               render)
+from answer_trt.synthetic.dataset import (BACKGROUND, BIASED_COLOUR, COLOURS, FAMILIES, family_example, make_example,
+                                          prompts, render)
 
 PROMPT_SEED = 7
 DNS = MethodSpec("dns")
@@ -120,9 +120,9 @@ def test_biased_training_set_follows_the_bias_and_the_plain_one_does_not_change(
 def test_bootstrap_interval_brackets_the_mean_and_narrows_with_more_prompts():
     rng = np.random.default_rng(0)
     small, large = (rng.integers(0, 2, size=(n, 1)).astype(float) for n in (40, 4000))
-    (s,), (l,) = bootstrap_mean(small), bootstrap_mean(large)
-    assert s.low <= s.value <= s.high and l.low <= l.value <= l.high
-    assert (l.high - l.low) < (s.high - s.low) / 5
+    (s,), (b,) = bootstrap_mean(small), bootstrap_mean(large)
+    assert s.low <= s.value <= s.high and b.low <= b.value <= b.high
+    assert (b.high - b.low) < (s.high - s.low) / 5
     (constant,) = bootstrap_mean(np.ones((10, 1)))
     assert (constant.low, constant.value, constant.high) == (1.0, 1.0, 1.0)
 

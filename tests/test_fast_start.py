@@ -30,7 +30,8 @@ README_JOB = "a red circle and a blue square"
 
 def prompts() -> list[str]:
     rng = random.Random(0)
-    alphabet = "abcdefghijklmnopqrstuvwxyz ABCXYZ0123456789,.!?'\"-_()[]{}<>|\\/@#$%^&*+=~`\t\n éüßøçñ漢字かな🙂👍🏽\u200b\u00a0"
+    alphabet = ("abcdefghijklmnopqrstuvwxyz ABCXYZ0123456789,.!?'\"-_()[]{}<>|\\/@#$%^&*+=~`\t\n "
+                "éüßøçñ漢字かな🙂👍🏽\u200b\u00a0")
     fixed = [
         "", " ", "  \t\n ", "a", "a red circle", README_JOB, "A RED Circle  and   a blue SQUARE",
         "a yellow triangle and a green square", " leading and trailing spaces ", "red,green;blue:yellow!",

@@ -26,7 +26,8 @@ CASES = [
 
 
 @pytest.mark.parametrize("kind", ["ddim", "euler"])
-@pytest.mark.parametrize("guidance", CASES, ids=lambda g: f"{g.method}-K{g.dns_steps}-s{g.chain_min_sigma}-r{g.guidance_rescale}")
+@pytest.mark.parametrize("guidance", CASES,
+                         ids=lambda g: f"{g.method}-K{g.dns_steps}-s{g.chain_min_sigma}-r{g.guidance_rescale}")
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
 def test_graphed_steps_equal_the_reference_sampler(problem, kind, guidance, prediction_type):
     noise, cond = problem

@@ -66,7 +66,8 @@ def test_importing_the_runtime_and_its_cli_loads_no_export_stage():
     code = (
         "import sys, answer_trt, answer_trt.cli; answer_trt.load; "
         "import answer_trt.pipeline, answer_trt.loaders, answer_trt.manifest, answer_trt.backends.ort, "
-        "answer_trt.backends.torch_eager, answer_trt.backends.torch_modules, answer_trt.graphed, answer_trt.bench.suite; "
+        "answer_trt.backends.torch_eager, answer_trt.backends.torch_modules, answer_trt.graphed, "
+        "answer_trt.bench.suite; "
         "bad = sorted(m for m in sys.modules if m.split('.')[0] == 'onnx' or m.startswith('answer_trt.export')); "
         "print(bad); sys.exit(1 if bad else 0)"
     )

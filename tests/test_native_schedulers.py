@@ -64,7 +64,8 @@ def test_scheduler_by_name_on_another_class_config_and_defaults():
     keys out (diffusers' defaults fill them in)."""
     pndm = {**BASE, "_class_name": "PNDMScheduler", "beta_schedule": "scaled_linear", "steps_offset": 1,
             "skip_prk_steps": True}
-    for config, name in (({**pndm, "clip_sample": False}, "ddim"), (pndm, "euler"), ({"_class_name": "EulerDiscreteScheduler"}, None),
+    for config, name in (({**pndm, "clip_sample": False}, "ddim"), (pndm, "euler"),
+                         ({"_class_name": "EulerDiscreteScheduler"}, None),
                          ({"clip_sample": False}, None), ({"clip_sample": False, "beta_start": 0.001}, "ddim")):
         native, reference = make_scheduler(config, name), make_diffusers_scheduler(config, name)
         assert isinstance(native, NativeSchedule), (config, name)

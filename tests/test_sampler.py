@@ -48,7 +48,8 @@ def test_fused_equals_unfused(problem, guidance, kind):
 @pytest.mark.parametrize("wn", [0.5, 7.5, 20.0])
 def test_answer_k1_equals_cfg_for_any_negative_scale(problem, kind, mode, wn):
     cfg = run(problem, GuidanceConfig(method="cfg", guidance_scale=5.0), kind)
-    ans = run(problem, GuidanceConfig(method="answer", guidance_scale=5.0, negative_scale=wn, dns_steps=1, mode=mode), kind)
+    ans = run(problem, GuidanceConfig(method="answer", guidance_scale=5.0, negative_scale=wn, dns_steps=1, mode=mode),
+              kind)
     torch.testing.assert_close(ans, cfg, rtol=1e-4, atol=1e-4)
 
 

@@ -251,7 +251,8 @@ def fake_tensorrt(version: str, strongly_typed_value: int, graph: dict[str, str]
             calls.append(("parse_from_file", Path(path).name))
             return True
 
-    trt.DataType, trt.BuilderFlag, trt.NetworkDefinitionCreationFlag = DataType, BuilderFlag, NetworkDefinitionCreationFlag
+    trt.DataType, trt.BuilderFlag = DataType, BuilderFlag
+    trt.NetworkDefinitionCreationFlag = NetworkDefinitionCreationFlag
     trt.ILogger, trt.Builder, trt.OnnxParser = ILogger, Builder, OnnxParser
     trt.MemoryPoolType = enum.Enum("MemoryPoolType", {"WORKSPACE": 0})
     trt.Dims = lambda dims: tuple(dims)

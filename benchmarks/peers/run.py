@@ -222,7 +222,8 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, argparse.Namespace]:
     parser.add_argument("--venvs", type=Path, default=ROOT / ".peer-venvs", help="setup.sh's folder")
     parser.add_argument("--json", type=Path, help="default benchmarks/results/peers-<model>.json")
     parser.add_argument("--build-args", default="",
-                        help="extra `answer-trt build` arguments, as --build-args=\"--optimize\" (engines go to their own folder)")
+                        help="extra `answer-trt build` arguments, as --build-args=\"--optimize\" "
+                             "(engines go to their own folder)")
     parser.add_argument("--optimum-no-spinning", action="store_true",
                         help="turn ONNX Runtime's spin-waiting off in optimum's sessions, as answer-trt does")
     parser.add_argument("--update-readme", action="store_true",
@@ -254,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     table = harness.markdown_table(results, settings)
     print("\n" + table)
     report = {
-        "settings": {**settings.__dict__, "peers": list(settings.peers), "build_args": list(settings.build_args), "prompts": list(harness.PROMPTS),
+        "settings": {**settings.__dict__, "peers": list(settings.peers), "build_args": list(settings.build_args),
+                     "prompts": list(harness.PROMPTS),
                      "scheduler": "DDIM (the model folder's config)", "jobs": settings.jobs()},
         "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "processor": platform.processor(),
                     "load_average": run["load_average"]},
