@@ -158,10 +158,10 @@ def check_tensorrt_sd15(workdir: Path) -> dict[str, Any]:
 
     from answer_trt.backends.tensorrt import SharedDeviceMemory, TensorRTEngine
     from answer_trt.backends.torch_modules import UNetModule
-    from answer_trt.iospec import ModelDims, component_profiles, component_specs
     from answer_trt.export.onnx_export import export_onnx
     from answer_trt.export.sample_inputs import sample_inputs
     from answer_trt.export.tensorrt_build import build_plan
+    from answer_trt.iospec import ModelDims, component_profiles, component_specs
 
     started = time.perf_counter()
     dims = ModelDims(77, 768, 4, 8, 64)

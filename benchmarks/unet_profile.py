@@ -19,9 +19,9 @@ from pathlib import Path
 import onnxruntime as ort
 
 from answer_trt.backends.ort import SessionSettings
+from answer_trt.export.sample_inputs import sample_inputs
 from answer_trt.iospec import UNET
 from answer_trt.manifest import read_manifest
-from answer_trt.export.sample_inputs import sample_inputs
 
 
 def profile(folder: Path, batch: int, latent: int, calls: int, threads: int) -> list[tuple[str, int, float]]:

@@ -153,7 +153,7 @@ def compare_component(
     tolerance: Tolerance,
 ) -> ComponentResult:
     """Run both runners on the sample inputs and compare every output with Polygraphy."""
-    from polygraphy.comparator import CompareFunc, Comparator
+    from polygraphy.comparator import Comparator, CompareFunc
     from polygraphy.exception import PolygraphyException
     from polygraphy.logger import G_LOGGER
 

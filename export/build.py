@@ -22,6 +22,17 @@ from pathlib import Path
 from answer_trt.backends import tensorrt_available
 from answer_trt.build_config import BuildConfig
 from answer_trt.errors import UserInputError
+from answer_trt.export.precision import graph_dtype
+from answer_trt.export.publish import (
+    MODEL_FILES,
+    Staging,
+    check_collisions,
+    clean_stale,
+    inspect_out,
+    make_folders,
+    publish,
+    remove_empty,
+)
 from answer_trt.files import sha256_file
 from answer_trt.iospec import (
     COMPONENTS,
@@ -53,17 +64,6 @@ from answer_trt.models.source import (
 )
 from answer_trt.rules import check_memory, check_size_range
 from answer_trt.versions import gpu_capability, library_versions
-from answer_trt.export.precision import graph_dtype
-from answer_trt.export.publish import (
-    MODEL_FILES,
-    Staging,
-    check_collisions,
-    clean_stale,
-    inspect_out,
-    make_folders,
-    publish,
-    remove_empty,
-)
 
 # Every top-level name a build may write (besides the manifest): a user's file with one
 # of these names is never overwritten; the build is refused instead.
@@ -191,8 +191,8 @@ def _up_to_date(out: Path, key: str) -> bool:
 def _export_all(plan: BuildPlan, model: LoadedModel, staging: Path, log: Callable[[str], None]) -> Manifest:
     import torch
 
-    from answer_trt.export.onnx_export import export_onnx
     from answer_trt.backends.torch_modules import component_modules
+    from answer_trt.export.onnx_export import export_onnx
 
     config, dims = plan.config, plan.info.dims
     # Builds are strongly typed: each graph is exported in the dtype it runs in (fp16 / bf16
@@ -257,8 +257,8 @@ def _check_accuracy(plan: BuildPlan, model: LoadedModel, staging: Path, manifest
     """Compare the staged components with the float32 torch modules of ``model`` (``answer_trt.export.accuracy``),
     before anything is published; a failure raises ``UserInputError``, and the staging
     folder goes with it. Returns the manifest with the check's record."""
-    from answer_trt.export.accuracy import check_components
     from answer_trt.backends.torch_modules import component_modules
+    from answer_trt.export.accuracy import check_components
 
     log("checking the built components against the torch reference (Polygraphy)")
     check = check_components(staging, manifest.components, component_modules(model), plan.config.backend,

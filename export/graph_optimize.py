@@ -37,9 +37,9 @@ from typing import Any
 
 import numpy as np
 
+from answer_trt.export.accuracy import TOLERANCES, Tolerance, arithmetic_precision, check_binding, feed
 from answer_trt.iospec import TEXT_ENCODER, UNET, VAE_DECODER, ComponentSpec
 from answer_trt.manifest import ComponentEntry, GraphOptimization, GraphOptimizationEntry, external_data_name
-from answer_trt.export.accuracy import TOLERANCES, Tolerance, arithmetic_precision, check_binding, feed
 
 MODEL_TYPES = {TEXT_ENCODER: "clip", UNET: "unet", VAE_DECODER: "vae"}  # SDXL: both encoders in one graph
 # FusionOptions switches for fusions into CUDA-only contrib operators.

@@ -12,9 +12,9 @@ import onnx
 import torch
 from torch import nn
 
+from answer_trt.export.sample_inputs import sample_inputs
 from answer_trt.iospec import ComponentSpec, ModelDims
 from answer_trt.manifest import external_data_name
-from answer_trt.export.sample_inputs import sample_inputs
 
 OPSET = 17
 # Trace at batch 2 so the exporter cannot specialize the batch axis to 1, and at a

@@ -23,8 +23,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from answer_trt.manifest import ComponentEntry, SessionChoice, external_data_name
 from answer_trt.export.accuracy import check_binding, feed
+from answer_trt.manifest import ComponentEntry, SessionChoice, external_data_name
 
 DEFAULT_THREADS = 0  # ONNX Runtime's own choice: one per physical core
 CANDIDATES = (DEFAULT_THREADS, 1)

@@ -25,9 +25,9 @@ from pathlib import Path
 import tensorrt as trt
 
 from answer_trt.backends.bindings import check_tensorrt_version
+from answer_trt.export.profiles import profile_shapes
 from answer_trt.files import atomic_path
 from answer_trt.iospec import ComponentSpec, Profile
-from answer_trt.export.profiles import profile_shapes
 
 WORKSPACE_BYTES = 8 * 2**30
 

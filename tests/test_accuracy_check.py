@@ -14,11 +14,11 @@ from torch import nn
 
 from answer_trt.build_config import BuildConfig
 from answer_trt.errors import UserInputError
-from answer_trt.iospec import COMPONENTS, TEXT_ENCODER, UNET, VAE_DECODER, ComponentSpec, TensorSpec
-from answer_trt.manifest import MANIFEST_NAME, Manifest, ManifestError, read_manifest
 from answer_trt.export import accuracy
 from answer_trt.export.build import build
 from answer_trt.export.publish import STAGING_TAG
+from answer_trt.iospec import COMPONENTS, TEXT_ENCODER, UNET, VAE_DECODER, ComponentSpec, TensorSpec
+from answer_trt.manifest import MANIFEST_NAME, Manifest, ManifestError, read_manifest
 from tests.test_cli import run_cli
 
 REPO = Path(__file__).resolve().parents[1]

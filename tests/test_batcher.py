@@ -38,8 +38,8 @@ MIXED = [
 def pipe(tmp_path_factory: pytest.TempPathFactory):
     import answer_trt
     from answer_trt.build_config import BuildConfig
-    from answer_trt.iospec import SizeRange
     from answer_trt.export.build import build
+    from answer_trt.iospec import SizeRange
 
     out = tmp_path_factory.mktemp("batcher") / "tiny"
     build(BuildConfig(model="tiny", out=out, max_batch=4, height=SizeRange(32, 32, 48), width=SizeRange(32, 32, 48)),

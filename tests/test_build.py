@@ -10,10 +10,10 @@ import pytest
 
 from answer_trt.build_config import BuildConfig
 from answer_trt.errors import UserInputError
-from answer_trt.files import sha256_file
-from answer_trt.manifest import MANIFEST_NAME, read_manifest, verify_files
 from answer_trt.export import onnx_export
 from answer_trt.export.build import build
+from answer_trt.files import sha256_file
+from answer_trt.manifest import MANIFEST_NAME, read_manifest, verify_files
 
 
 def quiet(_msg: str) -> None:

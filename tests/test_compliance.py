@@ -11,8 +11,16 @@ import pytest
 from answer_trt.errors import UserInputError
 from answer_trt.synthetic import compliance
 from answer_trt.synthetic.compliance import CANDIDATES, CFG, MethodSpec, bootstrap_mean, run_compliance
-from answer_trt.synthetic.dataset import (BACKGROUND, BIASED_COLOUR, COLOURS, FAMILIES, family_example, make_example,
-                                          prompts, render)
+from answer_trt.synthetic.dataset import (
+    BACKGROUND,
+    BIASED_COLOUR,
+    COLOURS,
+    FAMILIES,
+    family_example,
+    make_example,
+    prompts,
+    render,
+)
 
 PROMPT_SEED = 7
 DNS = MethodSpec("dns")

@@ -10,8 +10,8 @@ import torch
 
 import answer_trt
 from answer_trt.build_config import BuildConfig
-from answer_trt.models.source import resolve_model
 from answer_trt.export.build import build
+from answer_trt.models.source import resolve_model
 
 STEPS = 6
 CASES = [

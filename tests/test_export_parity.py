@@ -10,11 +10,11 @@ from answer_trt.backends.ort import OnnxRuntimeEngine
 from answer_trt.backends.torch_eager import TorchEngine
 from answer_trt.backends.torch_modules import component_modules
 from answer_trt.build_config import BuildConfig
+from answer_trt.export.build import build
+from answer_trt.export.sample_inputs import sample_inputs
 from answer_trt.iospec import BATCH_MULTIPLIER, COMPONENTS
 from answer_trt.manifest import read_manifest
 from answer_trt.models.source import load_model, resolve_model
-from answer_trt.export.build import build
-from answer_trt.export.sample_inputs import sample_inputs
 
 FAMILIES = ["tiny-random", "tiny-sd21", "tiny-sdxl"]
 

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from answer_trt.backends.torch_modules import UNetModule
-from answer_trt.iospec import ModelDims, component_specs
 from answer_trt.export.onnx_export import export_onnx
+from answer_trt.iospec import ModelDims, component_specs
 
 pytestmark = pytest.mark.slow
 

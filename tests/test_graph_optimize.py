@@ -15,11 +15,11 @@ import pytest
 
 from answer_trt.build_config import BuildConfig
 from answer_trt.errors import UserInputError
+from answer_trt.export import graph_optimize
+from answer_trt.export.build import build
 from answer_trt.files import sha256_file
 from answer_trt.iospec import COMPONENTS, TEXT_ENCODER, VAE_DECODER
 from answer_trt.manifest import MANIFEST_NAME, Manifest, ManifestError, read_manifest
-from answer_trt.export import graph_optimize
-from answer_trt.export.build import build
 from tests.test_cli import run_cli
 
 
@@ -150,8 +150,8 @@ def test_a_graph_that_differs_or_is_slower_is_not_kept(exported, monkeypatch):
 
 
 def test_the_build_measures_the_intra_op_threads_and_the_loader_uses_them(engines_dir, tmp_path, monkeypatch, capsys):
-    from answer_trt.loaders import from_engines
     from answer_trt.export import session_tune
+    from answer_trt.loaders import from_engines
 
     manifest = read_manifest(engines_dir)
     session = manifest.session

@@ -7,9 +7,9 @@ from __future__ import annotations
 import torch
 
 from answer_trt.backends.ort import OnnxRuntimeEngine
+from answer_trt.export.sample_inputs import sample_inputs
 from answer_trt.iospec import UNET, VAE_DECODER
 from answer_trt.manifest import read_manifest
-from answer_trt.export.sample_inputs import sample_inputs
 
 
 def engines(folder, component):

@@ -12,6 +12,7 @@ from answer_trt.config import GuidanceConfig
 from answer_trt.sampler import Conditioning, sample
 from tests.toys import ToyDenoiser, make_scheduler
 
+
 def run(problem, guidance: GuidanceConfig, kind: str = "ddim", fused: bool = True, steps: int = 8, **kw):
     noise, cond = problem
     return sample(ToyDenoiser(), noise, cond, make_scheduler(kind), steps, guidance, fused=fused, **kw)

@@ -9,8 +9,8 @@ import json
 
 from safetensors import safe_open
 
-from answer_trt.models.source import DEFAULT_MODEL, load_tokenizers, resolve_model
 from answer_trt.config import DEFAULT_GUIDANCE
+from answer_trt.models.source import DEFAULT_MODEL, load_tokenizers, resolve_model
 from answer_trt.synthetic import compliance
 from answer_trt.synthetic.compliance import MethodSpec
 from answer_trt.synthetic.dataset import FAMILIES, VOCABULARY

@@ -28,8 +28,8 @@ from answer_trt.backends.bindings import (
     tensorrt_major_minor,
 )
 from answer_trt.errors import UserInputError
+from answer_trt.export.precision import graph_dtype
 from answer_trt.iospec import TEXT_ENCODER, UNET, VAE_DECODER, ModelDims, component_profiles, component_specs
-from export.precision import graph_dtype
 
 REPO = Path(__file__).resolve().parents[1]
 DIMS = ModelDims(text_max_length=77, text_hidden_size=768, latent_channels=4, vae_scale_factor=8,

@@ -14,11 +14,11 @@ import pytest
 from answer_trt.backends.bindings import BindingState, check_plan_compatible
 from answer_trt.build_config import BuildConfig
 from answer_trt.errors import UserInputError
+from answer_trt.export.build import BuildPlan
+from answer_trt.export.profiles import profile_shapes
 from answer_trt.iospec import ModelDims, SizeRange, component_profiles, component_specs
 from answer_trt.models.info import ModelInfo
 from answer_trt.models.source import ModelSource
-from answer_trt.export.build import BuildPlan
-from answer_trt.export.profiles import profile_shapes
 
 REPO = Path(__file__).resolve().parents[1]
 DIMS = ModelDims(text_max_length=77, text_hidden_size=2048, latent_channels=4, vae_scale_factor=8,

@@ -22,6 +22,7 @@ import torch
 import answer_trt
 from answer_trt.build_config import BuildConfig
 from answer_trt.errors import UserInputError
+from answer_trt.export.build import build
 from answer_trt.manifest import (
     FAST_TOKENIZER_FILE,
     MANIFEST_NAME,
@@ -31,7 +32,6 @@ from answer_trt.manifest import (
 )
 from answer_trt.models.source import load_tokenizers, resolve_model
 from answer_trt.models.tokenizer_files import BOS, EOS
-from answer_trt.export.build import build
 from tests.file_opens import recorded_opens
 
 FAMILIES = ("tiny", "tiny-sdxl")

@@ -195,9 +195,8 @@ def compare(args: argparse.Namespace, config: LoadConfig, log: Log) -> dict[str,
     from answer_trt.bench.suite import machine_info
     from answer_trt.serving import app
     from answer_trt.serving.cli_serve import import_ray, serve_config
-    from answer_trt.versions import library_versions
-
     from answer_trt.serving.client import AnswerTrtClient
+    from answer_trt.versions import library_versions
 
     import_ray()
     port = args.port or free_port()

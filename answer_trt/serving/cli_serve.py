@@ -51,8 +51,8 @@ def serve_config(args: argparse.Namespace, **overrides: Any) -> Any:
     """The ``ServeConfig`` of ``args``; a ``--model`` is built into the cache first."""
     from answer_trt.loaders import build_cached, engine_limits
     from answer_trt.manifest import read_manifest, verify_files
-    from answer_trt.serving.batcher import check_max_rows
     from answer_trt.serving.app import ServeConfig, check_serve_flags
+    from answer_trt.serving.batcher import check_max_rows
 
     fields: dict[str, Any] = dict(replicas=args.replicas, max_queue=args.max_queue, max_rows=args.max_rows)
     fields.update(overrides)
