@@ -46,6 +46,7 @@ from answer_trt.iospec import (
 )
 from answer_trt.manifest import (
     MANIFEST_NAME,
+    SCHEDULER_CONFIG,
     TOKENIZER_FOLDERS,
     BuildResult,
     ComponentEntry,
@@ -55,7 +56,7 @@ from answer_trt.manifest import (
     read_manifest,
 )
 from answer_trt.models.fast_tokenizer import write_fast_tokenizer
-from answer_trt.models.info import ModelInfo, read_model_info
+from answer_trt.models.info import ModelInfo, read_json_object, read_model_info
 from answer_trt.models.source import (
     LoadedModel,
     ModelSource,
@@ -227,6 +228,9 @@ def _export_all(plan: BuildPlan, model: LoadedModel, staging: Path, log: Callabl
     for sub in MODEL_FILES:
         if (plan.source.path / sub).is_dir():
             shutil.copytree(plan.source.path / sub, staging / sub)
+    copied = read_json_object(staging / SCHEDULER_CONFIG)
+    if copied.get("_class_name") != model.scheduler_config.get("_class_name"):  # model_index.json's class wins
+        (staging / SCHEDULER_CONFIG).write_text(json.dumps(model.scheduler_config, indent=2, sort_keys=True) + "\n")
     tokenizer_subs = [sub for sub in TOKENIZER_FOLDERS if (plan.source.path / sub).is_dir()]
     for sub, tokenizer in zip(tokenizer_subs, model.tokenizers):
         write_fast_tokenizer(tokenizer, plan.source.path / sub, staging / sub)

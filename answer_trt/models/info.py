@@ -51,6 +51,23 @@ def _block_count(config: dict[str, Any], file: Path) -> int:
     return len(blocks)
 
 
+def scheduler_config(path: Path) -> dict[str, Any]:
+    """The model's scheduler config as diffusers' pipeline loading makes its scheduler:
+    ``DiffusionPipeline.from_pretrained`` loads the class that ``model_index.json`` names
+    for ``"scheduler"`` (``["diffusers", "EulerDiscreteScheduler"]``) with the options of
+    ``scheduler/scheduler_config.json``, whose own ``_class_name`` it ignores. So where the
+    two name different classes, ``_class_name`` here is model_index.json's; everything else
+    is scheduler_config.json's. A folder without model_index.json (or without a diffusers
+    class there) keeps the config's class."""
+    config = config_json(path, "scheduler", "scheduler_config.json")
+    index = path / "model_index.json"
+    entry = read_json_object(index).get("scheduler") if index.is_file() else None
+    if (isinstance(entry, list) and len(entry) == 2 and entry[0] == "diffusers"
+            and isinstance(entry[1], str) and entry[1]):
+        config["_class_name"] = entry[1]
+    return config
+
+
 def is_sdxl(path: Path) -> bool:
     return (path / "text_encoder_2").is_dir()
 

@@ -22,7 +22,7 @@ from answer_trt.errors import UserInputError
 from answer_trt.files import tree_sha256
 from answer_trt.manifest import FAST_TOKENIZER_FILE, TOKENIZER_FOLDERS, TokenizerFiles, tokenizer_files
 from answer_trt.models import quiet_libraries, tiny
-from answer_trt.models.info import RESAVE, config_json, is_sdxl, read_json_object
+from answer_trt.models.info import RESAVE, is_sdxl, read_json_object, scheduler_config
 
 REQUIRED_SUBFOLDERS = ("tokenizer", "text_encoder", "unet", "vae", "scheduler")
 DEFAULT_MODEL = "tiny"
@@ -237,7 +237,6 @@ def load_model(path: Path) -> LoadedModel:
     fp32 = torch.float32
     # output_loading_info=True: each loader also says which tensors it did not find (left at
     # their random initial values) or found without a place for them; _load refuses both.
-    scheduler_config = config_json(path, "scheduler", "scheduler_config.json")
     return LoadedModel(
         tokenizers=load_tokenizers(path),
         text_encoder=_load(path / "text_encoder",
@@ -250,7 +249,7 @@ def load_model(path: Path) -> LoadedModel:
         unet=_load(path / "unet",
                    lambda p: UNet2DConditionModel.from_pretrained(p, torch_dtype=fp32, output_loading_info=True)),
         vae=_load(path / "vae", lambda p: AutoencoderKL.from_pretrained(p, torch_dtype=fp32, output_loading_info=True)),
-        scheduler_config=scheduler_config,
+        scheduler_config=scheduler_config(path),  # the class diffusers' pipeline would pick
     )
 
 
