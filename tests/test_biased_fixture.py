@@ -27,7 +27,8 @@ def test_fixture_is_small_fp16_and_loads():
 def test_fixture_is_not_package_data():
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     pyproject = tomllib.loads((FIXTURE.parents[2] / "pyproject.toml").read_text())
-    assert all("benchmarks" not in p for p in pyproject["tool"]["setuptools"]["packages"]["find"]["include"])
+    setuptools = pyproject["tool"]["setuptools"]
+    assert all("benchmarks" not in p for p in [*setuptools["packages"], *setuptools["package-dir"].values()])
 
 
 def test_fixture_loads_with_every_tensor_in_the_layout_every_transformers_reads():
