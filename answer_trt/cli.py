@@ -29,6 +29,7 @@ from answer_trt.rules import (
 
 if TYPE_CHECKING:
     from answer_trt.manifest import GraphOptimization
+    from answer_trt.pipeline import Pipeline
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
@@ -133,6 +134,13 @@ def make_parser() -> argparse.ArgumentParser:
     bench.add_argument("--warmup", type=_int, default=1)
     bench.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     bench.add_argument("--baseline", choices=("torch",), help="also time a plain PyTorch ANSWER loop")
+    bench.add_argument("--scheduler", choices=tuple(SCHEDULERS), default=None, help="default: the model's own")
+    bench.add_argument("--backend", choices=LOAD_BACKENDS, default=None,
+                       help="with --model: torch runs it eagerly instead of building engines")
+    bench.add_argument("--device", choices=DEVICES, default=DEVICES[0],
+                       help="with --backend torch: cuda runs the model on the GPU (fp16 rule)")
+    bench.add_argument("--cuda-graph", action="store_true",
+                       help="fused variants replay each step as a CUDA graph (unfused ANSWER stays eager)")
 
     i = sub.add_parser("info", help="print an engines folder's manifest")
     i.add_argument("folder", type=Path)
@@ -178,19 +186,16 @@ def _bench(args: argparse.Namespace) -> int:
     from answer_trt.bench.report import format_table
     from answer_trt.bench.suite import BenchConfig, run_bench
     from answer_trt.files import write_text_atomic
-    from answer_trt.loaders import build_cached, from_engines
 
     config = BenchConfig(
         methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()), steps=args.steps,
-        batch=args.batch, runs=args.runs, warmup=args.warmup, baseline=args.baseline,
+        batch=args.batch, runs=args.runs, warmup=args.warmup, baseline=args.baseline, scheduler=args.scheduler,
+        cuda_graph=args.cuda_graph,
     )
     if args.json is not None:
         check_writable_file("--json", args.json)
     log = lambda msg: print(f"answer-trt: {msg}", file=sys.stderr)  # noqa: E731
-    if args.engines is not None:
-        pipe = from_engines(args.engines)
-    else:
-        pipe = from_engines(build_cached(args.model or "tiny", batch=args.batch, log=log), verify=False)
+    pipe = _load_pipeline(args, batch=args.batch, log=log)
     eager_unet = None
     if config.baseline == "torch":
         from answer_trt.models.source import load_model, resolve_model
@@ -204,6 +209,27 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_pipeline(
+    args: argparse.Namespace, height: int | None = None, width: int | None = None, batch: int = 1,
+    log: Callable[[str], None] = print,
+) -> Pipeline:
+    """generate's and bench's pipeline: ``--engines``, ``--model`` run eagerly (``--backend
+    torch [--device cuda]``), or ``--model`` built into the cache for this size and batch."""
+    from answer_trt.loaders import build_cached, from_engines, from_model_eager
+
+    if args.engines is not None:
+        if args.backend == "torch":
+            raise UserInputError("--backend torch runs a model, not engines: use --model with it")
+        return from_engines(args.engines)
+    if args.device != DEVICES[0] and args.backend != "torch":
+        raise UserInputError(f"--device {args.device} applies to --backend torch: add --backend torch, or build "
+                             "TensorRT engines for the GPU")
+    model = args.model or "tiny"
+    if args.backend == "torch":
+        return from_model_eager(model, args.device)
+    return from_engines(build_cached(model, height, width, batch, log=log), verify=False)
+
+
 def _check_output(path: Path, batch: int) -> None:
     """Refuse an output path that could not take ``batch`` PNGs, before any work."""
     check_writable_file("-o", path)
@@ -215,22 +241,11 @@ def _check_output(path: Path, batch: int) -> None:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    import answer_trt
     from answer_trt.images import save_pngs
-    from answer_trt.loaders import build_cached, from_engines
 
     _check_output(args.output, args.batch)
     started = time.perf_counter()
-    if args.engines is not None:
-        if args.backend == "torch":
-            raise UserInputError("--backend torch runs a model, not engines: use --model with it")
-        pipe = from_engines(args.engines)
-    elif args.backend == "torch":
-        pipe = answer_trt.load(args.model or "tiny", backend="torch", device=args.device)
-    else:
-        model = args.model or "tiny"
-        log = lambda msg: print(msg, file=sys.stderr)  # noqa: E731
-        pipe = from_engines(build_cached(model, args.height, args.width, args.batch, log=log), verify=False)
+    pipe = _load_pipeline(args, args.height, args.width, args.batch, log=lambda msg: print(msg, file=sys.stderr))
     loaded = time.perf_counter()
 
     progress = _progress_bar(args.steps)

@@ -32,6 +32,14 @@ class TextCondition:
 
         return TextCondition(grow(self.hidden), grow(self.pooled), grow(self.time_ids))  # type: ignore[arg-type]
 
+    def to(self, device: torch.device) -> TextCondition:
+        """The same condition on ``device`` (tensors already there are kept, not copied)."""
+
+        def move(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t.to(device)
+
+        return TextCondition(self.hidden.to(device), move(self.pooled), move(self.time_ids))
+
     def feeds(self) -> dict[str, Tensor]:
         """The UNet inputs this condition fills, by IO-spec name."""
         out = {HIDDEN: self.hidden}

@@ -22,6 +22,7 @@ tested on the CPU against ``sampler.sample``.
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
@@ -57,8 +58,16 @@ class EagerCapturer:
         return step
 
 
+# One capture at a time in this process: two captures interleaving on one device break both.
+_CAPTURE_LOCK = threading.Lock()
+
+
 class CudaGraphCapturer:
-    """``torch.cuda.CUDAGraph`` capture after warm-up runs on a side stream."""
+    """``torch.cuda.CUDAGraph`` capture after warm-up runs on a side stream.
+
+    Captures in ``thread_local`` error mode, so CUDA work queued meanwhile by another
+    thread (the serving batcher's worker, a second pipeline) does not invalidate the
+    capture, and under a process-wide lock, so two captures never interleave."""
 
     requires_cuda = True
 
@@ -66,15 +75,16 @@ class CudaGraphCapturer:
         self.warmup = warmup
 
     def capture(self, step: Callable[[], None]) -> Replay:
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(self.warmup):
+        with _CAPTURE_LOCK:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(self.warmup):
+                    step()
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
                 step()
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            step()
         return graph.replay
 
 
@@ -184,6 +194,22 @@ def step_table(rule: LinearStepRule, device: torch.device) -> Tensor:
 def supports(guidance: GuidanceConfig, rule: Any) -> bool:
     """Graphable: a linear step rule, and any method but ANSWER's inner mode."""
     return isinstance(rule, LinearStepRule) and not (guidance.method == "answer" and guidance.mode == "inner")
+
+
+def refusal(guidance: GuidanceConfig, rule: Any, scheduler: Any) -> str | None:
+    """Why ``--cuda-graph`` cannot run this request (one line that says what to change),
+    or ``None`` where ``supports`` holds."""
+    if supports(guidance, rule):
+        return None
+    if not isinstance(rule, LinearStepRule):
+        name, config = type(scheduler).__name__, getattr(scheduler, "config", {})
+        if name == "DDIMScheduler":
+            options = [o for o in ("clip_sample", "thresholding") if config.get(o)]
+            return (f"--cuda-graph replays DDIM as a linear update, and this model's DDIM config sets "
+                    f"{' and '.join(options) or 'options'} (not linear): run without --cuda-graph, or pass "
+                    "--scheduler euler")
+        return f"--cuda-graph needs --scheduler ddim or euler (this request uses {name})"
+    return "--cuda-graph runs ANSWER in --mode parallel only: pass --mode parallel, or run without --cuda-graph"
 
 
 class GraphedStep:

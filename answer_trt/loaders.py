@@ -29,7 +29,8 @@ def load(
 ) -> Pipeline:
     """``source``: an engines folder (has manifest.json), or a MODEL (``tiny``, a
     diffusers folder, a hub id). A model is built into the cache on first use, or run
-    eagerly with ``backend="torch"`` (``device="cuda"``: in fp16 on the GPU)."""
+    eagerly with ``backend="torch"`` (``device="cuda"``: the fp16 rule of
+    ``answer_trt.precision`` on the GPU: fp16 UNet and VAE, fp32 text encoder and upcast VAE)."""
     if backend is not None:
         check_choice("backend", backend, LOAD_BACKENDS)
     if backend == "torch":
@@ -119,6 +120,7 @@ def from_model_eager(model: str, device: str = "cpu") -> Pipeline:
     from answer_trt.iospec import component_specs
     from answer_trt.models.info import read_model_info
     from answer_trt.models.source import load_model, resolve_model
+    from answer_trt.precision import torch_dtype
 
     check_choice("device", device, DEVICES)
     if device == "cuda" and not torch.cuda.is_available():
@@ -127,9 +129,9 @@ def from_model_eager(model: str, device: str = "cpu") -> Pipeline:
     info = read_model_info(source.path)  # first: its messages name a broken config file
     loaded = load_model(source.path)
     specs = component_specs(info.dims)
-    dtype = torch.float16 if device == "cuda" else torch.float32
+    precision = "fp16" if device == "cuda" else "fp32"
     engines = {
-        name: TorchEngine(module, specs[name], dtype=dtype, device=device)
+        name: TorchEngine(module, specs[name], torch_dtype(name, precision, info.vae_force_upcast), device)
         for name, module in component_modules(loaded).items()
     }
     return Pipeline(
@@ -139,7 +141,7 @@ def from_model_eager(model: str, device: str = "cpu") -> Pipeline:
         info=info,
         model_name=source.name,
         backend="torch",
-        precision="fp16" if device == "cuda" else "fp32",
+        precision=precision,
         device=device,
     )
 

@@ -16,8 +16,8 @@ from answer_trt.build_config import BuildConfig
 from answer_trt.clock import StageClock
 from answer_trt.conditioning import TextCondition
 from answer_trt.config import DEFAULT_GUIDANCE, GuidanceConfig, SamplingConfig
-from answer_trt.errors import UserInputError
-from answer_trt.graphed import CudaGraphCapturer, GraphCache, sample_graphed, supports
+from answer_trt.errors import NonFiniteImageError, UserInputError
+from answer_trt.graphed import CudaGraphCapturer, GraphCache, refusal, sample_graphed
 from answer_trt.images import to_pil
 from answer_trt.iospec import TEXT_ENCODER, UNET, VAE_DECODER, SizeRange
 from answer_trt.models.info import ModelInfo
@@ -224,6 +224,8 @@ class Pipeline:
         c_p, c_neg = self.text.encode(prompt, negative_prompt)
         if self.dims.time_ids_size:
             c_p, c_neg = (self.with_time_ids(c, config.height, config.width) for c in (c_p, c_neg))
+        # On the device once (SDXL's time ids are made on the host): no copy per UNet call.
+        c_p, c_neg = c_p.to(self.device), c_neg.to(self.device)
         cond = Conditioning(c_p.expand(config.batch), c_neg.expand(config.batch))
         generator = torch.Generator("cpu").manual_seed(config.seed)
         shape = (config.batch, self.dims.latent_channels, config.height // self.dims.vae_scale_factor,
@@ -233,8 +235,29 @@ class Pipeline:
         return cond, noise
 
     def decode(self, latents: torch.Tensor, params: dict[str, str]) -> list[Image.Image]:
-        """VAE-decode ``latents`` into images carrying ``params`` as PNG text."""
-        return to_pil(self.vae_decode(latents), params)
+        """VAE-decode ``latents`` into images carrying ``params`` as PNG text; raises
+        ``NonFiniteImageError`` (see ``check_finite``) instead of writing a black picture."""
+        images = self.vae_decode(latents)
+        self.check_finite(latents, images)
+        return to_pil(images, params)
+
+    def check_finite(self, latents: torch.Tensor, images: torch.Tensor) -> None:
+        """Raise ``NonFiniteImageError`` if the denoised ``latents`` (the UNet's doing) or
+        the decoded ``images`` (the VAE's) hold NaN or inf, naming the component and the fix
+        that applies to this backend and precision."""
+        for component, values in (("UNet (denoising)", latents), ("VAE decoder", images)):
+            if not torch.isfinite(values).all():
+                raise NonFiniteImageError(f"the {component} produced NaN or inf values: {self.precision_advice()}")
+
+    def precision_advice(self) -> str:
+        """What to change when a component overflows, for this backend and precision."""
+        if self.backend == "torch":
+            if self.precision == "fp32":
+                return "they appear in fp32 too: check the model's weights"
+            return "the torch backend runs fp16 on CUDA; run the model in fp32 with --device cpu"
+        if self.precision == "fp32":
+            return "these engines are fp32 already: check the model's weights"
+        return f"{self.precision} overflowed; rebuild in fp32: `{self.limits.rebuild_command(precision='fp32')}`"
 
     def vae_decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Latents ``[B, C, h, w]`` -> images ``[B, 3, H, W]`` in [-1, 1]."""
@@ -244,8 +267,9 @@ class Pipeline:
     def _check_graphable(self, config: SamplingConfig, scheduler: Any) -> None:
         if self.graphs.capturer.requires_cuda and self.device.type != "cuda":
             raise UserInputError("--cuda-graph needs engines on a CUDA GPU (tensorrt, or torch with --device cuda)")
-        if not supports(config.guidance, make_step_rule(scheduler, config.steps)):
-            raise UserInputError("--cuda-graph needs --scheduler ddim or euler and, for ANSWER, --mode parallel")
+        reason = refusal(config.guidance, make_step_rule(scheduler, config.steps), scheduler)
+        if reason is not None:
+            raise UserInputError(reason)
 
     def _sample_graphed(
         self, noise: torch.Tensor, cond: Conditioning, scheduler: Any, steps: int, config: SamplingConfig,

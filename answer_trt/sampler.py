@@ -150,8 +150,9 @@ def sampling_program(
     probe: Probe | None = None,
 ) -> SamplingProgram:
     """``sample``'s loop over a step rule, as a program (see the module docstring)."""
-    loop = _Loop(rule, cond, guidance, prediction_type)
     x = noise.to(torch.float32) * rule.init_noise_sigma
+    # float32, on the latents' device once: no host-to-device copy per UNet call.
+    loop = _Loop(rule, cond, guidance, prediction_type, rule.timesteps.to(x.device, torch.float32))
     n = len(rule.timesteps)
     parallel = guidance.method == "answer" and guidance.mode == "parallel"
     chain = _ParallelChain(loop, probing=probe is not None) if parallel else None
@@ -179,6 +180,7 @@ class _Loop:
     cond: Conditioning
     guidance: GuidanceConfig
     prediction_type: str
+    timesteps: Tensor  # the rule's timesteps, float32 on the latents' device
 
     @property
     def g(self) -> float:
@@ -201,15 +203,15 @@ def _two_row_guidance(loop: _Loop, i: int, x: Tensor, x_in: Tensor) -> Guided:
     guidance, rule = loop.guidance, loop.rule
     alpha, sigma = rule.levels(i)
     c_p, c_0 = loop.cond.positive, loop.cond.negative
-    raw_p, raw_0 = yield Rows((x_in, x_in), (c_p, c_0), rule.timesteps[i])
+    raw_p, raw_0 = yield Rows((x_in, x_in), (c_p, c_0), loop.timesteps[i])
     ep, e0 = loop.eps_of(raw_p, x_in, alpha, sigma), loop.eps_of(raw_0, x_in, alpha, sigma)
     if guidance.method == "cfg":
         return G.rescale(G.cfg(e0, ep, guidance.guidance_scale), ep, guidance.guidance_rescale), {"ep": ep}
     if guidance.method == "dns":
         return G.dns(e0, ep, guidance.wn), {"ep": ep}
     iterations = 1 if sigma < guidance.chain_min_sigma else guidance.dns_steps  # variant "interval"
-    xneg0 = yield from _inner_negative(rule, x, x_in, i, ep, e0, (c_p, c_0), iterations, guidance.wn,
-                                       (alpha, sigma), loop.eps_of)
+    xneg0 = yield from _inner_negative(rule, loop.timesteps, x, x_in, i, ep, e0, (c_p, c_0), iterations,
+                                       guidance.wn, (alpha, sigma), loop.eps_of)
     e_neg = G.negative_noise(x_in, xneg0, alpha, sigma)
     e = G.rescale(G.answer(e_neg, ep, loop.g), ep, guidance.guidance_rescale)
     return e, {"ep": ep, "e_neg": e_neg, "anchored": True}
@@ -233,7 +235,7 @@ class _ParallelChain:
     def guide(self, i: int, x: Tensor, x_in: Tensor) -> Guided:
         loop, rule, guidance = self.loop, self.loop.rule, self.loop.guidance
         alpha, sigma = rule.levels(i)
-        c_p, c_0, t = loop.cond.positive, loop.cond.negative, rule.timesteps[i]
+        c_p, c_0, t = loop.cond.positive, loop.cond.negative, loop.timesteps[i]
         if self.anchored[i]:
             self.z, self.rule_z = x, rule.fork()
             raw_p, raw_0 = yield Rows((x_in, x_in), (c_p, c_0), t)
@@ -257,6 +259,7 @@ class _ParallelChain:
 
 def _inner_negative(
     rule: StepRule,
+    timesteps: Tensor,
     x: Tensor,
     x_in: Tensor,
     i: int,
@@ -281,7 +284,7 @@ def _inner_negative(
         z = rule_z.step(e_dns, j - 1, z)
         alpha_j, sigma_j = rule_z.levels(j)
         z_in = rule_z.scale_input(z, j)
-        raw_p, raw_0 = yield Rows((z_in, z_in), conds, rule.timesteps[j])
+        raw_p, raw_0 = yield Rows((z_in, z_in), conds, timesteps[j])
         e_dns = G.dns(eps_of(raw_0, z_in, alpha_j, sigma_j), eps_of(raw_p, z_in, alpha_j, sigma_j), wn)
         xneg0 = G.tweedie_x0(z_in, e_dns, alpha_j, sigma_j)
     return xneg0

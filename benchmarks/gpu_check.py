@@ -3,8 +3,8 @@ GPU, timing one denoising step of ANSWER fused (one UNet call on 3 rows), ANSWER
 (three calls of 1 row), and CFG (one call on 2 rows), each eager and as a CUDA graph,
 plus the max-abs difference between fused and unfused step outputs.
 
-Needs no network: run ``benchmarks/gpu_check.sh``, which installs the wheels brought in
-``benchmarks/wheels/`` (diffusers and its pure-Python dependencies) with ``--no-index``.
+Needs no network: ``benchmarks/gpu/run.sh`` runs it as its ``unet`` stage, after installing
+the carried wheels (``benchmarks/gpu/wheels.txt``).
 Writes ``gpu_check.json`` (to $OUT when set) and prints a table. Runs the TensorRT path
 where TensorRT imports and says so where it does not. Budget: under 8 minutes on an H100.
 """

@@ -63,7 +63,7 @@ def polygraphy_version() -> str:
 def arithmetic_precision(backend: str, precision: str, spec: ComponentSpec) -> str:
     """The precision a built component computes in: its graph's float dtype, on both
     backends (builds are strongly typed: an fp16 or bf16 build keeps the text encoder, and
-    a force_upcast VAE, in fp32; export/precision.py). ``backend`` and ``precision`` are
+    a force_upcast VAE, in fp32; answer_trt/precision.py). ``backend`` and ``precision`` are
     kept for the log."""
     dtypes = {t.dtype for t in (*spec.inputs, *spec.outputs)}
     return "bf16" if "bfloat16" in dtypes else "fp16" if "float16" in dtypes else "fp32"

@@ -22,7 +22,6 @@ from pathlib import Path
 from answer_trt.backends import tensorrt_available
 from answer_trt.build_config import BuildConfig
 from answer_trt.errors import UserInputError
-from answer_trt.export.precision import graph_dtype
 from answer_trt.export.publish import (
     MODEL_FILES,
     Staging,
@@ -63,6 +62,7 @@ from answer_trt.models.source import (
     load_model,
     resolve_model,
 )
+from answer_trt.precision import component_dtype
 from answer_trt.rules import check_memory, check_size_range
 from answer_trt.versions import gpu_capability, library_versions
 
@@ -197,8 +197,8 @@ def _export_all(plan: BuildPlan, model: LoadedModel, staging: Path, log: Callabl
 
     config, dims = plan.config, plan.info.dims
     # Builds are strongly typed: each graph is exported in the dtype it runs in (fp16 / bf16
-    # UNet and VAE, fp32 text encoder and upcast VAE: export/precision.py).
-    dtypes = {name: graph_dtype(name, str(config.precision), plan.info.vae_force_upcast) for name in COMPONENTS}
+    # UNet and VAE, fp32 text encoder and upcast VAE: answer_trt/precision.py).
+    dtypes = {name: component_dtype(name, str(config.precision), plan.info.vae_force_upcast) for name in COMPONENTS}
     specs = {
         name: spec.with_dtype(dtypes[name]) if dtypes[name] != "float32" else spec
         for name, spec in component_specs(dims).items()

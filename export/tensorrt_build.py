@@ -4,7 +4,7 @@ spec and a persistent timing cache.
 Strongly typed builds: the network is created with
 ``NetworkDefinitionCreationFlag.STRONGLY_TYPED`` and no precision builder flag is set, so
 each layer runs in the type its ONNX graph gives it (fp16 / bf16 graphs come from the
-export, ``answer_trt.export.precision.graph_dtype``). TensorRT 11 removed every weak-typing API
+export, ``answer_trt.precision.component_dtype``). TensorRT 11 removed every weak-typing API
 (``BuilderFlag.FP16`` / ``BF16`` / ``INT8`` / ``FP8``, ``OBEY_`` / ``PREFER_PRECISION_CONSTRAINTS``,
 calibrators) and builds every network strongly typed; on 10.x the flag opts in (weak typing
 is deprecated since 10.12). NVIDIA, "Migrating from TensorRT 10.x to 11.x": "Strongly Typed

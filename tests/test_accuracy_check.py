@@ -160,7 +160,7 @@ def test_the_tolerance_follows_what_each_component_computes_in():
     fp16 = fp32.with_dtype("float16")
     assert accuracy.arithmetic_precision("onnxruntime", "fp16", fp32) == "fp32"  # kept fp32 in an fp16 build
     assert accuracy.arithmetic_precision("onnxruntime", "fp16", fp16) == "fp16"
-    # Strongly typed TensorRT builds: the graph's dtype, as on ONNX Runtime (export/precision.py).
+    # Strongly typed TensorRT builds: the graph's dtype, as on ONNX Runtime (answer_trt/precision.py).
     assert accuracy.arithmetic_precision("tensorrt", "fp16", fp32) == "fp32"
     assert accuracy.arithmetic_precision("tensorrt", "fp16", fp16) == "fp16"
     assert accuracy.arithmetic_precision("tensorrt", "bf16", fp16.with_dtype("bfloat16")) == "bf16"

@@ -6,7 +6,7 @@
 - ``build_plan`` runs against a fake ``tensorrt`` shaped like 11.x (no precision builder
   flags at all): the network is created strongly typed, no flag is set, and a graph whose
   types disagree with the IO spec is refused.
-- Which dtype each component's graph is exported in (``export.precision.graph_dtype``), and
+- Which dtype each component's graph is exported in (``answer_trt.precision.component_dtype``), and
   the supported-version check.
 TensorRT itself cannot be installed on our machines; nothing here runs it."""
 
@@ -28,8 +28,8 @@ from answer_trt.backends.bindings import (
     tensorrt_major_minor,
 )
 from answer_trt.errors import UserInputError
-from answer_trt.export.precision import graph_dtype
 from answer_trt.iospec import TEXT_ENCODER, UNET, VAE_DECODER, ModelDims, component_profiles, component_specs
+from answer_trt.precision import component_dtype
 
 REPO = Path(__file__).resolve().parents[1]
 DIMS = ModelDims(text_max_length=77, text_hidden_size=768, latent_channels=4, vae_scale_factor=8,
@@ -343,12 +343,12 @@ def test_supported_tensorrt_versions():
 
 def test_graph_dtype_puts_the_precision_in_the_graph():
     for precision, half in (("fp16", "float16"), ("bf16", "bfloat16")):
-        assert graph_dtype(UNET, precision, force_upcast=False) == half
-        assert graph_dtype(UNET, precision, force_upcast=True) == half
-        assert graph_dtype(VAE_DECODER, precision, force_upcast=False) == half
-        assert graph_dtype(VAE_DECODER, precision, force_upcast=True) == "float32"
-        assert graph_dtype(TEXT_ENCODER, precision, force_upcast=False) == "float32"
+        assert component_dtype(UNET, precision, force_upcast=False) == half
+        assert component_dtype(UNET, precision, force_upcast=True) == half
+        assert component_dtype(VAE_DECODER, precision, force_upcast=False) == half
+        assert component_dtype(VAE_DECODER, precision, force_upcast=True) == "float32"
+        assert component_dtype(TEXT_ENCODER, precision, force_upcast=False) == "float32"
     for component in (UNET, VAE_DECODER, TEXT_ENCODER):
-        assert graph_dtype(component, "fp32", force_upcast=False) == "float32"
+        assert component_dtype(component, "fp32", force_upcast=False) == "float32"
     with pytest.raises(ValueError, match="unknown precision 'int8'"):
-        graph_dtype(UNET, "int8", force_upcast=False)
+        component_dtype(UNET, "int8", force_upcast=False)

@@ -15,11 +15,12 @@ def format_table(report: BenchReport) -> str:
     lines = [
         f"model {m['name']} ({m['backend']}, {m['precision']}), {m['width']}x{m['height']} px, batch {c.batch}, "
         f"{c.steps} steps, {c.runs} runs after {c.warmup} warm-up; {report.machine['processor']}, "
-        f"{report.machine['cpu_count']} cpus; times in ms as median / p90 / min",
+        f"{report.machine.get('gpu') or str(report.machine['cpu_count']) + ' cpus'}; times in ms as median / p90 / "
+        "min",
         f"{'method':<16}{'calls/step':>10}" + "".join(f"{s[:-3]:>22}" for s in STAGES) + f"{'img/s':>9}",
     ]
     for r in report.results:
-        name = r.method + ("" if r.fused else " (unfused)")
+        name = r.method + ("" if r.fused else " (unfused)") + (" (graph)" if r.graphed else "")
         cells = "".join(
             f"{getattr(r, s).median:>8.2f}/{getattr(r, s).p90:>6.2f}/{getattr(r, s).min:>6.2f}" for s in STAGES
         )

@@ -5,6 +5,7 @@ its ``StageClock`` (``perf_counter``, after a device synchronization on CUDA).""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import resource
@@ -41,6 +42,8 @@ class BenchConfig:
     runs: int = 5
     warmup: int = 1
     baseline: str | None = None  # "torch": also time the plain PyTorch loop
+    scheduler: str | None = None  # None: the model's own
+    cuda_graph: bool = False  # fused variants replay each step as a CUDA graph (unfused ANSWER stays eager)
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.methods if m not in METHODS]
@@ -64,6 +67,7 @@ class MethodResult:
     total_ms: Summary
     images_per_s: float
     unet_calls_per_step: float
+    graphed: bool = False
 
 
 @dataclass
@@ -133,9 +137,12 @@ def _time_variants(pipe: Pipeline, config: BenchConfig, variants: list[tuple[str
     calls = {v: 0 for v in variants}
     for run in range(config.warmup + config.runs):
         for method, fused in variants:
-            with counting_unet_calls(pipe) as counter:
+            graphed = config.cuda_graph and fused
+            # A graphed step is one fused call; counting would wrap the denoiser anew each run, and
+            # the graph cache keys on the denoiser (every run would capture again).
+            with contextlib.nullcontext(None) if graphed else counting_unet_calls(pipe) as counter:
                 result = pipe.generate(PROMPT, method=method, steps=config.steps, batch=config.batch, seed=run,
-                                       fused=fused)
+                                       fused=fused, scheduler=config.scheduler, cuda_graph=graphed)
             if run < config.warmup:
                 continue
             t, into = result.timings, samples[(method, fused)]
@@ -143,7 +150,7 @@ def _time_variants(pipe: Pipeline, config: BenchConfig, variants: list[tuple[str
             into["denoise"].append(t.denoise_s * 1e3)
             into["decode"].append(t.decode_s * 1e3)
             into["total"].append(t.total_s * 1e3)
-            calls[(method, fused)] = counter.calls
+            calls[(method, fused)] = config.steps if counter is None else counter.calls
     results = []
     for (method, fused), into in samples.items():
         denoise, total = summarize(into["denoise"]), summarize(into["total"])
@@ -157,6 +164,7 @@ def _time_variants(pipe: Pipeline, config: BenchConfig, variants: list[tuple[str
             total_ms=total,
             images_per_s=config.batch / (total.median / 1e3),
             unet_calls_per_step=calls[(method, fused)] / config.steps,
+            graphed=config.cuda_graph and fused,
         ))
     return results
 
@@ -190,7 +198,8 @@ def _plain_inputs(pipe: Pipeline, batch: int) -> tuple[torch.Tensor, TextConditi
         c_p, c_0 = (pipe.with_time_ids(c, height, width) for c in (c_p, c_0))
     f = pipe.dims.vae_scale_factor
     noise = torch.randn(batch, pipe.dims.latent_channels, height // f, width // f,
-                        generator=torch.Generator().manual_seed(0))
+                        generator=torch.Generator().manual_seed(0)).to(pipe.device)
+    c_p, c_0 = c_p.to(pipe.device), c_0.to(pipe.device)
     return noise, c_p.expand(batch), c_0.expand(batch)
 
 
@@ -215,15 +224,15 @@ def runtime_overhead(pipe: Pipeline, batch: int, steps: int = OVERHEAD_STEPS, re
 
     def ours(method: str) -> float:
         scheduler = make_scheduler(pipe.scheduler_config)
-        started = time.perf_counter()
+        started = pipe.clock()
         sample(null_unet, noise, cond, scheduler, steps, GuidanceConfig(method=method))
-        return (time.perf_counter() - started) * 1e6 / steps
+        return (pipe.clock() - started) * 1e6 / steps
 
     def plain() -> float:
         scheduler = make_diffusers_scheduler(pipe.scheduler_config)
-        started = time.perf_counter()
+        started = pipe.clock()
         plain_answer_loop(null_unet, scheduler, noise, c_p, c_0, steps)
-        return (time.perf_counter() - started) * 1e6 / steps
+        return (pipe.clock() - started) * 1e6 / steps
 
     timers = {"answer_trt_answer": lambda: ours("answer"), "answer_trt_cfg": lambda: ours("cfg"),
               "plain_torch_answer": plain}

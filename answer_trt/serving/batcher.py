@@ -431,6 +431,8 @@ class StepBatcher:
             for job in chunk:
                 count = job.plan.config.batch
                 try:
+                    assert job.latents is not None  # finished jobs only
+                    pipe.check_finite(job.latents, decoded[offset:offset + count])
                     images = to_pil(decoded[offset:offset + count], job.params)
                 except Exception as exc:  # noqa: BLE001 - e.g. NonFiniteImageError, for this request only
                     self._fail(job, exc)
