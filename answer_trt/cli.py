@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from answer_trt.config import ANSWER_NEGATIVE_SCALE, DEFAULT_GUIDANCE, METHODS, MODES, SCHEDULERS
+from answer_trt.config import METHODS, SCHEDULERS
 from answer_trt.errors import NonFiniteImageError, UserInputError
 from answer_trt.files import check_writable_file, numbered_paths
 from answer_trt.rules import (
@@ -26,6 +27,8 @@ from answer_trt.rules import (
     parse_int,
     parse_size_range,
 )
+from answer_trt.schema import info as schema_info
+from answer_trt.schema import request_fields
 
 if TYPE_CHECKING:
     from answer_trt.manifest import GraphOptimization
@@ -64,6 +67,45 @@ _size_or_range = _argument(parse_size_range, "size or range")
 _seed = _argument(lambda text: check_seed(parse_int(text, "seed")), "seed")
 
 
+def _bounded_int(flag: str, low: float | None, high: float | None) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = parse_int(text, flag)
+        if (low is not None and value < low) or (high is not None and value > high):
+            raise UserInputError(f"{flag} must be an integer in {low:g} .. {high:g}, got {value}" if high is not None
+                                 else f"{flag} must be an integer >= {low:g}, got {value}")
+        return value
+
+    return _argument(parse, "integer")
+
+
+def _request_type(f: dataclasses.Field[Any]) -> Callable[[str], Any]:
+    """The argparse type of a request field: sizes by the size rule, integers by their
+    bounds, numbers as float, strings as they are."""
+    field_info = schema_info(f)
+    if f.name in ("height", "width"):
+        return _size
+    if field_info.kind == "int":
+        return _bounded_int(f"--{f.name.replace('_', '-')}", field_info.low, field_info.high)
+    return float if field_info.kind == "float" else str
+
+
+def add_request_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per field of the request schema (``answer_trt.schema``), with its type,
+    choices, default and help."""
+    for f in request_fields():
+        field_info = schema_info(f)
+        if not field_info.cli:
+            continue
+        default = "" if f.default is None else f" (default {f.default})"
+        parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=_request_type(f), default=f.default,
+                            choices=field_info.choices, help=field_info.help + default)
+
+
+def request_keywords(args: argparse.Namespace) -> dict[str, Any]:
+    """The request fields of parsed ``generate`` arguments (``Pipeline.generate`` keywords)."""
+    return {f.name: getattr(args, f.name) for f in request_fields() if schema_info(f).cli}
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = _ArgumentParser(prog="answer-trt", description="ANSWER-guided text-to-image on optimized engines.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_ArgumentParser)
@@ -96,29 +138,7 @@ def make_parser() -> argparse.ArgumentParser:
                    help="with --model: torch runs it eagerly instead of building engines")
     g.add_argument("--device", choices=DEVICES, default=DEVICES[0],
                    help="with --backend torch: cuda runs the model in fp16 on the GPU")
-    d = DEFAULT_GUIDANCE
-    g.add_argument("--method", choices=METHODS, default=d.method)
-    g.add_argument("--negative-prompt", default=None)
-    g.add_argument("--steps", type=_at_least_1, default=30)
-    g.add_argument("--guidance-scale", type=float, default=d.guidance_scale)
-    g.add_argument("--negative-scale", type=float, default=None,
-                   help=f"wn (default: {ANSWER_NEGATIVE_SCALE:g} for answer, the guidance scale for dns)")
-    g.add_argument("--dns-steps", type=_at_least_1, default=d.dns_steps, help=f"K, DNS iterations per negative "
-                   f"(default {d.dns_steps})")
-    g.add_argument("--mode", choices=MODES, default=d.mode)
-    g.add_argument("--chain-min-sigma", type=float, default=d.chain_min_sigma,
-                   help="run the negative chain only while sigma_t >= this; CFG below "
-                        f"(variant `interval`, default {d.chain_min_sigma:g})")
-    g.add_argument("--drift-tau", type=float, default=d.drift_tau,
-                   help="fade the parallel chain's drift term below noise level ~tau (variant `fade`; default off)")
-    g.add_argument("--guidance-rescale", type=float, default=d.guidance_rescale,
-                   help=f"rescale CFG/ANSWER noise to the positive branch's deviation, 0..1 (default "
-                        f"{d.guidance_rescale:g})")
-    g.add_argument("--scheduler", choices=tuple(SCHEDULERS), default=None, help="default: the model's own")
-    g.add_argument("--seed", type=_seed, default=0, help="0 .. 2**64 - 1 (default 0)")
-    g.add_argument("--height", type=_size)
-    g.add_argument("--width", type=_size)
-    g.add_argument("--batch", type=_at_least_1, default=1)
+    add_request_arguments(g)
     g.add_argument("--cuda-graph", action="store_true",
                    help="replay each denoising step as a CUDA graph (GPU engines, ddim/euler, parallel mode)")
     g.add_argument("-o", "--output", type=Path, default=Path("answer.png"), help="PNG path (default answer.png)")
@@ -250,14 +270,8 @@ def _generate(args: argparse.Namespace) -> int:
 
     progress = _progress_bar(args.steps)
     try:
-        result = pipe.generate(
-            args.prompt, method=args.method, negative_prompt=args.negative_prompt, steps=args.steps,
-            guidance_scale=args.guidance_scale, negative_scale=args.negative_scale, dns_steps=args.dns_steps,
-            mode=args.mode, chain_min_sigma=args.chain_min_sigma, drift_tau=args.drift_tau,
-            guidance_rescale=args.guidance_rescale, scheduler=args.scheduler, seed=args.seed,
-            height=args.height, width=args.width,
-            batch=args.batch, cuda_graph=args.cuda_graph, callback=progress.update if progress else None,
-        )
+        result = pipe.generate(args.prompt, cuda_graph=args.cuda_graph,
+                               callback=progress.update if progress else None, **request_keywords(args))
     finally:
         if progress:
             progress.close()

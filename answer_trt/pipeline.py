@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import threading
 from dataclasses import dataclass, replace
 from typing import Any
@@ -15,7 +14,7 @@ from answer_trt.backends.base import Engine, EngineDenoiser
 from answer_trt.build_config import BuildConfig
 from answer_trt.clock import StageClock
 from answer_trt.conditioning import TextCondition
-from answer_trt.config import DEFAULT_GUIDANCE, GuidanceConfig, SamplingConfig
+from answer_trt.config import SamplingConfig
 from answer_trt.errors import NonFiniteImageError, UserInputError
 from answer_trt.graphed import CudaGraphCapturer, GraphCache, refusal, sample_graphed
 from answer_trt.images import to_pil
@@ -24,6 +23,8 @@ from answer_trt.models.info import ModelInfo
 from answer_trt.rules import check_int, check_memory, check_size
 from answer_trt.sampler import Conditioning, Denoiser, StepCallback, sample
 from answer_trt.schedulers import make_scheduler, make_step_rule
+from answer_trt.schema import GenerateRequest, make_request
+from answer_trt.schema import parameters as schema_parameters
 from answer_trt.text import PromptEncoder
 
 
@@ -128,79 +129,45 @@ class Pipeline:
         self,
         prompt: str,
         *,
-        method: str = DEFAULT_GUIDANCE.method,
-        negative_prompt: str | None = None,
-        steps: int = 30,
-        guidance_scale: float = DEFAULT_GUIDANCE.guidance_scale,
-        negative_scale: float | None = None,
-        dns_steps: int = DEFAULT_GUIDANCE.dns_steps,
-        mode: str = DEFAULT_GUIDANCE.mode,
-        chain_min_sigma: float = DEFAULT_GUIDANCE.chain_min_sigma,
-        drift_tau: float | None = DEFAULT_GUIDANCE.drift_tau,
-        guidance_rescale: float = DEFAULT_GUIDANCE.guidance_rescale,
-        scheduler: str | None = None,
-        seed: int = 0,
-        height: int | None = None,
-        width: int | None = None,
-        batch: int = 1,
         fused: bool = True,
         cuda_graph: bool = False,
         callback: StepCallback | None = None,
+        **fields: Any,
     ) -> Generation:
-        """Generate ``batch`` images for ``prompt``. An empty prompt is valid: its
-        embedding is c_0, so CFG becomes unconditional sampling. The guidance arguments
-        are ``GuidanceConfig``'s (docs/ANSWER.md)."""
-        config = self.request_config(
-            prompt, method=method, steps=steps, guidance_scale=guidance_scale, negative_scale=negative_scale,
-            dns_steps=dns_steps, mode=mode, chain_min_sigma=chain_min_sigma, drift_tau=drift_tau,
-            guidance_rescale=guidance_rescale, scheduler=scheduler, seed=seed, height=height, width=width,
-            batch=batch,
-        )
+        """Generate ``batch`` images for ``prompt``. ``fields`` are the request schema's
+        (``answer_trt.schema.GenerateRequest``: negative_prompt, method, steps,
+        guidance_scale, negative_scale, dns_steps, mode, chain_min_sigma, drift_tau,
+        guidance_rescale, scheduler, seed, height, width, batch; docs/ANSWER.md for the
+        guidance ones); an unknown keyword is refused with the closest name. An empty prompt
+        is valid: its embedding is c_0, so CFG becomes unconditional sampling.
+        ``fused=False`` calls the UNet once per branch (the reference); ``cuda_graph``
+        replays each step as a CUDA graph."""
+        return self.run(make_request(prompt, fields), fused=fused, cuda_graph=cuda_graph, callback=callback)
+
+    def run(
+        self, request: GenerateRequest, *, fused: bool = True, cuda_graph: bool = False,
+        callback: StepCallback | None = None,
+    ) -> Generation:
+        """``generate`` for a ready ``GenerateRequest`` (what serving and replay hold)."""
+        config = self.check_request(request.sampling_config(), request.prompt)
         scheduler_obj = make_scheduler(self.scheduler_config, config.scheduler)
         if cuda_graph:
             self._check_graphable(config, scheduler_obj)
         with self.on_stream():
-            return self._generate(prompt, negative_prompt, config, scheduler_obj, fused, cuda_graph, callback)
+            return self._generate(request, config, scheduler_obj, fused, cuda_graph, callback)
 
-    def request_config(
-        self,
-        prompt: str,
-        *,
-        method: str = DEFAULT_GUIDANCE.method,
-        steps: int = 30,
-        guidance_scale: float = DEFAULT_GUIDANCE.guidance_scale,
-        negative_scale: float | None = None,
-        dns_steps: int = DEFAULT_GUIDANCE.dns_steps,
-        mode: str = DEFAULT_GUIDANCE.mode,
-        chain_min_sigma: float = DEFAULT_GUIDANCE.chain_min_sigma,
-        drift_tau: float | None = DEFAULT_GUIDANCE.drift_tau,
-        guidance_rescale: float = DEFAULT_GUIDANCE.guidance_rescale,
-        scheduler: str | None = None,
-        seed: int = 0,
-        height: int | None = None,
-        width: int | None = None,
-        batch: int = 1,
-    ) -> SamplingConfig:
+    def request_config(self, prompt: str, **fields: Any) -> SamplingConfig:
         """A request's validated configuration, sized against these engines
-        (``check_request``); raises ``UserInputError`` with the CLI's messages."""
-        config = SamplingConfig(
-            guidance=GuidanceConfig(method, guidance_scale, negative_scale, dns_steps, mode, chain_min_sigma,
-                                    drift_tau, guidance_rescale),
-            steps=steps,
-            scheduler=scheduler,
-            seed=seed,
-            height=height,
-            width=width,
-            batch=batch,
-        )
-        return self.check_request(config, prompt)
+        (``check_request``); ``fields`` as ``generate``'s. Raises ``UserInputError`` with the
+        CLI's messages."""
+        return self.check_request(make_request(prompt, fields).sampling_config(), prompt)
 
     def _generate(
-        self, prompt: str, negative_prompt: str | None, config: SamplingConfig, scheduler_obj: Any, fused: bool,
+        self, request: GenerateRequest, config: SamplingConfig, scheduler_obj: Any, fused: bool,
         cuda_graph: bool, callback: StepCallback | None,
     ) -> Generation:
         started = self.clock()
-        cond, noise = self.prepare(prompt, negative_prompt, config)
+        cond, noise = self.prepare(request.prompt, request.negative_prompt, config)
         text_done = self.clock()
         if cuda_graph:
             latents = self._sample_graphed(noise, cond, scheduler_obj, config.steps, config, callback)
@@ -210,7 +177,7 @@ class Pipeline:
                 prediction_type=self.prediction_type, fused=fused, callback=callback,
             )
         denoise_done = self.clock()
-        params = self.parameters(prompt, negative_prompt, config, type(scheduler_obj).__name__)
+        params = self.parameters(request, config, type(scheduler_obj).__name__)
         images = self.decode(latents, params)
         timings = Timings(text_done - started, denoise_done - text_done, self.clock() - denoise_done, config.steps)
         return Generation(images, params, timings, config)
@@ -314,29 +281,10 @@ class Pipeline:
                      size_label="" if given else "the default size, ")
         return config
 
-    def parameters(
-        self, prompt: str, negative_prompt: str | None, config: SamplingConfig, scheduler_name: str
-    ) -> dict[str, str]:
-        g = config.guidance
-        params: dict[str, Any] = {
-            "prompt": prompt,
-            "negative_prompt": negative_prompt or "",
-            "method": g.method,
-            "seed": config.seed,
-            "steps": config.steps,
-            "guidance_scale": g.guidance_scale,
-            "negative_scale": g.wn,
-            "dns_steps": g.dns_steps,
-            "mode": g.mode,
-            "chain_min_sigma": g.chain_min_sigma,
-            "drift_tau": g.drift_tau,
-            "guidance_rescale": g.guidance_rescale,
-            "scheduler": scheduler_name,
-            "height": config.height,
-            "width": config.width,
-            "model": self.model_name,
-            "backend": self.backend,
-        }
-        text = {k: str(v) for k, v in params.items()}
-        text["parameters"] = json.dumps(params, sort_keys=True)
-        return text
+    def parameters(self, request: GenerateRequest, config: SamplingConfig, scheduler_class: str) -> dict[str, str]:
+        """The PNG text chunks of the request's images (``schema.parameters``): its fields as
+        resolved for these engines (size, wn), the scheduler class that ran, model, backend."""
+        resolved = {"negative_scale": config.guidance.wn, "height": config.height, "width": config.width}
+        extra = {"scheduler_class": scheduler_class, "model": self.model_name, "backend": self.backend,
+                 "precision": self.precision}
+        return schema_parameters(request, resolved, extra)

@@ -52,8 +52,7 @@ def pixels(generation) -> np.ndarray:
 
 
 def reference(pipe, request: GenerateRequest) -> np.ndarray:
-    fields = request.sampling_keywords()
-    return pixels(pipe.generate(request.prompt, negative_prompt=request.negative_prompt, **fields))
+    return pixels(pipe.generate(request.prompt, **request.keywords()))
 
 
 def test_mixed_requests_joining_mid_flight_equal_generate(pipe):

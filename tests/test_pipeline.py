@@ -104,8 +104,9 @@ def test_onnxruntime_pipeline_matches_torch_pipeline(ort_pipe, torch_pipe):
 def test_scheduler_override_is_used(ort_pipe):
     default = ort_pipe.generate("a cat", steps=STEPS, seed=1)
     euler = ort_pipe.generate("a cat", steps=STEPS, seed=1, scheduler="euler")
-    assert default.params["scheduler"] == "DDIMScheduler"  # the tiny model's own
-    assert euler.params["scheduler"] == "EulerDiscreteScheduler"
+    assert default.params["scheduler_class"] == "DDIMScheduler"  # the tiny model's own
+    assert euler.params["scheduler_class"] == "EulerDiscreteScheduler"
+    assert (default.params["scheduler"], euler.params["scheduler"]) == ("", "euler")  # what was asked for
 
 
 def test_parameters_are_attached_to_images(ort_pipe):

@@ -95,8 +95,8 @@ def test_deep_nesting_within_the_size_limit_is_refused_in_one_line():
 
 def test_unknown_fields_are_refused_with_a_suggestion():
     assert refusal({"prompt": "a", "stepz": 3}).startswith(
-        "unknown field 'stepz': did you mean 'steps'? the fields are prompt, method, negative_prompt, steps,")
-    assert refusal({"prompt": "a", "batch": 2}).startswith("unknown field 'batch': the fields are prompt,")
+        "unknown field 'stepz': did you mean 'steps'? the fields are prompt, negative_prompt, method, steps,")
+    assert refusal({"prompt": "a", "colour": 2}).startswith("unknown field 'colour': the fields are prompt,")
 
 
 def test_the_prompt_is_required():
@@ -169,8 +169,9 @@ def test_the_json_response_carries_the_png_with_its_metadata_and_the_parameters(
     body, content_type = render(generation, "json")
     assert content_type == "application/json"
     data = json.loads(body)
-    assert set(data) == {"image_png_base64", "parameters"}
+    assert set(data) == {"image_png_base64", "images_png_base64", "parameters"}
     assert base64.b64decode(data["image_png_base64"]) == png
+    assert [base64.b64decode(i) for i in data["images_png_base64"]] == [png]  # every image of a batch
     assert data["parameters"] == parameters
 
 

@@ -26,14 +26,14 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from answer_trt.conditioning import cat_conditions
-from answer_trt.config import DEFAULT_GUIDANCE, SamplingConfig
+from answer_trt.config import SamplingConfig
 from answer_trt.errors import UserInputError
 from answer_trt.images import to_pil
 from answer_trt.iospec import MAX_BRANCHES
@@ -41,36 +41,12 @@ from answer_trt.pipeline import Generation, Limits, Pipeline, Timings
 from answer_trt.rules import check_int
 from answer_trt.sampler import Rows, SamplingProgram, sampling_program
 from answer_trt.schedulers import StepRule, make_scheduler, make_step_rule
+from answer_trt.schema import GenerateRequest
 
 # Rows per call when the engines set no limit (the torch backend).
 UNLIMITED_ENGINE_ROWS = 48
 # The window over which ``BatcherStats.calls_per_second`` counts calls.
 RATE_WINDOW_S = 10.0
-
-
-@dataclass(frozen=True)
-class GenerateRequest:
-    """One image: the prompt and ``Pipeline.generate``'s keywords (the same defaults)."""
-
-    prompt: str
-    method: str = DEFAULT_GUIDANCE.method
-    negative_prompt: str | None = None
-    steps: int = 30
-    guidance_scale: float = DEFAULT_GUIDANCE.guidance_scale
-    negative_scale: float | None = None
-    dns_steps: int = DEFAULT_GUIDANCE.dns_steps
-    mode: str = DEFAULT_GUIDANCE.mode
-    chain_min_sigma: float = DEFAULT_GUIDANCE.chain_min_sigma
-    drift_tau: float | None = DEFAULT_GUIDANCE.drift_tau
-    guidance_rescale: float = DEFAULT_GUIDANCE.guidance_rescale
-    scheduler: str | None = None
-    seed: int = 0
-    height: int | None = None
-    width: int | None = None
-
-    def sampling_keywords(self) -> dict[str, Any]:
-        """The keywords of ``Pipeline.request_config`` (all fields but the prompts)."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("prompt", "negative_prompt")}
 
 
 class QueueFullError(RuntimeError):
@@ -231,9 +207,7 @@ class StepBatcher:
         ``DeadlineExceeded``."""
         if not isinstance(request, GenerateRequest):
             raise UserInputError(f"expected a GenerateRequest, got {type(request).__name__}")
-        if request.negative_prompt is not None and not isinstance(request.negative_prompt, str):
-            raise UserInputError(f"negative_prompt must be a string, got {type(request.negative_prompt).__name__}")
-        config = self.pipeline.request_config(request.prompt, **request.sampling_keywords())
+        config = self.pipeline.check_request(request.sampling_config(), request.prompt)
         scheduler = make_scheduler(self.pipeline.scheduler_config, config.scheduler)
         rule = make_step_rule(scheduler, config.steps)  # e.g. too many steps for the scheduler fails here
         plan = _Plan(config, scheduler, rule, self._key(config), peak_rows(config))
@@ -378,7 +352,7 @@ class StepBatcher:
         try:
             cond, noise = pipe.prepare(request.prompt, request.negative_prompt, config)
             program = sampling_program(noise, cond, plan.rule, config.guidance, prediction_type=pipe.prediction_type)
-            params = pipe.parameters(request.prompt, request.negative_prompt, config, type(plan.scheduler).__name__)
+            params = pipe.parameters(request, config, type(plan.scheduler).__name__)
             job = _Job(ticket, plan, params, program, started, time.monotonic() - started)
             job.pending = next(program)
         except Exception as exc:  # noqa: BLE001 - this request fails, the others go on

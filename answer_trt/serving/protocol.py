@@ -19,12 +19,12 @@ from typing import Any
 
 from PIL import Image
 
-from answer_trt.config import SCHEDULERS, GuidanceConfig, SamplingConfig
 from answer_trt.errors import UserInputError
 from answer_trt.images import png_info
 from answer_trt.pipeline import Generation
 from answer_trt.rules import check_choice
-from answer_trt.serving.batcher import GenerateRequest
+from answer_trt.schema import FieldInfo, GenerateRequest, request_fields
+from answer_trt.schema import info as schema_info
 
 RESPONSE_FORMATS = ("png", "json")
 # A prompt is cut at the tokenizer's 77 tokens anyway; a larger body is a mistake or abuse.
@@ -52,33 +52,18 @@ def _is_number(value: object) -> bool:
     return _is_int(value) or isinstance(value, float)
 
 
-_STRING = Kind("a string", lambda v: isinstance(v, str))
-_INT = Kind("an integer", _is_int)
-_NUMBER = Kind("a number", _is_number)
-_OPT_STRING = Kind("a string", _STRING.test, nullable=True)
-_OPT_INT = Kind("an integer", _INT.test, nullable=True)
-_OPT_NUMBER = Kind("a number", _NUMBER.test, nullable=True)
+def _kind(info: FieldInfo) -> Kind:
+    """A schema field's JSON type."""
+    test, name = {"str": (lambda v: isinstance(v, str), "a string"), "int": (_is_int, "an integer"),
+                  "float": (_is_number, "a number")}[info.kind]
+    return Kind(name, test, info.nullable)
 
-# The fields of GenerateRequest a client may send, and their JSON types.
-REQUEST_FIELDS: dict[str, Kind] = {
-    "prompt": _STRING,
-    "method": _STRING,
-    "negative_prompt": _OPT_STRING,
-    "steps": _INT,
-    "guidance_scale": _NUMBER,
-    "negative_scale": _OPT_NUMBER,
-    "dns_steps": _INT,
-    "mode": _STRING,
-    "chain_min_sigma": _NUMBER,
-    "drift_tau": _OPT_NUMBER,
-    "guidance_rescale": _NUMBER,
-    "scheduler": _OPT_STRING,
-    "seed": _INT,
-    "height": _OPT_INT,
-    "width": _OPT_INT,
-}
+
+# The fields a client may send: the request schema's, with their JSON types.
+REQUEST_FIELDS: dict[str, Kind] = {f.name: _kind(schema_info(f)) for f in request_fields()}
 # How to answer: the response format, and a deadline for the whole request (queue included).
-OPTION_FIELDS: dict[str, Kind] = {"response": _STRING, "timeout_s": _OPT_NUMBER}
+OPTION_FIELDS: dict[str, Kind] = {"response": Kind("a string", lambda v: isinstance(v, str)),
+                                   "timeout_s": Kind("a number", _is_number, nullable=True)}
 FIELDS = {**REQUEST_FIELDS, **OPTION_FIELDS}
 
 
@@ -96,24 +81,15 @@ def parse_generate(body: bytes) -> GenerateCall:
     fields = _fields(_decode(body))
     options = {name: fields.pop(name) for name in OPTION_FIELDS if name in fields}
     request = GenerateRequest(**fields)
-    check_values(request)
+    request.sampling_config()  # the checks Pipeline.generate makes before looking at the engines
     response = check_choice("response", options.get("response", "png"), RESPONSE_FORMATS)
+    if request.batch > 1 and response == "png":
+        raise UserInputError(f"batch {request.batch} gives {request.batch} images and a png response holds one: "
+                             'send "response": "json" (or batch 1)')
     timeout_s = options.get("timeout_s")
     if timeout_s is not None and not (math.isfinite(timeout_s) and timeout_s > 0):
         raise UserInputError(f"timeout_s must be a positive number of seconds (or null for none), got {timeout_s}")
     return GenerateCall(request, response, None if timeout_s is None else float(timeout_s))
-
-
-def check_values(request: GenerateRequest) -> None:
-    """The checks ``Pipeline.generate`` makes before looking at the engines."""
-    SamplingConfig(
-        guidance=GuidanceConfig(request.method, request.guidance_scale, request.negative_scale, request.dns_steps,
-                                request.mode, request.chain_min_sigma, request.drift_tau, request.guidance_rescale),
-        steps=request.steps, scheduler=request.scheduler, seed=request.seed, height=request.height,
-        width=request.width,
-    )
-    if request.scheduler is not None:
-        check_choice("scheduler", request.scheduler, tuple(SCHEDULERS))
 
 
 def _decode(body: bytes) -> dict[str, Any]:
@@ -193,6 +169,7 @@ def render(generation: Generation, response: str) -> tuple[bytes, str]:
     if response == "png":
         return png, "image/png"
     body = {"image_png_base64": base64.b64encode(png).decode("ascii"),
+            "images_png_base64": [base64.b64encode(png_bytes(im)).decode("ascii") for im in generation.images],
             "parameters": json.loads(generation.params["parameters"])}
     return json.dumps(body).encode(), "application/json"
 

@@ -176,8 +176,7 @@ def stage_tiny(device: str, work: Path) -> dict[str, Any]:
         calls = batcher.stats().calls
     batched_s = time.perf_counter() - started
     started = time.perf_counter()
-    sequential = [pipe.generate(r.prompt, negative_prompt=r.negative_prompt, **r.sampling_keywords())
-                  for r in requests]
+    sequential = [pipe.run(r) for r in requests]
     sequential_s = time.perf_counter() - started
     result["batcher"] = {
         "requests": len(requests), "unet_calls": calls, "seconds": round(batched_s, 3),

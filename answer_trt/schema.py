@@ -1,0 +1,183 @@
+"""The request schema: every generation field defined once.
+
+``GenerateRequest`` is the one definition of what a generation request holds: each
+field's name, type, default, bounds, help text, and whether the PNG metadata records
+it. Everything else is derived from it:
+
+- ``Pipeline.generate`` / ``request_config`` keywords (unknown ones refused with the
+  closest name),
+- ``answer-trt generate``'s flags (``add_request_arguments``),
+- the HTTP body of ``POST /v1/generate`` (``answer_trt.serving.protocol``),
+- the PNG ``parameters`` of every image, and a request rebuilt from them
+  (``from_parameters``), so an image can be replayed.
+
+Adding a field is one edit here plus its use (where the sampler or pipeline reads it).
+Value checks stay with the configuration they build (``answer_trt.config``), so a bad
+value reads the same from every surface. Defaults of the guidance fields are
+``GuidanceConfig``'s (one value, read from there).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from answer_trt.config import METHODS, MODES, SCHEDULERS, GuidanceConfig, SamplingConfig
+from answer_trt.errors import UserInputError
+from answer_trt.rules import check_choice
+
+_GUIDANCE_DEFAULTS = {f.name: f.default for f in fields(GuidanceConfig)}
+
+
+@dataclass(frozen=True)
+class FieldInfo:
+    """What the schema says of one request field besides its name, type and default.
+
+    ``kind``: ``"str"``, ``"int"`` or ``"float"`` (the JSON and CLI type); ``nullable``:
+    ``None`` is allowed (and means "the default rule"); ``low``/``high``: inclusive bounds
+    for numbers (``None``: unbounded); ``choices``: the allowed strings; ``metadata``:
+    recorded in each image's PNG ``parameters``; ``cli``: a flag of ``answer-trt generate``."""
+
+    kind: str
+    help: str
+    nullable: bool = False
+    low: float | None = None
+    high: float | None = None
+    choices: tuple[str, ...] | None = None
+    metadata: bool = True
+    cli: bool = True
+
+    @property
+    def bounds(self) -> str:
+        """The bounds in words ("" where there are none)."""
+        if self.choices:
+            return "one of " + ", ".join(self.choices)
+        if self.low is not None and self.high is not None:
+            return f"{self.low:g} .. {self.high:g}"
+        if self.low is not None:
+            return f">= {self.low:g}"
+        return ""
+
+
+def _field(default: Any, info: FieldInfo) -> Any:
+    return field(default=default, metadata={"schema": info})
+
+
+def _guidance(name: str, info: FieldInfo) -> Any:
+    return _field(_GUIDANCE_DEFAULTS[name], info)
+
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    """One generation request: the prompt and every field that decides its images."""
+
+    prompt: str = _field("", FieldInfo("str", "text prompt; an empty string means unconditional sampling",
+                                       cli=False))
+    negative_prompt: str | None = _field(None, FieldInfo(
+        "str", "text to steer away from (replaces c_0); absent: the model's empty-prompt condition", nullable=True))
+    method: str = _guidance("method", FieldInfo("str", "guidance method", choices=METHODS))
+    steps: int = _field(30, FieldInfo("int", "denoising steps", low=1))
+    guidance_scale: float = _guidance("guidance_scale", FieldInfo("float", "guidance scale w"))
+    negative_scale: float | None = _guidance("negative_scale", FieldInfo(
+        "float", "wn (default: 1 for answer, the guidance scale for dns)", nullable=True))
+    dns_steps: int = _guidance("dns_steps", FieldInfo(
+        "int", "K: the negative chain's re-anchor period (parallel mode) or DNS iterations (inner mode)", low=1))
+    mode: str = _guidance("mode", FieldInfo("str", "ANSWER's negative chain: beside x (parallel) or nested (inner)",
+                                            choices=MODES))
+    chain_min_sigma: float = _guidance("chain_min_sigma", FieldInfo(
+        "float", "run the negative chain only while sigma_t >= this; CFG below (variant `interval`)",
+        low=0.0, high=1.0))
+    drift_tau: float | None = _guidance("drift_tau", FieldInfo(
+        "float", "fade the parallel chain's drift term below noise level ~tau (variant `fade`; default off)",
+        nullable=True))
+    guidance_rescale: float = _guidance("guidance_rescale", FieldInfo(
+        "float", "rescale CFG/ANSWER noise to the positive branch's deviation (phi)", low=0.0, high=1.0))
+    scheduler: str | None = _field(None, FieldInfo("str", "scheduler (default: the model's own)", nullable=True,
+                                                   choices=tuple(SCHEDULERS)))
+    seed: int = _field(0, FieldInfo("int", "seed of the initial noise, as in diffusers", low=0, high=2**64 - 1))
+    height: int | None = _field(None, FieldInfo("int", "image height in pixels (default: the model's or the "
+                                                "engines')", nullable=True, low=8))
+    width: int | None = _field(None, FieldInfo("int", "image width in pixels (default: the model's or the "
+                                               "engines')", nullable=True, low=8))
+    batch: int = _field(1, FieldInfo("int", "images for this prompt (seeds drawn from one generator, as diffusers "
+                                     "with one generator)", low=1))
+
+    def sampling_config(self) -> SamplingConfig:
+        """The validated configuration (``UserInputError`` names the field and the fix).
+        Construction checks nothing, so a request can be made first and refused where it is
+        submitted, with the same message on every surface."""
+        for name in ("prompt", "negative_prompt"):
+            value = getattr(self, name)
+            if not isinstance(value, str) and not (value is None and name == "negative_prompt"):
+                raise UserInputError(f"{name} must be a string, got {type(value).__name__}")
+        if self.scheduler is not None:
+            check_choice("scheduler", self.scheduler, tuple(SCHEDULERS))
+        return SamplingConfig(
+            guidance=GuidanceConfig(self.method, self.guidance_scale, self.negative_scale, self.dns_steps, self.mode,
+                                    self.chain_min_sigma, self.drift_tau, self.guidance_rescale),
+            steps=self.steps, scheduler=self.scheduler, seed=self.seed, height=self.height, width=self.width,
+            batch=self.batch,
+        )
+
+    def replace(self, **changes: Any) -> GenerateRequest:
+        return dataclasses.replace(self, **changes)
+
+    def keywords(self) -> dict[str, Any]:
+        """Every field but the prompt: ``Pipeline.generate(request.prompt, **request.keywords())``."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "prompt"}
+
+
+def request_fields() -> tuple[dataclasses.Field[Any], ...]:
+    """The schema's fields, in order (``prompt`` first)."""
+    return fields(GenerateRequest)
+
+
+def info(f: dataclasses.Field[Any]) -> FieldInfo:
+    schema: FieldInfo = f.metadata["schema"]
+    return schema
+
+
+FIELD_NAMES = tuple(f.name for f in request_fields())
+
+
+def make_request(prompt: str, keywords: Mapping[str, Any]) -> GenerateRequest:
+    """``GenerateRequest(prompt, **keywords)``, refusing an unknown keyword in one line that
+    names the closest field."""
+    for name in keywords:
+        if name not in FIELD_NAMES or name == "prompt":
+            close = difflib.get_close_matches(name, FIELD_NAMES, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise UserInputError(f"unknown argument {name!r}: {hint}the fields are {', '.join(FIELD_NAMES[1:])}")
+    return GenerateRequest(prompt, **keywords)
+
+
+def parameters(request: GenerateRequest, resolved: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, str]:
+    """The PNG text chunks of an image: every ``metadata`` field of ``request`` (with the
+    values the pipeline ``resolved``, e.g. the default size), then ``extra`` (model,
+    backend, ...), each as text, and all of them as JSON in ``parameters``."""
+    params: dict[str, Any] = {}
+    for f in request_fields():
+        if info(f).metadata:
+            params[f.name] = resolved.get(f.name, getattr(request, f.name))
+    params.update(extra)
+    text = {k: "" if v is None else str(v) for k, v in params.items()}
+    text["parameters"] = json.dumps(params, sort_keys=True)
+    return text
+
+
+def from_parameters(params: str | Mapping[str, Any]) -> GenerateRequest:
+    """The request an image's ``parameters`` (JSON text, or the decoded object) records:
+    its schema fields; other keys (model, backend, ...) are ignored. Raises
+    ``UserInputError`` when the text is not such a record."""
+    if isinstance(params, str):
+        try:
+            params = json.loads(params)
+        except ValueError:
+            raise UserInputError("the image's parameters are not JSON: it was not written by answer-trt") from None
+    if not isinstance(params, Mapping) or "prompt" not in params:
+        raise UserInputError("the image's parameters hold no prompt: it was not written by answer-trt")
+    return GenerateRequest(**{name: params[name] for name in FIELD_NAMES if name in params})

@@ -1,0 +1,100 @@
+"""The request schema is the one definition of a generation field: every surface (the
+Python API, the CLI, the HTTP body, the PNG metadata and its replay) carries each field,
+with the schema's default, and a field missing from a surface fails here."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import answer_trt
+from answer_trt.cli import make_parser, request_keywords
+from answer_trt.errors import UserInputError
+from answer_trt.schema import GenerateRequest, from_parameters, info, make_request, request_fields
+from answer_trt.serving.protocol import REQUEST_FIELDS, parse_generate
+
+# A valid value other than the default for every field; a new field must be added here.
+OTHER = {
+    "prompt": "a red circle", "negative_prompt": "a blue square", "method": "dns", "steps": 3,
+    "guidance_scale": 5.0, "negative_scale": 2.0, "dns_steps": 2, "mode": "parallel", "chain_min_sigma": 0.25,
+    "drift_tau": 0.3, "guidance_rescale": 0.5, "scheduler": "euler", "seed": 7, "height": 40, "width": 48,
+    "batch": 2,
+}
+ANSWER_INNER = {"method": "answer", "mode": "inner", "drift_tau": None}  # the other mode (drift_tau is parallel-only)
+
+
+def test_every_field_has_a_value_for_these_tests():
+    assert set(OTHER) == {f.name for f in request_fields()}
+    for f in request_fields():
+        if f.name not in ("mode",):
+            assert OTHER[f.name] != f.default, f.name
+
+
+def test_the_cli_has_one_flag_per_field_with_the_schema_default():
+    args = make_parser().parse_args(["generate", "x"])
+    cli_fields = [f for f in request_fields() if info(f).cli]
+    assert {f.name for f in cli_fields} == set(OTHER) - {"prompt"}
+    assert request_keywords(args) == {f.name: f.default for f in cli_fields}
+    argv = ["generate", "x"]
+    for f in cli_fields:
+        argv += [f"--{f.name.replace('_', '-')}", str(OTHER[f.name])]
+    assert request_keywords(make_parser().parse_args(argv)) == {f.name: OTHER[f.name] for f in cli_fields}
+
+
+def test_the_http_body_takes_every_field():
+    assert set(REQUEST_FIELDS) == set(OTHER)
+    call = parse_generate(json.dumps({**OTHER, "response": "json"}).encode())
+    assert call.request == GenerateRequest(**OTHER)
+    assert parse_generate(b'{"prompt": "a"}').request == GenerateRequest("a")  # the schema's defaults
+
+
+def test_a_batch_over_http_needs_the_json_response():
+    with pytest.raises(UserInputError, match='"response": "json"'):
+        parse_generate(b'{"prompt": "a", "batch": 2}')
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return answer_trt.load("tiny", backend="torch")
+
+
+@pytest.mark.parametrize("changes", [{}, ANSWER_INNER], ids=["parallel", "inner"])
+def test_the_api_takes_every_field_and_the_png_replays_to_the_same_pixels(pipe, changes):
+    fields = {**OTHER, **changes}
+    prompt = fields.pop("prompt")
+    result = pipe.generate(prompt, **fields)
+    assert len(result.images) == 2 and result.images[0].size == (48, 40)
+    recorded = json.loads(result.images[1].info["parameters"])
+    for f in request_fields():
+        if info(f).metadata:
+            assert f.name in recorded, f.name
+    replayed = from_parameters(result.images[1].info["parameters"])
+    expected = GenerateRequest(prompt, **fields)
+    if expected.negative_scale is None:  # recorded as the value it resolved to
+        expected = expected.replace(negative_scale=result.config.guidance.wn)
+    assert replayed == expected
+    again = pipe.run(replayed)
+    for first, second in zip(result.images, again.images):
+        assert np.array_equal(np.asarray(first), np.asarray(second))
+
+
+def test_an_unknown_keyword_names_the_closest_field(pipe):
+    with pytest.raises(UserInputError, match="unknown argument 'guidance': did you mean 'guidance_scale'"):
+        pipe.generate("a", guidance=3.0)
+    with pytest.raises(UserInputError, match="unknown argument 'prompt'"):
+        make_request("a", {"prompt": "b"})
+
+
+def test_absent_and_empty_negative_prompts_are_told_apart_in_the_record(pipe):
+    absent = pipe.generate("a red circle", steps=1)
+    empty = pipe.generate("a red circle", steps=1, negative_prompt="")
+    assert from_parameters(absent.params["parameters"]).negative_prompt is None
+    assert from_parameters(empty.params["parameters"]).negative_prompt == ""
+
+
+def test_parameters_that_are_not_a_record_are_refused_in_one_line():
+    for text in ("not json", "[1, 2]", '{"seed": 1}'):
+        with pytest.raises(UserInputError, match="not written by answer-trt"):
+            from_parameters(text)
