@@ -18,6 +18,14 @@ SCHEDULERS: dict[str, str] = {
 }
 
 
+# Bounds checked before any work. Steps: the schedulers we run are trained on a grid of
+# 1000 timesteps and cannot take more distinct ones (DDIM refuses beyond it; Euler would
+# only repeat levels, at 1000x the time). Images per request: the CLI writes one file per
+# image and the memory check sizes the batch per model; 256 is far above what a GPU of
+# today holds at SD sizes, and stops a typo (--batch 2000000) before anything is allocated.
+MAX_STEPS = 1000
+MAX_IMAGES = 256
+
 # ANSWER's default wn and interval, chosen by the compliance suite (docs/ANSWER.md, "Defaults").
 ANSWER_NEGATIVE_SCALE = 1.0
 
@@ -100,6 +108,11 @@ class SamplingConfig:
     def __post_init__(self) -> None:
         check_int("steps", self.steps)
         check_int("batch", self.batch)
+        if self.steps > MAX_STEPS:
+            raise UserInputError(f"steps must be at most {MAX_STEPS} (the schedulers' training grid), got {self.steps}")
+        if self.batch > MAX_IMAGES:
+            raise UserInputError(f"batch must be at most {MAX_IMAGES} images per request, got {self.batch}: "
+                                 "split it into several requests")
         check_seed(self.seed)
         for side, value in (("height", self.height), ("width", self.width)):
             if value is not None:

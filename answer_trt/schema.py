@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from answer_trt.config import METHODS, MODES, SCHEDULERS, GuidanceConfig, SamplingConfig
+from answer_trt.config import MAX_IMAGES, MAX_STEPS, METHODS, MODES, SCHEDULERS, GuidanceConfig, SamplingConfig
 from answer_trt.errors import UserInputError
 from answer_trt.rules import check_choice
 
@@ -80,7 +80,7 @@ class GenerateRequest:
     negative_prompt: str | None = _field(None, FieldInfo(
         "str", "text to steer away from (replaces c_0); absent: the model's empty-prompt condition", nullable=True))
     method: str = _guidance("method", FieldInfo("str", "guidance method", choices=METHODS))
-    steps: int = _field(30, FieldInfo("int", "denoising steps", low=1))
+    steps: int = _field(30, FieldInfo("int", "denoising steps", low=1, high=MAX_STEPS))
     guidance_scale: float = _guidance("guidance_scale", FieldInfo("float", "guidance scale w"))
     negative_scale: float | None = _guidance("negative_scale", FieldInfo(
         "float", "wn (default: 1 for answer, the guidance scale for dns)", nullable=True))
@@ -104,7 +104,7 @@ class GenerateRequest:
     width: int | None = _field(None, FieldInfo("int", "image width in pixels (default: the model's or the "
                                                "engines')", nullable=True, low=8))
     batch: int = _field(1, FieldInfo("int", "images for this prompt (seeds drawn from one generator, as diffusers "
-                                     "with one generator)", low=1))
+                                     "with one generator)", low=1, high=MAX_IMAGES))
 
     def sampling_config(self) -> SamplingConfig:
         """The validated configuration (``UserInputError`` names the field and the fix).

@@ -157,7 +157,7 @@ def test_close_cancels_what_has_not_finished(pipe):
     (GenerateRequest("a red circle", method="magic"), "unknown method"),
     (GenerateRequest("a red circle", scheduler="lms"), "unknown scheduler"),
     (GenerateRequest("a red circle", steps=0), "steps"),
-    (GenerateRequest("a red circle", steps=2000), "cannot be larger"),
+    (GenerateRequest("a red circle", steps=2000), "steps must be at most 1000"),
     (GenerateRequest(123), "prompt must be a string"),  # type: ignore[arg-type]
 ])
 def test_bad_requests_are_refused_at_submit_with_the_cli_message(pipe, request_, message):

@@ -98,3 +98,33 @@ def test_parameters_that_are_not_a_record_are_refused_in_one_line():
     for text in ("not json", "[1, 2]", '{"seed": 1}'):
         with pytest.raises(UserInputError, match="not written by answer-trt"):
             from_parameters(text)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--steps", "100000000"], "--steps must be an integer in 1 .. 1000"),
+    (["--batch", "100000000000000000000000000000"], "--batch must be an integer in 1 .. 256"),
+    (["--batch", "2000000"], "--batch must be an integer in 1 .. 256"),
+])
+def test_work_bounds_are_refused_by_the_cli_before_anything_runs(argv, message, capsys):
+    import time
+
+    from answer_trt.cli import main
+
+    started = time.perf_counter()
+    with pytest.raises(SystemExit) as exited:
+        main(["generate", "x", "-o", "/nonexistent/x.png", *argv])
+    assert exited.value.code == 2 and message in capsys.readouterr().err
+    assert time.perf_counter() - started < 5
+
+
+def test_work_bounds_hold_on_the_api_http_and_bench(pipe):
+    from answer_trt.bench.suite import BenchConfig
+
+    with pytest.raises(UserInputError, match="steps must be at most 1000"):
+        pipe.generate("a", scheduler="euler", steps=100_000_000)
+    with pytest.raises(UserInputError, match="batch must be at most 256"):
+        pipe.generate("a", batch=2_000_000)
+    with pytest.raises(UserInputError, match="steps must be at most 1000"):
+        parse_generate(b'{"prompt": "a", "scheduler": "euler", "steps": 20000000}')
+    with pytest.raises(UserInputError, match="--warmup must be at most 1000"):
+        BenchConfig(warmup=10**30)

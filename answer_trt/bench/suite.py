@@ -21,7 +21,7 @@ import torch
 from answer_trt.bench.plain_loop import diffusers_unet_call, null_unet, plain_answer_loop
 from answer_trt.bench.stats import Summary, summarize
 from answer_trt.conditioning import TextCondition
-from answer_trt.config import METHODS, GuidanceConfig
+from answer_trt.config import MAX_IMAGES, MAX_STEPS, METHODS, GuidanceConfig
 from answer_trt.errors import UserInputError
 from answer_trt.pipeline import Pipeline
 from answer_trt.rules import check_int
@@ -32,6 +32,7 @@ from answer_trt.versions import library_versions
 PROMPT = "a cat and a dog"
 OVERHEAD_STEPS = 200
 REPORT_FORMAT = 1
+MAX_RUNS = 1000  # timed runs (and warm-up runs) per variant: a bench that ends
 
 
 @dataclass(frozen=True)
@@ -49,9 +50,11 @@ class BenchConfig:
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown or not self.methods:
             raise UserInputError(f"--methods {','.join(self.methods)}: choose from {','.join(METHODS)}")
-        for name, value, low in (("steps", self.steps, 1), ("batch", self.batch, 1), ("runs", self.runs, 1),
-                                 ("warmup", self.warmup, 0)):
+        for name, value, low, high in (("steps", self.steps, 1, MAX_STEPS), ("batch", self.batch, 1, MAX_IMAGES),
+                                       ("runs", self.runs, 1, MAX_RUNS), ("warmup", self.warmup, 0, MAX_RUNS)):
             check_int(f"--{name}", value, low)
+            if value > high:
+                raise UserInputError(f"--{name} must be at most {high}, got {value}")
         if self.baseline not in (None, "torch"):
             raise UserInputError(f"--baseline {self.baseline}: the only baseline is `torch`")
 
