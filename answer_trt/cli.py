@@ -27,8 +27,8 @@ from answer_trt.rules import (
     parse_int,
     parse_size_range,
 )
+from answer_trt.schema import GenerateRequest, from_parameters, make_request, request_fields
 from answer_trt.schema import info as schema_info
-from answer_trt.schema import request_fields
 
 if TYPE_CHECKING:
     from answer_trt.manifest import GraphOptimization
@@ -130,7 +130,9 @@ def make_parser() -> argparse.ArgumentParser:
                         "matches the exported graph and is not slower (default: off; no gain measured on the CPU)")
 
     g = sub.add_parser("generate", help="generate images")
-    g.add_argument("prompt", help="text prompt; an empty string means unconditional sampling")
+    g.add_argument("prompt", nargs="?", help="text prompt; an empty string means unconditional sampling")
+    g.add_argument("--from-png", type=Path, help="redraw an image answer-trt wrote: its request is read from the PNG's "
+                   "metadata (prompt and request flags then come from there; --engines/--model choose the engines)")
     source = g.add_mutually_exclusive_group()
     source.add_argument("--engines", type=Path, help="engines folder made by `answer-trt build`")
     source.add_argument("--model", help="model to build into the cache on first use (default `tiny`)")
@@ -263,19 +265,20 @@ def _check_output(path: Path, batch: int) -> None:
 def _generate(args: argparse.Namespace) -> int:
     from answer_trt.images import save_pngs
 
-    _check_output(args.output, args.batch)
+    request, index = _request(args)
+    _check_output(args.output, 1 if index is not None else request.batch)
     started = time.perf_counter()
-    pipe = _load_pipeline(args, args.height, args.width, args.batch, log=lambda msg: print(msg, file=sys.stderr))
+    pipe = _load_pipeline(args, request.height, request.width, request.batch,
+                          log=lambda msg: print(msg, file=sys.stderr))
     loaded = time.perf_counter()
 
-    progress = _progress_bar(args.steps)
+    progress = _progress_bar(request.steps)
     try:
-        result = pipe.generate(args.prompt, cuda_graph=args.cuda_graph,
-                               callback=progress.update if progress else None, **request_keywords(args))
+        result = pipe.run(request, cuda_graph=args.cuda_graph, callback=progress.update if progress else None)
     finally:
         if progress:
             progress.close()
-    paths = save_pngs(result.images, args.output)
+    paths = save_pngs(result.images if index is None else result.images[index:index + 1], args.output)
     h, w = result.config.height, result.config.width
     assert h is not None and w is not None
     print(
@@ -284,6 +287,30 @@ def _generate(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+def _request(args: argparse.Namespace) -> tuple[GenerateRequest, int | None]:
+    """The request to draw, and which image of its batch to write (``None``: all of them):
+    from the flags, or from ``--from-png``'s metadata (its image at its ``batch_index``)."""
+    if args.from_png is None:
+        if args.prompt is None:
+            raise UserInputError("give a PROMPT (or --from-png IMAGE to redraw an image answer-trt wrote)")
+        return make_request(args.prompt, request_keywords(args)), None
+    if args.prompt is not None:
+        raise UserInputError("--from-png takes the prompt from the image: leave PROMPT out")
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(args.from_png) as image:
+            text = image.info.get("parameters")
+            recorded = json.loads(text) if isinstance(text, str) else None
+    except (OSError, UnidentifiedImageError, ValueError):
+        raise UserInputError(f"--from-png {args.from_png}: not a readable PNG with answer-trt's metadata") from None
+    request = from_parameters(recorded if isinstance(recorded, dict) else {})
+    index = recorded.get("batch_index", 0) if isinstance(recorded, dict) else 0
+    if not isinstance(index, int) or not 0 <= index < request.batch:
+        raise UserInputError(f"--from-png {args.from_png}: batch_index {index!r} is not an image of its batch")
+    return request, index
 
 
 class _Progress:

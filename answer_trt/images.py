@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -24,11 +25,26 @@ def to_pil(images: Tensor, params: Mapping[str, str]) -> list[Image.Image]:
     pixels = ((images.detach().cpu().to(torch.float32) / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
     arrays = pixels.permute(0, 2, 3, 1).contiguous().numpy()
     result = []
-    for array in arrays:
+    for index, array in enumerate(arrays):
         image = Image.fromarray(np.ascontiguousarray(array), mode="RGB")
-        image.info.update(params)
+        image.info.update(with_batch_index(params, index))
         result.append(image)
     return result
+
+
+def with_batch_index(params: Mapping[str, str], index: int) -> dict[str, str]:
+    """An image's own parameters: its batch's, plus its place in the batch (text and JSON),
+    so the image alone says how to redraw it."""
+    own = dict(params)
+    own["batch_index"] = str(index)
+    if "parameters" in own:
+        try:
+            record = json.loads(own["parameters"])
+        except ValueError:
+            return own
+        if isinstance(record, dict):
+            own["parameters"] = json.dumps({**record, "batch_index": index}, sort_keys=True)
+    return own
 
 
 def png_info(image: Image.Image) -> PngInfo:

@@ -128,3 +128,28 @@ def test_work_bounds_hold_on_the_api_http_and_bench(pipe):
         parse_generate(b'{"prompt": "a", "scheduler": "euler", "steps": 20000000}')
     with pytest.raises(UserInputError, match="--warmup must be at most 1000"):
         BenchConfig(warmup=10**30)
+
+
+def test_every_png_of_a_batch_redraws_itself_from_its_own_metadata(tmp_path, capsys):
+    """`generate --batch 3`, then `generate --from-png` of each file: the same pixels (0 levels),
+    each image knowing its place in the batch."""
+    from PIL import Image
+
+    from answer_trt.cli import main
+
+    common = ["--model", "tiny", "--backend", "torch"]
+    assert main(["generate", "a red circle and a blue square", *common, "--steps", "3", "--seed", "5", "--batch",
+                 "3", "--method", "cfg", "-o", str(tmp_path / "b.png")]) == 0
+    originals = [tmp_path / "b.png", tmp_path / "b-1.png", tmp_path / "b-2.png"]
+    pixels = [np.asarray(Image.open(p)) for p in originals]
+    assert not np.array_equal(pixels[0], pixels[1])  # three different images
+    for index, original in enumerate(originals):
+        assert json.loads(Image.open(original).info["parameters"])["batch_index"] == index
+        out = tmp_path / f"again-{index}.png"
+        assert main(["generate", "--from-png", str(original), *common, "-o", str(out)]) == 0
+        assert np.array_equal(np.asarray(Image.open(out)), pixels[index]), index
+    assert main(["generate", "a", "--from-png", str(originals[0]), "-o", str(tmp_path / "x.png")]) == 2
+    assert "leave PROMPT out" in capsys.readouterr().err
+    (tmp_path / "plain.png").write_bytes(b"not a png")
+    assert main(["generate", "--from-png", str(tmp_path / "plain.png"), "-o", str(tmp_path / "y.png")]) == 2
+    assert "not a readable PNG" in capsys.readouterr().err
