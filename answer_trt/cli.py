@@ -71,8 +71,8 @@ def _bounded_int(flag: str, low: float | None, high: float | None) -> Callable[[
     def parse(text: str) -> int:
         value = parse_int(text, flag)
         if (low is not None and value < low) or (high is not None and value > high):
-            raise UserInputError(f"{flag} must be an integer in {low:g} .. {high:g}, got {value}" if high is not None
-                                 else f"{flag} must be an integer >= {low:g}, got {value}")
+            raise UserInputError(f"{flag} must be an integer in {low:.0f} .. {high:.0f}, got {value}"
+                                 if high is not None else f"{flag} must be an integer >= {low:.0f}, got {value}")
         return value
 
     return _argument(parse, "integer")
@@ -84,6 +84,8 @@ def _request_type(f: dataclasses.Field[Any]) -> Callable[[str], Any]:
     field_info = schema_info(f)
     if f.name in ("height", "width"):
         return _size
+    if f.name == "seed":
+        return _seed
     if field_info.kind == "int":
         return _bounded_int(f"--{f.name.replace('_', '-')}", field_info.low, field_info.high)
     return float if field_info.kind == "float" else str

@@ -25,6 +25,7 @@ from answer_trt.errors import UserInputError
 from answer_trt.export.publish import (
     MODEL_FILES,
     Staging,
+    build_lock,
     check_collisions,
     clean_stale,
     inspect_out,
@@ -115,6 +116,17 @@ def build(config: BuildConfig, log: Callable[[str], None] = print) -> BuildResul
             "`pip install 'tensorrt-cu12>=10.12,<12'` (or use the NGC image in docker/), or build with "
             "--backend onnxruntime"
         )
+    out = config.out.resolve()
+    created = make_folders(out.parent)
+    try:
+        with build_lock(out, log):  # concurrent first users of one folder: one builds, the others reuse
+            return _build_locked(config, log, created)
+    except BaseException:
+        remove_empty(created)  # folders this build made go again
+        raise
+
+
+def _build_locked(config: BuildConfig, log: Callable[[str], None], created: list[Path]) -> BuildResult:
     clean_stale(config.out.resolve())
     target = inspect_out(config.out, config.force)
     source = resolve_model(config.model)
@@ -135,7 +147,6 @@ def build(config: BuildConfig, log: Callable[[str], None] = print) -> BuildResul
         log(f"{out}: up to date but built without the accuracy check; rebuilding to run it")
 
     check_collisions(target, OUTPUT_NAMES)
-    created = make_folders(target.path.parent)
     try:
         with Staging.beside(target.path) as staging:
             model = load_model(source.path)

@@ -10,18 +10,21 @@ from __future__ import annotations
 import ctypes
 import errno
 import glob
+import hashlib
 import os
 import shutil
 import stat
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
 
+from answer_trt.cache import cache_root
 from answer_trt.errors import UserInputError
 from answer_trt.files import current_umask
 from answer_trt.manifest import (
@@ -304,6 +307,48 @@ def _swap_by_renames(staging: Path, target: Path) -> None:
         os.rename(aside, target)
         raise
     os.rename(aside, staging)
+
+
+# How long a build waits for another build of the same folder (a full-size TensorRT build
+# can take most of an hour) before it gives up with a message.
+BUILD_LOCK_TIMEOUT_S = 2 * 3600.0
+
+
+def lock_path(target: Path) -> Path:
+    """The lock file of builds into ``target`` (a resolved path): in the cache's ``locks/``
+    folder, named by a hash of the path, so nothing is left beside the user's folder."""
+    digest = hashlib.sha256(str(target).encode()).hexdigest()[:24]
+    return cache_root() / "locks" / f"{digest}.lock"
+
+
+@contextmanager
+def build_lock(target: Path, log: Callable[[str], None], timeout_s: float = BUILD_LOCK_TIMEOUT_S) -> Iterator[None]:
+    """Hold the one lock of builds into ``target`` (``filelock``: an OS file lock, released
+    if the process dies). A second build of the same folder (another first user of the
+    cache, another serving replica) waits here, then finds the first one's engines up to
+    date and reuses them. Raises ``UserInputError`` after ``timeout_s`` or where the lock
+    cannot be made (a read-only parent)."""
+    from filelock import FileLock, Timeout
+
+    path = lock_path(target)
+    lock = FileLock(str(path))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            log(f"{target}: another answer-trt build of this folder is running; waiting for it (lock {path})")
+            lock.acquire(timeout=timeout_s)
+    except Timeout:
+        raise UserInputError(f"{target}: another build has held {path} for over {timeout_s:.0f} s; wait for it, "
+                             "or delete that file if no answer-trt build is running") from None
+    except OSError as exc:
+        raise UserInputError(f"cannot make the build lock {path} ({exc.strerror or exc}): set ANSWER_TRT_CACHE "
+                             "to a writable folder") from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def make_folders(folder: Path) -> list[Path]:
