@@ -1,11 +1,11 @@
 """`answer-trt serve`: a Ray Serve deployment over one pipeline and one ``StepBatcher`` per
 replica (the optional ``serve`` extra).
 
-Routes: ``POST /v1/generate`` (body: ``answer_trt.serving.protocol``), ``GET /v1/health``,
-``GET /v1/stats`` (the batcher's counters). A refused request is ``{"error": "<one line>"}``
-with 400 (the request), 503 + ``Retry-After`` (queue full), 504 (its ``timeout_s`` passed)
-or 500. Cross-request batching is the batcher's, not Ray's ``@serve.batch``: every request a
-replica holds is handed to the batcher at once, so ``max_ongoing_requests`` is set high.
+The HTTP side is a FastAPI app per replica (Ray Serve's ingress; routes, models and status
+codes in ``answer_trt.serving.http``): answer-trt's own ``POST /v1/generate``, the OpenAI
+images API, A1111's txt2img and the page at ``/``, all over this replica's batcher.
+Cross-request batching is the batcher's, not Ray's ``@serve.batch``: every request a replica
+holds is handed to the batcher at once, so ``max_ongoing_requests`` is set high.
 """
 
 from __future__ import annotations
@@ -16,13 +16,16 @@ import math
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from answer_trt.errors import UserInputError
 from answer_trt.rules import check_int
 
+if TYPE_CHECKING:
+    from answer_trt.pipeline import Generation
+    from answer_trt.schema import GenerateRequest
+
 APP_NAME = "answer-trt"
-ROUTES = {"/v1/generate": "POST", "/v1/health": "GET", "/v1/stats": "GET"}
 # Requests a replica admits before Ray queues them in its proxy; the batcher's own queue
 # (max_queue) is what refuses work, with a 503 the client can act on.
 MIN_ONGOING_REQUESTS = 256
@@ -93,80 +96,36 @@ class GenerateServer:
         self.pipeline.limits = replace(self.pipeline.limits, build=None)
         self.batcher = StepBatcher(self.pipeline, max_rows=config.max_rows, batching=config.batching,
                                    max_queue=config.max_queue)
+        self.model_name, self.backend = self.pipeline.model_name, self.pipeline.backend
         self.health = {"status": "ok", "model": self.pipeline.model_name, "backend": self.pipeline.backend,
                        "batching": config.batching, "pid": os.getpid()}
 
-    async def __call__(self, request: Any) -> Any:  # a starlette Request -> Response
-        from starlette.responses import JSONResponse
-
-        path = _route(request.scope)
-        method = ROUTES.get(path)
-        if method is None:
-            return _error(404, f"no route {path}: use {', '.join(f'{m} {p}' for p, m in ROUTES.items())}")
-        if request.method != method:
-            return _error(405, f"{path} takes {method}, not {request.method}", {"Allow": method})
-        if path == "/v1/health":
-            return JSONResponse(self.health)
-        if path == "/v1/stats":
-            return JSONResponse(self.batcher.stats().as_dict())
-        return await self._generate(request)
-
-    async def _generate(self, request: Any) -> Any:
-        from starlette.responses import Response
-
-        from answer_trt.errors import NonFiniteImageError
-        from answer_trt.serving.batcher import DeadlineExceeded, QueueFullError, RequestCancelled
-        from answer_trt.serving.protocol import parse_generate, render
-
+    async def run(self, request: GenerateRequest, timeout_s: float | None = None) -> Generation:
+        """The request's generation through this replica's batcher (its errors as raised:
+        ``answer_trt.serving.http`` answers each with its status). A client that hangs up
+        cancels this coroutine, and with it the ticket."""
+        ticket = self.batcher.submit(request, deadline_s=timeout_s)
         try:
-            call = parse_generate(await request.body())
-            ticket = self.batcher.submit(call.request, deadline_s=call.timeout_s)
-        except QueueFullError as exc:
-            return _error(503, str(exc), {"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))})
-        except UserInputError as exc:
-            return _error(400, str(exc))
-        try:
-            # shield: a disconnect cancels this task; the ticket is then cancelled through the
-            # batcher (below), never by asyncio cancelling the batcher's future under it.
-            generation = await asyncio.shield(asyncio.wrap_future(ticket.future))
+            # shield: the ticket is cancelled through the batcher (below), never by asyncio
+            # cancelling the batcher's future under it.
+            generation: Generation = await asyncio.shield(asyncio.wrap_future(ticket.future))
         except asyncio.CancelledError:
             ticket.cancel()
             raise
-        except DeadlineExceeded as exc:
-            return _error(504, str(exc))
-        except RequestCancelled as exc:  # the replica is shutting down
-            return _error(503, str(exc), {"Retry-After": "1"})
-        except UserInputError as exc:  # found only when the work started (e.g. a step count the scheduler refuses)
-            return _error(400, str(exc))
-        except NonFiniteImageError as exc:
-            return _error(500, str(exc))
-        except Exception as exc:  # noqa: BLE001 - an engine failure fails this request, one line to the client
-            log.exception("request failed")
-            return _error(500, f"the server failed this request: {type(exc).__name__}: {exc}")
-        body, content_type = await asyncio.to_thread(render, generation, call.response)  # PNG encoding
-        return Response(body, media_type=content_type)
+        return generation
+
+    def stats(self) -> dict[str, Any]:
+        return self.batcher.stats().as_dict()
+
+    def __serve_build_asgi_app__(self) -> Any:  # Ray Serve's ingress calls it after __init__
+        from answer_trt.serving.http import make_api
+
+        return make_api(self)
 
     def __del__(self) -> None:  # Ray Serve calls it when the replica shuts down
         batcher = getattr(self, "batcher", None)
         if batcher is not None:
             batcher.close()
-
-
-def _route(scope: dict[str, Any]) -> str:
-    """The path below the application's route prefix."""
-    path: str = scope.get("path", "/")
-    root: str = scope.get("root_path", "")
-    if root and path.startswith(root):
-        path = path[len(root):]
-    return "/" + path.strip("/")
-
-
-def _error(status: int, message: str, headers: dict[str, str] | None = None) -> Any:
-    from starlette.responses import Response
-
-    from answer_trt.serving.protocol import error_body
-
-    return Response(error_body(message), status_code=status, headers=headers, media_type="application/json")
 
 
 def start(config: ServeConfig) -> str:
@@ -185,7 +144,7 @@ def start(config: ServeConfig) -> str:
         max_ongoing_requests=max(MIN_ONGOING_REQUESTS, 2 * (config.max_queue or 0)),
         ray_actor_options={"num_cpus": config.replica_cpus, "num_gpus": config.replica_gpus},
         graceful_shutdown_timeout_s=GRACEFUL_SHUTDOWN_S,
-    )(GenerateServer)
+    )(serve.ingress()(GenerateServer))  # the app: GenerateServer.__serve_build_asgi_app__
     serve.run(deployment.bind(config), name=config.app_name, route_prefix=config.route_prefix)
     return config.url
 

@@ -89,7 +89,8 @@ def serve_command(args: argparse.Namespace) -> int:
         url = start(config)
         # After ray.init, which installs its own: `docker stop` and `kill` shut down as Ctrl-C does.
         signal.signal(signal.SIGTERM, _interrupt)
-        print(f"answer-trt: serving {url} (POST /v1/generate, GET /v1/health, GET /v1/stats; "
+        print(f"answer-trt: serving {url} (the page at /; POST /v1/generate, the OpenAI images API at "
+              f"/v1/images/generations, A1111's /sdapi/v1/txt2img, /openapi.json; "
               f"{config.replicas} replica(s), batching {'on' if config.batching else 'off'}); Ctrl-C stops",
               flush=True)
         while True:

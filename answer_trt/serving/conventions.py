@@ -1,0 +1,172 @@
+"""The conventions clients already speak, translated to and from answer-trt's request schema:
+the OpenAI images API (``POST /v1/images/generations``) and AUTOMATIC1111's txt2img
+(``POST /sdapi/v1/txt2img``, ``GET /sdapi/v1/samplers``, ``GET /sdapi/v1/sd-models``).
+
+Pure functions over the pydantic bodies (``answer_trt.serving.models``) and the pipeline's
+``Generation``: no HTTP, no Ray. A refusal is a ``UserInputError`` (one line); the routes
+give it each convention's error shape.
+
+Equal images: an OpenAI request of ``n`` images is one answer-trt request with ``batch=n``
+(``answer-trt generate --batch n``); an A1111 request is ``n_iter`` requests of
+``batch_size`` images, iteration k with seed ``seed + k * batch_size`` (so with
+``batch_size`` 1 image k has seed ``seed + k``, as in A1111).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import secrets
+import time
+from typing import Any
+
+from pydantic import BaseModel
+
+from answer_trt.config import MAX_IMAGES, SCHEDULERS
+from answer_trt.errors import UserInputError
+from answer_trt.pipeline import Generation
+from answer_trt.schema import FIELD_NAMES, GenerateRequest
+from answer_trt.serving.models import A1111_TAKEN, OPENAI_TAKEN
+from answer_trt.serving.protocol import png_bytes
+
+# A1111 sampler name -> answer-trt scheduler. Only samplers whose update rule is ours: no
+# ancestral ("Euler a") or Karras-schedule variants.
+SAMPLERS: dict[str, str] = {"DDIM": "ddim", "Euler": "euler", "DPM++ 2M": "dpm++"}
+# A1111's "scheduler" (noise schedule) values that leave the model's own schedule in place.
+A1111_DEFAULT_SCHEDULES = ("automatic", "default")
+# A1111 fields this server cannot honour: refused when set (they would change the picture).
+A1111_UNSUPPORTED = ("enable_hr", "restore_faces", "tiling", "subseed_strength", "script_name")
+SIZE_PATTERN = re.compile(r"([1-9][0-9]{0,5})x([1-9][0-9]{0,5})")
+
+
+def _schema_extras(body: BaseModel, taken: tuple[str, ...]) -> dict[str, Any]:
+    """The answer-trt fields a convention's body carries as extra fields (set, and not
+    null), less those the convention's own fields stand for (``taken``)."""
+    return {name: value for name, value in body.model_dump(exclude_unset=True).items()
+            if name in FIELD_NAMES and name not in taken and value is not None}
+
+
+# ---- OpenAI images API -------------------------------------------------------------------
+
+class ModelNotFound(UserInputError):
+    """An OpenAI request named a model this server does not run (the API's 404)."""
+
+
+def parse_size(size: str | None) -> tuple[int | None, int | None]:
+    """``"WxH"`` -> (height, width); ``None`` / ``"auto"``: the model's default size."""
+    if size is None or size == "auto":
+        return None, None
+    match = SIZE_PATTERN.fullmatch(size)
+    if not match:
+        raise UserInputError(f"size must be WIDTHxHEIGHT in pixels (e.g. 512x512) or auto, got {size!r}")
+    return int(match[2]), int(match[1])
+
+
+def openai_request(body: BaseModel, model_name: str) -> GenerateRequest:
+    """The answer-trt request of an OpenAI images request (``body``: ``OpenAIImagesBody``)."""
+    fields: dict[str, Any] = dict(body)
+    if fields["model"] is not None and fields["model"] != model_name:
+        raise ModelNotFound(f"the model {fields['model']!r} is not served here: this server runs {model_name!r} "
+                            "(GET /v1/models)")
+    if fields["response_format"] == "url":
+        raise UserInputError("response_format 'url' is not served (images are not stored): use b64_json")
+    if fields["stream"]:
+        raise UserInputError("stream is not supported: images come whole; leave it out")
+    height, width = parse_size(fields["size"])
+    request = GenerateRequest(fields["prompt"], batch=fields["n"], height=height, width=width,
+                              **_schema_extras(body, OPENAI_TAKEN))
+    request.sampling_config()  # the configuration's own checks, before anything is queued
+    return request
+
+
+def openai_response(generation: Generation, created: float | None = None) -> dict[str, Any]:
+    """The ``ImagesResponse`` of one generation: every image as a base64 PNG with metadata."""
+    images = [base64.b64encode(png_bytes(image)).decode("ascii") for image in generation.images]
+    width, height = generation.images[0].size
+    return {"created": int(time.time() if created is None else created),
+            "data": [{"b64_json": b64, "revised_prompt": None} for b64 in images],
+            "output_format": "png", "size": f"{width}x{height}"}
+
+
+def openai_error(message: str, status: int, param: str | None = None, code: str | None = None) -> dict[str, Any]:
+    """The OpenAI error body: ``{"error": {"message", "type", "param", "code"}}``."""
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    return {"error": {"message": " ".join(message.split()), "type": kind, "param": param, "code": code}}
+
+
+# ---- AUTOMATIC1111 txt2img ---------------------------------------------------------------
+
+def sampler_scheduler(name: str | None) -> str | None:
+    """Our scheduler for an A1111 sampler name (or one of our own names); ``None``: the model's."""
+    if name is None or name == "":
+        return None
+    for sampler, scheduler in SAMPLERS.items():
+        if name.lower() in (sampler.lower(), scheduler):
+            return scheduler
+    raise UserInputError(f"unknown sampler_name {name!r}: choose one of {', '.join(SAMPLERS)} "
+                         "(GET /sdapi/v1/samplers)")
+
+
+def draw_seed() -> int:
+    """A1111's seed -1: a random 32-bit seed."""
+    return secrets.randbelow(2**32)
+
+
+def a1111_requests(body: BaseModel, seed: int) -> list[GenerateRequest]:
+    """One answer-trt request per iteration of an A1111 txt2img body (``Txt2ImgBody``), with
+    ``seed`` already drawn for -1."""
+    fields: dict[str, Any] = dict(body)
+    extra = body.model_extra or {}
+    for name in A1111_UNSUPPORTED:
+        if extra.get(name):
+            raise UserInputError(f"{name} is not supported by answer-trt: leave it out (or false/0)")
+    schedule = fields["scheduler"]
+    if schedule is not None and schedule.lower() not in A1111_DEFAULT_SCHEDULES:
+        raise UserInputError(f"scheduler {schedule!r} is not supported: answer-trt uses the model's own noise "
+                             "schedule (send automatic, or leave it out)")
+    sampler = fields["sampler_name"] if fields["sampler_name"] is not None else fields["sampler_index"]
+    batch, iterations = fields["batch_size"], fields["n_iter"]
+    if batch * iterations > MAX_IMAGES:
+        raise UserInputError(f"batch_size * n_iter must be at most {MAX_IMAGES} images per request, "
+                             f"got {batch * iterations}")
+    if seed + (iterations - 1) * batch > 2**64 - 1:
+        raise UserInputError("seed + (n_iter - 1) * batch_size must be below 2**64: use a smaller seed")
+    first = GenerateRequest(
+        fields["prompt"], negative_prompt=fields["negative_prompt"] or None, steps=fields["steps"],
+        guidance_scale=fields["cfg_scale"], scheduler=sampler_scheduler(sampler), seed=seed, height=fields["height"],
+        width=fields["width"], batch=batch, **_schema_extras(body, A1111_TAKEN))
+    first.sampling_config()
+    return [first.replace(seed=seed + k * batch) for k in range(iterations)]
+
+
+def a1111_response(body: BaseModel, requests: list[GenerateRequest], generations: list[Generation]) -> dict[str, Any]:
+    """A1111's txt2img response: ``images`` (base64 PNGs with metadata), ``parameters`` (the
+    request, with the seed used) and ``info`` (JSON text)."""
+    images = [image for generation in generations for image in generation.images]
+    first = requests[0]
+    seeds = [request.seed for request in requests for _ in range(request.batch)]
+    width, height = images[0].size
+    sampler = next((name for name, ours in SAMPLERS.items() if ours == first.scheduler), None)
+    parameters = {**body.model_dump(), "seed": first.seed}
+    info = {"prompt": first.prompt, "all_prompts": [first.prompt] * len(images),
+            "negative_prompt": first.negative_prompt or "", "all_negative_prompts": [first.negative_prompt or ""]
+            * len(images), "seed": first.seed, "all_seeds": seeds, "subseed": -1, "all_subseeds": [-1] * len(images),
+            "width": width, "height": height, "sampler_name": sampler, "cfg_scale": first.guidance_scale,
+            "steps": first.steps, "batch_size": first.batch, "n_iter": len(requests), "method": first.method,
+            "infotexts": [image.info.get("parameters", "") for image in images],
+            "job_timestamp": time.strftime("%Y%m%d%H%M%S"), "sd_model_name": images[0].info.get("model")}
+    return {"images": [base64.b64encode(png_bytes(image)).decode("ascii") for image in images],
+            "parameters": parameters, "info": json.dumps(info)}
+
+
+def a1111_samplers() -> list[dict[str, Any]]:
+    """``GET /sdapi/v1/samplers``."""
+    return [{"name": name, "aliases": [ours], "options": {"scheduler_class": SCHEDULERS[ours]}}
+            for name, ours in SAMPLERS.items()]
+
+
+def a1111_models(model_name: str, backend: str) -> list[dict[str, Any]]:
+    """``GET /sdapi/v1/sd-models``: the one model this server runs (no server paths)."""
+    return [{"title": model_name, "model_name": model_name, "hash": None, "sha256": None,
+             "filename": f"{model_name} ({backend} engines)", "config": None}]

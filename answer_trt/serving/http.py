@@ -1,0 +1,342 @@
+"""The HTTP face of `answer-trt serve`: one FastAPI app per replica, Ray Serve's ingress.
+
+Routes (documented in ``/openapi.json`` and ``/docs``, request and response models derived
+from the request schema: ``answer_trt.serving.models``):
+
+- answer-trt's own: ``POST /v1/generate`` (body parsed by ``answer_trt.serving.protocol``),
+  ``GET /v1/health``, ``GET /v1/stats``; a refusal is ``{"error": "<one line>"}``.
+- the OpenAI images API: ``POST /v1/images/generations``, ``GET /v1/models``; refusals in
+  the OpenAI error shape ``{"error": {"message", "type", "param", "code"}}``.
+- AUTOMATIC1111's: ``POST /sdapi/v1/txt2img``, ``GET /sdapi/v1/samplers``,
+  ``GET /sdapi/v1/sd-models``; refusals as answer-trt's.
+- ``GET /``: the page that shows CFG and ANSWER side by side (``page.html``, no external assets).
+
+Status codes: 400 the request (FastAPI's 422 included), 404 (an unknown route or OpenAI
+model), 405, 413 (a body above ``MAX_BODY_BYTES``, refused from its Content-Length before
+it is read), 503 + ``Retry-After`` (queue full, or the replica is stopping), 504 (the
+request's ``timeout_s`` passed), 500. No Ray in here: the server object is handed in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.resources
+import logging
+import math
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from typing import Any, Protocol
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Route
+
+from answer_trt.errors import NonFiniteImageError, UserInputError
+from answer_trt.pipeline import Generation
+from answer_trt.schema import GenerateRequest
+from answer_trt.serving import conventions
+from answer_trt.serving.batcher import DeadlineExceeded, QueueFullError, RequestCancelled
+from answer_trt.serving.models import (
+    ErrorResponse,
+    GenerateBody,
+    GenerateResponse,
+    OpenAIError,
+    OpenAIImagesBody,
+    OpenAIImagesResponse,
+    Sampler,
+    SDModel,
+    Txt2ImgBody,
+    Txt2ImgResponse,
+)
+from answer_trt.serving.protocol import EXAMPLE, MAX_BODY_BYTES, error_body, parse_generate, render
+
+log = logging.getLogger("answer_trt.serving")
+
+OPENAI_PREFIXES = ("/v1/images/", "/v1/models")
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+class Server(Protocol):
+    """What the routes need of a replica (``answer_trt.serving.app.GenerateServer``)."""
+
+    model_name: str
+    backend: str
+    health: dict[str, Any]
+
+    async def run(self, request: GenerateRequest, timeout_s: float | None = None) -> Generation:
+        """The request's generation (the batcher's errors as raised)."""
+        ...
+
+    def stats(self) -> dict[str, Any]:
+        """The batcher's counters."""
+        ...
+
+
+class ApiError(Exception):
+    """A refusal: its status, one-line message, headers and (OpenAI) param and code."""
+
+    def __init__(self, status: int, message: str, headers: Mapping[str, str] | None = None,
+                 param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.headers, self.param, self.code = status, message, headers, param, code
+
+
+class BodyTooLarge(Exception):
+    """A body without a Content-Length grew past the limit while it was read."""
+
+
+class BodyLimit:
+    """ASGI middleware: a request whose Content-Length is above ``limit`` is answered 413
+    before its body is read; a body sent without one is cut off at the limit."""
+
+    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        length = headers.get(b"content-length")
+        if length is not None:
+            size = int(length) if length.isdigit() else -1
+            if size < 0 or size > self.limit:
+                message = (f"the request body is {size} bytes, above the limit of {self.limit}: send a shorter "
+                           "prompt" if size >= 0 else "the Content-Length header is not a number of bytes")
+                status = 413 if size >= 0 else 400
+                await error_response(scope, status, message)(scope, receive, send)
+                return
+        received = 0
+
+        async def limited() -> Message:
+            nonlocal received
+            message = await receive()
+            if message.get("type") == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise BodyTooLarge(f"the request body is above the limit of {self.limit} bytes: send a "
+                                       "shorter prompt")
+            return message
+
+        await self.app(scope, limited, send)
+
+
+def route_path(scope: Scope) -> str:
+    """The path below the application's route prefix."""
+    path: str = scope.get("path", "/")
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root):]
+    return "/" + path.strip("/")
+
+
+def error_response(scope: Scope, status: int, message: str, headers: Mapping[str, str] | None = None,
+                   param: str | None = None, code: str | None = None) -> Response:
+    """A refusal in the shape of the route's convention (OpenAI's, or ``{"error": ...}``)."""
+    if route_path(scope).startswith(OPENAI_PREFIXES):
+        return JSONResponse(conventions.openai_error(message, status, param, code), status_code=status,
+                            headers=headers)
+    return Response(error_body(message), status_code=status, headers=headers, media_type="application/json")
+
+
+def validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
+    """One line for FastAPI's validation errors (its 422), and the field it names."""
+    errors = list(exc.errors())
+    if not errors:
+        return "the request is not valid", None
+    first = errors[0]
+    loc = [str(part) for part in first.get("loc", ()) if part != "body"]
+    field = ".".join(loc) or None
+    kind = first.get("type", "")
+    if kind == "json_invalid":
+        return f"the request body is not valid JSON: send a JSON object such as {EXAMPLE}", None
+    if field is None:
+        return f"the request body must be a JSON object such as {EXAMPLE}: {first.get('msg', '')}", None
+    if kind == "extra_forbidden":
+        return f"unknown field {field!r}: see /openapi.json for the fields", field
+    if kind == "missing":
+        return f"field {field!r} is missing", field
+    shown = repr(first.get("input"))
+    shown = shown if len(shown) <= 40 else shown[:37] + "..."
+    return f"field {field!r}: {first.get('msg', 'not valid')}, got {shown}", field
+
+
+def _page() -> str:
+    return importlib.resources.files("answer_trt.serving").joinpath("page.html").read_text(encoding="utf-8")
+
+
+async def generations(server: Server, requests: list[GenerateRequest],
+                      timeout_s: float | None = None) -> list[Generation]:
+    """Every request's generation, the batcher's errors as ``ApiError``; one that fails (or a
+    client that hangs up) cancels the others."""
+    tasks = [asyncio.ensure_future(server.run(request, timeout_s)) for request in requests]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except QueueFullError as exc:
+        raise ApiError(503, str(exc), {"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))}) from None
+    except DeadlineExceeded as exc:
+        raise ApiError(504, str(exc)) from None
+    except RequestCancelled as exc:  # the replica is shutting down
+        raise ApiError(503, str(exc), {"Retry-After": "1"}) from None
+    except UserInputError as exc:  # found only when the work started (e.g. a size the engines were not built for)
+        raise ApiError(400, str(exc)) from None
+    except NonFiniteImageError as exc:
+        raise ApiError(500, str(exc)) from None
+    except ApiError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - an engine failure fails this request, one line to the client
+        log.exception("request failed")
+        raise ApiError(500, f"the server failed this request: {type(exc).__name__}: {exc}") from None
+    finally:
+        for task in tasks:
+            task.cancel()  # no-op for those done; the rest cancel their tickets
+
+
+def make_api(server: Server) -> FastAPI:
+    """The FastAPI app of one replica."""
+    app = FastAPI(
+        title="answer-trt", version="0.1.0",
+        description="ANSWER-guided text-to-image on optimized engines: answer-trt's own endpoint, the OpenAI "
+                    "images API and AUTOMATIC1111's txt2img over one step-level batcher.")
+    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
+    _handlers(app)
+    _own_routes(app, server)
+    _openai_routes(app, server)
+    _a1111_routes(app, server)
+    _document(app)
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> HTMLResponse:
+        return HTMLResponse(_page())
+
+    return app
+
+
+def _handlers(app: FastAPI) -> None:
+    async def api_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ApiError)
+        return error_response(request.scope, exc.status, exc.message, exc.headers, exc.param, exc.code)
+
+    async def invalid(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        message, field = validation_message(exc)
+        return error_response(request.scope, 400, message, param=field)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        path = route_path(request.scope)
+        if exc.status_code == 404:
+            routes = sorted(f"{sorted(r.methods or ())[0]} {r.path}" for r in app.routes
+                            if isinstance(r, Route) and r.include_in_schema)
+            message = f"no route {path}: use {', '.join(routes)}"
+        elif exc.status_code == 405:
+            allow = (exc.headers or {}).get("Allow", "")
+            message = f"{path} takes {allow}, not {request.method}"
+        else:
+            message = str(exc.detail)
+        return error_response(request.scope, exc.status_code, message, exc.headers)
+
+    async def too_large(request: Request, exc: Exception) -> Response:
+        return error_response(request.scope, 413, str(exc))
+
+    app.add_exception_handler(ApiError, api_error)
+    app.add_exception_handler(RequestValidationError, invalid)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(BodyTooLarge, too_large)
+
+
+_REFUSALS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "the request: what to change, on one line"},
+    413: {"model": ErrorResponse, "description": "the body is above the size limit"},
+    503: {"model": ErrorResponse, "description": "the queue is full (Retry-After)"},
+    504: {"model": ErrorResponse, "description": "the request's timeout_s passed"}}
+_OPENAI_REFUSALS: dict[int | str, dict[str, Any]] = {
+    status: {**value, "model": OpenAIError} for status, value in _REFUSALS.items()}
+
+
+def _own_routes(app: FastAPI, server: Server) -> None:
+    body_schema = {"$ref": "#/components/schemas/GenerateBody"}
+
+    @app.post("/v1/generate", summary="Generate images (answer-trt's own endpoint)",
+              responses={200: {"model": GenerateResponse, "content": {"image/png": {}},
+                               "description": "the PNG (response png) or every image and the parameters (json)"},
+                         **_REFUSALS},
+              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
+                  "schema": body_schema}}}})
+    async def generate(request: Request) -> Response:
+        try:
+            call = parse_generate(await request.body())
+        except UserInputError as exc:
+            raise ApiError(400, str(exc)) from None
+        generation, = await generations(server, [call.request], call.timeout_s)
+        body, content_type = await asyncio.to_thread(render, generation, call.response)  # PNG encoding
+        return Response(body, media_type=content_type)
+
+    @app.get("/v1/health", summary="The replica's model, backend and pid")
+    async def health() -> dict[str, Any]:
+        return server.health
+
+    @app.get("/v1/stats", summary="The batcher's counters (rows per UNet call, queue, ...)")
+    async def stats() -> dict[str, Any]:
+        return server.stats()
+
+
+def _openai_routes(app: FastAPI, server: Server) -> None:
+    @app.post("/v1/images/generations", response_model=OpenAIImagesResponse, responses=_OPENAI_REFUSALS,
+              summary="The OpenAI images API (answer-trt's fields as extra fields)")
+    async def images_generations(body: OpenAIImagesBody) -> dict[str, Any]:  # type: ignore[valid-type]
+        try:
+            request = conventions.openai_request(body, server.model_name)
+        except conventions.ModelNotFound as exc:
+            raise ApiError(404, str(exc), param="model", code="model_not_found") from None
+        except UserInputError as exc:
+            raise ApiError(400, str(exc)) from None
+        generation, = await generations(server, [request])
+        return await asyncio.to_thread(conventions.openai_response, generation)
+
+    @app.get("/v1/models", summary="The served model (OpenAI's model list)")
+    async def models() -> dict[str, Any]:
+        return {"object": "list", "data": [{"id": server.model_name, "object": "model", "created": 0,
+                                             "owned_by": "answer-trt"}]}
+
+
+def _a1111_routes(app: FastAPI, server: Server) -> None:
+    @app.post("/sdapi/v1/txt2img", response_model=Txt2ImgResponse, responses=_REFUSALS,
+              summary="AUTOMATIC1111's txt2img (answer-trt's guidance fields as extra fields)")
+    async def txt2img(body: Txt2ImgBody) -> dict[str, Any]:  # type: ignore[valid-type]
+        seed = body.seed if body.seed != -1 else conventions.draw_seed()  # type: ignore[attr-defined]
+        try:
+            requests = conventions.a1111_requests(body, seed)
+        except UserInputError as exc:
+            raise ApiError(400, str(exc)) from None
+        results = await generations(server, requests)
+        return await asyncio.to_thread(conventions.a1111_response, body, requests, results)
+
+    @app.get("/sdapi/v1/samplers", response_model=list[Sampler], summary="A1111's sampler list (ours)")
+    async def samplers() -> list[dict[str, Any]]:
+        return conventions.a1111_samplers()
+
+    @app.get("/sdapi/v1/sd-models", response_model=list[SDModel], summary="A1111's model list (the served one)")
+    async def sd_models() -> list[dict[str, Any]]:
+        return conventions.a1111_models(server.model_name, server.backend)
+
+
+def _document(app: FastAPI) -> None:
+    """Put ``GenerateBody`` (documented, not validated, by FastAPI) into the OpenAPI components."""
+    default_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            document = default_openapi()
+            schema = GenerateBody.model_json_schema(ref_template="#/components/schemas/{model}")
+            components = document.setdefault("components", {}).setdefault("schemas", {})
+            components.update(schema.pop("$defs", {}))
+            components["GenerateBody"] = schema
+            app.openapi_schema = document
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
