@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import cast
 
 from answer_trt.errors import UserInputError
 from answer_trt.rules import check_int, check_seed, check_size
@@ -25,6 +26,9 @@ SCHEDULERS: dict[str, str] = {
 # today holds at SD sizes, and stops a typo (--batch 2000000) before anything is allocated.
 MAX_STEPS = 1000
 MAX_IMAGES = 256
+# Guidance scales (w, wn): useful settings lie within about 0..20; beyond 100 the guided
+# noise leaves the range any UNet was trained on and the latents overflow to NaN.
+MAX_SCALE = 100.0
 
 # ANSWER's default wn and interval, chosen by the compliance suite (docs/ANSWER.md, "Defaults").
 ANSWER_NEGATIVE_SCALE = 1.0
@@ -57,9 +61,9 @@ class GuidanceConfig:
         if self.mode not in MODES:
             raise UserInputError(f"unknown mode {self.mode!r}: choose one of {', '.join(MODES)}")
         check_int("dns-steps", self.dns_steps)
-        _check_number("guidance-scale", self.guidance_scale)
+        _check_scale("guidance-scale", self.guidance_scale)
         if self.negative_scale is not None:
-            _check_number("negative-scale", self.negative_scale)
+            _check_scale("negative-scale", self.negative_scale)
         if self.method != "cfg" and self.wn <= -1.0:
             which = "negative-scale" if self.negative_scale is not None else "guidance-scale (DNS's wn defaults to it)"
             raise UserInputError(f"{which} must be > -1 for {self.method}, got {self.wn}: "
@@ -83,6 +87,13 @@ class GuidanceConfig:
         if self.negative_scale is not None:
             return self.negative_scale
         return ANSWER_NEGATIVE_SCALE if self.method == "answer" else self.guidance_scale
+
+
+def _check_scale(name: str, value: object) -> None:
+    _check_number(name, value)
+    if abs(cast(float, value)) > MAX_SCALE:
+        raise UserInputError(f"{name} must be within -{MAX_SCALE:g} .. {MAX_SCALE:g} (useful values lie within "
+                             f"about 0 .. 20), got {value:g}")
 
 
 def _check_number(name: str, value: object) -> None:

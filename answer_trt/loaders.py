@@ -31,10 +31,17 @@ def load(
     diffusers folder, a hub id). A model is built into the cache on first use, or run
     eagerly with ``backend="torch"`` (``device="cuda"``: the fp16 rule of
     ``answer_trt.precision`` on the GPU: fp16 UNet and VAE, fp32 text encoder and upcast VAE)."""
+    if not isinstance(source, (str, os.PathLike)) or isinstance(source, bytes):
+        raise UserInputError(f"load() takes a model name, a model folder or an engines folder as a str or path, "
+                             f"got {type(source).__name__}: e.g. load('tiny')")
     if backend is not None:
         check_choice("backend", backend, LOAD_BACKENDS)
+    check_choice("device", device, DEVICES)
     if backend == "torch":
         return from_model_eager(str(source), device)
+    if device != "cpu":
+        raise UserInputError(f"device {device!r} applies to backend='torch' (engines choose their own device): "
+                             f"pass backend='torch', or build TensorRT engines for the GPU")
     if (Path(source) / MANIFEST_NAME).is_file():
         return from_engines(Path(source))
     return from_engines(build_cached(str(source), log=build_log), verify=False)

@@ -214,7 +214,9 @@ class Pipeline:
         that applies to this backend and precision."""
         for component, values in (("UNet (denoising)", latents), ("VAE decoder", images)):
             if not torch.isfinite(values).all():
-                raise NonFiniteImageError(f"the {component} produced NaN or inf values: {self.precision_advice()}")
+                request = "a large guidance_scale or negative_scale drives latents out of range: lower it; else "
+                raise NonFiniteImageError(f"the {component} produced NaN or inf values: {request}"
+                                          f"{self.precision_advice()}")
 
     def precision_advice(self) -> str:
         """What to change when a component overflows, for this backend and precision."""

@@ -22,11 +22,21 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from answer_trt.config import MAX_IMAGES, MAX_STEPS, METHODS, MODES, SCHEDULERS, GuidanceConfig, SamplingConfig
+from answer_trt.config import (
+    MAX_IMAGES,
+    MAX_SCALE,
+    MAX_STEPS,
+    METHODS,
+    MODES,
+    SCHEDULERS,
+    GuidanceConfig,
+    SamplingConfig,
+)
 from answer_trt.errors import UserInputError
 from answer_trt.rules import check_choice
 
@@ -81,9 +91,11 @@ class GenerateRequest:
         "str", "text to steer away from (replaces c_0); absent: the model's empty-prompt condition", nullable=True))
     method: str = _guidance("method", FieldInfo("str", "guidance method", choices=METHODS))
     steps: int = _field(30, FieldInfo("int", "denoising steps", low=1, high=MAX_STEPS))
-    guidance_scale: float = _guidance("guidance_scale", FieldInfo("float", "guidance scale w"))
+    guidance_scale: float = _guidance("guidance_scale", FieldInfo("float", "guidance scale w", low=-MAX_SCALE,
+                                                                  high=MAX_SCALE))
     negative_scale: float | None = _guidance("negative_scale", FieldInfo(
-        "float", "wn (default: 1 for answer, the guidance scale for dns)", nullable=True))
+        "float", "wn (default: 1 for answer, the guidance scale for dns)", nullable=True, low=-MAX_SCALE,
+        high=MAX_SCALE))
     dns_steps: int = _guidance("dns_steps", FieldInfo(
         "int", "K: the negative chain's re-anchor period (parallel mode) or DNS iterations (inner mode)", low=1))
     mode: str = _guidance("mode", FieldInfo("str", "ANSWER's negative chain: beside x (parallel) or nested (inner)",
@@ -114,6 +126,11 @@ class GenerateRequest:
             value = getattr(self, name)
             if not isinstance(value, str) and not (value is None and name == "negative_prompt"):
                 raise UserInputError(f"{name} must be a string, got {type(value).__name__}")
+            try:
+                (value or "").encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise UserInputError(f"{name} is not valid Unicode text (a lone surrogate at character {exc.start}): "
+                                     "send UTF-8 text") from None
         if self.scheduler is not None:
             check_choice("scheduler", self.scheduler, tuple(SCHEDULERS))
         return SamplingConfig(
@@ -152,7 +169,19 @@ def make_request(prompt: str, keywords: Mapping[str, Any]) -> GenerateRequest:
             close = difflib.get_close_matches(name, FIELD_NAMES, n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
             raise UserInputError(f"unknown argument {name!r}: {hint}the fields are {', '.join(FIELD_NAMES[1:])}")
-    return GenerateRequest(prompt, **keywords)
+    return GenerateRequest(prompt, **{name: _plain(value) for name, value in keywords.items()})
+
+
+def _plain(value: Any) -> Any:
+    """numpy's (and any other) integers and reals as Python's own, so that checks, JSON
+    metadata and seeds treat them alike; bools and everything else unchanged."""
+    if isinstance(value, bool) or isinstance(value, (int, float, str)) or value is None:
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    return value
 
 
 def parameters(request: GenerateRequest, resolved: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, str]:

@@ -129,7 +129,8 @@ def test_long_prompt_is_truncated_with_a_warning(ort_pipe, caplog):
     (dict(seed=-1), r"0 to 2\*\*64 - 1"),
     (dict(seed=2**64), r"0 to 2\*\*64 - 1"),
     (dict(height=8192, width=8192), "4096 px"),
-    (dict(batch=10**6), "estimate"),
+    (dict(batch=10**6), "at most 256 images"),
+    (dict(batch=250, height=2048, width=2048), "estimate"),
 ])
 def test_api_refuses_bad_request_values(torch_pipe, kwargs, message):
     """The API checks what the CLI checks, before anything is allocated (the torch

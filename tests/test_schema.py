@@ -153,3 +153,29 @@ def test_every_png_of_a_batch_redraws_itself_from_its_own_metadata(tmp_path, cap
     (tmp_path / "plain.png").write_bytes(b"not a png")
     assert main(["generate", "--from-png", str(tmp_path / "plain.png"), "-o", str(tmp_path / "y.png")]) == 2
     assert "not a readable PNG" in capsys.readouterr().err
+
+
+def test_hostile_values_are_refused_in_one_line_on_every_surface(pipe):
+    """Issue 23 items 5 and 7: scales bounded, huge integers and lone surrogates refused,
+    numpy integers accepted, load() arguments checked."""
+    for field in ("guidance_scale", "negative_scale"):
+        with pytest.raises(UserInputError, match="within -100 .. 100"):
+            pipe.generate("a", **{field: 1e308})
+        with pytest.raises(UserInputError, match="within -100 .. 100"):
+            parse_generate(json.dumps({"prompt": "a", field: 1e30}).encode())
+    with pytest.raises(UserInputError, match="too many digits"):
+        parse_generate(b'{"prompt": "a", "seed": ' + b"9" * 5000 + b"}")
+    for text in ('{"prompt": "\\ud800"}', '{"prompt": "a", "negative_prompt": "x\\udfff"}'):
+        with pytest.raises(UserInputError, match="lone surrogate"):
+            parse_generate(text.encode())
+    with pytest.raises(UserInputError, match="lone surrogate"):
+        pipe.generate("\ud800", steps=1)
+    with pytest.raises(UserInputError, match="negative_prompt must be a string"):
+        pipe.generate("a", negative_prompt=["x"], steps=1)
+    seeded = pipe.generate("a red circle", steps=1, seed=np.int64(3), batch=np.int32(1))
+    assert json.loads(seeded.params["parameters"])["seed"] == 3
+    for source in (None, 5, b"tiny"):
+        with pytest.raises(UserInputError, match=r"load\(\) takes a model name"):
+            answer_trt.load(source)  # type: ignore[arg-type]
+    with pytest.raises(UserInputError, match="applies to backend='torch'"):
+        answer_trt.load("tiny", device="cuda")

@@ -107,6 +107,11 @@ def _decode(body: bytes) -> dict[str, Any]:
                              f"{exc.colno}): send a JSON object such as {EXAMPLE}") from None
     except RecursionError:
         raise UserInputError(f"the request body is nested too deeply: send a JSON object such as {EXAMPLE}") from None
+    except UserInputError:  # a duplicate field or a NaN, refused by the hooks above
+        raise
+    except ValueError:  # e.g. an integer past Python's 4300-digit conversion limit
+        raise UserInputError("a number in the request body has too many digits: send numbers within each field's "
+                             "bounds (see the fields' help)") from None
     if not isinstance(value, dict):
         raise UserInputError(f"the request body must be a JSON object such as {EXAMPLE}, got {_json_type(value)}")
     return value
