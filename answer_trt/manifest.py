@@ -19,7 +19,7 @@ import re
 import shlex
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
-from pathlib import Path, PureWindowsPath
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, NoReturn, TypeVar
 
 from answer_trt.build_config import BuildConfig
@@ -626,6 +626,8 @@ def loaded_files(folder: Path, manifest: Manifest) -> Iterator[tuple[str, str]]:
         data = external_data_name(entry.file)
         if (folder / data).exists() or (folder / data).is_symlink() or data in manifest.files:
             yield data, f"component {name}'s external data"
+        if entry.file.endswith(".onnx") and (folder / entry.file).is_file():
+            yield from _graph_data_files(folder, entry.file, name, skip=data)
     yield SCHEDULER_CONFIG, "the scheduler"
     for sub in tokenizer_folders(folder, manifest.info.dims.text_encoders):
         layout = tokenizer_files(folder, sub)
@@ -633,6 +635,27 @@ def loaded_files(folder: Path, manifest: Manifest) -> Iterator[tuple[str, str]]:
             _fail(f"folder {sub!r}", layout.describe())
         for rel in layout.files:
             yield rel, "the tokenizer"
+
+
+def _graph_data_files(folder: Path, graph: str, name: str, skip: str) -> Iterator[tuple[str, str]]:
+    """The external-data files ``graph`` names (read from the graph itself, whatever their
+    names), as ``loaded_files`` entries; a location that leaves the folder, or a graph that
+    is not one, raises ``ManifestError``."""
+    from answer_trt.onnx_files import external_data_locations
+
+    try:
+        locations = external_data_locations(folder / graph)
+    except ValueError as exc:
+        _fail(f"component {name}", str(exc))
+    base = PurePosixPath(graph).parent
+    for location in locations:
+        rel = (base / location).as_posix() if location else ""
+        if not location or PurePosixPath(location).is_absolute() or ".." in PurePosixPath(location).parts \
+                or not _inside(folder, rel):
+            _fail(f"component {name}", f"its graph reads external data from {location!r}, outside the engines "
+                                       "folder: answer-trt loads only files inside it")
+        if rel != skip:
+            yield rel, f"component {name}'s external data (named in its graph)"
 
 
 def check_folder(folder: Path, manifest: Manifest) -> None:
