@@ -9,7 +9,16 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from answer_trt.errors import UserInputError
+
 
 def cache_root() -> Path:
+    """``$ANSWER_TRT_CACHE``, else ``~/.cache/answer-trt``; ``UserInputError`` where neither
+    can be told (no home directory)."""
     env = os.environ.get("ANSWER_TRT_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "answer-trt"
+    if env:
+        return Path(env).expanduser()
+    try:
+        return Path.home() / ".cache" / "answer-trt"
+    except (RuntimeError, KeyError):  # HOME unset and no passwd entry
+        raise UserInputError("no home directory to keep the cache in: set ANSWER_TRT_CACHE (or HOME)") from None

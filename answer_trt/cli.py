@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import json
 import logging
 import sys
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
 
 
 class _ArgumentParser(argparse.ArgumentParser):
@@ -189,6 +191,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NonFiniteImageError as exc:
         print(f"answer-trt: error: {exc}", file=sys.stderr)
         return EXIT_FAILURE
+    except KeyboardInterrupt:  # what was being written is staged or temporary: nothing half-written stays
+        _say("answer-trt: interrupted; nothing was left half-written")
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # stdout or stderr closed under us: nothing left to tell
+        return EXIT_FAILURE
+    except OSError as exc:  # the machine's side: a full disk, a folder we may not write, a name too long
+        where = f" ({exc.filename})" if exc.filename else ""
+        fix = "free some space" if exc.errno == errno.ENOSPC else "pick a path you can write (for the cache: set " \
+            "ANSWER_TRT_CACHE to a writable folder)"
+        _say(f"answer-trt: error: {exc.strerror or exc}{where}: {fix}, then run again")
+        return EXIT_FAILURE
+
+
+def _say(line: str) -> None:
+    try:
+        print(line, file=sys.stderr)
+    except (OSError, ValueError):  # stderr itself is closed
+        pass
 
 
 def _build(args: argparse.Namespace) -> int:

@@ -281,8 +281,20 @@ def load_command(args: argparse.Namespace) -> int:
         runs = {label: [LevelResult(**r) for r in results] for label, results in report["runs"].items()}
         table = format_table(runs, report["comparison"])
     else:
+        from urllib.parse import urlsplit
+
+        from answer_trt.serving.client import ServerError
+
+        url = urlsplit(args.serve)
+        if url.scheme not in ("http", "https") or not url.netloc:
+            raise UserInputError(f"--serve {args.serve!r} is not a server address: give one such as "
+                                 "http://127.0.0.1:8000")
         client = AnswerTrtClient(args.serve, timeout_s=config.timeout_s)
-        results = run_load(client, config, log)
+        try:
+            results = run_load(client, config, log)
+        except ServerError as exc:
+            raise UserInputError(f"--serve {args.serve}: {exc.message}; start `answer-trt serve` there, or check "
+                                 "the address") from None
         report = {"format": REPORT_FORMAT, "command": " ".join(["answer-trt", *sys.argv[1:]]),
                   "config": asdict(config), "server": {"url": args.serve, **client.health()},
                   "runs": {"server": [asdict(r) for r in results]}}
