@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -41,6 +43,7 @@ def atomic_path(target: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; rename it onto ``target`` on success,
     delete it on failure, so ``target`` is never left half-written."""
     target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(target)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
@@ -50,6 +53,27 @@ def atomic_path(target: Path) -> Iterator[Path]:
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+# A temporary of ours untouched for this long belongs to a write that was killed (a write
+# takes seconds), not to one in progress.
+STALE_TEMPORARY_S = 3600.0
+
+
+def remove_stale_temporaries(target: Path, older_than_s: float = STALE_TEMPORARY_S) -> list[Path]:
+    """Delete what ``atomic_path`` left beside ``target`` when a write was killed (``kill
+    -9``, a power cut): ``.NAME.*.tmp`` files not modified for ``older_than_s``. Returns
+    them. Files of other names, and recent ones (another write may be running), stay."""
+    removed = []
+    now = time.time()
+    for leftover in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
+        try:
+            if leftover.is_file() and not leftover.is_symlink() and now - leftover.stat().st_mtime > older_than_s:
+                leftover.unlink()
+                removed.append(leftover)
+        except OSError:  # gone meanwhile, or not ours to remove: leave it
+            continue
+    return removed
 
 
 def numbered_paths(first: Path, count: int) -> list[Path]:

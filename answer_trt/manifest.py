@@ -673,12 +673,22 @@ def check_folder(folder: Path, manifest: Manifest) -> None:
 
 
 def mismatched_files(folder: Path, manifest: Manifest) -> list[str]:
-    """Files listed in the manifest that are missing or differ from their sha256."""
-    return [
-        rel
-        for rel, digest in manifest.files.items()
-        if not (folder / rel).is_file() or sha256_file(folder / rel) != digest
-    ]
+    """Files listed in the manifest that are missing or differ from their sha256. Each real
+    file is hashed once, however many listed names (links) lead to it."""
+    digests: dict[tuple[int, int], str] = {}
+
+    def digest_of(path: Path) -> str | None:
+        try:
+            info = path.stat()
+        except OSError:
+            return None
+        key = (info.st_dev, info.st_ino)
+        if key not in digests:
+            digests[key] = sha256_file(path)
+        return digests[key]
+
+    return [rel for rel, digest in manifest.files.items()
+            if not (folder / rel).is_file() or digest_of(folder / rel) != digest]
 
 
 def verify_files(folder: Path, manifest: Manifest) -> None:

@@ -94,3 +94,21 @@ def test_external_data_outside_the_folder_is_refused_in_one_line(folder, tmp_pat
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert "outside the engines folder" in err and location in err
+
+
+def test_many_links_to_one_file_are_hashed_once(folder, monkeypatch):
+    """Issue 23 item 9: verification cost is bounded by the real files, not the names."""
+    import answer_trt.manifest as manifest_module
+    from answer_trt.manifest import mismatched_files, read_manifest
+
+    digest = sha256_file(folder / "unet.onnx")
+    for i in range(200):
+        os_link = folder / f"link-{i}.onnx"
+        os_link.symlink_to("unet.onnx")
+    _edit_manifest(folder, {f"link-{i}.onnx": digest for i in range(200)})
+    calls: list[Path] = []
+    real = manifest_module.sha256_file
+    monkeypatch.setattr(manifest_module, "sha256_file", lambda p: calls.append(p) or real(p))
+    assert mismatched_files(folder, read_manifest(folder)) == []
+    assert len(calls) == len({(p.stat().st_dev, p.stat().st_ino) for p in calls}) <= len(list(folder.rglob("*")))
+    assert sum(1 for p in calls if p.resolve() == (folder / "unet.onnx").resolve()) == 1

@@ -73,3 +73,18 @@ def test_no_home_directory_is_one_line(tmp_path, monkeypatch, capsys):
 def test_load_against_a_bad_server_address_is_one_line(url, needle, capsys):
     assert main(["load", "--serve", url, "--requests", "1", "--concurrency", "1", "--timeout", "5"]) == 2
     assert needle in one_line(capsys.readouterr().err)
+
+
+def test_a_killed_write_leaves_nothing_after_the_next_run(tmp_path):
+    """Issue 23 item 8: `.out.png.*.tmp` of a killed write is removed by the next write of
+    that file, once it is old enough not to be a write in progress."""
+    from answer_trt.files import STALE_TEMPORARY_S, write_text_atomic
+
+    stale, fresh, other = tmp_path / ".out.png.abc123.tmp", tmp_path / ".out.png.def456.tmp", tmp_path / ".x.tmp"
+    for path in (stale, fresh, other):
+        path.write_text("half")
+    old = time.time() - STALE_TEMPORARY_S - 10
+    os.utime(stale, (old, old))
+    write_text_atomic(tmp_path / "out.png", "whole")
+    assert (tmp_path / "out.png").read_text() == "whole"
+    assert not stale.exists() and fresh.exists() and other.exists()
