@@ -48,8 +48,23 @@ def make_scheduler(config: Mapping[str, Any], name: str | None = None) -> Any:
     without importing diffusers) where the config allows; everything else is
     ``make_diffusers_scheduler``'s.
     """
+    check_scheduler_config(config)
     native = native_scheduler(config, scheduler_class_name(config, name))
     return native if native is not None else make_diffusers_scheduler(config, name)
+
+
+# The training grid of a scheduler config: SD models use 1000; anything far beyond is not a
+# model's config, and the schedule's tables grow with it (checked before they are made).
+MAX_TRAIN_TIMESTEPS = 100_000
+
+
+def check_scheduler_config(config: Mapping[str, Any]) -> None:
+    """Refuse, before anything is allocated, a config whose training grid is not a positive
+    integer up to ``MAX_TRAIN_TIMESTEPS`` (``UserInputError``)."""
+    steps = config.get("num_train_timesteps", 1000)
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_TRAIN_TIMESTEPS:
+        raise UserInputError(f"the scheduler config's num_train_timesteps must be an integer in 1 .. "
+                             f"{MAX_TRAIN_TIMESTEPS}, got {steps!r}: the model's scheduler config is broken")
 
 
 def make_diffusers_scheduler(config: Mapping[str, Any], name: str | None = None) -> Any:
@@ -57,9 +72,11 @@ def make_diffusers_scheduler(config: Mapping[str, Any], name: str | None = None)
     configured for epsilon prediction; imports diffusers."""
     import diffusers
 
+    check_scheduler_config(config)
     class_name = scheduler_class_name(config, name)
     scheduler_class = getattr(diffusers, class_name, None)
-    if scheduler_class is None or not hasattr(scheduler_class, "from_config"):
+    # Only schedulers: from_config of any other diffusers class (a UNet) would build a model.
+    if not (isinstance(scheduler_class, type) and issubclass(scheduler_class, diffusers.SchedulerMixin)):
         raise UserInputError(
             f"the model's scheduler {class_name!r} is not a diffusers scheduler: pass --scheduler "
             f"{' or '.join(SCHEDULERS)}"

@@ -112,3 +112,23 @@ def test_many_links_to_one_file_are_hashed_once(folder, monkeypatch):
     assert mismatched_files(folder, read_manifest(folder)) == []
     assert len(calls) == len({(p.stat().st_dev, p.stat().st_ino) for p in calls}) <= len(list(folder.rglob("*")))
     assert sum(1 for p in calls if p.resolve() == (folder / "unet.onnx").resolve()) == 1
+
+
+@pytest.mark.parametrize("change, needle", [
+    ({"_class_name": "UNet2DConditionModel"}, "is not a diffusers scheduler"),
+    ({"num_train_timesteps": 10**12}, "num_train_timesteps must be an integer"),
+    ({"num_train_timesteps": "1000"}, "num_train_timesteps must be an integer"),
+])
+def test_a_crafted_scheduler_config_is_refused_before_anything_is_built(change, needle):
+    """Issue 23 item 2: a checksum-consistent but crafted scheduler config builds nothing."""
+    import resource
+
+    from answer_trt.errors import UserInputError
+    from answer_trt.schedulers import make_diffusers_scheduler, make_scheduler
+
+    config = {"_class_name": "DDIMScheduler", "num_train_timesteps": 1000, **change}
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for make in (make_scheduler, make_diffusers_scheduler):
+        with pytest.raises(UserInputError, match=needle):
+            make(config)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000  # kB: no model was built
