@@ -50,6 +50,15 @@ class TextCondition:
         return out
 
 
+@dataclass(frozen=True)
+class Conditioning:
+    """Text conditions of a batch: ``positive`` is c_p; ``negative`` is c_0, or the
+    embedding of a user negative prompt, which replaces c_0 everywhere."""
+
+    positive: TextCondition
+    negative: TextCondition
+
+
 def cat_conditions(conds: Sequence[TextCondition]) -> TextCondition:
     """Stack conditions on the batch axis (the fused call's branches)."""
 

@@ -3,10 +3,13 @@ update, on static device buffers, for CUDA-graph capture.
 
 Every per-step number the step needs (noise levels, input scale, update coefficients,
 timestep) is read from a device table row copied into a static buffer before each
-replay, so one captured graph serves every step of its kind. ANSWER in parallel mode
-has two kinds (re-anchor steps: z <- x and a 2-row call; other steps: a 3-row call);
-CFG and DNS have one. Needs a ``LinearStepRule`` scheduler (DDIM, Euler) and a denoiser
-that can be captured (no host synchronization).
+replay, so one captured graph serves every step of its kind. The method's guider
+(``answer_trt.guiders``) says which kind each step is, what the step computes
+(``Guider.graph_step``, on the ``GraphIO`` that ``GraphedStep`` gives it) and whether
+it can be captured at all (``Guider.graph_refusal``): ANSWER in parallel mode has two
+kinds (re-anchor steps: z <- x and a 2-row call; other steps: a 3-row call), CFG and
+DNS have one. Needs a ``LinearStepRule`` scheduler (DDIM, Euler) and a denoiser that
+can be captured (no host synchronization).
 
 A ``GraphCache`` (one per ``Pipeline``) owns the static buffers a step reads and
 writes: the latents x and z, the step row, and the stacked conditions, one set per
@@ -31,10 +34,10 @@ from typing import Any, Protocol, TypeVar
 import torch
 from torch import Tensor
 
-from answer_trt import guidance as G
-from answer_trt.conditioning import TextCondition, cat_conditions
+from answer_trt.conditioning import Conditioning, TextCondition, cat_conditions
 from answer_trt.config import GuidanceConfig
-from answer_trt.sampler import Conditioning, Denoiser, StepCallback, anchored_steps
+from answer_trt.guiders import Guider, make_guider
+from answer_trt.sampler import Denoiser, StepCallback
 from answer_trt.schedulers import LinearStepRule, make_step_rule
 
 # Columns of the per-step table.
@@ -192,8 +195,9 @@ def step_table(rule: LinearStepRule, device: torch.device) -> Tensor:
 
 
 def supports(guidance: GuidanceConfig, rule: Any) -> bool:
-    """Graphable: a linear step rule, and any method but ANSWER's inner mode."""
-    return isinstance(rule, LinearStepRule) and not (guidance.method == "answer" and guidance.mode == "inner")
+    """Graphable: a linear step rule, and a method whose guider has no ``graph_refusal``
+    (all but ANSWER's inner mode)."""
+    return isinstance(rule, LinearStepRule) and make_guider(guidance).graph_refusal is None
 
 
 def refusal(guidance: GuidanceConfig, rule: Any, scheduler: Any) -> str | None:
@@ -209,24 +213,58 @@ def refusal(guidance: GuidanceConfig, rule: Any, scheduler: Any) -> str | None:
                     f"{' and '.join(options) or 'options'} (not linear): run without --cuda-graph, or pass "
                     "--scheduler euler")
         return f"--cuda-graph needs --scheduler ddim or euler (this request uses {name})"
-    return "--cuda-graph runs ANSWER in --mode parallel only: pass --mode parallel, or run without --cuda-graph"
+    return make_guider(guidance).graph_refusal
 
 
 class GraphedStep:
-    """The two step kinds as functions of the static buffers alone (what a graph
-    captures): the same equations as ``sampler.sample``, with tensor noise levels."""
+    """A step as a function of the static buffers alone (what a graph captures): the
+    ``GraphIO`` a guider's ``graph_step`` runs on, with the noise levels, input scale and
+    update coefficients read from this step's table row as 0-d tensors."""
 
-    def __init__(self, denoiser: Denoiser, buffers: StepBuffers, guidance: GuidanceConfig,
-                 prediction_type: str) -> None:
-        self.denoiser, self.b, self.guidance, self.prediction_type = denoiser, buffers, guidance, prediction_type
+    def __init__(self, denoiser: Denoiser, buffers: StepBuffers, guider: Guider, prediction_type: str) -> None:
+        self.denoiser, self.b, self.guider, self.prediction_type = denoiser, buffers, guider, prediction_type
         self.batch = buffers.x.shape[0]
-        self.w, self.wn = guidance.guidance_scale, guidance.wn
-        self.g = G.answer_scale(self.w, self.wn) if guidance.method == "answer" else 1.0  # 1 + wn may be 0 for CFG
-        self.tau, self.phi = guidance.drift_tau, guidance.guidance_rescale
 
     def key(self) -> Hashable:
-        """Everything the captured step reads besides the buffers' contents."""
-        return (id(self.denoiser), self.guidance, self.prediction_type, self.b.addresses())
+        """Everything the captured step reads besides the buffers' contents (the guider
+        holds the guidance constants baked into the graph)."""
+        return (id(self.denoiser), self.guider, self.prediction_type, self.b.addresses())
+
+    def function(self, kind: str) -> Callable[[], None]:
+        """The step of ``kind`` as a function of no arguments (what the capturer records)."""
+
+        def step() -> None:
+            self.guider.graph_step(kind, self)
+
+        step.__name__ = f"{kind}_step"
+        return step
+
+    @property
+    def x(self) -> Tensor:
+        return self.b.x
+
+    @property
+    def z(self) -> Tensor:
+        return self.b.z
+
+    @property
+    def alpha(self) -> Tensor:
+        return self.b.row[ALPHA]
+
+    @property
+    def sigma(self) -> Tensor:
+        return self.b.row[SIGMA]
+
+    def scale(self, latents: Tensor) -> Tensor:
+        return latents * self.b.row[INPUT_SCALE]
+
+    def call(self, latents: tuple[Tensor, ...]) -> list[Tensor]:
+        """ONE denoiser call on 2 branches ``(c_p, c_0)`` or 3 ``(c_p, c_p, c_0)``; each
+        branch's noise prediction (float32)."""
+        cond = self.b.two if len(latents) == 2 else self.b.three
+        n = len(latents)
+        raw = self.denoiser(torch.cat(list(latents)), self.b.row[TIMESTEP].expand(n * self.batch), cond).chunk(n)
+        return [self.eps(r, lat) for r, lat in zip(raw, latents)]
 
     def eps(self, raw: Tensor, x_in: Tensor) -> Tensor:
         raw = raw.to(torch.float32)
@@ -235,40 +273,9 @@ class GraphedStep:
         s = self.b.row
         return s[ALPHA] * raw + s[SIGMA] * x_in  # v-prediction, with tensor levels
 
-    def timesteps(self, n: int) -> Tensor:
-        return self.b.row[TIMESTEP].expand(n)
-
-    def update(self, chain: Tensor, e: Tensor) -> None:
+    def update(self, latents: Tensor, e: Tensor) -> None:
         s = self.b.row
-        chain.copy_(chain * s[X_COEF] + e * s[EPS_COEF])
-
-    def two_row_step(self) -> None:  # CFG, DNS, and ANSWER's re-anchor steps
-        b, s, method = self.b, self.b.row, self.guidance.method
-        if method == "answer":
-            b.z.copy_(b.x)
-        x_in = b.x * s[INPUT_SCALE]
-        raw_p, raw_0 = self.denoiser(torch.cat([x_in, x_in]), self.timesteps(2 * self.batch), b.two).chunk(2)
-        ep, e0 = self.eps(raw_p, x_in), self.eps(raw_0, x_in)
-        if method == "cfg":
-            self.update(b.x, G.rescale(G.cfg(e0, ep, self.w), ep, self.phi))
-            return
-        if method == "dns":
-            self.update(b.x, G.dns(e0, ep, self.wn))
-            return
-        e, e_dns = G.parallel_answer(ep, ep, e0, x_in, x_in, s[ALPHA], s[SIGMA], self.g, self.wn, self.tau,
-                                     self.phi)  # z == x
-        self.update(b.x, e)
-        self.update(b.z, e_dns)
-
-    def three_row_step(self) -> None:  # ANSWER parallel between re-anchors
-        b, s = self.b, self.b.row
-        x_in, z_in = b.x * s[INPUT_SCALE], b.z * s[INPUT_SCALE]
-        raw_p, raw_pz, raw_0 = self.denoiser(torch.cat([x_in, z_in, z_in]), self.timesteps(3 * self.batch),
-                                             b.three).chunk(3)
-        e, e_dns = G.parallel_answer(self.eps(raw_p, x_in), self.eps(raw_pz, z_in), self.eps(raw_0, z_in), x_in, z_in,
-                                     s[ALPHA], s[SIGMA], self.g, self.wn, self.tau, self.phi)
-        self.update(b.x, e)
-        self.update(b.z, e_dns)
+        latents.copy_(latents * s[X_COEF] + e * s[EPS_COEF])
 
 
 def sample_graphed(
@@ -286,18 +293,18 @@ def sample_graphed(
     """``sampler.sample`` with each step replayed from a graph (same equations, same
     result). With a ``cache`` kept across calls, graphs and buffers are reused."""
     rule = make_step_rule(scheduler, steps)
-    if not isinstance(rule, LinearStepRule) or not supports(guidance, rule):
-        raise ValueError("graphed sampling needs DDIM or Euler and a method other than ANSWER's inner mode")
+    guider = make_guider(guidance)
+    if not isinstance(rule, LinearStepRule):
+        raise ValueError("graphed sampling needs a linear step rule (DDIM or Euler)")
+    if guider.graph_refusal is not None:
+        raise ValueError(guider.graph_refusal)
     cache = cache if cache is not None else GraphCache(EagerCapturer())
     buffers = cache.static_buffers((noise.to(torch.float32) * rule.init_noise_sigma).contiguous(), cond)
-    step = GraphedStep(denoiser, buffers, guidance, prediction_type)
+    step = GraphedStep(denoiser, buffers, guider, prediction_type)
     table = step_table(rule, buffers.x.device)
-    anchored = anchored_steps(rule.sigmas, guidance.dns_steps, guidance.chain_min_sigma)
-    for i in range(len(rule.timesteps)):
+    for i, kind in enumerate(guider.graph_kinds(rule.sigmas)):
         buffers.row.copy_(table[i])
-        two_rows = guidance.method != "answer" or anchored[i]
-        kind, function = ("two", step.two_row_step) if two_rows else ("three", step.three_row_step)
-        cache.get(kind, step.key(), function, state=(buffers.x, buffers.z))()
+        cache.get(kind, step.key(), step.function(kind), state=(buffers.x, buffers.z))()
         if callback is not None:
             callback(i, len(rule.timesteps))
     return buffers.x.clone()  # the buffer is the next call's: hand out a copy

@@ -64,7 +64,7 @@ def test_graphs_are_captured_once_and_reused_across_calls(problem):
         return sample(denoiser, noise, cond, make_scheduler("ddim"), 7, guidance)
 
     first = graphed(noise, cond)
-    assert capturer.kinds == ["two_row_step", "three_row_step"]
+    assert capturer.kinds == ["anchor_step", "chain_step"]
     torch.testing.assert_close(first, reference(noise, cond), rtol=1e-4, atol=1e-4)  # warm-up left no trace
     again = graphed(noise, cond)
     assert cache.captures == 2 and torch.equal(again, first)  # same shapes: nothing captured

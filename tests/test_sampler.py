@@ -82,7 +82,7 @@ def test_chain_min_sigma_above_every_level_is_cfg(problem):
 
 
 def test_anchored_steps_every_k_and_below_the_threshold():
-    from answer_trt.sampler import anchored_steps
+    from answer_trt.guiders import anchored_steps
 
     sigmas = [0.99, 0.9, 0.8, 0.7, 0.6, 0.4, 0.3, 0.2]
     assert anchored_steps(sigmas, 3) == [True, False, False, True, False, False, True, False]

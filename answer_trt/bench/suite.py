@@ -23,6 +23,8 @@ from answer_trt.bench.stats import Summary, summarize
 from answer_trt.conditioning import TextCondition
 from answer_trt.config import MAX_IMAGES, MAX_STEPS, METHODS, GuidanceConfig
 from answer_trt.errors import UserInputError
+from answer_trt.guiders import make_guider
+from answer_trt.iospec import MAX_BRANCHES
 from answer_trt.pipeline import Pipeline
 from answer_trt.rules import check_int
 from answer_trt.sampler import Conditioning, Denoiser, sample
@@ -110,8 +112,9 @@ def run_bench(
                          width // pipe.dims.vae_scale_factor],
     })
     variants = [(m, True) for m in config.methods]
-    if "answer" in config.methods:
-        variants.append(("answer", False))
+    # Unfused as well where fusing joins the most branches (ANSWER's 3 rows): the fused speed-up.
+    variants += [(m, False) for m in config.methods
+                 if make_guider(GuidanceConfig(method=m)).peak_rows_per_image == MAX_BRANCHES]
     log(f"timing {', '.join(f'{m} ({_fusion(f)})' for m, f in variants)}, interleaved run by run")
     report.results = _time_variants(pipe, config, variants)
     if config.baseline == "torch":

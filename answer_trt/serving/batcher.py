@@ -35,11 +35,12 @@ from torch import Tensor
 from answer_trt.conditioning import cat_conditions
 from answer_trt.config import SamplingConfig
 from answer_trt.errors import UserInputError
+from answer_trt.guiders import DenoiserCall, make_guider
 from answer_trt.images import to_pil
 from answer_trt.iospec import MAX_BRANCHES
 from answer_trt.pipeline import Generation, Limits, Pipeline, Timings
 from answer_trt.rules import check_int
-from answer_trt.sampler import Rows, SamplingProgram, sampling_program
+from answer_trt.sampler import SamplingProgram, sampling_program
 from answer_trt.schedulers import StepRule, make_scheduler, make_step_rule
 from answer_trt.schema import GenerateRequest
 
@@ -138,7 +139,7 @@ class _Job:
     program: SamplingProgram
     started: float
     text_s: float
-    pending: Rows | None = None
+    pending: DenoiserCall | None = None
     latents: Tensor | None = None
 
     def advance(self, outputs: list[Tensor]) -> None:
@@ -149,9 +150,9 @@ class _Job:
 
 
 def peak_rows(config: SamplingConfig) -> int:
-    """The most rows one step of this request puts on the batch axis."""
-    g = config.guidance
-    return (MAX_BRANCHES if g.method == "answer" and g.mode == "parallel" else 2) * config.batch
+    """The most rows one denoiser call of this request puts on the batch axis (its method's
+    guider says: ``answer_trt.guiders``); admission reserves that many."""
+    return make_guider(config.guidance).peak_rows(config.batch)
 
 
 def check_max_rows(max_rows: int | None, limits: Limits) -> int:
