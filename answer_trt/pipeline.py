@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -17,7 +19,7 @@ from answer_trt.conditioning import TextCondition
 from answer_trt.config import SamplingConfig
 from answer_trt.errors import NonFiniteImageError, UserInputError
 from answer_trt.graphed import CudaGraphCapturer, GraphCache, refusal, sample_graphed
-from answer_trt.images import to_pil
+from answer_trt.images import save_pngs, to_pil
 from answer_trt.iospec import TEXT_ENCODER, UNET, VAE_DECODER, SizeRange
 from answer_trt.models.info import ModelInfo
 from answer_trt.rules import check_int, check_memory, check_size
@@ -71,10 +73,32 @@ class Timings:
 
 @dataclass(frozen=True)
 class Generation:
-    images: list[Image.Image]
+    """What a call returns: ``images`` (PIL images, each with its parameters in ``info``; a
+    float array for ``output_type="np"``), the batch's ``params``, stage ``timings`` and the
+    resolved ``config``."""
+
+    images: Any
     params: dict[str, str]
     timings: Timings
     config: SamplingConfig
+
+    # It reads as the list of its images too (what ``pipe(prompt)`` returned before it took
+    # diffusers' convention of an object with ``.images``).
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.images)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.images[index]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def save(self, path: str | Path) -> list[Path]:
+        """Write the images as ``path``, ``path-1``, ... (PNG), each with its metadata (PIL's
+        plain ``Image.save`` drops it); atomically. Returns the paths."""
+        if not isinstance(self.images, list):
+            raise UserInputError("save() writes PIL images: call with output_type='pil' (the default)")
+        return save_pngs(self.images, Path(path))
 
 
 class Pipeline:
@@ -119,8 +143,20 @@ class Pipeline:
         height, width = self.limits.height, self.limits.width
         return (height.opt if height else size, width.opt if width else size)
 
-    def __call__(self, prompt: str, **kwargs: Any) -> list[Image.Image]:
-        return self.generate(prompt, **kwargs).images
+    def __call__(self, prompt: str, *, output_type: str = "pil", **kwargs: Any) -> Any:
+        """diffusers' calling convention: ``pipe(prompt, num_inference_steps=..., generator=...,
+        num_images_per_prompt=..., guidance_scale=..., negative_prompt=..., height=...,
+        width=...)`` (our field names work too) returns an object with ``.images``: PIL images
+        (``output_type="pil"``, each carrying its metadata) or a float array ``[B, H, W, 3]``
+        in [0, 1] (``"np"``)."""
+        result = self.generate(prompt, **kwargs)
+        if output_type == "pil":
+            return result
+        if output_type == "np":
+            import numpy as np
+
+            return replace(result, images=np.stack([np.asarray(im, dtype=np.float32) / 255.0 for im in result.images]))
+        raise UserInputError(f"output_type {output_type!r}: choose pil or np")
 
     def on_stream(self) -> contextlib.AbstractContextManager[Any]:
         return torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext()

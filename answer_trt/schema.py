@@ -161,12 +161,44 @@ def info(f: dataclasses.Field[Any]) -> FieldInfo:
 FIELD_NAMES = tuple(f.name for f in request_fields())
 
 
+# diffusers' pipeline keywords -> ours, so code written for diffusers runs unchanged.
+DIFFUSERS_ALIASES = {"num_inference_steps": "steps", "num_images_per_prompt": "batch"}
+
+
+def _seed_of(generator: Any) -> int:
+    """The seed of a diffusers-style ``generator`` (one ``torch.Generator``, or a list of one):
+    its initial seed, which draws the same noise as diffusers does with a fresh generator."""
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != 1:
+            raise UserInputError(f"generator: a list of {len(generator)} generators (one per image) is not "
+                                 "supported: pass one generator, or seed=S with num_images_per_prompt")
+        generator = generator[0]
+    initial_seed = getattr(generator, "initial_seed", None)
+    if not callable(initial_seed):
+        raise UserInputError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    return int(initial_seed())
+
+
+def from_diffusers_keywords(keywords: Mapping[str, Any]) -> dict[str, Any]:
+    """``keywords`` with diffusers' names (``num_inference_steps``, ``num_images_per_prompt``,
+    ``generator``) turned into the schema's; a name given both ways is refused."""
+    fields = dict(keywords)
+    for theirs, ours in (*DIFFUSERS_ALIASES.items(), ("generator", "seed")):
+        if theirs in fields:
+            if ours in fields:
+                raise UserInputError(f"{theirs} and {ours} say the same thing: pass one of them")
+            value = fields.pop(theirs)
+            fields[ours] = _seed_of(value) if theirs == "generator" else value
+    return fields
+
+
 def make_request(prompt: str, keywords: Mapping[str, Any]) -> GenerateRequest:
     """``GenerateRequest(prompt, **keywords)``, refusing an unknown keyword in one line that
-    names the closest field."""
+    names the closest field. diffusers' keyword names are accepted too (``from_diffusers_keywords``)."""
+    keywords = from_diffusers_keywords(keywords)
     for name in keywords:
         if name not in FIELD_NAMES or name == "prompt":
-            close = difflib.get_close_matches(name, FIELD_NAMES, n=1)
+            close = difflib.get_close_matches(name, (*FIELD_NAMES, *DIFFUSERS_ALIASES, "generator"), n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
             raise UserInputError(f"unknown argument {name!r}: {hint}the fields are {', '.join(FIELD_NAMES[1:])}")
     return GenerateRequest(prompt, **{name: _plain(value) for name, value in keywords.items()})

@@ -179,3 +179,31 @@ def test_hostile_values_are_refused_in_one_line_on_every_surface(pipe):
             answer_trt.load(source)  # type: ignore[arg-type]
     with pytest.raises(UserInputError, match="applies to backend='torch'"):
         answer_trt.load("tiny", device="cuda")
+
+
+def test_diffusers_calling_convention_gives_diffusers_images(pipe, tmp_path):
+    """Issue 22 item 8: code written for diffusers' pipeline runs unchanged and draws its
+    images (CFG, the same generator), and the result saves PNGs that keep their metadata."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+    from PIL import Image
+
+    from answer_trt.models.source import resolve_model
+
+    reference = StableDiffusionPipeline.from_pretrained(resolve_model("tiny").path, torch_dtype=torch.float32)
+    reference.set_progress_bar_config(disable=True)
+    kwargs = dict(num_inference_steps=4, guidance_scale=6.0, num_images_per_prompt=2, negative_prompt="a blue square")
+    expected = reference("a red circle", generator=torch.Generator().manual_seed(5), output_type="np", **kwargs).images
+    ours = pipe("a red circle", method="cfg", generator=torch.Generator().manual_seed(5), output_type="np", **kwargs)
+    assert ours.images.shape == expected.shape == (2, 32, 32, 3)
+    assert np.abs(ours.images - expected).max() * 255 <= 2.5
+    result = pipe("a red circle", method="cfg", generator=[torch.Generator().manual_seed(5)], **kwargs)
+    paths = result.save(tmp_path / "d.png")
+    assert [p.name for p in paths] == ["d.png", "d-1.png"]
+    assert json.loads(Image.open(paths[1]).info["parameters"])["seed"] == 5
+    with pytest.raises(UserInputError, match="say the same thing"):
+        pipe("a", num_inference_steps=3, steps=3)
+    with pytest.raises(UserInputError, match="list of 2 generators"):
+        pipe("a", generator=[torch.Generator(), torch.Generator()])
+    with pytest.raises(UserInputError, match="did you mean 'num_inference_steps'"):
+        pipe("a", num_inference_step=3)
