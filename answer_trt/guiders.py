@@ -9,6 +9,8 @@ float32 equations, and says whether its step can be captured as a CUDA graph
 
 - ``CFG``: Eq. 1 (with the rescale of Eq. 7); one call on ``[(x, c_p), (x, c_0)]`` per step.
 - ``DNS``: Eq. 2; the same call.
+- ``Conditional``: guidance off (CFG and ANSWER at ``guidance_scale <= 1``, as diffusers):
+  one call on ``[(x, c_p)]``.
 - ``ParallelAnswer``: Eqs. 2, 4', 5 (variants 6, 7), a negative chain z beside x, re-anchored
   (z <- x) every ``anchor_period`` (K) steps and below ``chain_min_sigma``: one call per step,
   2 rows at an anchor, ``[(x, c_p), (z, c_p), (z, c_0)]`` (3 rows) between anchors.
@@ -140,6 +142,7 @@ class Guider(ABC):
     config: GuidanceConfig
     peak_rows_per_image: ClassVar[int]
     graph_refusal: ClassVar[str | None] = None
+    reads_negative: ClassVar[bool] = True  # whether c_0 (or a negative prompt's condition) is used
 
     @property
     def guidance_scale(self) -> float:
@@ -223,6 +226,38 @@ class DNS(TwoRowGuider):
 
     def combine(self, ep: Tensor, e0: Tensor) -> Tensor:
         return G.dns(e0, ep, self.negative_scale)
+
+
+@dataclass(frozen=True)
+class Conditional(Guider):
+    """Guidance off: the conditional prediction alone, ``e = ep``, one row ``(x, c_p)`` per
+    step. What CFG and ANSWER run at ``guidance_scale <= 1``, as diffusers' pipelines do
+    (their ``do_classifier_free_guidance`` is ``guidance_scale > 1``); c_0 and a negative
+    prompt are not read (docs/ANSWER.md "Guidance below 1")."""
+
+    peak_rows_per_image: ClassVar[int] = 1
+    reads_negative: ClassVar[bool] = False
+
+    def calls(self, sigmas: Sequence[float]) -> list[tuple[int, ...]]:
+        return [(1,)] * len(sigmas)
+
+    def start(self, context: StepContext, probing: bool = False) -> StepProgram:
+        return functools.partial(self._step, context)
+
+    def _step(self, context: StepContext, i: int, x: Tensor, x_in: Tensor) -> GuidedStep:
+        alpha, sigma = context.rule.levels(i)
+        (raw_p,) = yield DenoiserCall((x_in,), (context.cond.positive,), context.timesteps[i])
+        ep = context.eps_of(raw_p, x_in, alpha, sigma)
+        return ep, {"ep": ep}
+
+    def graph_kinds(self, sigmas: Sequence[float]) -> list[str]:
+        return ["step"] * len(sigmas)
+
+    def graph_step(self, kind: str, io: GraphIO) -> None:
+        # The captured call takes the 2-row conditions; only (x, c_p)'s output is used.
+        x_in = io.scale(io.x)
+        ep, _ = io.call((x_in, x_in))
+        io.update(io.x, ep)
 
 
 @dataclass(frozen=True)
@@ -390,8 +425,16 @@ GUIDERS: dict[str, type[Guider] | dict[str, type[Guider]]] = {
 }
 
 
+# Methods guided by w that turn guidance off at w <= 1, as diffusers does for CFG (ANSWER's
+# Eq. 5 gives e = ep at w = 1 anyway; DNS is steered by wn alone and runs as defined).
+GUIDANCE_OFF_AT_OR_BELOW_1 = ("cfg", "answer")
+
+
 def make_guider(guidance: GuidanceConfig) -> Guider:
-    """The guider of ``guidance``'s method (and mode, for a method that has modes)."""
+    """The guider of ``guidance``'s method (and mode, for a method that has modes);
+    ``Conditional`` for CFG and ANSWER at ``guidance_scale <= 1``."""
+    if guidance.method in GUIDANCE_OFF_AT_OR_BELOW_1 and guidance.guidance_scale <= 1.0:
+        return Conditional(guidance)
     entry = GUIDERS.get(guidance.method)
     guider = entry.get(guidance.mode) if isinstance(entry, dict) else entry
     if guider is None:

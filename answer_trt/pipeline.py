@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -19,6 +20,7 @@ from answer_trt.conditioning import TextCondition
 from answer_trt.config import SamplingConfig
 from answer_trt.errors import NonFiniteImageError, UserInputError
 from answer_trt.graphed import CudaGraphCapturer, GraphCache, refusal, sample_graphed
+from answer_trt.guiders import make_guider
 from answer_trt.images import save_pngs, to_pil
 from answer_trt.iospec import TEXT_ENCODER, UNET, VAE_DECODER, SizeRange
 from answer_trt.models.info import ModelInfo
@@ -28,6 +30,8 @@ from answer_trt.schedulers import make_scheduler, make_step_rule
 from answer_trt.schema import GenerateRequest, make_request
 from answer_trt.schema import parameters as schema_parameters
 from answer_trt.text import PromptEncoder
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -186,6 +190,10 @@ class Pipeline:
     ) -> Generation:
         """``generate`` for a ready ``GenerateRequest`` (what serving and replay hold)."""
         config = self.check_request(request.sampling_config(), request.prompt)
+        if request.negative_prompt and not make_guider(config.guidance).reads_negative:
+            logger.warning("the negative prompt is ignored: at guidance_scale %g <= 1 guidance is off and only the "
+                           "prompt's prediction is used (as in diffusers); pass a guidance_scale above 1 to use it",
+                           config.guidance.guidance_scale)
         scheduler_obj = make_scheduler(self.scheduler_config, config.scheduler)
         if cuda_graph:
             self._check_graphable(config, scheduler_obj)

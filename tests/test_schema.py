@@ -207,3 +207,39 @@ def test_diffusers_calling_convention_gives_diffusers_images(pipe, tmp_path):
         pipe("a", generator=[torch.Generator(), torch.Generator()])
     with pytest.raises(UserInputError, match="did you mean 'num_inference_steps'"):
         pipe("a", num_inference_step=3)
+
+
+@pytest.mark.parametrize("w", [0.0, 0.5, 1.0, 1.5])
+def test_cfg_at_and_below_1_is_diffusers_guidance_off(pipe, w, caplog):
+    """Issue 22 item 5: at w <= 1 diffusers runs the conditional prediction alone; so do we
+    (one UNet row per step), warning that a negative prompt is then ignored."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    from answer_trt.bench.suite import counting_unet_calls
+    from answer_trt.models.source import resolve_model
+
+    reference = StableDiffusionPipeline.from_pretrained(resolve_model("tiny").path, torch_dtype=torch.float32)
+    reference.set_progress_bar_config(disable=True)
+    expected = reference("a red circle", negative_prompt="a blue square", num_inference_steps=4, guidance_scale=w,
+                         generator=torch.Generator().manual_seed(1), output_type="np").images
+    rows: list[int] = []
+    with counting_unet_calls(pipe):
+        original = pipe.denoiser
+
+        def recording(latents, t, cond):  # type: ignore[no-untyped-def]
+            rows.append(int(latents.shape[0]))
+            return original(latents, t, cond)
+
+        pipe.denoiser = recording
+        ours = pipe("a red circle", method="cfg", negative_prompt="a blue square", num_inference_steps=4,
+                    guidance_scale=w, seed=1, output_type="np")
+    assert np.abs(ours.images - expected).max() * 255 <= 2.5
+    assert set(rows) == ({1} if w <= 1 else {2})
+    assert ("negative prompt is ignored" in caplog.text) == (w <= 1)
+
+
+def test_answer_at_w_1_is_the_conditional_prediction_as_eq5_says(pipe):
+    cfg = pipe.generate("a green triangle", method="cfg", guidance_scale=1.0, steps=3, seed=2)
+    answer = pipe.generate("a green triangle", method="answer", guidance_scale=1.0, steps=3, seed=2)
+    assert np.array_equal(np.asarray(cfg.images[0]), np.asarray(answer.images[0]))
