@@ -27,7 +27,8 @@ def test_ctrl_c_during_generate_is_one_line_exit_130_and_writes_nothing(tmp_path
     env = dict(os.environ, ANSWER_TRT_CACHE=str(tmp_path / "cache"))
     out = tmp_path / "x.png"
     proc = subprocess.Popen([sys.executable, "-m", "answer_trt.cli", "generate", "a red circle", "--model", "tiny",
-                             "--backend", "torch", "--steps", "1000", "-o", str(out)], env=env,
+                             "--backend", "torch", "--scheduler", "euler", "--steps", "900", "--batch", "16", "-o",
+                             str(out)], env=env,
                             stderr=subprocess.PIPE, text=True)
     time.sleep(8)  # loaded and denoising by now on a slow machine
     proc.send_signal(signal.SIGINT)
