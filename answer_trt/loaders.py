@@ -172,6 +172,13 @@ def build_cached(
     ``batch`` images of ``height`` x ``width`` are sized against the memory limit first,
     so an absurd request never starts a build."""
     check_cached_request(model, height, width, batch)
+    from answer_trt.models.info import read_model_info
+    from answer_trt.models.source import resolve_model
+
+    # The model's default size asked for by number (a replayed PNG records it) is the default
+    # build: one cache folder, not a second build of the same engines.
+    default = read_model_info(resolve_model(model).path).dims.default_image_size
+    height, width = (None if side == default else side for side in (height, width))
     max_batch = max(DEFAULT_MAX_BATCH, batch)
     folder = cached_engines_folder(model, height, width, max_batch)
     config = BuildConfig(model=model, out=folder, max_batch=max_batch, height=height, width=width)

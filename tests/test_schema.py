@@ -243,3 +243,11 @@ def test_answer_at_w_1_is_the_conditional_prediction_as_eq5_says(pipe):
     cfg = pipe.generate("a green triangle", method="cfg", guidance_scale=1.0, steps=3, seed=2)
     answer = pipe.generate("a green triangle", method="answer", guidance_scale=1.0, steps=3, seed=2)
     assert np.array_equal(np.asarray(cfg.images[0]), np.asarray(answer.images[0]))
+
+
+def test_a_replayed_default_size_reuses_the_default_engines():
+    """A PNG records its size; asking for the model's default size by number must not build
+    a second cache folder of the same engines."""
+    from answer_trt.loaders import build_cached
+
+    assert build_cached("tiny", 32, 32) == build_cached("tiny") == build_cached("tiny", None, 32)
