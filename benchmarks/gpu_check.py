@@ -23,16 +23,21 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: answer_trt
-sys.path.insert(0, str(Path(__file__).resolve().parent / "gpu"))  # the full-size configurations
-from fullsize import SD15_UNET as SD15  # noqa: E402
-from fullsize import SDXL_UNET as SDXL  # noqa: E402
-
 from answer_trt.graphed import CudaGraphCapturer  # noqa: E402
 
 WARMUP, ITERS = 5, 20
 W, WN = 7.5, 7.5
 G = (W + WN) / (1 + WN)
 
+SD15: dict[str, Any] = dict(sample_size=64, cross_attention_dim=768)
+SDXL: dict[str, Any] = dict(
+    sample_size=128, block_out_channels=(320, 640, 1280), layers_per_block=2,
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20), cross_attention_dim=2048,
+    use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
+    projection_class_embeddings_input_dim=2816,
+)
 # config, latent size, text dim, pooled dim
 MODELS: dict[str, tuple[dict[str, Any], int, int, int]] = {"sd15": (SD15, 64, 768, 0), "sdxl": (SDXL, 128, 2048, 1280)}
 
