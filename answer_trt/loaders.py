@@ -171,13 +171,9 @@ def build_cached(
     """Build (or reuse) ONNX Runtime engines for ``model`` in the cache; returns the folder.
     ``batch`` images of ``height`` x ``width`` are sized against the memory limit first,
     so an absurd request never starts a build."""
-    check_cached_request(model, height, width, batch)
-    from answer_trt.models.info import read_model_info
-    from answer_trt.models.source import resolve_model
-
+    default = check_cached_request(model, height, width, batch)
     # The model's default size asked for by number (a replayed PNG records it) is the default
     # build: one cache folder, not a second build of the same engines.
-    default = read_model_info(resolve_model(model).path).dims.default_image_size
     height, width = (None if side == default else side for side in (height, width))
     max_batch = max(DEFAULT_MAX_BATCH, batch)
     folder = cached_engines_folder(model, height, width, max_batch)
@@ -186,9 +182,10 @@ def build_cached(
     return folder
 
 
-def check_cached_request(model: str, height: int | None, width: int | None, batch: int) -> None:
+def check_cached_request(model: str, height: int | None, width: int | None, batch: int) -> int:
     """Refuse a request that ``build_cached``'s engines could never serve within the memory
-    limit, from the model's configs alone (no weights loaded, nothing built)."""
+    limit, from the model's configs alone (no weights loaded, nothing built). Returns the
+    model's default image size (pixels), read on the way."""
     from answer_trt.models.info import read_model_info
     from answer_trt.models.source import resolve_model
     from answer_trt.rules import check_int, check_size
@@ -200,6 +197,7 @@ def check_cached_request(model: str, height: int | None, width: int | None, batc
     w = check_size("--width", width, dims.size_multiple) if width is not None else default
     label = "" if height is not None and width is not None else "the model's default size, "
     check_memory(dims, batch, h, w, DEFAULT_PRECISION["onnxruntime"], size_label=label)
+    return default
 
 
 def build_engines(config: BuildConfig, log: Callable[[str], None] = print) -> BuildResult:
