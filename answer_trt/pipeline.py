@@ -25,8 +25,16 @@ from answer_trt.images import save_pngs, to_pil
 from answer_trt.iospec import TEXT_ENCODER, UNET, VAE_DECODER, SizeRange
 from answer_trt.models.info import ModelInfo
 from answer_trt.rules import check_int, check_memory, check_size
-from answer_trt.sampler import Conditioning, Denoiser, StepCallback, sample
-from answer_trt.schedulers import make_scheduler, make_step_rule
+from answer_trt.sampler import (
+    BranchEvaluator,
+    Conditioning,
+    Denoiser,
+    SamplingProgram,
+    StepCallback,
+    run_program,
+    sampling_program,
+)
+from answer_trt.schedulers import StepRule, make_scheduler, make_step_rule
 from answer_trt.schema import GenerateRequest, make_request
 from answer_trt.schema import parameters as schema_parameters
 from answer_trt.text import PromptEncoder
@@ -73,6 +81,19 @@ class Timings:
             f"denoise {self.denoise_s:.2f} s ({self.denoise_s / self.steps * 1e3:.1f} ms/step x {self.steps}), "
             f"decode {self.decode_s * 1e3:.0f} ms"
         )
+
+
+@dataclass(frozen=True)
+class RequestPlan:
+    """A request checked against these engines (``Pipeline.plan``): its ``config`` (size
+    filled in), the diffusers ``scheduler`` it runs, that scheduler's step ``rule`` for
+    ``config.steps``, and ``params``, the PNG text its images carry."""
+
+    request: GenerateRequest
+    config: SamplingConfig
+    scheduler: Any
+    rule: StepRule
+    params: dict[str, str]
 
 
 @dataclass(frozen=True)
@@ -188,43 +209,52 @@ class Pipeline:
         self, request: GenerateRequest, *, fused: bool = True, cuda_graph: bool = False,
         callback: StepCallback | None = None,
     ) -> Generation:
-        """``generate`` for a ready ``GenerateRequest`` (what serving and replay hold)."""
+        """``generate`` for a ready ``GenerateRequest`` (what serving and replay hold): the
+        steps every request goes through, ``plan`` -> ``prepare`` -> ``program`` (run here one
+        call at a time; the serving batcher runs many together) -> ``vae_decode`` -> ``finish``."""
+        plan = self.plan(request)
+        if cuda_graph:
+            self._check_graphable(plan)
+        with self.on_stream():
+            started = self.clock()
+            cond, noise = self.prepare(request.prompt, request.negative_prompt, plan.config)
+            text_done = self.clock()
+            if cuda_graph:
+                latents = self._sample_graphed(noise, cond, plan, callback)
+            else:
+                latents = run_program(self.program(plan, cond, noise, callback), BranchEvaluator(self.denoiser, fused))
+            denoise_done = self.clock()
+            images = self.finish(latents, self.vae_decode(latents), plan.params)
+            timings = Timings(text_done - started, denoise_done - text_done, self.clock() - denoise_done,
+                              plan.config.steps)
+        return Generation(images, plan.params, timings, plan.config)
+
+    def plan(self, request: GenerateRequest) -> RequestPlan:
+        """Check ``request`` against these engines (``check_request``) and make its
+        scheduler and step rule; no engine work. Raises ``UserInputError`` with the CLI's
+        messages. Warns when a negative prompt is ignored (guidance off at w <= 1)."""
         config = self.check_request(request.sampling_config(), request.prompt)
         if request.negative_prompt and not make_guider(config.guidance).reads_negative:
             logger.warning("the negative prompt is ignored: at guidance_scale %g <= 1 guidance is off and only the "
                            "prompt's prediction is used (as in diffusers); pass a guidance_scale above 1 to use it",
                            config.guidance.guidance_scale)
-        scheduler_obj = make_scheduler(self.scheduler_config, config.scheduler)
-        if cuda_graph:
-            self._check_graphable(config, scheduler_obj)
-        with self.on_stream():
-            return self._generate(request, config, scheduler_obj, fused, cuda_graph, callback)
+        scheduler = make_scheduler(self.scheduler_config, config.scheduler)
+        rule = make_step_rule(scheduler, config.steps)  # e.g. too many steps for the scheduler fails here
+        return RequestPlan(request, config, scheduler, rule, self.parameters(request, config, type(scheduler).__name__))
+
+    def program(
+        self, plan: RequestPlan, cond: Conditioning, noise: torch.Tensor, callback: StepCallback | None = None
+    ) -> SamplingProgram:
+        """The request's sampling loop as a program that yields each UNet call's rows
+        (``answer_trt.sampler.sampling_program``) and returns the final latents."""
+        return sampling_program(noise, cond, plan.rule, plan.config.guidance, prediction_type=self.prediction_type,
+                                callback=callback)
 
     def request_config(self, prompt: str, **fields: Any) -> SamplingConfig:
         """A request's validated configuration, sized against these engines
         (``check_request``); ``fields`` as ``generate``'s. Raises ``UserInputError`` with the
         CLI's messages."""
         return self.check_request(make_request(prompt, fields).sampling_config(), prompt)
-
-    def _generate(
-        self, request: GenerateRequest, config: SamplingConfig, scheduler_obj: Any, fused: bool,
-        cuda_graph: bool, callback: StepCallback | None,
-    ) -> Generation:
-        started = self.clock()
-        cond, noise = self.prepare(request.prompt, request.negative_prompt, config)
-        text_done = self.clock()
-        if cuda_graph:
-            latents = self._sample_graphed(noise, cond, scheduler_obj, config.steps, config, callback)
-        else:
-            latents = sample(
-                self.denoiser, noise, cond, scheduler_obj, config.steps, config.guidance,
-                prediction_type=self.prediction_type, fused=fused, callback=callback,
-            )
-        denoise_done = self.clock()
-        params = self.parameters(request, config, type(scheduler_obj).__name__)
-        images = self.decode(latents, params)
-        timings = Timings(text_done - started, denoise_done - text_done, self.clock() - denoise_done, config.steps)
-        return Generation(images, params, timings, config)
 
     def prepare(
         self, prompt: str, negative_prompt: str | None, config: SamplingConfig
@@ -245,12 +275,12 @@ class Pipeline:
         noise = torch.randn(shape, generator=generator, dtype=torch.float32).to(self.device)
         return cond, noise
 
-    def decode(self, latents: torch.Tensor, params: dict[str, str]) -> list[Image.Image]:
-        """VAE-decode ``latents`` into images carrying ``params`` as PNG text; raises
-        ``NonFiniteImageError`` (see ``check_finite``) instead of writing a black picture."""
-        images = self.vae_decode(latents)
-        self.check_finite(latents, images)
-        return to_pil(images, params)
+    def finish(self, latents: torch.Tensor, decoded: torch.Tensor, params: dict[str, str]) -> list[Image.Image]:
+        """Images ``[B, 3, H, W]`` in [-1, 1] decoded from ``latents`` -> PIL images carrying
+        ``params`` as PNG text; raises ``NonFiniteImageError`` (see ``check_finite``) instead
+        of returning a black picture."""
+        self.check_finite(latents, decoded)
+        return to_pil(decoded, params)
 
     def check_finite(self, latents: torch.Tensor, images: torch.Tensor) -> None:
         """Raise ``NonFiniteImageError`` if the denoised ``latents`` (the UNet's doing) or
@@ -277,19 +307,18 @@ class Pipeline:
         decoder = self.engines[VAE_DECODER]
         return decoder.run({decoder.spec.input_names[0]: latents})[decoder.spec.output_names[0]]
 
-    def _check_graphable(self, config: SamplingConfig, scheduler: Any) -> None:
+    def _check_graphable(self, plan: RequestPlan) -> None:
         if self.graphs.capturer.requires_cuda and self.device.type != "cuda":
             raise UserInputError("--cuda-graph needs engines on a CUDA GPU (tensorrt, or torch with --device cuda)")
-        reason = refusal(config.guidance, make_step_rule(scheduler, config.steps), scheduler)
+        reason = refusal(plan.config.guidance, plan.rule, plan.scheduler)
         if reason is not None:
             raise UserInputError(reason)
 
     def _sample_graphed(
-        self, noise: torch.Tensor, cond: Conditioning, scheduler: Any, steps: int, config: SamplingConfig,
-        callback: StepCallback | None,
+        self, noise: torch.Tensor, cond: Conditioning, plan: RequestPlan, callback: StepCallback | None
     ) -> torch.Tensor:
         with self._graphs_lock:  # the static buffers serve one generation at a time
-            return sample_graphed(self.denoiser, noise, cond, scheduler, steps, config.guidance,
+            return sample_graphed(self.denoiser, noise, cond, plan.scheduler, plan.config.steps, plan.config.guidance,
                                   prediction_type=self.prediction_type, cache=self.graphs, callback=callback)
 
     @staticmethod

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from answer_trt.errors import UserInputError
 from answer_trt.serving.batcher import (
@@ -18,8 +17,6 @@ from answer_trt.serving.batcher import (
     QueueFullError,
     RequestCancelled,
     StepBatcher,
-    _pack,
-    _timesteps,
 )
 
 # One of each kind of step program, with a negative prompt and two sizes (two groups).
@@ -199,26 +196,3 @@ def test_a_failing_call_fails_its_requests_only(pipe):
             assert batcher.stats().failed == 1
     finally:
         flaky.denoiser = real
-
-
-class _FakeRows:
-    def __init__(self, count: int) -> None:
-        self.count = count
-
-
-class _FakeJob:
-    def __init__(self, count: int | None) -> None:
-        self.pending = None if count is None else _FakeRows(count)
-
-
-def test_packing_keeps_order_and_the_row_limit():
-    jobs = [_FakeJob(c) for c in (3, 2, None, 3, 3, 2)]
-    chunks = _pack(jobs, 6)  # type: ignore[arg-type]
-    assert [[j.pending.count for j in chunk] for chunk in chunks] == [[3, 2], [3, 3], [2]]
-
-
-def test_timesteps_one_per_row_across_dtypes():
-    t = _timesteps([(torch.tensor(981), 3), (torch.tensor(500.5), 2)])
-    assert t.dtype == torch.float32 and t.tolist() == [981.0, 981.0, 981.0, 500.5, 500.5]
-    same = _timesteps([(torch.tensor(7), 2), (torch.tensor(3), 1)])
-    assert same.dtype == torch.int64 and same.tolist() == [7, 7, 3]

@@ -36,7 +36,6 @@ from answer_trt.errors import NonFiniteImageError, UserInputError
 from answer_trt.pipeline import Generation
 from answer_trt.schema import GenerateRequest
 from answer_trt.serving import conventions
-from answer_trt.serving.batcher import DeadlineExceeded, QueueFullError, RequestCancelled
 from answer_trt.serving.models import (
     ErrorResponse,
     GenerateBody,
@@ -50,6 +49,7 @@ from answer_trt.serving.models import (
     Txt2ImgResponse,
 )
 from answer_trt.serving.protocol import EXAMPLE, MAX_BODY_BYTES, error_body, parse_generate, render
+from answer_trt.serving.tickets import DeadlineExceeded, QueueFullError, RequestCancelled
 
 log = logging.getLogger("answer_trt.serving")
 
