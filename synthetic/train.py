@@ -163,6 +163,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--unet-steps", type=int, default=4000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--vae-from", type=Path, default=None, metavar="MODEL",
+                        help="reuse this diffusers folder's trained vae/ (fp32 for encoding) instead of training "
+                             "one: the autoencoder only reconstructs images, so a biased caption set does not "
+                             "need its own; stage 1 is skipped")
     parser.add_argument("--biased", action="store_true",
                         help="train on the biased set (answer_trt.synthetic.dataset.BIASED_COLOUR): "
                              "the `tiny-biased` fixture")
@@ -182,8 +186,14 @@ def main(argv: list[str] | None = None) -> int:
     shutil.rmtree(staging, ignore_errors=True)
     torch.manual_seed(args.seed)
     images, captions = dataset(args.seed, args.examples, args.biased)
-    vae = train_vae(images, args.vae_steps, log)
-    log("vae done")
+    if args.vae_from is not None:
+        from diffusers import AutoencoderKL
+
+        vae: Any = AutoencoderKL.from_pretrained(args.vae_from / "vae", torch_dtype=torch.float32).eval()
+        log(f"vae from {args.vae_from}")
+    else:
+        vae = train_vae(images, args.vae_steps, log)
+        log("vae done")
     with torch.no_grad():
         latents = torch.cat([vae.encode(images[i : i + 256]).latent_dist.mean for i in range(0, len(images), 256)])
     scaling = float(1.0 / latents.std())
