@@ -17,10 +17,13 @@ import math
 import os
 import re
 import shlex
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Any, NoReturn, TypeVar
+from typing import Annotated, Any, NoReturn
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, Strict, ValidationError, create_model
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from answer_trt.build_config import BuildConfig
 from answer_trt.errors import UserInputError
@@ -65,8 +68,6 @@ _DIGEST = re.compile(r"[0-9a-f]{64}")
 _SYMBOL = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
-T = TypeVar("T")
-
 
 def external_data_name(file: str) -> str:
     """The external-data file ONNX Runtime reads beside a graph (``unet.onnx.data``);
@@ -79,64 +80,6 @@ class ComponentEntry:
     file: str
     spec: ComponentSpec
     profile: Profile
-
-
-@dataclass(frozen=True)
-class AccuracyEntry:
-    """One component's post-build accuracy check (``answer-trt build --check``)."""
-
-    precision: str  # the arithmetic precision its tolerance is for: fp32, fp16 or bf16
-    atol: float
-    rtol: float
-    max_abs_error: float  # against the reference, over every output element
-    max_rel_error: float
-
-
-@dataclass(frozen=True)
-class AccuracyCheck:
-    """The post-build accuracy check a folder passed: by what tool, against what reference."""
-
-    tool: str  # "polygraphy 0.53.6"
-    reference: str  # "torch float32 (cpu)"
-    components: dict[str, AccuracyEntry]
-
-
-@dataclass(frozen=True)
-class GraphOptimizationEntry:
-    """One component's build-time graph optimization (``answer-trt build --optimize``)."""
-
-    kept: bool  # the optimized graph replaced the exported one
-    note: str  # why it was kept or not
-    fusions: dict[str, int]  # fused operator -> count (only those that fired)
-    max_abs_error: float | None = None  # against the unoptimized graph; None where it did not run
-    max_rel_error: float | None = None
-    atol: float | None = None
-    rtol: float | None = None
-    exported_ms: float | None = None  # fastest of a few calls at the check size, each graph
-    optimized_ms: float | None = None
-
-
-@dataclass(frozen=True)
-class GraphOptimization:
-    """The build-time graph optimization a folder's graphs went through: by what tool."""
-
-    tool: str  # "onnxruntime.transformers.optimizer 1.32.0"
-    components: dict[str, GraphOptimizationEntry]
-
-
-@dataclass(frozen=True)
-class SessionChoice:
-    """ONNX Runtime session settings the build chose by measuring the UNet (CPU provider)."""
-
-    intra_op_threads: int  # 0: ONNX Runtime's own choice (one per physical core)
-    unet_call_ms: dict[str, float]  # candidate thread count -> fastest measured UNet call
-    cpus: int | None = None  # os.cpu_count() of the machine that measured; None: not recorded
-
-    def threads_here(self, cpus: int | None) -> int:
-        """The thread count to run with on a machine with ``cpus`` CPUs: the measured one
-        only on a machine like the one that measured it, ONNX Runtime's default elsewhere
-        (an engines folder built on a busy laptop must not pin a server to one thread)."""
-        return self.intra_op_threads if self.cpus is not None and self.cpus == cpus else 0
 
 
 @dataclass(frozen=True)
@@ -177,29 +120,7 @@ class Manifest:
         check_depth(data)
         if isinstance(data, dict) and data.get("format") != MANIFEST_FORMAT:
             _fail("format", f"is {_shown(data.get('format'))}, this answer-trt reads format {MANIFEST_FORMAT}")
-        fields = _object(data, "manifest", _REQUIRED_FIELDS, _OPTIONAL_FIELDS)
-        info = _model_info(fields["info"], "info")
-        components = _components(fields["components"], "components")
-        _check_specs(components, info.dims)
-        return cls(
-            key=_digest(fields["key"], "key"),
-            backend=_choice(fields["backend"], "backend", BUILD_BACKENDS),
-            precision=_choice(fields["precision"], "precision", PRECISIONS),
-            model_name=_text(fields["model_name"], "model_name"),
-            model_hash=_digest(fields["model_hash"], "model_hash"),
-            max_batch=_int(fields["max_batch"], "max_batch", low=1),
-            height=_size_range(fields["height"], "height"),
-            width=_size_range(fields["width"], "width"),
-            info=info,
-            components=components,
-            files=_files(fields["files"], "files"),
-            versions=_mapping(fields["versions"], "versions", _text),
-            gpu_capability=_optional(fields.get("gpu_capability"), "gpu_capability", _text),
-            accuracy=_optional(fields.get("accuracy"), "accuracy", _accuracy),
-            graph_optimization=_optional(fields.get("graph_optimization"), "graph_optimization",
-                                         _graph_optimization),
-            session=_optional(fields.get("session"), "session", _session_choice),
-        )
+        return _manifest(data)
 
     def build_config(self, folder: Path) -> BuildConfig:
         """The build request that makes this folder again: every flag it was built with
@@ -213,9 +134,6 @@ class Manifest:
         return self.build_config(folder).command()
 
 
-_REQUIRED_FIELDS = {"format", "key", "backend", "precision", "model_name", "model_hash", "max_batch", "height",
-                    "width", "info", "components", "files", "versions"}
-_OPTIONAL_FIELDS = {"gpu_capability", "accuracy", "graph_optimization", "session"}
 # Enough to tell a manifest of ours (even a damaged one) from someone else's manifest.json.
 OWNERSHIP_FIELDS = ("format", "key", "components", "files")
 
@@ -252,217 +170,286 @@ def check_depth(data: Any, limit: int = MAX_DEPTH) -> None:
         stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
 
 
-def _object(value: Any, where: str, required: Iterable[str], optional: Iterable[str] = ()) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        _fail(where, f"must be a JSON object, not {_type_name(value)}")
-    required = set(required)
-    missing = sorted(required - set(value))
-    if missing:
-        _fail(where, f"lacks {', '.join(missing)}")
-    unknown = sorted(set(value) - required - set(optional))
-    if unknown:
-        _fail(where, f"has unknown field(s) {', '.join(_shown(k) for k in unknown[:3])}")
-    return value
-
-
-def _mapping(value: Any, where: str, item: Callable[[Any, str], T]) -> dict[str, T]:
-    if not isinstance(value, dict):
-        _fail(where, f"must be a JSON object, not {_type_name(value)}")
-    return {_text(key, f"{where} key"): item(v, f"{where}.{key}") for key, v in value.items()}
-
-
-def _optional(value: Any, where: str, item: Callable[[Any, str], T]) -> T | None:
-    return None if value is None else item(value, where)
-
-
-def _int(value: Any, where: str, low: int = 0, high: int = MAX_INT) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        _fail(where, f"must be an integer, not {_type_name(value)} {_shown(value)}")
-    if not low <= value <= high:
-        _fail(where, f"is {value}, outside {low}..{high}")
-    return value
-
-
-def _bool(value: Any, where: str) -> bool:
-    if not isinstance(value, bool):
-        _fail(where, f"must be true or false, not {_type_name(value)}")
-    return value
-
-
-def _number(value: Any, where: str) -> float:
-    """A finite, non-negative JSON number (an error or a tolerance)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        _fail(where, f"must be a number, not {_type_name(value)} {_shown(value)}")
-    if not math.isfinite(value) or value < 0:
-        _fail(where, f"is {value!r}, not a finite number >= 0")
-    return float(value)
-
-
-def _text(value: Any, where: str) -> str:
-    if not isinstance(value, str):
-        _fail(where, f"must be a string, not {_type_name(value)} {_shown(value)}")
-    if not value or len(value) > MAX_TEXT or _CONTROL.search(value):
-        _fail(where, f"is not a one-line string of 1 to {MAX_TEXT} characters: {_shown(value)}")
-    return value
-
-
-def _choice(value: Any, where: str, choices: tuple[str, ...]) -> str:
-    text = _text(value, where)
-    if text not in choices:
-        _fail(where, f"is {text!r}, not one of {', '.join(choices)}")
-    return text
-
-
-def _digest(value: Any, where: str) -> str:
-    text = _text(value, where)
-    if not _DIGEST.fullmatch(text):
-        _fail(where, f"is not a sha256 hex digest: {_shown(text)}")
-    return text
-
-
-def _list(value: Any, where: str, max_items: int = 64) -> list[Any]:
-    if not isinstance(value, list):
-        _fail(where, f"must be a list, not {_type_name(value)}")
-    if len(value) > max_items:
-        _fail(where, f"has {len(value)} items, more than {max_items}")
-    return value
+def _path_problem(text: str) -> str | None:
+    """Why ``text`` is not a path as the build writes them (relative, '/'-separated, no
+    '.', '..' or empty parts, no drive or root), or None."""
+    if text.startswith("/") or PureWindowsPath(text).anchor:
+        return f"is an absolute path ({text!r}); only paths inside the folder are allowed"
+    if "\\" in text:
+        return f"contains a backslash ({text!r}); paths are written with '/'"
+    if any(part in ("", ".", "..") for part in text.split("/")):
+        return f"is not a plain relative path ({text!r}): '..', '.' and empty parts are not allowed"
+    return None
 
 
 def relative_path(value: Any, where: str) -> str:
-    """A path inside the folder, written as the build writes it: relative, '/'-separated,
-    no '.', '..' or empty parts, no drive or root."""
-    text = _text(value, where)
-    if text.startswith("/") or PureWindowsPath(text).anchor:
-        _fail(where, f"is an absolute path ({text!r}); only paths inside the folder are allowed")
-    if "\\" in text:
-        _fail(where, f"contains a backslash ({text!r}); paths are written with '/'")
-    if any(part in ("", ".", "..") for part in text.split("/")):
-        _fail(where, f"is not a plain relative path ({text!r}): '..', '.' and empty parts are not allowed")
-    return text
+    """``value`` as a path inside the folder (``_path_problem``), or ``ManifestError``."""
+    if not isinstance(value, str):
+        _fail(where, f"must be a string, not {_type_name(value)} {_shown(value)}")
+    problem = _one_line_problem(value) or _path_problem(value)
+    if problem:
+        _fail(where, problem)
+    return value
 
 
-def _size_range(value: Any, where: str) -> SizeRange:
-    fields = _object(value, where, ("low", "opt", "high"))
-    low, opt, high = (_int(fields[k], f"{where}.{k}", low=1) for k in ("low", "opt", "high"))
-    if not low <= opt <= high:
-        _fail(where, f"is low {low}, opt {opt}, high {high}: they must be in increasing order")
-    return SizeRange(low, opt, high)
+# -- The JSON schema, in pydantic (strict: JSON's own types, nothing coerced). Checks that
+# -- span fields (orders, the spec against the model's dims) follow in ``_manifest``.
+
+def _one_line_problem(text: str) -> str | None:
+    if not text or len(text) > MAX_TEXT or _CONTROL.search(text):
+        return f"is not a one-line string of 1 to {MAX_TEXT} characters: {_shown(text)}"
+    return None
 
 
-def _model_info(value: Any, where: str) -> ModelInfo:
-    fields = _object(value, where, ("dims", "prediction_type", "zero_empty_negative", "vae_force_upcast"))
-    dims = _object(fields["dims"], f"{where}.dims", _POSITIVE_DIMS + _OPTIONAL_DIMS[:2], _OPTIONAL_DIMS[2:])
-    values = {k: _int(dims[k], f"{where}.dims.{k}", low=1 if k in _POSITIVE_DIMS + _OPTIONAL_POSITIVE_DIMS else 0)
-              for k in dims}
-    return ModelInfo(
-        dims=ModelDims(**values),
-        prediction_type=_text(fields["prediction_type"], f"{where}.prediction_type"),
-        zero_empty_negative=_bool(fields["zero_empty_negative"], f"{where}.zero_empty_negative"),
-        vae_force_upcast=_bool(fields["vae_force_upcast"], f"{where}.vae_force_upcast"),
+def _checked(problem: Callable[[Any], str | None]) -> AfterValidator:
+    """A validator that raises ``problem(value)`` (the rest of a one-line error) if any."""
+    def check(value: Any) -> Any:
+        text = problem(value)
+        if text:
+            raise ValueError(text)
+        return value
+    return AfterValidator(check)
+
+
+def _one_of(choices: tuple[str, ...]) -> AfterValidator:
+    return _checked(lambda v: None if v in choices else f"is {v!r}, not one of {', '.join(choices)}")
+
+
+def _dim(value: Any) -> Dim:
+    if isinstance(value, str) and _SYMBOL.fullmatch(value):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_INT:
+        return value
+    raise ValueError(f"must be an integer >= 1 or a symbol name, not {_type_name(value)} {_shown(value)}")
+
+
+Text = Annotated[str, Strict(), _checked(_one_line_problem)]
+Digest = Annotated[Text, _checked(lambda v: None if _DIGEST.fullmatch(v) else
+                                   f"is not a sha256 hex digest: {_shown(v)}")]
+RelativePath = Annotated[Text, _checked(_path_problem)]
+Count = Annotated[int, Strict(), Field(ge=1, le=MAX_INT)]
+Size = Annotated[int, Strict(), Field(ge=0, le=MAX_INT)]
+Number = Annotated[float, Strict(), _checked(lambda v: None if math.isfinite(v) and v >= 0 else
+                                             f"is {v!r}, not a finite number >= 0")]
+ComponentName = Annotated[str, Strict(), _one_of(COMPONENTS)]
+Precision = Annotated[str, Strict(), _one_of(PRECISIONS)]
+Flag = Annotated[bool, Strict()]
+Triple = Annotated[list[Count], _checked(lambda v: None if len(v) == 3 else "must be [min, opt, max]")]
+
+_RECORD = ConfigDict(extra="forbid")
+
+
+@pydantic_dataclass(frozen=True, config=_RECORD)
+class AccuracyEntry:
+    """One component's post-build accuracy check (``answer-trt build --check``)."""
+
+    precision: Precision  # the arithmetic precision its tolerance is for: fp32, fp16 or bf16
+    atol: Number
+    rtol: Number
+    max_abs_error: Number  # against the reference, over every output element
+    max_rel_error: Number
+
+
+@pydantic_dataclass(frozen=True, config=_RECORD)
+class AccuracyCheck:
+    """The post-build accuracy check a folder passed: by what tool, against what reference."""
+
+    tool: Text  # "polygraphy 0.53.6"
+    reference: Text  # "torch float32 (cpu)"
+    components: dict[ComponentName, AccuracyEntry]
+
+
+@pydantic_dataclass(frozen=True, config=_RECORD)
+class GraphOptimizationEntry:
+    """One component's build-time graph optimization (``answer-trt build --optimize``)."""
+
+    kept: Flag  # the optimized graph replaced the exported one
+    note: Text  # why it was kept or not
+    fusions: dict[Text, Count]  # fused operator -> count (only those that fired)
+    max_abs_error: Number | None = None  # against the unoptimized graph; None where it did not run
+    max_rel_error: Number | None = None
+    atol: Number | None = None
+    rtol: Number | None = None
+    exported_ms: Number | None = None  # fastest of a few calls at the check size, each graph
+    optimized_ms: Number | None = None
+
+
+@pydantic_dataclass(frozen=True, config=_RECORD)
+class GraphOptimization:
+    """The build-time graph optimization a folder's graphs went through: by what tool."""
+
+    tool: Text  # "onnxruntime.transformers.optimizer 1.32.0"
+    components: dict[ComponentName, GraphOptimizationEntry]
+
+
+@pydantic_dataclass(frozen=True, config=_RECORD)
+class SessionChoice:
+    """ONNX Runtime session settings the build chose by measuring the UNet (CPU provider)."""
+
+    # 0: ONNX Runtime's own choice (one per physical core)
+    intra_op_threads: Annotated[int, Strict(), Field(ge=0, le=1024)]
+    unet_call_ms: dict[Text, Number]  # candidate thread count -> fastest measured UNet call
+    # os.cpu_count() of the machine that measured; None: not recorded
+    cpus: Annotated[int, Strict(), Field(ge=1, le=1 << 20)] | None = None
+
+    def threads_here(self, cpus: int | None) -> int:
+        """The thread count to run with on a machine with ``cpus`` CPUs: the measured one
+        only on a machine like the one that measured it, ONNX Runtime's default elsewhere
+        (an engines folder built on a busy laptop must not pin a server to one thread)."""
+        return self.intra_op_threads if self.cpus is not None and self.cpus == cpus else 0
+
+
+class _Document(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class _SizeRangeDoc(_Document):
+    low: Count
+    opt: Count
+    high: Count
+
+
+class _DimsDoc(_Document):
+    text_max_length: Count
+    text_hidden_size: Count
+    latent_channels: Count
+    vae_scale_factor: Count
+    default_latent_size: Count
+    pooled_size: Size  # 0 where the model has none (SD 1.x / 2.x)
+    time_ids_size: Size
+    unet_overall_up_factor: Count = 1  # absent from manifests written before it was recorded
+
+
+class _InfoDoc(_Document):
+    dims: _DimsDoc
+    prediction_type: Text
+    zero_empty_negative: bool
+    vae_force_upcast: bool
+
+
+class _TensorDoc(_Document):
+    name: Text
+    shape: Annotated[list[Annotated[Any, PlainValidator(_dim)]], Field(max_length=8)]
+    dtype: Annotated[str, _one_of(TENSOR_DTYPES)]
+
+
+class _SpecDoc(_Document):
+    name: Text
+    inputs: Annotated[list[_TensorDoc], Field(min_length=1, max_length=64)]
+    outputs: Annotated[list[_TensorDoc], Field(min_length=1, max_length=64)]
+
+
+class _ComponentDoc(_Document):
+    file: RelativePath
+    spec: _SpecDoc
+    profile: dict[Text, Triple]
+
+
+_COMPONENT_FIELDS: dict[str, Any] = {name: (_ComponentDoc, ...) for name in COMPONENTS}
+_ComponentsDoc: Any = create_model("_ComponentsDoc", __base__=_Document, **_COMPONENT_FIELDS)
+
+
+class _ManifestDoc(_Document):
+    format: int
+    key: Digest
+    backend: Annotated[str, _one_of(BUILD_BACKENDS)]
+    precision: Precision
+    model_name: Text
+    model_hash: Digest
+    max_batch: Count
+    height: _SizeRangeDoc
+    width: _SizeRangeDoc
+    info: _InfoDoc
+    components: _ComponentsDoc
+    files: dict[RelativePath, Digest]
+    versions: dict[Text, Text]
+    gpu_capability: Text | None = None
+    # Records the build makes as well as reads: their dataclasses are validated in lax mode
+    # (a JSON object becomes the dataclass); their fields' own types are strict.
+    accuracy: AccuracyCheck | None = None
+    graph_optimization: GraphOptimization | None = None
+    session: SessionChoice | None = None
+
+
+def _where(loc: tuple[int | str, ...]) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "manifest"
+
+
+def _error_text(error: Any) -> str:
+    """One pydantic error as this module's one-line ``where what``."""
+    loc, kind, value = tuple(error["loc"]), error["type"], error.get("input")
+    ctx = error.get("ctx") or {}
+    if kind == "missing":
+        return f"{_where(loc[:-1])} lacks {loc[-1]}"
+    if kind in ("extra_forbidden", "unexpected_keyword_argument"):
+        return f"{_where(loc[:-1])} has unknown field(s) {_shown(loc[-1])}"
+    if len(loc) >= 2 and loc[-1] == "[key]":  # a mapping's key (loc: ..., key, "[key]")
+        problem, parent = str(ctx.get("error", error["msg"])), _where(loc[:-2])
+        if "not one of" in problem:
+            return f"{parent} has unknown field(s) {_shown(loc[-2])}: it {problem}"
+        return f"{parent} entry {problem}"
+    where = _where(loc)
+    if kind == "value_error":
+        return f"{where} {ctx.get('error', error['msg'])}"
+    if kind in ("greater_than_equal", "less_than_equal"):
+        bound = f"at least {ctx['ge']}" if "ge" in ctx else f"at most {ctx['le']}"
+        return f"{where} is {value}, outside the allowed range ({bound})"
+    expected = {"int": "an integer", "string": "a string", "bool": "true or false", "float": "a number",
+                "list": "a list", "dict": "a JSON object", "model": "a JSON object", "dataclass": "a JSON object"}
+    for prefix, wanted in expected.items():
+        if kind.startswith(prefix) and kind != "int_parsing":
+            shown = "" if isinstance(value, (dict, list)) else f" {_shown(value)}"
+            return f"{where} must be {wanted}, not {_type_name(value)}{shown}"
+    if kind == "too_short":
+        return f"{where} has {ctx.get('actual_length')} items, fewer than {ctx.get('min_length')}"
+    if kind == "too_long":
+        return f"{where} has {ctx.get('actual_length')} items, more than {ctx.get('max_length')}"
+    return f"{where} {error['msg']}"
+
+
+def _manifest(data: Any) -> Manifest:
+    """Validate parsed JSON (``_ManifestDoc``, then what spans fields) into a ``Manifest``."""
+    try:
+        doc = _ManifestDoc.model_validate(data)
+    except ValidationError as exc:
+        raise ManifestError(_error_text(exc.errors(include_url=False)[0])) from None
+    info = ModelInfo(dims=ModelDims(**doc.info.dims.model_dump()), prediction_type=doc.info.prediction_type,
+                     zero_empty_negative=doc.info.zero_empty_negative, vae_force_upcast=doc.info.vae_force_upcast)
+    components = {name: _component(getattr(doc.components, name), name) for name in COMPONENTS}
+    _check_specs(components, info.dims)
+    return Manifest(
+        key=doc.key, backend=doc.backend, precision=doc.precision, model_name=doc.model_name,
+        model_hash=doc.model_hash, max_batch=doc.max_batch, height=_size_range(doc.height, "height"),
+        width=_size_range(doc.width, "width"), info=info, components=components, files=dict(doc.files),
+        versions=dict(doc.versions), gpu_capability=doc.gpu_capability, accuracy=doc.accuracy,
+        graph_optimization=doc.graph_optimization, session=doc.session,
     )
 
 
-_POSITIVE_DIMS = ("text_max_length", "text_hidden_size", "latent_channels", "vae_scale_factor",
-                  "default_latent_size")
-# Zero where the model has none (SD 1.x / 2.x); the last is absent from manifests written
-# before it was recorded (ModelDims' default, 1), and never 0.
-_OPTIONAL_DIMS = ("pooled_size", "time_ids_size", "unet_overall_up_factor")
-_OPTIONAL_POSITIVE_DIMS = ("unet_overall_up_factor",)
+def _size_range(doc: _SizeRangeDoc, where: str) -> SizeRange:
+    if not doc.low <= doc.opt <= doc.high:
+        _fail(where, f"is low {doc.low}, opt {doc.opt}, high {doc.high}: they must be in increasing order")
+    return SizeRange(doc.low, doc.opt, doc.high)
 
 
-def _tensor(value: Any, where: str) -> TensorSpec:
-    fields = _object(value, where, ("name", "shape", "dtype"))
-    shape: list[Dim] = []
-    for axis, dim in enumerate(_list(fields["shape"], f"{where}.shape", max_items=8)):
-        if isinstance(dim, str):
-            if not _SYMBOL.fullmatch(dim):
-                _fail(f"{where}.shape[{axis}]", f"is not a symbol name: {_shown(dim)}")
-            shape.append(dim)
-        else:
-            shape.append(_int(dim, f"{where}.shape[{axis}]", low=1))
-    return TensorSpec(_text(fields["name"], f"{where}.name"), tuple(shape),
-                      _choice(fields["dtype"], f"{where}.dtype", TENSOR_DTYPES))
-
-
-def _spec(value: Any, where: str, name: str) -> ComponentSpec:
-    fields = _object(value, where, ("name", "inputs", "outputs"))
-    if fields["name"] != name:
-        _fail(f"{where}.name", f"is {_shown(fields['name'])}, not the component's name {name!r}")
-    inputs, outputs = (
-        tuple(_tensor(t, f"{where}.{side}[{i}]") for i, t in enumerate(_list(fields[side], f"{where}.{side}")))
-        for side in ("inputs", "outputs")
-    )
-    if not inputs or not outputs:
-        _fail(where, "needs at least one input and one output")
-    return ComponentSpec(name, inputs, outputs)
-
-
-def _profile(value: Any, where: str, spec: ComponentSpec) -> Profile:
-    if not isinstance(value, dict):
-        _fail(where, f"must be a JSON object, not {_type_name(value)}")
-    if set(value) != set(spec.symbols):
-        _fail(where, f"must give exactly the spec's symbols {', '.join(spec.symbols)}")
+def _component(doc: _ComponentDoc, name: str) -> ComponentEntry:
+    where = f"components.{name}"
+    if doc.spec.name != name:
+        _fail(f"{where}.spec.name", f"is {_shown(doc.spec.name)}, not the component's name {name!r}")
+    inputs, outputs = (tuple(TensorSpec(t.name, tuple(t.shape), t.dtype) for t in side)
+                       for side in (doc.spec.inputs, doc.spec.outputs))
+    spec = ComponentSpec(name, inputs, outputs)
+    if set(doc.profile) != set(spec.symbols):
+        _fail(f"{where}.profile", f"must give exactly the spec's symbols {', '.join(spec.symbols)}")
     profile: Profile = {}
-    for symbol, triple in value.items():
-        items = _list(triple, f"{where}.{symbol}")
-        if len(items) != 3:
-            _fail(f"{where}.{symbol}", "must be [min, opt, max]")
-        low, opt, high = (_int(v, f"{where}.{symbol}", low=1) for v in items)
+    for symbol, (low, opt, high) in doc.profile.items():
         if not low <= opt <= high:
-            _fail(f"{where}.{symbol}", f"is [{low}, {opt}, {high}]: min <= opt <= max is required")
+            _fail(f"{where}.profile.{symbol}", f"is [{low}, {opt}, {high}]: min <= opt <= max is required")
         profile[symbol] = (low, opt, high)
-    return profile
-
-
-def _components(value: Any, where: str) -> dict[str, ComponentEntry]:
-    entries = _object(value, where, COMPONENTS)
-    components = {}
-    for name in COMPONENTS:
-        fields = _object(entries[name], f"{where}.{name}", ("file", "spec", "profile"))
-        spec = _spec(fields["spec"], f"{where}.{name}.spec", name)
-        components[name] = ComponentEntry(relative_path(fields["file"], f"{where}.{name}.file"), spec,
-                                          _profile(fields["profile"], f"{where}.{name}.profile", spec))
-    return components
-
-
-_ACCURACY_ERRORS = ("atol", "rtol", "max_abs_error", "max_rel_error")
-
-
-def _accuracy(value: Any, where: str) -> AccuracyCheck:
-    fields = _object(value, where, ("tool", "reference", "components"))
-    checked = _object(fields["components"], f"{where}.components", (), COMPONENTS)
-    components = {}
-    for name, item in checked.items():
-        entry = _object(item, f"{where}.components.{name}", ("precision", *_ACCURACY_ERRORS))
-        numbers = {k: _number(entry[k], f"{where}.components.{name}.{k}") for k in _ACCURACY_ERRORS}
-        components[name] = AccuracyEntry(
-            precision=_choice(entry["precision"], f"{where}.components.{name}.precision", PRECISIONS), **numbers)
-    return AccuracyCheck(_text(fields["tool"], f"{where}.tool"), _text(fields["reference"], f"{where}.reference"),
-                         components)
-
-
-_OPTIMIZATION_NUMBERS = ("max_abs_error", "max_rel_error", "atol", "rtol", "exported_ms", "optimized_ms")
-
-
-def _graph_optimization(value: Any, where: str) -> GraphOptimization:
-    fields = _object(value, where, ("tool", "components"))
-    optimized = _object(fields["components"], f"{where}.components", (), COMPONENTS)
-    components = {}
-    for name, item in optimized.items():
-        at = f"{where}.components.{name}"
-        entry = _object(item, at, ("kept", "note", "fusions"), _OPTIMIZATION_NUMBERS)
-        numbers = {k: _optional(entry.get(k), f"{at}.{k}", _number) for k in _OPTIMIZATION_NUMBERS}
-        components[name] = GraphOptimizationEntry(
-            kept=_bool(entry["kept"], f"{at}.kept"), note=_text(entry["note"], f"{at}.note"),
-            fusions=_mapping(entry["fusions"], f"{at}.fusions", lambda v, w: _int(v, w, low=1)), **numbers)
-    return GraphOptimization(_text(fields["tool"], f"{where}.tool"), components)
-
-
-def _session_choice(value: Any, where: str) -> SessionChoice:
-    fields = _object(value, where, ("intra_op_threads", "unet_call_ms"), ("cpus",))
-    return SessionChoice(_int(fields["intra_op_threads"], f"{where}.intra_op_threads", high=1024),
-                         _mapping(fields["unet_call_ms"], f"{where}.unet_call_ms", _number),
-                         _optional(fields.get("cpus"), f"{where}.cpus", lambda v, w: _int(v, w, low=1, high=1 << 20)))
+    return ComponentEntry(doc.file, spec, profile)
 
 
 def _check_specs(components: dict[str, ComponentEntry], dims: ModelDims) -> None:
@@ -472,12 +459,6 @@ def _check_specs(components: dict[str, ComponentEntry], dims: ModelDims) -> None
         if components[name].spec not in (expected, expected.with_dtype("float16"), expected.with_dtype("bfloat16")):
             _fail(f"components.{name}.spec", "does not match the model's dims in info (tensor names, shapes or "
                   "dtypes differ from what the runtime feeds)")
-
-
-def _files(value: Any, where: str) -> dict[str, str]:
-    if not isinstance(value, dict):
-        _fail(where, f"must be a JSON object, not {_type_name(value)}")
-    return {relative_path(rel, f"{where} entry"): _digest(digest, f"{where}.{rel}") for rel, digest in value.items()}
 
 
 def owned_paths(data: Any) -> set[str] | None:
