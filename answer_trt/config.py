@@ -43,7 +43,9 @@ class GuidanceConfig:
     variants (docs/ANSWER.md, "Variants"): ``chain_min_sigma`` runs the negative chain only
     while sigma_t >= it and re-anchors at every step below (ANSWER is CFG there);
     ``drift_tau`` fades the chain's drift term (parallel mode); ``guidance_rescale`` (phi)
-    rescales the guided noise of CFG and ANSWER to the positive branch's deviation.
+    rescales the guided noise of CFG and ANSWER to the positive branch's deviation;
+    ``guidance_min_sigma`` turns guidance off (the conditional prediction alone, one row)
+    at steps whose sigma_t is below it (0: guided everywhere).
     """
 
     method: str = "answer"
@@ -54,6 +56,7 @@ class GuidanceConfig:
     chain_min_sigma: float = 0.5
     drift_tau: float | None = None
     guidance_rescale: float = 0.0
+    guidance_min_sigma: float = 0.0
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -81,6 +84,10 @@ class GuidanceConfig:
         _check_number("guidance-rescale", self.guidance_rescale)
         if not 0.0 <= self.guidance_rescale <= 1.0:
             raise UserInputError(f"guidance-rescale must be in [0, 1], got {self.guidance_rescale}")
+        _check_number("guidance-min-sigma", self.guidance_min_sigma)
+        if not 0.0 <= self.guidance_min_sigma < 1.0:
+            raise UserInputError(
+                f"guidance-min-sigma must be in [0, 1) (a noise level sigma_t), got {self.guidance_min_sigma}")
 
     @property
     def wn(self) -> float:

@@ -108,11 +108,13 @@ def _remember(entries: OrderedDict[K, V], key: K, value: V, limit: int) -> V:
 class StepBuffers:
     """The static tensors a captured step reads and writes: this step's row of the
     table, the latents x and the negative chain z, and the stacked conditions of the
-    2-row call ``(c_p, c_0)`` and the 3-row call ``(c_p, c_p, c_0)``."""
+    1-row call ``(c_p)`` (guidance off), the 2-row call ``(c_p, c_0)`` and the 3-row call
+    ``(c_p, c_p, c_0)``."""
 
     row: Tensor
     x: Tensor
     z: Tensor
+    one: TextCondition
     two: TextCondition
     three: TextCondition
 
@@ -123,21 +125,25 @@ class StepBuffers:
             return TextCondition(torch.empty_like(c.hidden, device=x.device), *grown)
 
         row = torch.empty(TIMESTEP + 1, dtype=torch.float32, device=x.device)
-        two = cat_conditions([cond.positive, cond.negative])
-        three = cat_conditions([cond.positive] * 2 + [cond.negative])
-        return cls(row, torch.empty_like(x), torch.empty_like(x), empty(two), empty(three))
+        one, two, three = (cat_conditions(stack) for stack in _stacks(cond))
+        return cls(row, torch.empty_like(x), torch.empty_like(x), empty(one), empty(two), empty(three))
 
     def load(self, x: Tensor, cond: Conditioning) -> None:
         """Copy a call's starting latents and conditions into the buffers."""
         self.x.copy_(x)
-        c_p, c_0 = cond.positive, cond.negative
-        for static, values in ((self.two, cat_conditions([c_p, c_0])), (self.three, cat_conditions([c_p, c_p, c_0]))):
-            for name, tensor in values.feeds().items():
+        for static, stack in zip((self.one, self.two, self.three), _stacks(cond)):
+            for name, tensor in cat_conditions(stack).feeds().items():
                 static.feeds()[name].copy_(tensor)
 
     def addresses(self) -> tuple[int, ...]:
-        conditions = (t for c in (self.two, self.three) for t in c.feeds().values())
+        conditions = (t for c in (self.one, self.two, self.three) for t in c.feeds().values())
         return tuple(t.data_ptr() for t in (self.row, self.x, self.z, *conditions))
+
+
+def _stacks(cond: Conditioning) -> tuple[list[TextCondition], ...]:
+    """The conditions of the 1-, 2- and 3-row calls, in row order."""
+    c_p, c_0 = cond.positive, cond.negative
+    return [c_p], [c_p, c_0], [c_p, c_p, c_0]
 
 
 def buffer_signature(x: Tensor, cond: Conditioning) -> tuple[Any, ...]:
@@ -259,9 +265,9 @@ class GraphedStep:
         return latents * self.b.row[INPUT_SCALE]
 
     def call(self, latents: tuple[Tensor, ...]) -> list[Tensor]:
-        """ONE denoiser call on 2 branches ``(c_p, c_0)`` or 3 ``(c_p, c_p, c_0)``; each
-        branch's noise prediction (float32)."""
-        cond = self.b.two if len(latents) == 2 else self.b.three
+        """ONE denoiser call on 1 branch ``(c_p)``, 2 ``(c_p, c_0)`` or 3 ``(c_p, c_p, c_0)``;
+        each branch's noise prediction (float32)."""
+        cond = (self.b.one, self.b.two, self.b.three)[len(latents) - 1]
         n = len(latents)
         raw = self.denoiser(torch.cat(list(latents)), self.b.row[TIMESTEP].expand(n * self.batch), cond).chunk(n)
         return [self.eps(r, lat) for r, lat in zip(raw, latents)]

@@ -17,6 +17,12 @@ float32 equations, and says whether its step can be captured as a CUDA graph
 - ``InnerAnswer``: Eqs. 2-5, up to ``iterations`` (K) DNS iterations run ahead of x at every
   step: up to K calls of 2 rows each. Not graphable (its calls per step vary).
 
+Every guider also takes the variant "guidance interval" (``guidance_min_sigma``, after
+Kynkäänniemi et al. 2024, "Applying guidance in a limited interval", here at the low-noise
+end only): steps whose sigma_t is below it run ``Conditional``'s one-row step. The base
+class applies it around each method's own ``guided_*`` methods, so a new method gets it
+(and the batcher, the sampler and the graphed sampler see it) without a line of its own.
+
 A guider runs its step two ways, both with the same combining function:
 - as a program (``Guider.start``): a generator that yields the ``DenoiserCall`` of each
   denoiser call and is sent the outputs; ``answer_trt.sampler`` and the serving batcher
@@ -114,8 +120,8 @@ class GraphIO(Protocol):
         ...
 
     def call(self, latents: tuple[Tensor, ...]) -> list[Tensor]:
-        """ONE denoiser call on 2 branches ``(c_p, c_0)`` or 3 ``(c_p, c_p, c_0)``; the noise
-        prediction (float32) of each branch."""
+        """ONE denoiser call on 1 branch ``(c_p)``, 2 ``(c_p, c_0)`` or 3 ``(c_p, c_p, c_0)``;
+        the noise prediction (float32) of each branch."""
         ...
 
     def update(self, latents: Tensor, e: Tensor) -> None:
@@ -163,23 +169,80 @@ class Guider(ABC):
         """The most rows one denoiser call of this method puts on the batch axis for ``batch`` images."""
         return self.peak_rows_per_image * batch
 
-    @abstractmethod
+    def guided(self, sigma: float) -> bool:
+        """Whether a step at noise level ``sigma`` (sigma_t) is guided: always, unless it is
+        below ``guidance_min_sigma`` (variant "guidance interval"), where every method runs
+        the conditional prediction alone (one row, ``Conditional``'s step)."""
+        return sigma >= self.config.guidance_min_sigma
+
     def calls(self, sigmas: Sequence[float]) -> list[tuple[int, ...]]:
         """For each step (``sigmas``: its noise levels sigma_t), the rows per image of each of
         its denoiser calls, in order."""
+        own = self.guided_calls(sigmas)
+        return [calls if self.guided(sigma) else (1,) for sigma, calls in zip(sigmas, own)]
 
-    @abstractmethod
     def start(self, context: StepContext, probing: bool = False) -> StepProgram:
         """The step program of one sampling run (a guider with state across steps keeps it
         in the returned program). ``probing``: also return what ``sample``'s probe shows."""
+        guided = self.guided_start(context, probing)
+        if self.config.guidance_min_sigma <= 0.0:
+            return guided
+        sigmas = [context.rule.levels(i)[1] for i in range(len(context.rule.timesteps))]
+
+        def step(i: int, x: Tensor, x_in: Tensor) -> GuidedStep:
+            if self.guided(sigmas[i]):
+                return (yield from guided(i, x, x_in))
+            return (yield from _conditional_step(context, i, x, x_in))
+
+        return step
 
     def graph_kinds(self, sigmas: Sequence[float]) -> list[str]:
         """For each step, the kind of captured step it replays (one graph per kind)."""
-        raise ValueError(self.graph_refusal)
+        if self.graph_refusal is not None:
+            raise ValueError(self.graph_refusal)
+        own = self.guided_graph_kinds(sigmas)
+        return [kind if self.guided(sigma) else UNGUIDED for sigma, kind in zip(sigmas, own)]
 
     def graph_step(self, kind: str, io: GraphIO) -> None:
         """One step of ``kind`` on the static buffers of ``io`` (what a graph captures)."""
+        if kind == UNGUIDED:
+            _conditional_graph_step(io)
+        else:
+            self.guided_graph_step(kind, io)
+
+    @abstractmethod
+    def guided_calls(self, sigmas: Sequence[float]) -> list[tuple[int, ...]]:
+        """``calls`` where every step is guided."""
+
+    @abstractmethod
+    def guided_start(self, context: StepContext, probing: bool) -> StepProgram:
+        """``start`` where every step is guided."""
+
+    def guided_graph_kinds(self, sigmas: Sequence[float]) -> list[str]:
+        """``graph_kinds`` where every step is guided."""
         raise ValueError(self.graph_refusal)
+
+    def guided_graph_step(self, kind: str, io: GraphIO) -> None:
+        """A guided step of ``kind`` on ``io``'s buffers."""
+        raise ValueError(self.graph_refusal)
+
+
+# The kind of captured step that runs the conditional prediction alone (guidance off).
+UNGUIDED = "unguided"
+
+
+def _conditional_step(context: StepContext, i: int, x: Tensor, x_in: Tensor) -> GuidedStep:
+    """Guidance off at step i: ``e = ep``, one row ``(x, c_p)``."""
+    alpha, sigma = context.rule.levels(i)
+    (raw_p,) = yield DenoiserCall((x_in,), (context.cond.positive,), context.timesteps[i])
+    ep = context.eps_of(raw_p, x_in, alpha, sigma)
+    return ep, {"ep": ep}
+
+
+def _conditional_graph_step(io: GraphIO) -> None:
+    x_in = io.scale(io.x)
+    (ep,) = io.call((x_in,))
+    io.update(io.x, ep)
 
 
 @dataclass(frozen=True)
@@ -193,20 +256,20 @@ class TwoRowGuider(Guider):
     def combine(self, ep: Tensor, e0: Tensor) -> Tensor:
         """The guided noise ``[B, C, h, w]`` float32 from ``ep`` and ``e0`` (each ``[B, C, h, w]``)."""
 
-    def calls(self, sigmas: Sequence[float]) -> list[tuple[int, ...]]:
+    def guided_calls(self, sigmas: Sequence[float]) -> list[tuple[int, ...]]:
         return [(2,)] * len(sigmas)
 
-    def start(self, context: StepContext, probing: bool = False) -> StepProgram:
+    def guided_start(self, context: StepContext, probing: bool) -> StepProgram:
         return functools.partial(self._step, context)
 
     def _step(self, context: StepContext, i: int, x: Tensor, x_in: Tensor) -> GuidedStep:
         ep, e0 = yield from context.main_call(i, x_in)
         return self.combine(ep, e0), {"ep": ep}
 
-    def graph_kinds(self, sigmas: Sequence[float]) -> list[str]:
+    def guided_graph_kinds(self, sigmas: Sequence[float]) -> list[str]:
         return ["step"] * len(sigmas)
 
-    def graph_step(self, kind: str, io: GraphIO) -> None:
+    def guided_graph_step(self, kind: str, io: GraphIO) -> None:
         x_in = io.scale(io.x)
         ep, e0 = io.call((x_in, x_in))
         io.update(io.x, self.combine(ep, e0))
@@ -238,26 +301,17 @@ class Conditional(Guider):
     peak_rows_per_image: ClassVar[int] = 1
     reads_negative: ClassVar[bool] = False
 
-    def calls(self, sigmas: Sequence[float]) -> list[tuple[int, ...]]:
+    def guided_calls(self, sigmas: Sequence[float]) -> list[tuple[int, ...]]:
         return [(1,)] * len(sigmas)
 
-    def start(self, context: StepContext, probing: bool = False) -> StepProgram:
-        return functools.partial(self._step, context)
+    def guided_start(self, context: StepContext, probing: bool) -> StepProgram:
+        return functools.partial(_conditional_step, context)
 
-    def _step(self, context: StepContext, i: int, x: Tensor, x_in: Tensor) -> GuidedStep:
-        alpha, sigma = context.rule.levels(i)
-        (raw_p,) = yield DenoiserCall((x_in,), (context.cond.positive,), context.timesteps[i])
-        ep = context.eps_of(raw_p, x_in, alpha, sigma)
-        return ep, {"ep": ep}
+    def guided_graph_kinds(self, sigmas: Sequence[float]) -> list[str]:
+        return [UNGUIDED] * len(sigmas)
 
-    def graph_kinds(self, sigmas: Sequence[float]) -> list[str]:
-        return ["step"] * len(sigmas)
-
-    def graph_step(self, kind: str, io: GraphIO) -> None:
-        # The captured call takes the 2-row conditions; only (x, c_p)'s output is used.
-        x_in = io.scale(io.x)
-        ep, _ = io.call((x_in, x_in))
-        io.update(io.x, ep)
+    def guided_graph_step(self, kind: str, io: GraphIO) -> None:
+        _conditional_graph_step(io)
 
 
 @dataclass(frozen=True)
@@ -286,7 +340,7 @@ class ParallelAnswer(Guider):
         """Which steps re-anchor the chain (``sigmas``: each step's sigma_t)."""
         return anchored_steps(sigmas, self.anchor_period, self.config.chain_min_sigma)
 
-    def calls(self, sigmas: Sequence[float]) -> list[tuple[int, ...]]:
+    def guided_calls(self, sigmas: Sequence[float]) -> list[tuple[int, ...]]:
         return [(2,) if anchored else (3,) for anchored in self.anchored(sigmas)]
 
     def combine(self, ep: Tensor, ep_z: Tensor, e0_z: Tensor, x_in: Tensor, z_in: Tensor, alpha: Any,
@@ -297,13 +351,13 @@ class ParallelAnswer(Guider):
         return G.parallel_answer(ep, ep_z, e0_z, x_in, z_in, alpha, sigma, self.answer_scale, self.negative_scale,
                                  self.config.drift_tau, self.guidance_rescale)
 
-    def start(self, context: StepContext, probing: bool = False) -> StepProgram:
+    def guided_start(self, context: StepContext, probing: bool) -> StepProgram:
         return _NegativeChain(self, context, probing).guide
 
-    def graph_kinds(self, sigmas: Sequence[float]) -> list[str]:
+    def guided_graph_kinds(self, sigmas: Sequence[float]) -> list[str]:
         return [self.ANCHOR if anchored else self.CHAIN for anchored in self.anchored(sigmas)]
 
-    def graph_step(self, kind: str, io: GraphIO) -> None:
+    def guided_graph_step(self, kind: str, io: GraphIO) -> None:
         if kind == self.ANCHOR:
             io.z.copy_(io.x)
             x_in = io.scale(io.x)
@@ -378,10 +432,10 @@ class InnerAnswer(Guider):
         wanted = 1 if sigmas[i] < self.config.chain_min_sigma else self.iterations
         return min(wanted, len(sigmas) - i)
 
-    def calls(self, sigmas: Sequence[float]) -> list[tuple[int, ...]]:
+    def guided_calls(self, sigmas: Sequence[float]) -> list[tuple[int, ...]]:
         return [(2,) * self.iterations_at(i, sigmas) for i in range(len(sigmas))]
 
-    def start(self, context: StepContext, probing: bool = False) -> StepProgram:
+    def guided_start(self, context: StepContext, probing: bool) -> StepProgram:
         rule = context.rule
         sigmas = [rule.levels(i)[1] for i in range(len(rule.timesteps))]
         return functools.partial(self._step, context, sigmas)

@@ -196,10 +196,9 @@ class Pipeline:
         **fields: Any,
     ) -> Generation:
         """Generate ``batch`` images for ``prompt``. ``fields`` are the request schema's
-        (``answer_trt.schema.GenerateRequest``: negative_prompt, method, steps,
-        guidance_scale, negative_scale, dns_steps, mode, chain_min_sigma, drift_tau,
-        guidance_rescale, scheduler, seed, height, width, batch; docs/ANSWER.md for the
-        guidance ones); an unknown keyword is refused with the closest name. An empty prompt
+        (``answer_trt.schema.GenerateRequest``, each with its bounds in ``answer-trt generate
+        --help``; docs/ANSWER.md for the guidance ones); an unknown keyword is refused with
+        the closest name. An empty prompt
         is valid: its embedding is c_0, so CFG becomes unconditional sampling.
         ``fused=False`` calls the UNet once per branch (the reference); ``cuda_graph``
         replays each step as a CUDA graph."""

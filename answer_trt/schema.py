@@ -103,6 +103,9 @@ class GenerateRequest:
     chain_min_sigma: float = _guidance("chain_min_sigma", FieldInfo(
         "float", "run the negative chain only while sigma_t >= this; CFG below (variant `interval`)",
         low=0.0, high=1.0))
+    guidance_min_sigma: float = _guidance("guidance_min_sigma", FieldInfo(
+        "float", "guidance off (the prompt's prediction alone, one UNet row) at steps with sigma_t below this "
+        "(variant `guidance interval`; 0: guided at every step)", low=0.0, high=1.0))
     drift_tau: float | None = _guidance("drift_tau", FieldInfo(
         "float", "fade the parallel chain's drift term below noise level ~tau (variant `fade`; default off)",
         nullable=True))
@@ -134,8 +137,7 @@ class GenerateRequest:
         if self.scheduler is not None:
             check_choice("scheduler", self.scheduler, tuple(SCHEDULERS))
         return SamplingConfig(
-            guidance=GuidanceConfig(self.method, self.guidance_scale, self.negative_scale, self.dns_steps, self.mode,
-                                    self.chain_min_sigma, self.drift_tau, self.guidance_rescale),
+            guidance=GuidanceConfig(**{f.name: getattr(self, f.name) for f in fields(GuidanceConfig)}),
             steps=self.steps, scheduler=self.scheduler, seed=self.seed, height=self.height, width=self.width,
             batch=self.batch,
         )

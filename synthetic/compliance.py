@@ -56,11 +56,13 @@ class MethodSpec:
     chain_min_sigma: float = 0.0
     drift_tau: float | None = None
     guidance_rescale: float = 0.0
+    guidance_min_sigma: float = 0.0
 
     @property
     def label(self) -> str:
+        off = f" gmin={self.guidance_min_sigma:g}" if self.guidance_min_sigma else ""
         if self.method != "answer":
-            return self.method + (f" rescale={self.guidance_rescale:g}" if self.guidance_rescale else "")
+            return self.method + (f" rescale={self.guidance_rescale:g}" if self.guidance_rescale else "") + off
         parts = [f"answer K={self.dns_steps} {self.mode}"]
         if self.chain_min_sigma:
             parts.append(f"min-sigma={self.chain_min_sigma:g}")
@@ -70,7 +72,7 @@ class MethodSpec:
             parts.append(f"rescale={self.guidance_rescale:g}")
         if self.negative_scale is not None:
             parts.append(f"wn={self.negative_scale:g}")
-        return " ".join(parts)
+        return " ".join(parts) + off
 
     def guidance_kwargs(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items()}
@@ -99,6 +101,9 @@ CANDIDATES = (
     MethodSpec("cfg", guidance_rescale=0.7),
     *(MethodSpec("answer", 4, chain_min_sigma=0.5, negative_scale=wn) for wn in (1.0, 2.0, 4.0)),
     MethodSpec("answer", 2, mode="inner"),
+    # ANSWER's price (variant "guidance interval"): guidance off below sigma_t = gmin, CFG and the default alike.
+    *(MethodSpec("cfg", guidance_min_sigma=g) for g in (0.3, 0.5)),
+    *(MethodSpec("answer", 4, chain_min_sigma=0.5, negative_scale=1.0, guidance_min_sigma=g) for g in (0.3, 0.5)),
 )
 OTHERS = (MethodSpec("dns"),)  # by name only: DNS is meant to miss
 

@@ -17,7 +17,7 @@ from answer_trt.config import METHODS, MODES, GuidanceConfig, SamplingConfig
 from answer_trt.graphed import EagerCapturer, GraphCache, refusal, sample_graphed, supports
 from answer_trt.guiders import CFG, DNS, DenoiserCall, InnerAnswer, ParallelAnswer, make_guider
 from answer_trt.iospec import MAX_BRANCHES
-from answer_trt.sampler import sampling_program
+from answer_trt.sampler import sample, sampling_program
 from answer_trt.schedulers import make_step_rule
 from answer_trt.serving.batcher import peak_rows
 from tests.toys import ToyDenoiser, make_scheduler
@@ -67,6 +67,21 @@ def test_the_widest_guider_is_what_the_engines_are_built_for():
     assert peaks == {CFG: 2, DNS: 2, ParallelAnswer: 3, InnerAnswer: 2}
 
 
+def drive(program, see):
+    """Answer a sampling program's calls with the toy denoiser (``see(call)`` first); returns
+    the final latents."""
+    toy = ToyDenoiser()
+    try:
+        call = next(program)
+        while True:
+            assert isinstance(call, DenoiserCall)
+            see(call)
+            out = toy(torch.cat(call.latents), call.t.expand(call.count), cat_conditions(call.conds))
+            call = program.send(list(out.chunk(len(call.latents))))
+    except StopIteration as done:
+        return done.value
+
+
 CONFIGS = [
     GuidanceConfig(method="cfg"),
     GuidanceConfig(method="dns", negative_scale=2.0),
@@ -75,6 +90,9 @@ CONFIGS = [
     GuidanceConfig(method="answer", mode="inner", dns_steps=3, chain_min_sigma=0.0),
     GuidanceConfig(method="answer", mode="inner", dns_steps=2, chain_min_sigma=0.5),
 ]
+# The variant "guidance interval" (guidance_min_sigma): below it, every method runs one row.
+INTERVAL = [GuidanceConfig(method=m, mode=d, dns_steps=3, guidance_min_sigma=0.4)
+            for m, d in (("cfg", "parallel"), ("dns", "parallel"), ("answer", "parallel"), ("answer", "inner"))]
 
 
 @pytest.mark.parametrize("guidance", CONFIGS, ids=lambda g: f"{g.method}-{g.mode}-K{g.dns_steps}-s{g.chain_min_sigma}")
@@ -86,16 +104,7 @@ def test_the_sampler_makes_the_calls_the_guider_declares(problem, guidance, kind
     rule = make_step_rule(make_scheduler(kind), 7)
     steps: list[list[int]] = [[]]
     program = sampling_program(noise, cond, rule, guidance, callback=lambda i, n: steps.append([]))
-    toy = ToyDenoiser()
-    try:
-        call = next(program)
-        while True:
-            assert isinstance(call, DenoiserCall)
-            steps[-1].append(call.count)
-            out = toy(torch.cat(call.latents), call.t.expand(call.count), cat_conditions(call.conds))
-            call = program.send(list(out.chunk(len(call.latents))))
-    except StopIteration:
-        pass
+    drive(program, lambda call: steps[-1].append(call.count))
     guider, batch = make_guider(guidance), noise.shape[0]
     sigmas = [rule.levels(i)[1] for i in range(7)]
     assert [tuple(s) for s in steps[:-1]] == [tuple(r * batch for r in c) for c in guider.calls(sigmas)]
@@ -104,9 +113,10 @@ def test_the_sampler_makes_the_calls_the_guider_declares(problem, guidance, kind
     assert peak_rows(config) == guider.peak_rows(batch)  # the batcher's admission
 
 
-@pytest.mark.parametrize("guidance", [g for g in CONFIGS if g.mode == "parallel" or g.method != "answer"],
-                         ids=lambda g: f"{g.method}-K{g.dns_steps}-s{g.chain_min_sigma}")
+@pytest.mark.parametrize("guidance", [g for g in CONFIGS + INTERVAL if g.mode == "parallel" or g.method != "answer"],
+                         ids=lambda g: f"{g.method}-K{g.dns_steps}-s{g.chain_min_sigma}-g{g.guidance_min_sigma}")
 def test_the_graphed_sampler_replays_the_declared_step_kinds(problem, guidance):
+    """Rows per call as declared (the 1-row guidance-off step included), same latents as eager."""
     noise, cond = problem
     rows: list[int] = []
     toy = ToyDenoiser()
@@ -116,7 +126,9 @@ def test_the_graphed_sampler_replays_the_declared_step_kinds(problem, guidance):
         return toy(latents, t, c)
 
     rule = make_step_rule(make_scheduler("ddim"), 7)
-    sample_graphed(denoiser, noise, cond, make_scheduler("ddim"), 7, guidance, cache=GraphCache(EagerCapturer()))
+    graphed = sample_graphed(denoiser, noise, cond, make_scheduler("ddim"), 7, guidance,
+                             cache=GraphCache(EagerCapturer()))
+    assert torch.allclose(graphed, sample(ToyDenoiser(), noise, cond, make_scheduler("ddim"), 7, guidance), atol=1e-5)
     guider = make_guider(guidance)
     assert [(r // noise.shape[0],) for r in rows] == guider.calls(rule.sigmas)
     kinds = guider.graph_kinds(rule.sigmas)
@@ -204,3 +216,34 @@ def test_the_method_name_check_lets_other_comparisons_through():
                               '    pass\n'
                               'ok = prediction_type == "epsilon"\n'
                               'result = report.result("answer")') == []
+
+
+def test_the_guidance_interval_makes_one_row_steps_below_it():
+    for guidance in INTERVAL:
+        guider = make_guider(guidance)
+        full = make_guider(GuidanceConfig(method=guidance.method, mode=guidance.mode, dns_steps=3))
+        calls = guider.calls(SIGMAS)
+        assert calls[:7] == full.calls(SIGMAS)[:7] and calls[7:] == [(1,), (1,)], guidance
+        assert guider.peak_rows(2) == full.peak_rows(2)  # the peak is at high noise
+
+
+@pytest.mark.parametrize("guidance", INTERVAL, ids=lambda g: f"{g.method}-{g.mode}")
+def test_below_the_interval_a_step_is_the_conditional_prediction(problem, guidance):
+    """Same run with and without the interval: equal while guided; from the first step below
+    it, each step's UNet call is the one row (x, c_p), and the final latents differ."""
+    noise, cond = problem
+    rule = make_step_rule(make_scheduler("ddim"), 7)
+    sigmas = [rule.levels(i)[1] for i in range(7)]
+    first_off = next(i for i, s in enumerate(sigmas) if s < guidance.guidance_min_sigma)
+    assert 0 < first_off < 7
+    seen: dict[float, list[tuple[int, ...]]] = {}
+    results = {}
+    for threshold in (0.0, guidance.guidance_min_sigma):
+        log = seen.setdefault(threshold, [])
+        program = sampling_program(noise, cond, rule, GuidanceConfig(**{**guidance.__dict__,
+                                                                         "guidance_min_sigma": threshold}))
+        results[threshold] = drive(program, lambda call, log=log: log.append(tuple(int(c.hidden.shape[0])
+                                                                                   for c in call.conds)))
+    cut = seen[guidance.guidance_min_sigma]
+    assert cut[-(7 - first_off):] == [(noise.shape[0],)] * (7 - first_off)  # one branch per step
+    assert not torch.equal(results[0.0], results[guidance.guidance_min_sigma])
