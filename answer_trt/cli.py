@@ -7,6 +7,7 @@ import dataclasses
 import errno
 import json
 import logging
+import secrets
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -66,7 +67,18 @@ _int = _argument(parse_int, "integer")
 _at_least_1 = _argument(lambda text: check_int("the value", parse_int(text)), "integer >= 1")
 _size = _argument(lambda text: check_size("size", parse_int(text, "size")), "size")
 _size_or_range = _argument(parse_size_range, "size or range")
-_seed = _argument(lambda text: check_seed(parse_int(text, "seed")), "seed")
+
+
+def _parse_seed(text: str) -> int:
+    """A seed, or ``random``: a seed drawn here (printed, and recorded in each PNG)."""
+    if text.strip().lower() != "random":
+        return check_seed(parse_int(text, "seed"))
+    seed = secrets.randbelow(2**32)
+    print(f"answer-trt: --seed random drew seed {seed}", file=sys.stderr)
+    return seed
+
+
+_seed = _argument(_parse_seed, "seed")
 
 
 def _bounded_int(flag: str, low: float | None, high: float | None) -> Callable[[str], int]:
@@ -88,9 +100,25 @@ def _request_type(f: dataclasses.Field[Any]) -> Callable[[str], Any]:
         return _size
     if f.name == "seed":
         return _seed
+    if field_info.kind == "ints":
+        return _integers(f"--{f.name.replace('_', '-')}", field_info.low, field_info.high)
     if field_info.kind == "int":
         return _bounded_int(f"--{f.name.replace('_', '-')}", field_info.low, field_info.high)
     return float if field_info.kind == "float" else str
+
+
+def _integers(flag: str, low: float | None, high: float | None) -> Callable[[str], tuple[int, ...]]:
+    """Comma-separated integers, each within the bounds (``--seeds 5,6,7``)."""
+    item = _bounded_int(flag, low, high)
+
+    def parse(text: str) -> tuple[int, ...]:
+        parts = [part.strip() for part in text.split(",")]
+        if not all(parts):
+            raise argparse.ArgumentTypeError(f"{flag} takes comma-separated integers (e.g. 5,6,7), got {text!r}")
+        return tuple(item(part) for part in parts)
+
+    parse.__name__ = "list of integers"
+    return parse
 
 
 def add_request_arguments(parser: argparse.ArgumentParser) -> None:

@@ -122,10 +122,21 @@ class SamplingConfig:
     height: int | None = None
     width: int | None = None
     batch: int = 1
+    # One seed per image (diffusers' list of generators): image i's noise is drawn from its own
+    # generator; ``batch`` is their count. None: ``batch`` images from one generator of ``seed``.
+    seeds: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         check_int("steps", self.steps)
         check_int("batch", self.batch)
+        if self.seeds is not None:
+            if not isinstance(self.seeds, tuple) or not self.seeds:
+                raise UserInputError(f"seeds must be a non-empty list of integers, got {self.seeds!r}")
+            for seed in self.seeds:
+                check_seed(seed)
+            if len(self.seeds) != self.batch:
+                raise UserInputError(f"seeds gives {len(self.seeds)} seeds for a batch of {self.batch}: one seed per "
+                                     "image (leave the batch out: it is the number of seeds)")
         if self.steps > MAX_STEPS:
             raise UserInputError(f"steps must be at most {MAX_STEPS} (the schedulers' training grid), got {self.steps}")
         if self.batch > MAX_IMAGES:

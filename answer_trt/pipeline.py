@@ -259,7 +259,8 @@ class Pipeline:
         self, prompt: str, negative_prompt: str | None, config: SamplingConfig
     ) -> tuple[Conditioning, torch.Tensor]:
         """The text conditions of ``config.batch`` images (c_p, and c_0 or the negative
-        prompt's; SDXL time ids added) and their initial noise, drawn from the seed."""
+        prompt's; SDXL time ids added) and their initial noise, drawn from the seed (or from
+        each image's own seed)."""
         assert config.height is not None and config.width is not None  # resolved by check_request
         c_p, c_neg = self.text.encode(prompt, negative_prompt)
         if self.dims.time_ids_size:
@@ -267,11 +268,16 @@ class Pipeline:
         # On the device once (SDXL's time ids are made on the host): no copy per UNet call.
         c_p, c_neg = c_p.to(self.device), c_neg.to(self.device)
         cond = Conditioning(c_p.expand(config.batch), c_neg.expand(config.batch))
-        generator = torch.Generator("cpu").manual_seed(config.seed)
         shape = (config.batch, self.dims.latent_channels, config.height // self.dims.vae_scale_factor,
                  config.width // self.dims.vae_scale_factor)
-        # Drawn on the CPU with a CPU generator, as diffusers does, so seeds agree everywhere.
-        noise = torch.randn(shape, generator=generator, dtype=torch.float32).to(self.device)
+        # Drawn on the CPU with CPU generators, as diffusers does, so seeds agree everywhere: one
+        # generator for the batch, or one per image (diffusers' list of generators, ``seeds``).
+        if config.seeds is None:
+            noise = torch.randn(shape, generator=torch.Generator("cpu").manual_seed(config.seed), dtype=torch.float32)
+        else:
+            noise = torch.cat([torch.randn((1, *shape[1:]), generator=torch.Generator("cpu").manual_seed(seed),
+                                           dtype=torch.float32) for seed in config.seeds])
+        noise = noise.to(self.device)
         return cond, noise
 
     def finish(self, latents: torch.Tensor, decoded: torch.Tensor, params: dict[str, str]) -> list[Image.Image]:

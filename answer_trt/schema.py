@@ -47,7 +47,8 @@ _GUIDANCE_DEFAULTS = {f.name: f.default for f in fields(GuidanceConfig)}
 class FieldInfo:
     """What the schema says of one request field besides its name, type and default.
 
-    ``kind``: ``"str"``, ``"int"`` or ``"float"`` (the JSON and CLI type); ``nullable``:
+    ``kind``: ``"str"``, ``"int"``, ``"float"`` or ``"ints"`` (a list of integers, each within
+    the bounds; comma-separated on the CLI) (the JSON and CLI type); ``nullable``:
     ``None`` is allowed (and means "the default rule"); ``low``/``high``: inclusive bounds
     for numbers (``None``: unbounded); ``choices``: the allowed strings; ``metadata``:
     recorded in each image's PNG ``parameters``; ``cli``: a flag of ``answer-trt generate``."""
@@ -120,6 +121,17 @@ class GenerateRequest:
                                                "engines')", nullable=True, low=8))
     batch: int = _field(1, FieldInfo("int", "images for this prompt (seeds drawn from one generator, as diffusers "
                                      "with one generator)", low=1, high=MAX_IMAGES))
+    seeds: tuple[int, ...] | None = _field(None, FieldInfo(
+        "ints", "one seed per image (as diffusers with a list of generators); the batch is their count",
+        nullable=True, low=0, high=2**64 - 1))
+
+    def __post_init__(self) -> None:
+        # Per-image seeds give the batch its size (a list from JSON becomes a tuple). Nothing
+        # is checked here: ``sampling_config`` refuses what is wrong, on every surface alike.
+        if isinstance(self.seeds, list):
+            object.__setattr__(self, "seeds", tuple(self.seeds))
+        if isinstance(self.seeds, tuple) and self.seeds and self.batch == 1:
+            object.__setattr__(self, "batch", len(self.seeds))
 
     def sampling_config(self) -> SamplingConfig:
         """The validated configuration (``UserInputError`` names the field and the fix).
@@ -139,7 +151,7 @@ class GenerateRequest:
         return SamplingConfig(
             guidance=GuidanceConfig(**{f.name: getattr(self, f.name) for f in fields(GuidanceConfig)}),
             steps=self.steps, scheduler=self.scheduler, seed=self.seed, height=self.height, width=self.width,
-            batch=self.batch,
+            batch=self.batch, seeds=self.seeds,
         )
 
     def replace(self, **changes: Any) -> GenerateRequest:
@@ -168,13 +180,8 @@ DIFFUSERS_ALIASES = {"num_inference_steps": "steps", "num_images_per_prompt": "b
 
 
 def _seed_of(generator: Any) -> int:
-    """The seed of a diffusers-style ``generator`` (one ``torch.Generator``, or a list of one):
-    its initial seed, which draws the same noise as diffusers does with a fresh generator."""
-    if isinstance(generator, (list, tuple)):
-        if len(generator) != 1:
-            raise UserInputError(f"generator: a list of {len(generator)} generators (one per image) is not "
-                                 "supported: pass one generator, or seed=S with num_images_per_prompt")
-        generator = generator[0]
+    """The seed of a diffusers-style ``torch.Generator``: its initial seed, which draws the
+    same noise as diffusers does with a fresh generator."""
     initial_seed = getattr(generator, "initial_seed", None)
     if not callable(initial_seed):
         raise UserInputError(f"generator must be a torch.Generator, got {type(generator).__name__}")
@@ -190,7 +197,14 @@ def from_diffusers_keywords(keywords: Mapping[str, Any]) -> dict[str, Any]:
             if ours in fields:
                 raise UserInputError(f"{theirs} and {ours} say the same thing: pass one of them")
             value = fields.pop(theirs)
-            fields[ours] = _seed_of(value) if theirs == "generator" else value
+            if theirs != "generator":
+                fields[ours] = value
+            elif isinstance(value, (list, tuple)) and len(value) > 1:  # one generator per image
+                fields["seeds"] = tuple(_seed_of(g) for g in value)
+            elif isinstance(value, (list, tuple)):  # a list of one: the batch's one generator
+                fields[ours] = _seed_of(value[0]) if value else _seed_of(None)
+            else:
+                fields[ours] = _seed_of(value)
     return fields
 
 
@@ -211,6 +225,8 @@ def _plain(value: Any) -> Any:
     metadata and seeds treat them alike; bools and everything else unchanged."""
     if isinstance(value, bool) or isinstance(value, (int, float, str)) or value is None:
         return value
+    if isinstance(value, (list, tuple)):  # a list field (``seeds``): a tuple, so requests compare and hash
+        return tuple(_plain(v) for v in value)
     if isinstance(value, numbers.Integral):
         return int(value)
     if isinstance(value, numbers.Real):
@@ -243,4 +259,4 @@ def from_parameters(params: str | Mapping[str, Any]) -> GenerateRequest:
             raise UserInputError("the image's parameters are not JSON: it was not written by answer-trt") from None
     if not isinstance(params, Mapping) or "prompt" not in params:
         raise UserInputError("the image's parameters hold no prompt: it was not written by answer-trt")
-    return GenerateRequest(**{name: params[name] for name in FIELD_NAMES if name in params})
+    return GenerateRequest(**{name: _plain(params[name]) for name in FIELD_NAMES if name in params})

@@ -21,7 +21,7 @@ OTHER = {
     "guidance_scale": 5.0, "negative_scale": 2.0, "dns_steps": 2, "mode": "parallel", "chain_min_sigma": 0.25,
     "drift_tau": 0.3, "guidance_rescale": 0.5, "guidance_min_sigma": 0.2, "scheduler": "euler", "seed": 7,
     "height": 40, "width": 48,
-    "batch": 2,
+    "batch": 2, "seeds": (3, 4),
 }
 ANSWER_INNER = {"method": "answer", "mode": "inner", "drift_tau": None}  # the other mode (drift_tau is parallel-only)
 
@@ -40,7 +40,8 @@ def test_the_cli_has_one_flag_per_field_with_the_schema_default():
     assert request_keywords(args) == {f.name: f.default for f in cli_fields}
     argv = ["generate", "x"]
     for f in cli_fields:
-        argv += [f"--{f.name.replace('_', '-')}", str(OTHER[f.name])]
+        value = OTHER[f.name]
+        argv += [f"--{f.name.replace('_', '-')}", ",".join(map(str, value)) if isinstance(value, tuple) else str(value)]
     assert request_keywords(make_parser().parse_args(argv)) == {f.name: OTHER[f.name] for f in cli_fields}
 
 
@@ -156,6 +157,45 @@ def test_every_png_of_a_batch_redraws_itself_from_its_own_metadata(tmp_path, cap
     assert "not a readable PNG" in capsys.readouterr().err
 
 
+def test_per_image_seeds_and_a_random_seed_draw_and_replay(tmp_path, capsys):
+    """Issue 22 item 7: `--seeds 5,6` draws image i from its own seed (image 2 of the batch is
+    `--seed 6` alone), each PNG replays to 0 levels; `--seed random` prints the seed it drew
+    and records it."""
+    from PIL import Image
+
+    from answer_trt.cli import main
+
+    common = ["--model", "tiny", "--backend", "torch", "--steps", "3", "--method", "cfg"]
+    assert main(["generate", "a green triangle", *common, "--seeds", "5,6", "-o", str(tmp_path / "s.png")]) == 0
+    assert main(["generate", "a green triangle", *common, "--seed", "6", "-o", str(tmp_path / "alone.png")]) == 0
+    batch = [np.asarray(Image.open(tmp_path / name), dtype=int) for name in ("s.png", "s-1.png")]
+    assert np.abs(batch[1] - np.asarray(Image.open(tmp_path / "alone.png"), dtype=int)).max() <= 1
+    for index, name in enumerate(("s.png", "s-1.png")):
+        recorded = json.loads(Image.open(tmp_path / name).info["parameters"])
+        assert (recorded["seeds"], recorded["batch"], recorded["batch_index"]) == ([5, 6], 2, index)
+        assert main(["generate", "--from-png", str(tmp_path / name), "--model", "tiny", "--backend", "torch", "-o",
+                     str(tmp_path / f"again-{index}.png")]) == 0
+        assert np.array_equal(np.asarray(Image.open(tmp_path / f"again-{index}.png"), dtype=int), batch[index])
+    capsys.readouterr()
+    assert main(["generate", "a green triangle", *common, "--seed", "random", "-o", str(tmp_path / "r.png")]) == 0
+    drawn = int(capsys.readouterr().err.split("drew seed ")[1].split()[0])
+    assert json.loads(Image.open(tmp_path / "r.png").info["parameters"])["seed"] == drawn
+    for bad, message in ((["--seeds", "5,,6"], "comma-separated integers"), (["--seeds", "5,x"], "not an integer"),
+                         (["--seeds", "5,6", "--batch", "3"], "2 seeds for a batch of 3")):
+        try:
+            code = main(["generate", "a", *common, *bad, "-o", str(tmp_path / "bad.png")])
+        except SystemExit as exited:  # a usage error, from argparse
+            code = exited.code
+        err = capsys.readouterr().err
+        assert code == 2
+        assert message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "bad.png").exists()
+    with pytest.raises(UserInputError, match="seeds must be a non-empty list"):
+        parse_generate(b'{"prompt": "a", "seeds": []}').request.sampling_config()
+    with pytest.raises(UserInputError, match="list of integers"):
+        parse_generate(b'{"prompt": "a", "seeds": [1, "2"]}')
+
+
 def test_hostile_values_are_refused_in_one_line_on_every_surface(pipe):
     """Issue 23 items 5 and 7: scales bounded, huge integers and lone surrogates refused,
     numpy integers accepted, load() arguments checked."""
@@ -204,8 +244,16 @@ def test_diffusers_calling_convention_gives_diffusers_images(pipe, tmp_path):
     assert json.loads(Image.open(paths[1]).info["parameters"])["seed"] == 5
     with pytest.raises(UserInputError, match="say the same thing"):
         pipe("a", num_inference_steps=3, steps=3)
-    with pytest.raises(UserInputError, match="list of 2 generators"):
-        pipe("a", generator=[torch.Generator(), torch.Generator()])
+    # A list of generators, one per image (diffusers' per-image seeds): diffusers' images, and
+    # each PNG records the list (its own seed is seeds[batch_index]).
+    generators = [torch.Generator().manual_seed(s) for s in (8, 9)]
+    expected = reference("a red circle", generator=generators, output_type="np", **kwargs).images
+    generators = [torch.Generator().manual_seed(s) for s in (8, 9)]
+    ours = pipe("a red circle", method="cfg", generator=generators, output_type="np", **kwargs)
+    assert np.abs(ours.images - expected).max() * 255 <= 2.5
+    assert json.loads(ours.params["parameters"])["seeds"] == [8, 9]
+    with pytest.raises(UserInputError, match="2 seeds for a batch of 3"):
+        pipe("a", generator=[torch.Generator(), torch.Generator()], num_images_per_prompt=3, steps=1)
     with pytest.raises(UserInputError, match="did you mean 'num_inference_steps'"):
         pipe("a", num_inference_step=3)
 

@@ -35,11 +35,14 @@ def schema_field(f: dataclasses.Field[Any], *, default: Any = dataclasses.MISSIN
         annotation = Literal[fi.choices]
     else:
         bounds: dict[str, Any] = {"strict": True}
-        if fi.kind in ("int", "float"):
+        if fi.kind in ("int", "float", "ints"):
             bounds.update({k: v for k, v in (("ge", fi.low), ("le", fi.high)) if v is not None})
         if fi.kind == "float":
             bounds["allow_inf_nan"] = False
-        annotation = Annotated[_PYTHON_TYPES[fi.kind], Field(**bounds)]
+        if fi.kind == "ints":  # a list of bounded integers
+            annotation = Annotated[list[Annotated[int, Field(**bounds)]], Field(min_length=1)]
+        else:
+            annotation = Annotated[_PYTHON_TYPES[fi.kind], Field(**bounds)]
     if fi.nullable:
         annotation = annotation | None
     value = f.default if default is dataclasses.MISSING else default
