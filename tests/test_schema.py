@@ -196,6 +196,26 @@ def test_per_image_seeds_and_a_random_seed_draw_and_replay(tmp_path, capsys):
         parse_generate(b'{"prompt": "a", "seeds": [1, "2"]}')
 
 
+@pytest.mark.parametrize("model, extra", [
+    ("tiny-sdxl", []), ("tiny-sdxl", ["--negative-prompt", ""]), ("tiny", ["--scheduler", "dpm++"]),
+], ids=["sdxl-no-negative", "sdxl-empty-negative", "dpm++"])
+def test_sdxl_negative_prompts_and_dpm_replay_to_themselves(model, extra, tmp_path):
+    """Issue 22 item 7: SDXL without a negative prompt (zeros, as diffusers) and with an empty
+    one (the empty text's embedding) record which it was, and DPM++ records its scheduler:
+    each PNG replays to 0 levels."""
+    from PIL import Image
+
+    from answer_trt.cli import main
+
+    common = ["--model", model, "--backend", "torch"]
+    first, again = tmp_path / "first.png", tmp_path / "again.png"
+    assert main(["generate", "a red circle", *common, "--steps", "3", "--seed", "2", *extra, "-o", str(first)]) == 0
+    recorded = json.loads(Image.open(first).info["parameters"])
+    assert recorded["negative_prompt"] == ("" if "--negative-prompt" in extra else None)
+    assert main(["generate", "--from-png", str(first), *common, "-o", str(again)]) == 0
+    assert np.array_equal(np.asarray(Image.open(again)), np.asarray(Image.open(first)))
+
+
 def test_hostile_values_are_refused_in_one_line_on_every_surface(pipe):
     """Issue 23 items 5 and 7: scales bounded, huge integers and lone surrogates refused,
     numpy integers accepted, load() arguments checked."""
