@@ -45,6 +45,16 @@ class _ArgumentParser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+        """Every option's help ends with its default (where it has one and does not say it)."""
+        action = super().add_argument(*args, **kwargs)
+        default, text = action.default, action.help
+        if action.option_strings and default not in (None, False, argparse.SUPPRESS) and text != argparse.SUPPRESS \
+                and "default" not in (text or ""):
+            shown = str(default).replace("%", "%%")
+            action.help = f"{text} (default: {shown})" if text else f"default: {shown}"
+        return action
+
 
 T = TypeVar("T")
 
@@ -380,9 +390,33 @@ def _progress_bar(steps: int) -> _Progress | None:
     return _Progress(steps) if sys.stderr.isatty() else None
 
 
-def _info(args: argparse.Namespace) -> int:
-    from answer_trt.manifest import mismatched_files, read_manifest
+def _engines_folders(root: Path, manifest_name: str, depth: int = 2) -> list[Path]:
+    """Folders under ``root`` (at most ``depth`` levels down) that hold a manifest, sorted."""
+    found: list[Path] = []
+    level = [root]
+    for _ in range(depth):
+        level = sorted(p for folder in level for p in _subfolders(folder))
+        found += [p for p in level if (p / manifest_name).is_file()]
+    return sorted(found)
 
+
+def _subfolders(folder: Path) -> list[Path]:
+    try:
+        return [p for p in folder.iterdir() if p.is_dir() and not p.is_symlink()]
+    except OSError:
+        return []
+
+
+def _info(args: argparse.Namespace) -> int:
+    from answer_trt.manifest import MANIFEST_NAME, mismatched_files, read_manifest
+
+    if args.folder.is_dir() and not (args.folder / MANIFEST_NAME).exists():
+        listed = _engines_folders(args.folder, MANIFEST_NAME)
+        if listed:  # a cache (or any folder of engines folders): what is in it
+            print(f"{args.folder} holds {len(listed)} engines folder(s); `answer-trt info FOLDER` shows one:")
+            for folder in listed:
+                print(f"  {folder}")
+            return 0
     manifest = read_manifest(args.folder)
     bad = mismatched_files(args.folder, manifest)
     lines = [

@@ -40,10 +40,14 @@ class PromptEncoder:
             return self._tokenize(texts)
 
     def _tokenize(self, texts: list[str]) -> dict[str, Tensor]:
-        for text in texts:
-            n = len(self.tokenizers[0](text).input_ids)
-            if n > self.max_length:
-                log.warning("prompt is %d tokens, truncated to the model's limit of %d: %r", n, self.max_length, text)
+        for which, text in zip(("prompt", "negative prompt"), texts):
+            ids = self.tokenizers[0](text).input_ids
+            if len(ids) > self.max_length:
+                # What the model never sees: the tokens past the limit (less the end-of-text token).
+                # (CLIP's BPE marks word ends with </w>; a tokenizer file without its decoder keeps them.)
+                dropped = " ".join(self.tokenizers[0].decode(ids[self.max_length - 1:-1]).replace("</w>", " ").split())
+                log.warning("the %s is %d tokens, truncated to the model's limit of %d: %r is dropped (shorten "
+                            "the %s to keep it)", which, len(ids), self.max_length, dropped, which)
         return {
             input_ids_name(i): torch.from_numpy(
                 tokenizer(texts, padding="max_length", max_length=self.max_length, truncation=True,

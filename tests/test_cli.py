@@ -168,3 +168,21 @@ def test_torch_on_cuda_without_a_gpu_is_a_clear_error(tmp_path, capsys):
                    "-o", tmp_path / "x.png")
     assert code == 2 and "no CUDA GPU" in capsys.readouterr().err
     assert not (tmp_path / "x.png").exists()
+
+
+def test_smaller_frictions_info_on_a_cache_help_defaults_truncation(engines_dir, capsys, caplog):
+    """Issue 22 item 9: `info` on a folder of engines folders lists them; every option's help
+    shows its default; the truncation warning says which text lost what."""
+    from answer_trt.cli import make_parser
+
+    assert main(["info", str(engines_dir.parent.parent)]) == 0
+    out = capsys.readouterr().out
+    assert "holds" in out and str(engines_dir) in out
+    build_help = make_parser()._subparsers._group_actions[0].choices["build"].format_help()  # type: ignore[union-attr]
+    assert "default: onnxruntime" in " ".join(build_help.split())
+    long_prompt = "a red circle and a blue square and a green triangle and a yellow circle and a red square"
+    import answer_trt
+
+    answer_trt.load("tiny", backend="torch").generate(long_prompt, negative_prompt="a blue square", steps=1)
+    assert "the prompt is 21 tokens" in caplog.text and "'circle and a red square' is dropped" in caplog.text
+    assert "negative prompt is" not in caplog.text

@@ -86,6 +86,11 @@ class FastClipTokenizer:
             return Encoded(np.array(ids, dtype=np.int64))
         return Encoded(ids[0] if single else ids)
 
+    def decode(self, ids: Sequence[int]) -> str:
+        """The text of token ``ids``, special tokens skipped (transformers' ``decode``)."""
+        with self._lock:
+            return str(self.backend.decode(list(ids), skip_special_tokens=True))
+
 
 def write_fast_tokenizer(tokenizer: Any, source_folder: Path, out_folder: Path) -> Path:
     """Write ``tokenizer`` (a transformers CLIP tokenizer loaded from ``source_folder``) as
