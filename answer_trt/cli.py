@@ -7,6 +7,7 @@ import dataclasses
 import errno
 import json
 import logging
+import os
 import secrets
 import sys
 import time
@@ -218,6 +219,7 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    _open_closed_streams()
     args = make_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="answer-trt: %(levelname)s: %(message)s", stream=sys.stderr)
     try:
@@ -235,11 +237,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # stdout or stderr closed under us: nothing left to tell
         return EXIT_FAILURE
     except OSError as exc:  # the machine's side: a full disk, a folder we may not write, a name too long
-        where = f" ({exc.filename})" if exc.filename else ""
+        where = f" ({_shortened(str(exc.filename))})" if exc.filename else ""
         fix = "free some space" if exc.errno == errno.ENOSPC else "pick a path you can write (for the cache: set " \
             "ANSWER_TRT_CACHE to a writable folder)"
         _say(f"answer-trt: error: {exc.strerror or exc}{where}: {fix}, then run again")
         return EXIT_FAILURE
+
+
+def _open_closed_streams() -> None:
+    """A stdout or stderr the caller closed (``2>&-``) reads as the null device: messages
+    are lost, the work is not (Python sets a closed standard stream to None)."""
+    for name in ("stdout", "stderr"):
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(os.devnull, "w", encoding="utf-8"))  # noqa: SIM115 - lives as long as the process
+
+
+def _shortened(text: str, limit: int = 160) -> str:
+    """``text`` cut in the middle to at most ``limit`` characters (a path over the file
+    system's limits stays one readable line)."""
+    return text if len(text) <= limit else f"{text[:limit // 2 - 2]}...{text[-(limit // 2 - 1):]}"
 
 
 def _say(line: str) -> None:

@@ -89,3 +89,25 @@ def test_a_killed_write_leaves_nothing_after_the_next_run(tmp_path):
     write_text_atomic(tmp_path / "out.png", "whole")
     assert (tmp_path / "out.png").read_text() == "whole"
     assert not stale.exists() and fresh.exists() and other.exists()
+
+
+@pytest.mark.parametrize("closed", ["1", "2"], ids=["stdout", "stderr"])
+def test_a_closed_stdout_or_stderr_loses_messages_not_the_image(closed, tmp_path):
+    """`generate ... 2>&-` (or `>&-`): the PNG is written and the exit code is 0."""
+    out = tmp_path / "x.png"
+    command = (f"{sys.executable} -m answer_trt.cli generate 'a red circle' --model tiny --backend torch "
+               f"--steps 2 -o {out} {closed}>&-")
+    proc = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert out.is_file()
+
+
+def test_a_path_over_the_file_system_limits_is_one_short_line(tmp_path, capsys):
+    deep = tmp_path / ("d/" * 3000) / "x.png"
+    long_name = tmp_path / ("x" * 300 + ".png")
+    for path in (deep, long_name):
+        assert main(["generate", "a red circle", "--model", "tiny", "--backend", "torch", "--steps", "1", "-o",
+                     str(path)]) == 1
+        line = one_line(capsys.readouterr().err)
+        assert "too long" in line and len(line) < 400
+    assert [p.name for p in tmp_path.iterdir()] == []  # nothing created
