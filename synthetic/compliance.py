@@ -102,8 +102,8 @@ CANDIDATES = (
     *(MethodSpec("answer", 4, chain_min_sigma=0.5, negative_scale=wn) for wn in (1.0, 2.0, 4.0)),
     MethodSpec("answer", 2, mode="inner"),
     # ANSWER's price (variant "guidance interval"): guidance off below sigma_t = gmin, CFG and the default alike.
-    *(MethodSpec("cfg", guidance_min_sigma=g) for g in (0.3, 0.5)),
-    *(MethodSpec("answer", 4, chain_min_sigma=0.5, negative_scale=1.0, guidance_min_sigma=g) for g in (0.3, 0.5)),
+    *(MethodSpec("cfg", guidance_min_sigma=g) for g in (0.3, 0.5, 0.7)),
+    *(MethodSpec("answer", 4, chain_min_sigma=0.5, negative_scale=1.0, guidance_min_sigma=g) for g in (0.3, 0.5, 0.7)),
 )
 OTHERS = (MethodSpec("dns"),)  # by name only: DNS is meant to miss
 
