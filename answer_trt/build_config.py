@@ -25,6 +25,7 @@ from answer_trt.rules import (
     check_int,
     check_size,
     check_size_range,
+    check_variant,
 )
 
 
@@ -44,6 +45,9 @@ class BuildConfig:
     # Build-time graph optimization (export/graph_optimize.py), onnxruntime only; None: off
     # (measured: no gain on the CPU, benchmarks/README.md).
     optimize: bool | None = None
+    # The model's weights variant (`fp16` for unet/diffusion_pytorch_model.fp16.safetensors);
+    # None: the plain weights, or the one variant a folder holds them as (models/weight_files.py).
+    variant: str | None = None
 
     def __post_init__(self) -> None:
         check_choice("backend", self.backend, BUILD_BACKENDS)
@@ -53,6 +57,8 @@ class BuildConfig:
         if self.precision == "bf16" and self.backend not in BF16_BACKENDS:
             raise UserInputError("--precision bf16 needs --backend tensorrt; use fp32 or fp16 with onnxruntime")
         check_int("--max-batch", self.max_batch)
+        if self.variant is not None:
+            check_variant(self.variant)
         if self.optimize and self.backend != "onnxruntime":
             raise UserInputError("--optimize rewrites ONNX Runtime graphs: TensorRT optimizes its plans itself; "
                                  "drop --optimize or use --backend onnxruntime")
@@ -76,9 +82,11 @@ class BuildConfig:
 
     def command(self) -> str:
         """The ``answer-trt build`` command line with every flag of this request, so that
-        a rebuild makes the same kind of folder (backend, precision, sizes, batch)."""
+        a rebuild makes the same kind of folder (backend, precision, sizes, batch, weights)."""
         words = ["answer-trt", "build", "--model", self.model, "--out", str(self.out), "--backend", self.backend,
                  "--precision", str(self.precision), "--max-batch", str(self.max_batch)]
+        if self.variant is not None:
+            words += ["--variant", self.variant]
         for side in ("height", "width"):
             value = getattr(self, side)
             if value is not None:

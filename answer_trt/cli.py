@@ -27,6 +27,7 @@ from answer_trt.rules import (
     check_int,
     check_seed,
     check_size,
+    check_variant,
     parse_int,
     parse_size_range,
 )
@@ -90,6 +91,7 @@ def _parse_seed(text: str) -> int:
 
 
 _seed = _argument(_parse_seed, "seed")
+_variant = _argument(check_variant, "variant")
 
 
 def _bounded_int(flag: str, low: float | None, high: float | None) -> Callable[[str], int]:
@@ -149,6 +151,13 @@ def request_keywords(args: argparse.Namespace) -> dict[str, Any]:
     return {f.name: getattr(args, f.name) for f in request_fields() if schema_info(f).cli}
 
 
+def add_weights_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags that choose which weights of a model are built or run: ``--variant``."""
+    parser.add_argument("--variant", type=_variant, help="the model's weights variant, e.g. fp16 for "
+                        "unet/diffusion_pytorch_model.fp16.safetensors (as diffusers' from_pretrained(variant=...)); "
+                        "default: the plain weights, or the one variant a folder holds them as")
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = _ArgumentParser(prog="answer-trt", description="ANSWER-guided text-to-image on optimized engines.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_ArgumentParser)
@@ -157,6 +166,7 @@ def make_parser() -> argparse.ArgumentParser:
     b.add_argument("--model", default="tiny", help="diffusers folder, hub id, or built-in name: `tiny` (default, "
                    "trained on coloured shapes), `tiny-random`, `tiny-sd21`, `tiny-sdxl`")
     b.add_argument("--out", required=True, type=Path, help="engines folder to write")
+    add_weights_arguments(b)
     b.add_argument("--backend", default=BUILD_BACKENDS[0], choices=BUILD_BACKENDS)
     b.add_argument("--precision", default=None, choices=PRECISIONS,
                    help="default: fp32 on onnxruntime, fp16 on tensorrt (bf16: tensorrt only)")
@@ -179,6 +189,7 @@ def make_parser() -> argparse.ArgumentParser:
     source = g.add_mutually_exclusive_group()
     source.add_argument("--engines", type=Path, help="engines folder made by `answer-trt build`")
     source.add_argument("--model", help="model to build into the cache on first use (default `tiny`)")
+    add_weights_arguments(g)
     g.add_argument("--backend", choices=LOAD_BACKENDS, default=None,
                    help="with --model: torch runs it eagerly instead of building engines")
     g.add_argument("--device", choices=DEVICES, default=DEVICES[0],
@@ -192,6 +203,7 @@ def make_parser() -> argparse.ArgumentParser:
     bsource = bench.add_mutually_exclusive_group()
     bsource.add_argument("--engines", type=Path, help="engines folder made by `answer-trt build`")
     bsource.add_argument("--model", help="model to build into the cache on first use (default `tiny`)")
+    add_weights_arguments(bench)
     bench.add_argument("--methods", default=",".join(METHODS), help="comma-separated (default answer,cfg,dns)")
     bench.add_argument("--steps", type=_at_least_1, default=30)
     bench.add_argument("--batch", type=_at_least_1, default=1)
@@ -273,7 +285,7 @@ def _build(args: argparse.Namespace) -> int:
     config = BuildConfig(
         model=args.model, out=args.out, backend=args.backend, precision=args.precision,
         max_batch=args.max_batch, height=args.height, width=args.width, force=args.force,
-        check=args.check, optimize=args.optimize,
+        check=args.check, optimize=args.optimize, variant=args.variant,
     )
     build_engines(config, log=lambda msg: print(msg, file=sys.stderr))
     print(f"answer-trt: build finished in {time.perf_counter() - started:.1f} s", file=sys.stderr)
@@ -298,7 +310,8 @@ def _bench(args: argparse.Namespace) -> int:
     if config.baseline == "torch":
         from answer_trt.models.source import load_model, resolve_model
 
-        eager_unet = load_model(resolve_model(args.model or pipe.model_name).path).unet
+        source = resolve_model(args.model or pipe.model_name, args.variant)
+        eager_unet = load_model(source.path, source.variant).unet
     report = run_bench(pipe, config, eager_unet, log=log)
     print(format_table(report))
     if args.json is not None:
@@ -318,14 +331,14 @@ def _load_pipeline(
     if args.engines is not None:
         if args.backend == "torch":
             raise UserInputError("--backend torch runs a model, not engines: use --model with it")
-        return from_engines(args.engines)
+        return from_engines(args.engines, expect_variant=args.variant)
     if args.device != DEVICES[0] and args.backend != "torch":
         raise UserInputError(f"--device {args.device} applies to --backend torch: add --backend torch, or build "
                              "TensorRT engines for the GPU")
-    model = args.model or "tiny"
+    model, variant = args.model or "tiny", args.variant
     if args.backend == "torch":
-        return from_model_eager(model, args.device)
-    return from_engines(build_cached(model, height, width, batch, log=log), verify=False)
+        return from_model_eager(model, args.device, variant=variant)
+    return from_engines(build_cached(model, height, width, batch, log=log, variant=variant), verify=False)
 
 
 def _check_output(path: Path, batch: int) -> None:
@@ -437,7 +450,8 @@ def _info(args: argparse.Namespace) -> int:
     bad = mismatched_files(args.folder, manifest)
     lines = [
         f"engines:    {args.folder}",
-        f"model:      {manifest.model_name} (sha256 {manifest.model_hash[:16]}...)",
+        f"model:      {manifest.model_name} (sha256 {manifest.model_hash[:16]}...), "
+        + (f"weights variant {manifest.variant}" if manifest.variant else "plain weights"),
         f"backend:    {manifest.backend}, {manifest.precision}",
         f"built for:  batch <= {manifest.max_batch}, width {manifest.width} x height {manifest.height} px, "
         f"prediction {manifest.info.prediction_type}",

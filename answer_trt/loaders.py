@@ -13,6 +13,7 @@ import json
 import os
 import re
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,41 +22,62 @@ from answer_trt.cache import cache_root
 from answer_trt.errors import UserInputError
 from answer_trt.manifest import MANIFEST_NAME, SCHEDULER_CONFIG, BuildResult, Manifest, read_manifest, verify_files
 from answer_trt.pipeline import Limits, Pipeline
-from answer_trt.rules import DEFAULT_MAX_BATCH, DEFAULT_PRECISION, DEVICES, LOAD_BACKENDS, check_choice, check_memory
+from answer_trt.rules import (
+    DEFAULT_MAX_BATCH,
+    DEFAULT_PRECISION,
+    DEVICES,
+    LOAD_BACKENDS,
+    check_choice,
+    check_memory,
+    check_variant,
+)
 
 
 def load(
-    source: str | Path = "tiny", *, backend: str | None = None, device: str = "cpu", build_log: Any = None
+    source: str | Path = "tiny", *, backend: str | None = None, device: str = "cpu", build_log: Any = None,
+    variant: str | None = None,
 ) -> Pipeline:
     """``source``: an engines folder (has manifest.json), or a MODEL (``tiny``, a
     diffusers folder, a hub id). A model is built into the cache on first use, or run
     eagerly with ``backend="torch"`` (``device="cuda"``: the fp16 rule of
-    ``answer_trt.precision`` on the GPU: fp16 UNet and VAE, fp32 text encoder and upcast VAE)."""
+    ``answer_trt.precision`` on the GPU: fp16 UNet and VAE, fp32 text encoder and upcast VAE).
+    ``variant``: the model's weights variant (``"fp16"`` for
+    ``unet/diffusion_pytorch_model.fp16.safetensors``, as diffusers' ``from_pretrained(variant=)``);
+    by default the plain weights, or the one variant a folder holds its weights as. With an
+    engines folder it must be the one the folder was built from."""
     if not isinstance(source, (str, os.PathLike)) or isinstance(source, bytes):
         raise UserInputError(f"load() takes a model name, a model folder or an engines folder as a str or path, "
                              f"got {type(source).__name__}: e.g. load('tiny')")
     if backend is not None:
         check_choice("backend", backend, LOAD_BACKENDS)
     check_choice("device", device, DEVICES)
+    if variant is not None:
+        check_variant(variant)
     if backend == "torch":
-        return from_model_eager(str(source), device)
+        return from_model_eager(str(source), device, variant=variant)
     if device != "cpu":
         raise UserInputError(f"device {device!r} applies to backend='torch' (engines choose their own device): "
                              f"pass backend='torch', or build TensorRT engines for the GPU")
     if (Path(source) / MANIFEST_NAME).is_file():
-        return from_engines(Path(source))
-    return from_engines(build_cached(str(source), log=build_log), verify=False)
+        return from_engines(Path(source), expect_variant=variant)
+    return from_engines(build_cached(str(source), log=build_log, variant=variant), verify=False)
 
 
-def from_engines(folder: Path, verify: bool = True, session: Any = None) -> Pipeline:
+def from_engines(folder: Path, verify: bool = True, session: Any = None, expect_variant: str | None = None) -> Pipeline:
     """``verify=False`` skips the checksums: only for a folder that ``build`` has just
     built or found up to date, which checked them already (hashing GBs twice is slow).
     ``session``: ONNX Runtime ``SessionSettings`` (default: the measured defaults, with the
-    intra-op thread count the build measured where the manifest records one)."""
+    intra-op thread count the build measured where the manifest records one).
+    ``expect_variant``: refuse a folder built from another weights variant (None: any)."""
     from answer_trt.backends.ort import OnnxRuntimeEngine, SessionSettings
     from answer_trt.models.source import load_engine_tokenizers
 
     manifest = read_manifest(folder)
+    if expect_variant is not None and manifest.variant != expect_variant:
+        built = f"the {manifest.variant} weights variant" if manifest.variant else "the plain weights"
+        raise UserInputError(f"{folder} was built from {built} of {manifest.model_name}, not the {expect_variant} "
+                             f"variant: leave variant out, or build it with "
+                             f"`{replace(manifest.build_config(folder), variant=expect_variant).command()}`")
     if verify:
         verify_files(folder, manifest)
     engines: dict[str, Any]
@@ -119,7 +141,8 @@ def _tensorrt_engines(folder: Path, manifest: Manifest) -> tuple[dict[str, Any],
     return dict(engines), stream.torch_stream
 
 
-def from_model_eager(model: str, device: str = "cpu") -> Pipeline:
+def from_model_eager(model: str, device: str = "cpu", variant: str | None = None) -> Pipeline:
+    """``model`` run eagerly in torch (``load(..., backend="torch")``)."""
     import torch
 
     from answer_trt.backends.torch_eager import TorchEngine
@@ -132,9 +155,9 @@ def from_model_eager(model: str, device: str = "cpu") -> Pipeline:
     check_choice("device", device, DEVICES)
     if device == "cuda" and not torch.cuda.is_available():
         raise UserInputError("device cuda was asked for, and torch sees no CUDA GPU here: use device cpu")
-    source = resolve_model(model)
+    source = resolve_model(model, variant)
     info = read_model_info(source.path)  # first: its messages name a broken config file
-    loaded = load_model(source.path)
+    loaded = load_model(source.path, source.variant)
     specs = component_specs(info.dims)
     precision = "fp16" if device == "cuda" else "fp32"
     engines = {
@@ -153,36 +176,42 @@ def from_model_eager(model: str, device: str = "cpu") -> Pipeline:
     )
 
 
-def cached_engines_folder(model: str, height: int | None, width: int | None, max_batch: int) -> Path:
-    """One cache folder per model and build shape: ``<cache>/engines/<name>-<hash>-...``."""
+def cached_engines_folder(model: str, height: int | None, width: int | None, max_batch: int,
+                          variant: str | None = None) -> Path:
+    """One cache folder per model, weights variant and build shape:
+    ``<cache>/engines/<name>-<hash>-...``."""
     from answer_trt.models.source import BUILT_IN_MODELS
 
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(model).name or model)[:40]
     local = model not in BUILT_IN_MODELS and Path(model).exists()
     where = str(Path(model).expanduser().resolve()) if local else model
+    if variant is not None:
+        where += f"\0variant={variant}"
     tag = hashlib.sha256(where.encode()).hexdigest()[:10]
     size = f"{height or 'default'}x{width or 'default'}"
     return cache_root() / "engines" / f"{slug}-{tag}-{size}-b{max_batch}"
 
 
 def build_cached(
-    model: str, height: int | None = None, width: int | None = None, batch: int = 1, log: Any = None
+    model: str, height: int | None = None, width: int | None = None, batch: int = 1, log: Any = None,
+    variant: str | None = None,
 ) -> Path:
-    """Build (or reuse) ONNX Runtime engines for ``model`` in the cache; returns the folder.
-    ``batch`` images of ``height`` x ``width`` are sized against the memory limit first,
-    so an absurd request never starts a build."""
-    default = check_cached_request(model, height, width, batch)
+    """Build (or reuse) ONNX Runtime engines for ``model`` (its weights ``variant``) in the
+    cache; returns the folder. ``batch`` images of ``height`` x ``width`` are sized against
+    the memory limit first, so an absurd request never starts a build."""
+    default = check_cached_request(model, height, width, batch, variant)
     # The model's default size asked for by number (a replayed PNG records it) is the default
     # build: one cache folder, not a second build of the same engines.
     height, width = (None if side == default else side for side in (height, width))
     max_batch = max(DEFAULT_MAX_BATCH, batch)
-    folder = cached_engines_folder(model, height, width, max_batch)
-    config = BuildConfig(model=model, out=folder, max_batch=max_batch, height=height, width=width)
+    folder = cached_engines_folder(model, height, width, max_batch, variant)
+    config = BuildConfig(model=model, out=folder, max_batch=max_batch, height=height, width=width, variant=variant)
     build_engines(config, log=log or (lambda _msg: None))
     return folder
 
 
-def check_cached_request(model: str, height: int | None, width: int | None, batch: int) -> int:
+def check_cached_request(model: str, height: int | None, width: int | None, batch: int,
+                         variant: str | None = None) -> int:
     """Refuse a request that ``build_cached``'s engines could never serve within the memory
     limit, from the model's configs alone (no weights loaded, nothing built). Returns the
     model's default image size (pixels), read on the way."""
@@ -191,7 +220,7 @@ def check_cached_request(model: str, height: int | None, width: int | None, batc
     from answer_trt.rules import check_int, check_size
 
     check_int("--batch", batch)
-    dims = read_model_info(resolve_model(model).path).dims
+    dims = read_model_info(resolve_model(model, variant).path).dims
     default = dims.default_image_size
     h = check_size("--height", height, dims.size_multiple) if height is not None else default
     w = check_size("--width", width, dims.size_multiple) if width is not None else default

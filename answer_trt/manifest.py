@@ -39,7 +39,7 @@ from answer_trt.iospec import (
     component_specs,
 )
 from answer_trt.models.info import ModelInfo
-from answer_trt.rules import BUILD_BACKENDS, PRECISIONS
+from answer_trt.rules import BUILD_BACKENDS, PRECISIONS, VARIANT_NAME
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = 2
@@ -100,11 +100,12 @@ class Manifest:
     accuracy: AccuracyCheck | None = None  # built with --check: what it measured (a failed check publishes nothing)
     graph_optimization: GraphOptimization | None = None  # built with --optimize: per component, what it did
     session: SessionChoice | None = None  # onnxruntime on the CPU: the measured session settings
+    variant: str | None = None  # the model's weights variant that was built (None: its plain weights)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["format"] = MANIFEST_FORMAT
-        for optional in ("accuracy", "graph_optimization", "session"):
+        for optional in ("accuracy", "graph_optimization", "session", "variant"):
             if data[optional] is None:  # left out: a folder built without it reads as before
                 del data[optional]
         data["components"] = {
@@ -124,10 +125,10 @@ class Manifest:
 
     def build_config(self, folder: Path) -> BuildConfig:
         """The build request that makes this folder again: every flag it was built with
-        (model, backend, precision, max batch, height and width ranges), and --force."""
+        (model, weights variant, backend, precision, max batch, height and width ranges), and --force."""
         return BuildConfig(model=self.model_name, out=folder, backend=self.backend, precision=self.precision,
                            max_batch=self.max_batch, height=self.height, width=self.width, force=True,
-                           optimize=True if self.graph_optimization is not None else None)
+                           optimize=True if self.graph_optimization is not None else None, variant=self.variant)
 
     def build_command(self, folder: Path) -> str:
         """``answer-trt build ...`` replaying ``build_config``: what every rebuild hint says."""
@@ -235,6 +236,8 @@ ComponentName = Annotated[str, Strict(), _one_of(COMPONENTS)]
 Precision = Annotated[str, Strict(), _one_of(PRECISIONS)]
 Flag = Annotated[bool, Strict()]
 Triple = Annotated[list[Count], _checked(lambda v: None if len(v) == 3 else "must be [min, opt, max]")]
+Variant = Annotated[Text, _checked(lambda v: None if VARIANT_NAME.fullmatch(v) else
+                                    f"is not a weights variant name: {_shown(v)}")]
 
 _RECORD = ConfigDict(extra="forbid")
 
@@ -369,6 +372,7 @@ class _ManifestDoc(_Document):
     accuracy: AccuracyCheck | None = None
     graph_optimization: GraphOptimization | None = None
     session: SessionChoice | None = None
+    variant: Variant | None = None
 
 
 def _where(loc: tuple[int | str, ...]) -> str:
@@ -425,7 +429,7 @@ def _manifest(data: Any) -> Manifest:
         model_hash=doc.model_hash, max_batch=doc.max_batch, height=_size_range(doc.height, "height"),
         width=_size_range(doc.width, "width"), info=info, components=components, files=dict(doc.files),
         versions=dict(doc.versions), gpu_capability=doc.gpu_capability, accuracy=doc.accuracy,
-        graph_optimization=doc.graph_optimization, session=doc.session,
+        graph_optimization=doc.graph_optimization, session=doc.session, variant=doc.variant,
     )
 
 

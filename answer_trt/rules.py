@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 
 from answer_trt.errors import UserInputError
 from answer_trt.iospec import MAX_BRANCHES, ModelDims, SizeRange
@@ -64,6 +65,21 @@ VAE_TENSORS = 8  # live full-image-resolution tensors in the decoder's last up b
 VAE_WIDTH = 128
 IMAGE_BYTES_PER_PIXEL = 3 * (4 + 4 + 1 + 1)  # decoded fp32, a float copy, uint8 pixels, the PIL image
 PRECISION_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
+
+
+# A weights variant's name as diffusers and transformers write it into file names
+# (`unet/diffusion_pytorch_model.fp16.safetensors`): no dots (they split on them), no path
+# separators. `fp16`, `bf16`, `ema`, `non_ema`, `fp16-ema`.
+VARIANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+
+
+def check_variant(variant: object) -> str:
+    """``variant`` if it is a name the libraries put in a weights file name, else a
+    ``UserInputError`` that says what a variant looks like."""
+    if not isinstance(variant, str) or not VARIANT_NAME.fullmatch(variant):
+        raise UserInputError(f"--variant {variant!r} is not a weights variant name: use the name in the files, "
+                             "e.g. --variant fp16 for unet/diffusion_pytorch_model.fp16.safetensors")
+    return variant
 
 
 def check_choice(name: str, value: object, choices: tuple[str, ...]) -> str:

@@ -1,6 +1,6 @@
 """`answer-trt build`: model -> ONNX per component -> engines folder with a manifest.
 
-A build whose key (model content, backend, precision, shapes, library versions)
+A build whose key (model content and weights variant, backend, precision, shapes, library versions)
 matches the folder's manifest, and whose files still match their checksums, is
 skipped. The build writes only into an engines folder it owns (a new folder, an empty
 one, or one with a manifest of ours; never a model folder), into a staging folder
@@ -106,6 +106,8 @@ class BuildPlan:
             "versions": library_versions(),
             "gpu": gpu_capability() if self.config.backend == "tensorrt" else None,
         }
+        if self.source.variant is not None:  # in the key only when set: plain builds keep their keys
+            inputs["variant"] = self.source.variant
         return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
 
 
@@ -129,7 +131,7 @@ def build(config: BuildConfig, log: Callable[[str], None] = print) -> BuildResul
 def _build_locked(config: BuildConfig, log: Callable[[str], None], created: list[Path]) -> BuildResult:
     clean_stale(config.out.resolve())
     target = inspect_out(config.out, config.force)
-    source = resolve_model(config.model)
+    source = resolve_model(config.model, config.variant)
     if target.path.is_relative_to(source.path):
         raise UserInputError(f"--out {config.out} is inside the model folder {source.path}: answer-trt never "
                              "writes into a model; choose an --out outside it")
@@ -149,12 +151,12 @@ def _build_locked(config: BuildConfig, log: Callable[[str], None], created: list
     check_collisions(target, OUTPUT_NAMES)
     try:
         with Staging.beside(target.path) as staging:
-            model = load_model(source.path)
+            model = load_model(source.path, source.variant)
             manifest = _export_all(plan, model, staging.path, log)
             if config.checks_accuracy:
                 if config.precision == "fp16":  # the export cast its half components in place: reload fp32
                     del model
-                    model = load_model(source.path)
+                    model = load_model(source.path, source.variant)
                 manifest = _check_accuracy(plan, model, staging.path, manifest, log)
             del model
             publish(staging, target, manifest)
@@ -264,6 +266,7 @@ def _export_all(plan: BuildPlan, model: LoadedModel, staging: Path, log: Callabl
         gpu_capability=gpu_capability() if config.backend == "tensorrt" else None,
         graph_optimization=optimization,
         session=session,
+        variant=plan.source.variant,
     )
 
 

@@ -726,6 +726,12 @@ def pickle_only(model: Path) -> None:
     weights.unlink()
 
 
+def two_variants_only(model: Path) -> None:
+    weights = model / UNET_WEIGHTS
+    shutil.copy(weights, weights.with_name("diffusion_pytorch_model.ema.safetensors"))
+    weights.rename(weights.with_name("diffusion_pytorch_model.fp16.safetensors"))
+
+
 def mismatched_config(model: Path) -> None:
     path = model / "unet" / "config.json"
     data = json.loads(path.read_text())
@@ -756,8 +762,9 @@ MODEL_FAULTS: dict[str, tuple[Callable[[Path], None], tuple[str, ...]]] = {
     "unet-weights-garbage": (rewrite(UNET_WEIGHTS, b"\x00" * 5), (UNET_WEIGHTS, "not a safetensors file")),
     "unet-weights-empty": (rewrite(UNET_WEIGHTS, b""), (UNET_WEIGHTS, "not a safetensors file")),
     "unet-pickle-only": (pickle_only, ("unet/diffusion_pytorch_model.bin", "pickle")),
-    "unet-variant-only": (rename(UNET_WEIGHTS, "diffusion_pytorch_model.fp16.safetensors"),
-                          ("diffusion_pytorch_model.fp16.safetensors", "rename")),
+    # One variant alone loads without being asked (tests/test_variants.py); two leave the choice to the user.
+    "unet-two-variants-only": (two_variants_only, ("unet weights only as the variants ema, fp16",
+                                                   "--variant ema")),
     "unet-config-does-not-fit-weights": (mismatched_config, ("unet", "could not be loaded")),
 }
 

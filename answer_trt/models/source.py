@@ -8,9 +8,7 @@ Built-in names: ``tiny``, the default, is a small model trained on the synthetic
 
 from __future__ import annotations
 
-import json
 import shutil
-import struct
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -22,7 +20,8 @@ from answer_trt.errors import UserInputError
 from answer_trt.files import tree_sha256
 from answer_trt.manifest import FAST_TOKENIZER_FILE, TOKENIZER_FOLDERS, TokenizerFiles, tokenizer_files
 from answer_trt.models import quiet_libraries, tiny
-from answer_trt.models.info import RESAVE, is_sdxl, read_json_object, scheduler_config
+from answer_trt.models.info import RESAVE, is_sdxl, scheduler_config
+from answer_trt.models.weight_files import check_variant, check_weights, component_variants
 
 REQUIRED_SUBFOLDERS = ("tokenizer", "text_encoder", "unet", "vae", "scheduler")
 DEFAULT_MODEL = "tiny"
@@ -32,20 +31,27 @@ BUILT_IN_MODELS = (*SHIPPED_MODELS, *tiny.BUILDERS)
 
 @dataclass(frozen=True)
 class ModelSource:
-    """A model on local disk: ``name`` as the user gave it, ``path`` its diffusers folder."""
+    """A model on local disk: ``name`` as the user gave it, ``path`` its diffusers folder,
+    ``variant`` the weights variant it loads (``models/weight_files.py``; None: plain)."""
 
     name: str
     path: Path
+    variant: str | None = None
 
     def content_hash(self) -> str:
         return tree_sha256(self.path)
 
 
-def resolve_model(model: str) -> ModelSource:
+def resolve_model(model: str, variant: str | None = None) -> ModelSource:
+    """The model folder ``model`` names (downloaded from the hub where it is a hub id), with
+    its weights checked: of ``variant`` where one is asked for, else of the one variant its
+    weights are stored as, if they are stored only so (``weight_files.folder_variant``)."""
+    if variant is not None:
+        check_variant(variant)
     if model in SHIPPED_MODELS:
-        return ModelSource(model, shipped_model(model))
+        return _checked(model, shipped_model(model), variant)
     if model in tiny.BUILDERS:
-        return ModelSource(model, ensure_tiny_model(model))
+        return _checked(model, ensure_tiny_model(model), variant)
     path = Path(model).expanduser()
     if path.is_dir():
         missing = [sub for sub in REQUIRED_SUBFOLDERS if not (path / sub).is_dir()]
@@ -54,8 +60,7 @@ def resolve_model(model: str) -> ModelSource:
                 f"{path} is not a diffusers model folder (missing {', '.join(missing)}): pass a folder saved "
                 "with save_pretrained, a hub id, or a built-in name (" + ", ".join(BUILT_IN_MODELS) + ")"
             )
-        check_weights(path)
-        return ModelSource(model, path.resolve())
+        return _checked(model, path.resolve(), variant)
     if path.exists():
         raise UserInputError(
             f"model {model!r} is a file, not a folder: pass the diffusers model folder (with unet/, vae/, ...; "
@@ -67,93 +72,11 @@ def resolve_model(model: str) -> ModelSource:
             f"model {model!r} not found: pass a diffusers model folder, a hub id (org/name), or a built-in name "
             f"({', '.join(BUILT_IN_MODELS)})"
         )
-    folder = _download(model)
-    check_weights(folder)
-    return ModelSource(model, folder)
+    return _checked(model, _download(model), variant)
 
 
-# The weights file each component's from_pretrained loads (without a variant).
-WEIGHT_NAMES = {
-    "text_encoder": "model",
-    "text_encoder_2": "model",
-    "unet": "diffusion_pytorch_model",
-    "vae": "diffusion_pytorch_model",
-}
-PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
-MAX_SAFETENSORS_HEADER = 100 << 20  # the format's own cap on the JSON header
-
-
-def check_weights(path: Path) -> None:
-    """Every component's safetensors weights are there and whole, or a ``UserInputError``
-    names the file and what is wrong. Pickle weights (``.bin``) are refused: loading them
-    can run code. Only headers are read, no tensors."""
-    for sub, stem in WEIGHT_NAMES.items():
-        folder = path / sub
-        if not folder.is_dir():
-            continue  # text_encoder_2: only SDXL has one; the others are checked as required subfolders
-        single, index = folder / f"{stem}.safetensors", folder / f"{stem}.safetensors.index.json"
-        if single.exists():
-            check_safetensors(single)
-        elif index.exists():
-            for shard in _shards(index):
-                check_safetensors(shard)
-        else:
-            raise UserInputError(_missing_weights(folder, single))
-
-
-def _missing_weights(folder: Path, expected: Path) -> str:
-    names = sorted(p.name for p in folder.iterdir() if p.is_file())
-    pickles = [n for n in names if n.endswith(PICKLE_SUFFIXES)]
-    if pickles:
-        return (f"{folder / pickles[0]} is a pickle weights file, which answer-trt does not load (it can run code): "
-                f"convert the model to safetensors (save_pretrained(..., safe_serialization=True)) so that "
-                f"{expected.name} is there")
-    variants = [n for n in names if n.startswith(expected.stem + ".") and n.endswith(".safetensors")]
-    if variants:
-        return (f"{expected} is missing; the folder has only {variants[0]}: rename or copy it to {expected.name}, "
-                f"or {RESAVE}")
-    return f"{expected} is missing (the {folder.name} weights): {RESAVE}"
-
-
-def _shards(index: Path) -> list[Path]:
-    weight_map = read_json_object(index).get("weight_map")
-    if not isinstance(weight_map, dict) or not weight_map:
-        raise UserInputError(f"{index}: weight_map must be a non-empty JSON object of tensor -> shard file: {RESAVE}")
-    shards = []
-    for name in sorted({str(v) for v in weight_map.values()}):
-        if "/" in name or "\\" in name or name.startswith("."):
-            raise UserInputError(f"{index}: shard {name!r} must be a file name in the same folder: {RESAVE}")
-        shard = index.parent / name
-        if not shard.exists():
-            raise UserInputError(f"{shard} is missing (listed in {index.name}): {RESAVE}")
-        shards.append(shard)
-    return shards
-
-
-def check_safetensors(file: Path) -> None:
-    """A safetensors file whose header parses and whose tensors fit in the file (a
-    truncated download fails here, not deep inside from_pretrained)."""
-    size = file.stat().st_size
-    try:
-        with open(file, "rb") as f:
-            head = f.read(8)
-            header_len = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
-            if not 0 < header_len <= min(MAX_SAFETENSORS_HEADER, size - 8):
-                raise ValueError(f"its header length is impossible for a {size}-byte file")
-            header = json.loads(f.read(header_len))
-    except OSError as exc:
-        raise UserInputError(f"{file} cannot be read ({exc.strerror or exc}): {RESAVE}") from None
-    except (ValueError, RecursionError) as exc:
-        raise UserInputError(f"{file} is not a safetensors file or is truncated ({exc}): {RESAVE}") from None
-    if not isinstance(header, dict):
-        raise UserInputError(f"{file} has a safetensors header that is not a JSON object: {RESAVE}")
-    offsets = [entry.get("data_offsets") for key, entry in header.items()
-               if key != "__metadata__" and isinstance(entry, dict)]
-    data = size - 8 - header_len
-    end = max((o[1] for o in offsets if isinstance(o, list) and len(o) == 2 and isinstance(o[1], int)), default=0)
-    if end > data:
-        raise UserInputError(f"{file} is truncated: its tensors need {end} bytes of data and it holds {data}; "
-                             f"download or save it again")
+def _checked(name: str, path: Path, variant: str | None) -> ModelSource:
+    return ModelSource(name, path, check_weights(path, variant))
 
 
 # Subfolders whose config file marks a folder as a diffusers model (or a part of one).
@@ -225,30 +148,38 @@ class LoadedModel:
     text_encoder_2: Any = None
 
 
-def load_model(path: Path) -> LoadedModel:
+def load_model(path: Path, variant: str | None = None) -> LoadedModel:
+    """The components of the model folder ``path``, each from the weights variant
+    ``component_variants(path, variant)`` picks (as diffusers' ``from_pretrained(variant=...)``
+    would), in float32 and eval mode. Raises ``UserInputError`` for a component whose
+    files do not load or do not cover its architecture (``_load``)."""
     quiet_libraries()
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     sdxl = is_sdxl(path)
-    # Always fp32, whatever the saved dtype (transformers 5 would keep fp16 weights fp16):
-    # the export stage and the torch backend choose the precision themselves.
-    fp32 = torch.float32
-    # output_loading_info=True: each loader also says which tensors it did not find (left at
-    # their random initial values) or found without a place for them; _load refuses both.
+    variants = component_variants(path, variant)
+
+    def options(sub: str) -> dict[str, Any]:
+        # Always fp32, whatever the saved dtype (transformers 5 would keep fp16 weights fp16):
+        # the export stage and the torch backend choose the precision themselves.
+        # output_loading_info=True: each loader also says which tensors it did not find (left at
+        # their random initial values) or found without a place for them; _load refuses both.
+        dtype = {"dtype" if sub.startswith("text_encoder") else "torch_dtype": torch.float32}
+        return {**dtype, "output_loading_info": True, **({"variant": variants[sub]} if variants.get(sub) else {})}
+
     return LoadedModel(
         tokenizers=load_tokenizers(path),
         text_encoder=_load(path / "text_encoder",
-                           lambda p: CLIPTextModel.from_pretrained(p, dtype=fp32, output_loading_info=True)),
+                           lambda p: CLIPTextModel.from_pretrained(p, **options("text_encoder"))),
         text_encoder_2=(
             _load(path / "text_encoder_2",
-                  lambda p: CLIPTextModelWithProjection.from_pretrained(p, dtype=fp32, output_loading_info=True))
+                  lambda p: CLIPTextModelWithProjection.from_pretrained(p, **options("text_encoder_2")))
             if sdxl else None
         ),
-        unet=_load(path / "unet",
-                   lambda p: UNet2DConditionModel.from_pretrained(p, torch_dtype=fp32, output_loading_info=True)),
-        vae=_load(path / "vae", lambda p: AutoencoderKL.from_pretrained(p, torch_dtype=fp32, output_loading_info=True)),
+        unet=_load(path / "unet", lambda p: UNet2DConditionModel.from_pretrained(p, **options("unet"))),
+        vae=_load(path / "vae", lambda p: AutoencoderKL.from_pretrained(p, **options("vae"))),
         scheduler_config=scheduler_config(path),  # the class diffusers' pipeline would pick
     )
 
