@@ -9,8 +9,10 @@ with (``Manifest.build_config``). It imports no manifest: the manifest imports i
 
 from __future__ import annotations
 
+import math
 import shlex
 from dataclasses import dataclass
+from os import PathLike
 from pathlib import Path
 
 from answer_trt.errors import UserInputError
@@ -27,6 +29,70 @@ from answer_trt.rules import (
     check_size_range,
     check_variant,
 )
+
+MAX_LORA_SCALE = 10.0  # |SCALE| of one --lora; 0..1.5 is usual, negative scales invert an adapter
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """One ``--lora FILE[:SCALE]``: a LoRA adapter file, fused into the weights with ``scale``
+    before export (``answer_trt.models.lora``). Validated on construction (``UserInputError``)."""
+
+    path: Path
+    scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
+        if isinstance(self.scale, bool) or not isinstance(self.scale, (int, float)):
+            raise UserInputError(f"--lora {self.path}: the scale must be a number, got {type(self.scale).__name__}")
+        scale = float(self.scale)
+        if not math.isfinite(scale) or abs(scale) > MAX_LORA_SCALE:
+            raise UserInputError(f"--lora {self.path}:{self.scale}: SCALE must be a number in "
+                                 f"{-MAX_LORA_SCALE:g} .. {MAX_LORA_SCALE:g} (1 fuses the adapter as trained)")
+        object.__setattr__(self, "scale", scale)
+
+    @classmethod
+    def parse(cls, text: str) -> LoraSpec:
+        """``FILE`` or ``FILE:SCALE`` (the last ``:`` splits them, unless ``text`` names an
+        existing file or what follows it is a path, as in ``C:\\loras\\a.safetensors``)."""
+        head, colon, tail = text.rpartition(":")
+        if not colon or not head or "/" in tail or "\\" in tail or Path(text).is_file():
+            return cls(Path(text))
+        try:
+            scale = float(tail)
+        except ValueError:
+            raise UserInputError(f"--lora {text}: SCALE {tail!r} is not a number: write FILE or FILE:SCALE, "
+                                 f"e.g. --lora {head}:0.8") from None
+        return cls(Path(head), scale)
+
+    def argument(self) -> str:
+        """The ``--lora`` value that gives this adapter again (``FILE:SCALE``)."""
+        return f"{self.path}:{self.scale!r}"
+
+
+def lora_specs(loras: object) -> tuple[LoraSpec, ...]:
+    """The Python API's ``loras=``: a list of ``"FILE[:SCALE]"`` strings, paths, ``(path, scale)``
+    pairs or ``LoraSpec`` values (one alone is taken as a list of one); None: none."""
+    if loras is None:
+        return ()
+    if isinstance(loras, (str, PathLike, LoraSpec)):
+        loras = [loras]
+    if not isinstance(loras, (list, tuple)):
+        raise UserInputError(f"loras takes a list of 'FILE[:SCALE]' strings, paths or (path, scale) pairs, got "
+                             f"{type(loras).__name__}: e.g. loras=['style.safetensors:0.8']")
+    specs = []
+    for item in loras:
+        if isinstance(item, LoraSpec):
+            specs.append(item)
+        elif isinstance(item, str):
+            specs.append(LoraSpec.parse(item))
+        elif isinstance(item, PathLike):
+            specs.append(LoraSpec(Path(item)))
+        elif isinstance(item, (list, tuple)) and len(item) == 2 and isinstance(item[0], (str, PathLike)):
+            specs.append(LoraSpec(Path(item[0]), item[1]))
+        else:
+            raise UserInputError(f"loras: {item!r} is not a 'FILE[:SCALE]' string, a path or a (path, scale) pair")
+    return tuple(specs)
 
 
 @dataclass(frozen=True)
@@ -48,8 +114,13 @@ class BuildConfig:
     # The model's weights variant (`fp16` for unet/diffusion_pytorch_model.fp16.safetensors);
     # None: the plain weights, or the one variant a folder holds them as (models/weight_files.py).
     variant: str | None = None
+    # LoRA adapters fused into the weights before export, in this order (models/lora.py).
+    loras: tuple[LoraSpec, ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "loras", tuple(self.loras))
+        if not all(isinstance(lora, LoraSpec) for lora in self.loras):
+            raise UserInputError("loras must be LoraSpec values (LoraSpec.parse('FILE:SCALE'))")
         check_choice("backend", self.backend, BUILD_BACKENDS)
         if self.precision is None:
             object.__setattr__(self, "precision", DEFAULT_PRECISION[self.backend])
@@ -87,6 +158,8 @@ class BuildConfig:
                  "--precision", str(self.precision), "--max-batch", str(self.max_batch)]
         if self.variant is not None:
             words += ["--variant", self.variant]
+        for lora in self.loras:
+            words += ["--lora", lora.argument()]
         for side in ("height", "width"):
             value = getattr(self, side)
             if value is not None:

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from answer_trt.build_config import LoraSpec
 from answer_trt.config import METHODS, SCHEDULERS
 from answer_trt.errors import NonFiniteImageError, UserInputError
 from answer_trt.files import check_writable_file, numbered_paths
@@ -92,6 +93,7 @@ def _parse_seed(text: str) -> int:
 
 _seed = _argument(_parse_seed, "seed")
 _variant = _argument(check_variant, "variant")
+_lora = _argument(LoraSpec.parse, "FILE[:SCALE]")
 
 
 def _bounded_int(flag: str, low: float | None, high: float | None) -> Callable[[str], int]:
@@ -152,10 +154,17 @@ def request_keywords(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def add_weights_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags that choose which weights of a model are built or run: ``--variant``."""
+    """The flags that choose which weights of a model are built or run: ``--variant``, ``--lora``."""
     parser.add_argument("--variant", type=_variant, help="the model's weights variant, e.g. fp16 for "
                         "unet/diffusion_pytorch_model.fp16.safetensors (as diffusers' from_pretrained(variant=...)); "
                         "default: the plain weights, or the one variant a folder holds them as")
+    parser.add_argument("--lora", action="append", type=_lora, metavar="FILE[:SCALE]",
+                        help="fuse this LoRA adapter (.safetensors in diffusers', peft's or kohya's format) into the "
+                             "UNet and text encoders before export, scaled by SCALE (default 1); repeat for more")
+
+
+def _loras(args: argparse.Namespace) -> tuple[LoraSpec, ...]:
+    return tuple(args.lora or ())
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -285,7 +294,7 @@ def _build(args: argparse.Namespace) -> int:
     config = BuildConfig(
         model=args.model, out=args.out, backend=args.backend, precision=args.precision,
         max_batch=args.max_batch, height=args.height, width=args.width, force=args.force,
-        check=args.check, optimize=args.optimize, variant=args.variant,
+        check=args.check, optimize=args.optimize, variant=args.variant, loras=_loras(args),
     )
     build_engines(config, log=lambda msg: print(msg, file=sys.stderr))
     print(f"answer-trt: build finished in {time.perf_counter() - started:.1f} s", file=sys.stderr)
@@ -308,10 +317,11 @@ def _bench(args: argparse.Namespace) -> int:
     pipe = _load_pipeline(args, batch=args.batch, log=log)
     eager_unet = None
     if config.baseline == "torch":
+        from answer_trt.models.lora import check_lora
         from answer_trt.models.source import load_model, resolve_model
 
         source = resolve_model(args.model or pipe.model_name, args.variant)
-        eager_unet = load_model(source.path, source.variant).unet
+        eager_unet = load_model(source.path, source.variant, [check_lora(spec) for spec in _loras(args)]).unet
     report = run_bench(pipe, config, eager_unet, log=log)
     print(format_table(report))
     if args.json is not None:
@@ -331,14 +341,15 @@ def _load_pipeline(
     if args.engines is not None:
         if args.backend == "torch":
             raise UserInputError("--backend torch runs a model, not engines: use --model with it")
-        return from_engines(args.engines, expect_variant=args.variant)
+        return from_engines(args.engines, expect_variant=args.variant, expect_loras=_loras(args) if args.lora else None)
     if args.device != DEVICES[0] and args.backend != "torch":
         raise UserInputError(f"--device {args.device} applies to --backend torch: add --backend torch, or build "
                              "TensorRT engines for the GPU")
-    model, variant = args.model or "tiny", args.variant
+    model, variant, loras = args.model or "tiny", args.variant, _loras(args)
     if args.backend == "torch":
-        return from_model_eager(model, args.device, variant=variant)
-    return from_engines(build_cached(model, height, width, batch, log=log, variant=variant), verify=False)
+        return from_model_eager(model, args.device, variant=variant, loras=loras)
+    return from_engines(build_cached(model, height, width, batch, log=log, variant=variant, loras=loras),
+                        verify=False)
 
 
 def _check_output(path: Path, batch: int) -> None:
@@ -354,12 +365,14 @@ def _check_output(path: Path, batch: int) -> None:
 def _generate(args: argparse.Namespace) -> int:
     from answer_trt.images import save_pngs
 
-    request, index = _request(args)
+    request, index, recorded = _request(args)
     _check_output(args.output, 1 if index is not None else request.batch)
     started = time.perf_counter()
     pipe = _load_pipeline(args, request.height, request.width, request.batch,
                           log=lambda msg: print(msg, file=sys.stderr))
     loaded = time.perf_counter()
+    if recorded is not None:  # a replay: with the LoRAs the image was drawn with
+        pipe.weights.check_replay(recorded, f"--from-png {args.from_png}")
 
     progress = _progress_bar(request.steps)
     try:
@@ -378,13 +391,14 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _request(args: argparse.Namespace) -> tuple[GenerateRequest, int | None]:
-    """The request to draw, and which image of its batch to write (``None``: all of them):
-    from the flags, or from ``--from-png``'s metadata (its image at its ``batch_index``)."""
+def _request(args: argparse.Namespace) -> tuple[GenerateRequest, int | None, dict[str, Any] | None]:
+    """The request to draw, which image of its batch to write (``None``: all of them), and
+    the image's metadata where it is a replay: from the flags, or from ``--from-png``'s
+    metadata (its image at its ``batch_index``)."""
     if args.from_png is None:
         if args.prompt is None:
             raise UserInputError("give a PROMPT (or --from-png IMAGE to redraw an image answer-trt wrote)")
-        return make_request(args.prompt, request_keywords(args)), None
+        return make_request(args.prompt, request_keywords(args)), None, None
     if args.prompt is not None:
         raise UserInputError("--from-png takes the prompt from the image: leave PROMPT out")
     from PIL import Image, UnidentifiedImageError
@@ -399,7 +413,7 @@ def _request(args: argparse.Namespace) -> tuple[GenerateRequest, int | None]:
     index = recorded.get("batch_index", 0) if isinstance(recorded, dict) else 0
     if not isinstance(index, int) or not 0 <= index < request.batch:
         raise UserInputError(f"--from-png {args.from_png}: batch_index {index!r} is not an image of its batch")
-    return request, index
+    return request, index, recorded if isinstance(recorded, dict) else {}
 
 
 class _Progress:
@@ -452,6 +466,9 @@ def _info(args: argparse.Namespace) -> int:
         f"engines:    {args.folder}",
         f"model:      {manifest.model_name} (sha256 {manifest.model_hash[:16]}...), "
         + (f"weights variant {manifest.variant}" if manifest.variant else "plain weights"),
+        "loras:      " + ("none (build with --lora FILE[:SCALE] to fuse adapters)" if not manifest.loras else
+                          f"{len(manifest.loras)} fused into the weights, in this order:"),
+        *(f"  {entry.name}  scale {entry.scale!r}  sha256 {entry.sha256}  ({entry.path})" for entry in manifest.loras),
         f"backend:    {manifest.backend}, {manifest.precision}",
         f"built for:  batch <= {manifest.max_batch}, width {manifest.width} x height {manifest.height} px, "
         f"prediction {manifest.info.prediction_type}",

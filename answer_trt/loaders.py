@@ -17,11 +17,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from answer_trt.build_config import BuildConfig
+from answer_trt.build_config import BuildConfig, LoraSpec, lora_specs
 from answer_trt.cache import cache_root
 from answer_trt.errors import UserInputError
 from answer_trt.manifest import MANIFEST_NAME, SCHEDULER_CONFIG, BuildResult, Manifest, read_manifest, verify_files
-from answer_trt.pipeline import Limits, Pipeline
+from answer_trt.models.lora import check_lora, lora_tag
+from answer_trt.pipeline import BuiltWeights, Limits, Pipeline
 from answer_trt.rules import (
     DEFAULT_MAX_BATCH,
     DEFAULT_PRECISION,
@@ -35,7 +36,7 @@ from answer_trt.rules import (
 
 def load(
     source: str | Path = "tiny", *, backend: str | None = None, device: str = "cpu", build_log: Any = None,
-    variant: str | None = None,
+    variant: str | None = None, loras: Any = None,
 ) -> Pipeline:
     """``source``: an engines folder (has manifest.json), or a MODEL (``tiny``, a
     diffusers folder, a hub id). A model is built into the cache on first use, or run
@@ -43,8 +44,10 @@ def load(
     ``answer_trt.precision`` on the GPU: fp16 UNet and VAE, fp32 text encoder and upcast VAE).
     ``variant``: the model's weights variant (``"fp16"`` for
     ``unet/diffusion_pytorch_model.fp16.safetensors``, as diffusers' ``from_pretrained(variant=)``);
-    by default the plain weights, or the one variant a folder holds its weights as. With an
-    engines folder it must be the one the folder was built from."""
+    by default the plain weights, or the one variant a folder holds its weights as.
+    ``loras``: LoRA adapters fused into the weights, in order: ``["style.safetensors:0.8"]``
+    (``"FILE[:SCALE]"`` strings, paths or ``(path, scale)`` pairs; ``answer_trt.models.lora``).
+    With an engines folder, both must be what the folder was built with."""
     if not isinstance(source, (str, os.PathLike)) or isinstance(source, bytes):
         raise UserInputError(f"load() takes a model name, a model folder or an engines folder as a str or path, "
                              f"got {type(source).__name__}: e.g. load('tiny')")
@@ -53,31 +56,30 @@ def load(
     check_choice("device", device, DEVICES)
     if variant is not None:
         check_variant(variant)
+    specs = lora_specs(loras)
     if backend == "torch":
-        return from_model_eager(str(source), device, variant=variant)
+        return from_model_eager(str(source), device, variant=variant, loras=specs)
     if device != "cpu":
         raise UserInputError(f"device {device!r} applies to backend='torch' (engines choose their own device): "
                              f"pass backend='torch', or build TensorRT engines for the GPU")
     if (Path(source) / MANIFEST_NAME).is_file():
-        return from_engines(Path(source), expect_variant=variant)
-    return from_engines(build_cached(str(source), log=build_log, variant=variant), verify=False)
+        return from_engines(Path(source), expect_variant=variant, expect_loras=specs if loras is not None else None)
+    return from_engines(build_cached(str(source), log=build_log, variant=variant, loras=specs), verify=False)
 
 
-def from_engines(folder: Path, verify: bool = True, session: Any = None, expect_variant: str | None = None) -> Pipeline:
+def from_engines(folder: Path, verify: bool = True, session: Any = None, expect_variant: str | None = None,
+                 expect_loras: tuple[LoraSpec, ...] | None = None) -> Pipeline:
     """``verify=False`` skips the checksums: only for a folder that ``build`` has just
     built or found up to date, which checked them already (hashing GBs twice is slow).
     ``session``: ONNX Runtime ``SessionSettings`` (default: the measured defaults, with the
     intra-op thread count the build measured where the manifest records one).
-    ``expect_variant``: refuse a folder built from another weights variant (None: any)."""
+    ``expect_variant`` / ``expect_loras``: refuse a folder built from another weights variant
+    or with other LoRA adapters (None: any)."""
     from answer_trt.backends.ort import OnnxRuntimeEngine, SessionSettings
     from answer_trt.models.source import load_engine_tokenizers
 
     manifest = read_manifest(folder)
-    if expect_variant is not None and manifest.variant != expect_variant:
-        built = f"the {manifest.variant} weights variant" if manifest.variant else "the plain weights"
-        raise UserInputError(f"{folder} was built from {built} of {manifest.model_name}, not the {expect_variant} "
-                             f"variant: leave variant out, or build it with "
-                             f"`{replace(manifest.build_config(folder), variant=expect_variant).command()}`")
+    check_built_weights(folder, manifest, expect_variant, expect_loras)
     if verify:
         verify_files(folder, manifest)
     engines: dict[str, Any]
@@ -97,6 +99,7 @@ def from_engines(folder: Path, verify: bool = True, session: Any = None, expect_
         }
     return Pipeline(
         tokenizers=load_engine_tokenizers(folder, manifest.files),
+        weights=BuiltWeights(manifest.variant, tuple(lora_tag(e.name, e.sha256, e.scale) for e in manifest.loras)),
         engines=engines,
         scheduler_config=_scheduler_config(folder, manifest),
         info=manifest.info,
@@ -107,6 +110,25 @@ def from_engines(folder: Path, verify: bool = True, session: Any = None, expect_
         stream=stream,
         limits=engine_limits(folder, manifest),
     )
+
+
+def check_built_weights(folder: Path, manifest: Manifest, variant: str | None,
+                        loras: tuple[LoraSpec, ...] | None) -> None:
+    """Refuse, in one line with the build command that would make it, a folder built from
+    another weights ``variant`` (None: any) or with other ``loras`` (files compared by sha256,
+    and scales; None: any)."""
+    if variant is not None and manifest.variant != variant:
+        built = f"the {manifest.variant} weights variant" if manifest.variant else "the plain weights"
+        raise UserInputError(f"{folder} was built from {built} of {manifest.model_name}, not the {variant} "
+                             f"variant: leave the variant out, or build it with "
+                             f"`{replace(manifest.build_config(folder), variant=variant).command()}`")
+    if loras is None:
+        return
+    wanted = [(lora.sha256, lora.scale) for lora in (check_lora(spec) for spec in loras)]
+    if wanted != [(entry.sha256, entry.scale) for entry in manifest.loras]:
+        built = ", ".join(f"{e.name} (sha256 {e.sha256[:12]}) at {e.scale!r}" for e in manifest.loras) or "no LoRA"
+        raise UserInputError(f"{folder} was built with {built}, not the LoRAs asked for: leave loras out, or build "
+                             f"it with `{replace(manifest.build_config(folder), loras=loras).command()}`")
 
 
 def engine_limits(folder: Path, manifest: Manifest) -> Limits:
@@ -141,8 +163,10 @@ def _tensorrt_engines(folder: Path, manifest: Manifest) -> tuple[dict[str, Any],
     return dict(engines), stream.torch_stream
 
 
-def from_model_eager(model: str, device: str = "cpu", variant: str | None = None) -> Pipeline:
-    """``model`` run eagerly in torch (``load(..., backend="torch")``)."""
+def from_model_eager(model: str, device: str = "cpu", variant: str | None = None,
+                     loras: tuple[LoraSpec, ...] = ()) -> Pipeline:
+    """``model`` (its weights ``variant``, with ``loras`` fused) run eagerly in torch
+    (``load(..., backend="torch")``)."""
     import torch
 
     from answer_trt.backends.torch_eager import TorchEngine
@@ -157,7 +181,8 @@ def from_model_eager(model: str, device: str = "cpu", variant: str | None = None
         raise UserInputError("device cuda was asked for, and torch sees no CUDA GPU here: use device cpu")
     source = resolve_model(model, variant)
     info = read_model_info(source.path)  # first: its messages name a broken config file
-    loaded = load_model(source.path, source.variant)
+    checked = tuple(check_lora(spec) for spec in loras)
+    loaded = load_model(source.path, source.variant, checked)
     specs = component_specs(info.dims)
     precision = "fp16" if device == "cuda" else "fp32"
     engines = {
@@ -166,6 +191,7 @@ def from_model_eager(model: str, device: str = "cpu", variant: str | None = None
     }
     return Pipeline(
         tokenizers=loaded.tokenizers,
+        weights=BuiltWeights(source.variant, tuple(lora.tag for lora in checked)),
         engines=engines,  # type: ignore[arg-type]
         scheduler_config=loaded.scheduler_config,
         info=info,
@@ -177,9 +203,10 @@ def from_model_eager(model: str, device: str = "cpu", variant: str | None = None
 
 
 def cached_engines_folder(model: str, height: int | None, width: int | None, max_batch: int,
-                          variant: str | None = None) -> Path:
-    """One cache folder per model, weights variant and build shape:
-    ``<cache>/engines/<name>-<hash>-...``."""
+                          variant: str | None = None, loras: tuple[LoraSpec, ...] = ()) -> Path:
+    """One cache folder per model, weights variant, LoRAs (files by path, and scales) and
+    build shape: ``<cache>/engines/<name>-<hash>-...``. (A LoRA file changed in place is
+    rebuilt in the same folder: the build key holds its sha256.)"""
     from answer_trt.models.source import BUILT_IN_MODELS
 
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(model).name or model)[:40]
@@ -187,6 +214,8 @@ def cached_engines_folder(model: str, height: int | None, width: int | None, max
     where = str(Path(model).expanduser().resolve()) if local else model
     if variant is not None:
         where += f"\0variant={variant}"
+    for lora in loras:
+        where += f"\0lora={lora.path.expanduser().resolve()}:{lora.scale!r}"
     tag = hashlib.sha256(where.encode()).hexdigest()[:10]
     size = f"{height or 'default'}x{width or 'default'}"
     return cache_root() / "engines" / f"{slug}-{tag}-{size}-b{max_batch}"
@@ -194,18 +223,19 @@ def cached_engines_folder(model: str, height: int | None, width: int | None, max
 
 def build_cached(
     model: str, height: int | None = None, width: int | None = None, batch: int = 1, log: Any = None,
-    variant: str | None = None,
+    variant: str | None = None, loras: tuple[LoraSpec, ...] = (),
 ) -> Path:
-    """Build (or reuse) ONNX Runtime engines for ``model`` (its weights ``variant``) in the
-    cache; returns the folder. ``batch`` images of ``height`` x ``width`` are sized against
+    """Build (or reuse) ONNX Runtime engines for ``model`` (its weights ``variant``, with
+    ``loras`` fused) in the cache; returns the folder. ``batch`` images of ``height`` x ``width`` are sized against
     the memory limit first, so an absurd request never starts a build."""
     default = check_cached_request(model, height, width, batch, variant)
     # The model's default size asked for by number (a replayed PNG records it) is the default
     # build: one cache folder, not a second build of the same engines.
     height, width = (None if side == default else side for side in (height, width))
     max_batch = max(DEFAULT_MAX_BATCH, batch)
-    folder = cached_engines_folder(model, height, width, max_batch, variant)
-    config = BuildConfig(model=model, out=folder, max_batch=max_batch, height=height, width=width, variant=variant)
+    folder = cached_engines_folder(model, height, width, max_batch, variant, loras)
+    config = BuildConfig(model=model, out=folder, max_batch=max_batch, height=height, width=width, variant=variant,
+                         loras=loras)
     build_engines(config, log=log or (lambda _msg: None))
     return folder
 

@@ -25,7 +25,7 @@ from typing import Annotated, Any, NoReturn
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, Strict, ValidationError, create_model
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
-from answer_trt.build_config import BuildConfig
+from answer_trt.build_config import MAX_LORA_SCALE, BuildConfig, LoraSpec
 from answer_trt.errors import UserInputError
 from answer_trt.files import sha256_file, write_text_atomic
 from answer_trt.iospec import (
@@ -101,6 +101,7 @@ class Manifest:
     graph_optimization: GraphOptimization | None = None  # built with --optimize: per component, what it did
     session: SessionChoice | None = None  # onnxruntime on the CPU: the measured session settings
     variant: str | None = None  # the model's weights variant that was built (None: its plain weights)
+    loras: tuple[LoraEntry, ...] = ()  # the adapters fused into the weights, in order
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -108,6 +109,10 @@ class Manifest:
         for optional in ("accuracy", "graph_optimization", "session", "variant"):
             if data[optional] is None:  # left out: a folder built without it reads as before
                 del data[optional]
+        if not self.loras:
+            del data["loras"]
+        else:
+            data["loras"] = [asdict(entry) for entry in self.loras]
         data["components"] = {
             name: {"file": e.file, "spec": e.spec.to_json(), "profile": {k: list(v) for k, v in e.profile.items()}}
             for name, e in self.components.items()
@@ -125,10 +130,11 @@ class Manifest:
 
     def build_config(self, folder: Path) -> BuildConfig:
         """The build request that makes this folder again: every flag it was built with
-        (model, weights variant, backend, precision, max batch, height and width ranges), and --force."""
+        (model, weights variant, LoRAs, backend, precision, max batch, height and width ranges), and --force."""
         return BuildConfig(model=self.model_name, out=folder, backend=self.backend, precision=self.precision,
                            max_batch=self.max_batch, height=self.height, width=self.width, force=True,
-                           optimize=True if self.graph_optimization is not None else None, variant=self.variant)
+                           optimize=True if self.graph_optimization is not None else None, variant=self.variant,
+                           loras=tuple(LoraSpec(Path(entry.path), entry.scale) for entry in self.loras))
 
     def build_command(self, folder: Path) -> str:
         """``answer-trt build ...`` replaying ``build_config``: what every rebuild hint says."""
@@ -238,6 +244,9 @@ Flag = Annotated[bool, Strict()]
 Triple = Annotated[list[Count], _checked(lambda v: None if len(v) == 3 else "must be [min, opt, max]")]
 Variant = Annotated[Text, _checked(lambda v: None if VARIANT_NAME.fullmatch(v) else
                                     f"is not a weights variant name: {_shown(v)}")]
+LoraScale = Annotated[float, Strict(), _checked(lambda v: None if math.isfinite(v) and abs(v) <= MAX_LORA_SCALE else
+                                                f"is {v!r}, not a number in {-MAX_LORA_SCALE:g} .. "
+                                                f"{MAX_LORA_SCALE:g}")]
 
 _RECORD = ConfigDict(extra="forbid")
 
@@ -300,6 +309,19 @@ class SessionChoice:
         only on a machine like the one that measured it, ONNX Runtime's default elsewhere
         (an engines folder built on a busy laptop must not pin a server to one thread)."""
         return self.intra_op_threads if self.cpus is not None and self.cpus == cpus else 0
+
+
+@pydantic_dataclass(frozen=True, config=_RECORD)
+class LoraEntry:
+    """A LoRA adapter fused into the weights before export (``answer-trt build --lora``)."""
+
+    path: Text  # the file as the build found it (resolved): what a rebuild hint passes again
+    sha256: Digest
+    scale: LoraScale
+
+    @property
+    def name(self) -> str:
+        return PurePosixPath(self.path.replace("\\", "/")).name
 
 
 class _Document(BaseModel):
@@ -373,6 +395,7 @@ class _ManifestDoc(_Document):
     graph_optimization: GraphOptimization | None = None
     session: SessionChoice | None = None
     variant: Variant | None = None
+    loras: Annotated[list[LoraEntry], Field(max_length=64)] = []
 
 
 def _where(loc: tuple[int | str, ...]) -> str:
@@ -430,6 +453,7 @@ def _manifest(data: Any) -> Manifest:
         width=_size_range(doc.width, "width"), info=info, components=components, files=dict(doc.files),
         versions=dict(doc.versions), gpu_capability=doc.gpu_capability, accuracy=doc.accuracy,
         graph_optimization=doc.graph_optimization, session=doc.session, variant=doc.variant,
+        loras=tuple(doc.loras),
     )
 
 

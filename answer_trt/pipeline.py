@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from answer_trt.guiders import make_guider
 from answer_trt.images import save_pngs, to_pil
 from answer_trt.iospec import TEXT_ENCODER, UNET, VAE_DECODER, SizeRange
 from answer_trt.models.info import ModelInfo
+from answer_trt.models.lora import lora_tag_keys
 from answer_trt.rules import check_int, check_memory, check_size
 from answer_trt.sampler import (
     BranchEvaluator,
@@ -62,6 +63,33 @@ class Limits:
         if self.build is None:
             return " ".join(["answer-trt build", *(f"--{k.replace('_', '-')} {v}" for k, v in changes.items())])
         return replace(self.build, **changes).command()
+
+
+@dataclass(frozen=True)
+class BuiltWeights:
+    """Which weights of the model the engines run: its weights ``variant`` (None: the plain
+    ones) and the LoRA adapters fused into them, as ``name:sha256-prefix:scale`` tags
+    (``answer_trt.models.lora``). Each image's metadata records them, and a replay checks them."""
+
+    variant: str | None = None
+    loras: tuple[str, ...] = ()
+
+    def parameters(self) -> dict[str, str]:
+        """The PNG metadata entries (none for the plain weights without LoRAs)."""
+        entries = {"variant": self.variant} if self.variant else {}
+        if self.loras:
+            entries["loras"] = ", ".join(self.loras)
+        return entries
+
+    def check_replay(self, recorded: Mapping[str, Any], image: str) -> None:
+        """Refuse to redraw ``image`` (its metadata ``recorded``) with other LoRAs than it was
+        drawn with (compared by sha256 prefix and scale), in one line saying which to pass."""
+        text = recorded.get("loras")
+        drawn = lora_tag_keys(text if isinstance(text, str) else "")
+        if drawn != lora_tag_keys(", ".join(self.loras)):
+            have = ", ".join(self.loras) or "no LoRA"
+            raise UserInputError(f"{image} was drawn with the LoRAs {text or 'none'}, and these engines have {have}: "
+                                 "pass --lora FILE:SCALE for each file of that sha256 (or none), in that order")
 
 
 @dataclass(frozen=True)
@@ -142,8 +170,10 @@ class Pipeline:
         device: str = "cpu",
         stream: Any = None,
         limits: Limits = Limits(),
+        weights: BuiltWeights = BuiltWeights(),
     ) -> None:
         self.engines = engines
+        self.weights = weights
         self.text = PromptEncoder(tokenizers, engines[TEXT_ENCODER], info.dims.text_max_length,
                                   info.zero_empty_negative)
         self.denoiser: Denoiser = EngineDenoiser(engines[UNET])
@@ -363,8 +393,9 @@ class Pipeline:
 
     def parameters(self, request: GenerateRequest, config: SamplingConfig, scheduler_class: str) -> dict[str, str]:
         """The PNG text chunks of the request's images (``schema.parameters``): its fields as
-        resolved for these engines (size, wn), the scheduler class that ran, model, backend."""
+        resolved for these engines (size, wn), the scheduler class that ran, model, backend,
+        precision, and the weights variant and LoRAs where there are any."""
         resolved = {"negative_scale": config.guidance.wn, "height": config.height, "width": config.width}
         extra = {"scheduler_class": scheduler_class, "model": self.model_name, "backend": self.backend,
-                 "precision": self.precision}
+                 "precision": self.precision, **self.weights.parameters()}
         return schema_parameters(request, resolved, extra)

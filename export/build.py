@@ -1,6 +1,6 @@
 """`answer-trt build`: model -> ONNX per component -> engines folder with a manifest.
 
-A build whose key (model content and weights variant, backend, precision, shapes, library versions)
+A build whose key (model content, weights variant and LoRAs, backend, precision, shapes, library versions)
 matches the folder's manifest, and whose files still match their checksums, is
 skipped. The build writes only into an engines folder it owns (a new folder, an empty
 one, or one with a manifest of ours; never a model folder), into a staging folder
@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 from answer_trt.backends import tensorrt_available
 from answer_trt.build_config import BuildConfig
@@ -50,6 +51,7 @@ from answer_trt.manifest import (
     TOKENIZER_FOLDERS,
     BuildResult,
     ComponentEntry,
+    LoraEntry,
     Manifest,
     external_data_name,
     mismatched_files,
@@ -57,6 +59,7 @@ from answer_trt.manifest import (
 )
 from answer_trt.models.fast_tokenizer import write_fast_tokenizer
 from answer_trt.models.info import ModelInfo, read_json_object, read_model_info
+from answer_trt.models.lora import LoraFile, check_lora
 from answer_trt.models.source import (
     LoadedModel,
     ModelSource,
@@ -87,13 +90,14 @@ class BuildPlan:
     info: ModelInfo
     height: SizeRange
     width: SizeRange
+    loras: tuple[LoraFile, ...] = ()  # checked and hashed (models/lora.py), fused in this order
 
     @cached_property
     def key(self) -> str:
         """sha256 of everything that decides the artifacts; ``force`` and ``out`` are not in it."""
         from answer_trt.export.onnx_export import OPSET
 
-        inputs = {
+        inputs: dict[str, Any] = {
             "model_hash": self.model_hash,
             "backend": self.config.backend,
             "precision": self.config.precision,
@@ -106,8 +110,11 @@ class BuildPlan:
             "versions": library_versions(),
             "gpu": gpu_capability() if self.config.backend == "tensorrt" else None,
         }
-        if self.source.variant is not None:  # in the key only when set: plain builds keep their keys
+        # In the key only when set: plain builds keep their keys.
+        if self.source.variant is not None:
             inputs["variant"] = self.source.variant
+        if self.loras:
+            inputs["loras"] = [[lora.sha256, lora.scale] for lora in self.loras]
         return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
 
 
@@ -139,7 +146,8 @@ def _build_locked(config: BuildConfig, log: Callable[[str], None], created: list
     height, width = (_size_range(side, value, info.dims) for side, value in
                      (("height", config.height), ("width", config.width)))
     check_build_memory(config, info.dims, height, width)
-    plan = BuildPlan(config, source, source.content_hash(), info, height, width)
+    loras = tuple(check_lora(spec) for spec in config.loras)  # before any model is loaded
+    plan = BuildPlan(config, source, source.content_hash(), info, height, width, loras)
     key = plan.key
     out = config.out
     if not config.force and _up_to_date(out, key):
@@ -151,12 +159,12 @@ def _build_locked(config: BuildConfig, log: Callable[[str], None], created: list
     check_collisions(target, OUTPUT_NAMES)
     try:
         with Staging.beside(target.path) as staging:
-            model = load_model(source.path, source.variant)
+            model = load_model(source.path, source.variant, plan.loras)
             manifest = _export_all(plan, model, staging.path, log)
             if config.checks_accuracy:
                 if config.precision == "fp16":  # the export cast its half components in place: reload fp32
                     del model
-                    model = load_model(source.path, source.variant)
+                    model = load_model(source.path, source.variant, plan.loras)
                 manifest = _check_accuracy(plan, model, staging.path, manifest, log)
             del model
             publish(staging, target, manifest)
@@ -267,6 +275,7 @@ def _export_all(plan: BuildPlan, model: LoadedModel, staging: Path, log: Callabl
         graph_optimization=optimization,
         session=session,
         variant=plan.source.variant,
+        loras=tuple(LoraEntry(str(lora.path), lora.sha256, lora.scale) for lora in plan.loras),
     )
 
 

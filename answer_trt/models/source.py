@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from answer_trt.files import tree_sha256
 from answer_trt.manifest import FAST_TOKENIZER_FILE, TOKENIZER_FOLDERS, TokenizerFiles, tokenizer_files
 from answer_trt.models import quiet_libraries, tiny
 from answer_trt.models.info import RESAVE, is_sdxl, scheduler_config
+from answer_trt.models.lora import LoraFile, fuse_loras
 from answer_trt.models.weight_files import check_variant, check_weights, component_variants
 
 REQUIRED_SUBFOLDERS = ("tokenizer", "text_encoder", "unet", "vae", "scheduler")
@@ -148,11 +149,12 @@ class LoadedModel:
     text_encoder_2: Any = None
 
 
-def load_model(path: Path, variant: str | None = None) -> LoadedModel:
+def load_model(path: Path, variant: str | None = None, loras: Sequence[LoraFile] = ()) -> LoadedModel:
     """The components of the model folder ``path``, each from the weights variant
     ``component_variants(path, variant)`` picks (as diffusers' ``from_pretrained(variant=...)``
-    would), in float32 and eval mode. Raises ``UserInputError`` for a component whose
-    files do not load or do not cover its architecture (``_load``)."""
+    would), in float32 and eval mode, with the LoRA adapters ``loras`` fused into their
+    weights (``models/lora.py``). Raises ``UserInputError`` for a component whose files do not
+    load or do not cover its architecture (``_load``), or an adapter that does not fit."""
     quiet_libraries()
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -169,7 +171,7 @@ def load_model(path: Path, variant: str | None = None) -> LoadedModel:
         dtype = {"dtype" if sub.startswith("text_encoder") else "torch_dtype": torch.float32}
         return {**dtype, "output_loading_info": True, **({"variant": variants[sub]} if variants.get(sub) else {})}
 
-    return LoadedModel(
+    model = LoadedModel(
         tokenizers=load_tokenizers(path),
         text_encoder=_load(path / "text_encoder",
                            lambda p: CLIPTextModel.from_pretrained(p, **options("text_encoder"))),
@@ -182,6 +184,9 @@ def load_model(path: Path, variant: str | None = None) -> LoadedModel:
         vae=_load(path / "vae", lambda p: AutoencoderKL.from_pretrained(p, **options("vae"))),
         scheduler_config=scheduler_config(path),  # the class diffusers' pipeline would pick
     )
+    fuse_loras(loras, unet=model.unet, vae=model.vae, text_encoder=model.text_encoder,
+               text_encoder_2=model.text_encoder_2)
+    return model
 
 
 # Tensors a checkpoint may lack or carry without harm: CLIP's position_ids is a buffer that

@@ -1,0 +1,259 @@
+"""LoRA adapters fused into a model's weights (``--lora FILE[:SCALE]``), before export or an
+eager run.
+
+Reading and fusing are diffusers' own, on its peft backend: for each file in turn
+``load_lora_weights`` (which reads diffusers', peft's and kohya's (A1111, ComfyUI:
+``lora_unet_..._to_q.lora_down.weight`` / ``lora_up.weight`` / ``alpha``) key formats itself),
+``fuse_lora(lora_scale=SCALE)`` and ``unload_lora_weights()``, so that the modules exported
+afterwards are plain torch modules whose weights hold ``W + SCALE * (alpha / r) * B @ A``
+(UNet, and the text encoders where the file has keys for them).
+
+What is ours: the file is checked before any model is loaded (there, a safetensors file), and
+an adapter made for another architecture is refused in one line naming the file and its first
+key that does not fit (diffusers would load the keys that fit and only warn about the rest, or
+fail with a many-line shape error). The fit is checked on the keys as diffusers converts them
+for peft (``diffusers.utils.convert_unet_state_dict_to_peft``, ``convert_state_dict_to_peft``),
+against the modules and shapes of this model. Errors are ``UserInputError``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from answer_trt.build_config import LoraSpec
+from answer_trt.errors import UserInputError
+from answer_trt.files import sha256_file
+from answer_trt.models.weight_files import PICKLE_SUFFIXES, check_safetensors
+
+TAG_DIGITS = 12  # sha256 prefix in an image's metadata (A1111's "Lora hashes" shows 12 as well)
+PEFT_HINT = "pip install 'answer-trt[export]' (or pip install 'peft>=0.17.0')"
+
+
+@dataclass(frozen=True)
+class LoraFile:
+    """A checked ``--lora``: the adapter file (resolved), its sha256 and its scale."""
+
+    path: Path
+    sha256: str
+    scale: float
+
+    @property
+    def tag(self) -> str:
+        """``name:sha256-prefix:scale``, what an image's metadata records of it."""
+        return lora_tag(self.path.name, self.sha256, self.scale)
+
+
+def lora_tag(name: str, sha256: str, scale: float) -> str:
+    """What an image's metadata records of one fused adapter (``loras``: tags joined by ", ")."""
+    return f"{name}:{sha256[:TAG_DIGITS]}:{scale!r}"
+
+
+_TAG_KEY = re.compile(rf":([0-9a-f]{{{TAG_DIGITS}}}):([^:,]+?)(?=, |$)")
+
+
+def lora_tag_keys(text: str) -> list[tuple[str, float]]:
+    """(sha256 prefix, scale) of each ``lora_tag`` in ``text`` (the names left aside: a file
+    may be renamed); what a replay compares."""
+    keys = []
+    for digest, scale in _TAG_KEY.findall(text):
+        try:
+            keys.append((digest, float(scale)))
+        except ValueError:
+            keys.append((digest, math.nan))
+    return keys
+
+
+def check_lora(spec: LoraSpec) -> LoraFile:
+    """``spec``'s file, checked (there, a whole safetensors file; pickles are refused: loading
+    them can run code) and hashed; raises ``UserInputError`` in one line naming the file."""
+    path = spec.path.expanduser()
+    if not path.exists():
+        raise UserInputError(f"--lora {spec.path}: no such file: pass the path of a LoRA .safetensors file "
+                             "(FILE or FILE:SCALE)")
+    if not path.is_file():
+        raise UserInputError(f"--lora {spec.path} is a folder: pass the LoRA's .safetensors file in it")
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        raise UserInputError(f"--lora {spec.path} is a pickle file, which answer-trt does not load (it can run code): "
+                             "use the adapter's .safetensors file")
+    check_safetensors(path)
+    return LoraFile(path.resolve(), sha256_file(path), spec.scale)
+
+
+def fuse_loras(loras: Sequence[LoraFile], *, unet: Any, vae: Any, text_encoder: Any,
+               text_encoder_2: Any = None) -> None:
+    """Fuse each adapter into the given torch modules in place, in order, through diffusers'
+    pipeline LoRA methods (see the module docstring); afterwards the modules hold no adapter
+    layers. ``text_encoder_2``: SDXL's (None for SD 1.x / 2.x)."""
+    if not loras:
+        return
+    if importlib.util.find_spec("peft") is None:
+        raise UserInputError(f"--lora needs peft (diffusers' LoRA loading runs on it): {PEFT_HINT}")
+    pipe = _carrier(unet=unet, vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2)
+    components = {name: module for name, module in
+                  (("unet", unet), ("text_encoder", text_encoder), ("text_encoder_2", text_encoder_2))
+                  if module is not None}
+    for index, lora in enumerate(loras):
+        _fuse_one(pipe, lora, f"answer_trt_{index}", components)
+
+
+def _fuse_one(pipe: Any, lora: LoraFile, name: str, components: Mapping[str, Any]) -> None:
+    """Check that ``lora`` fits, then load it as adapter ``name``, fuse it with its scale and
+    unload the adapter layers (the fused weights stay)."""
+    state_dict = _diffusers_call(lora, lambda: type(pipe).lora_state_dict(str(lora.path))[0])
+    check_fits(lora.path, state_dict, components)
+
+    def fuse() -> None:
+        pipe.load_lora_weights(str(lora.path), adapter_name=name)
+        pipe.fuse_lora(lora_scale=lora.scale)
+        pipe.unload_lora_weights()
+
+    _diffusers_call(lora, fuse)
+
+
+def _carrier(*, unet: Any, vae: Any, text_encoder: Any, text_encoder_2: Any) -> Any:
+    """A diffusers pipeline holding the modules, for its LoRA methods only (never run)."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    # The constructors check their scheduler's options (diffusers 0.30): one they accept.
+    scheduler = DDIMScheduler(steps_offset=1, clip_sample=False)
+    if text_encoder_2 is not None:
+        return StableDiffusionXLPipeline(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
+                                         tokenizer=None, tokenizer_2=None, unet=unet, scheduler=scheduler,
+                                         add_watermarker=False)
+    return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=None, unet=unet, scheduler=scheduler,
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+
+
+def _diffusers_call(lora: LoraFile, call: Any) -> Any:
+    """``call()``, with whatever diffusers or peft raise about the file as one line naming it."""
+    try:
+        return call()
+    except (UserInputError, MemoryError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # noqa: BLE001 - a user's file meets the libraries' loaders here
+        lines = str(exc).strip().splitlines()
+        detail = f"{type(exc).__name__}: {lines[0][:300]}" if lines else type(exc).__name__
+        raise UserInputError(f"--lora {lora.path}: diffusers could not load it as a LoRA for this model ({detail}): "
+                             "pass a LoRA in diffusers', peft's or kohya's (A1111, ComfyUI) format made for this "
+                             "model") from None
+
+
+def check_fits(file: Path, state_dict: Mapping[str, Any], components: Mapping[str, Any]) -> None:
+    """Refuse ``state_dict`` (``lora_state_dict``'s output: keys prefixed with their component)
+    where a key names no module of its component, a component this model lacks, or a
+    module whose shape it does not fit; the message names the file's own key for it."""
+    grouped: dict[str, dict[str, Any]] = {}
+    unfit: list[tuple[str, str]] = []  # (diffusers' key, why)
+    for key, tensor in state_dict.items():
+        component, _dot, rest = key.partition(".")
+        if component not in components:
+            unfit.append((key, f"this model has no {component}" if component.startswith(("unet", "text_encoder"))
+                          else f"it belongs to none of {', '.join(components)}"))
+        else:
+            grouped.setdefault(component, {})[rest] = tensor
+    for component, weights in grouped.items():
+        module = components[component]
+        for key, why in _unfit_keys(_peft_keys(component, weights, module), module):
+            unfit.append((f"{component}.{key}", why))
+    if not unfit:
+        return
+    file_keys = _file_keys(file)
+    shown = sorted(((_file_key(key, file_keys), why) for key, why in unfit),
+                   key=lambda item: file_keys.index(item[0]) if item[0] in file_keys else len(file_keys))
+    (first, why), more = shown[0], len(shown) - 1
+    name = first if first in file_keys else f"{first} (as diffusers converts it)"
+    also = f"; {more} more key{'s do' if more != 1 else ' does'} not fit either" if more else ""
+    raise UserInputError(f"--lora {file}: key {name} does not fit this model ({why}){also}: the adapter was made "
+                         "for another model; pass a LoRA trained for this one")
+
+
+def _peft_keys(component: str, weights: dict[str, Any], module: Any) -> dict[str, Any]:
+    """``weights`` (one component's, its prefix removed) with the keys diffusers hands to peft."""
+    from diffusers.utils import (
+        convert_state_dict_to_diffusers,
+        convert_state_dict_to_peft,
+        convert_unet_state_dict_to_peft,
+    )
+
+    if component == "unet":
+        return weights if "lora_A" in next(iter(weights)) else convert_unet_state_dict_to_peft(weights)
+    converted = convert_state_dict_to_peft(convert_state_dict_to_diffusers(weights))
+    if not hasattr(module, "text_model"):  # transformers 5's flat CLIP text model, as diffusers maps it
+        converted = {key.removeprefix("text_model."): value for key, value in converted.items()}
+    return converted
+
+
+def _unfit_keys(weights: Mapping[str, Any], module: Any) -> list[tuple[str, str]]:
+    """The keys of ``weights`` (peft's ``<module>.lora_A.weight`` form) whose module ``module``
+    lacks, or whose shape its module does not take; keys of other forms are diffusers' to judge."""
+    modules = dict(module.named_modules())
+    unfit = []
+    for key, tensor in weights.items():
+        at = key.find(".lora_")
+        if at < 0:
+            continue
+        path, kind = key[:at], key[at + 1:].split(".")[0]
+        target = modules.get(path)
+        if target is None:
+            unfit.append((key, f"there is no module {path}"))
+            continue
+        shape = tuple(getattr(tensor, "shape", ()))
+        width = {"lora_A": _inputs(target), "lora_B": _outputs(target)}.get(kind)
+        index = 1 if kind == "lora_A" else 0
+        if width is not None and len(shape) >= 2 and shape[index] != width:
+            side = "inputs" if kind == "lora_A" else "outputs"
+            unfit.append((key, f"shape {list(shape)}, where {path} has {width} {side}"))
+    return unfit
+
+
+def _inputs(module: Any) -> int | None:
+    return getattr(module, "in_features", None) or getattr(module, "in_channels", None)
+
+
+def _outputs(module: Any) -> int | None:
+    return getattr(module, "out_features", None) or getattr(module, "out_channels", None)
+
+
+def _file_keys(file: Path) -> list[str]:
+    from safetensors import safe_open
+
+    with safe_open(str(file), framework="pt") as handle:
+        return list(handle.keys())
+
+
+def _flat(text: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", text.lower())
+
+
+def _file_key(key: str, file_keys: Sequence[str]) -> str:
+    """The file's own name for diffusers' ``key`` (``unet.down_blocks.0...to_q.lora_A.weight``):
+    a key of the same component whose letters and digits hold the module path followed by
+    ``lora`` (a kohya ``lora_unet_down_blocks_0_..._to_q.lora_down.weight`` as much as a
+    diffusers key), the one of the same side (down / A, up / B) first; ``key`` itself where
+    none does (kohya's SDXL names, ``input_blocks_4_1_...``, are renamed by diffusers)."""
+    at = key.find(".lora_")
+    if at < 0:
+        return key
+    component, _dot, module = key[:at].partition(".")
+    wanted = _flat(module) + "lora"
+    matches = [k for k in file_keys if wanted in _flat(k) and _component_of(k) in (component, None)]
+    down = key[at + 1:].startswith("lora_A")
+    same_side = [k for k in matches if (("down" in k or "lora_A" in k) if down else ("up" in k or "lora_B" in k))]
+    return (same_side or matches or [key])[0]
+
+
+def _component_of(file_key: str) -> str | None:
+    """The component a file key names by its prefix (diffusers' ``unet.`` / ``text_encoder_2.``,
+    kohya's ``lora_unet_`` / ``lora_te_`` / ``lora_te1_`` / ``lora_te2_``), or None."""
+    flat = _flat(file_key)
+    for prefixes, component in ((("unet", "loraunet"), "unet"), (("textencoder2", "lorate2"), "text_encoder_2"),
+                                (("textencoder", "lorate"), "text_encoder")):
+        if flat.startswith(prefixes):
+            return component
+    return None
