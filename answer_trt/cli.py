@@ -367,6 +367,12 @@ def _generate(args: argparse.Namespace) -> int:
 
     request, index, recorded = _request(args)
     _check_output(args.output, 1 if index is not None else request.batch)
+    if recorded is not None and args.engines is None:  # a replay's LoRAs, checked before anything is built
+        from answer_trt.models.lora import check_lora
+        from answer_trt.pipeline import BuiltWeights
+
+        BuiltWeights(loras=tuple(check_lora(spec).tag for spec in _loras(args))).check_replay(
+            recorded, f"--from-png {args.from_png}")
     started = time.perf_counter()
     pipe = _load_pipeline(args, request.height, request.width, request.batch,
                           log=lambda msg: print(msg, file=sys.stderr))

@@ -88,7 +88,7 @@ class BuiltWeights:
         drawn = lora_tag_keys(text if isinstance(text, str) else "")
         if drawn != lora_tag_keys(", ".join(self.loras)):
             have = ", ".join(self.loras) or "no LoRA"
-            raise UserInputError(f"{image} was drawn with the LoRAs {text or 'none'}, and these engines have {have}: "
+            raise UserInputError(f"{image} was drawn with the LoRAs {text or 'none'}, and this run has {have}: "
                                  "pass --lora FILE:SCALE for each file of that sha256 (or none), in that order")
 
 

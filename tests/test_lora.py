@@ -67,7 +67,7 @@ def _reference(model: Path, loras: list[tuple[Path, float]]) -> np.ndarray:
     if loras:
         names = [f"adapter{i}" for i in range(len(loras))]
         for name, (file, _scale) in zip(names, loras):
-            pipe.load_lora_weights(str(file), adapter_name=name)
+            pipe.load_lora_weights(str(file.parent), weight_name=file.name, adapter_name=name)
         pipe.set_adapters(names, adapter_weights=[scale for _file, scale in loras])
     images = pipe(PROMPT, num_inference_steps=STEPS, guidance_scale=6.0, generator=torch.Generator().manual_seed(3),
                   output_type="np").images
@@ -140,7 +140,8 @@ def test_the_manifest_info_and_key_record_each_file_and_scale(sd_loras, sd_engin
         manifest.key, rescaled.manifest.key)
 
 
-def test_images_record_the_loras_and_a_replay_checks_them(sd_loras, sd_engines, engines_dir, tmp_path, capsys):
+def test_images_record_the_loras_and_a_replay_checks_them(sd_loras, sd_engines, engines_dir, tmp_path, capsys,
+                                                          monkeypatch):
     png = tmp_path / "drawn.png"
     assert main(["generate", PROMPT, "--engines", str(sd_engines), "--steps", "2", "-o", str(png)]) == 0
     with Image.open(png) as image:
@@ -154,6 +155,12 @@ def test_images_record_the_loras_and_a_replay_checks_them(sd_loras, sd_engines, 
     code = _cli("generate", "--from-png", png, "--engines", engines_dir, "-o", tmp_path / "again.png")
     _refused(capsys, code, "drawn with the LoRAs", "no LoRA", "--lora FILE:SCALE")
     assert not (tmp_path / "again.png").exists()
+    # With --model, before anything is built.
+    monkeypatch.setenv("ANSWER_TRT_CACHE", str(tmp_path / "cache"))
+    code = _cli("generate", "--from-png", png, "--model", "tiny", "--lora", f"{sd_loras[0]}:0.7", "-o",
+                tmp_path / "again.png")
+    _refused(capsys, code, "drawn with the LoRAs", "this run has pytorch_lora_weights.safetensors:")
+    assert not (tmp_path / "cache" / "engines").exists() and not (tmp_path / "again.png").exists()
     # With the engines it was drawn with, the replay draws the same pixels.
     assert main(["generate", "--from-png", str(png), "--engines", str(sd_engines), "-o", str(tmp_path / "r.png")]) == 0
     with Image.open(png) as a, Image.open(tmp_path / "r.png") as b:

@@ -105,11 +105,13 @@ def fuse_loras(loras: Sequence[LoraFile], *, unet: Any, vae: Any, text_encoder: 
 def _fuse_one(pipe: Any, lora: LoraFile, name: str, components: Mapping[str, Any]) -> None:
     """Check that ``lora`` fits, then load it as adapter ``name``, fuse it with its scale and
     unload the adapter layers (the fused weights stay)."""
-    state_dict = _diffusers_call(lora, lambda: type(pipe).lora_state_dict(str(lora.path))[0])
+    # A folder and the file's name in it: diffusers 0.30 reads a bare file path offline only so.
+    where = {"pretrained_model_name_or_path_or_dict": str(lora.path.parent), "weight_name": lora.path.name}
+    state_dict = _diffusers_call(lora, lambda: type(pipe).lora_state_dict(**where)[0])
     check_fits(lora.path, state_dict, components)
 
     def fuse() -> None:
-        pipe.load_lora_weights(str(lora.path), adapter_name=name)
+        pipe.load_lora_weights(**where, adapter_name=name)
         pipe.fuse_lora(lora_scale=lora.scale)
         pipe.unload_lora_weights()
 
