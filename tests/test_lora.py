@@ -249,3 +249,21 @@ def test_lora_arguments_parse_as_documented(tmp_path):
         LoraSpec(Path("a.safetensors"), 2.0), LoraSpec(Path("b.safetensors"), 0.25), LoraSpec(Path("c.safetensors")))
     with pytest.raises(UserInputError, match="loras takes a list"):
         lora_specs(3)
+
+
+@pytest.mark.parametrize("entry,needle", [
+    ({"path": "/a/b.safetensors", "sha256": "0" * 64, "scale": 99.0}, "loras[0].scale is 99.0, not a number in -10"),
+    ({"path": "/a/b.safetensors", "sha256": "xyz", "scale": 1.0}, "loras[0].sha256 is not a sha256 hex digest"),
+    ({"path": "/a/b.safetensors", "sha256": "0" * 64}, "loras[0] lacks scale"),
+])
+def test_a_manifest_with_a_bad_lora_record_is_refused(entry, needle, engines_dir, tmp_path):
+    import shutil
+
+    folder = tmp_path / "engines"
+    shutil.copytree(engines_dir, folder)
+    data = json.loads((folder / "manifest.json").read_text())
+    data["loras"] = [entry]
+    (folder / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(UserInputError, match="not a manifest this answer-trt can read") as refused:
+        read_manifest(folder)
+    assert needle in str(refused.value)
