@@ -99,7 +99,8 @@ def from_engines(folder: Path, verify: bool = True, session: Any = None, expect_
         }
     return Pipeline(
         tokenizers=load_engine_tokenizers(folder, manifest.files),
-        weights=BuiltWeights(manifest.variant, tuple(lora_tag(e.name, e.sha256, e.scale) for e in manifest.loras)),
+        weights=BuiltWeights(manifest.variant, tuple(lora_tag(e.name, e.sha256, e.scale) for e in manifest.loras),
+                             manifest.model_hash),
         engines=engines,
         scheduler_config=_scheduler_config(folder, manifest),
         info=manifest.info,

@@ -69,14 +69,19 @@ class Limits:
 class BuiltWeights:
     """Which weights of the model the engines run: its weights ``variant`` (None: the plain
     ones) and the LoRA adapters fused into them, as ``name:sha256-prefix:scale`` tags
-    (``answer_trt.models.lora``). Each image's metadata records them, and a replay checks them."""
+    (``answer_trt.models.lora``), and ``model_hash``: the model's sha256 as the engines'
+    manifest records it (None for an eager model). Each image's metadata records them, and a
+    replay checks the LoRAs."""
 
     variant: str | None = None
     loras: tuple[str, ...] = ()
+    model_hash: str | None = None
 
     def parameters(self) -> dict[str, str]:
-        """The PNG metadata entries (none for the plain weights without LoRAs)."""
+        """The PNG metadata entries (none for the plain weights without LoRAs, run eagerly)."""
         entries = {"variant": self.variant} if self.variant else {}
+        if self.model_hash:
+            entries["model_hash"] = self.model_hash[:16]
         if self.loras:
             entries["loras"] = ", ".join(self.loras)
         return entries

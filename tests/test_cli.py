@@ -186,3 +186,12 @@ def test_smaller_frictions_info_on_a_cache_help_defaults_truncation(engines_dir,
     answer_trt.load("tiny", backend="torch").generate(long_prompt, negative_prompt="a blue square", steps=1)
     assert "the prompt is 21 tokens" in caplog.text and "'circle and a red square' is dropped" in caplog.text
     assert "negative prompt is" not in caplog.text
+
+
+def test_images_from_engines_record_the_model_hash(engines_dir, tmp_path):
+    from answer_trt.manifest import read_manifest
+
+    png = tmp_path / "h.png"
+    assert main(["generate", "a cat", "--engines", str(engines_dir), "--steps", "1", "-o", str(png)]) == 0
+    recorded = json.loads(Image.open(png).info["parameters"])
+    assert recorded["model_hash"] == read_manifest(engines_dir).model_hash[:16]
