@@ -25,6 +25,8 @@ SCHEDULERS: dict[str, str] = {
 # image and the memory check sizes the batch per model; 256 is far above what a GPU of
 # today holds at SD sizes, and stops a typo (--batch 2000000) before anything is allocated.
 MAX_STEPS = 1000
+# K (dns_steps): inner mode runs K DNS iterations per step, so it scales work as steps do.
+MAX_DNS_STEPS = 1000
 MAX_IMAGES = 256
 # Guidance scales (w, wn): useful settings lie within about 0..20; beyond 100 the guided
 # noise leaves the range any UNet was trained on and the latents overflow to NaN.
@@ -64,6 +66,8 @@ class GuidanceConfig:
         if self.mode not in MODES:
             raise UserInputError(f"unknown mode {self.mode!r}: choose one of {', '.join(MODES)}")
         check_int("dns-steps", self.dns_steps)
+        if self.dns_steps > MAX_DNS_STEPS:
+            raise UserInputError(f"dns-steps must be at most {MAX_DNS_STEPS}, got {self.dns_steps}")
         _check_scale("guidance-scale", self.guidance_scale)
         if self.negative_scale is not None:
             _check_scale("negative-scale", self.negative_scale)

@@ -151,7 +151,11 @@ def _scheduler_config(folder: Path, manifest: Manifest) -> dict[str, Any]:
 
 
 def _tensorrt_engines(folder: Path, manifest: Manifest) -> tuple[dict[str, Any], Any]:
+    from answer_trt.versions import tensorrt_available
+
     try:
+        if not tensorrt_available():  # tensorrt-stubs alone imports as an empty namespace package
+            raise ImportError("tensorrt")
         from answer_trt.backends.tensorrt import load_engines
     except ImportError:
         raise UserInputError(

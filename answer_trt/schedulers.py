@@ -65,6 +65,11 @@ def check_scheduler_config(config: Mapping[str, Any]) -> None:
     if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_TRAIN_TIMESTEPS:
         raise UserInputError(f"the scheduler config's num_train_timesteps must be an integer in 1 .. "
                              f"{MAX_TRAIN_TIMESTEPS}, got {steps!r}: the model's scheduler config is broken")
+    for key in ("beta_start", "beta_end"):  # a NaN or a beta of 1 or more poisons every step's noise level
+        beta = config.get(key, 0.01)
+        if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0.0 <= beta < 1.0:
+            raise UserInputError(f"the scheduler config's {key} must be a number in [0, 1), got {beta!r}: the "
+                                 f"model's scheduler config is broken")
 
 
 def make_diffusers_scheduler(config: Mapping[str, Any], name: str | None = None) -> Any:

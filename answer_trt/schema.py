@@ -28,6 +28,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from answer_trt.config import (
+    MAX_DNS_STEPS,
     MAX_IMAGES,
     MAX_SCALE,
     MAX_STEPS,
@@ -98,7 +99,8 @@ class GenerateRequest:
         "float", "wn (default: 1 for answer, the guidance scale for dns)", nullable=True, low=-MAX_SCALE,
         high=MAX_SCALE))
     dns_steps: int = _guidance("dns_steps", FieldInfo(
-        "int", "K: the negative chain's re-anchor period (parallel mode) or DNS iterations (inner mode)", low=1))
+        "int", "K: the negative chain's re-anchor period (parallel mode) or DNS iterations (inner mode)", low=1,
+        high=MAX_DNS_STEPS))
     mode: str = _guidance("mode", FieldInfo("str", "ANSWER's negative chain: beside x (parallel) or nested (inner)",
                                             choices=MODES))
     chain_min_sigma: float = _guidance("chain_min_sigma", FieldInfo(

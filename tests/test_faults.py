@@ -357,6 +357,31 @@ def test_scheduler_config_that_is_not_an_object_is_refused(copy, engines_dir, tm
     assert_good_folder_still_works(engines_dir, capsys)
 
 
+@pytest.mark.parametrize("key, value", [("beta_end", float("nan")), ("beta_start", 1.5), ("beta_end", "0.02")])
+def test_scheduler_config_with_a_broken_beta_is_refused(key, value, copy, engines_dir, tmp_path, capsys):
+    """Hostile probe: a checksummed scheduler config with beta_end NaN made a NaN image (exit 1)."""
+    path = copy / "scheduler" / "scheduler_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), key: value}))
+    edit_manifest(copy, lambda d: add_file(d, "scheduler/scheduler_config.json",
+                                           digest_of(copy, "scheduler/scheduler_config.json")))
+    code = run_cli("generate", "a cat", "--engines", copy, "--steps", "1", "-o", tmp_path / "x.png")
+    assert_refused(capsys, code, key, "scheduler config is broken")
+    assert not (tmp_path / "x.png").exists()
+    assert_good_folder_still_works(engines_dir, capsys)
+
+
+def test_tensorrt_folder_without_the_tensorrt_runtime_is_one_line(copy, engines_dir, tmp_path, monkeypatch, capsys):
+    """Hostile probe: with only tensorrt-stubs installed (an empty ``tensorrt`` namespace
+    package), a TensorRT folder was an AttributeError traceback."""
+    import answer_trt.versions
+
+    edit_manifest(copy, lambda d: d.update(backend="tensorrt"))
+    monkeypatch.setattr(answer_trt.versions, "tensorrt_available", lambda: False)
+    code = run_cli("generate", "a cat", "--engines", copy, "--steps", "1", "-o", tmp_path / "x.png")
+    assert_refused(capsys, code, "TensorRT")
+    assert not (tmp_path / "x.png").exists()
+
+
 def test_graph_that_is_not_its_spec_is_refused(copy, engines_dir, tmp_path, capsys):
     """A checksummed graph of the wrong component (a crafted folder) fails on load, not in a run."""
     shutil.copy(copy / "text_encoder.onnx", copy / "unet.onnx")
@@ -635,6 +660,8 @@ OUTPUT_FAULTS: dict[str, tuple[Callable[[Path], list[str]], tuple[str, ...]]] = 
     "out-not-png": (lambda t: ["-o", str(t / "x.jpg")], (".png",)),
     "batch-target-is-folder": (lambda t: (t / "x-1.png").mkdir() or ["-o", str(t / "x.png"), "--batch", "2"],
                                ("x-1.png is a folder",)),
+    # K scales work in inner mode (K DNS iterations per step): bounded like steps (hostile probe)
+    "dns-steps-huge": (lambda t: ["--dns-steps", str(10**12), "-o", str(t / "x.png")], ("--dns-steps", "1000")),
 }
 
 
