@@ -9,7 +9,9 @@ import json
 import logging
 import os
 import secrets
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -242,7 +244,27 @@ def make_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     _open_closed_streams()
     args = make_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="answer-trt: %(levelname)s: %(message)s", stream=sys.stderr)
+    try:
+        os.getcwd()
+    except FileNotFoundError:  # before torch loads: its libraries fail in their own words in a deleted folder
+        _say("answer-trt: error: the current folder was deleted: cd to a folder that exists, then run again")
+        return EXIT_FAILURE
+    # Our own INFO lines; other libraries' warnings only (torch's exit-time INFO stats stay quiet).
+    logging.basicConfig(level=logging.WARNING, format="answer-trt: %(levelname)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("answer_trt").setLevel(logging.INFO)
+    try:
+        return _run(args, own_process=argv is None)
+    finally:
+        if argv is None:  # the process's own command: its exit code is decided, a second Ctrl-C must not undo it
+            _ignore_ctrl_c()
+
+
+def _ignore_ctrl_c() -> None:
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _run(args: argparse.Namespace, own_process: bool) -> int:
     try:
         handlers = {"build": _build, "generate": _generate, "bench": _bench, "info": _info}
         return (handlers.get(args.command) or args.handler)(args)  # serve, load: set_defaults(handler=...)
@@ -253,6 +275,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"answer-trt: error: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:  # what was being written is staged or temporary: nothing half-written stays
+        if own_process:
+            _ignore_ctrl_c()
         _say("answer-trt: interrupted; nothing was left half-written")
         return EXIT_INTERRUPTED
     except BrokenPipeError:  # stdout or stderr closed under us: nothing left to tell

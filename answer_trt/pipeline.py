@@ -246,6 +246,9 @@ class Pipeline:
         """``generate`` for a ready ``GenerateRequest`` (what serving and replay hold): the
         steps every request goes through, ``plan`` -> ``prepare`` -> ``program`` (run here one
         call at a time; the serving batcher runs many together) -> ``vae_decode`` -> ``finish``."""
+        if callback is not None and not callable(callback):
+            raise UserInputError(f"callback must be a function of (step index, number of steps), got "
+                                 f"{type(callback).__name__}")
         plan = self.plan(request)
         if cuda_graph:
             self._check_graphable(plan)

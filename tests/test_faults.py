@@ -829,3 +829,13 @@ def test_memory_hint_never_suggests_less_than_one_image(engines_dir, tmp_path, m
     code = run_cli("generate", "x", "--engines", engines_dir, "--steps", "1", "-o", tmp_path / "x.png")
     err = assert_refused(capsys, code, "even one image")
     assert "or fewer" not in err and "--batch 0" not in err and "--batch -" not in err
+
+
+@pytest.mark.parametrize("callback", ["x", 5])
+def test_a_callback_that_is_not_callable_is_refused(callback, ort_pipe):
+    """Hostile probe: ``generate(..., callback="x")`` was a TypeError after the first step."""
+    from answer_trt.errors import UserInputError
+
+    with pytest.raises(UserInputError, match="callback must be a function") as info:
+        ort_pipe.generate("a cat", steps=1, callback=callback)
+    assert "\n" not in str(info.value)

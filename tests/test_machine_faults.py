@@ -111,3 +111,73 @@ def test_a_path_over_the_file_system_limits_is_one_short_line(tmp_path, capsys):
         line = one_line(capsys.readouterr().err)
         assert "too long" in line and len(line) < 400
     assert [p.name for p in tmp_path.iterdir()] == []  # nothing created
+
+
+def test_a_second_ctrl_c_while_exiting_keeps_exit_130(tmp_path):
+    """Hostile probe: a second Ctrl-C 0.05-0.2 s after the first, while the interrupted run
+    was exiting, ended it by the signal (exit -2) instead of 130."""
+    env = dict(os.environ, ANSWER_TRT_CACHE=str(tmp_path / "cache"))
+    out = tmp_path / "x.png"
+    proc = subprocess.Popen([sys.executable, "-m", "answer_trt.cli", "generate", "a red circle", "--model", "tiny",
+                             "--backend", "torch", "--scheduler", "euler", "--steps", "900", "--batch", "16", "-o",
+                             str(out)], env=env, stderr=subprocess.PIPE, text=True)
+    time.sleep(8)  # loaded and denoising by now on a slow machine
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted" in one_line(err)
+    assert not out.exists()
+
+
+def test_a_deleted_current_folder_is_one_line(tmp_path):
+    """Hostile probe: run from a deleted folder, torch's MKL ended the run with its own
+    'FATAL ERROR: Cannot load libtorch_cpu.so'."""
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    env = dict(os.environ, ANSWER_TRT_CACHE=str(tmp_path / "cache"),
+               PYTHONPATH=os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
+                                                        os.environ.get("PYTHONPATH")])))
+    command = (f"cd {gone} && rmdir {gone} && {sys.executable} -m answer_trt.cli generate 'a red circle' --model tiny "
+               f"--backend torch --steps 1 -o x.png")
+    proc = subprocess.run(["bash", "-c", command], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr
+    assert "current folder was deleted" in one_line(proc.stderr)
+
+
+def test_a_client_that_hangs_up_mid_body_is_no_traceback(caplog):
+    """Hostile probe: a client that sent half its body and hung up left Starlette's
+    ClientDisconnect traceback in the server log."""
+    import asyncio
+
+    pytest.importorskip("fastapi")
+    from answer_trt.serving.http import make_api
+
+    class NoServer:
+        model_name, backend, health = "tiny", "onnxruntime", {"status": "ok"}
+
+        async def run(self, request, timeout_s=None):
+            raise AssertionError("never reached")
+
+        def stats(self):
+            return {}
+
+    app = make_api(NoServer())
+    messages = iter([{"type": "http.request", "body": b'{"prompt": ', "more_body": True},
+                     {"type": "http.disconnect"}])
+    sent = []
+
+    async def receive():
+        return next(messages)
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/generate", "raw_path": b"/v1/generate",
+             "root_path": "", "scheme": "http", "query_string": b"", "server": ("127.0.0.1", 8000),
+             "client": ("127.0.0.1", 1), "http_version": "1.1", "asgi": {"version": "3.0"},
+             "headers": [(b"content-type", b"application/json"), (b"content-length", b"500")]}
+    asyncio.run(app(scope, receive, send))
+    assert sent[0]["status"] == 400
+    assert "Traceback" not in caplog.text and not [r for r in caplog.records if r.exc_info]

@@ -30,6 +30,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.routing import Route
 
 from answer_trt.errors import NonFiniteImageError, UserInputError
@@ -272,6 +273,8 @@ def _own_routes(app: FastAPI, server: Server) -> None:
             call = parse_generate(await request.body())
         except UserInputError as exc:
             raise ApiError(400, str(exc)) from None
+        except ClientDisconnect:  # hung up before sending its whole body: nobody to answer, nothing to log
+            raise ApiError(400, "the client hung up before sending the whole request body") from None
         generation, = await generations(server, [call.request], call.timeout_s)
         body, content_type = await asyncio.to_thread(render, generation, call.response)  # PNG encoding
         return Response(body, media_type=content_type)
