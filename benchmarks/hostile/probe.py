@@ -492,16 +492,15 @@ def interruptions(w: World) -> None:
                   out_whole(box), follow=w.gen(box / "x.png") if sig != signal.SIGINT else None)
     box = w.sandbox()
     interrupt("generate, SIGINT twice", long_gen(box / "x.png"), signal.SIGINT, 4.0, box, out_whole(box))
-    # during the PNG save: a batch of 256 tiny images, one step
+    # a batch at the built maximum (4), so that a batch of PNGs would be written
+    batch = ["generate", "a", "--engines", str(w.engines), "--steps", "900", "--batch", "4", "-o"]
     for at in (4.5, 5.5):
         box = w.sandbox()
-        interrupt(f"save of 256 PNGs, SIGINT at {at}s", ["generate", "a", "--engines", str(w.engines), "--steps", "1",
-                                                         "--batch", "256", "-o", str(box / "x.png")],
-                  signal.SIGINT, at, box, out_whole(box))
+        interrupt(f"generate --batch 4, SIGINT at {at}s", [*batch, str(box / "x.png")], signal.SIGINT, at, box,
+                  out_whole(box))
     box = w.sandbox()
-    interrupt("save of 256 PNGs, SIGKILL at 5s", ["generate", "a", "--engines", str(w.engines), "--steps", "1",
-                                                  "--batch", "256", "-o", str(box / "x.png")],
-              signal.SIGKILL, 5.0, box, out_whole(box), follow=w.gen(box / "x.png"))
+    interrupt("generate --batch 4, SIGKILL at 5s", [*batch, str(box / "x.png")], signal.SIGKILL, 5.0, box,
+              out_whole(box), follow=w.gen(box / "x.png"))
     # builds
     for sig, at in [(signal.SIGINT, 6.0), (signal.SIGINT, 12.0), (signal.SIGKILL, 8.0), (signal.SIGTERM, 8.0)]:
         box = w.sandbox()
@@ -963,7 +962,7 @@ def _http_concurrency(w: World, port: int, log: Any) -> None:
     burst("HTTP: 16 concurrent, queue 4", 16, {"prompt": "a", "steps": 5}, {200, 503})
     burst("HTTP: 6 concurrent, 3 hang up", 6, {"prompt": "a", "steps": 20}, {200, 503}, hang_up=3)
     burst("HTTP: 4 concurrent with timeout_s 0.01", 4, {"prompt": "a", "steps": 50, "timeout_s": 0.01}, {200, 504})
-    burst("HTTP: 4 concurrent, different sizes of batch", 4, {"prompt": "a", "steps": 1, "batch": 2}, {200})
+    burst("HTTP: 4 concurrent, batch 2 each", 4, {"prompt": "a", "steps": 1, "batch": 2, "response": "json"}, {200})
     burst("HTTP: afterwards one request", 1, {"prompt": "a", "steps": 1}, {200})
 
 
