@@ -68,7 +68,7 @@ BAD_INPUTS = {
     "height-outside-built": (["--height", "128"], "outside what was built"),
     "batch-beyond-built": (["--batch", "3"], "beyond the built maximum of 2"),
     "steps-below-1": (["--steps", "0"], "--steps must be an integer in 1 .. 1000, got 0"),
-    "dns-steps-below-1": (["--dns-steps", "0"], "must be an integer >= 1, got 0"),
+    "dns-steps-below-1": (["--dns-steps", "0"], "must be an integer in 1 .. 1000, got 0"),
     "unknown-method": (["--method", "pag"], "invalid choice"),
     "unknown-scheduler": (["--scheduler", "lms"], "invalid choice"),
     "not-png": (["-o", "{tmp}/x.jpg"], "must be a .png"),
