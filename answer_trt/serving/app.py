@@ -97,8 +97,9 @@ class GenerateServer:
         self.batcher = StepBatcher(self.pipeline, max_rows=config.max_rows, batching=config.batching,
                                    max_queue=config.max_queue)
         self.model_name, self.backend = self.pipeline.model_name, self.pipeline.backend
+        self.replica = replica_identity()
         self.health = {"status": "ok", "model": self.pipeline.model_name, "backend": self.pipeline.backend,
-                       "batching": config.batching, "pid": os.getpid()}
+                       "batching": config.batching, **self.replica}
 
     async def run(self, request: GenerateRequest, timeout_s: float | None = None) -> Generation:
         """The request's generation through this replica's batcher (its errors as raised:
@@ -115,7 +116,8 @@ class GenerateServer:
         return generation
 
     def stats(self) -> dict[str, Any]:
-        return self.batcher.stats().as_dict()
+        """This replica's batcher counters, and which replica (and Ray node) it is."""
+        return {**self.batcher.stats().as_dict(), **self.replica}
 
     def __serve_build_asgi_app__(self) -> Any:  # Ray Serve's ingress calls it after __init__
         from answer_trt.serving.http import make_api
@@ -128,6 +130,22 @@ class GenerateServer:
             batcher.close()
 
 
+def replica_identity() -> dict[str, Any]:
+    """Which replica answers: its process id, Ray Serve's replica id and the Ray node it runs
+    on (``/v1/health`` and ``/v1/stats`` carry them; the last two are ``None`` outside a
+    Serve replica)."""
+    identity: dict[str, Any] = {"pid": os.getpid(), "replica": None, "node_id": None}
+    try:
+        import ray
+        from ray import serve
+
+        identity["replica"] = serve.get_replica_context().replica_id.unique_id
+        identity["node_id"] = ray.get_runtime_context().get_node_id()
+    except Exception:  # noqa: BLE001 - not in a replica (a test's server object): pid only
+        pass
+    return identity
+
+
 def start(config: ServeConfig) -> str:
     """Start Ray (if needed) and Serve on ``config.host:config.port``, deploy, return the URL."""
     import ray
@@ -135,8 +153,8 @@ def start(config: ServeConfig) -> str:
 
     if not ray.is_initialized() and config.address is not None:  # replicas go where the cluster has room
         ray.init(address=config.address, log_to_driver=False, configure_logging=False)
-    elif not ray.is_initialized():
-        ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(config.replicas * config.replica_cpus)),
+    elif not ray.is_initialized():  # "local": a Ray of our own, even beside a `ray start` cluster on this machine
+        ray.init(address="local", num_cpus=max(os.cpu_count() or 1, math.ceil(config.replicas * config.replica_cpus)),
                  include_dashboard=False, log_to_driver=False, configure_logging=False)
     serve.start(http_options={"host": config.host, "port": config.port})
     deployment = serve.deployment(
