@@ -289,7 +289,8 @@ def _own_routes(app: FastAPI, server: Server) -> None:
 
 
 def _openai_routes(app: FastAPI, server: Server) -> None:
-    @app.post("/v1/images/generations", response_model=OpenAIImagesResponse, responses=_OPENAI_REFUSALS,
+    @app.post("/v1/images/generations", response_model=OpenAIImagesResponse, responses={
+        **_OPENAI_REFUSALS, 404: {"model": OpenAIError, "description": "not the served model (GET /v1/models)"}},
               summary="The OpenAI images API (answer-trt's fields as extra fields)")
     async def images_generations(body: OpenAIImagesBody) -> dict[str, Any]:  # type: ignore[valid-type]
         try:
@@ -329,14 +330,20 @@ def _a1111_routes(app: FastAPI, server: Server) -> None:
 
 
 def _document(app: FastAPI) -> None:
-    """Put ``GenerateBody`` (documented, not validated, by FastAPI) into the OpenAPI components."""
+    """Put ``GenerateBody`` (documented, not validated, by FastAPI) into the OpenAPI components,
+    and take out the 422 FastAPI documents for a body model: its refusals answer 400."""
     default_openapi = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             document = default_openapi()
+            for operations in document.get("paths", {}).values():
+                for operation in operations.values():
+                    operation.get("responses", {}).pop("422", None)
             schema = GenerateBody.model_json_schema(ref_template="#/components/schemas/{model}")
             components = document.setdefault("components", {}).setdefault("schemas", {})
+            for unused in ("HTTPValidationError", "ValidationError"):  # only the 422 named them
+                components.pop(unused, None)
             components.update(schema.pop("$defs", {}))
             components["GenerateBody"] = schema
             app.openapi_schema = document
