@@ -2,8 +2,9 @@
 how its outputs combine.
 
 After diffusers' ``guiders/``: each class says how many rows (branches x images) each step
-puts on the UNet's batch axis and the most any step needs (``peak_rows``: the serving
-batcher admits requests by it), combines the UNet outputs with ``answer_trt.guidance``'s
+puts on the UNet's batch axis (``calls``: the serving batcher admits a request by its first
+step's) and the most any step needs (``peak_rows``: beyond the batcher's rows per call a
+request is refused), combines the UNet outputs with ``answer_trt.guidance``'s
 float32 equations, and says whether its step can be captured as a CUDA graph
 (``graph_refusal``: ``None``, or the one-line reason).
 

@@ -8,7 +8,7 @@ import threading
 import pytest
 import torch
 
-from answer_trt.serving.admission import admit, call_timesteps, group, pack
+from answer_trt.serving.admission import admit, call_timesteps, fill, group
 from answer_trt.serving.stats import RATE_WINDOW_S, StatsRecorder
 from answer_trt.serving.tickets import DeadlineExceeded, RequestCancelled, Ticket
 
@@ -39,14 +39,16 @@ def test_grouping_keeps_first_appearance_order():
     assert group([]) == []
 
 
-@pytest.mark.parametrize("pending, limit, chunks", [
-    ([3, 2, None, 3, 3, 2], 6, [[0, 1], [3, 4], [5]]),
+@pytest.mark.parametrize("pending, limit, chosen", [
+    ([3, 2, None, 3, 3, 2, 1], 6, [0, 1, 6]),  # oldest first; a later 1-row step fills the room
+    ([3, 2, None, 3, 3, 2, 1], 8, [0, 1, 3]),
+    ([3, 2, None, 3, 3, 2, 1], 12, [0, 1, 3, 4, 6]),
     ([None, None], 6, []),
-    ([7, 1], 6, [[0], [1]]),  # too big alone: a chunk of its own
-    ([2, 2, 2], 6, [[0, 1, 2]]),
+    ([None, 7, 1], 6, [1]),  # the first request with a call always goes
+    ([2, 2, 2], 6, [0, 1, 2]),
 ])
-def test_packing_keeps_order_and_the_row_limit(pending, limit, chunks):
-    assert pack(pending, limit) == chunks
+def test_a_call_takes_the_oldest_requests_that_fit(pending, limit, chosen):
+    assert fill(pending, limit) == chosen
 
 
 def test_timesteps_one_per_row_across_dtypes():

@@ -17,6 +17,7 @@ from answer_trt.serving.batcher import (
     QueueFullError,
     RequestCancelled,
     StepBatcher,
+    call_rows,
 )
 
 # One of each kind of step program, with a negative prompt and two sizes (two groups).
@@ -94,6 +95,28 @@ def test_a_small_max_rows_makes_requests_wait_their_turn(pipe):
     assert stats.rows_per_call <= 4 and stats.completed == 3
     assert stats.calls >= 10  # the third request ran after the first two
     for request, result in zip(requests, results):
+        assert np.abs(pixels(result) - reference(pipe, request)).max() <= 1
+
+
+def test_a_request_joins_by_the_rows_its_first_step_needs_not_its_peak(pipe):
+    """With 4 rows per call, a CFG request in flight (2 rows a step) leaves room for an ANSWER
+    request's first step (a re-anchor: 2 rows, as its guider declares), not for its peak (3):
+    they share that call. ANSWER's next step (3 rows) then waits for room instead of adding
+    a second call to each iteration."""
+    cfg = GenerateRequest("a green triangle", method="cfg", steps=8, seed=2)
+    answer = GenerateRequest("a red circle", method="answer", steps=8, seed=1)
+    plan = pipe.plan(answer)
+    # K = 4: re-anchored at steps 0 and 4; steps 6 and 7 are below the chain's interval.
+    assert call_rows(plan.config, plan.rule) == [2, 3, 3, 3, 2, 3, 2, 2]
+    with StepBatcher(pipe, max_rows=4) as batcher:
+        tickets = [batcher.submit(cfg), batcher.submit(answer)]
+        results = [t.result(timeout=120) for t in tickets]
+        stats = batcher.stats()
+    assert stats.rows == 8 * 2 + sum(call_rows(plan.config, plan.rule)) and stats.rows <= stats.calls * 4
+    # One shared call: by its peak, ANSWER would have waited for all 8 CFG calls (8 + 8);
+    # splitting an iteration into calls that fit would have made part-empty calls (12).
+    assert stats.calls == 8 + 8 - 1, stats
+    for request, result in zip((cfg, answer), results):
         assert np.abs(pixels(result) - reference(pipe, request)).max() <= 1
 
 

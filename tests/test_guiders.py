@@ -19,7 +19,7 @@ from answer_trt.guiders import CFG, DNS, DenoiserCall, InnerAnswer, ParallelAnsw
 from answer_trt.iospec import MAX_BRANCHES
 from answer_trt.sampler import sample, sampling_program
 from answer_trt.schedulers import make_step_rule
-from answer_trt.serving.batcher import peak_rows
+from answer_trt.serving.batcher import call_rows, peak_rows
 from tests.toys import ToyDenoiser, make_scheduler
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -110,7 +110,8 @@ def test_the_sampler_makes_the_calls_the_guider_declares(problem, guidance, kind
     assert [tuple(s) for s in steps[:-1]] == [tuple(r * batch for r in c) for c in guider.calls(sigmas)]
     assert max(max(s) for s in steps[:-1]) <= guider.peak_rows(batch)
     config = SamplingConfig(guidance=guidance, batch=batch)
-    assert peak_rows(config) == guider.peak_rows(batch)  # the batcher's admission
+    assert peak_rows(config) == guider.peak_rows(batch)  # the batcher's refusal above max_rows
+    assert call_rows(config, rule) == [n for s in steps[:-1] for n in s]  # the batcher's admission
 
 
 @pytest.mark.parametrize("guidance", [g for g in CONFIGS + INTERVAL if g.mode == "parallel" or g.method != "answer"],

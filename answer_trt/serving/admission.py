@@ -1,5 +1,5 @@
-"""The batcher's pure decisions: which waiting requests join, and how pending rows are
-packed into UNet calls.
+"""The batcher's pure decisions: which waiting requests join, and which pending rows make
+an iteration's UNet call.
 
 Functions of plain values (shape keys and row counts), so they are tested without
 engines or threads; ``answer_trt.serving.batcher`` applies them to its requests. Rows
@@ -20,9 +20,11 @@ from torch import Tensor
 def admit(in_flight: Iterable[tuple[Hashable, int]], waiting: Sequence[tuple[Hashable, int]], limit: int) -> int:
     """How many requests at the head of ``waiting`` join those ``in_flight`` now.
 
-    Each entry is ``(key, rows)``: the request's latent-shape key and the rows it reserves
-    on the batch axis. A request joins while the rows of its key stay within ``limit``;
-    the first that does not fit stops the queue (strictly oldest first). An idle batcher
+    Each entry is ``(key, rows)``: the request's latent-shape key and the rows it needs on
+    the batch axis now (the batcher gives the pending call's rows of those in flight and the
+    first call's of those waiting: the rows a step needs, as its guider declares, not its
+    peak). A request joins while the rows of its key stay within ``limit``; the first that
+    does not fit stops the queue (strictly oldest first). An idle batcher
     always takes the head, whatever its size (``submit`` checked it against the limit).
     ``limit=0`` runs one request at a time (batching off)."""
     used = collections.Counter[Hashable]()
@@ -48,21 +50,20 @@ def group(keys: Sequence[Hashable]) -> list[list[int]]:
     return list(groups.values())
 
 
-def pack(pending: Sequence[int | None], max_rows: int) -> list[list[int]]:
-    """Consecutive chunks (indices into ``pending``) of at most ``max_rows`` rows each, in
-    order; ``None`` marks a request with no call pending (skipped). A request whose rows
-    alone exceed ``max_rows`` gets a chunk of its own."""
-    chunks: list[list[int]] = []
+def fill(pending: Sequence[int | None], max_rows: int) -> list[int]:
+    """The requests (indices into ``pending``) of this iteration's one call: oldest first,
+    each whose pending rows still fit in ``max_rows`` (a later, smaller step may fill the room
+    an earlier one leaves); ``None`` marks a request with no call pending. The others wait an
+    iteration rather than make a second, part-empty call. The first request with a call
+    always goes (``submit`` refused a peak above ``max_rows``), so every request gets its turn."""
+    chosen: list[int] = []
     rows = 0
     for index, count in enumerate(pending):
-        if count is None:
+        if count is None or (chosen and rows + count > max_rows):
             continue
-        if not chunks or rows + count > max_rows:
-            chunks.append([])
-            rows = 0
-        chunks[-1].append(index)
+        chosen.append(index)
         rows += count
-    return chunks
+    return chosen
 
 
 def call_timesteps(per_request: Sequence[tuple[Tensor, int]]) -> Tensor:

@@ -10,11 +10,16 @@ Each request runs the sampler's own loop (``answer_trt.sampler.sampling_program`
 which yields the rows of each call instead of making it; the batcher answers many
 programs with one call per group, so a request's latents are those of
 ``Pipeline.generate`` for the same request and seed (up to the engine's batch-size
-rounding). Requests join a running set when the engine's batch axis has room for
-their largest step (strictly oldest first, so nothing starves); every request in the
-set advances one call per iteration. Finished requests are decoded together.
+rounding). Requests join a running set when the engine's batch axis has room for the
+rows the set's steps need now, the newcomer's first call included (strictly oldest first,
+so nothing starves): an ANSWER request's re-anchor steps, and those below its chain's
+interval, take 2 rows, its other steps 3, as its guider says (not its peak of 3 throughout).
+Each iteration makes one UNet call per latent shape, filled oldest first with the requests
+whose next call fits; when the set's steps have grown past the axis (2-row steps turning
+into 3-row ones), the requests left out wait an iteration rather than add a part-empty
+call. Finished requests are decoded together.
 
-Parts: the pure decisions (who joins, how rows pack into a call) are
+Parts: the pure decisions (who joins, which rows make a call) are
 ``answer_trt.serving.admission``; tickets, deadlines and cancellation are
 ``answer_trt.serving.tickets``; counters are ``answer_trt.serving.stats``; a request's own
 steps (plan, prepare, program, decode, finish) are ``Pipeline``'s, as in ``generate``.
@@ -43,13 +48,14 @@ from answer_trt.iospec import MAX_BRANCHES
 from answer_trt.pipeline import Generation, Limits, Pipeline, RequestPlan, Timings
 from answer_trt.rules import check_int
 from answer_trt.sampler import SamplingProgram
+from answer_trt.schedulers import StepRule
 from answer_trt.schema import GenerateRequest
-from answer_trt.serving.admission import admit, call_timesteps, group, pack
+from answer_trt.serving.admission import admit, call_timesteps, fill, group
 from answer_trt.serving.stats import BatcherStats, StatsRecorder
 from answer_trt.serving.tickets import DeadlineExceeded, QueueFullError, RequestCancelled, Ticket
 
 __all__ = ["DeadlineExceeded", "GenerateRequest", "QueueFullError", "RequestCancelled", "StepBatcher", "Ticket",
-           "check_max_rows", "peak_rows"]
+           "call_rows", "check_max_rows", "peak_rows"]
 
 # Rows per call when the engines set no limit (the torch backend).
 UNLIMITED_ENGINE_ROWS = 48
@@ -58,12 +64,13 @@ UNLIMITED_ENGINE_ROWS = 48
 @dataclass(frozen=True)
 class _Waiting:
     """A submitted request: its ticket, its plan (``Pipeline.plan``, made at submit), what
-    must agree to share a call with it (``key``: the latent shape) and its largest step."""
+    must agree to share a call with it (``key``: the latent shape) and the rows of its first
+    call (what it needs to join)."""
 
     ticket: Ticket
     plan: RequestPlan
     key: tuple[int, ...]
-    peak_rows: int
+    first_rows: int
 
 
 @dataclass
@@ -90,8 +97,15 @@ class _Job:
 
 def peak_rows(config: SamplingConfig) -> int:
     """The most rows one denoiser call of this request puts on the batch axis (its method's
-    guider says: ``answer_trt.guiders``); admission reserves that many."""
+    guider says: ``answer_trt.guiders``); a request above ``max_rows`` is refused."""
     return make_guider(config.guidance).peak_rows(config.batch)
+
+
+def call_rows(config: SamplingConfig, rule: StepRule) -> list[int]:
+    """The rows of each denoiser call of this request, in order: its method's guider says
+    per step (``Guider.calls`` on the rule's noise levels), times its images."""
+    sigmas = [rule.levels(i)[1] for i in range(len(rule.timesteps))]
+    return [rows * config.batch for step in make_guider(config.guidance).calls(sigmas) for rows in step]
 
 
 def check_max_rows(max_rows: int | None, limits: Limits) -> int:
@@ -159,7 +173,7 @@ class StepBatcher:
                 raise QueueFullError(len(self._waiting),
                                      self._stats.retry_after(len(self._active), len(self._waiting)))
             ticket = Ticket(request, None if deadline_s is None else time.monotonic() + deadline_s, self._wake)
-            self._waiting.append(_Waiting(ticket, plan, self._key(plan.config), rows))
+            self._waiting.append(_Waiting(ticket, plan, self._key(plan.config), call_rows(plan.config, plan.rule)[0]))
             self._wake.notify_all()
         return ticket
 
@@ -228,10 +242,11 @@ class StepBatcher:
         self._active = [job for job in self._active if not ended(job.ticket)]
 
     def _take_joining(self) -> list[_Waiting]:
-        """The waiting requests that fit beside those in flight (``admission.admit``; under
-        the lock)."""
-        taken = admit(((job.waiting.key, job.waiting.peak_rows) for job in self._active),
-                      [(w.key, w.peak_rows) for w in self._waiting], self.max_rows if self.batching else 0)
+        """The waiting requests whose first call fits beside the calls those in flight make
+        now (their pending calls: the rows their steps need this iteration, not their peaks;
+        ``admission.admit``; under the lock)."""
+        now = ((job.waiting.key, 0 if job.pending is None else job.pending.count) for job in self._active)
+        taken = admit(now, [(w.key, w.first_rows) for w in self._waiting], self.max_rows if self.batching else 0)
         return [self._waiting.popleft() for _ in range(taken)]
 
     def _key(self, config: SamplingConfig) -> tuple[int, ...]:
@@ -246,8 +261,9 @@ class StepBatcher:
         for indices in group([job.waiting.key for job in active]):
             jobs = [active[i] for i in indices]
             pending = [None if job.pending is None else job.pending.count for job in jobs]
-            for chunk in pack(pending, self.max_rows):
-                self._call([jobs[i] for i in chunk])
+            chosen = fill(pending, self.max_rows)
+            if chosen:
+                self._call([jobs[i] for i in chosen])
         finished = [job for job in self._active if job.latents is not None]
         if finished:
             with self._wake:
