@@ -325,7 +325,7 @@ def lock_path(target: Path) -> Path:
 def build_lock(target: Path, log: Callable[[str], None], timeout_s: float = BUILD_LOCK_TIMEOUT_S) -> Iterator[None]:
     """Hold the one lock of builds into ``target`` (``filelock``: an OS file lock, released
     if the process dies). A second build of the same folder (another first user of the
-    cache, another serving replica) waits here, then finds the first one's engines up to
+    cache, another `answer-trt serve --model`) waits here, then finds the first one's engines up to
     date and reuses them. Raises ``UserInputError`` after ``timeout_s`` or where the lock
     cannot be made (a read-only parent)."""
     from filelock import FileLock, Timeout
