@@ -21,7 +21,7 @@ done
 mkdir -p "$out"
 log="$out/gpu_run.log"
 wheels="${WHEELS:-$root/.whl}"
-site="${SITE:-/tmp/answer-trt-site}"
+site="${SITE:-$(mktemp -d)/site}"  # per run: concurrent runs must not rewrite each other's wheels
 python="${PYTHON:-python3}"
 {
     echo "gpu run: $(date -u +%FT%TZ) on $(hostname), $($python --version 2>&1)"
