@@ -4,12 +4,13 @@ environment, waited for (bounded), and stopped with SIGTERM as `docker stop` wou
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,14 +45,34 @@ class ServeProcess:
 
     def stop(self, timeout_s: float = 60.0) -> int | None:
         """SIGTERM (serve shuts Serve and its own Ray down), then SIGKILL of its process group."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-        return self.proc.returncode
+        return stop_process(self.proc, timeout_s)
+
+
+def stop_process(proc: subprocess.Popen[Any], timeout_s: float = 60.0) -> int | None:
+    """SIGTERM ``proc`` (started with ``start_new_session=True``); SIGKILL its process group
+    if it has not ended within ``timeout_s``. Returns its exit code."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+    return proc.returncode
+
+
+@contextlib.contextmanager
+def local_server(engines: Path, host: str = "127.0.0.1") -> Iterator[str]:
+    """``answer-trt serve`` of ``engines`` in this process (Ray Serve, one small replica) on a
+    free port of ``host``: yields its URL, and stops Serve after."""
+    from answer_trt.bench.load import free_port
+    from answer_trt.serving import app
+
+    config = app.ServeConfig(engines, host=host, port=free_port(host), verify=False, replica_cpus=0.5)
+    try:
+        yield app.start(config)
+    finally:
+        app.stop()
 
 
 def child_env(**extra: str) -> dict[str, str]:

@@ -23,9 +23,9 @@ pytest.importorskip("ray.serve", reason="Ray Serve is not installed: pip install
 openai = pytest.importorskip("openai", reason="the openai client is not installed: pip install -e '.[dev]'")
 webuiapi = pytest.importorskip("webuiapi", reason="the webuiapi client is not installed: pip install -e '.[dev]'")
 
-from answer_trt.bench.load import free_port  # noqa: E402
 from answer_trt.schema import FIELD_NAMES, request_fields  # noqa: E402
 from answer_trt.schema import info as schema_info  # noqa: E402
+from tests.serve_process import local_server  # noqa: E402
 
 HOST = "127.0.0.1"
 WAIT_S = 60.0  # the most any single request in here may take
@@ -40,13 +40,8 @@ def engines() -> Path:
 
 @pytest.fixture(scope="module")
 def server(engines: Path) -> Any:
-    from answer_trt.serving import app
-
-    config = app.ServeConfig(engines, host=HOST, port=free_port(HOST), verify=False, replica_cpus=0.5)
-    try:
-        yield app.start(config)
-    finally:
-        app.stop()
+    with local_server(engines, HOST) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

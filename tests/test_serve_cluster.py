@@ -28,7 +28,7 @@ pytest.importorskip("ray.serve", reason="Ray Serve is not installed: pip install
 
 from answer_trt.bench.load import free_port  # noqa: E402
 from answer_trt.serving.client import AnswerTrtClient  # noqa: E402
-from tests.serve_process import ServeProcess, child_env, replica_stats  # noqa: E402
+from tests.serve_process import ServeProcess, child_env, replica_stats, stop_process  # noqa: E402
 
 HOST = "127.0.0.1"
 WAIT_S = 240.0  # the most any one wait in here may take
@@ -52,13 +52,7 @@ class RayNode:
             time.sleep(0.5)
 
     def stop(self, timeout_s: float = 60.0) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
+        stop_process(self.proc, timeout_s)
 
 
 def processes_naming(text: str) -> list[int]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,9 +25,9 @@ from schemathesis.specs.openapi.checks import (  # noqa: E402
     status_code_conformance,
 )
 
-from answer_trt.bench.load import free_port  # noqa: E402
 from answer_trt.config import MAX_IMAGES, MAX_STEPS  # noqa: E402
 from answer_trt.serving.http import OPENAI_PREFIXES  # noqa: E402
+from tests.serve_process import local_server  # noqa: E402
 
 HOST = "127.0.0.1"
 EXAMPLES = 30  # generated requests per operation (valid and invalid)
@@ -43,14 +42,9 @@ CAPS = {"steps": (3, MAX_STEPS), "n_iter": (2, MAX_IMAGES)}
 @pytest.fixture(scope="module")
 def server() -> Any:
     from answer_trt.loaders import build_cached
-    from answer_trt.serving import app
 
-    engines: Path = build_cached("tiny")
-    config = app.ServeConfig(engines, host=HOST, port=free_port(HOST), verify=False, replica_cpus=0.5)
-    try:
-        yield app.start(config)
-    finally:
-        app.stop()
+    with local_server(build_cached("tiny"), HOST) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
