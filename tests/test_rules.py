@@ -55,6 +55,7 @@ def test_every_rebuild_hint_is_the_manifest_command(tmp_path, monkeypatch):
         check_plan_compatible(version, capability, "10.13.0", "8.9", rebuild_command)
 
     monkeypatch.setitem(sys.modules, "answer_trt.backends.tensorrt", types.SimpleNamespace(load_engines=load_engines))
+    monkeypatch.setattr("answer_trt.versions.tensorrt_available", lambda: True)  # a machine with TensorRT
     with pytest.raises(UserInputError, match=f"capability 9.0.*{TRT_FLAGS} --max-batch 2 {RANGES}"):
         loaders._tensorrt_engines(tmp_path, manifest)
 
