@@ -168,7 +168,10 @@ def load_model(path: Path, variant: str | None = None, loras: Sequence[LoraFile]
         # the export stage and the torch backend choose the precision themselves.
         # output_loading_info=True: each loader also says which tensors it did not find (left at
         # their random initial values) or found without a place for them; _load refuses both.
-        dtype = {"dtype" if sub.startswith("text_encoder") else "torch_dtype": torch.float32}
+        # low_cpu_mem_usage=False for diffusers' models: with accelerate installed (peft brings
+        # it) diffusers 0.30 otherwise raises on missing tensors with an empty list of names.
+        text = sub.startswith("text_encoder")
+        dtype = {"dtype": torch.float32} if text else {"torch_dtype": torch.float32, "low_cpu_mem_usage": False}
         return {**dtype, "output_loading_info": True, **({"variant": variants[sub]} if variants.get(sub) else {})}
 
     model = LoadedModel(
