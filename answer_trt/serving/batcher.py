@@ -318,17 +318,14 @@ class StepBatcher:
                     self._fail(job.ticket, exc)
                 continue
             decode_s = time.monotonic() - began
-            offset = 0
-            for job, own in zip(chunk, latents.split([j.waiting.plan.config.batch for j in chunk])):
+            sizes = [job.waiting.plan.config.batch for job in chunk]
+            for job, own, pixels in zip(chunk, latents.split(sizes), decoded.split(sizes)):
                 plan = job.waiting.plan
-                count = plan.config.batch
                 try:
-                    images = pipe.finish(own, decoded[offset:offset + count], plan.params)
+                    images = pipe.finish(own, pixels, plan.params)
                 except Exception as exc:  # noqa: BLE001 - e.g. NonFiniteImageError, for this request only
                     self._fail(job.ticket, exc)
                     continue
-                finally:
-                    offset += count
                 denoise_s = began - job.started - job.text_s
                 timings = Timings(job.text_s, denoise_s, decode_s, plan.config.steps)
                 with self._wake:
