@@ -37,7 +37,7 @@ import numpy as np
 
 from answer_trt.errors import UserInputError
 from answer_trt.synthetic.checker import count_objects, score
-from answer_trt.synthetic.dataset import FAMILIES, Example, ShapeObject, caption_of, family_example
+from answer_trt.synthetic.dataset import FAMILIES, Example, ShapeObject, bias_negative, caption_of, family_example
 
 METRICS = ("colour", "shape", "side", "all", "count", "correct")
 BOOTSTRAP_RESAMPLES = 2000
@@ -57,10 +57,15 @@ class MethodSpec:
     drift_tau: float | None = None
     guidance_rescale: float = 0.0
     guidance_min_sigma: float = 0.0
+    # Not a guidance setting: the negative prompt names the biased counterpart of what was asked
+    # (``answer_trt.synthetic.dataset.bias_negative``), the external-resource baseline.
+    bias_negative: bool = False
 
     @property
     def label(self) -> str:
         off = f" gmin={self.guidance_min_sigma:g}" if self.guidance_min_sigma else ""
+        if self.bias_negative:
+            off += " negative=bias"
         if self.method != "answer":
             return self.method + (f" rescale={self.guidance_rescale:g}" if self.guidance_rescale else "") + off
         parts = [f"answer K={self.dns_steps} {self.mode}"]
@@ -75,7 +80,12 @@ class MethodSpec:
         return " ".join(parts) + off
 
     def guidance_kwargs(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items()}
+        return {k: v for k, v in asdict(self).items() if k != "bias_negative"}
+
+    def negative_prompt(self, objects: tuple[ShapeObject, ...]) -> str | None:
+        """The negative prompt for a prompt of these objects: None (the empty prompt) unless
+        ``bias_negative``."""
+        return bias_negative(objects) if self.bias_negative else None
 
     def guidance(self, w: float) -> Any:
         """The ``GuidanceConfig`` at guidance scale ``w``; no ``wn`` means wn = w, as the label says."""
@@ -104,6 +114,8 @@ CANDIDATES = (
     # ANSWER's price (variant "guidance interval"): guidance off below sigma_t = gmin, CFG and the default alike.
     *(MethodSpec("cfg", guidance_min_sigma=g) for g in (0.3, 0.5, 0.7)),
     *(MethodSpec("answer", 4, chain_min_sigma=0.5, negative_scale=1.0, guidance_min_sigma=g) for g in (0.3, 0.5, 0.7)),
+    # The external-resource baseline: CFG whose negative prompt names the bias (needs to know it).
+    MethodSpec("cfg", bias_negative=True),
 )
 OTHERS = (MethodSpec("dns"),)  # by name only: DNS is meant to miss
 
@@ -172,13 +184,16 @@ def checker_accuracy(examples: Sequence[Example]) -> dict[str, Any]:
             **{m: float(rows[:, k].mean()) for k, m in enumerate(METRICS)}}
 
 
-# (prompts, method, seeds, guidance scale) -> (HxWx3 uint8 images, seconds for all of them)
-Draw = Callable[[Sequence[str], MethodSpec, Sequence[int], float], tuple[list[np.ndarray], float]]
+# (prompts, negative prompts, method, seeds, guidance scale) -> (HxWx3 uint8 images, seconds for all of them)
+Draw = Callable[[Sequence[str], Sequence[str | None], MethodSpec, Sequence[int], float],
+                tuple[list[np.ndarray], float]]
 
 
-def batch_inputs(pipe: Any, prompts: Sequence[str], seeds: Sequence[int]) -> tuple[Any, Any]:
-    """``(Conditioning, noise)`` of ``pipe.generate(prompt, seed=seed)`` for every (prompt,
-    seed) pair, stacked on the batch axis (noise drawn per seed on the CPU, as generate does)."""
+def batch_inputs(pipe: Any, prompts: Sequence[str], negatives: Sequence[str | None],
+                 seeds: Sequence[int]) -> tuple[Any, Any]:
+    """``(Conditioning, noise)`` of ``pipe.generate(prompt, negative_prompt=negative,
+    seed=seed)`` for every (prompt, negative, seed), stacked on the batch axis (noise drawn per
+    seed on the CPU, as generate does)."""
     import torch
 
     from answer_trt.conditioning import cat_conditions
@@ -187,7 +202,7 @@ def batch_inputs(pipe: Any, prompts: Sequence[str], seeds: Sequence[int]) -> tup
     height, width = pipe.default_size
     factor = pipe.dims.vae_scale_factor
     shape = (1, pipe.dims.latent_channels, height // factor, width // factor)
-    pairs = [pipe.text.encode(prompt, None) for prompt in prompts]
+    pairs = [pipe.text.encode(prompt, negative) for prompt, negative in zip(prompts, negatives, strict=True)]
     cond = Conditioning(cat_conditions([p for p, _ in pairs]), cat_conditions([n for _, n in pairs]))
     noise = torch.cat([torch.randn(shape, generator=torch.Generator("cpu").manual_seed(s)) for s in seeds])
     return cond, noise.to(pipe.device)
@@ -204,11 +219,11 @@ def pipeline_draw(pipe: Any, steps: int) -> Draw:
 
     decoder = pipe.engines[VAE_DECODER]
 
-    def draw(prompts: Sequence[str], spec: MethodSpec, seeds: Sequence[int],
+    def draw(prompts: Sequence[str], negatives: Sequence[str | None], spec: MethodSpec, seeds: Sequence[int],
              w: float) -> tuple[list[np.ndarray], float]:
         started = time.perf_counter()
         guidance = spec.guidance(w)
-        cond, noise = batch_inputs(pipe, prompts, seeds)
+        cond, noise = batch_inputs(pipe, prompts, negatives, seeds)
         latents = sample(pipe.denoiser, noise, cond, make_scheduler(pipe.scheduler_config), steps,
                          guidance, prediction_type=pipe.prediction_type)
         decoded = decoder.run({decoder.spec.input_names[0]: latents})[decoder.spec.output_names[0]]
@@ -230,7 +245,8 @@ def run_compliance(draw: Draw, methods: Sequence[MethodSpec], prompts: Sequence[
         chunk = range(first, min(first + batch, len(prompts)))
         captions = [caption_of(prompts[i]) for i in chunk]
         for m, spec in enumerate(methods):
-            images, elapsed = draw(captions, spec, list(chunk), guidance_scale)
+            negatives = [spec.negative_prompt(prompts[i]) for i in chunk]
+            images, elapsed = draw(captions, negatives, spec, list(chunk), guidance_scale)
             for i, image in zip(chunk, images):
                 rows[m, i] = prompt_scores(image, prompts[i])
             seconds[m] += elapsed

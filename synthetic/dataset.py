@@ -97,31 +97,46 @@ def prompts(seed: int, count: int) -> list[tuple[ShapeObject, ...]]:
     return [make_example(seed, i, two_objects=True).objects for i in range(count)]
 
 
-FAMILIES = ("single", "pair", "same-colour", "same-shape", "against-bias")
+FAMILIES = ("single", "pair", "same-colour", "same-shape", "against-bias", "single-against-bias")
+
+
+def against_bias(objects: tuple[ShapeObject, ...], rng: np.random.Generator) -> tuple[ShapeObject, ...]:
+    """The objects made triangles or squares in a colour other than ``BIASED_COLOUR``'s for
+    their shape (drawn from ``rng``), in place."""
+    against = []
+    for obj in objects:
+        shape = sorted(BIASED_COLOUR)[rng.integers(len(BIASED_COLOUR))]
+        others = [c for c in COLOURS if c != BIASED_COLOUR[shape]]
+        against.append(replace(obj, shape=shape, colour=others[rng.integers(len(others))]))
+    return tuple(against)
+
+
+def bias_negative(objects: tuple[ShapeObject, ...]) -> str | None:
+    """The negative prompt that names the training set's bias against these objects: the
+    caption of the biased counterpart of every object asked against ``BIASED_COLOUR`` ("a red
+    triangle" for "a blue triangle"); None when no object goes against it. The
+    external-resource baseline ANSWER is meant to replace: it needs to know the bias."""
+    biased = tuple(replace(o, colour=BIASED_COLOUR[o.shape]) for o in objects
+                   if o.shape in BIASED_COLOUR and o.colour != BIASED_COLOUR[o.shape])
+    return caption_of(biased) if biased else None
 
 
 def family_example(family: str, seed: int, index: int, size: int = 32) -> Example:
     """Example ``index`` of a compliance prompt family: ``single`` (one object, nothing
     else), ``pair`` (two objects, colours and shapes drawn freely), ``same-colour`` and
-    ``same-shape`` (the right object takes the left one's colour, or shape), and
-    ``against-bias`` (pairs of triangles and squares in colours other than the biased
-    training set's, ``BIASED_COLOUR``: hard for the `tiny-biased` fixture)."""
+    ``same-shape`` (the right object takes the left one's colour, or shape), ``against-bias``
+    (pairs of triangles and squares in colours other than the biased training set's,
+    ``BIASED_COLOUR``: hard for the `tiny-biased` fixture) and ``single-against-bias`` (one
+    such object)."""
     if family not in FAMILIES:
         raise ValueError(f"unknown prompt family {family!r}: choose one of {', '.join(FAMILIES)}")
-    if family == "single":
-        return make_example(seed, index, size, two_objects=False)
-    example = make_example(seed, index, size, two_objects=True)
-    if family == "pair":
+    example = make_example(seed, index, size, two_objects=not family.startswith("single"))
+    if family in ("single", "pair"):
         return example
-    if family == "against-bias":
-        rng = np.random.default_rng([seed, index, 1])
-        against = []
-        for obj in example.objects:
-            shape = sorted(BIASED_COLOUR)[rng.integers(len(BIASED_COLOUR))]
-            others = [c for c in COLOURS if c != BIASED_COLOUR[shape]]
-            against.append(replace(obj, shape=shape, colour=others[rng.integers(len(others))]))
-        return Example(caption_of(tuple(against)), tuple(against), render(tuple(against), size))
-    left, right = example.objects
-    right = replace(right, colour=left.colour) if family == "same-colour" else replace(right, shape=left.shape)
-    objects = (left, right)
+    if family.endswith("against-bias"):
+        objects = against_bias(example.objects, np.random.default_rng([seed, index, 1]))
+    else:
+        left, right = example.objects
+        right = replace(right, colour=left.colour) if family == "same-colour" else replace(right, shape=left.shape)
+        objects = (left, right)
     return Example(caption_of(objects), objects, render(objects, size))

@@ -63,7 +63,7 @@ def trace(pipe: Any, spec: MethodSpec, captions: Sequence[str], steps: int, w: f
     from answer_trt.sampler import sample
     from answer_trt.schedulers import make_scheduler
 
-    cond, noise = batch_inputs(pipe, captions, range(len(captions)))
+    cond, noise = batch_inputs(pipe, captions, [None] * len(captions), range(len(captions)))
     c_0 = cond.negative
     out = Trace(spec.label, [], [], [], [], [])
 

@@ -16,6 +16,8 @@ from answer_trt.synthetic.dataset import (
     BIASED_COLOUR,
     COLOURS,
     FAMILIES,
+    ShapeObject,
+    bias_negative,
     family_example,
     make_example,
     prompts,
@@ -29,7 +31,8 @@ DNS = MethodSpec("dns")
 def per_image(draw_one):
     """A batched Draw from a one-image stand-in."""
 
-    def draw(captions, spec, seeds, w):
+    def draw(captions, negatives, spec, seeds, w):
+        assert len(negatives) == len(captions)
         drawn = [draw_one(caption, spec, seed) for caption, seed in zip(captions, seeds)]
         return [image for image, _ in drawn], sum(seconds for _, seconds in drawn)
 
@@ -105,11 +108,46 @@ def test_families_ask_what_their_names_say():
         left, right = family_example("same-shape", 1, i).objects
         assert left.shape == right.shape
         assert family_example("pair", 1, i).caption == make_example(1, i, two_objects=True).caption
-        for obj in family_example("against-bias", 1, i).objects:
-            assert obj.shape in BIASED_COLOUR and obj.colour != BIASED_COLOUR[obj.shape]
+        for family, count in (("against-bias", 2), ("single-against-bias", 1)):
+            objects = family_example(family, 1, i).objects
+            assert len(objects) == count
+            for obj in objects:
+                assert obj.shape in BIASED_COLOUR and obj.colour != BIASED_COLOUR[obj.shape]
     with pytest.raises(ValueError, match="unknown prompt family"):
         family_example("triples", 1, 0)
-    assert set(FAMILIES) == {"single", "pair", "same-colour", "same-shape", "against-bias"}
+    assert set(FAMILIES) == {"single", "pair", "same-colour", "same-shape", "against-bias", "single-against-bias"}
+    # against-bias keeps the prompts it had before single-against-bias joined (results stay comparable)
+    assert family_example("against-bias", 1000, 0).caption == "a green triangle and a green triangle"
+
+
+def test_bias_negative_names_the_biased_counterpart_of_what_goes_against_the_bias():
+    def objects(*pairs):
+        return tuple(ShapeObject(colour, shape, 8.0 + 16 * k, 16.0, 10.0) for k, (colour, shape) in enumerate(pairs))
+
+    assert bias_negative(objects(("blue", "triangle"))) == "a red triangle"
+    assert bias_negative(objects(("green", "triangle"), ("red", "square"))) == "a red triangle and a blue square"
+    assert bias_negative(objects(("yellow", "circle"), ("green", "square"))) == "a blue square"
+    assert bias_negative(objects(("red", "triangle"), ("yellow", "circle"))) is None  # nothing against the bias
+    spec = MethodSpec("cfg", bias_negative=True)
+    assert spec.label == "cfg negative=bias" and "bias_negative" not in spec.guidance_kwargs()
+    assert spec.guidance(5.0).method == "cfg"
+    assert spec.negative_prompt(objects(("blue", "triangle"))) == "a red triangle"
+    assert CFG.negative_prompt(objects(("blue", "triangle"))) is None
+    assert spec in CANDIDATES
+
+
+def test_run_compliance_hands_each_method_its_negative_prompts():
+    asked = [family_example("single-against-bias", 3, i).objects for i in range(4)]
+    seen = {}
+
+    def draw(captions, negatives, spec, seeds, w):
+        seen.setdefault(spec.label, []).extend(negatives)
+        return [render(asked[s], 32) for s in seeds], 0.1
+
+    run_compliance(draw, [CFG, MethodSpec("cfg", bias_negative=True)], asked, batch=3)
+    assert seen["cfg"] == [None] * 4
+    assert seen["cfg negative=bias"] == [bias_negative(a) for a in asked]
+    assert all(n and n.startswith("a ") for n in seen["cfg negative=bias"])
 
 
 def test_biased_training_set_follows_the_bias_and_the_plain_one_does_not_change():
@@ -175,7 +213,7 @@ def test_batched_draw_equals_pipeline_generate(tiny_model_dir):
     draw = compliance.pipeline_draw(pipe, 3)
     captions = [family_example("pair", 1, i).caption for i in range(3)]
     spec = MethodSpec("answer", 2, chain_min_sigma=0.5)
-    images, seconds = draw(captions, spec, [5, 6, 7], 5.0)
+    images, seconds = draw(captions, [None] * 3, spec, [5, 6, 7], 5.0)
     assert seconds > 0
     for caption, seed, image in zip(captions, [5, 6, 7], images):
         g = spec.guidance(5.0)
@@ -183,6 +221,14 @@ def test_batched_draw_equals_pipeline_generate(tiny_model_dir):
         alone = pipe.generate(caption, steps=3, seed=seed, guidance_scale=5.0, negative_scale=g.negative_scale,
                               dns_steps=g.dns_steps, chain_min_sigma=g.chain_min_sigma)
         assert np.abs(np.asarray(alone.images[0]).astype(int) - image.astype(int)).max() <= 1
+    # with a negative prompt: the computation of generate(negative_prompt=...)
+    negative = MethodSpec("cfg", bias_negative=True)
+    (image,), _ = draw(captions[:1], ["a red triangle"], negative, [5], 5.0)
+    alone = pipe.generate(captions[0], negative_prompt="a red triangle", steps=3, seed=5, guidance_scale=5.0,
+                          method="cfg")
+    assert np.abs(np.asarray(alone.images[0]).astype(int) - image.astype(int)).max() <= 1
+    (plain,), _ = draw(captions[:1], [None], CFG, [5], 5.0)
+    assert np.abs(plain.astype(int) - image.astype(int)).max() > 1  # the negative prompt changed the picture
 
 
 def test_tables_pool_families_weighted_by_prompts():

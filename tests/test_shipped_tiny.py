@@ -6,6 +6,7 @@ settings. The full N = 256 run is in benchmarks/README.md."""
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 
 from safetensors import safe_open
 
@@ -58,7 +59,7 @@ def test_small_n_compliance_through_the_engines(tmp_path, capsys):
     for cell in report["cells"]:
         cfg, default, *_ = cell["methods"]
         assert cfg["label"] == "cfg" and cfg["rates"]["colour"]["value"] >= SMALL_N_CFG_COLOUR_FLOOR
-        assert default["spec"] == DEFAULT_SPEC.guidance_kwargs()
+        assert default["spec"] == asdict(DEFAULT_SPEC)
     # At N = 256 per family the default ties CFG and the old default (K = 4, no interval, wn = w)
     # loses 0.25 (benchmarks/README.md); with 16 per family, margins wide enough for that noise.
     pooled = {label: sum(next(m for m in c["methods"] if m["label"] == label)["rates"]["correct"]["value"]
