@@ -84,13 +84,15 @@ _size = _argument(lambda text: check_size("size", parse_int(text, "size")), "siz
 _size_or_range = _argument(parse_size_range, "size or range")
 
 
+class _DrawnSeed(int):
+    """A seed ``--seed random`` drew: ``_request`` prints it once the request is known to use it."""
+
+
 def _parse_seed(text: str) -> int:
     """A seed, or ``random``: a seed drawn here (printed, and recorded in each PNG)."""
     if text.strip().lower() != "random":
         return check_seed(parse_int(text, "seed"))
-    seed = secrets.randbelow(2**32)
-    print(f"answer-trt: --seed random drew seed {seed}", file=sys.stderr)
-    return seed
+    return _DrawnSeed(secrets.randbelow(2**32))
 
 
 _seed = _argument(_parse_seed, "seed")
@@ -428,6 +430,11 @@ def _request(args: argparse.Namespace) -> tuple[GenerateRequest, int | None, dic
     if args.from_png is None:
         if args.prompt is None:
             raise UserInputError("give a PROMPT (or --from-png IMAGE to redraw an image answer-trt wrote)")
+        if isinstance(args.seed, _DrawnSeed):
+            if args.seeds is not None:
+                raise UserInputError("--seed random with --seeds: --seeds gives every image its seed; leave --seed out")
+            print(f"answer-trt: --seed random drew seed {args.seed}", file=sys.stderr)
+            args.seed = int(args.seed)
         return make_request(args.prompt, request_keywords(args)), None, None
     if args.prompt is not None:
         raise UserInputError("--from-png takes the prompt from the image: leave PROMPT out")

@@ -181,7 +181,8 @@ def test_per_image_seeds_and_a_random_seed_draw_and_replay(tmp_path, capsys):
     drawn = int(capsys.readouterr().err.split("drew seed ")[1].split()[0])
     assert json.loads(Image.open(tmp_path / "r.png").info["parameters"])["seed"] == drawn
     for bad, message in ((["--seeds", "5,,6"], "comma-separated integers"), (["--seeds", "5,x"], "not an integer"),
-                         (["--seeds", "5,6", "--batch", "3"], "2 seeds for a batch of 3")):
+                         (["--seeds", "5,6", "--batch", "3"], "2 seeds for a batch of 3"),
+                         (["--seeds", "5,6", "--seed", "random"], "leave --seed out")):
         try:
             code = main(["generate", "a", *common, *bad, "-o", str(tmp_path / "bad.png")])
         except SystemExit as exited:  # a usage error, from argparse
