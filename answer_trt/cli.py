@@ -238,8 +238,8 @@ def make_parser() -> argparse.ArgumentParser:
     from answer_trt.bench.load import add_load_parser  # serve and load: stdlib-only until they run
     from answer_trt.serving.cli_serve import add_serve_parser
 
-    add_serve_parser(sub)
-    add_load_parser(sub)
+    for served in (add_serve_parser(sub), add_load_parser(sub)):
+        add_weights_arguments(served)
     return parser
 
 

@@ -157,3 +157,19 @@ def test_serve_config_checks_cluster_and_gpu_flags():
         ServeConfig(Path("e"), replica_gpus=-1.0)
     with pytest.raises(UserInputError, match="--address must name a Ray cluster"):
         ServeConfig(Path("e"), address=" ")
+
+
+def test_serve_takes_the_weights_flags_and_refuses_engines_built_from_other_weights(tiny_model_dir, tmp_path):
+    from answer_trt.cli import make_parser
+    from answer_trt.loaders import build_cached
+    from answer_trt.serving.cli_serve import serve_config
+
+    parser = make_parser()
+    lora = tmp_path / "style.safetensors"
+    args = parser.parse_args(["serve", "--model", "tiny-random", "--variant", "fp16", "--lora", f"{lora}:0.5"])
+    assert args.variant == "fp16" and [(spec.path, spec.scale) for spec in args.lora] == [(lora, 0.5)]
+    assert parser.parse_args(["load", "--compare", "--variant", "fp16"]).variant == "fp16"
+    engines = build_cached("tiny-random")
+    assert serve_config(parser.parse_args(["serve", "--engines", str(engines)])).engines == engines
+    with pytest.raises(UserInputError, match="variant"):
+        serve_config(parser.parse_args(["serve", "--engines", str(engines), "--variant", "fp16"]))

@@ -48,8 +48,9 @@ def add_batcher_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def serve_config(args: argparse.Namespace, **overrides: Any) -> Any:
-    """The ``ServeConfig`` of ``args``; a ``--model`` is built into the cache first."""
-    from answer_trt.loaders import build_cached, engine_limits
+    """The ``ServeConfig`` of ``args``; a ``--model`` is built into the cache first (with its
+    ``--variant`` and ``--lora``s; an ``--engines`` folder must have been built with them)."""
+    from answer_trt.loaders import build_cached, check_built_weights, engine_limits
     from answer_trt.manifest import read_manifest, verify_files
     from answer_trt.serving.app import ServeConfig, check_serve_flags
     from answer_trt.serving.batcher import check_max_rows
@@ -58,12 +59,15 @@ def serve_config(args: argparse.Namespace, **overrides: Any) -> Any:
     fields.update(overrides)
     check_serve_flags(fields.get("host", "127.0.0.1"), fields.get("port", 8000), fields["replicas"],
                       fields["max_queue"], fields["max_rows"])  # before a build
+    variant, loras = getattr(args, "variant", None), getattr(args, "lora", None)
     if args.engines is not None:
         engines = Path(args.engines)
         manifest = read_manifest(engines)
+        check_built_weights(engines, manifest, variant, tuple(loras) if loras else None)
         verify_files(engines, manifest)  # here, once: a mismatch is one line, not a failed deployment
     else:
-        engines = build_cached(args.model or "tiny", log=lambda msg: print(msg, file=sys.stderr))
+        engines = build_cached(args.model or "tiny", log=lambda msg: print(msg, file=sys.stderr), variant=variant,
+                               loras=tuple(loras or ()))
         manifest = read_manifest(engines)
     check_max_rows(fields["max_rows"], engine_limits(engines, manifest))  # here, before a replica starts
     gpus = getattr(args, "gpus_per_replica", None)
