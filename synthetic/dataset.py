@@ -97,7 +97,7 @@ def prompts(seed: int, count: int) -> list[tuple[ShapeObject, ...]]:
     return [make_example(seed, i, two_objects=True).objects for i in range(count)]
 
 
-FAMILIES = ("single", "pair", "same-colour", "same-shape", "against-bias", "single-against-bias")
+FAMILIES = ("single", "pair", "same-colour", "same-shape", "against-bias", "single-against-bias", "with-bias")
 
 
 def against_bias(objects: tuple[ShapeObject, ...], rng: np.random.Generator) -> tuple[ShapeObject, ...]:
@@ -126,8 +126,9 @@ def family_example(family: str, seed: int, index: int, size: int = 32) -> Exampl
     else), ``pair`` (two objects, colours and shapes drawn freely), ``same-colour`` and
     ``same-shape`` (the right object takes the left one's colour, or shape), ``against-bias``
     (pairs of triangles and squares in colours other than the biased training set's,
-    ``BIASED_COLOUR``: hard for the `tiny-biased` fixture) and ``single-against-bias`` (one
-    such object)."""
+    ``BIASED_COLOUR``: hard for the `tiny-biased` fixture), ``single-against-bias`` (one
+    such object) and ``with-bias`` (pairs whose triangles and squares take their biased
+    colour: nothing asked against the bias, so the fixture's training quality apart from it)."""
     if family not in FAMILIES:
         raise ValueError(f"unknown prompt family {family!r}: choose one of {', '.join(FAMILIES)}")
     example = make_example(seed, index, size, two_objects=not family.startswith("single"))
@@ -135,6 +136,8 @@ def family_example(family: str, seed: int, index: int, size: int = 32) -> Exampl
         return example
     if family.endswith("against-bias"):
         objects = against_bias(example.objects, np.random.default_rng([seed, index, 1]))
+    elif family == "with-bias":
+        objects = tuple(replace(o, colour=BIASED_COLOUR.get(o.shape, o.colour)) for o in example.objects)
     else:
         left, right = example.objects
         right = replace(right, colour=left.colour) if family == "same-colour" else replace(right, shape=left.shape)

@@ -115,7 +115,11 @@ def test_families_ask_what_their_names_say():
                 assert obj.shape in BIASED_COLOUR and obj.colour != BIASED_COLOUR[obj.shape]
     with pytest.raises(ValueError, match="unknown prompt family"):
         family_example("triples", 1, 0)
-    assert set(FAMILIES) == {"single", "pair", "same-colour", "same-shape", "against-bias", "single-against-bias"}
+        with_bias = family_example("with-bias", 1, i).objects
+        assert len(with_bias) == 2 and bias_negative(with_bias) is None
+        assert [o.shape for o in with_bias] == [o.shape for o in family_example("pair", 1, i).objects]
+    assert set(FAMILIES) == {"single", "pair", "same-colour", "same-shape", "against-bias", "single-against-bias",
+                             "with-bias"}
     # against-bias keeps the prompts it had before single-against-bias joined (results stay comparable)
     assert family_example("against-bias", 1000, 0).caption == "a green triangle and a green triangle"
 
