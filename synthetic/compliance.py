@@ -98,6 +98,15 @@ class MethodSpec:
 
 
 CFG = MethodSpec("cfg")
+
+
+def default_spec() -> MethodSpec:
+    """answer-trt's default guidance (``answer_trt.config.DEFAULT_GUIDANCE``, its wn resolved)
+    as a spec: what ``answer-trt generate`` runs when no guidance flag is given."""
+    from answer_trt.config import DEFAULT_GUIDANCE as default
+
+    return MethodSpec(default.method, default.dns_steps, default.mode, default.wn, default.chain_min_sigma,
+                      default.drift_tau, default.guidance_rescale, default.guidance_min_sigma)
 CANDIDATES = (
     CFG,
     MethodSpec("answer", 4),  # ANSWER.md's reconstruction as first adopted

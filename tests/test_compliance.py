@@ -256,3 +256,14 @@ def test_tables_pool_families_weighted_by_prompts():
     text = markdown([{"cells": cells}])
     assert "| x | 0.900 (+0.100 [+0.061, +0.139]) | 0.400 (+0.000 [-0.039, +0.039]) | 0.525 (+0.025" in text
     assert text.rstrip().endswith("| 1.50x |")
+
+
+def test_default_spec_is_what_generate_runs_without_guidance_flags():
+    from answer_trt.config import DEFAULT_GUIDANCE
+
+    spec = compliance.default_spec()
+    guidance = spec.guidance(DEFAULT_GUIDANCE.guidance_scale)
+    for name in spec.guidance_kwargs():
+        if name != "negative_scale":  # None in the default: wn resolved from the method
+            assert getattr(guidance, name) == getattr(DEFAULT_GUIDANCE, name), name
+    assert guidance.wn == DEFAULT_GUIDANCE.wn and not spec.bias_negative

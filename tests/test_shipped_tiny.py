@@ -10,19 +10,15 @@ from dataclasses import asdict
 
 from safetensors import safe_open
 
-from answer_trt.config import DEFAULT_GUIDANCE
 from answer_trt.models.source import DEFAULT_MODEL, load_tokenizers, resolve_model
 from answer_trt.synthetic import compliance
-from answer_trt.synthetic.compliance import MethodSpec
 from answer_trt.synthetic.dataset import FAMILIES, VOCABULARY
 
 WEIGHTS_BUDGET_BYTES = 10_000_000
 SMALL_N = 16
 # At N = 256 the model scores over 0.8 (benchmarks/README.md); a small N gets a margin.
 SMALL_N_CFG_COLOUR_FLOOR = 0.7
-DEFAULT = DEFAULT_GUIDANCE
-DEFAULT_SPEC = MethodSpec("answer", DEFAULT.dns_steps, DEFAULT.mode, DEFAULT.wn, DEFAULT.chain_min_sigma,
-                          DEFAULT.drift_tau, DEFAULT.guidance_rescale)
+DEFAULT_SPEC = compliance.default_spec()
 DEFAULT_LABEL = DEFAULT_SPEC.label.replace(" ", "-")
 
 
