@@ -37,9 +37,20 @@ import numpy as np
 
 from answer_trt.errors import UserInputError
 from answer_trt.synthetic.checker import count_objects, score
-from answer_trt.synthetic.dataset import FAMILIES, Example, ShapeObject, bias_negative, caption_of, family_example
+from answer_trt.synthetic.dataset import (
+    FAMILIES,
+    Example,
+    ShapeObject,
+    bias_negative,
+    bias_shape_negative,
+    caption_of,
+    family_example,
+)
 
 METRICS = ("colour", "shape", "side", "all", "count", "correct")
+# Negative-prompt rules of the external-resource baselines (``MethodSpec.negative``).
+NEGATIVE_RULES: dict[str, Callable[[tuple[ShapeObject, ...]], str | None]] = {
+    "bias": bias_negative, "bias-shape": bias_shape_negative}
 BOOTSTRAP_RESAMPLES = 2000
 CHECKER_BAR = 0.98
 
@@ -57,15 +68,15 @@ class MethodSpec:
     drift_tau: float | None = None
     guidance_rescale: float = 0.0
     guidance_min_sigma: float = 0.0
-    # Not a guidance setting: the negative prompt names the biased counterpart of what was asked
-    # (``answer_trt.synthetic.dataset.bias_negative``), the external-resource baseline.
-    bias_negative: bool = False
+    # Not a guidance setting: a rule in NEGATIVE_RULES that writes each prompt's negative prompt
+    # (the external-resource baselines); "" for none (the empty prompt).
+    negative: str = ""
 
     @property
     def label(self) -> str:
         off = f" gmin={self.guidance_min_sigma:g}" if self.guidance_min_sigma else ""
-        if self.bias_negative:
-            off += " negative=bias"
+        if self.negative:
+            off += f" negative={self.negative}"
         if self.method != "answer":
             return self.method + (f" rescale={self.guidance_rescale:g}" if self.guidance_rescale else "") + off
         parts = [f"answer K={self.dns_steps} {self.mode}"]
@@ -80,12 +91,12 @@ class MethodSpec:
         return " ".join(parts) + off
 
     def guidance_kwargs(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if k != "bias_negative"}
+        return {k: v for k, v in asdict(self).items() if k != "negative"}
 
     def negative_prompt(self, objects: tuple[ShapeObject, ...]) -> str | None:
         """The negative prompt for a prompt of these objects: None (the empty prompt) unless
-        ``bias_negative``."""
-        return bias_negative(objects) if self.bias_negative else None
+        ``negative`` names a rule."""
+        return NEGATIVE_RULES[self.negative](objects) if self.negative else None
 
     def guidance(self, w: float) -> Any:
         """The ``GuidanceConfig`` at guidance scale ``w``; no ``wn`` means wn = w, as the label says."""
@@ -123,8 +134,8 @@ CANDIDATES = (
     # ANSWER's price (variant "guidance interval"): guidance off below sigma_t = gmin, CFG and the default alike.
     *(MethodSpec("cfg", guidance_min_sigma=g) for g in (0.3, 0.5, 0.7)),
     *(MethodSpec("answer", 4, chain_min_sigma=0.5, negative_scale=1.0, guidance_min_sigma=g) for g in (0.3, 0.5, 0.7)),
-    # The external-resource baseline: CFG whose negative prompt names the bias (needs to know it).
-    MethodSpec("cfg", bias_negative=True),
+    # The external-resource baselines: CFG whose negative prompt names the bias (needs to know it).
+    *(MethodSpec("cfg", negative=rule) for rule in NEGATIVE_RULES),
 )
 OTHERS = (MethodSpec("dns"),)  # by name only: DNS is meant to miss
 

@@ -121,6 +121,18 @@ def bias_negative(objects: tuple[ShapeObject, ...]) -> str | None:
     return caption_of(biased) if biased else None
 
 
+def bias_shape_negative(objects: tuple[ShapeObject, ...]) -> str | None:
+    """The negative prompt that names the bias from the other side: for every object asked
+    against ``BIASED_COLOUR`` in a colour that the bias gives another shape, that shape in
+    that colour ("a blue square" for "a blue triangle", since squares are blue); None when
+    no object has one. What a model that draws the asked colour in its biased shape gets
+    wrong; an external resource as much as ``bias_negative``."""
+    shape_of = {colour: shape for shape, colour in BIASED_COLOUR.items()}
+    named = tuple(replace(o, shape=shape_of[o.colour]) for o in objects
+                  if o.shape in BIASED_COLOUR and o.colour != BIASED_COLOUR[o.shape] and o.colour in shape_of)
+    return caption_of(named) if named else None
+
+
 def family_example(family: str, seed: int, index: int, size: int = 32) -> Example:
     """Example ``index`` of a compliance prompt family: ``single`` (one object, nothing
     else), ``pair`` (two objects, colours and shapes drawn freely), ``same-colour`` and

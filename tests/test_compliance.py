@@ -18,6 +18,7 @@ from answer_trt.synthetic.dataset import (
     FAMILIES,
     ShapeObject,
     bias_negative,
+    bias_shape_negative,
     family_example,
     make_example,
     prompts,
@@ -132,8 +133,13 @@ def test_bias_negative_names_the_biased_counterpart_of_what_goes_against_the_bia
     assert bias_negative(objects(("green", "triangle"), ("red", "square"))) == "a red triangle and a blue square"
     assert bias_negative(objects(("yellow", "circle"), ("green", "square"))) == "a blue square"
     assert bias_negative(objects(("red", "triangle"), ("yellow", "circle"))) is None  # nothing against the bias
-    spec = MethodSpec("cfg", bias_negative=True)
-    assert spec.label == "cfg negative=bias" and "bias_negative" not in spec.guidance_kwargs()
+    assert bias_shape_negative(objects(("blue", "triangle"))) == "a blue square"
+    assert bias_shape_negative(objects(("red", "square"), ("green", "triangle"))) == "a red triangle"
+    assert bias_shape_negative(objects(("green", "triangle"))) is None  # green is no shape's biased colour
+    assert bias_shape_negative(objects(("blue", "square"), ("blue", "circle"))) is None
+    spec = MethodSpec("cfg", negative="bias")
+    assert spec.label == "cfg negative=bias" and "negative" not in spec.guidance_kwargs()
+    assert MethodSpec("cfg", negative="bias-shape").negative_prompt(objects(("blue", "triangle"))) == "a blue square"
     assert spec.guidance(5.0).method == "cfg"
     assert spec.negative_prompt(objects(("blue", "triangle"))) == "a red triangle"
     assert CFG.negative_prompt(objects(("blue", "triangle"))) is None
@@ -148,7 +154,7 @@ def test_run_compliance_hands_each_method_its_negative_prompts():
         seen.setdefault(spec.label, []).extend(negatives)
         return [render(asked[s], 32) for s in seeds], 0.1
 
-    run_compliance(draw, [CFG, MethodSpec("cfg", bias_negative=True)], asked, batch=3)
+    run_compliance(draw, [CFG, MethodSpec("cfg", negative="bias")], asked, batch=3)
     assert seen["cfg"] == [None] * 4
     assert seen["cfg negative=bias"] == [bias_negative(a) for a in asked]
     assert all(n and n.startswith("a ") for n in seen["cfg negative=bias"])
@@ -226,7 +232,7 @@ def test_batched_draw_equals_pipeline_generate(tiny_model_dir):
                               dns_steps=g.dns_steps, chain_min_sigma=g.chain_min_sigma)
         assert np.abs(np.asarray(alone.images[0]).astype(int) - image.astype(int)).max() <= 1
     # with a negative prompt: the computation of generate(negative_prompt=...)
-    negative = MethodSpec("cfg", bias_negative=True)
+    negative = MethodSpec("cfg", negative="bias")
     (image,), _ = draw(captions[:1], ["a red triangle"], negative, [5], 5.0)
     alone = pipe.generate(captions[0], negative_prompt="a red triangle", steps=3, seed=5, guidance_scale=5.0,
                           method="cfg")
@@ -266,4 +272,4 @@ def test_default_spec_is_what_generate_runs_without_guidance_flags():
     for name in spec.guidance_kwargs():
         if name != "negative_scale":  # None in the default: wn resolved from the method
             assert getattr(guidance, name) == getattr(DEFAULT_GUIDANCE, name), name
-    assert guidance.wn == DEFAULT_GUIDANCE.wn and not spec.bias_negative
+    assert guidance.wn == DEFAULT_GUIDANCE.wn and not spec.negative
