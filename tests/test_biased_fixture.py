@@ -12,6 +12,13 @@ from answer_trt.models.source import resolve_model
 
 FIXTURE = Path(__file__).resolve().parents[1] / "benchmarks" / "models" / "tiny-biased"
 BUDGET_BYTES = 10_000_000
+SMALL_N = 16
+# At N = 256, w = 7.5 (benchmarks/README.md): CFG 0.859 correct on with-bias pairs (`tiny` 0.844); asked
+# against the bias CFG's shape rate is 0.596 against 0.98 or so otherwise; the default beats CFG there by
+# +0.109. Sixteen prompts get margins wide enough for their noise.
+WITH_BIAS_CFG_FLOOR = 0.7
+BIAS_SHAPE_GAP = 0.15
+DEFAULT_MARGIN = 0.1
 
 
 def test_fixture_is_small_fp16_and_loads():
@@ -51,3 +58,31 @@ def test_training_script_stores_the_prefixed_layout(tmp_path):
     tensors = load_file(str(path))
     assert set(tensors) == {"text_model.embeddings.w", "text_model.x"}
     assert tensors["text_model.embeddings.w"].dtype == torch.float16
+
+
+def test_small_n_compliance_on_the_fixture_shows_its_bias_and_its_training(tmp_path, capsys):
+    """The N = 256 comparison (benchmarks/README.md) at 16 prompts per family, through the
+    product path: well trained apart from its bias (with-bias pairs as right as `tiny`'s),
+    the bias there (asked against it, the shape goes wrong), and the default ANSWER not
+    below CFG where the bias is."""
+    import json
+
+    from answer_trt.synthetic import compliance
+
+    out = tmp_path / "biased.json"
+    default = compliance.default_spec().label
+    args = ["--model", str(FIXTURE), "--prompts", str(SMALL_N), "--seed", "5000", "--batch", str(SMALL_N),
+            "--families", "with-bias,against-bias", "--guidance-scales", "7.5",
+            "--methods", f"{default.replace(' ', '-')},cfg-negative=bias-shape", "--json", str(out)]
+    assert compliance.main(args) == 0
+    print(capsys.readouterr().out)
+    report = json.loads(out.read_text())
+    assert report["model"]["name"] == str(FIXTURE)
+    rates = {c["family"]: {m["label"]: {k: v["value"] for k, v in m["rates"].items()} for m in c["methods"]}
+             for c in report["cells"]}
+    with_bias, against = rates["with-bias"], rates["against-bias"]
+    assert with_bias["cfg"]["correct"] >= WITH_BIAS_CFG_FLOOR
+    assert against["cfg"]["shape"] <= with_bias["cfg"]["shape"] - BIAS_SHAPE_GAP
+    assert against[default]["correct"] >= against["cfg"]["correct"] - DEFAULT_MARGIN
+    # nothing asked against the bias, so no negative prompt: the baseline is plain CFG there
+    assert with_bias["cfg negative=bias-shape"] == with_bias["cfg"]
