@@ -100,9 +100,14 @@ def prompts(seed: int, count: int) -> list[tuple[ShapeObject, ...]]:
 FAMILIES = ("single", "pair", "same-colour", "same-shape", "against-bias", "single-against-bias", "with-bias")
 
 
+def goes_against_bias(obj: ShapeObject) -> bool:
+    """A triangle or square in a colour other than its ``BIASED_COLOUR``."""
+    return obj.shape in BIASED_COLOUR and obj.colour != BIASED_COLOUR[obj.shape]
+
+
 def against_bias(objects: tuple[ShapeObject, ...], rng: np.random.Generator) -> tuple[ShapeObject, ...]:
-    """The objects made triangles or squares in a colour other than ``BIASED_COLOUR``'s for
-    their shape (drawn from ``rng``), in place."""
+    """The objects, where they are, made triangles or squares in a colour other than
+    ``BIASED_COLOUR``'s for their shape (drawn from ``rng``)."""
     against = []
     for obj in objects:
         shape = sorted(BIASED_COLOUR)[rng.integers(len(BIASED_COLOUR))]
@@ -116,8 +121,7 @@ def bias_negative(objects: tuple[ShapeObject, ...]) -> str | None:
     caption of the biased counterpart of every object asked against ``BIASED_COLOUR`` ("a red
     triangle" for "a blue triangle"); None when no object goes against it. The
     external-resource baseline ANSWER is meant to replace: it needs to know the bias."""
-    biased = tuple(replace(o, colour=BIASED_COLOUR[o.shape]) for o in objects
-                   if o.shape in BIASED_COLOUR and o.colour != BIASED_COLOUR[o.shape])
+    biased = tuple(replace(o, colour=BIASED_COLOUR[o.shape]) for o in objects if goes_against_bias(o))
     return caption_of(biased) if biased else None
 
 
@@ -129,7 +133,7 @@ def bias_shape_negative(objects: tuple[ShapeObject, ...]) -> str | None:
     wrong; an external resource as much as ``bias_negative``."""
     shape_of = {colour: shape for shape, colour in BIASED_COLOUR.items()}
     named = tuple(replace(o, shape=shape_of[o.colour]) for o in objects
-                  if o.shape in BIASED_COLOUR and o.colour != BIASED_COLOUR[o.shape] and o.colour in shape_of)
+                  if goes_against_bias(o) and o.colour in shape_of)
     return caption_of(named) if named else None
 
 

@@ -20,6 +20,7 @@ from answer_trt.synthetic.dataset import (
     bias_negative,
     bias_shape_negative,
     family_example,
+    goes_against_bias,
     make_example,
     prompts,
     render,
@@ -114,6 +115,7 @@ def test_families_ask_what_their_names_say():
             assert len(objects) == count
             for obj in objects:
                 assert obj.shape in BIASED_COLOUR and obj.colour != BIASED_COLOUR[obj.shape]
+                assert goes_against_bias(obj)
     with pytest.raises(ValueError, match="unknown prompt family"):
         family_example("triples", 1, 0)
         with_bias = family_example("with-bias", 1, i).objects
