@@ -243,8 +243,20 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Set by Ctrl-C in the process's own command. Python can lose the KeyboardInterrupt itself (raised
+# inside a __del__ or a weakref callback, it is printed as "ignored"); generate checks this at every step.
+_CTRL_C = threading.Event()
+
+
+def _on_ctrl_c(_signum: int, _frame: Any) -> None:
+    _CTRL_C.set()
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     _open_closed_streams()
+    if argv is None and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, _on_ctrl_c)
     args = make_parser().parse_args(argv)
     try:
         os.getcwd()
@@ -408,7 +420,7 @@ def _generate(args: argparse.Namespace) -> int:
 
     progress = _progress_bar(request.steps)
     try:
-        result = pipe.run(request, cuda_graph=args.cuda_graph, callback=progress.update if progress else None)
+        result = pipe.run(request, cuda_graph=args.cuda_graph, callback=_step_callback(progress))
     finally:
         if progress:
             progress.close()
@@ -464,6 +476,19 @@ class _Progress:
 
     def close(self) -> None:
         self.bar.close()
+
+
+def _step_callback(progress: _Progress | None) -> Callable[[int, int], None]:
+    """generate's per-step callback: the progress bar, and a Ctrl-C whose KeyboardInterrupt was
+    lost on the way (``_CTRL_C``) stops the run here."""
+
+    def callback(index: int, total: int) -> None:
+        if _CTRL_C.is_set():
+            raise KeyboardInterrupt
+        if progress is not None:
+            progress.update(index, total)
+
+    return callback
 
 
 def _progress_bar(steps: int) -> _Progress | None:

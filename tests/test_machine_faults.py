@@ -38,6 +38,25 @@ def test_ctrl_c_during_generate_is_one_line_exit_130_and_writes_nothing(tmp_path
     assert [p.name for p in tmp_path.iterdir() if p.name != "cache"] == []  # no PNG, no temporary file
 
 
+def test_a_ctrl_c_whose_keyboard_interrupt_was_lost_still_stops_generate_at_the_next_step(tmp_path, capsys):
+    """Python can swallow a KeyboardInterrupt (raised inside a __del__, it is only printed):
+    the flag the Ctrl-C handler sets stops the run at the next step, with exit 130."""
+    import answer_trt.cli as cli
+
+    cli._CTRL_C.set()
+    try:
+        code = main(["generate", "a red circle", "--model", "tiny", "--backend", "torch", "--steps", "3", "-o",
+                     str(tmp_path / "x.png")])
+    finally:
+        cli._CTRL_C.clear()
+    assert code == 130 and "interrupted" in one_line(capsys.readouterr().err)
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(KeyboardInterrupt):
+        cli._on_ctrl_c(signal.SIGINT, None)
+    assert cli._CTRL_C.is_set()
+    cli._CTRL_C.clear()
+
+
 def test_a_full_disk_while_writing_the_png_is_one_line(tmp_path, monkeypatch, capsys):
     import answer_trt.images
 
