@@ -23,6 +23,16 @@ def one_line(err: str) -> str:
     return lines[0]
 
 
+def wait_for_exit(proc: subprocess.Popen[str], seconds: float) -> str:
+    """The child's stderr once it exits; one that is still running after ``seconds`` is killed
+    (so it does not load the rest of the suite) and the test fails with what it wrote."""
+    try:
+        return proc.communicate(timeout=seconds)[1]
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail(f"still running {seconds:g} s after Ctrl-C; stderr: {proc.communicate()[1]!r}")
+
+
 def test_ctrl_c_during_generate_is_one_line_exit_130_and_writes_nothing(tmp_path):
     env = dict(os.environ, ANSWER_TRT_CACHE=str(tmp_path / "cache"))
     out = tmp_path / "x.png"
@@ -32,7 +42,7 @@ def test_ctrl_c_during_generate_is_one_line_exit_130_and_writes_nothing(tmp_path
                             stderr=subprocess.PIPE, text=True)
     time.sleep(8)  # loaded and denoising by now on a slow machine
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    err = wait_for_exit(proc, 60)
     assert proc.returncode == 130, err
     assert "interrupted" in one_line(err)
     assert [p.name for p in tmp_path.iterdir() if p.name != "cache"] == []  # no PNG, no temporary file
@@ -144,7 +154,7 @@ def test_a_second_ctrl_c_while_exiting_keeps_exit_130(tmp_path):
     proc.send_signal(signal.SIGINT)
     time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    err = wait_for_exit(proc, 60)
     assert proc.returncode == 130, err
     assert "interrupted" in one_line(err)
     assert not out.exists()
