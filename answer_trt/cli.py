@@ -255,8 +255,8 @@ def _on_ctrl_c(_signum: int, _frame: Any) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     _open_closed_streams()
-    if argv is None and threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, _on_ctrl_c)
+    if argv is None:
+        _set_ctrl_c(_on_ctrl_c)
     args = make_parser().parse_args(argv)
     try:
         os.getcwd()
@@ -273,9 +273,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             _ignore_ctrl_c()
 
 
-def _ignore_ctrl_c() -> None:
+def _set_ctrl_c(handler: Any) -> None:
+    """SIGINT's handler, where Python lets one be set (the main thread)."""
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, handler)
+
+
+def _ignore_ctrl_c() -> None:
+    _set_ctrl_c(signal.SIG_IGN)
 
 
 def _run(args: argparse.Namespace, own_process: bool) -> int:
@@ -442,12 +447,13 @@ def _request(args: argparse.Namespace) -> tuple[GenerateRequest, int | None, dic
     if args.from_png is None:
         if args.prompt is None:
             raise UserInputError("give a PROMPT (or --from-png IMAGE to redraw an image answer-trt wrote)")
+        keywords = request_keywords(args)
         if isinstance(args.seed, _DrawnSeed):
             if args.seeds is not None:
                 raise UserInputError("--seed random with --seeds: --seeds gives every image its seed; leave --seed out")
             print(f"answer-trt: --seed random drew seed {args.seed}", file=sys.stderr)
-            args.seed = int(args.seed)
-        return make_request(args.prompt, request_keywords(args)), None, None
+            keywords["seed"] = int(args.seed)
+        return make_request(args.prompt, keywords), None, None
     if args.prompt is not None:
         raise UserInputError("--from-png takes the prompt from the image: leave PROMPT out")
     from PIL import Image, UnidentifiedImageError
