@@ -21,13 +21,14 @@ from answer_trt.rules import (
     BF16_BACKENDS,
     BUILD_BACKENDS,
     DEFAULT_MAX_BATCH,
-    DEFAULT_PRECISION,
+    DEVICES,
     PRECISIONS,
     check_choice,
     check_int,
     check_size,
     check_size_range,
     check_variant,
+    default_precision,
 )
 
 MAX_LORA_SCALE = 10.0  # |SCALE| of one --lora; 0..1.5 is usual, negative scales invert an adapter
@@ -102,7 +103,7 @@ class BuildConfig:
     model: str = "tiny"
     out: Path = Path("engines/tiny")
     backend: str = "onnxruntime"
-    precision: str | None = None  # None: DEFAULT_PRECISION of the backend
+    precision: str | None = None  # None: rules.default_precision of the backend and device
     max_batch: int = DEFAULT_MAX_BATCH
     height: SizeRange | int | None = None  # None: the model's default size
     width: SizeRange | int | None = None
@@ -116,17 +117,26 @@ class BuildConfig:
     variant: str | None = None
     # LoRA adapters fused into the weights before export, in this order (models/lora.py).
     loras: tuple[LoraSpec, ...] = ()
+    # Where the artifacts run: inductor compiles for the CPU or a CUDA GPU; ONNX Runtime
+    # engines are "cpu" (their provider is chosen at load), TensorRT plans always CUDA.
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "loras", tuple(self.loras))
         if not all(isinstance(lora, LoraSpec) for lora in self.loras):
             raise UserInputError("loras must be LoraSpec values (LoraSpec.parse('FILE:SCALE'))")
         check_choice("backend", self.backend, BUILD_BACKENDS)
+        check_choice("device", self.device, DEVICES)
+        if self.device != "cpu" and self.backend != "inductor":
+            raise UserInputError(f"--device {self.device} chooses what --backend inductor compiles for: TensorRT plans "
+                                 "always run on CUDA and ONNX Runtime graphs pick their provider at load; drop "
+                                 "--device, or add --backend inductor")
         if self.precision is None:
-            object.__setattr__(self, "precision", DEFAULT_PRECISION[self.backend])
+            object.__setattr__(self, "precision", default_precision(self.backend, self.device))
         check_choice("precision", self.precision, PRECISIONS)
         if self.precision == "bf16" and self.backend not in BF16_BACKENDS:
-            raise UserInputError("--precision bf16 needs --backend tensorrt; use fp32 or fp16 with onnxruntime")
+            raise UserInputError("--precision bf16 needs --backend tensorrt or inductor; use fp32 or fp16 with "
+                                 "onnxruntime")
         check_int("--max-batch", self.max_batch)
         if self.variant is not None:
             check_variant(self.variant)
@@ -147,6 +157,12 @@ class BuildConfig:
         return self.check if self.check is not None else self.precision != "fp32"
 
     @property
+    def compiles_for_gpu(self) -> bool:
+        """Whether the artifacts are compiled for this machine's GPU (TensorRT plans, inductor
+        CUDA packages): its compute capability goes into the build key and the manifest."""
+        return self.backend == "tensorrt" or (self.backend == "inductor" and self.device == "cuda")
+
+    @property
     def optimizes_graphs(self) -> bool:
         """Whether the build runs ONNX Runtime's transformer optimizer on its graphs."""
         return bool(self.optimize)
@@ -156,6 +172,8 @@ class BuildConfig:
         a rebuild makes the same kind of folder (backend, precision, sizes, batch, weights)."""
         words = ["answer-trt", "build", "--model", self.model, "--out", str(self.out), "--backend", self.backend,
                  "--precision", str(self.precision), "--max-batch", str(self.max_batch)]
+        if self.device != "cpu":
+            words += ["--device", self.device]
         if self.variant is not None:
             words += ["--variant", self.variant]
         for lora in self.loras:

@@ -182,7 +182,10 @@ def make_parser() -> argparse.ArgumentParser:
     add_weights_arguments(b)
     b.add_argument("--backend", default=BUILD_BACKENDS[0], choices=BUILD_BACKENDS)
     b.add_argument("--precision", default=None, choices=PRECISIONS,
-                   help="default: fp32 on onnxruntime, fp16 on tensorrt (bf16: tensorrt only)")
+                   help="default: fp32 on onnxruntime and inductor for the CPU, fp16 on tensorrt and inductor for "
+                        "CUDA (bf16: tensorrt and inductor)")
+    b.add_argument("--device", choices=DEVICES, default=DEVICES[0],
+                   help="--backend inductor: compile for the CPU (default) or this machine's CUDA GPU")
     b.add_argument("--max-batch", type=_at_least_1, default=DEFAULT_MAX_BATCH,
                    help=f"most images per call (default {DEFAULT_MAX_BATCH})")
     b.add_argument("--height", type=_size_or_range, help="image height H or range MIN:MAX (default: the model's)")
@@ -337,7 +340,7 @@ def _build(args: argparse.Namespace) -> int:
     config = BuildConfig(
         model=args.model, out=args.out, backend=args.backend, precision=args.precision,
         max_batch=args.max_batch, height=args.height, width=args.width, force=args.force,
-        check=args.check, optimize=args.optimize, variant=args.variant, loras=_loras(args),
+        check=args.check, optimize=args.optimize, variant=args.variant, loras=_loras(args), device=args.device,
     )
     build_engines(config, log=lambda msg: print(msg, file=sys.stderr))
     print(f"answer-trt: build finished in {time.perf_counter() - started:.1f} s", file=sys.stderr)
@@ -537,7 +540,9 @@ def _info(args: argparse.Namespace) -> int:
         "loras:      " + ("none (build with --lora FILE[:SCALE] to fuse adapters)" if not manifest.loras else
                           f"{len(manifest.loras)} fused into the weights, in this order:"),
         *(f"  {entry.name}  scale {entry.scale!r}  sha256 {entry.sha256}  ({entry.path})" for entry in manifest.loras),
-        f"backend:    {manifest.backend}, {manifest.precision}",
+        f"backend:    {manifest.backend}, {manifest.precision}"
+        + (f", compiled for {manifest.device}" if manifest.device else "")
+        + (f" (GPU compute capability {manifest.gpu_capability})" if manifest.gpu_capability else ""),
         f"built for:  batch <= {manifest.max_batch}, width {manifest.width} x height {manifest.height} px, "
         f"prediction {manifest.info.prediction_type}",
         f"key:        {manifest.key}",

@@ -87,6 +87,13 @@ def from_engines(folder: Path, verify: bool = True, session: Any = None, expect_
     if manifest.backend == "tensorrt":
         engines, stream = _tensorrt_engines(folder, manifest)
         device = "cuda"
+    elif manifest.backend == "inductor":
+        from answer_trt.backends.inductor import load_engines as load_inductor_engines
+
+        device = manifest.device or "cpu"
+        engines = dict(load_inductor_engines(
+            folder, {name: (e.file, e.spec, e.profile) for name, e in manifest.components.items()}, device,
+            manifest.versions.get("torch"), manifest.gpu_capability, manifest.build_command(folder)))
     else:
         rebuild = manifest.build_command(folder)
         if session is None:

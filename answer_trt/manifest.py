@@ -39,7 +39,7 @@ from answer_trt.iospec import (
     component_specs,
 )
 from answer_trt.models.info import ModelInfo
-from answer_trt.rules import BUILD_BACKENDS, PRECISIONS, VARIANT_NAME
+from answer_trt.rules import BUILD_BACKENDS, DEVICES, PRECISIONS, VARIANT_NAME
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = 2
@@ -102,11 +102,12 @@ class Manifest:
     session: SessionChoice | None = None  # onnxruntime on the CPU: the measured session settings
     variant: str | None = None  # the model's weights variant that was built (None: its plain weights)
     loras: tuple[LoraEntry, ...] = ()  # the adapters fused into the weights, in order
+    device: str | None = None  # inductor: the device its packages were compiled for (None: other backends)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["format"] = MANIFEST_FORMAT
-        for optional in ("accuracy", "graph_optimization", "session", "variant"):
+        for optional in ("accuracy", "graph_optimization", "session", "variant", "device"):
             if data[optional] is None:  # left out: a folder built without it reads as before
                 del data[optional]
         if not self.loras:
@@ -134,7 +135,8 @@ class Manifest:
         return BuildConfig(model=self.model_name, out=folder, backend=self.backend, precision=self.precision,
                            max_batch=self.max_batch, height=self.height, width=self.width, force=True,
                            optimize=True if self.graph_optimization is not None else None, variant=self.variant,
-                           loras=tuple(LoraSpec(Path(entry.path), entry.scale) for entry in self.loras))
+                           loras=tuple(LoraSpec(Path(entry.path), entry.scale) for entry in self.loras),
+                           device=self.device or "cpu")
 
     def build_command(self, folder: Path) -> str:
         """``answer-trt build ...`` replaying ``build_config``: what every rebuild hint says."""
@@ -396,6 +398,7 @@ class _ManifestDoc(_Document):
     session: SessionChoice | None = None
     variant: Variant | None = None
     loras: Annotated[list[LoraEntry], Field(max_length=64)] = []
+    device: Annotated[str, Strict(), _one_of(DEVICES)] | None = None
 
 
 def _where(loc: tuple[int | str, ...]) -> str:
@@ -447,13 +450,15 @@ def _manifest(data: Any) -> Manifest:
                      zero_empty_negative=doc.info.zero_empty_negative, vae_force_upcast=doc.info.vae_force_upcast)
     components = {name: _component(getattr(doc.components, name), name) for name in COMPONENTS}
     _check_specs(components, info.dims)
+    if doc.backend == "inductor" and doc.device is None:
+        _fail("manifest", "lacks device (an inductor build records the device its packages were compiled for)")
     return Manifest(
         key=doc.key, backend=doc.backend, precision=doc.precision, model_name=doc.model_name,
         model_hash=doc.model_hash, max_batch=doc.max_batch, height=_size_range(doc.height, "height"),
         width=_size_range(doc.width, "width"), info=info, components=components, files=dict(doc.files),
         versions=dict(doc.versions), gpu_capability=doc.gpu_capability, accuracy=doc.accuracy,
         graph_optimization=doc.graph_optimization, session=doc.session, variant=doc.variant,
-        loras=tuple(doc.loras),
+        loras=tuple(doc.loras), device=doc.device,
     )
 
 

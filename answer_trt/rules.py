@@ -32,15 +32,17 @@ from answer_trt.errors import UserInputError
 from answer_trt.iospec import MAX_BRANCHES, ModelDims, SizeRange
 
 # What `answer-trt build` makes: the backend of an engines folder (and its manifest).
-BUILD_BACKENDS = ("onnxruntime", "tensorrt")
+# inductor: AOTInductor packages (`.pt2`), compiled for the CPU or a CUDA GPU (`--device`).
+BUILD_BACKENDS = ("onnxruntime", "tensorrt", "inductor")
 # How `load()` / `generate --model` runs a MODEL: ONNX Runtime engines built into the
 # cache, or eager PyTorch (the reference).
 LOAD_BACKENDS = ("onnxruntime", "torch")
 PRECISIONS = ("fp32", "fp16", "bf16")
-# Without --precision: fp32 on ONNX Runtime (CPU), fp16 on TensorRT.
-DEFAULT_PRECISION = {"onnxruntime": "fp32", "tensorrt": "fp16"}
-# bf16 builds need TensorRT: ONNX Runtime's CPU provider has no bf16 kernels.
-BF16_BACKENDS = ("tensorrt",)
+# Without --precision: fp32 on ONNX Runtime (CPU), fp16 on TensorRT; inductor: fp32 on the
+# CPU, fp16 on CUDA (``default_precision``).
+DEFAULT_PRECISION = {"onnxruntime": "fp32", "tensorrt": "fp16", "inductor": "fp32"}
+# bf16 builds need TensorRT or inductor: ONNX Runtime's CPU provider has no bf16 kernels.
+BF16_BACKENDS = ("tensorrt", "inductor")
 DEVICES = ("cpu", "cuda")
 DEFAULT_MAX_BATCH = 4
 # Every image side is a multiple of this before a model is known (the VAE's 8x
@@ -71,6 +73,13 @@ PRECISION_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
 # (`unet/diffusion_pytorch_model.fp16.safetensors`): no dots (they split on them), no path
 # separators. `fp16`, `bf16`, `ema`, `non_ema`, `fp16-ema`.
 VARIANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+
+
+def default_precision(backend: str, device: str = "cpu") -> str:
+    """The precision a build of ``backend`` for ``device`` gets without ``--precision``."""
+    if backend == "inductor" and device == "cuda":
+        return "fp16"
+    return DEFAULT_PRECISION[backend]
 
 
 def check_variant(variant: object) -> str:

@@ -92,6 +92,37 @@ def artifact_runner(path: Path, backend: str) -> Any:
     raise ValueError(f"no accuracy-check runner for backend {backend!r}")
 
 
+def package_runner(path: Path, spec: ComponentSpec, binding: Mapping[str, int], device: str) -> Any:
+    """Polygraphy's PyTorch runner over an AOTInductor package, loaded on activation and run
+    on the device it was compiled for (``InductorEngine``: inputs cast to the spec's dtypes)."""
+    import numpy as np
+    import torch
+    from polygraphy import util
+    from polygraphy.backend.pyt import PytRunner
+    from polygraphy.common import TensorMetadata
+
+    from answer_trt.backends.inductor import InductorEngine
+
+    class PackageRunner(PytRunner):
+        @util.check_called_by("activate")
+        def activate_impl(self) -> None:
+            profile = {symbol: (value, value, value) for symbol, value in binding.items()}
+            self.model = InductorEngine(path, spec, profile, device)
+
+        @util.check_called_by("infer")
+        def infer_impl(self, feed_dict: Mapping[str, Any]) -> OrderedDict[str, Any]:
+            feeds = {name: torch.from_numpy(np.ascontiguousarray(value)) for name, value in feed_dict.items()}
+            start = time.perf_counter()
+            outputs = self.model.run(feeds)
+            self.inference_time = time.perf_counter() - start
+            return OrderedDict((name, outputs[name].float().cpu().numpy()) for name in spec.output_names)
+
+    metadata = TensorMetadata()
+    for tensor in spec.inputs:
+        metadata.add(tensor.name, np.dtype(tensor.dtype), tensor.bind(binding))
+    return PackageRunner(None, metadata, spec.output_names, name=f"inductor:{path.name}")
+
+
 def reference_runner(module: Any, spec: ComponentSpec, binding: Mapping[str, int]) -> Any:
     """Polygraphy's PyTorch runner over the float32 reference module, run where the
     module lives (Polygraphy's own ``PytRunner.infer_impl`` moves inputs to CUDA)."""
@@ -186,7 +217,7 @@ def _error(result: Any, stat: str) -> float:
 
 def check_components(
     folder: Path, components: Mapping[str, ComponentEntry], modules: Mapping[str, Any], backend: str,
-    precision: str, log: Callable[[str], None],
+    precision: str, log: Callable[[str], None], device: str = "cpu",
 ) -> AccuracyCheck:
     """Check every built component in ``folder`` (the staging folder) against its float32
     reference module; log one line per component. Raises ``UserInputError`` (one line,
@@ -196,8 +227,10 @@ def check_components(
         spec, binding = entry.spec, check_binding(entry.profile)
         arith = arithmetic_precision(backend, precision, spec)
         tolerance = TOLERANCES[arith][name]
-        result = compare_component(reference_runner(modules[name], spec, binding),
-                                   artifact_runner(folder / entry.file, backend), spec, binding, arith, tolerance)
+        artifact = (package_runner(folder / entry.file, spec, binding, device) if backend == "inductor"
+                    else artifact_runner(folder / entry.file, backend))
+        result = compare_component(reference_runner(modules[name], spec, binding), artifact, spec, binding, arith,
+                                   tolerance)
         log(f"accuracy check {name} ({arith}) vs {REFERENCE}: {result.describe()}: "
             f"{'pass' if result.passed else 'FAIL'}")
         results.append(result)

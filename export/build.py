@@ -76,7 +76,7 @@ from answer_trt.versions import gpu_capability, library_versions
 # key changes and an older folder is rebuilt (2: the tokenizers' `tokenizers` files).
 ARTIFACT_LAYOUT = 3  # 3: the manifest records the UNet's up factor (ModelDims.size_multiple)
 OUTPUT_NAMES = frozenset(
-    name for c in COMPONENTS for name in (f"{c}.onnx", external_data_name(f"{c}.onnx"), f"{c}.plan")
+    name for c in COMPONENTS for name in (f"{c}.onnx", external_data_name(f"{c}.onnx"), f"{c}.plan", f"{c}.pt2")
 )
 
 
@@ -108,8 +108,10 @@ class BuildPlan:
             "layout": ARTIFACT_LAYOUT,
             "optimize": self.config.optimizes_graphs,
             "versions": library_versions(),
-            "gpu": gpu_capability() if self.config.backend == "tensorrt" else None,
+            "gpu": gpu_capability() if self.config.compiles_for_gpu else None,
         }
+        if self.config.backend == "inductor":  # in the key only there: other builds keep their keys
+            inputs["device"] = self.config.device
         # In the key only when set: plain builds keep their keys.
         if self.source.variant is not None:
             inputs["variant"] = self.source.variant
@@ -125,6 +127,10 @@ def build(config: BuildConfig, log: Callable[[str], None] = print) -> BuildResul
             "`pip install 'tensorrt-cu12>=10.12,<12'` (or use the NGC image in docker/), or build with "
             "--backend onnxruntime"
         )
+    if config.backend == "inductor":
+        from answer_trt.export.inductor_build import check_can_compile
+
+        check_can_compile(config.device)
     out = config.out.resolve()
     created = make_folders(out.parent)
     try:
@@ -228,9 +234,17 @@ def _export_all(plan: BuildPlan, model: LoadedModel, staging: Path, log: Callabl
     modules = component_modules(model)
     components = {}
     for name, module in modules.items():
-        log(f"exporting {name} to ONNX")
         if dtypes[name] != "float32":
             module = module.to(getattr(torch, dtypes[name]))
+        if config.backend == "inductor":
+            from answer_trt.export.inductor_build import compile_package
+
+            log(f"compiling {name} with AOTInductor for {config.device}")
+            file = compile_package(module, specs[name], profiles[name], dims, config.device,
+                                   staging / f"{name}.pt2").name
+            components[name] = ComponentEntry(file, specs[name], profiles[name])
+            continue
+        log(f"exporting {name} to ONNX")
         file = f"{name}.onnx"
         export_onnx(module, specs[name], dims, staging / file)
         if config.backend == "tensorrt":
@@ -271,11 +285,12 @@ def _export_all(plan: BuildPlan, model: LoadedModel, staging: Path, log: Callabl
         components=components,
         files=files,
         versions=library_versions(),
-        gpu_capability=gpu_capability() if config.backend == "tensorrt" else None,
+        gpu_capability=gpu_capability() if config.compiles_for_gpu else None,
         graph_optimization=optimization,
         session=session,
         variant=plan.source.variant,
         loras=tuple(LoraEntry(str(lora.path), lora.sha256, lora.scale) for lora in plan.loras),
+        device=config.device if config.backend == "inductor" else None,
     )
 
 
@@ -289,7 +304,7 @@ def _check_accuracy(plan: BuildPlan, model: LoadedModel, staging: Path, manifest
 
     log("checking the built components against the torch reference (Polygraphy)")
     check = check_components(staging, manifest.components, component_modules(model), plan.config.backend,
-                             str(plan.config.precision), log)
+                             str(plan.config.precision), log, device=plan.config.device)
     return replace(manifest, accuracy=check)
 
 
