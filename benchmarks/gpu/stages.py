@@ -96,7 +96,7 @@ def stage_imports(device: str, work: Path) -> dict[str, Any]:
 
     versions = {}
     for name in ("torch", "numpy", "diffusers", "transformers", "huggingface_hub", "safetensors", "tokenizers",
-                 "PIL", "onnx", "onnxruntime"):
+                 "PIL", "onnx", "onnxruntime", "pydantic", "filelock"):
         try:
             versions[name] = getattr(importlib.import_module(name), "__version__", "?")
         except Exception as exc:  # noqa: BLE001 - recorded: which library is missing is the finding
@@ -104,9 +104,10 @@ def stage_imports(device: str, work: Path) -> dict[str, Any]:
     import answer_trt
     from answer_trt.backends.torch_eager import TorchEngine  # noqa: F401
     from answer_trt.graphed import CudaGraphCapturer  # noqa: F401
+    from answer_trt.loaders import from_engines  # noqa: F401 - the manifest's pydantic, the build lock's filelock
     from answer_trt.serving.batcher import StepBatcher  # noqa: F401
 
-    required = ("torch", "diffusers", "transformers", "safetensors", "tokenizers", "PIL")
+    required = ("torch", "diffusers", "transformers", "safetensors", "tokenizers", "PIL", "pydantic", "filelock")
     missing = [n for n in required if str(versions[n]).startswith("ERROR")]
     return {"ok": not missing, "missing": missing, "versions": versions, "answer_trt": answer_trt.__file__,
             "python": platform.python_version()}
