@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import re
 import sys
+from collections.abc import Iterable
 
 DISTRIBUTION = "answer-trt"
 # A source checkout put on sys.path without installing it has no distribution metadata.
@@ -52,9 +54,21 @@ def tensorrt_available() -> bool:
     return hasattr(trt, "Builder") and hasattr(trt, "__version__")
 
 
+def tensorrt_distribution(providers: Iterable[str]) -> str | None:
+    """Which distribution installed the ``tensorrt`` import, from the names of those that
+    provide it (``importlib.metadata.packages_distributions()["tensorrt"]``): ``"tensorrt-cu12"``
+    or ``"tensorrt-cu13"`` from PyPI, ``"tensorrt"`` from NVIDIA's tar/NGC wheel. Names are
+    normalized (``tensorrt_cu13`` -> ``tensorrt-cu13``); ``tensorrt-stubs`` (type stubs only) is
+    left out; several (two packages over one folder) are all named, sorted, joined by ``+``;
+    None where none is left."""
+    names = {re.sub(r"[-_.]+", "-", name).lower() for name in providers} - {"tensorrt-stubs"}
+    return "+".join(sorted(names)) or None
+
+
 def library_versions() -> dict[str, str]:
     """``{"answer_trt": ..., "torch": ..., ...}`` for every library present (TensorRT
-    only where its runtime imports)."""
+    only where its runtime imports: its version under ``tensorrt``, and the distribution it
+    came from, e.g. ``tensorrt-cu13``, under ``tensorrt_package``)."""
     versions = {"answer_trt": package_version()}
     for name in LIBRARIES:
         version = _version(name)
@@ -64,7 +78,18 @@ def library_versions() -> dict[str, str]:
         import tensorrt
 
         versions["tensorrt"] = str(tensorrt.__version__)
+        package = tensorrt_distribution(importlib.metadata.packages_distributions().get("tensorrt", []))
+        if package is not None:
+            versions["tensorrt_package"] = package
     return versions
+
+
+def torch_cuda_version() -> str | None:
+    """The CUDA version torch is built for (``"13.0"``), which picks the TensorRT package
+    (``answer_trt.backends.bindings.tensorrt_install_hint``); None for a CPU or ROCm build."""
+    import torch
+
+    return torch.version.cuda
 
 
 def gpu_capability() -> str | None:

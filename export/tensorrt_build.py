@@ -8,7 +8,16 @@ export, ``answer_trt.precision.component_dtype``). TensorRT 11 removed every wea
 (``BuilderFlag.FP16`` / ``BF16`` / ``INT8`` / ``FP8``, ``OBEY_`` / ``PREFER_PRECISION_CONSTRAINTS``,
 calibrators) and builds every network strongly typed; on 10.x the flag opts in (weak typing
 is deprecated since 10.12). NVIDIA, "Migrating from TensorRT 10.x to 11.x": "Strongly Typed
-Networks Are Now Required"; TensorRT 10.12.0 and 11.0.0 release notes.
+Networks Are Now Required"; TensorRT 10.12.0 and 11.0.0 release notes. On 11.x the flag itself
+is deprecated and ignored (``NetworkDefinitionCreationFlag::kSTRONGLY_TYPED`` in NvInfer.h of
+TensorRT 11: "Deprecated in TensorRT 11.0. Strongly typed mode is always enabled"), so 11.x
+networks are created with no flag (``strongly_typed_flags``).
+
+Every other call here is in the TensorRT 11 Python bindings unchanged (read in NVIDIA/TensorRT's
+11.1 source, ``python/src/infer/pyCore.cpp``, ``pyGraph.cpp`` and ``python/src/parsers/pyOnnx.cpp``,
+and against the 11.4 "Removed Python APIs and Replacements" list): ``ILogger``, ``Builder.create_network``,
+``OnnxParser.parse_from_file``, ``set_memory_pool_limit(WORKSPACE, ...)``, optimization profiles,
+``create_timing_cache`` / ``set_timing_cache(cache, ignore_mismatch)``, ``build_serialized_network``.
 
 Supported: TensorRT 10.12 or newer, 11.x (``answer_trt.backends.bindings.check_tensorrt_version``).
 Written against the TensorRT 10/11 Python API and type-checked with ``tensorrt-stubs`` 10.13
@@ -24,10 +33,11 @@ from pathlib import Path
 
 import tensorrt as trt
 
-from answer_trt.backends.bindings import check_tensorrt_version
+from answer_trt.backends.bindings import check_tensorrt_version, tensorrt_major_minor
 from answer_trt.export.profiles import profile_shapes
 from answer_trt.files import atomic_path
 from answer_trt.iospec import ComponentSpec, Profile
+from answer_trt.versions import torch_cuda_version
 
 WORKSPACE_BYTES = 8 * 2**30
 
@@ -59,11 +69,10 @@ def build_plan(
     The build is strongly typed: ``precision`` selects nothing here (the graph's types do);
     the graph's input types are checked against ``spec`` so that a graph exported in the
     wrong precision is refused instead of silently built in it."""
-    check_tensorrt_version(trt.__version__)
+    check_tensorrt_version(trt.__version__, torch_cuda_version())
     logger = _Logger(log)
     builder = trt.Builder(logger)
-    # 10.x: opts into strong typing; 11.x: always strongly typed, the flag is accepted and
-    # ignored (Migrating from TensorRT 10.x to 11.x, "Strongly Typed Networks Are Now Required").
+    # 10.x: opts into strong typing; 11.x: always strongly typed, no flag (see strongly_typed_flags).
     network = builder.create_network(strongly_typed_flags())
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
@@ -96,7 +105,12 @@ def build_plan(
 
 
 def strongly_typed_flags() -> int:
-    """The ``create_network`` flags of every build: strongly typed."""
+    """The ``create_network`` flags of every build, strongly typed: on 10.x the STRONGLY_TYPED
+    bit (an opt-in there); on 11.x none, since every network is strongly typed and the flag is
+    deprecated and ignored (its value moved from bit 1 to bit 0 when EXPLICIT_BATCH went)."""
+    found = tensorrt_major_minor(trt.__version__)
+    if found is not None and found >= (11, 0):
+        return 0
     return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
 
 

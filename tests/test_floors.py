@@ -12,7 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 # Extras that cannot be installed on the CI machines: onnxruntime-gpu shares onnxruntime's
 # floor (checked below), TensorRT is tested on GPU machines only.
-UNTESTED_EXTRAS = ("gpu", "tensorrt")
+UNTESTED_EXTRAS = ("gpu", "tensorrt", "tensorrt-cu12", "tensorrt-cu13")
 
 
 def _floors() -> dict[str, str]:

@@ -23,9 +23,12 @@ import pytest
 
 from answer_trt.backends.bindings import (
     MIN_TENSORRT,
+    TENSORRT_REQUIREMENTS,
     check_plan_compatible,
     check_tensorrt_version,
+    tensorrt_install_hint,
     tensorrt_major_minor,
+    tensorrt_package_for_cuda,
 )
 from answer_trt.errors import UserInputError
 from answer_trt.iospec import TEXT_ENCODER, UNET, VAE_DECODER, ModelDims, component_profiles, component_specs
@@ -292,7 +295,8 @@ def test_build_plan_is_strongly_typed_and_sets_no_precision_flag(tmp_path, monke
     build.build_plan(tmp_path / "unet.onnx", spec, profile, precision, tmp_path / "unet.plan",
                      tmp_path / "timing.cache", log=lambda msg: None)
 
-    assert ("create_network", 1 << strongly_typed_value) in calls
+    # 10.x opts in with the STRONGLY_TYPED bit; 11.x is always strongly typed and its flag is deprecated.
+    assert ("create_network", 0 if version.startswith("11.") else 1 << strongly_typed_value) in calls
     assert [c for c in calls if c[0] == "set_flag"] == []
     assert (tmp_path / "unet.plan").read_bytes() == b"plan"
     assert (tmp_path / "timing.cache").read_bytes() == b"timing"
@@ -315,7 +319,9 @@ def test_build_plan_refuses_tensorrt_older_than_10_12(tmp_path, monkeypatch):
     spec = component_specs(DIMS)[UNET]
     calls: list = []
     build = load_tensorrt_build(monkeypatch, fake_tensorrt("10.11.0.33", 1, graph_of(spec), calls))
-    with pytest.raises(UserInputError, match=r"TensorRT 10.11.0.33 is not supported.*10.12 or newer"):
+    monkeypatch.setattr(build, "torch_cuda_version", lambda: "13.0")  # the package named is torch's CUDA's
+    with pytest.raises(UserInputError, match=r"TensorRT 10.11.0.33 is not supported.*10.12 or newer.*"
+                                             r'pip install "tensorrt-cu13>=10.13.2,<12"'):
         build.build_plan(tmp_path / "unet.onnx", spec, component_profiles(DIMS, 1, 512, 512)[UNET], "fp32",
                          tmp_path / "unet.plan", tmp_path / "timing.cache", log=lambda msg: None)
     assert calls == []
@@ -352,3 +358,41 @@ def test_graph_dtype_puts_the_precision_in_the_graph():
         assert component_dtype(component, "fp32", force_upcast=False) == "float32"
     with pytest.raises(ValueError, match="unknown precision 'int8'"):
         component_dtype(UNET, "int8", force_upcast=False)
+
+
+# --- which package: extras and install messages per CUDA major ------------------------------
+
+
+def test_the_extras_name_the_requirements_the_messages_give():
+    tomllib = pytest.importorskip("tomllib")
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert extras["tensorrt-cu12"] == [TENSORRT_REQUIREMENTS[12]]
+    assert extras["tensorrt-cu13"] == [TENSORRT_REQUIREMENTS[13]]
+    assert extras["tensorrt"] == extras["tensorrt-cu12"]  # the older name keeps its meaning
+    for major, requirement in TENSORRT_REQUIREMENTS.items():
+        assert requirement.startswith(f"tensorrt-cu{major}>=") and requirement.endswith(",<12")
+    # The floors are the supported minimum (cu13 has no release before 10.13.2).
+    assert TENSORRT_REQUIREMENTS[12] == f"tensorrt-cu12>={MIN_TENSORRT[0]}.{MIN_TENSORRT[1]},<12"
+
+
+def test_the_tensorrt_package_follows_the_cuda_major_version():
+    assert tensorrt_package_for_cuda("12.8") == "tensorrt-cu12"
+    assert tensorrt_package_for_cuda("12.1") == "tensorrt-cu12"
+    assert tensorrt_package_for_cuda("13.0") == "tensorrt-cu13"
+    for none in (None, "", "11.8", "14.0", "rocm", ".13"):
+        assert tensorrt_package_for_cuda(none) is None, none
+
+
+def test_install_hints_name_one_package_where_torch_knows_the_cuda_and_say_how_to_choose_otherwise():
+    cu13 = tensorrt_install_hint("13.0")
+    assert 'pip install "tensorrt-cu13>=10.13.2,<12"' in cu13 and "cu12" not in cu13 and "CUDA 13.0" in cu13
+    cu12 = tensorrt_install_hint("12.8")
+    assert 'pip install "tensorrt-cu12>=10.12,<12"' in cu12 and "cu13" not in cu12
+    for unknown in (None, "11.8"):
+        hint = tensorrt_install_hint(unknown)
+        assert '"tensorrt-cu12>=10.12,<12"` for CUDA 12' in hint and '"tensorrt-cu13>=10.13.2,<12"` for CUDA 13' in hint
+        assert "torch.version.cuda" in hint and "nvidia-smi" in hint and "\n" not in hint
+    with pytest.raises(UserInputError, match=r'10.9.0 is not supported.*pip install "tensorrt-cu13>=10.13.2,<12"'):
+        check_plan_compatible("10.9.0", "9.0", "10.9.0", "9.0", "answer-trt build --force", cuda_version="13.0")
+    with pytest.raises(UserInputError, match="for CUDA 12 or .* for CUDA 13, choosing by"):
+        check_tensorrt_version("10.9.0")

@@ -39,3 +39,33 @@ def test_the_package_version_comes_from_the_distribution_metadata():
     assert declared is not None
     assert answer_trt.__version__ == importlib.metadata.version("answer-trt") == declared[1]
     assert library_versions()["answer_trt"] == declared[1]
+
+
+def test_the_tensorrt_distribution_is_named_without_the_stubs():
+    from answer_trt.versions import tensorrt_distribution
+
+    assert tensorrt_distribution(["tensorrt_cu13"]) == "tensorrt-cu13"
+    assert tensorrt_distribution(["tensorrt-cu12", "tensorrt-stubs"]) == "tensorrt-cu12"
+    assert tensorrt_distribution(["tensorrt"]) == "tensorrt"  # NVIDIA's tar / NGC wheel
+    assert tensorrt_distribution(["tensorrt_stubs"]) is None and tensorrt_distribution([]) is None
+    assert tensorrt_distribution(["tensorrt_cu13", "tensorrt-cu12"]) == "tensorrt-cu12+tensorrt-cu13"
+
+
+def test_the_manifest_versions_record_which_tensorrt_package(monkeypatch):
+    """Where TensorRT imports, ``library_versions()`` (the build key and the manifest's versions)
+    says which distribution installed it; a fake ``tensorrt`` and fake metadata stand in."""
+    import importlib.metadata
+    import types
+
+    fake = types.ModuleType("tensorrt")
+    fake.__version__ = "11.4.0.106"
+    fake.Builder = object
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    monkeypatch.setattr(importlib.metadata, "packages_distributions",
+                        lambda: {"tensorrt": ["tensorrt_cu13"], "torch": ["torch"]})
+    versions = library_versions()
+    assert versions["tensorrt"] == "11.4.0.106" and versions["tensorrt_package"] == "tensorrt-cu13"
+    monkeypatch.setattr(importlib.metadata, "packages_distributions", lambda: {"tensorrt": ["tensorrt-stubs"]})
+    assert "tensorrt_package" not in library_versions()
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # not installed: neither key
+    assert {"tensorrt", "tensorrt_package"}.isdisjoint(library_versions())

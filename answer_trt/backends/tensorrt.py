@@ -18,6 +18,9 @@ Supported: TensorRT 10.12 or newer, 11.x (``bindings.check_tensorrt_version``, c
 ``set_device_memory`` (``device_memory_size`` is removed in 11.x in favour of ``device_memory_size_v2``:
 NVIDIA, "Removed Python APIs and Replacements", TensorRT 10.x to 11.x; the deprecated
 ``create_execution_context_without_device_memory`` and ``device_memory`` property are not used).
+Each of these was also found, with the same arguments, in the TensorRT 11.1 Python bindings'
+source (NVIDIA/TensorRT ``python/src/infer/pyCore.cpp``), as were ``Runtime``, ``Logger`` and
+``deserialize_cuda_engine`` (any buffer).
 Type-checked with ``tensorrt-stubs`` 10.13 (no 11.x stubs exist); no machine of ours can run
 TensorRT, so this module has not been executed. ``tests/test_tensorrt_api.py`` keeps
 removed names out.
@@ -149,7 +152,8 @@ def load_engines(
 ) -> tuple[dict[str, TensorRTEngine], CudaStream]:
     """Deserialize every component's plan after checking it was built for this machine;
     returns the engines and the stream to run them on."""
-    check_plan_compatible(built_version, built_capability, trt.__version__, str(gpu_capability()), rebuild_command)
+    check_plan_compatible(built_version, built_capability, trt.__version__, str(gpu_capability()), rebuild_command,
+                          torch.version.cuda)
     runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
     memory = SharedDeviceMemory()
     engines = {
