@@ -158,7 +158,8 @@ def _scheduler_config(folder: Path, manifest: Manifest) -> dict[str, Any]:
 
 
 def _tensorrt_engines(folder: Path, manifest: Manifest) -> tuple[dict[str, Any], Any]:
-    from answer_trt.versions import tensorrt_available
+    from answer_trt.backends.bindings import tensorrt_install_hint
+    from answer_trt.versions import tensorrt_available, torch_cuda_version
 
     try:
         if not tensorrt_available():  # tensorrt-stubs alone imports as an empty namespace package
@@ -166,8 +167,9 @@ def _tensorrt_engines(folder: Path, manifest: Manifest) -> tuple[dict[str, Any],
         from answer_trt.backends.tensorrt import load_engines
     except ImportError:
         raise UserInputError(
-            f"{folder} holds TensorRT engines, and TensorRT (or cuda-python) is not installed here: install "
-            "tensorrt-cu12 and cuda-python on a machine with an NVIDIA GPU, or build ONNX Runtime engines"
+            f"{folder} holds TensorRT engines, and TensorRT (or cuda-python) is not installed here: on a machine "
+            f"with an NVIDIA GPU {tensorrt_install_hint(torch_cuda_version())} and `pip install cuda-python`, or "
+            "build ONNX Runtime engines"
         ) from None
     components = {name: (e.file, e.spec, e.profile) for name, e in manifest.components.items()}
     engines, stream = load_engines(folder, components, manifest.versions.get("tensorrt"), manifest.gpu_capability,

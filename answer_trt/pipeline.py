@@ -352,7 +352,8 @@ class Pipeline:
 
     def _check_graphable(self, plan: RequestPlan) -> None:
         if self.graphs.capturer.requires_cuda and self.device.type != "cuda":
-            raise UserInputError("--cuda-graph needs engines on a CUDA GPU (tensorrt, or torch with --device cuda)")
+            raise UserInputError("--cuda-graph needs engines on a CUDA GPU (tensorrt, inductor built with --device "
+                                  "cuda, or torch with --device cuda)")
         reason = refusal(plan.config.guidance, plan.rule, plan.scheduler)
         if reason is not None:
             raise UserInputError(reason)

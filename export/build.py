@@ -122,9 +122,12 @@ class BuildPlan:
 
 def build(config: BuildConfig, log: Callable[[str], None] = print) -> BuildResult:
     if config.backend == "tensorrt" and not tensorrt_available():
+        from answer_trt.backends.bindings import tensorrt_install_hint
+        from answer_trt.versions import torch_cuda_version
+
         raise UserInputError(
-            "the tensorrt backend needs TensorRT, which is not installed: on a machine with an NVIDIA GPU run "
-            "`pip install 'tensorrt-cu12>=10.12,<12'` (or use the NGC image in docker/), or build with "
+            "the tensorrt backend needs TensorRT, which is not installed: on a machine with an NVIDIA GPU "
+            f"{tensorrt_install_hint(torch_cuda_version())} (or use the NGC image in docker/), or build with "
             "--backend onnxruntime"
         )
     if config.backend == "inductor":

@@ -57,7 +57,7 @@ def test_images_are_within_2_levels_of_onnxruntime(inductor_engines):
         got = pipe.generate(PROMPT, method=method, steps=12, seed=3, batch=2)
         ref = reference.generate(PROMPT, method=method, steps=12, seed=3, batch=2)
         assert np.abs(_pixels(got) - _pixels(ref)).max() <= 2, method
-        assert got.parameters["backend"] == "inductor"
+        assert got.params["backend"] == "inductor"
 
 
 def test_the_one_row_call_of_guidance_off_runs_on_the_dynamic_batch(inductor_engines):

@@ -71,9 +71,16 @@ class ServeConfig:
         return f"http://{host}:{self.port}{self.route_prefix.rstrip('/')}"
 
 
+# Each replica is a process with its own engines; more than this is a typo, not a deployment.
+MAX_REPLICAS = 256
+
+
 def check_serve_flags(host: str, port: int, replicas: int, max_queue: int | None, max_rows: int | None) -> None:
     """The flags of `answer-trt serve` that can be checked before anything is built or started."""
     check_int("--replicas", replicas)
+    if replicas > MAX_REPLICAS:
+        raise UserInputError(f"--replicas {replicas} is above the limit of {MAX_REPLICAS}: each replica is a process "
+                             f"holding the engines; use {MAX_REPLICAS} or fewer")
     if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
         raise UserInputError(f"--port must be an integer from 1 to 65535, got {port!r}")
     if max_queue is not None:

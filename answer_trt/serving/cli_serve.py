@@ -72,7 +72,7 @@ def serve_config(args: argparse.Namespace, **overrides: Any) -> Any:
     check_max_rows(fields["max_rows"], engine_limits(engines, manifest))  # here, before a replica starts
     gpus = getattr(args, "gpus_per_replica", None)
     if gpus is None:
-        gpus = 1.0 if manifest.backend == "tensorrt" else 0.0
+        gpus = 1.0 if manifest.backend == "tensorrt" or manifest.device == "cuda" else 0.0
     return ServeConfig(engines=engines, verify=False, replica_gpus=gpus, **fields)
 
 
@@ -86,8 +86,15 @@ def import_ray() -> None:
 
 def serve_command(args: argparse.Namespace) -> int:
     import_ray()
-    from answer_trt.serving.app import start, stop
+    from answer_trt.serving.app import check_serve_flags, start, stop
+    from answer_trt.serving.ports import PortInUseError, check_port_free
 
+    check_serve_flags(args.host, args.port, args.replicas, args.max_queue, args.max_rows)
+    try:
+        check_port_free(args.host, args.port)  # before a build and before Ray starts
+    except PortInUseError as exc:
+        print(f"answer-trt: error: {exc}", file=sys.stderr)
+        return 1
     config = serve_config(args, host=args.host, port=args.port, batching=not args.no_batching, address=args.address)
     try:
         url = start(config)

@@ -38,13 +38,28 @@ def _folder(kind: str, device: str) -> tuple[Path, dict[str, Any]]:
     return folder, {**facts, "make_s": round(time.perf_counter() - started, 1)}
 
 
-def _build(model: str, out: Path, device: str, **config: Any) -> tuple[Any, float]:
+def _build(model: str, out: Path, device: str, progress: dict[str, Any] | None = None, partial: Path | None = None,
+           **config: Any) -> tuple[Any, float]:
+    """Build inductor engines; each log line of the build is also recorded in
+    ``progress["build_log"]`` with its second, and ``progress`` rewritten to ``partial``, so a
+    stage cut short by its budget still says how far the compile got."""
     from answer_trt.build_config import BuildConfig
     from answer_trt.loaders import build_engines
 
     started = time.perf_counter()
+    lines: list[str] = []
+    if progress is not None:
+        progress["build_log"] = lines
+
+    def log(msg: str) -> None:
+        lines.append(f"{time.perf_counter() - started:7.1f} s  {msg}")
+        print(msg, file=sys.stderr, flush=True)
+        if progress is not None and partial is not None:
+            _write(partial, progress)
+
     result = build_engines(BuildConfig(model=model, out=out, backend="inductor", device=device, force=True, **config),
-                           log=lambda msg: print(msg, file=sys.stderr, flush=True))
+                           log=log)
+    log("built")
     return result, round(time.perf_counter() - started, 1)
 
 
@@ -74,7 +89,8 @@ def stage_inductor_tiny(device: str, work: Path) -> dict[str, Any]:
 
     out = work / "tiny-inductor"
     result: dict[str, Any] = {"device": device}
-    built, result["build_s"] = _build("tiny", out, device, check=device == "cpu")
+    built, result["build_s"] = _build("tiny", out, device, result, work / "inductor_tiny.partial.json",
+                                      check=device == "cpu")
     result["precision"] = built.manifest.precision
     pipe, result["load_s"] = _load(out)
     result["load_over_build"] = round(result["load_s"] / result["build_s"], 4)
@@ -112,7 +128,7 @@ def bench_inductor(kind: str, device: str, work: Path, runs: int, methods: tuple
     result: dict[str, Any] = {"model": facts}
     partial = work / f"inductor_{kind}.partial.json"
     out = work / f"{kind}-inductor"
-    _built, result["compile_s"] = _build(str(folder), out, device, max_batch=1, check=False)
+    _built, result["compile_s"] = _build(str(folder), out, device, result, partial, max_batch=1, check=False)
     _write(partial, result)
     del _built
     torch.cuda.empty_cache()
