@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from answer_trt.build_config import LoraSpec
 from answer_trt.config import METHODS, SCHEDULERS
-from answer_trt.errors import NonFiniteImageError, UserInputError
+from answer_trt.errors import NonFiniteImageError, UserInputError, printable
 from answer_trt.files import check_writable_file, numbered_paths
 from answer_trt.rules import (
     BUILD_BACKENDS,
@@ -290,11 +290,11 @@ def _run(args: argparse.Namespace, own_process: bool) -> int:
     try:
         handlers = {"build": _build, "generate": _generate, "bench": _bench, "info": _info}
         return (handlers.get(args.command) or args.handler)(args)  # serve, load: set_defaults(handler=...)
-    except UserInputError as exc:
-        print(f"answer-trt: error: {exc}", file=sys.stderr)
+    except UserInputError as exc:  # messages may quote a PNG's, a manifest's or a config's text
+        print(f"answer-trt: error: {printable(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except NonFiniteImageError as exc:
-        print(f"answer-trt: error: {exc}", file=sys.stderr)
+        print(f"answer-trt: error: {printable(str(exc))}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:  # what was being written is staged or temporary: nothing half-written stays
         if own_process:
@@ -327,7 +327,7 @@ def _shortened(text: str, limit: int = 160) -> str:
 
 def _say(line: str) -> None:
     try:
-        print(line, file=sys.stderr)
+        print(printable(line), file=sys.stderr)
     except (OSError, ValueError):  # stderr itself is closed
         pass
 
@@ -571,7 +571,7 @@ def _info(args: argparse.Namespace) -> int:
         where = f"on {session.cpus} CPUs; used on machines with as many" if session.cpus else "used everywhere"
         lines.append(f"session:    intra-op threads {session.intra_op_threads or 'default'} "
                      f"(measured at build {where}, fastest UNet call: {measured})")
-    print("\n".join(lines))
+    print("\n".join(printable(line) for line in lines))  # a manifest is someone else's file
     return 0 if not bad else EXIT_USAGE
 
 

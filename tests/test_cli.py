@@ -195,3 +195,20 @@ def test_images_from_engines_record_the_model_hash(engines_dir, tmp_path):
     assert main(["generate", "a cat", "--engines", str(engines_dir), "--steps", "1", "-o", str(png)]) == 0
     recorded = json.loads(Image.open(png).info["parameters"])
     assert recorded["model_hash"] == read_manifest(engines_dir).model_hash[:16]
+
+
+def test_text_from_files_is_shown_escaped_on_one_line(engines_dir, tmp_path, capsys):
+    """A manifest's text (C1 controls pass its schema's one-line check) never reaches the
+    terminal raw: `info` and errors show it escaped."""
+    from answer_trt.errors import printable
+
+    assert printable("a\x1b[31mred\x9b2J\nnext\r\x7f") == "a\\x1b[31mred\\x9b2J\\nnext\\r\\x7f"
+    assert printable("plain text, \u00fcn\u00efcode \u2713") == "plain text, \u00fcn\u00efcode \u2713"
+    folder = tmp_path / "engines"
+    shutil.copytree(engines_dir, folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["model_name"] = "evil\x9b2J\x9b31mname"
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    assert main(["info", str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert "\x9b" not in out and "evil\\x9b2J\\x9b31mname" in out
