@@ -31,6 +31,30 @@ def tree_sha256(folder: Path) -> str:
     return digest.hexdigest()
 
 
+# The most a config file of someone else's folder may hold (model_index.json, a component's
+# config.json, scheduler_config.json, a sharded weights index: kilobytes to a few MB).
+MAX_CONFIG_BYTES = 64 << 20
+
+
+def read_bounded(path: Path, limit: int = MAX_CONFIG_BYTES) -> bytes:
+    """The bytes of ``path``, a regular file (links followed) of at most ``limit`` bytes.
+    Raises ``FileNotFoundError`` where it is missing, ``OSError`` where it cannot be read,
+    and ``UserInputError`` for a device, a FIFO or a folder (reading ``/dev/zero`` never ends;
+    a FIFO blocks) and for a file over ``limit``, checked while reading (a file that grows)."""
+    import stat
+
+    info = os.stat(path)
+    if not stat.S_ISREG(info.st_mode):
+        raise UserInputError(f"{path} is not a regular file (a device, a FIFO or a folder): answer-trt reads config "
+                             "files only from regular files; replace it with the file itself")
+    with open(path, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise UserInputError(f"{path} is larger than {limit >> 20} MiB, far more than any config file: replace it "
+                             "with the model's own file")
+    return data
+
+
 def current_umask() -> int:
     """The process umask (read without changing it for longer than the call)."""
     mask = os.umask(0)

@@ -20,6 +20,7 @@ from typing import Any
 from answer_trt.build_config import BuildConfig, LoraSpec, lora_specs
 from answer_trt.cache import cache_root
 from answer_trt.errors import UserInputError
+from answer_trt.files import read_bounded
 from answer_trt.manifest import MANIFEST_NAME, SCHEDULER_CONFIG, BuildResult, Manifest, read_manifest, verify_files
 from answer_trt.models.lora import check_lora, lora_tag
 from answer_trt.pipeline import BuiltWeights, Limits, Pipeline
@@ -148,8 +149,8 @@ def _scheduler_config(folder: Path, manifest: Manifest) -> dict[str, Any]:
     """The scheduler config copied beside the engines: a JSON object, or a user error."""
     path = folder / SCHEDULER_CONFIG
     try:
-        config = json.loads(path.read_text())
-    except (OSError, ValueError, RecursionError):  # unreadable, not JSON, absurdly nested
+        config = json.loads(read_bounded(path))
+    except (OSError, ValueError, RecursionError):  # unreadable, too large, not JSON, absurdly nested
         config = None
     if not isinstance(config, dict):
         raise UserInputError(f"{path} is not a scheduler config (a JSON object): rebuild with "

@@ -64,6 +64,7 @@ MAX_MANIFEST_BYTES = 4 << 20
 MAX_DEPTH = 8
 MAX_INT = 2**31 - 1
 MAX_TEXT = 1024
+MAX_LORAS = 64  # adapters one folder may fuse
 _DIGEST = re.compile(r"[0-9a-f]{64}")
 _SYMBOL = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -397,7 +398,7 @@ class _ManifestDoc(_Document):
     graph_optimization: GraphOptimization | None = None
     session: SessionChoice | None = None
     variant: Variant | None = None
-    loras: Annotated[list[LoraEntry], Field(max_length=64)] = []
+    loras: Annotated[list[LoraEntry], Field(max_length=MAX_LORAS)] = []
     device: Annotated[str, Strict(), _one_of(DEVICES)] | None = None
 
 
@@ -512,7 +513,24 @@ def owned_paths(data: Any) -> set[str] | None:
 
 
 def write_manifest(folder: Path, manifest: Manifest) -> None:
-    write_text_atomic(folder / MANIFEST_NAME, json.dumps(manifest.to_json(), indent=2, sort_keys=True) + "\n")
+    """Write ``manifest``, after reading it back through the reader's own schema: a build never
+    publishes a folder that loading would refuse (``UserInputError`` naming the field)."""
+    data = manifest.to_json()
+    try:
+        Manifest.from_json(json.loads(json.dumps(data)))
+    except ManifestError as exc:
+        raise UserInputError(f"the build would record something its manifest cannot hold ({exc}): nothing was "
+                             "published; shorten the model path or use fewer --lora adapters") from None
+    write_text_atomic(folder / MANIFEST_NAME, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def check_manifest_text(value: str, flag: str) -> None:
+    """Refuse, before a build, a value the manifest will record that its schema would refuse
+    (one line, at most ``MAX_TEXT`` characters, no control characters)."""
+    problem = _one_line_problem(value)
+    if problem:
+        raise UserInputError(f"{flag} {_shown(value)} {problem}: a build records it in {MANIFEST_NAME}; use a shorter "
+                             "path without control characters (move or link the model)")
 
 
 def _rebuild_hint(folder: Path) -> str:

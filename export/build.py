@@ -47,12 +47,14 @@ from answer_trt.iospec import (
 )
 from answer_trt.manifest import (
     MANIFEST_NAME,
+    MAX_LORAS,
     SCHEDULER_CONFIG,
     TOKENIZER_FOLDERS,
     BuildResult,
     ComponentEntry,
     LoraEntry,
     Manifest,
+    check_manifest_text,
     external_data_name,
     mismatched_files,
     read_manifest,
@@ -155,7 +157,13 @@ def _build_locked(config: BuildConfig, log: Callable[[str], None], created: list
     height, width = (_size_range(side, value, info.dims) for side, value in
                      (("height", config.height), ("width", config.width)))
     check_build_memory(config, info.dims, height, width)
+    if len(config.loras) > MAX_LORAS:
+        raise UserInputError(f"{len(config.loras)} --lora adapters: one build fuses at most {MAX_LORAS}; merge some "
+                             "of them first")
+    check_manifest_text(source.name, "--model")
     loras = tuple(check_lora(spec) for spec in config.loras)  # before any model is loaded
+    for lora in loras:
+        check_manifest_text(str(lora.path), "--lora")
     plan = BuildPlan(config, source, source.content_hash(), info, height, width, loras)
     key = plan.key
     out = config.out

@@ -198,3 +198,22 @@ def test_unreachable_hub_id_is_a_user_error(tmp_path, monkeypatch):
     with pytest.raises(UserInputError, match="could not fetch model 'nobody/no-such-model'.*local folder"):
         build(BuildConfig(model="nobody/no-such-model", out=tmp_path / "e"), log=quiet)
     assert not (tmp_path / "e").exists()
+
+
+def test_a_build_never_publishes_a_manifest_its_reader_refuses(tiny_model_dir, tmp_path):
+    """A model path with a newline or too many LoRAs: refused before anything is exported, and
+    no engines folder is left (loading would refuse the manifest, and the rebuild it suggested
+    would fail the same way)."""
+    from answer_trt.build_config import LoraSpec
+    from answer_trt.manifest import MAX_LORAS
+
+    odd = tmp_path / "tiny\nmodel"
+    shutil.copytree(tiny_model_dir, odd)
+    out = tmp_path / "engines"
+    with pytest.raises(UserInputError, match=r"--model .* is not a one-line string") as caught:
+        build(BuildConfig(model=str(odd), out=out), log=lambda _m: None)
+    assert "\n" not in str(caught.value).replace(str(odd), "")
+    loras = tuple(LoraSpec(tmp_path / f"missing-{i}.safetensors") for i in range(MAX_LORAS + 1))
+    with pytest.raises(UserInputError, match=f"one build fuses at most {MAX_LORAS}"):
+        build(BuildConfig(model=str(tiny_model_dir), out=out, loras=loras), log=lambda _m: None)
+    assert not out.exists()

@@ -158,3 +158,26 @@ def test_memory_limit_comes_from_the_environment(monkeypatch):
             memory_limit()
     monkeypatch.delenv("ANSWER_TRT_MAX_MEMORY_GB")
     assert memory_limit()[0] > 0
+
+
+def test_config_files_are_read_bounded_and_only_from_regular_files(tmp_path):
+    """A config that links to an endless device or a FIFO is refused in one line instead of
+    being read until memory runs out (or blocking); an oversized one likewise."""
+    import os
+
+    from answer_trt.files import read_bounded
+    from answer_trt.models.info import read_json_object
+
+    link = tmp_path / "model_index.json"
+    link.symlink_to("/dev/zero")
+    with pytest.raises(UserInputError, match="is not a regular file"):
+        read_json_object(link)
+    fifo = tmp_path / "config.json"
+    os.mkfifo(fifo)
+    with pytest.raises(UserInputError, match="is not a regular file"):
+        read_json_object(fifo)
+    big = tmp_path / "big.json"
+    big.write_bytes(b" " * 2048)
+    with pytest.raises(UserInputError, match="larger than"):
+        read_bounded(big, limit=1024)
+    assert read_bounded(big, limit=4096) == b" " * 2048

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from answer_trt.errors import UserInputError
+from answer_trt.files import read_bounded
 from answer_trt.iospec import ModelDims
 
 RESAVE = "re-save the model with save_pretrained, or fetch it again"
@@ -17,7 +18,7 @@ def read_json_object(file: Path) -> dict[str, Any]:
     """A model's JSON config as a dict, or a ``UserInputError`` naming the file and what
     is wrong with it (missing, unreadable, not JSON, not an object)."""
     try:
-        text = file.read_text(encoding="utf-8")
+        text = read_bounded(file).decode("utf-8")
     except FileNotFoundError:
         raise UserInputError(f"{file} is missing from the model folder: {RESAVE}") from None
     except (OSError, UnicodeDecodeError) as exc:
