@@ -413,6 +413,7 @@ def _generate(args: argparse.Namespace) -> int:
 
     request, index, recorded = _request(args)
     _check_output(args.output, 1 if index is not None else request.batch)
+    _check_before_load(args, request)
     if recorded is not None and args.engines is None:  # a replay's LoRAs, checked before anything is built
         from answer_trt.models.lora import check_lora
         from answer_trt.pipeline import BuiltWeights
@@ -441,6 +442,25 @@ def _generate(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+def _check_before_load(args: argparse.Namespace, request: GenerateRequest) -> None:
+    """What can be refused before engines are built or loaded: every request value and its
+    cross-field rules (``GenerateRequest.sampling_config``), and ``--cuda-graph`` where the
+    engines will not be on a CUDA GPU."""
+    request.sampling_config()
+    if not args.cuda_graph:
+        return
+    if args.engines is not None:
+        from answer_trt.manifest import read_manifest
+
+        manifest = read_manifest(args.engines)
+        on_gpu = manifest.backend == "tensorrt" or manifest.device == "cuda"
+    else:
+        on_gpu = args.backend == "torch" and args.device == "cuda"
+    if not on_gpu:
+        raise UserInputError("--cuda-graph needs engines on a CUDA GPU (tensorrt, inductor built with --device cuda, "
+                             "or torch with --device cuda)")
 
 
 def _request(args: argparse.Namespace) -> tuple[GenerateRequest, int | None, dict[str, Any] | None]:

@@ -212,3 +212,18 @@ def test_text_from_files_is_shown_escaped_on_one_line(engines_dir, tmp_path, cap
     assert main(["info", str(folder)]) == 0
     out = capsys.readouterr().out
     assert "\x9b" not in out and "evil\\x9b2J\\x9b31mname" in out
+
+
+@pytest.mark.parametrize("flags", [
+    ["--guidance-scale", "nan"], ["--guidance-scale", "inf"], ["--negative-scale", "-1"], ["--drift-tau", "nan"],
+    ["--guidance-rescale", "1e309"], ["--chain-min-sigma", "-3"], ["--mode", "inner", "--drift-tau", "0.5"],
+    ["--seeds", "1,2", "--batch", "3"], ["--cuda-graph"],
+])
+def test_bad_request_values_are_refused_before_any_engines_are_built(flags, tmp_path, monkeypatch, capsys):
+    """With an empty cache, an invalid value or cross-field rule builds and leaves nothing."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("ANSWER_TRT_CACHE", str(cache))
+    assert main(["generate", "a cat", *flags, "-o", str(tmp_path / "out.png")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("answer-trt: error: ")
+    assert not (cache / "engines").exists() and not (cache / "locks").exists()
