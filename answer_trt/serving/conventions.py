@@ -8,8 +8,9 @@ give it each convention's error shape.
 
 Equal images: an OpenAI request of ``n`` images is one answer-trt request with ``batch=n``
 (``answer-trt generate --batch n``); an A1111 request is ``n_iter`` requests of
-``batch_size`` images, iteration k with seed ``seed + k * batch_size`` (so with
-``batch_size`` 1 image k has seed ``seed + k``, as in A1111).
+``batch_size`` images, and image i of the whole request has seed ``seed + i``, as in A1111
+(iteration k's images carry ``seeds`` ``seed + k * batch_size + j``, one generator each), so
+each image equals a request of one image with its reported seed.
 """
 
 from __future__ import annotations
@@ -130,14 +131,26 @@ def a1111_requests(body: BaseModel, seed: int) -> list[GenerateRequest]:
     if batch * iterations > MAX_IMAGES:
         raise UserInputError(f"batch_size * n_iter must be at most {MAX_IMAGES} images per request, "
                              f"got {batch * iterations}")
-    if seed + (iterations - 1) * batch > 2**64 - 1:
-        raise UserInputError("seed + (n_iter - 1) * batch_size must be below 2**64: use a smaller seed")
+    if seed + iterations * batch - 1 > 2**64 - 1:
+        raise UserInputError("seed + batch_size * n_iter - 1 (the last image's seed) must be below 2**64: use a "
+                             "smaller seed")
     first = GenerateRequest(
         fields["prompt"], negative_prompt=fields["negative_prompt"] or None, steps=fields["steps"],
         guidance_scale=fields["cfg_scale"], scheduler=sampler_scheduler(sampler), seed=seed, height=fields["height"],
-        width=fields["width"], batch=batch, **_schema_extras(body, A1111_TAKEN))
+        width=fields["width"], batch=batch, seeds=image_seeds(seed, batch), **_schema_extras(body, A1111_TAKEN))
     first.sampling_config()
-    return [first.replace(seed=seed + k * batch) for k in range(iterations)]
+    return [first.replace(seed=seed + k * batch, seeds=image_seeds(seed + k * batch, batch))
+            for k in range(iterations)]
+
+
+def image_seeds(seed: int, batch: int) -> tuple[int, ...] | None:
+    """A1111's seeds of a batch: ``seed + j`` for image j, each drawn from its own generator
+    (the schema's ``seeds``); one image: its seed alone (``None``: the same noise)."""
+    return tuple(seed + j for j in range(batch)) if batch > 1 else None
+
+
+def _reported_seeds(request: GenerateRequest) -> list[int]:
+    return list(request.seeds) if request.seeds else [request.seed + j for j in range(request.batch)]
 
 
 def a1111_response(body: BaseModel, requests: list[GenerateRequest], generations: list[Generation]) -> dict[str, Any]:
@@ -145,13 +158,16 @@ def a1111_response(body: BaseModel, requests: list[GenerateRequest], generations
     request, with the seed used) and ``info`` (JSON text)."""
     images = [image for generation in generations for image in generation.images]
     first = requests[0]
-    seeds = [request.seed for request in requests for _ in range(request.batch)]
+    seeds = [seed for request in requests for seed in _reported_seeds(request)]
+    given = getattr(body, "subseed", None)
+    subseed = given if isinstance(given, int) and not isinstance(given, bool) and given >= 0 else first.seed
     width, height = images[0].size
     sampler = next((name for name, ours in SAMPLERS.items() if ours == first.scheduler), None)
     parameters = {**body.model_dump(), "seed": first.seed}
     info = {"prompt": first.prompt, "all_prompts": [first.prompt] * len(images),
             "negative_prompt": first.negative_prompt or "", "all_negative_prompts": [first.negative_prompt or ""]
-            * len(images), "seed": first.seed, "all_seeds": seeds, "subseed": -1, "all_subseeds": [-1] * len(images),
+            * len(images), "seed": first.seed, "all_seeds": seeds, "subseed": subseed,
+            "all_subseeds": [subseed + i for i in range(len(images))], "subseed_strength": 0,
             "width": width, "height": height, "sampler_name": sampler, "cfg_scale": first.guidance_scale,
             "steps": first.steps, "batch_size": first.batch, "n_iter": len(requests), "method": first.method,
             "infotexts": [image.info.get("parameters", "") for image in images],

@@ -146,7 +146,7 @@ class OpenAIError(BaseModel):
 # so ours is chosen by sampler_name. Fields of A1111 this server does not use are accepted
 # and ignored, except those that would change the picture (refused when set).
 A1111_TAKEN = ("prompt", "negative_prompt", "steps", "guidance_scale", "seed", "width", "height", "batch",
-                "scheduler")
+               "scheduler", "seeds")
 Txt2ImgBody: type[BaseModel] = create_model(  # type: ignore[call-overload]
     "Txt2ImgBody",
     __config__=ConfigDict(extra="allow"),
@@ -162,8 +162,8 @@ Txt2ImgBody: type[BaseModel] = create_model(  # type: ignore[call-overload]
                                                                          "(reported in info and parameters)")),
     batch_size=(int, Field(1, ge=1, le=MAX_IMAGES, strict=True, description="images per iteration (one generator, "
                                                                               "as answer-trt's batch)")),
-    n_iter=(int, Field(1, ge=1, le=MAX_IMAGES, strict=True, description="iterations; iteration k uses seed + k * "
-                                                                          "batch_size")),
+    n_iter=(int, Field(1, ge=1, le=MAX_IMAGES, strict=True, description="iterations of batch_size images; image "
+                                                                          "i of the request has seed + i")),
     sampler_name=(str | None, Field(None, description="DDIM, Euler or DPM++ 2M (GET /sdapi/v1/samplers); absent: "
                                                       "the model's own scheduler")),
     sampler_index=(str | None, Field(None, description="the older name of sampler_name (used when it is absent)")),
