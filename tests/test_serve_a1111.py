@@ -159,3 +159,112 @@ def test_the_last_images_seed_must_fit_in_64_bits(app):
     status, _ = txt2img(app, seed=2**64 - 3, batch_size=3, steps=1)
     assert status == 200
 
+
+
+# ---- part 2: every field of A1111's body is honoured, harmless or refused ------------------------
+
+# The fields of A1111's txt2img body (webui 1.10, modules/api/models.py:
+# StableDiffusionTxt2ImgProcessingAPI, from StableDiffusionProcessing(Txt2Img).__init__ and the
+# API's own additions), as a client can send them.
+A1111_BODY = (
+    "prompt", "negative_prompt", "styles", "seed", "subseed", "subseed_strength", "seed_resize_from_h",
+    "seed_resize_from_w", "sampler_name", "scheduler", "batch_size", "n_iter", "steps", "cfg_scale", "width", "height",
+    "restore_faces", "tiling", "do_not_save_samples", "do_not_save_grid", "eta", "denoising_strength", "s_min_uncond",
+    "s_churn", "s_tmax", "s_tmin", "s_noise", "override_settings", "override_settings_restore_afterwards",
+    "refiner_checkpoint", "refiner_switch_at", "disable_extra_networks", "firstpass_image", "comments", "enable_hr",
+    "firstphase_width", "firstphase_height", "hr_scale", "hr_upscaler", "hr_second_pass_steps", "hr_resize_x",
+    "hr_resize_y", "hr_checkpoint_name", "hr_sampler_name", "hr_scheduler", "hr_prompt", "hr_negative_prompt",
+    "sampler_index", "script_name", "script_args", "send_images", "save_images", "alwayson_scripts", "force_task_id",
+    "infotext")
+# A value of each JSON type that no field takes as neutral (nor as its default).
+ODD = {bool: True, int: 5, float: 0.5, str: "x", list: ["x"], dict: {"x": 1}}
+
+
+def odd_value(name: str) -> Any:
+    from typing import get_origin
+
+    from answer_trt.serving.models import A1111_FIELDS
+
+    annotation = A1111_FIELDS[name].annotation
+    return ODD[get_origin(annotation) or annotation]
+
+
+def test_the_table_classifies_every_field_of_a1111s_body_and_the_body_model_declares_them(app):
+    from answer_trt.serving.models import A1111_FIELDS, Txt2ImgBody
+
+    assert set(A1111_FIELDS) == set(A1111_BODY) | {"clip_skip"}
+    assert set(A1111_FIELDS) <= set(Txt2ImgBody.model_fields)
+    document = call(app, "GET", "/openapi.json").json()
+    documented = document["components"]["schemas"]["Txt2ImgBody"]["properties"]
+    assert documented["alwayson_scripts"]["description"].startswith("refused unless null or {}")
+    assert documented["save_images"]["description"].startswith("harmless")
+    uses = {f.use for f in A1111_FIELDS.values()}
+    assert uses == {"honoured", "harmless", "refused"}
+
+
+def refused_fields() -> list[str]:
+    from answer_trt.serving.models import A1111_FIELDS
+
+    return [name for name, f in A1111_FIELDS.items() if f.use == "refused"]
+
+
+@pytest.mark.parametrize("name", refused_fields())
+def test_a_refused_field_set_is_a_400_naming_it(app, name):
+    message = refusal(app, sampler_name="DDIM", **{name: odd_value(name)})
+    assert message.startswith(f"{name} is not supported by answer-trt ("), message
+    assert "leave it out" in message
+
+
+@pytest.mark.parametrize("body, named", [
+    ({"override_settings": {"CLIP_stop_at_last_layers": 2}}, "override_settings CLIP_stop_at_last_layers 2"),
+    ({"clip_skip": 2}, "clip_skip is not supported by answer-trt (no clip skip yet), got 2: send 1"),
+    ({"alwayson_scripts": {"ADetailer": {"args": [True]}}}, "alwayson_scripts is not supported"),
+    ({"script_args": [0.5]}, "script_args is not supported"),
+    ({"script_name": "x/y/z plot"}, "script_name is not supported"),
+    ({"override_settings": {"sd_model_checkpoint": "sd_xl_base_1.0.safetensors"}},
+     "override_settings sd_model_checkpoint 'sd_xl_base_1.0.safetensors' is not served here: this server runs "
+     "'tiny-random'"),
+    ({"override_settings": {"sd_vae": "vae-ft-mse-840000.safetensors"}}, "override_settings sd_vae"),
+    ({"override_settings": {"CLIP_stop_at_last_layers": True}}, "override_settings CLIP_stop_at_last_layers true"),
+    ({"override_settings": {"token_merging_ratio": 0.5}},
+     "override_settings 'token_merging_ratio' is not a setting answer-trt honours"),
+    ({"eta": 1.0, "sampler_name": "DDIM"}, "eta is not supported by answer-trt (answer-trt's DDIM has eta 0)"),
+    ({"eta": 1.0}, "eta is not supported"),  # the model's own scheduler may be DDIM
+    ({"scheduler": "karras"}, "scheduler 'karras' is not supported: send automatic or one of ddim, euler"),
+    ({"scheduler": "ddim", "sampler_name": "Euler"}, "sampler_name 'Euler' and scheduler 'ddim' name different"),
+    ({"hr_scale": 2, "enable_hr": True}, "enable_hr is not supported"),
+    ({"frobnicate": 1}, "unknown field 'frobnicate'"),
+    ({"seeds": [1, 2]}, "unknown field 'seeds'"),  # ours: A1111's seeds are seed + j
+])
+def test_what_the_picture_would_need_is_refused_naming_it(app, body, named):
+    assert named in refusal(app, **body)
+
+
+def test_harmless_fields_and_neutral_values_leave_the_picture_as_it_is(app):
+    from answer_trt.serving.models import A1111_FIELDS
+
+    harmless = {name: odd_value(name) for name, f in A1111_FIELDS.items() if f.use == "harmless"}
+    neutral = {name: next(v for v in f.neutral if v is not None)
+               for name, f in A1111_FIELDS.items() if f.use == "refused"}
+    settings = {"override_settings": {"CLIP_stop_at_last_layers": 1, "sd_model_checkpoint": "tiny-random",
+                                      "sd_vae": "Automatic", "eta_ddim": 0, "eta_noise_seed_delta": 0,
+                                      "samples_format": "png"}}
+    status, plain = txt2img(app, seed=7, sampler_name="Euler")
+    assert status == 200, plain
+    neutral["eta"] = 1.0  # webuiapi's default: changes A1111's DDIM only, and Euler is chosen
+    status, loaded = txt2img(app, seed=7, sampler_name="Euler", **harmless, **neutral, **settings)
+    assert status == 200, loaded
+    assert np.array_equal(pixels(loaded["images"][0]), pixels(plain["images"][0]))
+
+
+def test_the_scheduler_field_takes_what_get_schedulers_lists(app):
+    from answer_trt.serving.conventions import a1111_schedulers
+
+    names = [s["name"] for s in a1111_schedulers()]
+    assert names[0] == "automatic" and len(names) > 1
+    for name in names[1:]:
+        status, answer = txt2img(app, scheduler=name, steps=1)
+        assert status == 200, answer
+        assert Image.open(io.BytesIO(base64.b64decode(answer["images"][0]))).info["scheduler"] == name
+    status, answer = txt2img(app, scheduler="Automatic", sampler_name="DDIM", steps=1)
+    assert status == 200 and json.loads(answer["info"])["sampler_name"] == "DDIM"

@@ -314,7 +314,7 @@ def _a1111_routes(app: FastAPI, server: Server) -> None:
     async def txt2img(body: Txt2ImgBody) -> dict[str, Any]:  # type: ignore[valid-type]
         seed = body.seed if body.seed != -1 else conventions.draw_seed()  # type: ignore[attr-defined]
         try:
-            requests = conventions.a1111_requests(body, seed)
+            requests = conventions.a1111_requests(body, seed, server.model_name)
         except UserInputError as exc:
             raise ApiError(400, str(exc)) from None
         results = await generations(server, requests)
