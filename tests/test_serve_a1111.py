@@ -11,6 +11,7 @@ import asyncio
 import base64
 import io
 import json
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,6 +24,7 @@ pytest.importorskip("fastapi", reason="FastAPI is not installed: pip install -e 
 from answer_trt.pipeline import Generation  # noqa: E402
 from answer_trt.schema import GenerateRequest  # noqa: E402
 from answer_trt.serving.batcher import StepBatcher  # noqa: E402
+from answer_trt.serving.stats import Progress  # noqa: E402
 
 SIZE = {"width": 32, "height": 32}
 
@@ -42,6 +44,9 @@ class BatcherServer:
 
     def stats(self) -> dict[str, Any]:
         return self.batcher.stats().as_dict()
+
+    def progress(self) -> Progress:
+        return self.batcher.progress()
 
 
 class Answer:
@@ -260,11 +265,94 @@ def test_harmless_fields_and_neutral_values_leave_the_picture_as_it_is(app):
 def test_the_scheduler_field_takes_what_get_schedulers_lists(app):
     from answer_trt.serving.conventions import a1111_schedulers
 
-    names = [s["name"] for s in a1111_schedulers()]
-    assert names[0] == "automatic" and len(names) > 1
+    names = [s["name"] for s in call(app, "GET", "/sdapi/v1/schedulers").json()]
+    assert names == [s["name"] for s in a1111_schedulers()] and names[0] == "automatic" and len(names) > 1
     for name in names[1:]:
         status, answer = txt2img(app, scheduler=name, steps=1)
         assert status == 200, answer
         assert Image.open(io.BytesIO(base64.b64decode(answer["images"][0]))).info["scheduler"] == name
     status, answer = txt2img(app, scheduler="Automatic", sampler_name="DDIM", steps=1)
     assert status == 200 and json.loads(answer["info"])["sampler_name"] == "DDIM"
+
+
+# ---- part 3: the routes A1111's clients read ---------------------------------------------------
+
+def test_options_report_the_served_model_and_the_settings_honoured(app):
+    from answer_trt.schema import info as schema_info
+    from answer_trt.schema import request_fields
+
+    options = call(app, "GET", "/sdapi/v1/options").json()
+    assert options["sd_model_checkpoint"] == "tiny-random" and options["CLIP_stop_at_last_layers"] == 1
+    # each is accepted back, alone or all at once (a front end posts the whole object back)
+    for name, value in options.items():
+        answer = call(app, "POST", "/sdapi/v1/options", {name: value})
+        assert answer.status_code == 200 and answer.json() is None, (name, answer.text)
+        status, _ = txt2img(app, steps=1, override_settings={name: value})
+        assert status == 200, name
+    assert call(app, "POST", "/sdapi/v1/options", options).status_code == 200
+    # the schedulers GET /sdapi/v1/schedulers lists are the schema's
+    choices = next(schema_info(f).choices for f in request_fields() if f.name == "scheduler")
+    listed = call(app, "GET", "/sdapi/v1/schedulers").json()
+    assert [s["name"] for s in listed] == ["automatic", *choices]
+    assert {"name", "label", "aliases", "default_rho", "need_inner_model"} <= set(listed[1])
+
+
+@pytest.mark.parametrize("body, message", [
+    ({"sd_model_checkpoint": "v1-5-pruned-emaonly.safetensors"},
+     "options sd_model_checkpoint 'v1-5-pruned-emaonly.safetensors' is not served here: this server runs "
+     "'tiny-random'"),
+    ({"CLIP_stop_at_last_layers": 2}, "options CLIP_stop_at_last_layers 2 is not supported (clip skip: 1 only"),
+    ({"sd_model_checkpoint": "tiny-random", "show_progressbar": True},
+     "options 'show_progressbar' is not a setting answer-trt honours"),
+    ([1, 2], 'the request body must be a JSON object such as {"CLIP_stop_at_last_layers": 1}'),
+])
+def test_options_refuse_what_they_cannot_honour_naming_it(app, body, message):
+    answer = call(app, "POST", "/sdapi/v1/options", body)
+    assert answer.status_code == 400 and message in answer.json()["error"], answer.text
+
+
+def test_the_empty_lists_are_empty_and_documented(app):
+    for path in ("/sdapi/v1/loras", "/sdapi/v1/sd-vae", "/sdapi/v1/upscalers"):
+        answer = call(app, "GET", path)
+        assert answer.status_code == 200 and answer.json() == [], path
+    assert call(app, "GET", "/sdapi/v1/scripts").json() == {"txt2img": [], "img2img": []}
+    paths = call(app, "GET", "/openapi.json").json()["paths"]
+    assert {"/sdapi/v1/options", "/sdapi/v1/schedulers", "/sdapi/v1/loras", "/sdapi/v1/progress", "/sdapi/v1/sd-vae",
+            "/sdapi/v1/upscalers", "/sdapi/v1/scripts"} <= set(paths)
+    assert set(paths["/sdapi/v1/options"]) == {"get", "post"}
+    assert "fused" in paths["/sdapi/v1/loras"]["get"]["summary"]
+    ok = paths["/sdapi/v1/progress"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert ok["$ref"].endswith("/ProgressResponse")
+
+
+def test_progress_follows_the_requests_in_flight(app, batcher, pipe, monkeypatch):
+    idle = call(app, "GET", "/sdapi/v1/progress").json()
+    assert idle["progress"] == 0 and idle["state"]["job_count"] == 0 and idle["current_image"] is None
+    assert idle["state"]["sampling_step"] == 0 and idle["state"]["sampling_steps"] == 0
+    original, calls = pipe.denoiser, []
+    second, gate = threading.Event(), threading.Event()
+
+    def held(*args: Any, **kwargs: Any) -> Any:  # the second UNet call waits for the gate
+        calls.append(1)
+        if len(calls) == 2:
+            second.set()
+            assert gate.wait(60)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(pipe, "denoiser", held)
+    request = GenerateRequest("a red circle", method="cfg", steps=4, height=32, width=32)
+    try:
+        first = batcher.submit(request)
+        assert second.wait(60)
+        running = call(app, "GET", "/sdapi/v1/progress").json()
+        assert running["state"]["job_count"] == 1 and running["state"]["sampling_steps"] == 4
+        assert running["state"]["sampling_step"] == 1 and running["progress"] == 0.25
+        assert running["eta_relative"] >= 0 and running["state"]["job"] == "answer-trt"
+        queued = batcher.submit(request.replace(seed=1))  # waits: the worker is in the held call
+        both = call(app, "GET", "/sdapi/v1/progress").json()
+        assert both["state"]["job_count"] == 2 and both["progress"] == 1 / 8
+    finally:
+        gate.set()
+    first.result(60), queued.result(60)
+    done = call(app, "GET", "/sdapi/v1/progress").json()
+    assert done["progress"] == 0 and done["state"]["job_count"] == 0

@@ -30,6 +30,7 @@ from answer_trt.pipeline import Generation
 from answer_trt.schema import FIELD_NAMES, GenerateRequest, info, request_fields
 from answer_trt.serving.models import A1111_FIELDS, A1111_SETTINGS, A1111_TAKEN, OPENAI_TAKEN
 from answer_trt.serving.protocol import png_bytes
+from answer_trt.serving.stats import Progress
 
 # A1111 sampler name -> answer-trt scheduler. Only samplers whose update rule is ours: no
 # ancestral ("Euler a") or Karras-schedule variants.
@@ -256,3 +257,21 @@ def a1111_models(model_name: str, backend: str) -> list[dict[str, Any]]:
     """``GET /sdapi/v1/sd-models``: the one model this server runs (no server paths)."""
     return [{"title": model_name, "model_name": model_name, "hash": None, "sha256": None,
              "filename": f"{model_name} ({backend} engines)", "config": None}]
+
+
+def a1111_progress(progress: Progress) -> dict[str, Any]:
+    """``GET /sdapi/v1/progress`` from the batcher's requests: ``progress`` is the steps done
+    over the steps of every request held, ``sampling_step(s)`` are the oldest's in flight."""
+    held = (*progress.running, *progress.waiting)
+    steps = sum(r.steps for r in held)
+    done = sum(r.steps_done for r in held)
+    fraction = done / steps if steps else 0.0
+    current = held[0] if held else None
+    elapsed = max((r.elapsed_s for r in progress.running), default=0.0)
+    eta = elapsed / fraction - elapsed if fraction > 0 else 0.0
+    state = {"skipped": False, "interrupted": False, "stopping_generation": False,
+             "job": "answer-trt" if held else "", "job_count": len(held), "job_timestamp": "0", "job_no": 0,
+             "sampling_step": current.steps_done if current else 0,
+             "sampling_steps": current.steps if current else 0}
+    text = f"{len(progress.running)} in flight, {len(progress.waiting)} waiting" if held else None
+    return {"progress": fraction, "eta_relative": eta, "state": state, "current_image": None, "textinfo": text}

@@ -328,3 +328,70 @@ class SDModel(BaseModel):
     sha256: str | None = None
     filename: str
     config: str | None = None
+
+
+# A1111's other routes: what its clients read when they connect (webui 1.10's response shapes).
+A1111Options: type[BaseModel] = create_model(  # type: ignore[call-overload]
+    "A1111Options",
+    __doc__="GET /sdapi/v1/options: the A1111 settings answer-trt honours, at their values (POST takes them back).",
+    **{name: (setting.annotation, Field(description=setting.note)) for name, setting in A1111_SETTINGS.items()},
+)
+
+
+class SchedulerItem(BaseModel):
+    """One of GET /sdapi/v1/schedulers: automatic, or a scheduler of the request schema."""
+
+    name: str = Field(description="the value of txt2img's scheduler (answer-trt's scheduler name)")
+    label: str = Field(description="its A1111 sampler name, where it has one")
+    aliases: list[str] | None = None
+    default_rho: float | None = None
+    need_inner_model: bool | None = None
+
+
+class LoraItem(BaseModel):
+    name: str
+    alias: str
+    path: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class SDVaeItem(BaseModel):
+    model_name: str
+    filename: str
+
+
+class UpscalerItem(BaseModel):
+    name: str
+    model_name: str | None = None
+    model_path: str | None = None
+    model_url: str | None = None
+    scale: float | None = None
+
+
+class ScriptsList(BaseModel):
+    """GET /sdapi/v1/scripts: none (scripts are refused)."""
+
+    txt2img: list[str] = Field(default_factory=list)
+    img2img: list[str] = Field(default_factory=list)
+
+
+class ProgressState(BaseModel):
+    skipped: bool = False
+    interrupted: bool = False
+    stopping_generation: bool = False
+    job: str = Field(description="answer-trt while requests are held, else empty")
+    job_count: int = Field(description="requests the batcher holds: in flight and waiting")
+    job_timestamp: str = "0"
+    job_no: int = Field(description="the request sampling_step is of: 0, the oldest in flight")
+    sampling_step: int = Field(description="steps done by the oldest request in flight")
+    sampling_steps: int = Field(description="its steps")
+
+
+class ProgressResponse(BaseModel):
+    """GET /sdapi/v1/progress: A1111's shape, from the batcher's requests in flight."""
+
+    progress: float = Field(description="steps done / steps of every request held (0 when idle)")
+    eta_relative: float = Field(description="seconds left, estimated from the oldest request's time so far")
+    state: ProgressState
+    current_image: str | None = Field(None, description="always null: no previews")
+    textinfo: str | None = None
