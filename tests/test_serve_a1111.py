@@ -356,3 +356,64 @@ def test_progress_follows_the_requests_in_flight(app, batcher, pipe, monkeypatch
     first.result(60), queued.result(60)
     done = call(app, "GET", "/sdapi/v1/progress").json()
     assert done["progress"] == 0 and done["state"]["job_count"] == 0
+
+
+# ---- part 4: what the clients send when they connect and generate ----------------------------
+
+def test_webuiapi_connects_reads_the_server_and_generates(app, monkeypatch):
+    webuiapi = pytest.importorskip("webuiapi", reason="the webuiapi client is not installed: pip install -e '.[dev]'")
+    import webuiapi.webuiapi as module
+
+    session = Session(app)
+    monkeypatch.setattr(module.requests, "Session", lambda: session)  # nothing leaves the process
+    api = webuiapi.WebUIApi(host="127.0.0.1", port=7860, sampler="Euler", steps=3)  # reads /scripts
+    assert api.has_controlnet is False
+    assert api.util_get_current_model() == "tiny-random"
+    assert api.util_get_model_names() == ["tiny-random"]
+    api.util_set_model("tiny-random")  # POSTs sd_model_checkpoint back: accepted, nothing switched
+    assert api.util_get_sampler_names() == sorted(["DDIM", "Euler", "DPM++ 2M"])
+    assert "automatic" in api.util_get_scheduler_names() and "euler" in api.util_get_scheduler_names()
+    assert api.get_loras() == [] and api.get_sd_vae() == [] and api.get_upscalers() == []
+    api.util_wait_for_ready(check_interval=0.01)  # returns: progress 0, no job
+    result = api.txt2img(prompt="a red circle", seed=3, width=32, height=32, batch_size=2, cfg_scale=5.0)
+    assert result.info["all_seeds"] == [3, 4] and len(result.images) == 2 and result.images[0].size == (32, 32)
+    with pytest.raises(RuntimeError) as refused:
+        api.txt2img(prompt="a", width=32, height=32, override_settings={"CLIP_stop_at_last_layers": 2})
+    status, text = refused.value.args
+    assert status == 400 and "CLIP_stop_at_last_layers 2" in json.loads(text)["error"]
+    with pytest.raises(RuntimeError) as refused:
+        api.txt2img(prompt="a", width=32, height=32, sampler_name="DDIM")  # webuiapi's eta 1 changes A1111's DDIM
+    assert refused.value.args[0] == 400 and json.loads(refused.value.args[1])["error"].startswith("eta is not")
+    assert session.sent == [
+        ("GET", "/sdapi/v1/scripts"), ("GET", "/sdapi/v1/options"), ("GET", "/sdapi/v1/sd-models"),
+        ("GET", "/sdapi/v1/sd-models"), ("POST", "/sdapi/v1/options"), ("GET", "/sdapi/v1/samplers"),
+        ("GET", "/sdapi/v1/schedulers"), ("GET", "/sdapi/v1/schedulers"), ("GET", "/sdapi/v1/loras"),
+        ("GET", "/sdapi/v1/sd-vae"), ("GET", "/sdapi/v1/upscalers"), ("GET", "/sdapi/v1/progress"),
+        ("POST", "/sdapi/v1/txt2img"), ("POST", "/sdapi/v1/txt2img"), ("POST", "/sdapi/v1/txt2img")]
+
+
+def test_a_chat_front_end_connects_picks_the_model_and_generates(app):
+    """Open WebUI's AUTOMATIC1111 engine: it checks the URL with /options, lists models,
+    samplers and schedulers for its settings, sets the model (posting the options object back
+    with sd_model_checkpoint changed) and then sends a small txt2img body."""
+    options = call(app, "GET", "/sdapi/v1/options")
+    assert options.status_code == 200
+    current = options.json()["sd_model_checkpoint"]
+    models = call(app, "GET", "/sdapi/v1/sd-models").json()
+    assert [{"id": m["title"], "name": m["model_name"]} for m in models] == [{"id": current, "name": current}]
+    samplers = [s["name"] for s in call(app, "GET", "/sdapi/v1/samplers").json()]
+    schedulers = [s["name"] for s in call(app, "GET", "/sdapi/v1/schedulers").json()]
+    assert "Euler" in samplers and "automatic" in schedulers
+    chosen = {**options.json(), "sd_model_checkpoint": models[0]["title"]}
+    assert call(app, "POST", "/sdapi/v1/options", chosen).status_code == 200
+    body = {"prompt": "a red circle", "batch_size": 2, "width": 32, "height": 32, "steps": 3,
+            "negative_prompt": "a blue square", "cfg_scale": 7, "sampler_name": "Euler", "scheduler": "automatic"}
+    answer = call(app, "POST", "/sdapi/v1/txt2img", body)
+    assert answer.status_code == 200, answer.text
+    images = [Image.open(io.BytesIO(base64.b64decode(b64))) for b64 in answer.json()["images"]]
+    assert [image.format for image in images] == ["PNG", "PNG"] and images[0].size == (32, 32)
+    info = json.loads(answer.json()["info"])
+    assert info["all_seeds"] == [info["seed"], info["seed"] + 1] and info["sd_model_name"] == current
+    other = {**options.json(), "sd_model_checkpoint": "dreamshaper_8.safetensors"}
+    refused = call(app, "POST", "/sdapi/v1/options", other)
+    assert refused.status_code == 400 and "'dreamshaper_8.safetensors' is not served here" in refused.json()["error"]
