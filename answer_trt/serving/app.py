@@ -24,6 +24,7 @@ from answer_trt.rules import check_int
 if TYPE_CHECKING:
     from answer_trt.pipeline import Generation
     from answer_trt.schema import GenerateRequest
+    from answer_trt.serving.stats import Progress
 
 APP_NAME = "answer-trt"
 # Requests a replica admits before Ray queues them in its proxy; the batcher's own queue
@@ -125,6 +126,10 @@ class GenerateServer:
     def stats(self) -> dict[str, Any]:
         """This replica's batcher counters, and which replica (and Ray node) it is."""
         return {**self.batcher.stats().as_dict(), **self.replica}
+
+    def progress(self) -> Progress:
+        """The requests this replica's batcher holds, with their steps done (A1111's /progress)."""
+        return self.batcher.progress()
 
     def __serve_build_asgi_app__(self) -> Any:  # Ray Serve's ingress calls it after __init__
         from answer_trt.serving.http import make_api

@@ -29,6 +29,7 @@ This module is the worker that runs them. No serving framework in here:
 
 from __future__ import annotations
 
+import bisect
 import collections
 import itertools
 import math
@@ -51,11 +52,11 @@ from answer_trt.sampler import SamplingProgram
 from answer_trt.schedulers import StepRule
 from answer_trt.schema import GenerateRequest
 from answer_trt.serving.admission import admit, call_timesteps, fill, group
-from answer_trt.serving.stats import BatcherStats, StatsRecorder
+from answer_trt.serving.stats import BatcherStats, Progress, RequestProgress, StatsRecorder
 from answer_trt.serving.tickets import DeadlineExceeded, QueueFullError, RequestCancelled, Ticket
 
-__all__ = ["DeadlineExceeded", "GenerateRequest", "QueueFullError", "RequestCancelled", "StepBatcher", "Ticket",
-           "call_rows", "check_max_rows", "peak_rows"]
+__all__ = ["DeadlineExceeded", "GenerateRequest", "Progress", "QueueFullError", "RequestCancelled", "StepBatcher",
+           "Ticket", "call_rows", "check_max_rows", "peak_rows", "step_calls"]
 
 # Rows per call when the engines set no limit (the torch backend).
 UNLIMITED_ENGINE_ROWS = 48
@@ -64,13 +65,15 @@ UNLIMITED_ENGINE_ROWS = 48
 @dataclass(frozen=True)
 class _Waiting:
     """A submitted request: its ticket, its plan (``Pipeline.plan``, made at submit), what
-    must agree to share a call with it (``key``: the latent shape) and the rows of its first
-    call (what it needs to join)."""
+    must agree to share a call with it (``key``: the latent shape), the rows of its first
+    call (what it needs to join) and the calls its steps end at (``step_ends``, cumulative:
+    its progress in steps)."""
 
     ticket: Ticket
     plan: RequestPlan
     key: tuple[int, ...]
     first_rows: int
+    step_ends: tuple[int, ...]
 
 
 @dataclass
@@ -83,12 +86,18 @@ class _Job:
     text_s: float
     pending: DenoiserCall | None = None
     latents: Tensor | None = None
+    calls_done: int = 0
 
     @property
     def ticket(self) -> Ticket:
         return self.waiting.ticket
 
+    @property
+    def steps_done(self) -> int:
+        return bisect.bisect_right(self.waiting.step_ends, self.calls_done)
+
     def advance(self, outputs: list[Tensor]) -> None:
+        self.calls_done += 1
         try:
             self.pending = self.program.send(outputs)
         except StopIteration as done:
@@ -106,6 +115,12 @@ def call_rows(config: SamplingConfig, rule: StepRule) -> list[int]:
     per step (``Guider.calls`` on the rule's noise levels), times its images."""
     sigmas = [rule.levels(i)[1] for i in range(len(rule.timesteps))]
     return [rows * config.batch for step in make_guider(config.guidance).calls(sigmas) for rows in step]
+
+
+def step_calls(config: SamplingConfig, rule: StepRule) -> list[int]:
+    """The denoiser calls of each step of this request, in order (``call_rows`` per step)."""
+    sigmas = [rule.levels(i)[1] for i in range(len(rule.timesteps))]
+    return [len(step) for step in make_guider(config.guidance).calls(sigmas)]
 
 
 def check_max_rows(max_rows: int | None, limits: Limits) -> int:
@@ -173,7 +188,9 @@ class StepBatcher:
                 raise QueueFullError(len(self._waiting),
                                      self._stats.retry_after(len(self._active), len(self._waiting)))
             ticket = Ticket(request, None if deadline_s is None else time.monotonic() + deadline_s, self._wake)
-            self._waiting.append(_Waiting(ticket, plan, self._key(plan.config), call_rows(plan.config, plan.rule)[0]))
+            ends = tuple(itertools.accumulate(step_calls(plan.config, plan.rule)))
+            self._waiting.append(_Waiting(ticket, plan, self._key(plan.config), call_rows(plan.config, plan.rule)[0],
+                                          ends))
             self._wake.notify_all()
         return ticket
 
@@ -186,6 +203,15 @@ class StepBatcher:
         with self._wake:
             return self._stats.snapshot(time.monotonic(), queue_length=len(self._waiting), active=len(self._active),
                                         max_rows=self.max_rows, batching=self.batching)
+
+    def progress(self) -> Progress:
+        """The requests held now: each in flight with its steps done, each waiting with none."""
+        now = time.monotonic()
+        with self._wake:
+            running = tuple(RequestProgress(job.steps_done, len(job.waiting.step_ends), now - job.ticket.submitted)
+                            for job in self._active)
+            waiting = tuple(RequestProgress(0, len(w.step_ends), now - w.ticket.submitted) for w in self._waiting)
+        return Progress(running, waiting)
 
     def close(self, timeout: float | None = 60.0) -> None:
         """Stop the worker; requests not finished end with ``RequestCancelled``. Waits up to

@@ -8,8 +8,9 @@ give it each convention's error shape.
 
 Equal images: an OpenAI request of ``n`` images is one answer-trt request with ``batch=n``
 (``answer-trt generate --batch n``); an A1111 request is ``n_iter`` requests of
-``batch_size`` images, iteration k with seed ``seed + k * batch_size`` (so with
-``batch_size`` 1 image k has seed ``seed + k``, as in A1111).
+``batch_size`` images, and image i of the whole request has seed ``seed + i``, as in A1111
+(iteration k's images carry ``seeds`` ``seed + k * batch_size + j``, one generator each), so
+each image equals a request of one image with its reported seed.
 """
 
 from __future__ import annotations
@@ -26,17 +27,16 @@ from pydantic import BaseModel
 from answer_trt.config import MAX_IMAGES, SCHEDULERS
 from answer_trt.errors import UserInputError
 from answer_trt.pipeline import Generation
-from answer_trt.schema import FIELD_NAMES, GenerateRequest
-from answer_trt.serving.models import A1111_TAKEN, OPENAI_TAKEN
+from answer_trt.schema import FIELD_NAMES, GenerateRequest, info, request_fields
+from answer_trt.serving.models import A1111_FIELDS, A1111_SETTINGS, A1111_TAKEN, OPENAI_TAKEN
 from answer_trt.serving.protocol import png_bytes
+from answer_trt.serving.stats import Progress
 
 # A1111 sampler name -> answer-trt scheduler. Only samplers whose update rule is ours: no
 # ancestral ("Euler a") or Karras-schedule variants.
 SAMPLERS: dict[str, str] = {"DDIM": "ddim", "Euler": "euler", "DPM++ 2M": "dpm++"}
-# A1111's "scheduler" (noise schedule) values that leave the model's own schedule in place.
+# A1111's "scheduler" (noise schedule) values that leave the sampler's own schedule in place.
 A1111_DEFAULT_SCHEDULES = ("automatic", "default")
-# A1111 fields this server cannot honour: refused when set (they would change the picture).
-A1111_UNSUPPORTED = ("enable_hr", "restore_faces", "tiling", "subseed_strength", "script_name")
 SIZE_PATTERN = re.compile(r"([1-9][0-9]{0,5})x([1-9][0-9]{0,5})")
 
 
@@ -113,31 +113,104 @@ def draw_seed() -> int:
     return secrets.randbelow(2**32)
 
 
-def a1111_requests(body: BaseModel, seed: int) -> list[GenerateRequest]:
+def _shown(value: Any) -> str:
+    text = json.dumps(value) if isinstance(value, (dict, list, bool)) or value is None else repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _is(value: Any, accepted: Any) -> bool:
+    """``value == accepted``, but true is not 1 nor 0 false (JSON's booleans are not numbers)."""
+    return isinstance(value, bool) == isinstance(accepted, bool) and value == accepted
+
+
+def check_settings(settings: dict[str, Any], model_name: str, where: str) -> None:
+    """Refuse an A1111 setting answer-trt does not honour, or a value other than those it
+    takes (``A1111_SETTINGS``); ``where``: the field or route they came in, for the message."""
+    for name, value in settings.items():
+        setting = A1111_SETTINGS.get(name)
+        if setting is None:
+            raise UserInputError(f"{where} {name!r} is not a setting answer-trt honours: leave it out (GET "
+                                 f"/sdapi/v1/options lists those it takes)")
+        if not setting.values:  # the served model
+            if value != model_name:
+                raise UserInputError(f"{where} {name} {_shown(value)} is not served here: this server runs "
+                                     f"{model_name!r} (GET /sdapi/v1/sd-models); send that or leave it out")
+        elif not any(_is(value, accepted) for accepted in setting.values):
+            shown = " or ".join(_shown(v) for v in setting.values)
+            raise UserInputError(f"{where} {name} {_shown(value)} is not supported ({setting.note}): send {shown} "
+                                 "or leave it out")
+
+
+def a1111_options(model_name: str) -> dict[str, Any]:
+    """``GET /sdapi/v1/options``: each setting answer-trt honours, at its value."""
+    return {name: setting.values[0] if setting.values else model_name for name, setting in A1111_SETTINGS.items()}
+
+
+def a1111_scheduler(schedule: str | None, sampler: str | None) -> str | None:
+    """Our scheduler from A1111's ``sampler_name`` and ``scheduler`` (automatic: the
+    sampler's; or one of ours, as GET /sdapi/v1/schedulers lists them)."""
+    ours = sampler_scheduler(sampler)
+    if schedule is None or schedule.lower() in A1111_DEFAULT_SCHEDULES:
+        return ours
+    named = next((s["name"] for s in a1111_schedulers()[1:] if schedule.lower() in
+                  (s["name"], s["label"].lower())), None)
+    if named is None:
+        raise UserInputError(f"scheduler {schedule!r} is not supported: send automatic or one of "
+                             f"{', '.join(s['name'] for s in a1111_schedulers()[1:])} (GET /sdapi/v1/schedulers)")
+    if ours is not None and named != ours:
+        raise UserInputError(f"sampler_name {sampler!r} and scheduler {schedule!r} name different schedulers: send "
+                             "one of them (or scheduler automatic)")
+    return named
+
+
+def check_a1111_fields(body: BaseModel, model_name: str, scheduler: str | None) -> None:
+    """Refuse each field of ``A1111_FIELDS`` the picture would need and answer-trt cannot honour
+    (a refused field at a value other than its neutral ones, a setting of ``override_settings``
+    it does not take), naming the field. Fields of the schema are the schema's."""
+    for name, spec in A1111_FIELDS.items():
+        if spec.use != "refused" or name in FIELD_NAMES:
+            continue
+        value = getattr(body, name, None)
+        if spec.only_with is not None and scheduler not in spec.only_with:
+            continue
+        if not any(_is(value, neutral) for neutral in spec.neutral):
+            shown = " or ".join(_shown(v) for v in spec.neutral if v is not None)
+            raise UserInputError(f"{name} is not supported by answer-trt ({spec.note}), got {_shown(value)}: send "
+                                 f"{shown} or leave it out")
+    check_settings(getattr(body, "override_settings", None) or {}, model_name, "override_settings")
+
+
+def a1111_requests(body: BaseModel, seed: int, model_name: str) -> list[GenerateRequest]:
     """One answer-trt request per iteration of an A1111 txt2img body (``Txt2ImgBody``), with
-    ``seed`` already drawn for -1."""
+    ``seed`` already drawn for -1; ``model_name``: the served model (``override_settings``)."""
     fields: dict[str, Any] = dict(body)
-    extra = body.model_extra or {}
-    for name in A1111_UNSUPPORTED:
-        if extra.get(name):
-            raise UserInputError(f"{name} is not supported by answer-trt: leave it out (or false/0)")
-    schedule = fields["scheduler"]
-    if schedule is not None and schedule.lower() not in A1111_DEFAULT_SCHEDULES:
-        raise UserInputError(f"scheduler {schedule!r} is not supported: answer-trt uses the model's own noise "
-                             "schedule (send automatic, or leave it out)")
     sampler = fields["sampler_name"] if fields["sampler_name"] is not None else fields["sampler_index"]
+    scheduler = a1111_scheduler(fields["scheduler"], sampler)
+    check_a1111_fields(body, model_name, scheduler)
     batch, iterations = fields["batch_size"], fields["n_iter"]
     if batch * iterations > MAX_IMAGES:
         raise UserInputError(f"batch_size * n_iter must be at most {MAX_IMAGES} images per request, "
                              f"got {batch * iterations}")
-    if seed + (iterations - 1) * batch > 2**64 - 1:
-        raise UserInputError("seed + (n_iter - 1) * batch_size must be below 2**64: use a smaller seed")
+    if seed + iterations * batch - 1 > 2**64 - 1:
+        raise UserInputError("seed + batch_size * n_iter - 1 (the last image's seed) must be below 2**64: use a "
+                             "smaller seed")
     first = GenerateRequest(
         fields["prompt"], negative_prompt=fields["negative_prompt"] or None, steps=fields["steps"],
-        guidance_scale=fields["cfg_scale"], scheduler=sampler_scheduler(sampler), seed=seed, height=fields["height"],
-        width=fields["width"], batch=batch, **_schema_extras(body, A1111_TAKEN))
+        guidance_scale=fields["cfg_scale"], scheduler=scheduler, seed=seed, height=fields["height"],
+        width=fields["width"], batch=batch, seeds=image_seeds(seed, batch), **_schema_extras(body, A1111_TAKEN))
     first.sampling_config()
-    return [first.replace(seed=seed + k * batch) for k in range(iterations)]
+    return [first.replace(seed=seed + k * batch, seeds=image_seeds(seed + k * batch, batch))
+            for k in range(iterations)]
+
+
+def image_seeds(seed: int, batch: int) -> tuple[int, ...] | None:
+    """A1111's seeds of a batch: ``seed + j`` for image j, each drawn from its own generator
+    (the schema's ``seeds``); one image: its seed alone (``None``: the same noise)."""
+    return tuple(seed + j for j in range(batch)) if batch > 1 else None
+
+
+def _reported_seeds(request: GenerateRequest) -> list[int]:
+    return list(request.seeds) if request.seeds else [request.seed + j for j in range(request.batch)]
 
 
 def a1111_response(body: BaseModel, requests: list[GenerateRequest], generations: list[Generation]) -> dict[str, Any]:
@@ -145,13 +218,16 @@ def a1111_response(body: BaseModel, requests: list[GenerateRequest], generations
     request, with the seed used) and ``info`` (JSON text)."""
     images = [image for generation in generations for image in generation.images]
     first = requests[0]
-    seeds = [request.seed for request in requests for _ in range(request.batch)]
+    seeds = [seed for request in requests for seed in _reported_seeds(request)]
+    given = getattr(body, "subseed", None)
+    subseed = given if isinstance(given, int) and not isinstance(given, bool) and given >= 0 else first.seed
     width, height = images[0].size
     sampler = next((name for name, ours in SAMPLERS.items() if ours == first.scheduler), None)
     parameters = {**body.model_dump(), "seed": first.seed}
     info = {"prompt": first.prompt, "all_prompts": [first.prompt] * len(images),
             "negative_prompt": first.negative_prompt or "", "all_negative_prompts": [first.negative_prompt or ""]
-            * len(images), "seed": first.seed, "all_seeds": seeds, "subseed": -1, "all_subseeds": [-1] * len(images),
+            * len(images), "seed": first.seed, "all_seeds": seeds, "subseed": subseed,
+            "all_subseeds": [subseed + i for i in range(len(images))], "subseed_strength": 0,
             "width": width, "height": height, "sampler_name": sampler, "cfg_scale": first.guidance_scale,
             "steps": first.steps, "batch_size": first.batch, "n_iter": len(requests), "method": first.method,
             "infotexts": [image.info.get("parameters", "") for image in images],
@@ -166,7 +242,36 @@ def a1111_samplers() -> list[dict[str, Any]]:
             for name, ours in SAMPLERS.items()]
 
 
+def a1111_schedulers() -> list[dict[str, Any]]:
+    """``GET /sdapi/v1/schedulers``: automatic (the sampler's own schedule), then each scheduler
+    the request schema takes (its ``scheduler`` choices), labelled with its A1111 sampler name."""
+    choices = next(info(f).choices for f in request_fields() if f.name == "scheduler") or ()
+    labels = {ours: name for name, ours in SAMPLERS.items()}
+    entries = [{"name": "automatic", "label": "Automatic", "aliases": list(A1111_DEFAULT_SCHEDULES[1:]),
+                "default_rho": None, "need_inner_model": None}]
+    return entries + [{"name": name, "label": labels.get(name, name), "aliases": [labels[name]] if name in labels
+                       else [], "default_rho": None, "need_inner_model": None} for name in choices]
+
+
 def a1111_models(model_name: str, backend: str) -> list[dict[str, Any]]:
     """``GET /sdapi/v1/sd-models``: the one model this server runs (no server paths)."""
     return [{"title": model_name, "model_name": model_name, "hash": None, "sha256": None,
              "filename": f"{model_name} ({backend} engines)", "config": None}]
+
+
+def a1111_progress(progress: Progress) -> dict[str, Any]:
+    """``GET /sdapi/v1/progress`` from the batcher's requests: ``progress`` is the steps done
+    over the steps of every request held, ``sampling_step(s)`` are the oldest's in flight."""
+    held = (*progress.running, *progress.waiting)
+    steps = sum(r.steps for r in held)
+    done = sum(r.steps_done for r in held)
+    fraction = done / steps if steps else 0.0
+    current = held[0] if held else None
+    elapsed = max((r.elapsed_s for r in progress.running), default=0.0)
+    eta = elapsed / fraction - elapsed if fraction > 0 else 0.0
+    state = {"skipped": False, "interrupted": False, "stopping_generation": False,
+             "job": "answer-trt" if held else "", "job_count": len(held), "job_timestamp": "0", "job_no": 0,
+             "sampling_step": current.steps_done if current else 0,
+             "sampling_steps": current.steps if current else 0}
+    text = f"{len(progress.running)} in flight, {len(progress.waiting)} waiting" if held else None
+    return {"progress": fraction, "eta_relative": eta, "state": state, "current_image": None, "textinfo": text}

@@ -7,8 +7,13 @@ from the request schema: ``answer_trt.serving.models``):
   ``GET /v1/health``, ``GET /v1/stats``; a refusal is ``{"error": "<one line>"}``.
 - the OpenAI images API: ``POST /v1/images/generations``, ``GET /v1/models``; refusals in
   the OpenAI error shape ``{"error": {"message", "type", "param", "code"}}``.
-- AUTOMATIC1111's: ``POST /sdapi/v1/txt2img``, ``GET /sdapi/v1/samplers``,
-  ``GET /sdapi/v1/sd-models``; refusals as answer-trt's.
+- AUTOMATIC1111's (what its clients and chat front ends call): ``POST /sdapi/v1/txt2img``
+  (every field of A1111's body honoured, harmless or refused: ``models.A1111_FIELDS``),
+  ``GET``/``POST /sdapi/v1/options`` (the settings answer-trt honours, ``models.A1111_SETTINGS``;
+  one model, nothing is switched), ``GET /sdapi/v1/samplers``, ``/schedulers``, ``/sd-models``,
+  ``/progress`` (the batcher's requests in flight), and the honest empty lists ``/loras``
+  (LoRAs are fused at build time), ``/sd-vae``, ``/upscalers``, ``/scripts``; refusals as
+  answer-trt's.
 - ``GET /``: the page that shows CFG and ANSWER side by side (``page.html``, no external assets).
 
 Status codes: 400 the request (FastAPI's 422 included), 404 (an unknown route or OpenAI
@@ -38,23 +43,32 @@ from answer_trt.pipeline import Generation
 from answer_trt.schema import GenerateRequest
 from answer_trt.serving import conventions
 from answer_trt.serving.models import (
+    A1111Options,
     ErrorResponse,
     GenerateBody,
     GenerateResponse,
+    LoraItem,
     OpenAIError,
     OpenAIImagesBody,
     OpenAIImagesResponse,
+    ProgressResponse,
     Sampler,
+    SchedulerItem,
+    ScriptsList,
     SDModel,
+    SDVaeItem,
     Txt2ImgBody,
     Txt2ImgResponse,
+    UpscalerItem,
 )
 from answer_trt.serving.protocol import EXAMPLE, MAX_BODY_BYTES, error_body, parse_generate, render
+from answer_trt.serving.stats import Progress
 from answer_trt.serving.tickets import DeadlineExceeded, QueueFullError, RequestCancelled
 
 log = logging.getLogger("answer_trt.serving")
 
 OPENAI_PREFIXES = ("/v1/images/", "/v1/models")
+OPTIONS_EXAMPLE = '{"CLIP_stop_at_last_layers": 1}'  # a body POST /sdapi/v1/options takes
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -74,6 +88,10 @@ class Server(Protocol):
 
     def stats(self) -> dict[str, Any]:
         """The batcher's counters."""
+        ...
+
+    def progress(self) -> Progress:
+        """The requests the batcher holds, with their steps done."""
         ...
 
 
@@ -144,8 +162,9 @@ def error_response(scope: Scope, status: int, message: str, headers: Mapping[str
     return Response(error_body(message), status_code=status, headers=headers, media_type="application/json")
 
 
-def validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
-    """One line for FastAPI's validation errors (its 422), and the field it names."""
+def validation_message(exc: RequestValidationError, example: str = EXAMPLE) -> tuple[str, str | None]:
+    """One line for FastAPI's validation errors (its 422), and the field it names; ``example``:
+    a body the route takes."""
     errors = list(exc.errors())
     if not errors:
         return "the request is not valid", None
@@ -154,9 +173,9 @@ def validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     field = ".".join(loc) or None
     kind = first.get("type", "")
     if kind == "json_invalid":
-        return f"the request body is not valid JSON: send a JSON object such as {EXAMPLE}", None
+        return f"the request body is not valid JSON: send a JSON object such as {example}", None
     if field is None:
-        return f"the request body must be a JSON object such as {EXAMPLE}: {first.get('msg', '')}", None
+        return f"the request body must be a JSON object such as {example}: {first.get('msg', '')}", None
     if kind == "extra_forbidden":
         return f"unknown field {field!r}: see /openapi.json for the fields", field
     if kind == "missing":
@@ -224,7 +243,8 @@ def _handlers(app: FastAPI) -> None:
 
     async def invalid(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
-        message, field = validation_message(exc)
+        example = OPTIONS_EXAMPLE if route_path(request.scope) == "/sdapi/v1/options" else EXAMPLE
+        message, field = validation_message(exc, example)
         return error_response(request.scope, 400, message, param=field)
 
     async def http_error(request: Request, exc: Exception) -> Response:
@@ -314,7 +334,7 @@ def _a1111_routes(app: FastAPI, server: Server) -> None:
     async def txt2img(body: Txt2ImgBody) -> dict[str, Any]:  # type: ignore[valid-type]
         seed = body.seed if body.seed != -1 else conventions.draw_seed()  # type: ignore[attr-defined]
         try:
-            requests = conventions.a1111_requests(body, seed)
+            requests = conventions.a1111_requests(body, seed, server.model_name)
         except UserInputError as exc:
             raise ApiError(400, str(exc)) from None
         results = await generations(server, requests)
@@ -327,6 +347,52 @@ def _a1111_routes(app: FastAPI, server: Server) -> None:
     @app.get("/sdapi/v1/sd-models", response_model=list[SDModel], summary="A1111's model list (the served one)")
     async def sd_models() -> list[dict[str, Any]]:
         return conventions.a1111_models(server.model_name, server.backend)
+
+    @app.get("/sdapi/v1/options", response_model=A1111Options,
+             summary="A1111's settings: those answer-trt honours, at their values (sd_model_checkpoint: the served "
+                     "model)")
+    async def get_options() -> dict[str, Any]:
+        return conventions.a1111_options(server.model_name)
+
+    @app.post("/sdapi/v1/options", response_model=None, responses=_REFUSALS,
+              summary="A1111's settings: each must be one answer-trt honours, at its value (one model: nothing is "
+                      "switched); answers null, as A1111")
+    async def set_options(body: dict[str, Any]) -> None:
+        try:
+            conventions.check_settings(body, server.model_name, "options")
+        except UserInputError as exc:
+            raise ApiError(400, str(exc)) from None
+
+    @app.get("/sdapi/v1/schedulers", response_model=list[SchedulerItem],
+             summary="A1111's scheduler list: automatic, then the request schema's schedulers (txt2img's scheduler)")
+    async def schedulers() -> list[dict[str, Any]]:
+        return conventions.a1111_schedulers()
+
+    @app.get("/sdapi/v1/loras", response_model=list[LoraItem],
+             summary="A1111's LoRA list: empty, LoRAs are fused into the engines at build time (answer-trt build "
+                     "--lora), none is chosen per request")
+    async def loras() -> list[dict[str, Any]]:
+        return []
+
+    @app.get("/sdapi/v1/sd-vae", response_model=list[SDVaeItem],
+             summary="A1111's VAE list: empty, the engines hold the model's own VAE decoder (sd_vae Automatic)")
+    async def sd_vae() -> list[dict[str, Any]]:
+        return []
+
+    @app.get("/sdapi/v1/upscalers", response_model=list[UpscalerItem],
+             summary="A1111's upscaler list: empty, there is no hires fix or upscaling")
+    async def upscalers() -> list[dict[str, Any]]:
+        return []
+
+    @app.get("/sdapi/v1/scripts", response_model=ScriptsList,
+             summary="A1111's script list: none (script_name and alwayson_scripts are refused)")
+    async def scripts() -> dict[str, Any]:
+        return {"txt2img": [], "img2img": []}
+
+    @app.get("/sdapi/v1/progress", response_model=ProgressResponse,
+             summary="A1111's progress: the batcher's requests in flight and waiting (0 and an idle state when none)")
+    async def progress() -> dict[str, Any]:
+        return conventions.a1111_progress(server.progress())
 
 
 def _document(app: FastAPI) -> None:

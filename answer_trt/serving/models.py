@@ -14,6 +14,8 @@ Types are strict, as ``POST /v1/generate``'s own parser is: ``true`` is not an i
 from __future__ import annotations
 
 import dataclasses
+import json
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
@@ -142,15 +144,138 @@ class OpenAIError(BaseModel):
 
 
 # A1111's txt2img. Its own names for the schema's fields; answer-trt's other fields (method,
-# the guidance options) as extra fields. `scheduler` is A1111's noise-schedule name there,
-# so ours is chosen by sampler_name. Fields of A1111 this server does not use are accepted
-# and ignored, except those that would change the picture (refused when set).
+# the guidance options) as extra fields. `scheduler` is A1111's noise-schedule name there:
+# automatic, or one of ours (GET /sdapi/v1/schedulers). Every other field of A1111's body is in
+# A1111_FIELDS (honoured, harmless or refused); a field in neither is refused as unknown.
 A1111_TAKEN = ("prompt", "negative_prompt", "steps", "guidance_scale", "seed", "width", "height", "batch",
-                "scheduler")
-Txt2ImgBody: type[BaseModel] = create_model(  # type: ignore[call-overload]
-    "Txt2ImgBody",
-    __config__=ConfigDict(extra="allow"),
-    __doc__="POST /sdapi/v1/txt2img (AUTOMATIC1111's API) with answer-trt's guidance fields as extra fields.",
+               "scheduler", "seeds")
+Use = Literal["honoured", "harmless", "refused"]
+
+
+@dataclass(frozen=True)
+class A1111Field:
+    """How ``POST /sdapi/v1/txt2img`` treats one field of A1111's txt2img body.
+
+    ``use``: ``honoured`` (it decides the picture, as in A1111), ``harmless`` (accepted and
+    ignored: it does not change A1111's picture either, given what is refused), ``refused`` (a
+    400 naming it unless its value is one of ``neutral``, those that leave A1111's picture the
+    one answer-trt draws). ``only_with``: the schedulers (ours; ``None``: the model's own) for
+    which a refused field's value matters (A1111's eta changes DDIM only); ``None``: all.
+    ``annotation``: its JSON type (``None`` for the honoured fields ``Txt2ImgBody`` declares
+    with the schema's bounds). ``note``: what answer-trt does with it, on one line."""
+
+    use: Use
+    note: str
+    annotation: Any = None
+    neutral: tuple[Any, ...] = (None,)
+    only_with: tuple[str | None, ...] | None = None
+
+
+def _refused(annotation: Any, note: str, *neutral: Any, only_with: tuple[str | None, ...] | None = None
+             ) -> A1111Field:
+    return A1111Field("refused", note, annotation, (None, *neutral), only_with)
+
+
+def _harmless(annotation: Any, note: str) -> A1111Field:
+    return A1111Field("harmless", note, annotation)
+
+
+_HIRES = "read only with enable_hr, which is refused"
+# Every field of A1111's txt2img body (StableDiffusionTxt2ImgProcessingAPI, webui 1.10), and
+# clip_skip (other A1111-style servers' name for CLIP_stop_at_last_layers). The one table.
+A1111_FIELDS: dict[str, A1111Field] = {
+    # honoured: the picture follows them, as in A1111
+    "prompt": A1111Field("honoured", "the prompt (A1111's emphasis syntax)"),
+    "negative_prompt": A1111Field("honoured", "the negative prompt"),
+    "seed": A1111Field("honoured", "image i of the request has seed + i; -1 draws one"),
+    "batch_size": A1111Field("honoured", "images per iteration"),
+    "n_iter": A1111Field("honoured", "iterations"),
+    "steps": A1111Field("honoured", "denoising steps"),
+    "cfg_scale": A1111Field("honoured", "the guidance scale"),
+    "width": A1111Field("honoured", "image width"),
+    "height": A1111Field("honoured", "image height"),
+    "sampler_name": A1111Field("honoured", "DDIM, Euler or DPM++ 2M (GET /sdapi/v1/samplers)"),
+    "sampler_index": A1111Field("honoured", "the older name of sampler_name"),
+    "scheduler": A1111Field("honoured", "automatic, or one of GET /sdapi/v1/schedulers"),
+    "override_settings": A1111Field("honoured", "the settings of GET /sdapi/v1/options, at their values only",
+                                    dict[str, Any]),
+    # harmless: accepted and ignored, the picture is A1111's without them
+    "send_images": _harmless(bool, "images are always sent"),
+    "save_images": _harmless(bool, "nothing is saved on the server"),
+    "do_not_save_samples": _harmless(bool, "nothing is saved on the server"),
+    "do_not_save_grid": _harmless(bool, "no grid is made"),
+    "override_settings_restore_afterwards": _harmless(bool, "no setting is changed"),
+    "force_task_id": _harmless(str, "A1111's progress task id"),
+    "comments": _harmless(dict[str, Any], "infotext comments"),
+    "disable_extra_networks": _harmless(bool, "no extra networks (LoRAs are fused at build time)"),
+    "subseed": _harmless(int, "read only with subseed_strength above 0, which is refused"),
+    "s_tmin": _harmless(float, "read only with s_churn above 0, which is refused"),
+    "s_tmax": _harmless(float, "read only with s_churn above 0, which is refused"),
+    "s_noise": _harmless(float, "read only by ancestral samplers and s_churn, neither served"),
+    "refiner_switch_at": _harmless(float, "read only with refiner_checkpoint, which is refused"),
+    "denoising_strength": _harmless(float, _HIRES),
+    "firstphase_width": _harmless(int, _HIRES),
+    "firstphase_height": _harmless(int, _HIRES),
+    "hr_scale": _harmless(float, _HIRES),
+    "hr_upscaler": _harmless(str, _HIRES),
+    "hr_second_pass_steps": _harmless(int, _HIRES),
+    "hr_resize_x": _harmless(int, _HIRES),
+    "hr_resize_y": _harmless(int, _HIRES),
+    "hr_checkpoint_name": _harmless(str, _HIRES),
+    "hr_sampler_name": _harmless(str, _HIRES),
+    "hr_scheduler": _harmless(str, _HIRES),
+    "hr_prompt": _harmless(str, _HIRES),
+    "hr_negative_prompt": _harmless(str, _HIRES),
+    # refused unless neutral: answer-trt cannot draw A1111's picture with them
+    "enable_hr": _refused(bool, "no hires fix", False),
+    "restore_faces": _refused(bool, "no face restoration", False),
+    "tiling": _refused(bool, "no tiling", False),
+    "styles": _refused(list[str], "no saved prompt styles: put them into the prompt", []),
+    "subseed_strength": _refused(float, "no variation seeds", 0),
+    "seed_resize_from_h": _refused(int, "no seed resize", -1, 0),
+    "seed_resize_from_w": _refused(int, "no seed resize", -1, 0),
+    "eta": _refused(float, "answer-trt's DDIM has eta 0", 0, only_with=("ddim", None)),
+    "s_min_uncond": _refused(float, "no skipping of the negative branch by s_min_uncond", 0),
+    "s_churn": _refused(float, "no churn", 0),
+    "refiner_checkpoint": _refused(str, "no refiner: the server has one model", "", "None"),
+    "firstpass_image": _refused(str, "no first-pass image", ""),
+    "infotext": _refused(str, "no parameters from infotext: send the fields", ""),
+    "script_name": _refused(str, "no scripts", "", "None"),
+    "script_args": _refused(list[Any], "no scripts", []),
+    "alwayson_scripts": _refused(dict[str, Any], "no scripts or extensions (ControlNet, ADetailer, ...)", {}),
+    "clip_skip": _refused(int, "no clip skip yet", 1),
+}
+
+
+@dataclass(frozen=True)
+class A1111Setting:
+    """One A1111 setting answer-trt honours (``GET /sdapi/v1/options``, ``override_settings``):
+    the values it takes (``()``: the served model's name) and what it means here."""
+
+    annotation: type
+    values: tuple[Any, ...]
+    note: str
+
+
+A1111_SETTINGS: dict[str, A1111Setting] = {
+    "sd_model_checkpoint": A1111Setting(str, (), "the served model (GET /sdapi/v1/sd-models): one per server"),
+    "CLIP_stop_at_last_layers": A1111Setting(int, (1,), "clip skip: 1 only (answer-trt has no clip skip yet)"),
+    "sd_vae": A1111Setting(str, ("Automatic", "None"), "the model's own VAE, built into the engines"),
+    "eta_ddim": A1111Setting(float, (0.0,), "DDIM's eta: 0"),
+    "eta_noise_seed_delta": A1111Setting(int, (0,), "A1111's ENSD: 0 (seeds as given)"),
+    "samples_format": A1111Setting(str, ("png",), "images are PNG"),
+}
+
+
+def _a1111_description(name: str) -> str:
+    f = A1111_FIELDS[name]
+    if f.use == "refused":
+        shown = " or ".join(json.dumps(v) for v in f.neutral)
+        return f"refused unless {shown} ({f.note})"
+    return f"{f.use}: {f.note}"
+
+
+_A1111_OWN: dict[str, tuple[Any, Any]] = dict(
     prompt=(str, Field("", description=schema_info(_FIELDS["prompt"]).help, strict=True)),
     negative_prompt=(str | None, Field(None, strict=True, description="text to steer away from; empty or absent: "
                                                                       "the model's empty-prompt condition")),
@@ -158,17 +283,27 @@ Txt2ImgBody: type[BaseModel] = create_model(  # type: ignore[call-overload]
     cfg_scale=schema_field(_FIELDS["guidance_scale"]),
     width=schema_field(_FIELDS["width"]),
     height=schema_field(_FIELDS["height"]),
-    seed=(int, Field(-1, ge=-1, le=2**64 - 1, strict=True, description="seed of the first image; -1: a random one "
-                                                                         "(reported in info and parameters)")),
-    batch_size=(int, Field(1, ge=1, le=MAX_IMAGES, strict=True, description="images per iteration (one generator, "
-                                                                              "as answer-trt's batch)")),
-    n_iter=(int, Field(1, ge=1, le=MAX_IMAGES, strict=True, description="iterations; iteration k uses seed + k * "
-                                                                          "batch_size")),
+    seed=(int, Field(-1, ge=-1, le=2**64 - 1, strict=True, description="seed of the first image, image i has seed "
+                                                                         "+ i; -1: a random one (reported in info "
+                                                                         "and parameters)")),
+    batch_size=(int, Field(1, ge=1, le=MAX_IMAGES, strict=True, description="images per iteration")),
+    n_iter=(int, Field(1, ge=1, le=MAX_IMAGES, strict=True, description="iterations of batch_size images; image "
+                                                                          "i of the request has seed + i")),
     sampler_name=(str | None, Field(None, description="DDIM, Euler or DPM++ 2M (GET /sdapi/v1/samplers); absent: "
                                                       "the model's own scheduler")),
     sampler_index=(str | None, Field(None, description="the older name of sampler_name (used when it is absent)")),
-    scheduler=(str | None, Field(None, description="A1111's noise schedule: automatic only")),
-    **schema_fields(exclude=A1111_TAKEN),
+    scheduler=(str | None, Field(None, description="A1111's noise schedule: automatic (the sampler's), or one of "
+                                                   "GET /sdapi/v1/schedulers")),
+)
+Txt2ImgBody: type[BaseModel] = create_model(  # type: ignore[call-overload]
+    "Txt2ImgBody",
+    __config__=_FORBID,
+    __doc__="POST /sdapi/v1/txt2img (AUTOMATIC1111's API) with answer-trt's guidance fields as extra fields. "
+            "Every field of A1111's body is here, honoured, harmless (ignored) or refused (unless neutral).",
+    **{**_A1111_OWN,
+       **{name: (f.annotation | None, Field(None, description=_a1111_description(name)))
+          for name, f in A1111_FIELDS.items() if name not in _A1111_OWN},
+       **schema_fields(exclude=A1111_TAKEN)},  # a schema field (e.g. a future clip_skip) is the schema's
 )
 
 
@@ -193,3 +328,70 @@ class SDModel(BaseModel):
     sha256: str | None = None
     filename: str
     config: str | None = None
+
+
+# A1111's other routes: what its clients read when they connect (webui 1.10's response shapes).
+A1111Options: type[BaseModel] = create_model(  # type: ignore[call-overload]
+    "A1111Options",
+    __doc__="GET /sdapi/v1/options: the A1111 settings answer-trt honours, at their values (POST takes them back).",
+    **{name: (setting.annotation, Field(description=setting.note)) for name, setting in A1111_SETTINGS.items()},
+)
+
+
+class SchedulerItem(BaseModel):
+    """One of GET /sdapi/v1/schedulers: automatic, or a scheduler of the request schema."""
+
+    name: str = Field(description="the value of txt2img's scheduler (answer-trt's scheduler name)")
+    label: str = Field(description="its A1111 sampler name, where it has one")
+    aliases: list[str] | None = None
+    default_rho: float | None = None
+    need_inner_model: bool | None = None
+
+
+class LoraItem(BaseModel):
+    name: str
+    alias: str
+    path: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class SDVaeItem(BaseModel):
+    model_name: str
+    filename: str
+
+
+class UpscalerItem(BaseModel):
+    name: str
+    model_name: str | None = None
+    model_path: str | None = None
+    model_url: str | None = None
+    scale: float | None = None
+
+
+class ScriptsList(BaseModel):
+    """GET /sdapi/v1/scripts: none (scripts are refused)."""
+
+    txt2img: list[str] = Field(default_factory=list)
+    img2img: list[str] = Field(default_factory=list)
+
+
+class ProgressState(BaseModel):
+    skipped: bool = False
+    interrupted: bool = False
+    stopping_generation: bool = False
+    job: str = Field(description="answer-trt while requests are held, else empty")
+    job_count: int = Field(description="requests the batcher holds: in flight and waiting")
+    job_timestamp: str = "0"
+    job_no: int = Field(description="the request sampling_step is of: 0, the oldest in flight")
+    sampling_step: int = Field(description="steps done by the oldest request in flight")
+    sampling_steps: int = Field(description="its steps")
+
+
+class ProgressResponse(BaseModel):
+    """GET /sdapi/v1/progress: A1111's shape, from the batcher's requests in flight."""
+
+    progress: float = Field(description="steps done / steps of every request held (0 when idle)")
+    eta_relative: float = Field(description="seconds left, estimated from the oldest request's time so far")
+    state: ProgressState
+    current_image: str | None = Field(None, description="always null: no previews")
+    textinfo: str | None = None

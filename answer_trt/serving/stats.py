@@ -31,6 +31,25 @@ class BatcherStats:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class RequestProgress:
+    """One request a batcher holds: its steps done and its steps (sampling steps, not UNet
+    calls), and the seconds since it was submitted."""
+
+    steps_done: int
+    steps: int
+    elapsed_s: float
+
+
+@dataclass(frozen=True)
+class Progress:
+    """The requests a batcher holds now: those in flight (oldest first) and those waiting to
+    join (no step done). Both empty: idle."""
+
+    running: tuple[RequestProgress, ...]
+    waiting: tuple[RequestProgress, ...]
+
+
 class StatsRecorder:
     """Counts of outcomes and calls, recent call times, and the mean service time. Not
     thread-safe: the batcher uses it under its own lock. Times are ``time.monotonic()``."""
