@@ -485,9 +485,13 @@ def _request(args: argparse.Namespace) -> tuple[GenerateRequest, int | None, dic
         with Image.open(args.from_png) as image:
             text = image.info.get("parameters")
             recorded = json.loads(text) if isinstance(text, str) else None
-    except (OSError, UnidentifiedImageError, ValueError):
+    except Image.DecompressionBombError:  # its header claims more pixels than PIL will open
+        raise UserInputError(f"--from-png {args.from_png}: the image claims a size no answer-trt image has; give a PNG "
+                             "answer-trt wrote") from None
+    except (OSError, UnidentifiedImageError, ValueError, RecursionError):  # RecursionError: absurdly nested JSON
         raise UserInputError(f"--from-png {args.from_png}: not a readable PNG with answer-trt's metadata") from None
     request = from_parameters(recorded if isinstance(recorded, dict) else {})
+    request.sampling_config()  # every recorded value checked (types included) before it is used
     index = recorded.get("batch_index", 0) if isinstance(recorded, dict) else 0
     if not isinstance(index, int) or not 0 <= index < request.batch:
         raise UserInputError(f"--from-png {args.from_png}: batch_index {index!r} is not an image of its batch")

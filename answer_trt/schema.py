@@ -257,7 +257,7 @@ def from_parameters(params: str | Mapping[str, Any]) -> GenerateRequest:
     if isinstance(params, str):
         try:
             params = json.loads(params)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise UserInputError("the image's parameters are not JSON: it was not written by answer-trt") from None
     if not isinstance(params, Mapping) or "prompt" not in params:
         raise UserInputError("the image's parameters hold no prompt: it was not written by answer-trt")

@@ -227,3 +227,39 @@ def test_bad_request_values_are_refused_before_any_engines_are_built(flags, tmp_
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and err.startswith("answer-trt: error: ")
     assert not (cache / "engines").exists() and not (cache / "locks").exists()
+
+
+def _png_with_parameters(path, text, size=(8, 8)):
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", text)
+    Image.new("RGB", size).save(path, pnginfo=info)
+    return path
+
+
+@pytest.mark.parametrize("text, message", [
+    (json.dumps({"prompt": "x", "batch": None}), "batch must be an integer >= 1, got None"),
+    (json.dumps({"prompt": "x", "batch": "3"}), "batch must be an integer >= 1, got '3'"),
+    ('{"prompt": "x", "steps": ' + "[" * 100_000 + "]" * 100_000 + "}", "not a readable PNG with answer-trt's"),
+])
+def test_replayed_values_of_any_type_or_depth_are_refused_in_one_line(text, message, tmp_path, capsys):
+    png = _png_with_parameters(tmp_path / "in.png", text)
+    assert main(["generate", "--from-png", str(png), "-o", str(tmp_path / "out.png")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_png_header_claiming_a_huge_size_is_refused_before_decoding(tmp_path, capsys):
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    png = tmp_path / "bomb.png"
+    png.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0))
+                    + chunk(b"tEXt", b"parameters\x00" + json.dumps({"prompt": "x"}).encode())
+                    + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+    assert main(["generate", "--from-png", str(png), "-o", str(tmp_path / "out.png")]) == 2
+    assert "claims a size no answer-trt image has" in capsys.readouterr().err
