@@ -65,18 +65,23 @@ def current_umask() -> int:
 @contextmanager
 def atomic_path(target: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; rename it onto ``target`` on success,
-    delete it on failure, so ``target`` is never left half-written."""
+    delete it on failure, so ``target`` is never left half-written. The temporary is
+    recorded in answer-trt's own journal (``temporaries_journal``) while it exists: that
+    record, not its name, is what lets a later write remove it if this one is killed."""
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(target)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
     tmp = Path(tmp_name)
+    record = _journal(tmp, os.fstat(fd))
+    os.close(fd)
     try:
         yield tmp
         os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; give what a plain open() would
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
+        if record is not None:
+            record.unlink(missing_ok=True)
 
 
 # A temporary of ours untouched for this long belongs to a write that was killed (a write
@@ -84,18 +89,56 @@ def atomic_path(target: Path) -> Iterator[Path]:
 STALE_TEMPORARY_S = 3600.0
 
 
+def temporaries_journal() -> Path | None:
+    """The folder of records of ``atomic_path``'s temporaries (in the cache), or None where
+    there is no cache to keep it in."""
+    from answer_trt.cache import cache_root
+
+    try:
+        return cache_root() / "temporaries"
+    except UserInputError:
+        return None
+
+
+def _record_path(journal: Path, tmp: Path) -> Path:
+    return journal / (hashlib.sha256(str(tmp.absolute()).encode()).hexdigest()[:32] + ".rec")
+
+
+def _journal(tmp: Path, info: os.stat_result) -> Path | None:
+    """Record the temporary ``tmp`` (its device and inode) as ours; None where the journal
+    cannot be written (the temporary is then never removed by a later write)."""
+    journal = temporaries_journal()
+    if journal is None:
+        return None
+    try:
+        journal.mkdir(parents=True, exist_ok=True)
+        record = _record_path(journal, tmp)
+        record.write_text(f"{info.st_dev}:{info.st_ino}\n")
+        return record
+    except OSError:
+        return None
+
+
 def remove_stale_temporaries(target: Path, older_than_s: float = STALE_TEMPORARY_S) -> list[Path]:
     """Delete what ``atomic_path`` left beside ``target`` when a write was killed (``kill
-    -9``, a power cut): ``.NAME.*.tmp`` files not modified for ``older_than_s``. Returns
-    them. Files of other names, and recent ones (another write may be running), stay."""
+    -9``, a power cut): ``.NAME.*.tmp`` files not modified for ``older_than_s`` AND recorded
+    in answer-trt's journal as that very file (same device and inode). A user's own file of
+    that name is never ours, however old. Returns what was removed."""
+    journal = temporaries_journal()
+    if journal is None or not journal.is_dir():
+        return []
     removed = []
     now = time.time()
     for leftover in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
+        record = _record_path(journal, leftover)
         try:
-            if leftover.is_file() and not leftover.is_symlink() and now - leftover.stat().st_mtime > older_than_s:
+            info = leftover.lstat()
+            ours = record.read_text().strip() == f"{info.st_dev}:{info.st_ino}"
+            if ours and leftover.is_file() and not leftover.is_symlink() and now - info.st_mtime > older_than_s:
                 leftover.unlink()
+                record.unlink(missing_ok=True)
                 removed.append(leftover)
-        except OSError:  # gone meanwhile, or not ours to remove: leave it
+        except OSError:  # no record (not ours), gone meanwhile, or not ours to remove: leave it
             continue
     return removed
 

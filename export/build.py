@@ -25,6 +25,7 @@ from answer_trt.build_config import BuildConfig
 from answer_trt.errors import UserInputError
 from answer_trt.export.publish import (
     MODEL_FILES,
+    OUTPUT_NAMES,
     Staging,
     build_lock,
     check_collisions,
@@ -55,7 +56,6 @@ from answer_trt.manifest import (
     LoraEntry,
     Manifest,
     check_manifest_text,
-    external_data_name,
     mismatched_files,
     read_manifest,
 )
@@ -72,14 +72,9 @@ from answer_trt.precision import component_dtype
 from answer_trt.rules import check_memory, check_size_range
 from answer_trt.versions import gpu_capability, library_versions
 
-# Every top-level name a build may write (besides the manifest): a user's file with one
-# of these names is never overwritten; the build is refused instead.
 # The layout of what a build writes beside the graphs; raised when it changes, so that the
 # key changes and an older folder is rebuilt (2: the tokenizers' `tokenizers` files).
 ARTIFACT_LAYOUT = 3  # 3: the manifest records the UNet's up factor (ModelDims.size_multiple)
-OUTPUT_NAMES = frozenset(
-    name for c in COMPONENTS for name in (f"{c}.onnx", external_data_name(f"{c}.onnx"), f"{c}.plan", f"{c}.pt2")
-)
 
 
 @dataclass(frozen=True)

@@ -27,10 +27,12 @@ from typing import Any
 from answer_trt.cache import cache_root
 from answer_trt.errors import UserInputError
 from answer_trt.files import current_umask
+from answer_trt.iospec import COMPONENTS
 from answer_trt.manifest import (
     MANIFEST_NAME,
     Manifest,
     ManifestError,
+    external_data_name,
     load_manifest_json,
     owned_paths,
     write_manifest,
@@ -39,6 +41,12 @@ from answer_trt.models.source import TOKENIZER_FOLDERS, model_folder_evidence
 
 # Copied beside the engines so that a folder is all `generate --engines` needs.
 MODEL_FILES = (*TOKENIZER_FOLDERS, "scheduler")
+# Every top-level file name a build may write (besides the manifest): a user's file with one
+# of these names is never overwritten (the build is refused instead), and only these names
+# and MODEL_FILES' folders can be the build's own in an existing folder.
+OUTPUT_NAMES = frozenset(
+    name for c in COMPONENTS for name in (f"{c}.onnx", external_data_name(f"{c}.onnx"), f"{c}.plan", f"{c}.pt2")
+)
 # Names of the staging folders (and their lock files) beside --out: `.NAME` + tag + random.
 STAGING_TAG = ".answer-trt-staging-"
 LOCK_SUFFIX, ASIDE_SUFFIX = ".lock", ".aside"
@@ -99,7 +107,10 @@ def inspect_out(out: Path, force: bool) -> OutFolder:
         raise UserInputError(f"--out {out} has a {MANIFEST_NAME} that answer-trt did not write: choose another "
                              f"--out, or, if answer-trt built this folder, pass --force (it replaces {MANIFEST_NAME} "
                              f"and the {', '.join(MODEL_FILES)} folders, and keeps every other file)")
-    return OutFolder(path, True, frozenset({MANIFEST_NAME, *(listed or ())}), frozenset(MODEL_FILES))
+    # Ownership from our own rules, never from the manifest alone (a hand-edited one may list
+    # a user's file): a listed path counts only where it is a name this build writes.
+    ours = {rel for rel in (listed or ()) if rel in OUTPUT_NAMES or rel.split("/")[0] in MODEL_FILES}
+    return OutFolder(path, True, frozenset({MANIFEST_NAME, *ours}), frozenset(MODEL_FILES))
 
 
 def check_collisions(target: OutFolder, names: frozenset[str]) -> None:

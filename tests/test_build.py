@@ -217,3 +217,15 @@ def test_a_build_never_publishes_a_manifest_its_reader_refuses(tiny_model_dir, t
     with pytest.raises(UserInputError, match=f"one build fuses at most {MAX_LORAS}"):
         build(BuildConfig(model=str(tiny_model_dir), out=out, loras=loras), log=lambda _m: None)
     assert not out.exists()
+
+
+def test_force_keeps_a_users_file_that_a_hand_edited_manifest_lists(built):
+    """Ownership comes from the names a build writes, never from the manifest alone."""
+    notes = built / "notes.txt"
+    notes.write_text("mine")
+    data = json.loads((built / MANIFEST_NAME).read_text())
+    data["files"]["notes.txt"] = sha256_file(notes)
+    (built / MANIFEST_NAME).write_text(json.dumps(data))
+    build(BuildConfig(model="tiny-random", out=built, max_batch=2, force=True), log=quiet)
+    assert notes.read_text() == "mine"
+    assert "notes.txt" not in read_manifest(built).files

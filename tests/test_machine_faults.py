@@ -107,17 +107,23 @@ def test_load_against_a_bad_server_address_is_one_line(url, needle, capsys):
 
 def test_a_killed_write_leaves_nothing_after_the_next_run(tmp_path):
     """Issue 23 item 8: `.out.png.*.tmp` of a killed write is removed by the next write of
-    that file, once it is old enough not to be a write in progress."""
-    from answer_trt.files import STALE_TEMPORARY_S, write_text_atomic
+    that file, once it is old enough not to be a write in progress. Issue 32: only a
+    temporary answer-trt's journal records as its own; a user's file of that name stays."""
+    from answer_trt.files import STALE_TEMPORARY_S, _journal, write_text_atomic
 
     stale, fresh, other = tmp_path / ".out.png.abc123.tmp", tmp_path / ".out.png.def456.tmp", tmp_path / ".x.tmp"
-    for path in (stale, fresh, other):
+    users = tmp_path / ".out.png.mine.tmp"  # the user's own file, with a name that fits the pattern
+    for path in (stale, fresh, other, users):
         path.write_text("half")
+    for path in (stale, fresh):  # what a killed atomic write leaves: the file and its record
+        _journal(path, path.stat())
     old = time.time() - STALE_TEMPORARY_S - 10
-    os.utime(stale, (old, old))
+    for path in (stale, users):
+        os.utime(path, (old, old))
     write_text_atomic(tmp_path / "out.png", "whole")
     assert (tmp_path / "out.png").read_text() == "whole"
     assert not stale.exists() and fresh.exists() and other.exists()
+    assert users.read_text() == "half"  # old and well named, but never ours
 
 
 @pytest.mark.parametrize("closed", ["1", "2"], ids=["stdout", "stderr"])
