@@ -100,12 +100,18 @@ _variant = _argument(check_variant, "variant")
 _lora = _argument(LoraSpec.parse, "FILE[:SCALE]")
 
 
+def _exact(bound: float | None) -> str:
+    """A bound as written in a message: an int exactly (2**64 - 1 is not 2**64), a float
+    without decimals."""
+    return str(bound) if isinstance(bound, int) else f"{bound:.0f}"
+
+
 def _bounded_int(flag: str, low: float | None, high: float | None) -> Callable[[str], int]:
     def parse(text: str) -> int:
         value = parse_int(text, flag)
         if (low is not None and value < low) or (high is not None and value > high):
-            raise UserInputError(f"{flag} must be an integer in {low:.0f} .. {high:.0f}, got {value}"
-                                 if high is not None else f"{flag} must be an integer >= {low:.0f}, got {value}")
+            raise UserInputError(f"{flag} must be an integer in {_exact(low)} .. {_exact(high)}, got {value}"
+                                 if high is not None else f"{flag} must be an integer >= {_exact(low)}, got {value}")
         return value
 
     return _argument(parse, "integer")
@@ -366,7 +372,7 @@ def _bench(args: argparse.Namespace) -> int:
         from answer_trt.models.lora import check_lora
         from answer_trt.models.source import load_model, resolve_model
 
-        source = resolve_model(args.model or pipe.model_name, args.variant)
+        source = resolve_model(pipe.model_name if args.model is None else args.model, args.variant)
         eager_unet = load_model(source.path, source.variant, [check_lora(spec) for spec in _loras(args)]).unet
     report = run_bench(pipe, config, eager_unet, log=log)
     print(format_table(report))
@@ -391,7 +397,7 @@ def _load_pipeline(
     if args.device != DEVICES[0] and args.backend != "torch":
         raise UserInputError(f"--device {args.device} applies to --backend torch: add --backend torch, or build "
                              "TensorRT engines for the GPU")
-    model, variant, loras = args.model or "tiny", args.variant, _loras(args)
+    model, variant, loras = "tiny" if args.model is None else args.model, args.variant, _loras(args)
     if args.backend == "torch":
         return from_model_eager(model, args.device, variant=variant, loras=loras)
     return from_engines(build_cached(model, height, width, batch, log=log, variant=variant, loras=loras),

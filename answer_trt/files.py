@@ -70,7 +70,7 @@ def atomic_path(target: Path) -> Iterator[Path]:
     record, not its name, is what lets a later write remove it if this one is killed."""
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(target)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=temporary_prefix(target.name), suffix=".tmp", dir=target.parent)
     tmp = Path(tmp_name)
     record = _journal(tmp, os.fstat(fd))
     os.close(fd)
@@ -82,6 +82,18 @@ def atomic_path(target: Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
         if record is not None:
             record.unlink(missing_ok=True)
+
+
+# File names are at most 255 bytes on the common file systems: a temporary's name keeps
+# this much of its target's, so that any name a user may give has a temporary beside it.
+TEMPORARY_NAME_BYTES = 200
+
+
+def temporary_prefix(name: str) -> str:
+    """``.NAME.`` for the temporaries beside a file called ``name``, NAME cut to
+    ``TEMPORARY_NAME_BYTES`` bytes (of UTF-8) so the temporary's name stays within 255."""
+    cut = name.encode("utf-8", "surrogateescape")[:TEMPORARY_NAME_BYTES].decode("utf-8", "ignore")
+    return f".{cut}."
 
 
 # A temporary of ours untouched for this long belongs to a write that was killed (a write
@@ -129,7 +141,7 @@ def remove_stale_temporaries(target: Path, older_than_s: float = STALE_TEMPORARY
         return []
     removed = []
     now = time.time()
-    for leftover in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
+    for leftover in target.parent.glob(f"{glob.escape(temporary_prefix(target.name))}*.tmp"):
         record = _record_path(journal, leftover)
         try:
             info = leftover.lstat()
@@ -166,7 +178,7 @@ def check_writable_file(flag: str, path: Path) -> None:
     if not folder.is_dir():
         raise UserInputError(f"{flag} {path}: {folder} is a file, not a folder; pick another path")
     try:
-        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=folder)
+        fd, probe = tempfile.mkstemp(prefix=temporary_prefix(path.name), suffix=".probe", dir=folder)
     except OSError as exc:
         raise UserInputError(f"{flag} {path}: cannot write into {folder} ({exc.strerror or exc}); "
                              "pick a writable folder") from None

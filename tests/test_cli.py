@@ -263,3 +263,18 @@ def test_a_png_header_claiming_a_huge_size_is_refused_before_decoding(tmp_path, 
                     + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
     assert main(["generate", "--from-png", str(png), "-o", str(tmp_path / "out.png")]) == 2
     assert "claims a size no answer-trt image has" in capsys.readouterr().err
+
+
+def test_messages_say_exactly_what_is_allowed(tmp_path, monkeypatch, capsys):
+    """An empty --model is refused (it ran `tiny`), the seed range ends at 2**64 - 1 (it said
+    2**64), and a legal 251-byte output name is written (its temporary's name was too long)."""
+    monkeypatch.setenv("ANSWER_TRT_CACHE", str(tmp_path / "cache"))
+    assert main(["generate", "a cat", "--model", "", "-o", str(tmp_path / "x.png")]) == 2
+    assert "--model '' names no model" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["generate", "a cat", "--seeds", "-1"])
+    assert "in 0 .. 18446744073709551615, got -1" in capsys.readouterr().err
+    out = tmp_path / ("x" * 251 + ".png")
+    assert main(["generate", "a red circle", "--model", "tiny", "--backend", "torch", "--steps", "1", "-o",
+                 str(out)]) == 0
+    assert out.is_file() and not [p for p in tmp_path.iterdir() if p.name.endswith((".tmp", ".probe"))]

@@ -49,6 +49,9 @@ def resolve_model(model: str, variant: str | None = None) -> ModelSource:
     weights are stored as, if they are stored only so (``weight_files.folder_variant``)."""
     if variant is not None:
         check_variant(variant)
+    if not isinstance(model, str) or not model.strip():
+        raise UserInputError(f"--model {model!r} names no model: give a diffusers folder, a hub id or a built-in name "
+                             "(tiny, tiny-random, tiny-sd21, tiny-sdxl)")
     if model in SHIPPED_MODELS:
         return _checked(model, shipped_model(model), variant)
     if model in tiny.BUILDERS:

@@ -66,7 +66,8 @@ def serve_config(args: argparse.Namespace, **overrides: Any) -> Any:
         check_built_weights(engines, manifest, variant, tuple(loras) if loras else None)
         verify_files(engines, manifest)  # here, once: a mismatch is one line, not a failed deployment
     else:
-        engines = build_cached(args.model or "tiny", log=lambda msg: print(msg, file=sys.stderr), variant=variant,
+        model = "tiny" if args.model is None else args.model
+        engines = build_cached(model, log=lambda msg: print(msg, file=sys.stderr), variant=variant,
                                loras=tuple(loras or ()))
         manifest = read_manifest(engines)
     check_max_rows(fields["max_rows"], engine_limits(engines, manifest))  # here, before a replica starts
