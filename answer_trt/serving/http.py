@@ -104,13 +104,10 @@ class ApiError(Exception):
         self.status, self.message, self.headers, self.param, self.code = status, message, headers, param, code
 
 
-class BodyTooLarge(Exception):
-    """A body without a Content-Length grew past the limit while it was read."""
-
-
 class BodyLimit:
     """ASGI middleware: a request whose Content-Length is above ``limit`` is answered 413
-    before its body is read; a body sent without one is cut off at the limit."""
+    before its body is read; a body sent without one (chunked) is read here up to the
+    limit and answered 413 beyond it, in the route's convention, on every route."""
 
     def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], limit: int) -> None:
         self.app, self.limit = app, limit
@@ -129,19 +126,46 @@ class BodyLimit:
                 status = 413 if size >= 0 else 400
                 await error_response(scope, status, message)(scope, receive, send)
                 return
+        else:
+            # No Content-Length (a chunked body): read it here, up to the limit, and answer an
+            # oversized one ourselves. Raised inside the app, FastAPI's body parsing would turn
+            # the error into its own 400 on the routes with a body model (OpenAI, A1111).
+            buffered = await self._read_body(receive)
+            if buffered is None:
+                message = f"the request body is above the limit of {self.limit} bytes: send a shorter prompt"
+                await error_response(scope, 413, message)(scope, receive, send)
+                return
+            receive = _replaying(buffered, receive)
+        await self.app(scope, receive, send)
+
+    async def _read_body(self, receive: Receive) -> list[Message] | None:
+        """The request's messages up to the end of its body (or a disconnect); None once the
+        body passes the limit."""
+        messages: list[Message] = []
         received = 0
-
-        async def limited() -> Message:
-            nonlocal received
+        while True:
             message = await receive()
-            if message.get("type") == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.limit:
-                    raise BodyTooLarge(f"the request body is above the limit of {self.limit} bytes: send a "
-                                       "shorter prompt")
-            return message
+            messages.append(message)
+            if message.get("type") != "http.request":
+                return messages
+            received += len(message.get("body", b""))
+            if received > self.limit:
+                return None
+            if not message.get("more_body", False):
+                return messages
 
-        await self.app(scope, limited, send)
+
+def _replaying(messages: list[Message], receive: Receive) -> Receive:
+    """A ``receive`` that gives ``messages`` first (as one body message), then the client's."""
+    bodies = [m for m in messages if m.get("type") == "http.request"]
+    pending: list[Message] = [{"type": "http.request", "body": b"".join(m.get("body", b"") for m in bodies),
+                               "more_body": False}] if bodies else []
+    pending += [m for m in messages if m.get("type") != "http.request"]
+
+    async def replay() -> Message:
+        return pending.pop(0) if pending else await receive()
+
+    return replay
 
 
 def route_path(scope: Scope) -> str:
@@ -261,13 +285,9 @@ def _handlers(app: FastAPI) -> None:
             message = str(exc.detail)
         return error_response(request.scope, exc.status_code, message, exc.headers)
 
-    async def too_large(request: Request, exc: Exception) -> Response:
-        return error_response(request.scope, 413, str(exc))
-
     app.add_exception_handler(ApiError, api_error)
     app.add_exception_handler(RequestValidationError, invalid)
     app.add_exception_handler(StarletteHTTPException, http_error)
-    app.add_exception_handler(BodyTooLarge, too_large)
 
 
 _REFUSALS: dict[int | str, dict[str, Any]] = {
