@@ -141,3 +141,23 @@ def peft_to_kohya(state: dict[str, torch.Tensor], flat_text_model: bool) -> dict
         else:
             kohya[f"{name}.dora_scale"] = tensor.reshape(-1, 1)
     return kohya
+
+
+def to_sgm(file: Path, out: Path, layers_per_block: int) -> Path:
+    """A kohya-named file (diffusers' block names) renamed to the original LDM / SGM UNet block
+    names, as many SDXL LoRAs have them: ``down_blocks.B.attentions.J`` ->
+    ``input_blocks.{B * (L + 1) + J + 1}.1``, ``mid_block.attentions.0`` -> ``middle_block.1``,
+    ``up_blocks.B.attentions.J`` -> ``output_blocks.{B * (L + 1) + J}.1`` (L: layers per block)."""
+    import re
+
+    step = layers_per_block + 1
+
+    def rename(key: str) -> str:
+        key = re.sub(r"^lora_unet_down_blocks_(\d+)_attentions_(\d+)_",
+                     lambda m: f"lora_unet_input_blocks_{int(m[1]) * step + int(m[2]) + 1}_1_", key)
+        key = re.sub(r"^lora_unet_mid_block_attentions_0_", "lora_unet_middle_block_1_", key)
+        return re.sub(r"^lora_unet_up_blocks_(\d+)_attentions_(\d+)_",
+                      lambda m: f"lora_unet_output_blocks_{int(m[1]) * step + int(m[2])}_1_", key)
+
+    save_file({rename(key): tensor for key, tensor in load_file(file).items()}, out)
+    return out

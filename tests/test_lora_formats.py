@@ -17,7 +17,7 @@ from answer_trt.errors import UserInputError
 from answer_trt.models.lora import check_lora
 from answer_trt.models.lora_merge import dora_axis, dora_weight, lora_delta, merge_file
 from answer_trt.models.source import load_model, resolve_model
-from tests.lora_files import dora_model, merged_modules, peft_to_kohya
+from tests.lora_files import dora_model, make_lora, merged_modules, peft_to_kohya, to_kohya, to_sgm
 
 pytest.importorskip("peft")
 
@@ -176,3 +176,43 @@ def test_an_adapter_in_another_format_is_refused_naming_it(field, needle, tmp_pa
     with pytest.raises(UserInputError) as refused:
         _fused(resolve_model("tiny").path, (bad, 1.0))
     _one_line(refused, str(bad), f"{name}.{field}", needle)
+
+
+# --- (b) kohya files with the original (LDM / SGM) UNet block names ------------------------
+
+
+@pytest.mark.parametrize("name", ["tiny-sdxl", "tiny"])
+def test_a_kohya_file_with_original_block_names_equals_the_one_with_diffusers_names(name, tmp_path):
+    model = resolve_model(name).path
+    sdxl = name == "tiny-sdxl"
+    kohya = to_kohya(make_lora(model, tmp_path / "a", seed=6), tmp_path / "diffusers_names.safetensors",
+                     alpha_ratio=0.5, sdxl=sdxl)
+    sgm = to_sgm(kohya, tmp_path / "sgm_names.safetensors", layers_per_block=1)
+    keys = list(load_file(sgm))
+    for block in ("lora_unet_input_blocks_1_1_", "lora_unet_middle_block_1_", "lora_unet_output_blocks_3_1_"):
+        assert any(k.startswith(block) for k in keys), block
+    assert not any("down_blocks" in k or "up_blocks" in k or "mid_block_" in k for k in keys)
+    if sdxl:
+        assert any(k.startswith("lora_te1_") for k in keys) and any(k.startswith("lora_te2_") for k in keys)
+    got = _fused(model, (sgm, 0.8))
+    assert _max_diff(got, _fused(model, (kohya, 0.8))) == 0.0
+    plain = _fused(model)
+    for component in got:  # the UNet and each text encoder changed
+        assert _max_diff({component: got[component]}, {component: plain[component]}) > 1e-2, component
+
+
+def test_a_kohya_dora_file_with_original_block_names_is_merged_alike(dora_files, tmp_path):
+    _peft, kohya_file, _stripped, reference = dora_files
+    sgm = to_sgm(kohya_file, tmp_path / "dora_sgm.safetensors", layers_per_block=1)
+    assert any(k.startswith("lora_unet_output_blocks_") and k.endswith(".dora_scale") for k in load_file(sgm))
+    assert _max_diff(_fused(resolve_model("tiny").path, (sgm, 1.0)), reference) < 1e-5
+
+
+def test_original_block_names_beside_diffusers_ones_are_refused(tmp_path):
+    bad = tmp_path / "mixed.safetensors"
+    sgm, ours = "lora_unet_input_blocks_1_1_transformer_blocks_0_attn1_to_q", "lora_unet_mid_block_attentions_0_proj_in"
+    save_file({f"{sgm}.lora_down.weight": torch.ones(4, 32), f"{sgm}.lora_up.weight": torch.ones(32, 4),
+               f"{ours}.lora_down.weight": torch.ones(4, 64), f"{ours}.lora_up.weight": torch.ones(64, 4)}, bad)
+    with pytest.raises(UserInputError) as refused:
+        _fused(resolve_model("tiny").path, (bad, 1.0))
+    _one_line(refused, str(bad), f"key {sgm}.lora_down.weight", "original UNet block names")

@@ -189,10 +189,13 @@ def _modules(file: Path, state_dict: Mapping[str, torch.Tensor], components: Map
         from diffusers.loaders.lora_conversion_utils import _maybe_map_sgm_blocks_to_diffusers
 
         try:
+            # It renumbers (input_blocks_4_1 -> input_blocks_1_attentions_0); the block words are
+            # diffusers' next step (_convert_unet_lora_key), ours here.
             names = _maybe_map_sgm_blocks_to_diffusers(dict(names), unet.config)
-        except (ValueError, IndexError) as exc:
+        except (ValueError, IndexError, KeyError) as exc:
             first = next(k for k in state_dict if any(b in k for b in SGM_BLOCKS))
             _unfit(file, first, f"its block names do not map onto this UNet: {str(exc).splitlines()[0][:200]}")
+        names = {_diffusers_block_words(key): original for key, original in names.items()}
     modules: dict[str, _Module] = {}
     for renamed, original in names.items():
         module, field = _split(renamed)
@@ -200,6 +203,14 @@ def _modules(file: Path, state_dict: Mapping[str, torch.Tensor], components: Map
         entry.keys[field] = original
         entry.fields[field] = state_dict[original].float()
     return modules
+
+
+def _diffusers_block_words(key: str) -> str:
+    """``lora_unet_input_blocks_1_attentions_0_...`` (renumbered SGM) as diffusers names it."""
+    for sgm, ours in zip(SGM_BLOCKS, DIFFUSERS_BLOCKS):
+        if key.startswith(f"lora_unet_{sgm}_"):
+            return f"lora_unet_{ours}_" + key.removeprefix(f"lora_unet_{sgm}_")
+    return key
 
 
 def _named_weights(components: Mapping[str, Any]) -> dict[str, torch.nn.Parameter]:
