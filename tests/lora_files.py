@@ -122,17 +122,18 @@ def merged_modules(pipe: object) -> dict[str, dict[str, torch.Tensor]]:
     return weights
 
 
-def peft_to_kohya(state: dict[str, torch.Tensor], flat_text_model: bool) -> dict[str, torch.Tensor]:
+def peft_to_kohya(state: dict[str, torch.Tensor], flat_text_model: bool, sdxl: bool = False) -> dict[str, torch.Tensor]:
     """A peft-format (DoRA) state dict renamed as kohya / LyCORIS name it: ``lora_down`` /
     ``lora_up`` / ``alpha`` (= rank) and the magnitude as ``dora_scale`` of shape ``[out, 1]``
-    (LyCORIS' per-output-channel layout)."""
+    (LyCORIS' per-output-channel layout); SDXL's first text encoder as ``lora_te1_``."""
     kohya = {}
     for key, tensor in state.items():
         component, rest = key.split(".", 1)
         module, field = rest.split(".lora_", 1)
         if component == "text_encoder" and flat_text_model:
             module = "text_model." + module
-        name = {"unet": "lora_unet_", "text_encoder": "lora_te_"}[component] + module.replace(".", "_")
+        name = {"unet": "lora_unet_", "text_encoder": "lora_te1_" if sdxl else "lora_te_"}[component]
+        name += module.replace(".", "_")
         if field.startswith("A"):
             kohya[f"{name}.lora_down.weight"] = tensor
             kohya[f"{name}.alpha"] = torch.tensor(float(tensor.shape[0]))

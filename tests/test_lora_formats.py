@@ -216,3 +216,135 @@ def test_original_block_names_beside_diffusers_ones_are_refused(tmp_path):
     with pytest.raises(UserInputError) as refused:
         _fused(resolve_model("tiny").path, (bad, 1.0))
     _one_line(refused, str(bad), f"key {sgm}.lora_down.weight", "original UNet block names")
+
+
+# --- (c) LyCORIS LoHa and LoKr -------------------------------------------------------------
+
+# kohya names of the modules the LyCORIS files below adapt: (component, module path)
+LINEAR = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
+CONV = "lora_unet_down_blocks_0_resnets_0_conv1"
+CONV_2 = "lora_unet_down_blocks_0_resnets_0_conv2"
+TEXT = "lora_te_text_model_encoder_layers_0_self_attn_q_proj"
+MODULES = {LINEAR: ("unet", "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"),
+           CONV: ("unet", "down_blocks.0.resnets.0.conv1"), CONV_2: ("unet", "down_blocks.0.resnets.0.conv2"),
+           TEXT: ("text_encoder", "text_model.encoder.layers.0.self_attn.q_proj")}
+
+
+def _weight(loaded, name: str) -> torch.Tensor:
+    component, path = MODULES[name]
+    module = getattr(loaded, component)
+    if not hasattr(module, "text_model"):
+        path = path.removeprefix("text_model.")
+    return module.get_submodule(path).weight.detach().clone()
+
+
+def _small(*shape: int, gen: torch.Generator) -> torch.Tensor:
+    return torch.randn(*shape, generator=gen) * 0.3
+
+
+def _kron_by_blocks(w1: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
+    """kron(w1, w2) written out: block (i, j) of the result is w1[i, j] * w2."""
+    rows, cols = w2.shape[0], w2.shape[1]
+    out = torch.zeros(w1.shape[0] * rows, w1.shape[1] * cols, *w2.shape[2:])
+    for i in range(w1.shape[0]):
+        for j in range(w1.shape[1]):
+            out[i * rows:(i + 1) * rows, j * cols:(j + 1) * cols] = w1[i, j] * w2
+    return out
+
+
+def _check_merged(file: Path, scale: float, expected: dict[str, torch.Tensor]) -> None:
+    model = resolve_model("tiny").path
+    plain = load_model(model)
+    loaded = load_model(model, loras=[check_lora(LoraSpec(file, scale))])
+    for name, by_hand in expected.items():
+        w0 = _weight(plain, name)
+        assert torch.allclose(_weight(loaded, name), w0 + scale * by_hand.reshape(w0.shape), atol=1e-5), name
+        assert (by_hand.abs().max() * abs(scale)) > 1e-2, name  # the update is not negligible
+    untouched = "down_blocks.1.resnets.0.conv1.weight"
+    assert torch.equal(loaded.unet.state_dict()[untouched], plain.unet.state_dict()[untouched])
+
+
+def test_a_loha_file_is_merged_as_a_hand_merge(tmp_path):
+    plain = load_model(resolve_model("tiny").path)
+    gen = torch.Generator().manual_seed(7)
+    rank, alpha = 3, 1.5
+    state, expected = {}, {}
+    for name in (LINEAR, CONV, TEXT):
+        w0 = _weight(plain, name)
+        out, inputs = w0.shape[0], w0[0].numel()
+        w1a, w1b, w2a, w2b = (_small(out, rank, gen=gen), _small(rank, inputs, gen=gen),
+                              _small(out, rank, gen=gen), _small(rank, inputs, gen=gen))
+        state |= {f"{name}.hada_w1_a": w1a, f"{name}.hada_w1_b": w1b, f"{name}.hada_w2_a": w2a,
+                  f"{name}.hada_w2_b": w2b, f"{name}.alpha": torch.tensor(alpha)}
+        expected[name] = (alpha / rank) * (w1a @ w1b) * (w2a @ w2b)
+    # A conv with Tucker cores (hada_t1 / hada_t2): each factor sum_ij t[i, j] * outer(wa[i], wb[j]).
+    w0 = _weight(plain, CONV_2)
+    factors = []
+    for part in (1, 2):
+        core, wa, wb = _small(rank, rank, 3, 3, gen=gen), _small(rank, w0.shape[0], gen=gen), \
+            _small(rank, w0.shape[1], gen=gen)
+        state |= {f"{CONV_2}.hada_t{part}": core, f"{CONV_2}.hada_w{part}_a": wa, f"{CONV_2}.hada_w{part}_b": wb}
+        factors.append(sum(core[i, j][None, None] * wa[i][:, None, None, None] * wb[j][None, :, None, None]
+                           for i in range(rank) for j in range(rank)))
+    state[f"{CONV_2}.alpha"] = torch.tensor(alpha)
+    expected[CONV_2] = (alpha / rank) * factors[0] * factors[1]
+    file = tmp_path / "loha.safetensors"
+    save_file(state, file)
+    _check_merged(file, 0.7, expected)
+
+
+def test_a_lokr_file_is_merged_as_a_hand_merge(tmp_path):
+    plain = load_model(resolve_model("tiny").path)
+    gen = torch.Generator().manual_seed(8)
+    rank, alpha = 2, 4.0
+    state, expected = {}, {}
+    # Linear: w1 full (4 x 4), w2 = a @ b (rank 2): scaled by alpha / rank.
+    side = _weight(plain, LINEAR).shape[0] // 4
+    w1, w2a, w2b = _small(4, 4, gen=gen), _small(side, rank, gen=gen), _small(rank, side, gen=gen)
+    state |= {f"{LINEAR}.lokr_w1": w1, f"{LINEAR}.lokr_w2_a": w2a, f"{LINEAR}.lokr_w2_b": w2b,
+              f"{LINEAR}.alpha": torch.tensor(alpha)}
+    expected[LINEAR] = (alpha / rank) * _kron_by_blocks(w1, w2a @ w2b)
+    # Conv (3 x 3 kernel): both factors full: no scaling, whatever alpha says.
+    out, inputs = _weight(plain, CONV).shape[:2]
+    w1, w2 = _small(2, 2, gen=gen), _small(out // 2, inputs // 2, 3, 3, gen=gen)
+    state |= {f"{CONV}.lokr_w1": w1, f"{CONV}.lokr_w2": w2, f"{CONV}.alpha": torch.tensor(alpha)}
+    expected[CONV] = _kron_by_blocks(w1, w2)
+    # Text encoder q_proj: w1 = a @ b (rank 2), w2 full.
+    w0 = _weight(plain, TEXT)
+    half = w0.shape[0] // 2
+    w1a, w1b, w2 = _small(2, rank, gen=gen), _small(rank, 2, gen=gen), _small(half, half, gen=gen)
+    state |= {f"{TEXT}.lokr_w1_a": w1a, f"{TEXT}.lokr_w1_b": w1b, f"{TEXT}.lokr_w2": w2,
+              f"{TEXT}.alpha": torch.tensor(alpha)}
+    expected[TEXT] = (alpha / rank) * _kron_by_blocks(w1a @ w1b, w2)
+    file = tmp_path / "lokr.safetensors"
+    save_file(state, file)
+    _check_merged(file, -0.5, expected)
+
+
+def test_a_lycoris_module_whose_update_does_not_fit_is_refused(tmp_path):
+    bad = tmp_path / "loha_bad.safetensors"
+    save_file({f"{LINEAR}.hada_w1_a": torch.ones(32, 2), f"{LINEAR}.hada_w1_b": torch.ones(2, 16),
+               f"{LINEAR}.hada_w2_a": torch.ones(32, 2), f"{LINEAR}.hada_w2_b": torch.ones(2, 16)}, bad)
+    with pytest.raises(UserInputError) as refused:
+        _fused(resolve_model("tiny").path, (bad, 1.0))
+    _one_line(refused, str(bad), f"key {LINEAR}.hada_w1_a", "update has shape [32, 16]", "module's weight has [")
+    lone = tmp_path / "lokr_half.safetensors"
+    save_file({f"{LINEAR}.lokr_w1": torch.ones(4, 4)}, lone)
+    with pytest.raises(UserInputError) as refused:
+        _fused(resolve_model("tiny").path, (lone, 1.0))
+    _one_line(refused, str(lone), "lacks weights for any format")
+
+
+def test_an_sdxl_kohya_dora_file_with_original_block_names_equals_peft_merge(tmp_path):
+    """The SDXL user's file as A1111 / ComfyUI users have it: kohya names, ``lora_te1_``, the
+    original block names and DoRA magnitudes."""
+    model = resolve_model("tiny-sdxl").path
+    pipe, state = dora_model(model, seed=9)
+    kohya = peft_to_kohya(state, flat_text_model=not hasattr(pipe.text_encoder, "text_model"), sdxl=True)
+    save_file(kohya, tmp_path / "xl_dora.safetensors")
+    sgm = to_sgm(tmp_path / "xl_dora.safetensors", tmp_path / "xl_dora_sgm.safetensors", layers_per_block=1)
+    assert any(k.startswith("lora_te1_") and k.endswith(".dora_scale") for k in load_file(sgm))
+    got, plain = _fused(model, (sgm, 1.0)), _fused(model)
+    assert _max_diff({c: got[c] for c in ("unet", "text_encoder")}, merged_modules(pipe)) < 1e-5
+    assert _max_diff({"unet": got["unet"]}, {"unet": plain["unet"]}) > 1e-2
+    assert _max_diff({"text_encoder_2": got["text_encoder_2"]}, {"text_encoder_2": plain["text_encoder_2"]}) == 0

@@ -122,8 +122,8 @@ class _Module:
 
     @property
     def key(self) -> str:
-        """The file's first key of the module."""
-        return next(iter(self.keys.values()))
+        """The file's first key of the module's weights (its ``alpha`` where it has none)."""
+        return next((key for field, key in self.keys.items() if field != "alpha"), next(iter(self.keys.values())))
 
 
 def unsupported_format(keys: list[str]) -> tuple[str, str] | None:
@@ -237,7 +237,7 @@ def _merged(file: Path, module: _Module, weight: torch.Tensor, scale: float) -> 
     fields = module.fields
     w0 = weight.float()
     delta, rank = _delta(file, module)
-    if delta.numel() != w0.numel():
+    if delta.shape[0] != w0.shape[0] or delta.numel() != w0.numel():
         _unfit(file, module.key, f"its update has shape {list(delta.shape)}, where the module's weight has "
                                  f"{list(w0.shape)}")
     alpha = fields.get("alpha")
