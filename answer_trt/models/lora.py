@@ -146,7 +146,7 @@ def _fuse_one(pipe: Any, lora: LoraFile, name: str, components: Mapping[str, Any
     unload the adapter layers (the fused weights stay)."""
     from diffusers.loaders import StableDiffusionXLLoraLoaderMixin
 
-    magnitudes = [key for key in keys if key.endswith(MAGNITUDE)]
+    magnitudes = [key for key in keys if MAGNITUDE in key]
     if any(not key.startswith("unet.") for key in magnitudes):
         where: dict[str, Any] = {"pretrained_model_name_or_path_or_dict": _text_dora_named(lora.path)}
     else:
@@ -197,7 +197,7 @@ def _check_magnitudes(file: Path, keys: list[str], components: Mapping[str, Any]
 
     with safe_open(str(file), framework="pt") as handle:
         for key in keys:
-            component, _dot, path = key.removesuffix(MAGNITUDE).partition(".")
+            component, _dot, path = key.split(MAGNITUDE)[0].partition(".")
             module = components.get(component)
             if module is not None and not hasattr(module, "text_model"):
                 path = path.removeprefix("text_model.")
