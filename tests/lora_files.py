@@ -76,3 +76,89 @@ def foreign_lora(out: Path) -> Path:
         "lora_unet_down_blocks_0_attentions_0_transformer_blocks_1_attn1_to_q.alpha": torch.tensor(4.0),
     }, out)
     return out
+
+
+def dora_model(model: Path, seed: int, rank: int = 4) -> tuple[object, dict[str, torch.Tensor]]:
+    """``model``'s pipeline with a seeded peft DoRA adapter (``LoraConfig(use_dora=True)``, random
+    A, B and magnitudes) on its UNet attention and text encoder(s), and the adapter's peft state
+    dict with diffusers' component prefixes (``unet.``, ``text_encoder.``): a peft-format DoRA file's
+    contents. The pipeline's modules still hold the adapter layers (merge them for a reference)."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    from peft import LoraConfig, inject_adapter_in_model
+    from peft.utils import get_peft_model_state_dict
+
+    sdxl = (model / "text_encoder_2").is_dir()
+    pipe = (StableDiffusionXLPipeline if sdxl else StableDiffusionPipeline).from_pretrained(
+        model, torch_dtype=torch.float32)
+    torch.manual_seed(seed)
+    state: dict[str, torch.Tensor] = {}
+    targets = [("unet", pipe.unet, UNET_TARGETS), ("text_encoder", pipe.text_encoder, TEXT_TARGETS)]
+    for component, module, names in targets:
+        config = LoraConfig(r=rank, lora_alpha=rank, init_lora_weights=False, use_dora=True, target_modules=names)
+        inject_adapter_in_model(config, module)
+        with torch.no_grad():  # magnitudes away from peft's start (the weights' own norms)
+            for name, param in module.named_parameters():
+                if "lora_magnitude_vector" in name:
+                    param.mul_(1.0 + 0.5 * torch.rand_like(param))
+        state.update({f"{component}.{k}": v.detach().clone().contiguous()
+                      for k, v in get_peft_model_state_dict(module).items()})
+    return pipe, state
+
+
+def merged_modules(pipe: object) -> dict[str, dict[str, torch.Tensor]]:
+    """The UNet's and text encoder's weights with their peft adapter layers merged by peft
+    (``merge()`` on each tuner layer), by plain module names: the reference a fused file is
+    compared with."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    weights = {}
+    for component in ("unet", "text_encoder"):
+        module = getattr(pipe, component)
+        for layer in module.modules():
+            if isinstance(layer, BaseTunerLayer):
+                layer.merge()
+        weights[component] = {k.replace("base_layer.", ""): v for k, v in module.state_dict().items()
+                              if "lora_" not in k}
+    return weights
+
+
+def peft_to_kohya(state: dict[str, torch.Tensor], flat_text_model: bool, sdxl: bool = False) -> dict[str, torch.Tensor]:
+    """A peft-format (DoRA) state dict renamed as kohya / LyCORIS name it: ``lora_down`` /
+    ``lora_up`` / ``alpha`` (= rank) and the magnitude as ``dora_scale`` of shape ``[out, 1]``
+    (LyCORIS' per-output-channel layout); SDXL's first text encoder as ``lora_te1_``."""
+    kohya = {}
+    for key, tensor in state.items():
+        component, rest = key.split(".", 1)
+        module, field = rest.split(".lora_", 1)
+        if component == "text_encoder" and flat_text_model:
+            module = "text_model." + module
+        name = {"unet": "lora_unet_", "text_encoder": "lora_te1_" if sdxl else "lora_te_"}[component]
+        name += module.replace(".", "_")
+        if field.startswith("A"):
+            kohya[f"{name}.lora_down.weight"] = tensor
+            kohya[f"{name}.alpha"] = torch.tensor(float(tensor.shape[0]))
+        elif field.startswith("B"):
+            kohya[f"{name}.lora_up.weight"] = tensor
+        else:
+            kohya[f"{name}.dora_scale"] = tensor.reshape(-1, 1)
+    return kohya
+
+
+def to_sgm(file: Path, out: Path, layers_per_block: int) -> Path:
+    """A kohya-named file (diffusers' block names) renamed to the original LDM / SGM UNet block
+    names, as many SDXL LoRAs have them: ``down_blocks.B.attentions.J`` ->
+    ``input_blocks.{B * (L + 1) + J + 1}.1``, ``mid_block.attentions.0`` -> ``middle_block.1``,
+    ``up_blocks.B.attentions.J`` -> ``output_blocks.{B * (L + 1) + J}.1`` (L: layers per block)."""
+    import re
+
+    step = layers_per_block + 1
+
+    def rename(key: str) -> str:
+        key = re.sub(r"^lora_unet_down_blocks_(\d+)_attentions_(\d+)_",
+                     lambda m: f"lora_unet_input_blocks_{int(m[1]) * step + int(m[2]) + 1}_1_", key)
+        key = re.sub(r"^lora_unet_mid_block_attentions_0_", "lora_unet_middle_block_1_", key)
+        return re.sub(r"^lora_unet_up_blocks_(\d+)_attentions_(\d+)_",
+                      lambda m: f"lora_unet_output_blocks_{int(m[1]) * step + int(m[2])}_1_", key)
+
+    save_file({rename(key): tensor for key, tensor in load_file(file).items()}, out)
+    return out

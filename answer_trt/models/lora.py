@@ -14,6 +14,14 @@ key that does not fit (diffusers would load the keys that fit and only warn abou
 fail with a many-line shape error). The fit is checked on the keys as diffusers converts them
 for peft (``diffusers.utils.convert_unet_state_dict_to_peft``, ``convert_state_dict_to_peft``),
 against the modules and shapes of this model. Errors are ``UserInputError``.
+
+Files in kohya's naming with the original (LDM/SGM) block names (``lora_unet_input_blocks_4_1_...``,
+``middle_block``, ``output_blocks``: many SDXL LoRAs) are renamed by diffusers when it is given the
+UNet's config (``lora_state_dict(unet_config=)``): we pass it for SD as for SDXL. Peft-format DoRA
+(``lora_magnitude_vector`` keys) is diffusers' and peft's. What diffusers does not fuse is merged by
+our own formulas (``models/lora_merge.py``): kohya-named DoRA (``dora_scale``, which diffusers
+drops with only a warning), LyCORIS LoHa (``hada_*``) and LoKr (``lokr_*``). Any other format
+(LoCon's ``lora_mid``, OFT, (IA)^3, an unknown key) is refused in one line naming it.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ from typing import Any
 from answer_trt.build_config import LoraSpec
 from answer_trt.errors import UserInputError
 from answer_trt.files import sha256_file
+from answer_trt.models import lora_merge
 from answer_trt.models.weight_files import PICKLE_SUFFIXES, check_safetensors
 
 TAG_DIGITS = 12  # sha256 prefix in an image's metadata (A1111's "Lora hashes" shows 12 as well)
@@ -99,23 +108,115 @@ def fuse_loras(loras: Sequence[LoraFile], *, unet: Any, vae: Any, text_encoder: 
                   (("unet", unet), ("text_encoder", text_encoder), ("text_encoder_2", text_encoder_2))
                   if module is not None}
     for index, lora in enumerate(loras):
-        _fuse_one(pipe, lora, f"answer_trt_{index}", components)
+        keys = _file_keys(lora.path)
+        _check_format(lora.path, keys)
+        if lora_merge.needs_own_merge(keys):
+            from safetensors.torch import load_file
+
+            lora_merge.merge_file(lora.path, load_file(str(lora.path)), components, lora.scale)
+        else:
+            _fuse_one(pipe, lora, f"answer_trt_{index}", components, keys)
 
 
-def _fuse_one(pipe: Any, lora: LoraFile, name: str, components: Mapping[str, Any]) -> None:
+def _check_format(file: Path, keys: list[str]) -> None:
+    """Refuse, in one line naming the format or the first key, a file in no format that
+    diffusers or ``lora_merge`` fuses whole: diffusers would drop what it does not read (kohya
+    ``dora_scale`` keys, SGM block names beside diffusers' ones) and fuse the rest."""
+    kohya = [key for key in keys if lora_merge.is_kohya(key)]
+    unsupported = lora_merge.unsupported_format(kohya)
+    if unsupported is not None:
+        key, why = unsupported
+        raise UserInputError(f"--lora {file}: key {key}: {why}: pass a LoRA or DoRA (diffusers', peft's or "
+                             "kohya's format), LoHa or LoKr adapter")
+    markers = (lora_merge.DORA_FIELD, "hada_", "lokr_", "oft_")
+    other = next((key for key in keys if not lora_merge.is_kohya(key) and any(m in key for m in markers)), None)
+    if other is not None:
+        raise UserInputError(f"--lora {file}: key {other}: a DoRA / LyCORIS key outside kohya's naming "
+                             "(lora_unet_..., lora_te_...), which answer-trt does not read: pass the adapter in "
+                             "kohya's or peft's format")
+    mixed = lora_merge.mixed_block_names(kohya)
+    if mixed is not None:
+        raise UserInputError(f"--lora {file}: key {mixed} uses the original UNet block names (input_blocks, "
+                             "middle_block, output_blocks) where other keys use diffusers' (down_blocks, mid_block, "
+                             "up_blocks): pass an adapter with one naming")
+
+
+def _fuse_one(pipe: Any, lora: LoraFile, name: str, components: Mapping[str, Any], keys: list[str]) -> None:
     """Check that ``lora`` fits, then load it as adapter ``name``, fuse it with its scale and
     unload the adapter layers (the fused weights stay)."""
-    # A folder and the file's name in it: diffusers 0.30 reads a bare file path offline only so.
-    where = {"pretrained_model_name_or_path_or_dict": str(lora.path.parent), "weight_name": lora.path.name}
-    state_dict = _diffusers_call(lora, lambda: type(pipe).lora_state_dict(**where)[0])
+    from diffusers.loaders import StableDiffusionXLLoraLoaderMixin
+
+    magnitudes = [key for key in keys if MAGNITUDE in key]
+    if any(not key.startswith("unet.") for key in magnitudes):
+        where: dict[str, Any] = {"pretrained_model_name_or_path_or_dict": _text_dora_named(lora.path)}
+    else:
+        # A folder and the file's name in it: diffusers 0.30 reads a bare file path offline only so.
+        where = {"pretrained_model_name_or_path_or_dict": str(lora.path.parent), "weight_name": lora.path.name}
+    # The UNet's config lets diffusers rename kohya keys with the original block names
+    # (input_blocks, ...); SDXL's load_lora_weights passes it itself, SD's forwards ours.
+    config = {"unet_config": components["unet"].config}
+    forwarded = {} if isinstance(pipe, StableDiffusionXLLoraLoaderMixin) else config
+    state_dict = _diffusers_call(lora, lambda: type(pipe).lora_state_dict(**_copied(where), **config)[0])
     check_fits(lora.path, state_dict, components)
 
     def fuse() -> None:
-        pipe.load_lora_weights(**where, adapter_name=name)
+        pipe.load_lora_weights(**_copied(where), adapter_name=name, **forwarded)
+        _check_magnitudes(lora.path, magnitudes, components, name)
         pipe.fuse_lora(lora_scale=lora.scale)
         pipe.unload_lora_weights()
 
     _diffusers_call(lora, fuse)
+
+
+MAGNITUDE = ".lora_magnitude_vector"  # peft's DoRA magnitudes (one value per output channel)
+
+
+def _copied(where: dict[str, Any]) -> dict[str, Any]:
+    """``where`` with a state dict in it copied (diffusers' kohya renaming pops from it)."""
+    given = where["pretrained_model_name_or_path_or_dict"]
+    return {**where, "pretrained_model_name_or_path_or_dict": dict(given)} if isinstance(given, dict) else where
+
+
+def _text_dora_named(file: Path) -> dict[str, Any]:
+    """A peft-format DoRA file's tensors, its text encoders' magnitudes named ``...magnitude_vector
+    .weight``: transformers' ``load_adapter`` (diffusers 0.42, transformers 5) leaves a
+    ``lora_magnitude_vector`` key without ``.weight`` unloaded and the magnitude at its initial
+    value, with no error (the UNet's go through peft, which reads them as they are)."""
+    from safetensors.torch import load_file
+
+    return {(key + ".weight" if key.endswith(MAGNITUDE) and not key.startswith("unet.") else key): tensor
+            for key, tensor in load_file(str(file)).items()}
+
+
+def _check_magnitudes(file: Path, keys: list[str], components: Mapping[str, Any], name: str) -> None:
+    """Refuse the file where a DoRA magnitude of it (``keys``) is not what peft's layer holds
+    after loading: fused so, the adapter would be a different one, silently."""
+    if not keys:
+        return
+    from safetensors import safe_open
+
+    with safe_open(str(file), framework="pt") as handle:
+        for key in keys:
+            component, _dot, path = key.split(MAGNITUDE)[0].partition(".")
+            module = components.get(component)
+            if module is not None and not hasattr(module, "text_model"):
+                path = path.removeprefix("text_model.")
+            try:
+                loaded = module.get_submodule(path).lora_magnitude_vector[name].weight
+            except (AttributeError, KeyError):
+                loaded = None
+            wanted = handle.get_tensor(key)
+            if loaded is None or not _close(loaded.detach().float().flatten(), wanted.float().flatten()):
+                raise UserInputError(f"--lora {file}: diffusers did not load the DoRA magnitude {key}: answer-trt "
+                                     "cannot fuse this peft-format DoRA adapter whole with these library versions; "
+                                     "pass it in kohya's format (lora_down / lora_up / dora_scale)")
+
+
+def _close(a: Any, b: Any) -> bool:
+    """Whether two magnitude tensors hold the same values (float32; the file may be fp16)."""
+    import torch
+
+    return a.shape == b.shape and bool(torch.allclose(a, b, rtol=1e-3, atol=1e-6))
 
 
 def _carrier(*, unet: Any, vae: Any, text_encoder: Any, text_encoder_2: Any) -> Any:
