@@ -18,10 +18,12 @@ imported only for the other schedulers and configs (``make_diffusers_scheduler``
 from __future__ import annotations
 
 import copy
+import hashlib
+import inspect
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import torch
 from torch import Tensor
@@ -119,6 +121,11 @@ class StepRule(Protocol):
     @property
     def init_noise_sigma(self) -> float: ...
 
+    @property
+    def draws_noise(self) -> bool:
+        """Whether ``step`` may draw noise (give it a ``StepNoise`` with ``seeded``)."""
+        ...
+
     def levels(self, i: int) -> tuple[float, float]: ...
 
     def scale_input(self, x: Tensor, i: int) -> Tensor: ...
@@ -126,6 +133,11 @@ class StepRule(Protocol):
     def step(self, eps: Tensor, i: int, x: Tensor) -> Tensor: ...
 
     def fork(self) -> StepRule: ...
+
+    def seeded(self, noise: StepNoise | None) -> StepRule:
+        """This rule with its step noise (stochastic samplers) drawn from ``noise``; a
+        deterministic rule returns itself."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -139,6 +151,7 @@ class LinearStepRule:
     input_scales: tuple[float, ...]
     x_coefs: tuple[float, ...]
     eps_coefs: tuple[float, ...]
+    draws_noise: ClassVar[bool] = False
 
     def levels(self, i: int) -> tuple[float, float]:
         return self.alphas[i], self.sigmas[i]
@@ -153,14 +166,101 @@ class LinearStepRule:
     def fork(self) -> StepRule:
         return self  # stateless
 
+    def seeded(self, noise: StepNoise | None) -> StepRule:
+        return self  # draws no noise
+
+
+def noise_generators(seed: int, seeds: Sequence[int] | None = None) -> list[torch.Generator]:
+    """The CPU generators of a request's noise, as diffusers' pipelines are given them: one
+    for the batch, seeded with ``seed`` (``seeds`` None), or one per image (diffusers' list
+    of generators)."""
+    return [torch.Generator("cpu").manual_seed(s) for s in ((seed,) if seeds is None else seeds)]
+
+
+def draw_noise(generators: Sequence[torch.Generator], shape: Sequence[int]) -> Tensor:
+    """float32 standard normal noise of ``shape`` on the CPU, drawn as diffusers'
+    ``utils/torch_utils.py:randn_tensor`` draws it: one generator draws the whole shape; a
+    list of generators draws ``(1, *shape[1:])`` from each image's own and concatenates."""
+    if len(generators) == 1:
+        return torch.randn(tuple(shape), generator=generators[0], dtype=torch.float32)
+    return torch.cat([torch.randn((1, *shape[1:]), generator=g, dtype=torch.float32) for g in generators])
+
+
+def chain_seed(seed: int) -> int:
+    """The seed of ANSWER's negative chain's step noise for a main-chain seed
+    (docs/ANSWER.md, "Stochastic samplers"): the first 8 bytes, little-endian, of
+    ``sha256(b"answer-trt negative chain " + decimal seed)``; a stream apart from every
+    main chain's, so the negative chain never consumes the image's own noise."""
+    digest = hashlib.sha256(b"answer-trt negative chain " + str(int(seed)).encode()).digest()
+    return int.from_bytes(digest[:8], "little")
+
+
+class StepNoise:
+    """The noise a stochastic sampler (ancestral, SDE) draws at its steps, for one run.
+
+    The main chain draws from the generators that drew the initial noise, continued after
+    it (``for_request``), exactly as diffusers' pipelines pass their ``generator`` on to
+    ``scheduler.step``; so a seed gives the same pixels, and diffusers' image. ANSWER's
+    negative chain (every ``fork`` of the rule) draws from its own generators, seeded with
+    ``chain_seed`` of each seed, made once per run and shared by all of the run's forks.
+    """
+
+    def __init__(self, generators: Sequence[torch.Generator], seeds: Sequence[int]) -> None:
+        self.generators = list(generators)
+        self.seeds = tuple(seeds)
+        self._chain: StepNoise | None = None
+
+    @classmethod
+    def for_request(cls, seed: int, seeds: Sequence[int] | None, shape: Sequence[int]) -> StepNoise:
+        """The main chain's streams of a request whose initial noise of ``shape`` was drawn
+        from ``noise_generators(seed, seeds)``: those generators, advanced past that noise."""
+        generators = noise_generators(seed, seeds)
+        draw_noise(generators, shape)
+        return cls(generators, (seed,) if seeds is None else seeds)
+
+    @property
+    def generator(self) -> torch.Generator | list[torch.Generator]:
+        """What diffusers' ``step(..., generator=)`` takes: one generator, or one per image."""
+        return self.generators[0] if len(self.generators) == 1 else self.generators
+
+    def chain(self) -> StepNoise:
+        """The negative chain's streams (made on first use; the chain's own chain is itself)."""
+        if self._chain is None:
+            seeds = tuple(chain_seed(s) for s in self.seeds)
+            self._chain = StepNoise(noise_generators(0, seeds), seeds)
+            self._chain._chain = self._chain
+        return self._chain
+
+
+def takes_generator(scheduler: Any) -> bool:
+    """Whether ``scheduler.step`` draws noise from a ``generator`` keyword (diffusers'
+    ancestral and SDE schedulers; DDIM for eta > 0)."""
+    step = getattr(scheduler, "step", None)
+    return step is not None and "generator" in inspect.signature(step).parameters
+
+
+STOCHASTIC_CLASSES = ("EulerAncestralDiscreteScheduler", "KDPM2AncestralDiscreteScheduler", "DPMSolverSDEScheduler")
+
+
+def is_stochastic(scheduler: Any) -> bool:
+    """Whether ``scheduler`` draws fresh noise at its steps: an ancestral or SDE class, or
+    DPM-Solver with an ``sde-`` algorithm type."""
+    config = getattr(scheduler, "config", {})
+    return (type(scheduler).__name__ in STOCHASTIC_CLASSES
+            or str(config.get("algorithm_type", "")).startswith("sde-"))
+
 
 class DiffusersStepRule:
-    """Any diffusers scheduler through its own ``step()``; ``fork`` deep-copies its state."""
+    """Any diffusers scheduler through its own ``step()``; ``fork`` deep-copies its state.
+    With ``noise`` (``seeded``), a scheduler that draws noise at its steps draws it from
+    ``noise``'s generators (a fork: from the negative chain's)."""
 
-    def __init__(self, scheduler: Any) -> None:
+    def __init__(self, scheduler: Any, noise: StepNoise | None = None) -> None:
         self.scheduler = scheduler
         self.timesteps = scheduler.timesteps
         self.init_noise_sigma = float(scheduler.init_noise_sigma)
+        self.noise = noise
+        self.draws_noise = takes_generator(scheduler)
 
     def levels(self, i: int) -> tuple[float, float]:
         return noise_levels(self.scheduler, i, self.timesteps[i])
@@ -169,10 +269,16 @@ class DiffusersStepRule:
         return self.scheduler.scale_model_input(x, self.timesteps[i])
 
     def step(self, eps: Tensor, i: int, x: Tensor) -> Tensor:
+        if self.noise is not None and self.draws_noise:
+            return self.scheduler.step(eps, self.timesteps[i], x, generator=self.noise.generator).prev_sample
         return self.scheduler.step(eps, self.timesteps[i], x).prev_sample
 
     def fork(self) -> StepRule:
-        return DiffusersStepRule(copy.deepcopy(self.scheduler))
+        return DiffusersStepRule(copy.deepcopy(self.scheduler), None if self.noise is None else self.noise.chain())
+
+    def seeded(self, noise: StepNoise | None) -> StepRule:
+        """This rule drawing its step noise from ``noise``."""
+        return DiffusersStepRule(self.scheduler, noise)
 
 
 def make_step_rule(scheduler: Any, steps: int, exact_diffusers: bool = False) -> StepRule:

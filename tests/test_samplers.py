@@ -1,0 +1,173 @@
+"""Samplers by name (issue 31, item 4): stochastic samplers are seeded per image, as in
+diffusers; zero-terminal-SNR DDIM schedules; A1111's sampler names; scheduler configs
+checked before any build."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import answer_trt
+from answer_trt.build_config import BuildConfig
+from answer_trt.cli import main
+from answer_trt.config import GuidanceConfig
+from answer_trt.export.build import build
+from answer_trt.manifest import SCHEDULER_CONFIG
+from answer_trt.models.source import resolve_model
+from answer_trt.schedulers import StepNoise, chain_seed, draw_noise, noise_generators
+
+STEPS = 6
+
+
+def levels(images) -> np.ndarray:
+    return np.stack([np.asarray(im, dtype=np.int16) for im in images])
+
+
+def diffusers_levels(images: np.ndarray) -> np.ndarray:
+    return (images * 255).round().astype(np.int16)
+
+
+def folder_with_scheduler(tmp_path: Path, model: str, **config) -> Path:
+    """``model``'s folder (saved by diffusers) with its scheduler config changed by ``config``
+    (``_class_name`` also goes into model_index.json, which diffusers' loading reads)."""
+    folder = tmp_path / f"{model}-model"
+    shutil.copytree(resolve_model(model).path, folder)
+    path = folder / SCHEDULER_CONFIG
+    path.write_text(json.dumps({**json.loads(path.read_text()), **config}))
+    if "_class_name" in config:
+        index = json.loads((folder / "model_index.json").read_text())
+        index["scheduler"] = ["diffusers", config["_class_name"]]
+        (folder / "model_index.json").write_text(json.dumps(index))
+    return folder
+
+
+def engines_for(folder: Path, out: Path, max_batch: int = 2) -> answer_trt.Pipeline:
+    build(BuildConfig(model=str(folder), out=out, max_batch=max_batch), log=lambda _m: None)
+    return answer_trt.load(out)
+
+
+def reference_pipeline(folder: Path):
+    from diffusers import DiffusionPipeline
+
+    reference = DiffusionPipeline.from_pretrained(folder)
+    reference.set_progress_bar_config(disable=True)
+    return reference
+
+
+# --- 1. stochastic samplers are seeded ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ancestral(tmp_path_factory):
+    """tiny-random whose own scheduler is EulerAncestralDiscreteScheduler: engines and diffusers."""
+    root = tmp_path_factory.mktemp("ancestral")
+    folder = folder_with_scheduler(root, "tiny-random", _class_name="EulerAncestralDiscreteScheduler")
+    return folder, root / "engines", engines_for(folder, root / "engines"), reference_pipeline(folder)
+
+
+def test_an_ancestral_model_scheduler_follows_the_seed_and_draws_diffusers_image(ancestral):
+    _folder, _engines, pipe, reference = ancestral
+    assert type(reference.scheduler).__name__ == "EulerAncestralDiscreteScheduler"
+    kwargs = dict(method="cfg", steps=STEPS, guidance_scale=6.0)
+    first = levels(pipe.generate("a cat", seed=3, **kwargs).images)
+    again = levels(pipe.generate("a cat", seed=3, **kwargs).images)
+    other = levels(pipe.generate("a cat", seed=4, **kwargs).images)
+    assert np.abs(first - again).max() == 0
+    assert np.abs(first - other).max() > 10
+    expected = diffusers_levels(reference("a cat", num_inference_steps=STEPS, guidance_scale=6.0, output_type="np",
+                                          generator=torch.Generator("cpu").manual_seed(3)).images)
+    assert expected.std() > 5
+    assert np.abs(first - expected).max() <= 2
+
+
+def test_per_image_seeds_draw_each_image_own_step_noise(ancestral):
+    """With one seed per image, image i's step noise is its own seed's (diffusers' list of
+    generators): the second image of seeds (3, 5) is seed 5's image alone."""
+    _folder, _engines, pipe, reference = ancestral
+    kwargs = dict(method="cfg", steps=STEPS, guidance_scale=6.0)
+    both = levels(pipe.generate("a cat", seeds=[3, 5], **kwargs).images)
+    alone = levels(pipe.generate("a cat", seed=5, **kwargs).images)
+    assert np.abs(both[1] - alone[0]).max() == 0
+    expected = diffusers_levels(reference(
+        "a cat", num_inference_steps=STEPS, guidance_scale=6.0, output_type="np", num_images_per_prompt=2,
+        generator=[torch.Generator("cpu").manual_seed(s) for s in (3, 5)]).images)
+    assert np.abs(both - expected).max() <= 2
+
+
+def test_an_ancestral_image_replays_from_its_png(ancestral, tmp_path):
+    _folder, engines, _pipe, _reference = ancestral
+    png, again = tmp_path / "drawn.png", tmp_path / "again.png"
+    assert main(["generate", "a cat", "--engines", str(engines), "--steps", "4", "--seed", "11",
+                 "-o", str(png)]) == 0
+    assert main(["generate", "--from-png", str(png), "--engines", str(engines), "-o", str(again)]) == 0
+    with Image.open(png) as first, Image.open(again) as second:
+        assert json.loads(first.info["parameters"])["scheduler_class"] == "EulerAncestralDiscreteScheduler"
+        assert np.abs(levels([first]) - levels([second])).max() == 0
+
+
+def test_answer_with_an_ancestral_sampler_is_seeded(ancestral):
+    _folder, _engines, pipe, _reference = ancestral
+    for mode in ("parallel", "inner"):
+        kwargs = dict(method="answer", mode=mode, dns_steps=3, chain_min_sigma=0.0, steps=STEPS, guidance_scale=6.0)
+        first = levels(pipe.generate("a cat", seed=2, **kwargs).images)
+        again = levels(pipe.generate("a cat", seed=2, **kwargs).images)
+        assert np.abs(first - again).max() == 0, mode
+
+
+def test_the_negative_chain_draws_its_own_stream():
+    """ANSWER's negative chain draws from generators seeded with ``chain_seed``, made once
+    per run; drawing from them leaves the main chain's generators where they were."""
+    noise = StepNoise.for_request(7, None, (1, 4, 8, 8))
+    fresh = noise_generators(7)
+    draw_noise(fresh, (1, 4, 8, 8))  # the initial noise
+    chain = noise.chain()
+    assert chain.seeds == (chain_seed(7),) and chain_seed(7) not in (7, 8)
+    assert chain.chain() is chain and noise.chain() is chain
+    torch.randn(100, generator=chain.generators[0])
+    assert torch.equal(torch.randn(5, generator=noise.generators[0]), torch.randn(5, generator=fresh[0]))
+
+
+def test_answer_consumes_as_much_main_noise_as_cfg():
+    """With an ancestral scheduler, a parallel-mode ANSWER run whose chain steps between
+    anchors leaves the main generator where a CFG run leaves it: z never draws from it."""
+    from diffusers import EulerAncestralDiscreteScheduler
+
+    from answer_trt.conditioning import TextCondition
+    from answer_trt.sampler import Conditioning, sample
+
+    gen = torch.Generator().manual_seed(1)
+    noise = torch.randn(1, 4, 6, 6, generator=gen)
+    cond = Conditioning(TextCondition(torch.randn(1, 5, 8, generator=gen)),
+                        TextCondition(torch.randn(1, 5, 8, generator=gen)))
+
+    def denoiser(x, t, c):
+        return 0.1 * x + c.hidden.mean(dim=(1, 2)).view(-1, 1, 1, 1)
+
+    config = dict(json.loads((resolve_model("tiny-random").path / SCHEDULER_CONFIG).read_text()))
+    states = {}
+    for method in ("cfg", "answer"):
+        scheduler = EulerAncestralDiscreteScheduler.from_config(config)
+        step_noise = StepNoise.for_request(9, None, noise.shape)
+        guidance = GuidanceConfig(method=method, guidance_scale=5.0, dns_steps=3, chain_min_sigma=0.0)
+        sample(denoiser, noise, cond, scheduler, STEPS, guidance, step_noise=step_noise)
+        states[method] = step_noise.generators[0].get_state()
+        if method == "answer":
+            assert step_noise._chain is not None  # the chain drew from its own stream
+    assert torch.equal(states["cfg"], states["answer"])
+
+
+def test_cuda_graph_refuses_a_stochastic_sampler_in_one_line(ancestral):
+    from answer_trt.graphed import refusal
+    from answer_trt.schema import make_request
+
+    _folder, _engines, pipe, _reference = ancestral
+    plan = pipe.plan(make_request("a cat", {"method": "cfg", "steps": 4}))
+    reason = refusal(plan.config.guidance, plan.rule, plan.scheduler)
+    assert reason is not None and "\n" not in reason
+    assert "stochastic" in reason and "--scheduler ddim or euler" in reason
