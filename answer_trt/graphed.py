@@ -280,6 +280,8 @@ class GraphedStep:
         if self.prediction_type == "epsilon":
             return raw
         s = self.b.row
+        if self.prediction_type == "sample":  # x0-prediction (guidance.to_epsilon), with tensor levels
+            return (x_in - s[ALPHA] * raw) / s[SIGMA]
         return s[ALPHA] * raw + s[SIGMA] * x_in  # v-prediction, with tensor levels
 
     def update(self, latents: Tensor, e: Tensor) -> None:

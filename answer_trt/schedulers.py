@@ -30,7 +30,7 @@ from torch import Tensor
 
 from answer_trt.config import SCHEDULERS
 from answer_trt.errors import UserInputError
-from answer_trt.native_schedulers import NativeSchedule, native_scheduler
+from answer_trt.native_schedulers import NATIVE_CLASSES, NativeSchedule, native_scheduler
 
 
 def scheduler_class_name(config: Mapping[str, Any], name: str | None = None) -> str:
@@ -50,45 +50,109 @@ def make_scheduler(config: Mapping[str, Any], name: str | None = None) -> Any:
     without importing diffusers) where the config allows; everything else is
     ``make_diffusers_scheduler``'s.
     """
-    check_scheduler_config(config)
-    native = native_scheduler(config, scheduler_class_name(config, name))
+    class_name = scheduler_class_name(config, name)
+    check_scheduler_config(config, class_name)
+    native = native_scheduler(config, class_name)
     return native if native is not None else make_diffusers_scheduler(config, name)
 
+
+NATIVE_CLASS_NAMES = tuple(NATIVE_CLASSES)
 
 # The training grid of a scheduler config: SD models use 1000; anything far beyond is not a
 # model's config, and the schedule's tables grow with it (checked before they are made).
 MAX_TRAIN_TIMESTEPS = 100_000
 
 
-def check_scheduler_config(config: Mapping[str, Any]) -> None:
-    """Refuse, before anything is allocated, a config whose training grid is not a positive
-    integer up to ``MAX_TRAIN_TIMESTEPS`` (``UserInputError``)."""
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
+# diffusers' beta schedules (DDIM, Euler, DPM-Solver: linear, scaled_linear, squaredcos_cap_v2; a few: exp).
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "exp")
+BOOLEAN_KEYS = ("clip_sample", "set_alpha_to_one", "thresholding", "rescale_betas_zero_snr", "use_karras_sigmas",
+                "use_exponential_sigmas", "use_beta_sigmas", "lower_order_final", "euler_at_final")
+_FIX = "the model's scheduler config is broken; correct its scheduler/scheduler_config.json"
+
+
+def _config_error(key: str, wanted: str, value: Any) -> UserInputError:
+    return UserInputError(f"the scheduler config's {key} must be {wanted}, got {value!r}: {_FIX}")
+
+
+def _not_a_scheduler(class_name: Any, version: str = "") -> UserInputError:
+    return UserInputError(
+        f"the scheduler config's _class_name {class_name!r} is not a diffusers{version} scheduler: correct the "
+        f"_class_name of the model's scheduler/scheduler_config.json, or pass --scheduler {' or '.join(SCHEDULERS)}")
+
+
+def check_scheduler_config(config: Mapping[str, Any], class_name: str | None = None) -> None:
+    """Refuse, before anything is built or allocated, a scheduler config diffusers could not
+    run or that would poison every step (``UserInputError``, one line naming the key and the
+    fix): the class (``class_name``, default the config's own) is not a diffusers scheduler,
+    the training grid is not an integer in 1 .. ``MAX_TRAIN_TIMESTEPS``, betas outside
+    [0, 1), an unknown beta schedule, timestep spacing or prediction type, a flag that is not
+    a boolean, and epsilon prediction on a zero-terminal-SNR schedule (``rescale_betas_zero_snr``),
+    whose first step is pure noise, where a noise prediction says nothing about the image
+    (Lin et al. 2024, "Common Diffusion Noise Schedules and Sample Steps are Flawed", Sec. 3.2)."""
+    name = config.get("_class_name", "DDIMScheduler") if class_name is None else class_name
+    if not isinstance(name, str) or not name.endswith("Scheduler") or not name.isidentifier():
+        raise _not_a_scheduler(name)
     steps = config.get("num_train_timesteps", 1000)
     if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_TRAIN_TIMESTEPS:
-        raise UserInputError(f"the scheduler config's num_train_timesteps must be an integer in 1 .. "
-                             f"{MAX_TRAIN_TIMESTEPS}, got {steps!r}: the model's scheduler config is broken")
+        raise _config_error("num_train_timesteps", f"an integer in 1 .. {MAX_TRAIN_TIMESTEPS}", steps)
     for key in ("beta_start", "beta_end"):  # a NaN or a beta of 1 or more poisons every step's noise level
         beta = config.get(key, 0.01)
         if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0.0 <= beta < 1.0:
-            raise UserInputError(f"the scheduler config's {key} must be a number in [0, 1), got {beta!r}: the "
-                                 f"model's scheduler config is broken")
+            raise _config_error(key, "a number in [0, 1)", beta)
+    trained = config.get("trained_betas")
+    if trained is not None and (
+            not isinstance(trained, (list, tuple)) or len(trained) != steps
+            or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0.0 <= b < 1.0 for b in trained)):
+        raise _config_error("trained_betas", f"null or a list of {steps} numbers in [0, 1)", _short(trained))
+    for key, choices in (("beta_schedule", BETA_SCHEDULES), ("timestep_spacing", TIMESTEP_SPACINGS),
+                         ("prediction_type", PREDICTION_TYPES)):
+        if key in config and config[key] not in choices:
+            raise _config_error(key, "one of " + ", ".join(choices), config[key])
+    offset = config.get("steps_offset", 0)
+    if isinstance(offset, bool) or not isinstance(offset, int) or not 0 <= offset < steps:
+        raise _config_error("steps_offset", f"an integer in 0 .. {steps - 1}", offset)
+    for key in BOOLEAN_KEYS:
+        if key in config and not isinstance(config[key], bool):
+            raise _config_error(key, "true or false", config[key])
+    if config.get("rescale_betas_zero_snr") and config.get("prediction_type", "epsilon") == "epsilon":
+        raise UserInputError(
+            "the scheduler config sets rescale_betas_zero_snr (zero terminal SNR) with prediction_type epsilon, "
+            "which cannot work (a noise prediction of pure noise says nothing about the image): use a "
+            "v_prediction model with it, or set rescale_betas_zero_snr to false")
+    if name not in NATIVE_CLASS_NAMES:  # only diffusers can say whether it has the class
+        diffusers_scheduler_class(name)
+
+
+def _short(value: Any) -> Any:
+    """``value`` for an error message: a long list as its length."""
+    return f"a list of {len(value)}" if isinstance(value, (list, tuple)) and len(value) > 8 else value
+
+
+def diffusers_scheduler_class(class_name: str) -> type:
+    """diffusers' scheduler class of that name (imports diffusers); ``UserInputError`` where
+    diffusers has none (a misspelt ``_class_name``, or a class of a newer diffusers)."""
+    import diffusers
+
+    scheduler_class = getattr(diffusers, class_name, None)
+    # Only schedulers: from_config of any other diffusers class (a UNet) would build a model.
+    if not (isinstance(scheduler_class, type) and issubclass(scheduler_class, diffusers.SchedulerMixin)):
+        raise _not_a_scheduler(class_name, f" {diffusers.__version__}")
+    return scheduler_class
 
 
 def make_diffusers_scheduler(config: Mapping[str, Any], name: str | None = None) -> Any:
     """A diffusers scheduler object from the model's config (``name`` as in ``make_scheduler``),
     configured for epsilon prediction; imports diffusers."""
-    import diffusers
-
-    check_scheduler_config(config)
     class_name = scheduler_class_name(config, name)
-    scheduler_class = getattr(diffusers, class_name, None)
-    # Only schedulers: from_config of any other diffusers class (a UNet) would build a model.
-    if not (isinstance(scheduler_class, type) and issubclass(scheduler_class, diffusers.SchedulerMixin)):
-        raise UserInputError(
-            f"the model's scheduler {class_name!r} is not a diffusers scheduler: pass --scheduler "
-            f"{' or '.join(SCHEDULERS)}"
-        )
-    scheduler = scheduler_class.from_config(dict(config), prediction_type="epsilon")
+    check_scheduler_config(config, class_name)
+    scheduler_class = diffusers_scheduler_class(class_name)
+    try:
+        scheduler = scheduler_class.from_config(dict(config), prediction_type="epsilon")
+    except (NotImplementedError, ValueError) as exc:  # an option this class does not take (e.g. its beta schedule)
+        raise UserInputError(f"{class_name} cannot run the model's scheduler config ({exc}): {_FIX}, or pass "
+                             f"--scheduler {' or '.join(SCHEDULERS)}") from None
     if not hasattr(scheduler, "alphas_cumprod"):
         raise UserInputError(
             f"scheduler {class_name!r} has no alphas_cumprod, which ANSWER needs: pass --scheduler "
@@ -306,14 +370,35 @@ def make_step_rule(scheduler: Any, steps: int, exact_diffusers: bool = False) ->
     return DiffusersStepRule(scheduler)
 
 
+# The terminal alphabar of a zero-terminal-SNR schedule, as diffusers' EulerDiscreteScheduler and
+# DPMSolverMultistepScheduler set it (``alphas_cumprod[-1] = 2**-24`` under ``rescale_betas_zero_snr``).
+ZERO_SNR_ALPHABAR = 2.0**-24
+
+
+def terminal_alphabar(alphabar: float) -> float:
+    """``alphabar`` where it is positive; ``ZERO_SNR_ALPHABAR`` where it is 0 (the last training
+    timestep of a zero-terminal-SNR schedule, "Common Diffusion Noise Schedules and Sample
+    Steps are Flawed", Lin et al. 2024, Sec. 3.1; diffusers' ``rescale_zero_terminal_snr``).
+
+    At alphabar = 0 the latent is pure noise, so a noise prediction holds nothing (``eps = x``)
+    and ``x0 = (x - sigma eps) / alpha`` divides by zero; diffusers' DDIM step reads x0 from
+    the v-prediction there (``x0 = -v``). Our sampler converts v to eps first
+    (``eps = alpha v + sigma x``), so it keeps alpha at 2**-12 instead of 0, as diffusers'
+    Euler and DPM-Solver do: x0 then comes back as ``alpha x - sigma v`` (``-v`` within
+    2**-12), and the image is diffusers' DDIM image within float32 rounding."""
+    return alphabar if alphabar > 0.0 else ZERO_SNR_ALPHABAR
+
+
 def _ddim_rule(scheduler: Any) -> LinearStepRule:
-    """DDIM, eta = 0: ``x_prev = sqrt(ab_prev) * x0 + sqrt(1 - ab_prev) * eps`` with
-    ``x0 = (x - sqrt(1 - ab_t) * eps) / sqrt(ab_t)``; ``prev`` as diffusers computes it."""
+    """DDIM, eta = 0 (diffusers ``scheduling_ddim.py``: ``DDIMScheduler.step``):
+    ``x_prev = sqrt(ab_prev) * x0 + sqrt(1 - ab_prev) * eps`` with
+    ``x0 = (x - sqrt(1 - ab_t) * eps) / sqrt(ab_t)``; ``prev`` as diffusers computes it; a
+    terminal ``ab_t`` of 0 (zero-terminal-SNR) as ``terminal_alphabar``."""
     alphas_cumprod = scheduler.alphas_cumprod
     stride = scheduler.config.num_train_timesteps // scheduler.num_inference_steps
     alphas, sigmas, x_coefs, eps_coefs = [], [], [], []
     for t in scheduler.timesteps.tolist():
-        ab_t = float(alphas_cumprod[t])
+        ab_t = terminal_alphabar(float(alphas_cumprod[t]))
         prev = t - stride
         ab_prev = float(alphas_cumprod[prev]) if prev >= 0 else float(scheduler.final_alpha_cumprod)
         a_t, s_t, a_prev, s_prev = math.sqrt(ab_t), math.sqrt(1 - ab_t), math.sqrt(ab_prev), math.sqrt(1 - ab_prev)

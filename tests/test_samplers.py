@@ -171,3 +171,82 @@ def test_cuda_graph_refuses_a_stochastic_sampler_in_one_line(ancestral):
     reason = refusal(plan.config.guidance, plan.rule, plan.scheduler)
     assert reason is not None and "\n" not in reason
     assert "stochastic" in reason and "--scheduler ddim or euler" in reason
+
+
+# --- 2. zero-terminal-SNR schedules; scheduler configs checked before the build -----------------
+
+ZERO_SNR = {"rescale_betas_zero_snr": True, "timestep_spacing": "trailing"}
+
+
+@pytest.fixture(scope="module")
+def zero_snr(tmp_path_factory):
+    """tiny-sd21 (v-prediction) with a zero-terminal-SNR DDIM schedule, trailing spacing."""
+    root = tmp_path_factory.mktemp("zero-snr")
+    folder = folder_with_scheduler(root, "tiny-sd21", **ZERO_SNR)
+    return engines_for(folder, root / "engines"), reference_pipeline(folder)
+
+
+def test_a_zero_snr_v_prediction_ddim_draws_diffusers_image(zero_snr):
+    """It ended in a ZeroDivisionError (alphabar_t = 0 at the first, trailing timestep)."""
+    pipe, reference = zero_snr
+    assert reference.scheduler.alphas_cumprod[-1] == 0  # the schedule is zero-terminal-SNR
+    got = levels(pipe.generate("a cat", method="cfg", steps=STEPS, guidance_scale=6.0, seed=7).images)
+    expected = diffusers_levels(reference("a cat", num_inference_steps=STEPS, guidance_scale=6.0, output_type="np",
+                                          generator=torch.Generator().manual_seed(7)).images)
+    assert expected.std() > 5
+    assert np.abs(got - expected).max() <= 2
+    answer = levels(pipe.generate("a cat", steps=STEPS, guidance_scale=6.0, seed=7).images)  # the default method
+    assert np.isfinite(answer).all() and np.abs(answer - got).max() > 0
+
+
+def run_cli(*args: object) -> int:
+    try:
+        return main([str(a) for a in args])
+    except SystemExit as exit_:  # argparse's own refusals
+        return int(exit_.code or 0)
+
+
+def refused_line(capsys, code: int) -> str:
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "Traceback" not in err, err
+    assert len(err.splitlines()) == 1 and err.startswith("answer-trt: error: "), err
+    return err
+
+
+def test_epsilon_prediction_on_a_zero_snr_schedule_is_refused_before_the_build(tmp_path, capsys):
+    folder = folder_with_scheduler(tmp_path, "tiny-random", **ZERO_SNR)
+    out = tmp_path / "engines"
+    err = refused_line(capsys, run_cli("build", "--model", folder, "--out", out))
+    assert "rescale_betas_zero_snr" in err and "epsilon" in err and "v_prediction" in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("key, value, wanted", [
+    ("num_train_timesteps", 0, "an integer in 1 .."),
+    ("num_train_timesteps", 1e9, "an integer in 1 .."),
+    ("_class_name", "EulerAncestorScheduler", "is not a diffusers"),
+    ("_class_name", "UNet2DConditionModel", "is not a diffusers"),
+    ("beta_start", -0.001, "a number in [0, 1)"),
+    ("timestep_spacing", "evenly", "one of leading, trailing, linspace"),
+    ("prediction_type", "x0", "one of epsilon, v_prediction, sample"),
+    ("beta_schedule", "cosine", "one of linear"),
+    ("steps_offset", -1, "an integer in 0 .."),
+    ("clip_sample", "no", "true or false"),
+    ("trained_betas", [0.5, 0.5], "a list of 1000 numbers"),
+])
+def test_a_broken_scheduler_config_is_refused_before_the_build(tmp_path, capsys, key, value, wanted):
+    folder = folder_with_scheduler(tmp_path, "tiny-random", **{key: value})
+    out = tmp_path / "engines"
+    err = refused_line(capsys, run_cli("build", "--model", folder, "--out", out))
+    assert key in err and wanted in err and "scheduler_config.json" in err
+    assert not out.exists()
+
+
+def test_engines_refuse_an_epsilon_zero_snr_override_in_one_line(engines_dir):
+    """The same check where the config reaches generation (a checksummed copy, or the API)."""
+    from answer_trt.errors import UserInputError
+
+    pipe = answer_trt.load(engines_dir)
+    pipe.scheduler_config = {**pipe.scheduler_config, **ZERO_SNR}
+    with pytest.raises(UserInputError, match="rescale_betas_zero_snr .* epsilon"):
+        pipe.generate("a cat", steps=2)
