@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import importlib.util
 import inspect
 import math
 from collections.abc import Mapping, Sequence
@@ -31,28 +32,44 @@ from torch import Tensor
 from answer_trt.config import SCHEDULERS
 from answer_trt.errors import UserInputError
 from answer_trt.native_schedulers import NATIVE_CLASSES, NativeSchedule, native_scheduler
+from answer_trt.samplers import SCHEDULER_NAMES, a1111_sampler
 
 
 def scheduler_class_name(config: Mapping[str, Any], name: str | None = None) -> str:
-    """The diffusers class a scheduler is made of: ``name``'s (``--scheduler``), or with
-    ``name=None`` the model's own (``_class_name`` of the config)."""
+    """The diffusers class a scheduler is made of: ``name``'s (``--scheduler``: ours or
+    A1111's, ``answer_trt.samplers``), or with ``name=None`` the model's own (``_class_name``
+    of the config)."""
+    return resolve_scheduler(config, name)[0]
+
+
+def resolve_scheduler(config: Mapping[str, Any], name: str | None = None) -> tuple[str, dict[str, Any]]:
+    """``(class name, config)`` of the scheduler ``name`` picks: the model's ``config`` with an
+    A1111 sampler's options (``samplers.A1111_SAMPLERS``) laid over it; ``UserInputError``
+    (one line listing the names) for a name that is neither ours nor A1111's."""
     if name is None:
-        return str(config.get("_class_name", "DDIMScheduler"))
+        return str(config.get("_class_name", "DDIMScheduler")), dict(config)
     if name in SCHEDULERS:
-        return SCHEDULERS[name]
-    raise UserInputError(f"unknown scheduler {name!r}: choose one of {', '.join(SCHEDULERS)}")
+        return SCHEDULERS[name], dict(config)
+    sampler = a1111_sampler(name)
+    if sampler is None:
+        raise UserInputError(f"unknown scheduler {name!r}: choose one of {', '.join(SCHEDULER_NAMES)}")
+    if sampler.requires is not None and importlib.util.find_spec(sampler.requires) is None:
+        raise UserInputError(f"--scheduler {name!r} ({sampler.class_name}) needs the {sampler.requires} package: "
+                             f"pip install {sampler.requires}, or pick another scheduler")
+    return sampler.class_name, {**config, **sampler.options}
 
 
 def make_scheduler(config: Mapping[str, Any], name: str | None = None) -> Any:
-    """The schedule the sampler runs, from the model's config; ``name`` overrides its class.
+    """The schedule the sampler runs, from the model's config; ``name`` overrides its class
+    (and an A1111 name sets its options, ``resolve_scheduler``).
 
     DDIM and Euler come as native schedules (``native_schedulers``: the same numbers,
     without importing diffusers) where the config allows; everything else is
     ``make_diffusers_scheduler``'s.
     """
-    class_name = scheduler_class_name(config, name)
-    check_scheduler_config(config, class_name)
-    native = native_scheduler(config, class_name)
+    class_name, resolved = resolve_scheduler(config, name)
+    check_scheduler_config(resolved, class_name)
+    native = native_scheduler(resolved, class_name)
     return native if native is not None else make_diffusers_scheduler(config, name)
 
 
@@ -145,11 +162,11 @@ def diffusers_scheduler_class(class_name: str) -> type:
 def make_diffusers_scheduler(config: Mapping[str, Any], name: str | None = None) -> Any:
     """A diffusers scheduler object from the model's config (``name`` as in ``make_scheduler``),
     configured for epsilon prediction; imports diffusers."""
-    class_name = scheduler_class_name(config, name)
-    check_scheduler_config(config, class_name)
+    class_name, resolved = resolve_scheduler(config, name)
+    check_scheduler_config(resolved, class_name)
     scheduler_class = diffusers_scheduler_class(class_name)
     try:
-        scheduler = scheduler_class.from_config(dict(config), prediction_type="epsilon")
+        scheduler = scheduler_class.from_config(resolved, prediction_type="epsilon")
     except (NotImplementedError, ValueError) as exc:  # an option this class does not take (e.g. its beta schedule)
         raise UserInputError(f"{class_name} cannot run the model's scheduler config ({exc}): {_FIX}, or pass "
                              f"--scheduler {' or '.join(SCHEDULERS)}") from None

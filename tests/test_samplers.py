@@ -55,7 +55,7 @@ def engines_for(folder: Path, out: Path, max_batch: int = 2) -> answer_trt.Pipel
 def reference_pipeline(folder: Path):
     from diffusers import DiffusionPipeline
 
-    reference = DiffusionPipeline.from_pretrained(folder)
+    reference = DiffusionPipeline.from_pretrained(folder, torch_dtype=torch.float32)
     reference.set_progress_bar_config(disable=True)
     return reference
 
@@ -250,3 +250,114 @@ def test_engines_refuse_an_epsilon_zero_snr_override_in_one_line(engines_dir):
     pipe.scheduler_config = {**pipe.scheduler_config, **ZERO_SNR}
     with pytest.raises(UserInputError, match="rescale_betas_zero_snr .* epsilon"):
         pipe.generate("a cat", steps=2)
+
+
+# --- 3. A1111's sampler names ------------------------------------------------------------------
+
+A1111_NAMES = ("DDIM", "Euler", "Euler a", "DPM++ 2M", "DPM++ 2M Karras", "DPM++ 2M SDE", "DPM++ 2M SDE Karras",
+               "Heun", "LMS", "UniPC", "DPM++ SDE Karras")
+
+
+def test_the_listing_is_exactly_a1111_names():
+    from answer_trt.samplers import SCHEDULER_NAMES, a1111_sampler_names
+
+    assert a1111_sampler_names() == A1111_NAMES
+    assert SCHEDULER_NAMES == ("ddim", "euler", "dpm++", *A1111_NAMES)
+
+
+@pytest.mark.parametrize("name, class_name, options", [
+    ("Euler a", "EulerAncestralDiscreteScheduler", {}),
+    ("DPM++ 2M", "DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "use_karras_sigmas": False}),
+    ("DPM++ 2M Karras", "DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2,
+                                                        "use_karras_sigmas": True}),
+    ("DPM++ 2M SDE Karras", "DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++",
+                                                            "use_karras_sigmas": True}),
+    ("Heun", "HeunDiscreteScheduler", {}),
+    ("UniPC", "UniPCMultistepScheduler", {}),
+])
+def test_a1111_names_map_to_diffusers_classes_and_options(name, class_name, options):
+    from answer_trt.schedulers import make_diffusers_scheduler, make_scheduler
+
+    config = json.loads((resolve_model("tiny").path / SCHEDULER_CONFIG).read_text())
+    scheduler = make_diffusers_scheduler(config, name)
+    assert type(scheduler).__name__ == class_name
+    for key, value in options.items():
+        assert scheduler.config[key] == value, key
+    assert type(make_scheduler(config, name)).__name__ == class_name
+
+
+def test_a1111_ddim_and_euler_run_natively():
+    from answer_trt.native_schedulers import NativeSchedule
+    from answer_trt.schedulers import make_scheduler
+
+    config = json.loads((resolve_model("tiny").path / SCHEDULER_CONFIG).read_text())
+    for name, class_name in (("DDIM", "DDIMScheduler"), ("Euler", "EulerDiscreteScheduler")):
+        scheduler = make_scheduler(config, name)
+        assert isinstance(scheduler, NativeSchedule) and type(scheduler).__name__ == class_name
+
+
+def test_an_unknown_sampler_name_is_refused_in_one_line_listing_the_names(engines_dir):
+    from answer_trt.errors import UserInputError
+
+    pipe = answer_trt.load(engines_dir)
+    with pytest.raises(UserInputError) as refused:
+        pipe.generate("a cat", steps=2, scheduler="Euler b")
+    message = str(refused.value)
+    assert "\n" not in message and "'Euler b'" in message
+    assert all(name in message for name in ("ddim", "Euler a", "DPM++ 2M SDE Karras", "UniPC"))
+
+
+@pytest.mark.parametrize("name, module, class_name", [("DPM++ SDE Karras", "torchsde", "DPMSolverSDEScheduler"),
+                                                       ("LMS", "scipy", "LMSDiscreteScheduler")])
+def test_a_sampler_whose_package_is_missing_is_refused_in_one_line(engines_dir, name, module, class_name):
+    import importlib.util
+
+    from answer_trt.errors import UserInputError
+    from answer_trt.schedulers import make_diffusers_scheduler
+
+    if importlib.util.find_spec(module) is not None:
+        config = json.loads((resolve_model("tiny").path / SCHEDULER_CONFIG).read_text())
+        assert type(make_diffusers_scheduler(config, name)).__name__ == class_name
+        return
+    pipe = answer_trt.load(engines_dir)
+    with pytest.raises(UserInputError, match=f"needs the {module} package: pip install {module}"):
+        pipe.generate("a cat", steps=2, scheduler=name)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    folder = resolve_model("tiny").path
+    return engines_for(folder, root / "engines", max_batch=1), reference_pipeline(folder)
+
+
+def test_euler_a_by_name_is_seeded_and_recorded(tiny):
+    from answer_trt.schema import from_parameters
+
+    pipe, _reference = tiny
+    kwargs = dict(method="cfg", steps=STEPS, guidance_scale=6.0, scheduler="Euler a")
+    first = pipe.generate("a red circle", seed=5, **kwargs)
+    again = pipe.generate("a red circle", seed=5, **kwargs)
+    assert np.abs(levels(first.images) - levels(again.images)).max() == 0
+    euler = levels(pipe.generate("a red circle", seed=5, **{**kwargs, "scheduler": "Euler"}).images)
+    assert np.abs(levels(first.images) - euler).max() > 2  # the name picked the ancestral sampler
+    record = json.loads(first.images[0].info["parameters"])
+    assert record["scheduler"] == "Euler a" and record["scheduler_class"] == "EulerAncestralDiscreteScheduler"
+    replayed = pipe.run(from_parameters(record))
+    assert np.abs(levels(replayed.images) - levels(first.images)).max() == 0
+
+
+@pytest.mark.parametrize("name", ["DPM++ 2M Karras", "DPM++ 2M SDE Karras", "Euler a"])
+def test_a1111_sampler_cfg_image_equals_diffusers(tiny, name, monkeypatch):
+    from answer_trt.schedulers import make_diffusers_scheduler
+
+    pipe, reference = tiny
+    monkeypatch.setattr(reference, "scheduler", reference.scheduler)  # restored after the test
+    reference.scheduler = make_diffusers_scheduler(reference.scheduler.config, name)
+    reference.scheduler.register_to_config(prediction_type=pipe.prediction_type)
+    expected = diffusers_levels(reference("a red circle", num_inference_steps=STEPS, guidance_scale=6.0,
+                                          output_type="np", generator=torch.Generator("cpu").manual_seed(5)).images)
+    got = levels(pipe.generate("a red circle", method="cfg", steps=STEPS, guidance_scale=6.0, seed=5,
+                               scheduler=name).images)
+    assert expected.std() > 5
+    assert np.abs(got - expected).max() <= 2
