@@ -32,8 +32,8 @@ def _sampler(class_name: str, requires: str | None = None, **options: Any) -> Sa
     return Sampler(class_name, MappingProxyType(options), requires)
 
 
-_DPM_2M = {"algorithm_type": "dpmsolver++", "solver_order": 2}
-_DPM_2M_SDE = {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}
+_DPM_2M: dict[str, Any] = {"algorithm_type": "dpmsolver++", "solver_order": 2}
+_DPM_2M_SDE: dict[str, Any] = {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}
 
 # The one table: A1111's sampler name -> diffusers class + options.
 A1111_SAMPLERS: Mapping[str, Sampler] = MappingProxyType({

@@ -147,7 +147,7 @@ def _short(value: Any) -> Any:
     return f"a list of {len(value)}" if isinstance(value, (list, tuple)) and len(value) > 8 else value
 
 
-def diffusers_scheduler_class(class_name: str) -> type:
+def diffusers_scheduler_class(class_name: str) -> Any:
     """diffusers' scheduler class of that name (imports diffusers); ``UserInputError`` where
     diffusers has none (a misspelt ``_class_name``, or a class of a newer diffusers)."""
     import diffusers
