@@ -38,7 +38,7 @@ from answer_trt.conditioning import Conditioning, TextCondition, cat_conditions
 from answer_trt.config import GuidanceConfig
 from answer_trt.guiders import Guider, make_guider
 from answer_trt.sampler import Denoiser, StepCallback
-from answer_trt.schedulers import LinearStepRule, make_step_rule
+from answer_trt.schedulers import LinearStepRule, is_stochastic, make_step_rule
 
 # Columns of the per-step table.
 ALPHA, SIGMA, INPUT_SCALE, X_COEF, EPS_COEF, TIMESTEP = range(6)
@@ -218,6 +218,9 @@ def refusal(guidance: GuidanceConfig, rule: Any, scheduler: Any) -> str | None:
             return (f"--cuda-graph replays DDIM as a linear update, and this model's DDIM config sets "
                     f"{' and '.join(options) or 'options'} (not linear): run without --cuda-graph, or pass "
                     "--scheduler euler")
+        if is_stochastic(scheduler):
+            return (f"--cuda-graph replays linear updates, and {name} draws fresh noise at every step (a stochastic "
+                    "sampler): run without --cuda-graph, or pass --scheduler ddim or euler")
         return f"--cuda-graph needs --scheduler ddim or euler (this request uses {name})"
     return make_guider(guidance).graph_refusal
 
@@ -277,6 +280,8 @@ class GraphedStep:
         if self.prediction_type == "epsilon":
             return raw
         s = self.b.row
+        if self.prediction_type == "sample":  # x0-prediction (guidance.to_epsilon), with tensor levels
+            return (x_in - s[ALPHA] * raw) / s[SIGMA]
         return s[ALPHA] * raw + s[SIGMA] * x_in  # v-prediction, with tensor levels
 
     def update(self, latents: Tensor, e: Tensor) -> None:

@@ -99,9 +99,13 @@ def to_epsilon(output: Tensor, x_in: Tensor, alpha: float, sigma: float, predict
 
     For v-prediction ``v = alpha_t * eps - sigma_t * x0`` and ``x = alpha_t * x0 + sigma_t * eps``
     give ``eps = alpha_t * v + sigma_t * x``; guidance is then done on eps as everywhere else.
+    For x0-prediction (diffusers' ``"sample"``) ``eps = (x - alpha_t * x0) / sigma_t``.
     """
     if prediction_type == "epsilon":
         return _f32(output)
     if prediction_type == "v_prediction":
         return alpha * _f32(output) + sigma * _f32(x_in)
-    raise ValueError(f"unsupported prediction_type {prediction_type!r}: expected 'epsilon' or 'v_prediction'")
+    if prediction_type == "sample":
+        return (_f32(x_in) - alpha * _f32(output)) / sigma
+    raise ValueError(f"unsupported prediction_type {prediction_type!r}: expected 'epsilon', 'v_prediction' or "
+                     "'sample'")

@@ -35,7 +35,7 @@ from answer_trt.sampler import (
     run_program,
     sampling_program,
 )
-from answer_trt.schedulers import StepRule, make_scheduler, make_step_rule
+from answer_trt.schedulers import StepNoise, StepRule, draw_noise, make_scheduler, make_step_rule, noise_generators
 from answer_trt.schema import GenerateRequest, make_request
 from answer_trt.schema import parameters as schema_parameters
 from answer_trt.text import PromptEncoder
@@ -283,8 +283,13 @@ class Pipeline:
         self, plan: RequestPlan, cond: Conditioning, noise: torch.Tensor, callback: StepCallback | None = None
     ) -> SamplingProgram:
         """The request's sampling loop as a program that yields each UNet call's rows
-        (``answer_trt.sampler.sampling_program``) and returns the final latents."""
-        return sampling_program(noise, cond, plan.rule, plan.config.guidance, prediction_type=self.prediction_type,
+        (``answer_trt.sampler.sampling_program``) and returns the final latents. A stochastic
+        sampler draws its step noise from the generators of the initial ``noise``, continued
+        (``schedulers.StepNoise``), as diffusers' pipelines do."""
+        rule = plan.rule
+        if rule.draws_noise:
+            rule = rule.seeded(StepNoise.for_request(plan.config.seed, plan.config.seeds, noise.shape))
+        return sampling_program(noise, cond, rule, plan.config.guidance, prediction_type=self.prediction_type,
                                 callback=callback)
 
     def request_config(self, prompt: str, **fields: Any) -> SamplingConfig:
@@ -310,12 +315,7 @@ class Pipeline:
                  config.width // self.dims.vae_scale_factor)
         # Drawn on the CPU with CPU generators, as diffusers does, so seeds agree everywhere: one
         # generator for the batch, or one per image (diffusers' list of generators, ``seeds``).
-        if config.seeds is None:
-            noise = torch.randn(shape, generator=torch.Generator("cpu").manual_seed(config.seed), dtype=torch.float32)
-        else:
-            noise = torch.cat([torch.randn((1, *shape[1:]), generator=torch.Generator("cpu").manual_seed(seed),
-                                           dtype=torch.float32) for seed in config.seeds])
-        noise = noise.to(self.device)
+        noise = draw_noise(noise_generators(config.seed, config.seeds), shape).to(self.device)
         return cond, noise
 
     def finish(self, latents: torch.Tensor, decoded: torch.Tensor, params: dict[str, str]) -> list[Image.Image]:

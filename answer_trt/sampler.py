@@ -25,7 +25,7 @@ from torch import Tensor
 from answer_trt.conditioning import Conditioning, TextCondition, cat_conditions
 from answer_trt.config import GuidanceConfig
 from answer_trt.guiders import DenoiserCall, StepContext, make_guider
-from answer_trt.schedulers import StepRule, make_step_rule
+from answer_trt.schedulers import StepNoise, StepRule, make_step_rule
 
 
 class Denoiser(Protocol):
@@ -95,6 +95,7 @@ def sample(
     exact_diffusers_step: bool = False,
     callback: StepCallback | None = None,
     probe: Probe | None = None,
+    step_noise: StepNoise | None = None,
 ) -> Tensor:
     """Run ``steps`` denoising steps from ``noise`` (unit variance) and return the latents.
 
@@ -102,9 +103,13 @@ def sample(
     here. ``exact_diffusers_step`` forces its own ``step()`` over the precomputed linear rule.
     ``probe`` (debugging, docs/ANSWER.md "Diagnosis") gets a dict per step, before the
     update: i, t, alpha, sigma, x, x_in, ep, e (the guided noise), and for ANSWER e_neg,
-    z_in (parallel mode) and anchored.
+    z_in (parallel mode) and anchored. ``step_noise``: where a stochastic sampler draws its
+    step noise (``schedulers.StepNoise``; without it, from torch's global generator).
     """
-    program = sampling_program(noise, cond, make_step_rule(scheduler, steps, exact_diffusers_step), guidance,
+    rule = make_step_rule(scheduler, steps, exact_diffusers_step)
+    if step_noise is not None:
+        rule = rule.seeded(step_noise)
+    program = sampling_program(noise, cond, rule, guidance,
                                prediction_type=prediction_type, callback=callback, probe=probe)
     return run_program(program, BranchEvaluator(denoiser, fused))
 

@@ -34,12 +34,12 @@ from answer_trt.config import (
     MAX_STEPS,
     METHODS,
     MODES,
-    SCHEDULERS,
     GuidanceConfig,
     SamplingConfig,
 )
 from answer_trt.errors import UserInputError
 from answer_trt.rules import check_choice
+from answer_trt.samplers import SCHEDULER_NAMES
 
 _GUIDANCE_DEFAULTS = {f.name: f.default for f in fields(GuidanceConfig)}
 
@@ -114,8 +114,8 @@ class GenerateRequest:
         nullable=True))
     guidance_rescale: float = _guidance("guidance_rescale", FieldInfo(
         "float", "rescale CFG/ANSWER noise to the positive branch's deviation (phi)", low=0.0, high=1.0))
-    scheduler: str | None = _field(None, FieldInfo("str", "scheduler (default: the model's own)", nullable=True,
-                                                   choices=tuple(SCHEDULERS)))
+    scheduler: str | None = _field(None, FieldInfo("str", "scheduler or A1111 sampler name (default: the model's "
+                                                   "own)", nullable=True, choices=SCHEDULER_NAMES))
     seed: int = _field(0, FieldInfo("int", "seed of the initial noise, as in diffusers", low=0, high=2**64 - 1))
     height: int | None = _field(None, FieldInfo("int", "image height in pixels (default: the model's or the "
                                                 "engines')", nullable=True, low=8))
@@ -149,7 +149,7 @@ class GenerateRequest:
                 raise UserInputError(f"{name} is not valid Unicode text (a lone surrogate at character {exc.start}): "
                                      "send UTF-8 text") from None
         if self.scheduler is not None:
-            check_choice("scheduler", self.scheduler, tuple(SCHEDULERS))
+            check_choice("scheduler", self.scheduler, SCHEDULER_NAMES)
         return SamplingConfig(
             guidance=GuidanceConfig(**{f.name: getattr(self, f.name) for f in fields(GuidanceConfig)}),
             steps=self.steps, scheduler=self.scheduler, seed=self.seed, height=self.height, width=self.width,

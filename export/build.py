@@ -60,7 +60,7 @@ from answer_trt.manifest import (
     read_manifest,
 )
 from answer_trt.models.fast_tokenizer import write_fast_tokenizer
-from answer_trt.models.info import ModelInfo, read_json_object, read_model_info
+from answer_trt.models.info import ModelInfo, read_json_object, read_model_info, scheduler_config
 from answer_trt.models.lora import LoraFile, check_lora
 from answer_trt.models.source import (
     LoadedModel,
@@ -70,6 +70,7 @@ from answer_trt.models.source import (
 )
 from answer_trt.precision import component_dtype
 from answer_trt.rules import check_memory, check_size_range
+from answer_trt.schedulers import check_scheduler_config
 from answer_trt.versions import gpu_capability, library_versions
 
 # The layout of what a build writes beside the graphs; raised when it changes, so that the
@@ -149,6 +150,7 @@ def _build_locked(config: BuildConfig, log: Callable[[str], None], created: list
         raise UserInputError(f"--out {config.out} is inside the model folder {source.path}: answer-trt never "
                              "writes into a model; choose an --out outside it")
     info = read_model_info(source.path)
+    check_scheduler_config(scheduler_config(source.path))  # one line naming the key, before anything is built
     height, width = (_size_range(side, value, info.dims) for side, value in
                      (("height", config.height), ("width", config.width)))
     check_build_memory(config, info.dims, height, width)
