@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from answer_trt.build_config import LoraSpec
-from answer_trt.config import METHODS, SCHEDULERS
+from answer_trt.config import METHODS
 from answer_trt.errors import NonFiniteImageError, UserInputError, printable
 from answer_trt.files import check_writable_file, numbered_paths
 from answer_trt.rules import (
@@ -34,6 +34,7 @@ from answer_trt.rules import (
     parse_int,
     parse_size_range,
 )
+from answer_trt.samplers import SCHEDULER_NAMES
 from answer_trt.schema import GenerateRequest, from_parameters, make_request, request_fields
 from answer_trt.schema import info as schema_info
 
@@ -233,7 +234,8 @@ def make_parser() -> argparse.ArgumentParser:
     bench.add_argument("--warmup", type=_int, default=1)
     bench.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     bench.add_argument("--baseline", choices=("torch",), help="also time a plain PyTorch ANSWER loop")
-    bench.add_argument("--scheduler", choices=tuple(SCHEDULERS), default=None, help="default: the model's own")
+    bench.add_argument("--scheduler", choices=SCHEDULER_NAMES, default=None, metavar="NAME",
+                       help="default: the model's own; ours (ddim, euler, dpm++) or A1111's names (\"Euler a\", ...)")
     bench.add_argument("--backend", choices=LOAD_BACKENDS, default=None,
                        help="with --model: torch runs it eagerly instead of building engines")
     bench.add_argument("--device", choices=DEVICES, default=DEVICES[0],

@@ -24,9 +24,10 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from answer_trt.config import MAX_IMAGES, SCHEDULERS
+from answer_trt.config import MAX_IMAGES
 from answer_trt.errors import UserInputError
 from answer_trt.pipeline import Generation
+from answer_trt.samplers import A1111_SAMPLERS, a1111_sampler_names
 from answer_trt.schema import FIELD_NAMES, GenerateRequest, info, request_fields
 from answer_trt.serving.models import A1111_FIELDS, A1111_SETTINGS, A1111_TAKEN, OPENAI_TAKEN
 from answer_trt.serving.protocol import png_bytes
@@ -34,7 +35,8 @@ from answer_trt.serving.stats import Progress
 
 # A1111 sampler name -> answer-trt scheduler. Only samplers whose update rule is ours: no
 # ancestral ("Euler a") or Karras-schedule variants.
-SAMPLERS: dict[str, str] = {"DDIM": "ddim", "Euler": "euler", "DPM++ 2M": "dpm++"}
+# Our own scheduler names as A1111 reports the sampler they run (its name for the same scheduler).
+OURS_IN_A1111: dict[str, str] = {"ddim": "DDIM", "euler": "Euler", "dpm++": "DPM++ 2M"}
 # A1111's "scheduler" (noise schedule) values that leave the sampler's own schedule in place.
 A1111_DEFAULT_SCHEDULES = ("automatic", "default")
 SIZE_PATTERN = re.compile(r"([1-9][0-9]{0,5})x([1-9][0-9]{0,5})")
@@ -101,10 +103,10 @@ def sampler_scheduler(name: str | None) -> str | None:
     """Our scheduler for an A1111 sampler name (or one of our own names); ``None``: the model's."""
     if name is None or name == "":
         return None
-    for sampler, scheduler in SAMPLERS.items():
-        if name.lower() in (sampler.lower(), scheduler):
-            return scheduler
-    raise UserInputError(f"unknown sampler_name {name!r}: choose one of {', '.join(SAMPLERS)} "
+    for known in (*a1111_sampler_names(), *OURS_IN_A1111):  # the schema's scheduler takes both
+        if name.lower() == known.lower():
+            return known
+    raise UserInputError(f"unknown sampler_name {name!r}: choose one of {', '.join(a1111_sampler_names())} "
                          "(GET /sdapi/v1/samplers)")
 
 
@@ -152,8 +154,13 @@ def a1111_scheduler(schedule: str | None, sampler: str | None) -> str | None:
     ours = sampler_scheduler(sampler)
     if schedule is None or schedule.lower() in A1111_DEFAULT_SCHEDULES:
         return ours
-    named = next((s["name"] for s in a1111_schedulers()[1:] if schedule.lower() in
-                  (s["name"], s["label"].lower())), None)
+    if schedule.lower() == "karras" and ours is not None:  # A1111 1.9+: "DPM++ 2M" + "Karras"
+        karras = f"{OURS_IN_A1111.get(ours, ours).removesuffix(' Karras')} Karras"
+        if karras in A1111_SAMPLERS:
+            return karras
+    listed = a1111_schedulers()[1:]
+    named = next((s["name"] for s in listed if schedule == s["name"]), None) or next(
+        (s["name"] for s in listed if schedule.lower() in (s["name"].lower(), s["label"].lower())), None)
     if named is None:
         raise UserInputError(f"scheduler {schedule!r} is not supported: send automatic or one of "
                              f"{', '.join(s['name'] for s in a1111_schedulers()[1:])} (GET /sdapi/v1/schedulers)")
@@ -222,7 +229,7 @@ def a1111_response(body: BaseModel, requests: list[GenerateRequest], generations
     given = getattr(body, "subseed", None)
     subseed = given if isinstance(given, int) and not isinstance(given, bool) and given >= 0 else first.seed
     width, height = images[0].size
-    sampler = next((name for name, ours in SAMPLERS.items() if ours == first.scheduler), None)
+    sampler = OURS_IN_A1111.get(first.scheduler or "", first.scheduler)
     parameters = {**body.model_dump(), "seed": first.seed}
     info = {"prompt": first.prompt, "all_prompts": [first.prompt] * len(images),
             "negative_prompt": first.negative_prompt or "", "all_negative_prompts": [first.negative_prompt or ""]
@@ -238,15 +245,16 @@ def a1111_response(body: BaseModel, requests: list[GenerateRequest], generations
 
 def a1111_samplers() -> list[dict[str, Any]]:
     """``GET /sdapi/v1/samplers``."""
-    return [{"name": name, "aliases": [ours], "options": {"scheduler_class": SCHEDULERS[ours]}}
-            for name, ours in SAMPLERS.items()]
+    return [{"name": name, "aliases": [ours for ours, a1111 in OURS_IN_A1111.items() if a1111 == name],
+             "options": {"scheduler_class": sampler.class_name, **{k: str(v) for k, v in sampler.options.items()}}}
+            for name, sampler in A1111_SAMPLERS.items()]
 
 
 def a1111_schedulers() -> list[dict[str, Any]]:
     """``GET /sdapi/v1/schedulers``: automatic (the sampler's own schedule), then each scheduler
     the request schema takes (its ``scheduler`` choices), labelled with its A1111 sampler name."""
     choices = next(info(f).choices for f in request_fields() if f.name == "scheduler") or ()
-    labels = {ours: name for name, ours in SAMPLERS.items()}
+    labels = dict(OURS_IN_A1111)
     entries = [{"name": "automatic", "label": "Automatic", "aliases": list(A1111_DEFAULT_SCHEDULES[1:]),
                 "default_rho": None, "need_inner_model": None}]
     return entries + [{"name": name, "label": labels.get(name, name), "aliases": [labels[name]] if name in labels

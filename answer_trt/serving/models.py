@@ -234,7 +234,7 @@ A1111_FIELDS: dict[str, A1111Field] = {
     "subseed_strength": _refused(float, "no variation seeds", 0),
     "seed_resize_from_h": _refused(int, "no seed resize", -1, 0),
     "seed_resize_from_w": _refused(int, "no seed resize", -1, 0),
-    "eta": _refused(float, "answer-trt's DDIM has eta 0", 0, only_with=("ddim", None)),
+    "eta": _refused(float, "answer-trt's DDIM has eta 0", 0, only_with=("ddim", "DDIM", None)),
     "s_min_uncond": _refused(float, "no skipping of the negative branch by s_min_uncond", 0),
     "s_churn": _refused(float, "no churn", 0),
     "refiner_checkpoint": _refused(str, "no refiner: the server has one model", "", "None"),
