@@ -130,9 +130,10 @@ def test_the_gpu_run_dry_run_on_the_cpu(tmp_path):
     import json
     import os
     import subprocess
+    import sys
 
     if not torch.cuda.is_available():
-        env = dict(os.environ, WHEELS=str(tmp_path / "no-wheels"))
+        env = dict(os.environ, WHEELS=str(tmp_path / "no-wheels"), PYTHON=sys.executable)  # this venv's Python
         proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu" / "run.sh"), "--device", "cpu", "--out",
                                str(tmp_path / "out"), "--only", "imports,smoke,tiny,sd15"], env=env,
                               capture_output=True, text=True, timeout=600)

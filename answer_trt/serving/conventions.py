@@ -103,7 +103,10 @@ def sampler_scheduler(name: str | None) -> str | None:
     """Our scheduler for an A1111 sampler name (or one of our own names); ``None``: the model's."""
     if name is None or name == "":
         return None
-    for known in (*a1111_sampler_names(), *OURS_IN_A1111):  # the schema's scheduler takes both
+    for ours, a1111 in OURS_IN_A1111.items():  # the samplers ours run alike: recorded by our name
+        if name.lower() in (ours, a1111.lower()):
+            return ours
+    for known in a1111_sampler_names():  # the others by A1111's name (the schema takes both)
         if name.lower() == known.lower():
             return known
     raise UserInputError(f"unknown sampler_name {name!r}: choose one of {', '.join(a1111_sampler_names())} "
