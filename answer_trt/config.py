@@ -28,6 +28,8 @@ MAX_STEPS = 1000
 # K (dns_steps): inner mode runs K DNS iterations per step, so it scales work as steps do.
 MAX_DNS_STEPS = 1000
 MAX_IMAGES = 256
+# A1111's clip skip slider ends at 12 (CLIP ViT-L has 12 layers).
+MAX_CLIP_SKIP = 12
 # Guidance scales (w, wn): useful settings lie within about 0..20; beyond 100 the guided
 # noise leaves the range any UNet was trained on and the latents overflow to NaN.
 MAX_SCALE = 100.0
@@ -129,9 +131,16 @@ class SamplingConfig:
     # One seed per image (diffusers' list of generators): image i's noise is drawn from its own
     # generator; ``batch`` is their count. None: ``batch`` images from one generator of ``seed``.
     seeds: tuple[int, ...] | None = None
+    # A1111's clip skip: the text condition is the output of the clip_skip-th CLIP layer from
+    # the end (1: the last, as without it), for the prompt and the negative prompt alike.
+    clip_skip: int = 1
 
     def __post_init__(self) -> None:
         check_int("steps", self.steps)
+        check_int("clip_skip", self.clip_skip)
+        if self.clip_skip > MAX_CLIP_SKIP:
+            raise UserInputError(f"clip_skip must be at most {MAX_CLIP_SKIP} (CLIP layers from the end, as A1111 "
+                                 f"counts them; 1: no skip), got {self.clip_skip}")
         check_int("batch", self.batch)
         if self.seeds is not None:
             if not isinstance(self.seeds, tuple) or not self.seeds:

@@ -108,6 +108,17 @@ class ModelDims:
     # then upsamples to a given size; the exported graphs cannot). 1 in manifests written
     # before it was recorded.
     unet_overall_up_factor: int = 1
+    # The (first) text encoder's layer count, bounding clip skip; 0 in manifests written before
+    # it was recorded (those folders are rebuilt anyway: their text encoder lacks clip_skip).
+    text_layers: int = 0
+
+    @property
+    def max_clip_skip(self) -> int:
+        """The largest clip skip this model takes: one per layer, less one for SDXL (whose
+        condition is the penultimate layer's already); 12 where the layer count is unknown."""
+        if not self.text_layers:
+            return 12
+        return max(self.text_layers - (1 if self.pooled_size else 0), 1)
 
     @property
     def text_encoders(self) -> int:
@@ -138,6 +149,8 @@ class ModelDims:
 HIDDEN, POOLED, TIME_IDS = "encoder_hidden_states", "text_embeds", "time_ids"
 # Names of the text encoder's outputs.
 TEXT_EMBEDDINGS, POOLED_EMBEDDINGS = "text_embeddings", "pooled_embeddings"
+# The text encoder's per-row clip skip (A1111's meaning; 1: the last layer).
+CLIP_SKIP = "clip_skip"
 
 
 def input_ids_name(index: int) -> str:
@@ -159,9 +172,10 @@ def component_specs(dims: ModelDims) -> dict[str, ComponentSpec]:
     return {
         TEXT_ENCODER: ComponentSpec(
             TEXT_ENCODER,
-            inputs=tuple(
-                TensorSpec(input_ids_name(i), ("batch", dims.text_max_length), "int64")
-                for i in range(dims.text_encoders)
+            inputs=(
+                *(TensorSpec(input_ids_name(i), ("batch", dims.text_max_length), "int64")
+                  for i in range(dims.text_encoders)),
+                TensorSpec(CLIP_SKIP, ("batch",), "int64"),
             ),
             outputs=tuple(text_outputs),
         ),

@@ -346,6 +346,7 @@ class _DimsDoc(_Document):
     pooled_size: Size  # 0 where the model has none (SD 1.x / 2.x)
     time_ids_size: Size
     unet_overall_up_factor: Count = 1  # absent from manifests written before it was recorded
+    text_layers: Size = 0  # likewise
 
 
 class _InfoDoc(_Document):

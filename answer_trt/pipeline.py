@@ -206,9 +206,17 @@ class Pipeline:
     def __call__(self, prompt: str, *, output_type: str = "pil", **kwargs: Any) -> Any:
         """diffusers' calling convention: ``pipe(prompt, num_inference_steps=..., generator=...,
         num_images_per_prompt=..., guidance_scale=..., negative_prompt=..., height=...,
-        width=...)`` (our field names work too) returns an object with ``.images``: PIL images
-        (``output_type="pil"``, each carrying its metadata) or a float array ``[B, H, W, 3]``
-        in [0, 1] (``"np"``)."""
+        width=..., clip_skip=...)`` (our field names work too) returns an object with ``.images``:
+        PIL images (``output_type="pil"``, each carrying its metadata) or a float array
+        ``[B, H, W, 3]`` in [0, 1] (``"np"``). ``clip_skip`` has diffusers' meaning here (layers
+        skipped: 1 is A1111's and ``generate``'s 2; None or 0: none)."""
+        if "clip_skip" in kwargs:
+            skipped = kwargs.pop("clip_skip")
+            if skipped is not None:
+                if isinstance(skipped, bool) or not isinstance(skipped, int) or skipped < 0:
+                    raise UserInputError(f"clip_skip (diffusers' meaning: layers skipped) must be an integer >= 0, "
+                                         f"got {skipped!r}")
+                kwargs["clip_skip"] = skipped + 1
         result = self.generate(prompt, **kwargs)
         if output_type == "pil":
             return result
@@ -305,7 +313,7 @@ class Pipeline:
         prompt's; SDXL time ids added) and their initial noise, drawn from the seed (or from
         each image's own seed)."""
         assert config.height is not None and config.width is not None  # resolved by check_request
-        c_p, c_neg = self.text.encode(prompt, negative_prompt)
+        c_p, c_neg = self.text.encode(prompt, negative_prompt, config.clip_skip)
         if self.dims.time_ids_size:
             c_p, c_neg = (self.with_time_ids(c, config.height, config.width) for c in (c_p, c_neg))
         # On the device once (SDXL's time ids are made on the host): no copy per UNet call.
@@ -390,6 +398,9 @@ class Pipeline:
                     f"--{side} {value} is outside what was built ({side} {built}): use a {side} in that range, "
                     f"or rebuild with `{limits.rebuild_command(**{side: value})}` (a MIN:MAX range works too)"
                 )
+        if config.clip_skip > self.dims.max_clip_skip:
+            raise UserInputError(f"clip_skip {config.clip_skip} is beyond this model's text encoder: use "
+                                 f"{self.dims.max_clip_skip} or less (1: the last layer, no skip)")
         if limits.max_batch is not None and config.batch > limits.max_batch:
             raise UserInputError(
                 f"--batch {config.batch} is beyond the built maximum of {limits.max_batch}: use --batch "

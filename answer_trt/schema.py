@@ -28,6 +28,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from answer_trt.config import (
+    MAX_CLIP_SKIP,
     MAX_DNS_STEPS,
     MAX_IMAGES,
     MAX_SCALE,
@@ -126,6 +127,10 @@ class GenerateRequest:
     seeds: tuple[int, ...] | None = _field(None, FieldInfo(
         "ints", "one seed per image (as diffusers with a list of generators); the batch is their count",
         nullable=True, low=0, high=2**64 - 1))
+    clip_skip: int = _field(1, FieldInfo(
+        "int", "A1111's clip skip: the text condition from the Nth CLIP layer from the end (1: the last, no skip; "
+        "2: the penultimate, through the final layer norm); diffusers' clip_skip keyword counts one less",
+        low=1, high=MAX_CLIP_SKIP))
 
     def __post_init__(self) -> None:
         # Per-image seeds give the batch its size (a list from JSON becomes a tuple). Nothing
@@ -153,7 +158,7 @@ class GenerateRequest:
         return SamplingConfig(
             guidance=GuidanceConfig(**{f.name: getattr(self, f.name) for f in fields(GuidanceConfig)}),
             steps=self.steps, scheduler=self.scheduler, seed=self.seed, height=self.height, width=self.width,
-            batch=self.batch, seeds=self.seeds,
+            batch=self.batch, seeds=self.seeds, clip_skip=self.clip_skip,
         )
 
     def replace(self, **changes: Any) -> GenerateRequest:

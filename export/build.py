@@ -75,7 +75,9 @@ from answer_trt.versions import gpu_capability, library_versions
 
 # The layout of what a build writes beside the graphs; raised when it changes, so that the
 # key changes and an older folder is rebuilt (2: the tokenizers' `tokenizers` files).
-ARTIFACT_LAYOUT = 3  # 3: the manifest records the UNet's up factor (ModelDims.size_multiple)
+# 3: the manifest records the UNet's up factor (ModelDims.size_multiple); 4: the text encoder
+# takes clip_skip.
+ARTIFACT_LAYOUT = 4
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from answer_trt.iospec import TIME_IDS, ComponentSpec
+from answer_trt.iospec import CLIP_SKIP, TIME_IDS, ComponentSpec
 
 
 def sample_inputs(
@@ -17,7 +17,9 @@ def sample_inputs(
     inputs: dict[str, Tensor] = {}
     for tensor in spec.inputs:
         shape = tensor.bind(dims)
-        if tensor.dtype == "int64":
+        if tensor.name == CLIP_SKIP:  # 1 and 2 alternating: both paths of the layer choice
+            inputs[tensor.name] = torch.arange(shape[0], dtype=torch.int64) % 2 + 1
+        elif tensor.dtype == "int64":
             inputs[tensor.name] = torch.randint(0, 100, shape, generator=gen, dtype=torch.int64)
         elif tensor.name == "timestep":
             inputs[tensor.name] = torch.randint(1, 1000, shape, generator=gen).to(dtype)

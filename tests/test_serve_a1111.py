@@ -221,8 +221,10 @@ def test_a_refused_field_set_is_a_400_naming_it(app, name):
 
 
 @pytest.mark.parametrize("body, named", [
-    ({"override_settings": {"CLIP_stop_at_last_layers": 2}}, "override_settings CLIP_stop_at_last_layers 2"),
-    ({"clip_skip": 2}, "clip_skip is not supported by answer-trt (no clip skip yet), got 2: send 1"),
+    ({"override_settings": {"CLIP_stop_at_last_layers": 3}}, "clip_skip 3 is beyond this model's text encoder"),
+    ({"clip_skip": 2, "override_settings": {"CLIP_stop_at_last_layers": 1}},
+     "clip_skip 2 and override_settings CLIP_stop_at_last_layers 1 disagree"),
+    ({"override_settings": {"CLIP_stop_at_last_layers": 13}}, "override_settings CLIP_stop_at_last_layers 13"),
     ({"alwayson_scripts": {"ADetailer": {"args": [True]}}}, "alwayson_scripts is not supported"),
     ({"script_args": [0.5]}, "script_args is not supported"),
     ({"script_name": "x/y/z plot"}, "script_name is not supported"),
@@ -309,7 +311,8 @@ def test_options_report_the_served_model_and_the_settings_honoured(app):
     ({"sd_model_checkpoint": "v1-5-pruned-emaonly.safetensors"},
      "options sd_model_checkpoint 'v1-5-pruned-emaonly.safetensors' is not served here: this server runs "
      "'tiny-random'"),
-    ({"CLIP_stop_at_last_layers": 2}, "options CLIP_stop_at_last_layers 2 is not supported (clip skip: 1 only"),
+    ({"CLIP_stop_at_last_layers": 2}, "options CLIP_stop_at_last_layers 2: this server keeps no settings between "
+                                      "requests; send it with each txt2img request"),
     ({"sd_model_checkpoint": "tiny-random", "show_progressbar": True},
      "options 'show_progressbar' is not a setting answer-trt honours"),
     ([1, 2], 'the request body must be a JSON object such as {"CLIP_stop_at_last_layers": 1}'),
@@ -387,10 +390,9 @@ def test_webuiapi_connects_reads_the_server_and_generates(app, monkeypatch):
     api.util_wait_for_ready(check_interval=0.01)  # returns: progress 0, no job
     result = api.txt2img(prompt="a red circle", seed=3, width=32, height=32, batch_size=2, cfg_scale=5.0)
     assert result.info["all_seeds"] == [3, 4] and len(result.images) == 2 and result.images[0].size == (32, 32)
-    with pytest.raises(RuntimeError) as refused:
-        api.txt2img(prompt="a", width=32, height=32, override_settings={"CLIP_stop_at_last_layers": 2})
-    status, text = refused.value.args
-    assert status == 400 and "CLIP_stop_at_last_layers 2" in json.loads(text)["error"]
+    skipped = api.txt2img(prompt="a red circle", seed=3, width=32, height=32, cfg_scale=5.0,
+                          override_settings={"CLIP_stop_at_last_layers": 2})  # honoured: clip skip 2
+    assert skipped.info["infotexts"] and skipped.images[0].info["clip_skip"] == "2"
     with pytest.raises(RuntimeError) as refused:
         api.txt2img(prompt="a", width=32, height=32, sampler_name="DDIM")  # webuiapi's eta 1 changes A1111's DDIM
     assert refused.value.args[0] == 400 and json.loads(refused.value.args[1])["error"].startswith("eta is not")
@@ -475,3 +477,16 @@ def test_a_chunked_body_within_the_limit_is_served(app: Any) -> None:
 
     asyncio.run(app(scope, receive, send))
     assert next(m["status"] for m in sent if m["type"] == "http.response.start") == 200
+
+
+def test_clip_skip_by_setting_or_field_equals_the_schemas_clip_skip(app, pipe):
+    """A1111's CLIP_stop_at_last_layers (override_settings) and the clip_skip field both draw
+    the image of answer-trt's own request with that clip_skip; 1 is the image without it."""
+    status, by_setting = txt2img(app, seed=5, override_settings={"CLIP_stop_at_last_layers": 2})
+    assert status == 200, by_setting
+    status, by_field = txt2img(app, seed=5, clip_skip=2)
+    status, plain = txt2img(app, seed=5, clip_skip=1)
+    own = pipe.generate("a red circle", **SIZE, steps=3, seed=5, clip_skip=2)
+    own_pixels = np.asarray(own.images[0].convert("RGB"), dtype=np.int16)
+    assert (pixels(by_setting["images"][0]) == own_pixels).all() and (pixels(by_field["images"][0]) == own_pixels).all()
+    assert np.abs(pixels(plain["images"][0]) - own_pixels).max() > 0

@@ -34,7 +34,8 @@ def test_profile_shapes_follow_the_io_spec():
     assert shapes["text_embeds"] == ((1, 1280), (6, 1280), (6, 1280))
     assert shapes["time_ids"] == ((1, 6), (6, 6), (6, 6))
     text = profile_shapes(component_specs(DIMS)["text_encoder"], profiles["text_encoder"])
-    assert set(text) == {"input_ids", "input_ids_2"} and text["input_ids"][2] == (4, 77)
+    assert set(text) == {"input_ids", "input_ids_2", "clip_skip"} and text["input_ids"][2] == (4, 77)
+    assert text["clip_skip"] == ((1,), (4,), (4,))
 
 
 def test_binding_state_reports_only_changes():

@@ -14,15 +14,33 @@ from torch import Tensor, nn
 from answer_trt.iospec import TEXT_ENCODER, UNET, VAE_DECODER
 
 
+def layer_from_end(hidden_states: tuple[Tensor, ...], from_end: Tensor) -> Tensor:
+    """``hidden_states[-from_end[b]]`` for each row ``b``: CLIP's per-layer hidden states
+    (embeddings first, then each layer's output, ``[B, L, D]`` each), ``from_end`` ``[B]``
+    int64 >= 1. A one-hot sum over the stacked layers, so the choice is a tensor input of the
+    exported graph (not a constant) and the graph keeps the static L and D a gather would
+    lose in ONNX's shape inference; exact (the other layers add zeros). Values past the first
+    layer select nothing (the request's bound, ``ModelDims.max_clip_skip``, keeps them in range)."""
+    stacked = torch.stack(hidden_states, dim=1)  # [B, layers + 1, L, D]
+    layers = torch.arange(len(hidden_states), device=from_end.device)
+    one_hot = (layers[None, :] == (len(hidden_states) - from_end)[:, None]).to(stacked.dtype)  # [B, layers + 1]
+    return (stacked * one_hot[:, :, None, None]).sum(dim=1)
+
+
 class TextEncoderModule(nn.Module):
-    """``input_ids[B, L] -> text_embeddings[B, L, D]`` (CLIP last hidden state, as SD 1.x uses)."""
+    """``(input_ids[B, L], clip_skip[B]) -> text_embeddings[B, L, D]``: CLIP's last hidden state
+    as SD 1.x / 2.x use it at clip skip 1; at clip skip N, the output of the Nth layer from the
+    end through the final layer norm (A1111's rule, and diffusers' ``clip_skip`` = N - 1)."""
 
     def __init__(self, text_encoder: Any) -> None:
         super().__init__()
         self.text_encoder = text_encoder
 
-    def forward(self, input_ids: Tensor) -> Tensor:
-        return self.text_encoder(input_ids, return_dict=False)[0]
+    def forward(self, input_ids: Tensor, clip_skip: Tensor) -> Tensor:
+        out = self.text_encoder(input_ids, output_hidden_states=True)
+        hidden = layer_from_end(out.hidden_states, clip_skip)
+        # transformers 4.x keeps the layers under ``text_model``; 5.x has them on the model itself.
+        return getattr(self.text_encoder, "text_model", self.text_encoder).final_layer_norm(hidden)
 
 
 class DualTextEncoderModule(nn.Module):
@@ -37,10 +55,13 @@ class DualTextEncoderModule(nn.Module):
         self.text_encoder = text_encoder
         self.text_encoder_2 = text_encoder_2
 
-    def forward(self, input_ids: Tensor, input_ids_2: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, input_ids: Tensor, input_ids_2: Tensor, clip_skip: Tensor) -> tuple[Tensor, Tensor]:
+        """At clip skip N both encoders give their (N + 1)th layer from the end (diffusers'
+        ``clip_skip`` = N - 1); the pooled embedding stays the second's last."""
         first = self.text_encoder(input_ids, output_hidden_states=True)
         second = self.text_encoder_2(input_ids_2, output_hidden_states=True)
-        hidden = torch.cat([first.hidden_states[-2], second.hidden_states[-2]], dim=-1)
+        hidden = torch.cat([layer_from_end(first.hidden_states, clip_skip + 1),
+                            layer_from_end(second.hidden_states, clip_skip + 1)], dim=-1)
         return hidden, second.text_embeds
 
 

@@ -113,6 +113,7 @@ def read_model_info(path: Path) -> ModelInfo:
         pooled_size=pooled,
         time_ids_size=time_ids,
         unet_overall_up_factor=2 ** (_block_count(unet, unet_file) - 1),
+        text_layers=config_int(text, "num_hidden_layers", text_file),
     )
     return ModelInfo(
         dims=dims,

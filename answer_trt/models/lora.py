@@ -202,7 +202,7 @@ def _check_magnitudes(file: Path, keys: list[str], components: Mapping[str, Any]
             if module is not None and not hasattr(module, "text_model"):
                 path = path.removeprefix("text_model.")
             try:
-                loaded = module.get_submodule(path).lora_magnitude_vector[name].weight
+                loaded = None if module is None else module.get_submodule(path).lora_magnitude_vector[name].weight
             except (AttributeError, KeyError):
                 loaded = None
             wanted = handle.get_tensor(key)

@@ -128,10 +128,22 @@ def _is(value: Any, accepted: Any) -> bool:
     return isinstance(value, bool) == isinstance(accepted, bool) and value == accepted
 
 
+# Settings a request may carry (override_settings) at any of their values, but that POST
+# /sdapi/v1/options may only confirm at the value GET reports: the server keeps no settings
+# between requests, so a changed value there would be ignored.
+PER_REQUEST_SETTINGS = ("CLIP_stop_at_last_layers",)
+
+
 def check_settings(settings: dict[str, Any], model_name: str, where: str) -> None:
     """Refuse an A1111 setting answer-trt does not honour, or a value other than those it
-    takes (``A1111_SETTINGS``); ``where``: the field or route they came in, for the message."""
+    takes (``A1111_SETTINGS``); ``where``: the field or route they came in, for the message
+    (``options``: POST /sdapi/v1/options, which keeps nothing, so ``PER_REQUEST_SETTINGS``
+    take only the value GET reports there)."""
     for name, value in settings.items():
+        if where == "options" and name in PER_REQUEST_SETTINGS and not _is(value, A1111_SETTINGS[name].values[0]):
+            raise UserInputError(f"options {name} {_shown(value)}: this server keeps no settings between requests; "
+                                 f"send it with each txt2img request (override_settings {{\"{name}\": "
+                                 f"{_shown(value)}}}) instead")
         setting = A1111_SETTINGS.get(name)
         if setting is None:
             raise UserInputError(f"{where} {name!r} is not a setting answer-trt honours: leave it out (GET "
@@ -204,10 +216,17 @@ def a1111_requests(body: BaseModel, seed: int, model_name: str) -> list[Generate
     if seed + iterations * batch - 1 > 2**64 - 1:
         raise UserInputError("seed + batch_size * n_iter - 1 (the last image's seed) must be below 2**64: use a "
                              "smaller seed")
+    extras = _schema_extras(body, A1111_TAKEN)
+    stop_at = (fields["override_settings"] or {}).get("CLIP_stop_at_last_layers")
+    if stop_at is not None:  # A1111's setting is clip_skip by another name (checked by check_a1111_fields)
+        if extras.get("clip_skip", stop_at) != stop_at:
+            raise UserInputError(f"clip_skip {extras['clip_skip']} and override_settings CLIP_stop_at_last_layers "
+                                 f"{stop_at} disagree: send one of them")
+        extras["clip_skip"] = stop_at
     first = GenerateRequest(
         fields["prompt"], negative_prompt=fields["negative_prompt"] or None, steps=fields["steps"],
         guidance_scale=fields["cfg_scale"], scheduler=scheduler, seed=seed, height=fields["height"],
-        width=fields["width"], batch=batch, seeds=image_seeds(seed, batch), **_schema_extras(body, A1111_TAKEN))
+        width=fields["width"], batch=batch, seeds=image_seeds(seed, batch), **extras)
     first.sampling_config()
     return [first.replace(seed=seed + k * batch, seeds=image_seeds(seed + k * batch, batch))
             for k in range(iterations)]

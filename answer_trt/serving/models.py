@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from answer_trt.config import MAX_IMAGES
+from answer_trt.config import MAX_CLIP_SKIP, MAX_IMAGES
 from answer_trt.schema import info as schema_info
 from answer_trt.schema import request_fields
 
@@ -243,7 +243,7 @@ A1111_FIELDS: dict[str, A1111Field] = {
     "script_name": _refused(str, "no scripts", "", "None"),
     "script_args": _refused(list[Any], "no scripts", []),
     "alwayson_scripts": _refused(dict[str, Any], "no scripts or extensions (ControlNet, ADetailer, ...)", {}),
-    "clip_skip": _refused(int, "no clip skip yet", 1),
+    "clip_skip": A1111Field("honoured", "clip skip, A1111's count (1: no skip); the schema's field", int),
 }
 
 
@@ -259,7 +259,8 @@ class A1111Setting:
 
 A1111_SETTINGS: dict[str, A1111Setting] = {
     "sd_model_checkpoint": A1111Setting(str, (), "the served model (GET /sdapi/v1/sd-models): one per server"),
-    "CLIP_stop_at_last_layers": A1111Setting(int, (1,), "clip skip: 1 only (answer-trt has no clip skip yet)"),
+    "CLIP_stop_at_last_layers": A1111Setting(int, tuple(range(1, MAX_CLIP_SKIP + 1)),
+                                             "clip skip, A1111's count (1: no skip); the request's clip_skip"),
     "sd_vae": A1111Setting(str, ("Automatic", "None"), "the model's own VAE, built into the engines"),
     "eta_ddim": A1111Setting(float, (0.0,), "DDIM's eta: 0"),
     "eta_noise_seed_delta": A1111Setting(int, (0,), "A1111's ENSD: 0 (seeds as given)"),
