@@ -16,6 +16,10 @@ from answer_trt.build_config import BuildConfig
 from answer_trt.errors import UserInputError
 
 PROMPT = "a red circle and a blue square"
+# AOTInductor compiles C++: a machine without a compiler gets the one-line refusal instead
+# (test_cuda_packages_on_a_machine_without_a_gpu_are_refused_in_one_line checks the GPU one).
+pytestmark = pytest.mark.skipif(not any(shutil.which(c) for c in ("g++", "clang++", "c++")),
+                                reason="AOTInductor needs a C++ compiler (apt-get install g++)")
 
 
 @pytest.fixture(scope="module")
