@@ -18,7 +18,7 @@ import json
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, Strict, create_model
 
 from answer_trt.config import MAX_CLIP_SKIP, MAX_IMAGES
 from answer_trt.schema import info as schema_info
@@ -296,13 +296,19 @@ _A1111_OWN: dict[str, tuple[Any, Any]] = dict(
     scheduler=(str | None, Field(None, description="A1111's noise schedule: automatic (the sampler's), or one of "
                                                    "GET /sdapi/v1/schedulers")),
 )
+def _strict(annotation: Any) -> Any:
+    """A table field's type as JSON has it: a number or a boolean is not the other (pydantic's lax
+    mode would take ``true`` for an integer, against the published schema)."""
+    return Annotated[annotation, Strict()] if annotation in (int, float, bool, str) else annotation
+
+
 Txt2ImgBody: type[BaseModel] = create_model(  # type: ignore[call-overload]
     "Txt2ImgBody",
     __config__=_FORBID,
     __doc__="POST /sdapi/v1/txt2img (AUTOMATIC1111's API) with answer-trt's guidance fields as extra fields. "
             "Every field of A1111's body is here, honoured, harmless (ignored) or refused (unless neutral).",
     **{**_A1111_OWN,
-       **{name: (f.annotation | None, Field(None, description=_a1111_description(name)))
+       **{name: (_strict(f.annotation) | None, Field(None, description=_a1111_description(name)))
           for name, f in A1111_FIELDS.items() if name not in _A1111_OWN},
        **schema_fields(exclude=A1111_TAKEN)},  # a schema field (e.g. a future clip_skip) is the schema's
 )
