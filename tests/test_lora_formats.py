@@ -348,3 +348,27 @@ def test_an_sdxl_kohya_dora_file_with_original_block_names_equals_peft_merge(tmp
     assert _max_diff({c: got[c] for c in ("unet", "text_encoder")}, merged_modules(pipe)) < 1e-5
     assert _max_diff({"unet": got["unet"]}, {"unet": plain["unet"]}) > 1e-2
     assert _max_diff({"text_encoder_2": got["text_encoder_2"]}, {"text_encoder_2": plain["text_encoder_2"]}) == 0
+
+
+def test_an_adapter_with_nan_or_inf_weights_is_refused_before_any_model_loads(tmp_path):
+    import os
+
+    import torch
+    from safetensors.torch import save_file
+
+    from answer_trt.build_config import LoraSpec
+    from answer_trt.errors import UserInputError
+    from answer_trt.models.lora import check_lora
+
+    for bad in (float("nan"), float("inf")):
+        path = tmp_path / f"bad-{bad}.safetensors"
+        weight = torch.zeros(4, 8)
+        weight[1, 2] = bad
+        save_file({"lora_unet_x.lora_down.weight": weight, "lora_unet_x.lora_up.weight": torch.zeros(8, 4)},
+                  str(path))
+        with pytest.raises(UserInputError, match=r"tensor 'lora_unet_x.lora_down.weight' holds NaN or infinite"):
+            check_lora(LoraSpec(path))
+    fifo = tmp_path / "fifo.safetensors"
+    os.mkfifo(fifo)
+    with pytest.raises(UserInputError, match="is not a regular file"):
+        check_lora(LoraSpec(fifo))

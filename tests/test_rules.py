@@ -181,3 +181,22 @@ def test_config_files_are_read_bounded_and_only_from_regular_files(tmp_path):
     with pytest.raises(UserInputError, match="larger than"):
         read_bounded(big, limit=1024)
     assert read_bounded(big, limit=4096) == b" " * 2048
+
+
+@pytest.mark.parametrize("value", [0, -0.1, "0.18", None])
+def test_a_vae_scaling_factor_that_cannot_scale_is_refused_from_the_config(value, tmp_path):
+    """Checked with the model's configs, before anything is loaded or built (0 divided latents by
+    zero: a black image after a full build)."""
+    import json
+    import shutil
+
+    from answer_trt.models.info import read_model_info
+    from answer_trt.models.source import ensure_tiny_model
+
+    model = tmp_path / "model"
+    shutil.copytree(ensure_tiny_model("tiny-random"), model)
+    config = json.loads((model / "vae" / "config.json").read_text())
+    config["scaling_factor"] = value
+    (model / "vae" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UserInputError, match="scaling_factor .* must be a finite number above 0"):
+        read_model_info(model)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,15 @@ class ModelInfo:
     vae_force_upcast: bool
 
 
+def check_scaling_factor(vae: dict[str, Any], file: Path) -> None:
+    """The VAE's ``scaling_factor`` (latents are divided by it before decoding): a finite
+    number above 0 where the config gives one (diffusers' default 0.18215 otherwise)."""
+    value = vae.get("scaling_factor", 0.18215)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise UserInputError(f"{file}: scaling_factor {value!r} must be a finite number above 0 (SD 1.x: 0.18215, "
+                             f"SDXL: 0.13025): fix it, or {RESAVE}")
+
+
 def read_model_info(path: Path) -> ModelInfo:
     """Read from the model's config files (no weights loaded)."""
     text, unet, vae = config_json(path, "text_encoder"), config_json(path, "unet"), config_json(path, "vae")
@@ -104,6 +114,7 @@ def read_model_info(path: Path) -> ModelInfo:
         time_ids = 6
     index = read_json_object(path / "model_index.json") if (path / "model_index.json").exists() else {}
     scheduler = config_json(path, "scheduler", "scheduler_config.json")
+    check_scaling_factor(vae, path / "vae" / "config.json")
     dims = ModelDims(
         text_max_length=max_length,
         text_hidden_size=hidden,

@@ -85,13 +85,31 @@ def check_lora(spec: LoraSpec) -> LoraFile:
     if not path.exists():
         raise UserInputError(f"--lora {spec.path}: no such file: pass the path of a LoRA .safetensors file "
                              "(FILE or FILE:SCALE)")
-    if not path.is_file():
+    if path.is_dir():
         raise UserInputError(f"--lora {spec.path} is a folder: pass the LoRA's .safetensors file in it")
+    if not path.is_file():
+        raise UserInputError(f"--lora {spec.path} is not a regular file (a device or a FIFO): pass the LoRA's "
+                             ".safetensors file")
     if path.suffix.lower() in PICKLE_SUFFIXES:
         raise UserInputError(f"--lora {spec.path} is a pickle file, which answer-trt does not load (it can run code): "
                              "use the adapter's .safetensors file")
     check_safetensors(path)
+    check_finite_tensors(path, f"--lora {spec.path}")
     return LoraFile(path.resolve(), sha256_file(path), spec.scale)
+
+
+def check_finite_tensors(path: Path, flag: str) -> None:
+    """Refuse, before any model is loaded, a safetensors file with a NaN or infinite value in a
+    floating tensor (fused, it would turn every image black), naming the first such tensor."""
+    import torch
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        for key in handle.keys():
+            tensor = handle.get_tensor(key)
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                raise UserInputError(f"{flag}: tensor {key!r} holds NaN or infinite values: the adapter is broken; "
+                                     "use another copy of it")
 
 
 def fuse_loras(loras: Sequence[LoraFile], *, unet: Any, vae: Any, text_encoder: Any,
