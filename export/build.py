@@ -278,7 +278,7 @@ def _export_all(plan: BuildPlan, model: LoadedModel, staging: Path, log: Callabl
         (staging / SCHEDULER_CONFIG).write_text(json.dumps(model.scheduler_config, indent=2, sort_keys=True) + "\n")
     tokenizer_subs = [sub for sub in TOKENIZER_FOLDERS if (plan.source.path / sub).is_dir()]
     for sub, tokenizer in zip(tokenizer_subs, model.tokenizers):
-        write_fast_tokenizer(tokenizer, plan.source.path / sub, staging / sub)
+        write_fast_tokenizer(tokenizer, plan.source.path / sub, staging / sub, plan.info.dims.text_max_length)
     files = {
         p.relative_to(staging).as_posix(): sha256_file(p) for p in sorted(staging.rglob("*")) if p.is_file()
     }

@@ -229,3 +229,18 @@ def test_force_keeps_a_users_file_that_a_hand_edited_manifest_lists(built):
     build(BuildConfig(model="tiny-random", out=built, max_batch=2, force=True), log=quiet)
     assert notes.read_text() == "mine"
     assert "notes.txt" not in read_manifest(built).files
+
+
+def test_a_tokenizer_config_with_an_absurd_model_max_length_builds_at_the_encoders_length(tiny_model_dir, tmp_path):
+    """`model_max_length: 1e30` (a float, as some configs carry "no limit") was an OverflowError
+    traceback while the build wrote the engines folder's tokenizer; the model's positions bound it."""
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    config_path = model / "tokenizer" / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    config["model_max_length"] = 1e30
+    config_path.write_text(json.dumps(config))
+    result = build(BuildConfig(model=str(model), out=tmp_path / "engines"), log=quiet)
+    fast = json.loads((tmp_path / "engines" / "tokenizer" / "answer-trt-tokenizer.json").read_text())
+    positions = json.loads((model / "text_encoder" / "config.json").read_text())["max_position_embeddings"]
+    assert fast["truncation"]["max_length"] == result.manifest.info.dims.text_max_length == positions

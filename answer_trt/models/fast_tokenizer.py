@@ -92,10 +92,12 @@ class FastClipTokenizer:
             return str(self.backend.decode(list(ids), skip_special_tokens=True))
 
 
-def write_fast_tokenizer(tokenizer: Any, source_folder: Path, out_folder: Path) -> Path:
+def write_fast_tokenizer(tokenizer: Any, source_folder: Path, out_folder: Path, max_length: int | None = None) -> Path:
     """Write ``tokenizer`` (a transformers CLIP tokenizer loaded from ``source_folder``) as
     one ``tokenizers`` file in ``out_folder``, padding and truncation sides and pad token
-    included. A slow (Python) tokenizer is converted by transformers' ``CLIPTokenizerFast``."""
+    included, padded and cut to ``max_length`` (the model's ``ModelDims.text_max_length``, which
+    bounds the tokenizer config's ``model_max_length`` by the text encoder's positions; None:
+    the tokenizer's own). A slow (Python) tokenizer is converted by transformers' ``CLIPTokenizerFast``."""
     from tokenizers import Tokenizer
 
     backend = getattr(tokenizer, "backend_tokenizer", None)
@@ -105,7 +107,7 @@ def write_fast_tokenizer(tokenizer: Any, source_folder: Path, out_folder: Path) 
         fast_class = importlib.import_module("transformers").CLIPTokenizerFast
         backend = fast_class.from_pretrained(source_folder).backend_tokenizer
     copy = Tokenizer.from_str(backend.to_str())
-    length = int(tokenizer.model_max_length)
+    length = int(tokenizer.model_max_length) if max_length is None else max_length
     copy.enable_truncation(length, stride=0, strategy="longest_first", direction=tokenizer.truncation_side)
     copy.enable_padding(length=length, direction=tokenizer.padding_side, pad_id=int(tokenizer.pad_token_id),
                         pad_type_id=int(getattr(tokenizer, "pad_token_type_id", 0)), pad_token=str(tokenizer.pad_token))
