@@ -36,6 +36,7 @@ from torch import Tensor
 
 from answer_trt.conditioning import Conditioning, TextCondition, cat_conditions
 from answer_trt.config import GuidanceConfig
+from answer_trt.guidance import output_offset
 from answer_trt.guiders import Guider, make_guider
 from answer_trt.sampler import Denoiser, StepCallback
 from answer_trt.schedulers import LinearStepRule, is_stochastic, make_step_rule
@@ -287,6 +288,9 @@ class GraphedStep:
     def update(self, latents: Tensor, e: Tensor) -> None:
         s = self.b.row
         latents.copy_(latents * s[X_COEF] + e * s[EPS_COEF])
+
+    def offset(self, x_in: Tensor) -> Any:
+        return output_offset(x_in, self.b.row[ALPHA], self.b.row[SIGMA], self.prediction_type)
 
 
 def sample_graphed(

@@ -58,15 +58,34 @@ def drift_weight(alpha: Any, sigma: Any, tau: float | None) -> Any:
     return sigma * sigma / (sigma * sigma + alpha * alpha * (tau * tau))
 
 
-def rescale(e: Tensor, ep: Tensor, phi: float) -> Tensor:
-    """Variant "rescale" (docs/ANSWER.md, Eq. 7; Lin et al. 2024): scale the guided noise
-    to the per-image standard deviation of ``ep``, then mix ``phi`` of it with ``1 - phi``
-    of the unscaled one. ``phi = 0`` returns ``e`` unchanged."""
+def rescale(e: Tensor, ep: Tensor, phi: float, offset: Any = 0.0) -> Tensor:
+    """Variant "rescale" (docs/ANSWER.md, Eq. 7; Lin et al. 2024): scale the guided prediction
+    to the per-image standard deviation of the positive one, then mix ``phi`` of it with
+    ``1 - phi`` of the unscaled one. ``phi = 0`` returns ``e`` unchanged.
+
+    As diffusers' ``rescale_noise_cfg``, on the model's own output (v for v-prediction, x0 for
+    sample prediction), computed here on noise predictions: ``offset`` is the noise prediction
+    of a zero model output at this step (``output_offset``), so ``e - offset`` is the output up
+    to a constant factor, which the ratio of deviations cancels. 0 for epsilon prediction."""
     if phi == 0.0:
         return e
     dims = tuple(range(1, e.dim()))
-    ratio = _f32(ep).std(dim=dims, keepdim=True) / e.std(dim=dims, keepdim=True).clamp_min(1e-12)
-    return e * (1.0 + phi * (ratio - 1.0))
+    guided, positive = e - offset, _f32(ep) - offset
+    ratio = positive.std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True).clamp_min(1e-12)
+    return guided * (1.0 + phi * (ratio - 1.0)) + offset
+
+
+def output_offset(x_in: Tensor, alpha: Any, sigma: Any, prediction_type: str) -> Any:
+    """The noise prediction ``to_epsilon`` gives a zero model output at input ``x_in``:
+    ``sigma_t * x`` for v-prediction, ``x / sigma_t`` for sample prediction, 0 for epsilon.
+    A noise prediction minus it is ``alpha_t * v`` (v) or ``-alpha_t / sigma_t * x0`` (sample):
+    the model's output up to a factor, where ``rescale`` works. ``alpha``, ``sigma``: floats
+    or 0-d tensors."""
+    if prediction_type == "epsilon":
+        return 0.0
+    if prediction_type == "v_prediction":
+        return sigma * _f32(x_in)
+    return _f32(x_in) / sigma
 
 
 def parallel_negative(e_dns: Tensor, x_in: Tensor, z_in: Tensor, alpha: Any, sigma: Any,
@@ -80,7 +99,7 @@ def parallel_negative(e_dns: Tensor, x_in: Tensor, z_in: Tensor, alpha: Any, sig
 
 def parallel_answer(
     ep: Tensor, ep_z: Tensor, e0_z: Tensor, x_in: Tensor, z_in: Tensor, alpha: Any, sigma: Any,
-    g: float, wn: float, tau: float | None = None, phi: float = 0.0,
+    g: float, wn: float, tau: float | None = None, phi: float = 0.0, offset: Any = 0.0,
 ) -> tuple[Tensor, Tensor]:
     """One parallel-mode ANSWER step's guidance (docs/ANSWER.md, Eqs. 2, 4', 5 and the
     variants 6-7): returns ``(e_ans, e_dns)``; ``e_dns`` also advances the chain z.
@@ -88,10 +107,11 @@ def parallel_answer(
     ``e_neg = e_dns(z) + rho * (x - z) / sigma_t``; at a re-anchor step z == x, so
     ``e_neg = e_dns`` and ``e_ans`` equals CFG(w) (the normalized scale ``g``). ``alpha``
     and ``sigma`` may be floats or 0-d tensors (the graphed sampler reads them from a table).
+    ``offset``: x's ``output_offset`` (rescale on the model's output space).
     """
     e_dns = dns(e0_z, ep_z, wn)
     e_neg = parallel_negative(e_dns, x_in, z_in, alpha, sigma, tau)
-    return rescale(answer(e_neg, ep, g), ep, phi), e_dns
+    return rescale(answer(e_neg, ep, g), ep, phi, offset), e_dns
 
 
 def to_epsilon(output: Tensor, x_in: Tensor, alpha: float, sigma: float, prediction_type: str) -> Tensor:

@@ -91,6 +91,12 @@ class StepContext:
             return raw
         return G.to_epsilon(raw, x_in, alpha, sigma, self.prediction_type)
 
+    def offset(self, i: int, x_in: Tensor) -> Any:
+        """Step i's ``guidance.output_offset`` at ``x_in`` (0 for epsilon prediction): what the
+        rescale of Eq. 7 subtracts to work on the model's own output, as diffusers does."""
+        alpha, sigma = self.rule.levels(i)
+        return G.output_offset(x_in, alpha, sigma, self.prediction_type)
+
     def main_call(self, i: int, x_in: Tensor) -> Generator[DenoiserCall, list[Tensor], tuple[Tensor, Tensor]]:
         """Step i's call on ``[(x, c_p), (x, c_0)]``; returns ``(ep, e0)``."""
         alpha, sigma = self.rule.levels(i)
@@ -127,6 +133,10 @@ class GraphIO(Protocol):
 
     def update(self, latents: Tensor, e: Tensor) -> None:
         """The scheduler update of ``latents`` (a buffer) with the guided noise ``e``, in place."""
+        ...
+
+    def offset(self, x_in: Tensor) -> Any:
+        """This step's ``guidance.output_offset`` at ``x_in`` (0 for epsilon prediction)."""
         ...
 
 
@@ -254,8 +264,9 @@ class TwoRowGuider(Guider):
     peak_rows_per_image: ClassVar[int] = 2
 
     @abstractmethod
-    def combine(self, ep: Tensor, e0: Tensor) -> Tensor:
-        """The guided noise ``[B, C, h, w]`` float32 from ``ep`` and ``e0`` (each ``[B, C, h, w]``)."""
+    def combine(self, ep: Tensor, e0: Tensor, offset: Any = 0.0) -> Tensor:
+        """The guided noise ``[B, C, h, w]`` float32 from ``ep`` and ``e0`` (each ``[B, C, h, w]``);
+        ``offset``: the step's ``guidance.output_offset`` (for the rescale of Eq. 7)."""
 
     def guided_calls(self, sigmas: Sequence[float]) -> list[tuple[int, ...]]:
         return [(2,)] * len(sigmas)
@@ -265,7 +276,7 @@ class TwoRowGuider(Guider):
 
     def _step(self, context: StepContext, i: int, x: Tensor, x_in: Tensor) -> GuidedStep:
         ep, e0 = yield from context.main_call(i, x_in)
-        return self.combine(ep, e0), {"ep": ep}
+        return self.combine(ep, e0, context.offset(i, x_in)), {"ep": ep}
 
     def guided_graph_kinds(self, sigmas: Sequence[float]) -> list[str]:
         return ["step"] * len(sigmas)
@@ -273,22 +284,22 @@ class TwoRowGuider(Guider):
     def guided_graph_step(self, kind: str, io: GraphIO) -> None:
         x_in = io.scale(io.x)
         ep, e0 = io.call((x_in, x_in))
-        io.update(io.x, self.combine(ep, e0))
+        io.update(io.x, self.combine(ep, e0, io.offset(x_in)))
 
 
 @dataclass(frozen=True)
 class CFG(TwoRowGuider):
     """Classifier-free guidance, Eq. 1 ``e = e0 + w (ep - e0)``, then the rescale of Eq. 7."""
 
-    def combine(self, ep: Tensor, e0: Tensor) -> Tensor:
-        return G.rescale(G.cfg(e0, ep, self.guidance_scale), ep, self.guidance_rescale)
+    def combine(self, ep: Tensor, e0: Tensor, offset: Any = 0.0) -> Tensor:
+        return G.rescale(G.cfg(e0, ep, self.guidance_scale), ep, self.guidance_rescale, offset)
 
 
 @dataclass(frozen=True)
 class DNS(TwoRowGuider):
     """Diffusion-negative sampling, Eq. 2 ``e = e0 + wn (e0 - ep)``: CFG with the branches swapped."""
 
-    def combine(self, ep: Tensor, e0: Tensor) -> Tensor:
+    def combine(self, ep: Tensor, e0: Tensor, offset: Any = 0.0) -> Tensor:
         return G.dns(e0, ep, self.negative_scale)
 
 
@@ -345,12 +356,13 @@ class ParallelAnswer(Guider):
         return [(2,) if anchored else (3,) for anchored in self.anchored(sigmas)]
 
     def combine(self, ep: Tensor, ep_z: Tensor, e0_z: Tensor, x_in: Tensor, z_in: Tensor, alpha: Any,
-                sigma: Any) -> tuple[Tensor, Tensor]:
+                sigma: Any, offset: Any = 0.0) -> tuple[Tensor, Tensor]:
         """``(e_ans, e_dns)`` (``guidance.parallel_answer``): x advances with the first, z
         with the second. Every tensor ``[B, C, h, w]``; at an anchor ``z_in is x_in`` and
-        ``ep_z is ep``. ``alpha``, ``sigma``: floats, or 0-d tensors on a captured step."""
+        ``ep_z is ep``. ``alpha``, ``sigma``: floats, or 0-d tensors on a captured step;
+        ``offset``: x's ``guidance.output_offset``."""
         return G.parallel_answer(ep, ep_z, e0_z, x_in, z_in, alpha, sigma, self.answer_scale, self.negative_scale,
-                                 self.config.drift_tau, self.guidance_rescale)
+                                 self.config.drift_tau, self.guidance_rescale, offset)
 
     def guided_start(self, context: StepContext, probing: bool) -> StepProgram:
         return _NegativeChain(self, context, probing).guide
@@ -363,11 +375,11 @@ class ParallelAnswer(Guider):
             io.z.copy_(io.x)
             x_in = io.scale(io.x)
             ep, e0 = io.call((x_in, x_in))
-            e, e_dns = self.combine(ep, ep, e0, x_in, x_in, io.alpha, io.sigma)  # z == x
+            e, e_dns = self.combine(ep, ep, e0, x_in, x_in, io.alpha, io.sigma, io.offset(x_in))  # z == x
         else:
             x_in, z_in = io.scale(io.x), io.scale(io.z)
             ep, ep_z, e0_z = io.call((x_in, z_in, z_in))
-            e, e_dns = self.combine(ep, ep_z, e0_z, x_in, z_in, io.alpha, io.sigma)
+            e, e_dns = self.combine(ep, ep_z, e0_z, x_in, z_in, io.alpha, io.sigma, io.offset(x_in))
         io.update(io.x, e)
         io.update(io.z, e_dns)
 
@@ -396,7 +408,8 @@ class _NegativeChain:
             z_in = self.rule_z.scale_input(self.z, i)
             raw_p, raw_pz, raw_0 = yield DenoiserCall((x_in, z_in, z_in), (c_p, c_p, c_0), t)
             ep, ep_z = context.eps_of(raw_p, x_in, alpha, sigma), context.eps_of(raw_pz, z_in, alpha, sigma)
-        e, e_dns = self.guider.combine(ep, ep_z, context.eps_of(raw_0, z_in, alpha, sigma), x_in, z_in, alpha, sigma)
+        e, e_dns = self.guider.combine(ep, ep_z, context.eps_of(raw_0, z_in, alpha, sigma), x_in, z_in, alpha, sigma,
+                                       context.offset(i, x_in))
         if i + 1 < len(self.anchored) and not self.anchored[i + 1]:  # z is re-anchored (or unused) otherwise
             assert self.z is not None
             self.z = self.rule_z.step(e_dns, i, self.z)
@@ -446,7 +459,7 @@ class InnerAnswer(Guider):
         ep, e0 = yield from context.main_call(i, x_in)
         xneg0 = yield from self._negative(context, i, x, x_in, ep, e0, self.iterations_at(i, sigmas))
         e_neg = G.negative_noise(x_in, xneg0, alpha, sigma)
-        e = G.rescale(G.answer(e_neg, ep, self.answer_scale), ep, self.guidance_rescale)
+        e = G.rescale(G.answer(e_neg, ep, self.answer_scale), ep, self.guidance_rescale, context.offset(i, x_in))
         return e, {"ep": ep, "e_neg": e_neg, "anchored": True}
 
     def _negative(self, context: StepContext, i: int, x: Tensor, x_in: Tensor, ep: Tensor, e0: Tensor,

@@ -63,3 +63,17 @@ def test_cfg_reproduces_diffusers(pipes, name, negative, scheduler, monkeypatch)
                          guidance_scale=6.0, seed=7, scheduler=scheduler))
     assert expected.std() > 5  # a non-trivial picture
     assert np.abs(got - expected).max() <= 2
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_guidance_rescale_on_v_prediction_reproduces_diffusers(pipes, seed):
+    """diffusers rescales the model's own output (v on tiny-sd21; rescale_noise_cfg after CFG on
+    it); answer-trt did it on the noise prediction and drew 18-25 levels off at phi 0.7."""
+    ours, reference = pipes["tiny-sd21"]
+    assert ours.prediction_type == "v_prediction"
+    expected = reference("a cat and a dog", num_inference_steps=20, guidance_scale=6.0, guidance_rescale=0.7,
+                         generator=torch.Generator().manual_seed(seed), output_type="np").images
+    expected = (expected * 255).round().astype(np.int16)
+    got = as_levels(ours("a cat and a dog", method="cfg", steps=20, guidance_scale=6.0, guidance_rescale=0.7,
+                         seed=seed))
+    assert np.abs(got - expected).max() <= 2
