@@ -251,7 +251,7 @@ def _export_all(plan: BuildPlan, model: LoadedModel, staging: Path, log: Callabl
 
             log(f"compiling {name} with AOTInductor for {config.device}")
             file = compile_package(module, specs[name], profiles[name], dims, config.device,
-                                   staging / f"{name}.pt2").name
+                                   staging / f"{name}.pt2", log).name
             components[name] = ComponentEntry(file, specs[name], profiles[name])
             continue
         log(f"exporting {name} to ONNX")

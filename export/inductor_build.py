@@ -20,6 +20,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -122,13 +123,18 @@ def export_program(module: nn.Module, spec: ComponentSpec, profile: Profile, dim
 
 
 def compile_package(module: nn.Module, spec: ComponentSpec, profile: Profile, dims: ModelDims, device: str,
-                    path: Path) -> Path:
+                    path: Path, log: Callable[[str], None] = lambda _m: None) -> Path:
     """Export ``module`` and compile it with AOTInductor into the package ``path``
-    (``<component>.pt2``); returns ``path``. Inductor's own caches go to a temporary folder
-    of the build (nothing is left in ``/tmp/torchinductor_*`` to be picked up by another torch)."""
+    (``<component>.pt2``); returns ``path``. ``log`` gets the seconds of each phase (export,
+    compile): where a build's time goes (the CUDA compile of a full-size UNet is minutes)."""
+    import time
+
     from torch._inductor import aoti_compile_and_package
 
+    started = time.perf_counter()
     program = export_program(module, spec, profile, dims, device)
+    log(f"{spec.name}: torch.export took {time.perf_counter() - started:.1f} s")
+    started = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix=f".{spec.name}-aoti-", dir=path.parent))
     try:
         with warnings.catch_warnings():
@@ -137,4 +143,5 @@ def compile_package(module: nn.Module, spec: ComponentSpec, profile: Profile, di
         Path(built).replace(path)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    log(f"{spec.name}: AOTInductor compile took {time.perf_counter() - started:.1f} s")
     return path
