@@ -21,6 +21,7 @@ from answer_trt.build_config import LoraSpec
 from answer_trt.config import METHODS
 from answer_trt.errors import NonFiniteImageError, UserInputError, printable
 from answer_trt.files import check_writable_file, numbered_paths
+from answer_trt.infotext import RECORD, parse_infotext
 from answer_trt.rules import (
     BUILD_BACKENDS,
     DEFAULT_MAX_BATCH,
@@ -35,7 +36,7 @@ from answer_trt.rules import (
     parse_size_range,
 )
 from answer_trt.samplers import SCHEDULER_NAMES
-from answer_trt.schema import GenerateRequest, from_parameters, make_request, request_fields
+from answer_trt.schema import GenerateRequest, field_kinds, from_parameters, make_request, request_fields
 from answer_trt.schema import info as schema_info
 
 if TYPE_CHECKING:
@@ -491,8 +492,18 @@ def _request(args: argparse.Namespace) -> tuple[GenerateRequest, int | None, dic
 
     try:
         with Image.open(args.from_png) as image:
-            text = image.info.get("parameters")
-            recorded = json.loads(text) if isinstance(text, str) else None
+            own, text = image.info.get(RECORD), image.info.get("parameters")
+        if isinstance(own, str):  # answer-trt's record
+            recorded = json.loads(own)
+        elif isinstance(text, str) and text.lstrip().startswith("{"):  # answer-trt's PNGs before the infotext
+            recorded = json.loads(text)
+        elif isinstance(text, str):  # A1111's infotext: what answer-trt supports of it
+            recorded, ignored = parse_infotext(text, field_kinds())
+            if ignored:
+                _say(f"answer-trt: --from-png {args.from_png}: redrawn without what answer-trt does not have: "
+                     f"{', '.join(ignored)}")
+        else:
+            recorded = None
     except Image.DecompressionBombError:  # its header claims more pixels than PIL will open
         raise UserInputError(f"--from-png {args.from_png}: the image claims a size no answer-trt image has; give a PNG "
                              "answer-trt wrote") from None

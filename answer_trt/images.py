@@ -14,6 +14,7 @@ from torch import Tensor
 
 from answer_trt.errors import NonFiniteImageError
 from answer_trt.files import atomic_path, numbered_paths
+from answer_trt.infotext import RECORD, infotext
 
 
 def to_pil(images: Tensor, params: Mapping[str, str]) -> list[Image.Image]:
@@ -37,13 +38,15 @@ def with_batch_index(params: Mapping[str, str], index: int) -> dict[str, str]:
     so the image alone says how to redraw it."""
     own = dict(params)
     own["batch_index"] = str(index)
-    if "parameters" in own:
+    if RECORD in own:
         try:
-            record = json.loads(own["parameters"])
+            record = json.loads(own[RECORD])
         except ValueError:
             return own
         if isinstance(record, dict):
-            own["parameters"] = json.dumps({**record, "batch_index": index}, sort_keys=True)
+            record = {**record, "batch_index": index}
+            own[RECORD] = json.dumps(record, sort_keys=True)
+            own["parameters"] = infotext(record)
     return own
 
 

@@ -62,5 +62,14 @@ def a1111_sampler(name: str) -> Sampler | None:
     return A1111_SAMPLERS.get(name)
 
 
+# Our own scheduler names as A1111 names the sampler they run (its name for the same scheduler).
+OURS_IN_A1111: Mapping[str, str] = MappingProxyType({"ddim": "DDIM", "euler": "Euler", "dpm++": "DPM++ 2M"})
+
+
+def a1111_name(scheduler: str) -> str:
+    """The name A1111 shows for ``scheduler`` (ours, or one of its own names already)."""
+    return OURS_IN_A1111.get(scheduler, scheduler)
+
+
 SCHEDULER_NAMES: tuple[str, ...] = (*SCHEDULERS, *A1111_SAMPLERS)
 """Every name ``--scheduler`` accepts: ours (``config.SCHEDULERS``), then A1111's."""

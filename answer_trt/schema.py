@@ -39,6 +39,7 @@ from answer_trt.config import (
     SamplingConfig,
 )
 from answer_trt.errors import UserInputError
+from answer_trt.infotext import RECORD, infotext
 from answer_trt.rules import check_choice
 from answer_trt.samplers import SCHEDULER_NAMES
 
@@ -244,19 +245,27 @@ def _plain(value: Any) -> Any:
 def parameters(request: GenerateRequest, resolved: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, str]:
     """The PNG text chunks of an image: every ``metadata`` field of ``request`` (with the
     values the pipeline ``resolved``, e.g. the default size), then ``extra`` (model,
-    backend, ...), each as text, and all of them as JSON in ``parameters``."""
+    backend, ...), each as text; all of them as JSON in ``infotext.RECORD`` (what replay
+    reads), and as A1111's infotext in ``parameters`` (what PNG readers show)."""
     params: dict[str, Any] = {}
     for f in request_fields():
         if info(f).metadata:
             params[f.name] = resolved.get(f.name, getattr(request, f.name))
     params.update(extra)
     text = {k: "" if v is None else str(v) for k, v in params.items()}
-    text["parameters"] = json.dumps(params, sort_keys=True)
+    record = json.loads(json.dumps(params, sort_keys=True))  # as a reader of the JSON sees it (tuples: lists)
+    text[RECORD] = json.dumps(record, sort_keys=True)
+    text["parameters"] = infotext(record)
     return text
 
 
+def field_kinds() -> dict[str, str]:
+    """Each request field's kind (``FieldInfo.kind``): how a value written as text is read."""
+    return {f.name: info(f).kind for f in request_fields()}
+
+
 def from_parameters(params: str | Mapping[str, Any]) -> GenerateRequest:
-    """The request an image's ``parameters`` (JSON text, or the decoded object) records:
+    """The request an image's record (``infotext.RECORD``: JSON text, or the decoded object) holds:
     its schema fields; other keys (model, backend, ...) are ignored. Raises
     ``UserInputError`` when the text is not such a record."""
     if isinstance(params, str):

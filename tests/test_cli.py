@@ -31,7 +31,7 @@ def test_generate_from_empty_cache_then_cached(tmp_path, monkeypatch, capsys):
     image = Image.open(out)
     assert image.size == (64, 64)
     assert image.text["prompt"] == "a cat" and image.text["method"] == "answer"
-    assert json.loads(image.text["parameters"])["dns_steps"] == 4
+    assert json.loads(image.text["answer-trt"])["dns_steps"] == 4
 
     out2 = tmp_path / "cat2.png"
     assert run_cli("generate", "a cat", "--model", "tiny-random", "--steps", "3", "-o", out2) == 0
@@ -193,7 +193,7 @@ def test_images_from_engines_record_the_model_hash(engines_dir, tmp_path):
 
     png = tmp_path / "h.png"
     assert main(["generate", "a cat", "--engines", str(engines_dir), "--steps", "1", "-o", str(png)]) == 0
-    recorded = json.loads(Image.open(png).info["parameters"])
+    recorded = json.loads(Image.open(png).info["answer-trt"])
     assert recorded["model_hash"] == read_manifest(engines_dir).model_hash[:16]
 
 

@@ -145,7 +145,7 @@ def test_images_record_the_loras_and_a_replay_checks_them(sd_loras, sd_engines, 
     png = tmp_path / "drawn.png"
     assert main(["generate", PROMPT, "--engines", str(sd_engines), "--steps", "2", "-o", str(png)]) == 0
     with Image.open(png) as image:
-        record = json.loads(image.info["parameters"])
+        record = json.loads(image.info["answer-trt"])
     first, second = (check_lora(LoraSpec(f)) for f in sd_loras)
     assert record["loras"] == f"{first.tag.rsplit(':', 1)[0]}:0.7, {second.tag.rsplit(':', 1)[0]}:1.2"
     assert record["loras"].startswith(f"pytorch_lora_weights.safetensors:{first.sha256[:12]}:0.7, ")

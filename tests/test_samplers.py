@@ -107,7 +107,7 @@ def test_an_ancestral_image_replays_from_its_png(ancestral, tmp_path):
                  "-o", str(png)]) == 0
     assert main(["generate", "--from-png", str(png), "--engines", str(engines), "-o", str(again)]) == 0
     with Image.open(png) as first, Image.open(again) as second:
-        assert json.loads(first.info["parameters"])["scheduler_class"] == "EulerAncestralDiscreteScheduler"
+        assert json.loads(first.info["answer-trt"])["scheduler_class"] == "EulerAncestralDiscreteScheduler"
         assert np.abs(levels([first]) - levels([second])).max() == 0
 
 
@@ -341,7 +341,7 @@ def test_euler_a_by_name_is_seeded_and_recorded(tiny):
     assert np.abs(levels(first.images) - levels(again.images)).max() == 0
     euler = levels(pipe.generate("a red circle", seed=5, **{**kwargs, "scheduler": "Euler"}).images)
     assert np.abs(levels(first.images) - euler).max() > 2  # the name picked the ancestral sampler
-    record = json.loads(first.images[0].info["parameters"])
+    record = json.loads(first.images[0].info["answer-trt"])
     assert record["scheduler"] == "Euler a" and record["scheduler_class"] == "EulerAncestralDiscreteScheduler"
     replayed = pipe.run(from_parameters(record))
     assert np.abs(levels(replayed.images) - levels(first.images)).max() == 0

@@ -68,11 +68,11 @@ def test_the_api_takes_every_field_and_the_png_replays_to_the_same_pixels(pipe, 
     prompt = fields.pop("prompt")
     result = pipe.generate(prompt, **fields)
     assert len(result.images) == 2 and result.images[0].size == (48, 40)
-    recorded = json.loads(result.images[1].info["parameters"])
+    recorded = json.loads(result.images[1].info["answer-trt"])
     for f in request_fields():
         if info(f).metadata:
             assert f.name in recorded, f.name
-    replayed = from_parameters(result.images[1].info["parameters"])
+    replayed = from_parameters(result.images[1].info["answer-trt"])
     expected = GenerateRequest(prompt, **fields)
     if expected.negative_scale is None:  # recorded as the value it resolved to
         expected = expected.replace(negative_scale=result.config.guidance.wn)
@@ -92,8 +92,8 @@ def test_an_unknown_keyword_names_the_closest_field(pipe):
 def test_absent_and_empty_negative_prompts_are_told_apart_in_the_record(pipe):
     absent = pipe.generate("a red circle", steps=1)
     empty = pipe.generate("a red circle", steps=1, negative_prompt="")
-    assert from_parameters(absent.params["parameters"]).negative_prompt is None
-    assert from_parameters(empty.params["parameters"]).negative_prompt == ""
+    assert from_parameters(absent.params["answer-trt"]).negative_prompt is None
+    assert from_parameters(empty.params["answer-trt"]).negative_prompt == ""
 
 
 def test_parameters_that_are_not_a_record_are_refused_in_one_line():
@@ -146,7 +146,7 @@ def test_every_png_of_a_batch_redraws_itself_from_its_own_metadata(tmp_path, cap
     pixels = [np.asarray(Image.open(p)) for p in originals]
     assert not np.array_equal(pixels[0], pixels[1])  # three different images
     for index, original in enumerate(originals):
-        assert json.loads(Image.open(original).info["parameters"])["batch_index"] == index
+        assert json.loads(Image.open(original).info["answer-trt"])["batch_index"] == index
         out = tmp_path / f"again-{index}.png"
         assert main(["generate", "--from-png", str(original), *common, "-o", str(out)]) == 0
         assert np.array_equal(np.asarray(Image.open(out)), pixels[index]), index
@@ -171,7 +171,7 @@ def test_per_image_seeds_and_a_random_seed_draw_and_replay(tmp_path, capsys):
     batch = [np.asarray(Image.open(tmp_path / name), dtype=int) for name in ("s.png", "s-1.png")]
     assert np.abs(batch[1] - np.asarray(Image.open(tmp_path / "alone.png"), dtype=int)).max() <= 1
     for index, name in enumerate(("s.png", "s-1.png")):
-        recorded = json.loads(Image.open(tmp_path / name).info["parameters"])
+        recorded = json.loads(Image.open(tmp_path / name).info["answer-trt"])
         assert (recorded["seeds"], recorded["batch"], recorded["batch_index"]) == ([5, 6], 2, index)
         assert main(["generate", "--from-png", str(tmp_path / name), "--model", "tiny", "--backend", "torch", "-o",
                      str(tmp_path / f"again-{index}.png")]) == 0
@@ -179,7 +179,7 @@ def test_per_image_seeds_and_a_random_seed_draw_and_replay(tmp_path, capsys):
     capsys.readouterr()
     assert main(["generate", "a green triangle", *common, "--seed", "random", "-o", str(tmp_path / "r.png")]) == 0
     drawn = int(capsys.readouterr().err.split("drew seed ")[1].split()[0])
-    assert json.loads(Image.open(tmp_path / "r.png").info["parameters"])["seed"] == drawn
+    assert json.loads(Image.open(tmp_path / "r.png").info["answer-trt"])["seed"] == drawn
     for bad, message in ((["--seeds", "5,,6"], "comma-separated integers"), (["--seeds", "5,x"], "not an integer"),
                          (["--seeds", "5,6", "--batch", "3"], "2 seeds for a batch of 3"),
                          (["--seeds", "5,6", "--seed", "random"], "leave --seed out")):
@@ -211,7 +211,7 @@ def test_sdxl_negative_prompts_and_dpm_replay_to_themselves(model, extra, tmp_pa
     common = ["--model", model, "--backend", "torch"]
     first, again = tmp_path / "first.png", tmp_path / "again.png"
     assert main(["generate", "a red circle", *common, "--steps", "3", "--seed", "2", *extra, "-o", str(first)]) == 0
-    recorded = json.loads(Image.open(first).info["parameters"])
+    recorded = json.loads(Image.open(first).info["answer-trt"])
     assert recorded["negative_prompt"] == ("" if "--negative-prompt" in extra else None)
     assert main(["generate", "--from-png", str(first), *common, "-o", str(again)]) == 0
     assert np.array_equal(np.asarray(Image.open(again)), np.asarray(Image.open(first)))
@@ -235,7 +235,7 @@ def test_hostile_values_are_refused_in_one_line_on_every_surface(pipe):
     with pytest.raises(UserInputError, match="negative_prompt must be a string"):
         pipe.generate("a", negative_prompt=["x"], steps=1)
     seeded = pipe.generate("a red circle", steps=1, seed=np.int64(3), batch=np.int32(1))
-    assert json.loads(seeded.params["parameters"])["seed"] == 3
+    assert json.loads(seeded.params["answer-trt"])["seed"] == 3
     for source in (None, 5, b"tiny"):
         with pytest.raises(UserInputError, match=r"load\(\) takes a model name"):
             answer_trt.load(source)  # type: ignore[arg-type]
@@ -262,7 +262,7 @@ def test_diffusers_calling_convention_gives_diffusers_images(pipe, tmp_path):
     result = pipe("a red circle", method="cfg", generator=[torch.Generator().manual_seed(5)], **kwargs)
     paths = result.save(tmp_path / "d.png")
     assert [p.name for p in paths] == ["d.png", "d-1.png"]
-    assert json.loads(Image.open(paths[1]).info["parameters"])["seed"] == 5
+    assert json.loads(Image.open(paths[1]).info["answer-trt"])["seed"] == 5
     with pytest.raises(UserInputError, match="say the same thing"):
         pipe("a", num_inference_steps=3, steps=3)
     # A list of generators, one per image (diffusers' per-image seeds): diffusers' images, and
@@ -272,7 +272,7 @@ def test_diffusers_calling_convention_gives_diffusers_images(pipe, tmp_path):
     generators = [torch.Generator().manual_seed(s) for s in (8, 9)]
     ours = pipe("a red circle", method="cfg", generator=generators, output_type="np", **kwargs)
     assert np.abs(ours.images - expected).max() * 255 <= 2.5
-    assert json.loads(ours.params["parameters"])["seeds"] == [8, 9]
+    assert json.loads(ours.params["answer-trt"])["seeds"] == [8, 9]
     with pytest.raises(UserInputError, match="2 seeds for a batch of 3"):
         pipe("a", generator=[torch.Generator(), torch.Generator()], num_images_per_prompt=3, steps=1)
     with pytest.raises(UserInputError, match="did you mean 'num_inference_steps'"):

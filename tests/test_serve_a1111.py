@@ -144,7 +144,7 @@ def test_a_batch_has_seed_plus_j_and_each_image_is_the_request_of_its_seed(app):
     info = json.loads(batch["info"])
     assert info["seed"] == 3 and info["all_seeds"] == [3, 4, 5]
     assert info["all_subseeds"] == [info["subseed"] + j for j in range(3)]
-    records = [json.loads(Image.open(io.BytesIO(base64.b64decode(b))).info["parameters"]) for b in batch["images"]]
+    records = [json.loads(Image.open(io.BytesIO(base64.b64decode(b))).info["answer-trt"]) for b in batch["images"]]
     assert [r["seeds"] for r in records] == [[3, 4, 5]] * 3 and [r["batch_index"] for r in records] == [0, 1, 2]
     for j, seed in enumerate((3, 4, 5)):
         status, alone = txt2img(app, seed=seed, sampler_name="Euler")

@@ -149,7 +149,7 @@ def test_the_openai_client_gets_the_clis_images(openai_client, tmp_path):
     assert len(images) == 2 and result.size == "32x32"
     for index, (image, cli) in enumerate(zip(images, expected)):
         assert image.format == "PNG" and image.size == (32, 32)
-        recorded = json.loads(image.info["parameters"])
+        recorded = json.loads(image.info["answer-trt"])
         assert recorded["seed"] == 3 and recorded["method"] == "cfg" and recorded["batch_index"] == index
         assert np.array_equal(pixels(image), cli), index  # 0 levels
 
@@ -191,7 +191,7 @@ def test_webuiapi_txt2img_gets_the_clis_images(webui, engines, tmp_path):
              "--steps", "6", "--scheduler", "euler"]
     for image, seed in zip(result.images, (11, 12)):
         assert image.format == "PNG" and image.size == (32, 32) and image.info["seed"] == str(seed)
-        assert json.loads(image.info["parameters"])["scheduler"] == "euler"
+        assert json.loads(image.info["answer-trt"])["scheduler"] == "euler"
         (cli,) = cli_pixels(tmp_path, "a yellow triangle", "--seed", str(seed), *flags)
         assert np.array_equal(pixels(image), cli), seed  # 0 levels
 

@@ -157,14 +157,14 @@ def test_the_json_response_carries_the_png_with_its_metadata_and_the_parameters(
     image = Image.new("RGB", (8, 8), (200, 10, 10))
     parameters = {"prompt": "a red circle", "seed": 3, "steps": 12, "drift_tau": None}
     params = {k: str(v) for k, v in parameters.items()}
-    params["parameters"] = json.dumps(parameters, sort_keys=True)
+    params["answer-trt"] = json.dumps(parameters, sort_keys=True)
     image.info.update(params)
     generation = Generation([image], params, Timings(0.0, 0.0, 0.0, 1), None)  # type: ignore[arg-type]
 
     png, content_type = render(generation, "png")
     assert content_type == "image/png" and png == png_bytes(image)
     decoded = Image.open(io.BytesIO(png))
-    assert decoded.info["seed"] == "3" and json.loads(decoded.info["parameters"]) == parameters
+    assert decoded.info["seed"] == "3" and json.loads(decoded.info["answer-trt"]) == parameters
     assert list(decoded.getdata())[0] == (200, 10, 10)
 
     body, content_type = render(generation, "json")

@@ -114,7 +114,7 @@ def test_concurrent_requests_come_back_as_pipeline_generate_makes_them_and_share
     for job, png in zip(jobs, pngs):
         image = Image.open(io.BytesIO(png))
         assert image.format == "PNG" and image.info["seed"] == str(job["seed"])
-        assert json.loads(image.info["parameters"])["prompt"] == job["prompt"]
+        assert json.loads(image.info["answer-trt"])["prompt"] == job["prompt"]
         expected = np.asarray(local_pipe.generate(**job).images[0], dtype=np.int16)
         assert np.abs(pixels(png) - expected).max() <= 1, job
     calls, rows = after["calls"] - before["calls"], after["rows"] - before["rows"]

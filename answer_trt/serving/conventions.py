@@ -27,7 +27,7 @@ from pydantic import BaseModel
 from answer_trt.config import MAX_IMAGES
 from answer_trt.errors import UserInputError
 from answer_trt.pipeline import Generation
-from answer_trt.samplers import A1111_SAMPLERS, a1111_sampler_names
+from answer_trt.samplers import A1111_SAMPLERS, OURS_IN_A1111, a1111_sampler_names
 from answer_trt.schema import FIELD_NAMES, GenerateRequest, info, request_fields
 from answer_trt.serving.models import A1111_FIELDS, A1111_SETTINGS, A1111_TAKEN, OPENAI_TAKEN
 from answer_trt.serving.protocol import png_bytes
@@ -35,8 +35,6 @@ from answer_trt.serving.stats import Progress
 
 # A1111 sampler name -> answer-trt scheduler. Only samplers whose update rule is ours: no
 # ancestral ("Euler a") or Karras-schedule variants.
-# Our own scheduler names as A1111 reports the sampler they run (its name for the same scheduler).
-OURS_IN_A1111: dict[str, str] = {"ddim": "DDIM", "euler": "Euler", "dpm++": "DPM++ 2M"}
 # A1111's "scheduler" (noise schedule) values that leave the sampler's own schedule in place.
 A1111_DEFAULT_SCHEDULES = ("automatic", "default")
 SIZE_PATTERN = re.compile(r"([1-9][0-9]{0,5})x([1-9][0-9]{0,5})")

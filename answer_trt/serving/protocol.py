@@ -21,6 +21,7 @@ from PIL import Image
 
 from answer_trt.errors import UserInputError
 from answer_trt.images import png_info
+from answer_trt.infotext import RECORD
 from answer_trt.pipeline import Generation
 from answer_trt.rules import check_choice
 from answer_trt.schema import FieldInfo, GenerateRequest, request_fields
@@ -176,7 +177,7 @@ def render(generation: Generation, response: str) -> tuple[bytes, str]:
         return png, "image/png"
     body = {"image_png_base64": base64.b64encode(png).decode("ascii"),
             "images_png_base64": [base64.b64encode(png_bytes(im)).decode("ascii") for im in generation.images],
-            "parameters": json.loads(generation.params["parameters"])}
+            "parameters": json.loads(generation.params[RECORD])}
     return json.dumps(body).encode(), "application/json"
 
 
