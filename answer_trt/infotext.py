@@ -21,7 +21,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from answer_trt.samplers import a1111_name
+from answer_trt.samplers import a1111_name, a1111_name_of_class
 
 # The chunk that holds answer-trt's record (JSON): what replay reads first.
 RECORD = "answer-trt"
@@ -57,8 +57,8 @@ def infotext(record: Mapping[str, Any]) -> str:
         values["seed"] = seeds[index]
     if "scheduler" in values:
         values["scheduler"] = a1111_name(str(values["scheduler"]))
-    elif "scheduler_class" in values:
-        values["scheduler"] = values["scheduler_class"]
+    elif "scheduler_class" in values:  # the model's own: A1111's name where one plain entry runs that class
+        values["scheduler"] = a1111_name_of_class(str(values["scheduler_class"]))
     if values.get("clip_skip") == 1:  # A1111 writes it only where it skips
         values.pop("clip_skip")
     if values.get("batch") == 1:

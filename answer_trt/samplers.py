@@ -71,5 +71,12 @@ def a1111_name(scheduler: str) -> str:
     return OURS_IN_A1111.get(scheduler, scheduler)
 
 
+def a1111_name_of_class(class_name: str) -> str:
+    """A1111's name of the sampler a diffusers scheduler class is with its own config (the
+    table's entry of that class without options: "DDIMScheduler" -> "DDIM"), else the class name."""
+    return next((name for name, s in A1111_SAMPLERS.items() if s.class_name == class_name and not s.options),
+                class_name)
+
+
 SCHEDULER_NAMES: tuple[str, ...] = (*SCHEDULERS, *A1111_SAMPLERS)
 """Every name ``--scheduler`` accepts: ours (``config.SCHEDULERS``), then A1111's."""

@@ -87,3 +87,10 @@ def test_an_a1111_png_is_redrawn_with_what_answer_trt_supports(tmp_path, capsys)
                  "Euler a", "--guidance-scale", "6", "--seed", "11", "--model", "tiny", "--backend", "torch",
                  "-o", str(direct)]) == 0
     assert np.array_equal(np.asarray(Image.open(out)), np.asarray(Image.open(direct)))
+
+
+def test_the_models_own_scheduler_is_named_as_a1111_names_it():
+    record = {"prompt": "x", "scheduler": None, "scheduler_class": "EulerAncestralDiscreteScheduler", "steps": 3}
+    assert "Sampler: Euler a" in infotext(record)
+    assert "Sampler: DDIM," in infotext({**record, "scheduler_class": "DDIMScheduler"})
+    assert "Sampler: LCMScheduler" in infotext({**record, "scheduler_class": "LCMScheduler"})
