@@ -463,13 +463,13 @@ def _check_before_load(args: argparse.Namespace, request: GenerateRequest) -> No
     if args.engines is not None:
         from answer_trt.manifest import read_manifest
 
-        manifest = read_manifest(args.engines)
-        on_gpu = manifest.backend == "tensorrt" or manifest.device == "cuda"
+        on_gpu = read_manifest(args.engines).runs_on_cuda
     else:
         on_gpu = args.backend == "torch" and args.device == "cuda"
     if not on_gpu:
-        raise UserInputError("--cuda-graph needs engines on a CUDA GPU (tensorrt, inductor built with --device cuda, "
-                             "or torch with --device cuda)")
+        from answer_trt.pipeline import CUDA_GRAPH_NEEDS_GPU
+
+        raise UserInputError(CUDA_GRAPH_NEEDS_GPU)
 
 
 def _request(args: argparse.Namespace) -> tuple[GenerateRequest, int | None, dict[str, Any] | None]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import os
+import stat
 import tempfile
 import time
 from collections.abc import Iterator
@@ -41,8 +42,6 @@ def read_bounded(path: Path, limit: int = MAX_CONFIG_BYTES) -> bytes:
     Raises ``FileNotFoundError`` where it is missing, ``OSError`` where it cannot be read,
     and ``UserInputError`` for a device, a FIFO or a folder (reading ``/dev/zero`` never ends;
     a FIFO blocks) and for a file over ``limit``, checked while reading (a file that grows)."""
-    import stat
-
     info = os.stat(path)
     if not stat.S_ISREG(info.st_mode):
         raise UserInputError(f"{path} is not a regular file (a device, a FIFO or a folder): answer-trt reads config "

@@ -176,6 +176,11 @@ class Guider(ABC):
         """phi of the rescale variant (Eq. 7); 0 leaves the guided noise as it is."""
         return self.config.guidance_rescale
 
+    def rescale_offset(self, offset: Callable[[], Any]) -> Any:
+        """What the rescale of Eq. 7 subtracts (``offset()``: the step's ``output_offset``), made
+        only where phi > 0: a step without rescale computes nothing more (0)."""
+        return offset() if self.guidance_rescale else 0.0
+
     def peak_rows(self, batch: int) -> int:
         """The most rows one denoiser call of this method puts on the batch axis for ``batch`` images."""
         return self.peak_rows_per_image * batch
@@ -276,7 +281,7 @@ class TwoRowGuider(Guider):
 
     def _step(self, context: StepContext, i: int, x: Tensor, x_in: Tensor) -> GuidedStep:
         ep, e0 = yield from context.main_call(i, x_in)
-        return self.combine(ep, e0, context.offset(i, x_in)), {"ep": ep}
+        return self.combine(ep, e0, self.rescale_offset(lambda: context.offset(i, x_in))), {"ep": ep}
 
     def guided_graph_kinds(self, sigmas: Sequence[float]) -> list[str]:
         return ["step"] * len(sigmas)
@@ -284,7 +289,7 @@ class TwoRowGuider(Guider):
     def guided_graph_step(self, kind: str, io: GraphIO) -> None:
         x_in = io.scale(io.x)
         ep, e0 = io.call((x_in, x_in))
-        io.update(io.x, self.combine(ep, e0, io.offset(x_in)))
+        io.update(io.x, self.combine(ep, e0, self.rescale_offset(lambda: io.offset(x_in))))
 
 
 @dataclass(frozen=True)
@@ -375,11 +380,13 @@ class ParallelAnswer(Guider):
             io.z.copy_(io.x)
             x_in = io.scale(io.x)
             ep, e0 = io.call((x_in, x_in))
-            e, e_dns = self.combine(ep, ep, e0, x_in, x_in, io.alpha, io.sigma, io.offset(x_in))  # z == x
+            offset = self.rescale_offset(lambda: io.offset(x_in))
+            e, e_dns = self.combine(ep, ep, e0, x_in, x_in, io.alpha, io.sigma, offset)  # z == x
         else:
             x_in, z_in = io.scale(io.x), io.scale(io.z)
             ep, ep_z, e0_z = io.call((x_in, z_in, z_in))
-            e, e_dns = self.combine(ep, ep_z, e0_z, x_in, z_in, io.alpha, io.sigma, io.offset(x_in))
+            offset = self.rescale_offset(lambda: io.offset(x_in))
+            e, e_dns = self.combine(ep, ep_z, e0_z, x_in, z_in, io.alpha, io.sigma, offset)
         io.update(io.x, e)
         io.update(io.z, e_dns)
 
@@ -409,7 +416,7 @@ class _NegativeChain:
             raw_p, raw_pz, raw_0 = yield DenoiserCall((x_in, z_in, z_in), (c_p, c_p, c_0), t)
             ep, ep_z = context.eps_of(raw_p, x_in, alpha, sigma), context.eps_of(raw_pz, z_in, alpha, sigma)
         e, e_dns = self.guider.combine(ep, ep_z, context.eps_of(raw_0, z_in, alpha, sigma), x_in, z_in, alpha, sigma,
-                                       context.offset(i, x_in))
+                                       self.guider.rescale_offset(lambda: context.offset(i, x_in)))
         if i + 1 < len(self.anchored) and not self.anchored[i + 1]:  # z is re-anchored (or unused) otherwise
             assert self.z is not None
             self.z = self.rule_z.step(e_dns, i, self.z)
@@ -459,7 +466,8 @@ class InnerAnswer(Guider):
         ep, e0 = yield from context.main_call(i, x_in)
         xneg0 = yield from self._negative(context, i, x, x_in, ep, e0, self.iterations_at(i, sigmas))
         e_neg = G.negative_noise(x_in, xneg0, alpha, sigma)
-        e = G.rescale(G.answer(e_neg, ep, self.answer_scale), ep, self.guidance_rescale, context.offset(i, x_in))
+        offset = self.rescale_offset(lambda: context.offset(i, x_in))
+        e = G.rescale(G.answer(e_neg, ep, self.answer_scale), ep, self.guidance_rescale, offset)
         return e, {"ep": ep, "e_neg": e_neg, "anchored": True}
 
     def _negative(self, context: StepContext, i: int, x: Tensor, x_in: Tensor, ep: Tensor, e0: Tensor,

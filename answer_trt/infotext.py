@@ -30,7 +30,7 @@ RECORD = "answer-trt"
 A1111_KEYS = {"steps": "Steps", "scheduler": "Sampler", "guidance_scale": "CFG scale", "seed": "Seed",
               "clip_skip": "Clip skip", "model": "Model", "batch": "Batch size", "batch_index": "Batch pos"}
 # Fields not written: the prompts (their own lines), the size (as "Size"), and the record's own.
-_SKIPPED = {"prompt", "negative_prompt", "height", "width", "parameters", "seeds"}
+_SKIPPED = {"prompt", "negative_prompt", "height", "width", "seeds"}
 _PAIR = re.compile(r'\s*([^,:]+):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
 
 

@@ -130,6 +130,11 @@ class Manifest:
             _fail("format", f"is {_shown(data.get('format'))}, this answer-trt reads format {MANIFEST_FORMAT}")
         return _manifest(data)
 
+    @property
+    def runs_on_cuda(self) -> bool:
+        """Whether the folder's engines run on a CUDA GPU (TensorRT plans, inductor CUDA packages)."""
+        return self.backend == "tensorrt" or self.device == "cuda"
+
     def build_config(self, folder: Path) -> BuildConfig:
         """The build request that makes this folder again: every flag it was built with
         (model, weights variant, LoRAs, backend, precision, max batch, height and width ranges), and --force."""

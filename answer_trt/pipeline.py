@@ -159,6 +159,10 @@ class Generation:
         return save_pngs(self.images, Path(path))
 
 
+CUDA_GRAPH_NEEDS_GPU = ("--cuda-graph needs engines on a CUDA GPU (tensorrt, inductor built with --device cuda, "
+                        "or torch with --device cuda)")
+
+
 class Pipeline:
     """ANSWER / CFG / DNS text-to-image over three engines (see ``answer_trt.load``)."""
 
@@ -360,8 +364,7 @@ class Pipeline:
 
     def _check_graphable(self, plan: RequestPlan) -> None:
         if self.graphs.capturer.requires_cuda and self.device.type != "cuda":
-            raise UserInputError("--cuda-graph needs engines on a CUDA GPU (tensorrt, inductor built with --device "
-                                  "cuda, or torch with --device cuda)")
+            raise UserInputError(CUDA_GRAPH_NEEDS_GPU)
         reason = refusal(plan.config.guidance, plan.rule, plan.scheduler)
         if reason is not None:
             raise UserInputError(reason)

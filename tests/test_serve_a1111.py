@@ -60,14 +60,20 @@ class Answer:
         return json.loads(self.content)
 
 
-def call(app: Any, method: str, path: str, body: Any = None) -> Answer:
-    """One request through the ASGI app, in this thread."""
-    raw = b"" if body is None else json.dumps(body).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode())]
+def call(app: Any, method: str, path: str, body: Any = None, chunks: list[bytes] | None = None) -> Answer:
+    """One request through the ASGI app, in this thread: ``body`` as JSON with its
+    Content-Length, or ``chunks`` sent as a chunked body (no Content-Length)."""
+    if chunks is None:
+        chunks = [b"" if body is None else json.dumps(body).encode()]
+        framing = (b"content-length", str(len(chunks[0])).encode())
+    else:
+        framing = (b"transfer-encoding", b"chunked")
+    headers = [(b"content-type", b"application/json"), framing]
     scope = {"type": "http", "method": method, "path": path, "raw_path": path.encode(), "root_path": "",
              "scheme": "http", "query_string": b"", "server": ("testserver", 80), "client": ("127.0.0.1", 1),
              "http_version": "1.1", "asgi": {"version": "3.0"}, "headers": headers}
-    messages = iter([{"type": "http.request", "body": raw, "more_body": False}])
+    messages = iter([{"type": "http.request", "body": chunk, "more_body": i < len(chunks) - 1}
+                     for i, chunk in enumerate(chunks)])
     sent: list[dict[str, Any]] = []
 
     async def receive() -> dict[str, Any]:
@@ -438,45 +444,16 @@ def test_a_chunked_body_above_the_limit_is_413_on_every_route(app: Any, path: st
     from answer_trt.serving.protocol import MAX_BODY_BYTES
 
     chunks = [b'{"prompt": "' + b"a" * 1000] + [b"a" * 1024] * 70 + [b'"}']
-    scope = {"type": "http", "method": "POST", "path": path, "raw_path": path.encode(), "root_path": "",
-             "scheme": "http", "query_string": b"", "server": ("testserver", 80), "client": ("127.0.0.1", 1),
-             "http_version": "1.1", "asgi": {"version": "3.0"},
-             "headers": [(b"content-type", b"application/json"), (b"transfer-encoding", b"chunked")]}
-    messages = iter([{"type": "http.request", "body": c, "more_body": i < len(chunks) - 1}
-                     for i, c in enumerate(chunks)])
-    sent: list[dict[str, Any]] = []
-
-    async def receive() -> dict[str, Any]:
-        return next(messages, {"type": "http.disconnect"})
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    asyncio.run(app(scope, receive, send))
-    assert next(m["status"] for m in sent if m["type"] == "http.response.start") == 413
-    body = json.loads(b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body"))
+    answer = call(app, "POST", path, chunks=chunks)
+    assert answer.status_code == 413
+    body = answer.json()
     text = body["error"]["message"] if path.startswith("/v1/images") else body["error"]
     assert f"above the limit of {MAX_BODY_BYTES} bytes" in text
 
 
 def test_a_chunked_body_within_the_limit_is_served(app: Any) -> None:
     raw = json.dumps({"prompt": "a red circle", **SIZE, "steps": 2}).encode()
-    scope = {"type": "http", "method": "POST", "path": "/sdapi/v1/txt2img", "raw_path": b"/sdapi/v1/txt2img",
-             "root_path": "", "scheme": "http", "query_string": b"", "server": ("testserver", 80),
-             "client": ("127.0.0.1", 1), "http_version": "1.1", "asgi": {"version": "3.0"},
-             "headers": [(b"content-type", b"application/json"), (b"transfer-encoding", b"chunked")]}
-    messages = iter([{"type": "http.request", "body": raw[:10], "more_body": True},
-                     {"type": "http.request", "body": raw[10:], "more_body": False}])
-    sent: list[dict[str, Any]] = []
-
-    async def receive() -> dict[str, Any]:
-        return next(messages, {"type": "http.disconnect"})
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    asyncio.run(app(scope, receive, send))
-    assert next(m["status"] for m in sent if m["type"] == "http.response.start") == 200
+    assert call(app, "POST", "/sdapi/v1/txt2img", chunks=[raw[:10], raw[10:]]).status_code == 200
 
 
 def test_clip_skip_by_setting_or_field_equals_the_schemas_clip_skip(app, pipe):

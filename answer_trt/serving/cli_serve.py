@@ -73,7 +73,7 @@ def serve_config(args: argparse.Namespace, **overrides: Any) -> Any:
     check_max_rows(fields["max_rows"], engine_limits(engines, manifest))  # here, before a replica starts
     gpus = getattr(args, "gpus_per_replica", None)
     if gpus is None:
-        gpus = 1.0 if manifest.backend == "tensorrt" or manifest.device == "cuda" else 0.0
+        gpus = 1.0 if manifest.runs_on_cuda else 0.0
     return ServeConfig(engines=engines, verify=False, replica_gpus=gpus, **fields)
 
 

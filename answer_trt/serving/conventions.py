@@ -132,13 +132,13 @@ def _is(value: Any, accepted: Any) -> bool:
 PER_REQUEST_SETTINGS = ("CLIP_stop_at_last_layers",)
 
 
-def check_settings(settings: dict[str, Any], model_name: str, where: str) -> None:
+def check_settings(settings: dict[str, Any], model_name: str, where: str, kept: bool = False) -> None:
     """Refuse an A1111 setting answer-trt does not honour, or a value other than those it
-    takes (``A1111_SETTINGS``); ``where``: the field or route they came in, for the message
-    (``options``: POST /sdapi/v1/options, which keeps nothing, so ``PER_REQUEST_SETTINGS``
-    take only the value GET reports there)."""
+    takes (``A1111_SETTINGS``); ``where``: the field or route they came in, for the message.
+    ``kept``: settings meant to last beyond one request (POST /sdapi/v1/options), where
+    ``PER_REQUEST_SETTINGS`` take only the value GET reports (nothing is kept)."""
     for name, value in settings.items():
-        if where == "options" and name in PER_REQUEST_SETTINGS and not _is(value, A1111_SETTINGS[name].values[0]):
+        if kept and name in PER_REQUEST_SETTINGS and not _is(value, A1111_SETTINGS[name].values[0]):
             raise UserInputError(f"options {name} {_shown(value)}: this server keeps no settings between requests; "
                                  f"send it with each txt2img request (override_settings {{\"{name}\": "
                                  f"{_shown(value)}}}) instead")

@@ -379,7 +379,7 @@ def _a1111_routes(app: FastAPI, server: Server) -> None:
                       "switched); answers null, as A1111")
     async def set_options(body: dict[str, Any]) -> None:
         try:
-            conventions.check_settings(body, server.model_name, "options")
+            conventions.check_settings(body, server.model_name, "options", kept=True)
         except UserInputError as exc:
             raise ApiError(400, str(exc)) from None
 

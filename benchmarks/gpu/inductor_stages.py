@@ -152,6 +152,14 @@ def bench_inductor(kind: str, device: str, work: Path, runs: int, methods: tuple
     return result
 
 
+def stage_inductor_sd15(device: str, work: Path) -> dict[str, Any]:
+    return bench_inductor("sd15", device, work, runs=3)
+
+
+def stage_inductor_sdxl(device: str, work: Path) -> dict[str, Any]:
+    return bench_inductor("sdxl", device, work, runs=2, methods=("answer", "cfg"), graph_modes=(True,))
+
+
 def stage_sdxl_rows(device: str, work: Path) -> dict[str, Any]:
     """Why a 2-row eager SDXL UNet call was slower than a 3-row one: call times per row
     count with cuDNN's autotuner off (the default) and on, and the top kernels at 2 and 3 rows."""

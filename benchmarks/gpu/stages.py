@@ -343,18 +343,6 @@ def stage_compile(device: str, work: Path) -> dict[str, Any]:
     return result
 
 
-def stage_inductor_sd15(device: str, work: Path) -> dict[str, Any]:
-    from inductor_stages import bench_inductor
-
-    return bench_inductor("sd15", device, work, runs=3)
-
-
-def stage_inductor_sdxl(device: str, work: Path) -> dict[str, Any]:
-    from inductor_stages import bench_inductor
-
-    return bench_inductor("sdxl", device, work, runs=2, methods=("answer", "cfg"), graph_modes=(True,))
-
-
 def _inductor_stage(name: str) -> Callable[[str, Path], dict[str, Any]]:
     def run(device: str, work: Path) -> dict[str, Any]:
         import inductor_stages
@@ -366,9 +354,8 @@ def _inductor_stage(name: str) -> Callable[[str, Path], dict[str, Any]]:
 
 STAGE_FUNCTIONS: dict[str, Callable[[str, Path], dict[str, Any]]] = {
     "imports": stage_imports, "smoke": stage_smoke, "tiny": stage_tiny, "sd15": stage_sd15, "sdxl": stage_sdxl,
-    "tests": stage_tests, "unet": stage_unet, "compile": stage_compile, "inductor_sd15": stage_inductor_sd15,
-    "inductor_sdxl": stage_inductor_sdxl, "inductor_tiny": _inductor_stage("inductor_tiny"),
-    "sdxl_rows": _inductor_stage("sdxl_rows"),
+    "tests": stage_tests, "unet": stage_unet, "compile": stage_compile,
+    **{name: _inductor_stage(name) for name in ("inductor_tiny", "inductor_sd15", "inductor_sdxl", "sdxl_rows")},
 }
 
 
