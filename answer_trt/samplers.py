@@ -48,6 +48,7 @@ A1111_SAMPLERS: Mapping[str, Sampler] = MappingProxyType({
     "LMS": _sampler("LMSDiscreteScheduler", requires="scipy"),
     "UniPC": _sampler("UniPCMultistepScheduler"),
     "DPM++ SDE Karras": _sampler("DPMSolverSDEScheduler", requires="torchsde", use_karras_sigmas=True),
+    "DPM++ SDE": _sampler("DPMSolverSDEScheduler", requires="torchsde"),
 })
 
 

@@ -331,6 +331,19 @@ def is_stochastic(scheduler: Any) -> bool:
             or str(config.get("algorithm_type", "")).startswith("sde-"))
 
 
+def seed_brownian_tree(scheduler: Any, seeds: Sequence[int]) -> None:
+    """Seed the Brownian tree of a scheduler that draws its step noise from one
+    (diffusers' ``DPMSolverSDEScheduler``: its ``step()`` takes no generator; it builds a
+    ``BrownianTreeNoiseSampler`` at its first step from ``noise_sampler_seed``, a fresh
+    random seed where that is None, so an image would never repeat).
+
+    ``seeds``: one seed for the whole batch, or one per latent row (a tree each), as
+    A1111 seeds "DPM++ SDE" with each image's seed. The tree is dropped so the next step
+    builds it from these seeds (a fork's copy must not reuse the main chain's)."""
+    scheduler.noise_sampler_seed = int(seeds[0]) if len(seeds) == 1 else [int(s) for s in seeds]
+    scheduler.noise_sampler = None
+
+
 class DiffusersStepRule:
     """Any diffusers scheduler through its own ``step()``; ``fork`` deep-copies its state.
     With ``noise`` (``seeded``), a scheduler that draws noise at its steps draws it from
@@ -341,7 +354,11 @@ class DiffusersStepRule:
         self.timesteps = scheduler.timesteps
         self.init_noise_sigma = float(scheduler.init_noise_sigma)
         self.noise = noise
-        self.draws_noise = takes_generator(scheduler)
+        self._takes_generator = takes_generator(scheduler)
+        self._brownian = hasattr(scheduler, "noise_sampler_seed")
+        self.draws_noise = self._takes_generator or self._brownian
+        if noise is not None and self._brownian:
+            seed_brownian_tree(scheduler, noise.seeds)
 
     def levels(self, i: int) -> tuple[float, float]:
         return noise_levels(self.scheduler, i, self.timesteps[i])
@@ -350,7 +367,7 @@ class DiffusersStepRule:
         return self.scheduler.scale_model_input(x, self.timesteps[i])
 
     def step(self, eps: Tensor, i: int, x: Tensor) -> Tensor:
-        if self.noise is not None and self.draws_noise:
+        if self.noise is not None and self._takes_generator:
             return self.scheduler.step(eps, self.timesteps[i], x, generator=self.noise.generator).prev_sample
         return self.scheduler.step(eps, self.timesteps[i], x).prev_sample
 

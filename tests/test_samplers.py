@@ -255,7 +255,7 @@ def test_engines_refuse_an_epsilon_zero_snr_override_in_one_line(engines_dir):
 # --- 3. A1111's sampler names ------------------------------------------------------------------
 
 A1111_NAMES = ("DDIM", "Euler", "Euler a", "DPM++ 2M", "DPM++ 2M Karras", "DPM++ 2M SDE", "DPM++ 2M SDE Karras",
-               "Heun", "LMS", "UniPC", "DPM++ SDE Karras")
+               "Heun", "LMS", "UniPC", "DPM++ SDE Karras", "DPM++ SDE")
 
 
 def test_the_listing_is_exactly_a1111_names():
@@ -361,3 +361,71 @@ def test_a1111_sampler_cfg_image_equals_diffusers(tiny, name, monkeypatch):
                                scheduler=name).images)
     assert expected.std() > 5
     assert np.abs(got - expected).max() <= 2
+
+
+# --- DPM++ SDE: the Brownian tree is seeded with the image's seed -------------------------------
+
+
+def test_dpmpp_sde_follows_the_seed_per_image_and_draws_diffusers_image(tiny, monkeypatch):
+    """diffusers' DPMSolverSDEScheduler seeds its Brownian tree from ``noise_sampler_seed``
+    (a fresh random seed where None: no image would repeat); ours is the image's seed, as
+    A1111 seeds it. So the image is diffusers' with ``noise_sampler_seed`` = the seed."""
+    pytest.importorskip("torchsde")
+    from answer_trt.schedulers import make_diffusers_scheduler
+
+    pipe, reference = tiny
+    kwargs = dict(method="cfg", steps=STEPS, guidance_scale=6.0, scheduler="DPM++ SDE Karras")
+    first = levels(pipe.generate("a red circle", seed=5, **kwargs).images)
+    again = levels(pipe.generate("a red circle", seed=5, **kwargs).images)
+    other = levels(pipe.generate("a red circle", seed=6, **kwargs).images)
+    assert np.abs(first - again).max() == 0
+    assert np.abs(first - other).max() > 10
+
+    monkeypatch.setattr(reference, "scheduler", reference.scheduler)  # restored after the test
+    reference.scheduler = make_diffusers_scheduler(reference.scheduler.config, "DPM++ SDE Karras")
+    reference.scheduler.register_to_config(prediction_type=pipe.prediction_type, noise_sampler_seed=5)
+    reference.scheduler.noise_sampler_seed = 5
+    expected = diffusers_levels(reference("a red circle", num_inference_steps=STEPS, guidance_scale=6.0,
+                                          output_type="np", generator=torch.Generator("cpu").manual_seed(5)).images)
+    assert expected.std() > 5
+    assert np.abs(first - expected).max() <= 2
+
+
+def test_dpmpp_sde_per_image_seeds_grow_a_tree_each(ancestral):
+    """With one seed per image each image's tree is its own seed's, as A1111's batches: the
+    images of seeds (6, 5) are seed 6's and seed 5's images alone."""
+    pytest.importorskip("torchsde")
+    _folder, _engines, pipe, _reference = ancestral
+    kwargs = dict(method="cfg", steps=STEPS, guidance_scale=6.0, scheduler="DPM++ SDE Karras")
+    both = levels(pipe.generate("a cat", seeds=[6, 5], **kwargs).images)
+    for i, seed in enumerate((6, 5)):
+        alone = levels(pipe.generate("a cat", seed=seed, **kwargs).images)
+        assert np.abs(both[i] - alone[0]).max() == 0, seed
+    assert np.abs(both[0] - both[1]).max() > 10
+
+
+def test_dpmpp_sde_answer_is_seeded_and_its_chain_has_its_own_tree(tiny):
+    pytest.importorskip("torchsde")
+    pipe, _reference = tiny
+    kwargs = dict(method="answer", dns_steps=3, chain_min_sigma=0.0, steps=STEPS, guidance_scale=6.0,
+                  scheduler="DPM++ SDE Karras")
+    first = levels(pipe.generate("a red circle", seed=2, **kwargs).images)
+    again = levels(pipe.generate("a red circle", seed=2, **kwargs).images)
+    assert np.abs(first - again).max() == 0
+
+
+def test_a_forked_sde_rule_reseeds_its_tree_with_the_chain_seed():
+    pytest.importorskip("torchsde")
+    from answer_trt.schedulers import DiffusersStepRule, make_diffusers_scheduler
+
+    config = json.loads((resolve_model("tiny").path / SCHEDULER_CONFIG).read_text())
+    scheduler = make_diffusers_scheduler(config, "DPM++ SDE Karras")
+    scheduler.set_timesteps(STEPS)
+    rule = DiffusersStepRule(scheduler).seeded(StepNoise.for_request(7, None, (1, 4, 8, 8)))
+    assert scheduler.noise_sampler_seed == 7
+    x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    rule.step(torch.zeros_like(x), 0, x)
+    assert scheduler.noise_sampler is not None
+    fork = rule.fork()
+    forked = fork.scheduler  # type: ignore[attr-defined]
+    assert forked.noise_sampler is None and forked.noise_sampler_seed == chain_seed(7)
