@@ -297,19 +297,37 @@ def _ignore_ctrl_c() -> None:
 
 def _run(args: argparse.Namespace, own_process: bool) -> int:
     try:
+        return _dispatch(args)
+    except KeyboardInterrupt:  # what was being written is staged or temporary: nothing half-written stays
+        return _interrupted(own_process)
+    except Exception:
+        # A Ctrl-C that a library turned into an error of its own is still a Ctrl-C: pybind11 modules
+        # (onnxruntime's) report one during their import as ImportError("initialization failed").
+        if _CTRL_C.is_set():
+            return _interrupted(own_process)
+        raise
+
+
+def _interrupted(own_process: bool) -> int:
+    if own_process:
+        _ignore_ctrl_c()
+    _say("answer-trt: interrupted; nothing was left half-written")
+    return EXIT_INTERRUPTED
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    """The command's exit code; user errors and the machine's are one line each."""
+    try:
         handlers = {"build": _build, "generate": _generate, "bench": _bench, "info": _info}
         return (handlers.get(args.command) or args.handler)(args)  # serve, load: set_defaults(handler=...)
     except UserInputError as exc:  # messages may quote a PNG's, a manifest's or a config's text
+        if _CTRL_C.is_set():  # e.g. "not installed" from an import the Ctrl-C broke
+            raise KeyboardInterrupt from None
         print(f"answer-trt: error: {printable(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except NonFiniteImageError as exc:
         print(f"answer-trt: error: {printable(str(exc))}", file=sys.stderr)
         return EXIT_FAILURE
-    except KeyboardInterrupt:  # what was being written is staged or temporary: nothing half-written stays
-        if own_process:
-            _ignore_ctrl_c()
-        _say("answer-trt: interrupted; nothing was left half-written")
-        return EXIT_INTERRUPTED
     except BrokenPipeError:  # stdout or stderr closed under us: nothing left to tell
         return EXIT_FAILURE
     except OSError as exc:  # the machine's side: a full disk, a folder we may not write, a name too long

@@ -67,6 +67,34 @@ def test_a_ctrl_c_whose_keyboard_interrupt_was_lost_still_stops_generate_at_the_
     cli._CTRL_C.clear()
 
 
+@pytest.mark.parametrize("turned_into", ["import", "user error"])
+def test_a_ctrl_c_a_library_turned_into_its_own_error_is_still_exit_130(tmp_path, monkeypatch, capsys, turned_into):
+    """pybind11 modules report a Ctrl-C during their import as ImportError("initialization
+    failed") (seen with onnxruntime); our loaders then say the package is "not installed".
+    Either way the handler's flag is set, and the exit is Ctrl-C's: 130, one line."""
+    import answer_trt.cli as cli
+    from answer_trt.errors import UserInputError
+
+    def importing(_args: object) -> int:
+        try:
+            cli._on_ctrl_c(signal.SIGINT, None)  # the Ctrl-C arrives inside the module's init
+        except KeyboardInterrupt:
+            if turned_into == "import":
+                raise ImportError("initialization failed") from None
+            raise UserInputError("onnxruntime is not installed here: pip install onnxruntime") from None
+        return 0
+
+    monkeypatch.setattr(cli, "_generate", importing)
+    try:
+        code = main(["generate", "a red circle", "--model", "tiny", "-o", str(tmp_path / "x.png")])
+    finally:
+        cli._CTRL_C.clear()
+    assert code == 130 and "interrupted" in one_line(capsys.readouterr().err)
+    monkeypatch.setattr(cli, "_generate", lambda _args: (_ for _ in ()).throw(ImportError("no module")))
+    with pytest.raises(ImportError):  # without a Ctrl-C an error stays what it is
+        main(["generate", "a red circle", "--model", "tiny", "-o", str(tmp_path / "x.png")])
+
+
 def test_a_full_disk_while_writing_the_png_is_one_line(tmp_path, monkeypatch, capsys):
     import answer_trt.images
 
