@@ -12,6 +12,7 @@ import secrets
 import signal
 import sys
 import threading
+import io
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from answer_trt.build_config import LoraSpec
 from answer_trt.config import METHODS
 from answer_trt.errors import NonFiniteImageError, UserInputError, printable
-from answer_trt.files import check_writable_file, numbered_paths
+from answer_trt.files import MAX_PNG_BYTES, check_writable_file, numbered_paths, read_bounded
 from answer_trt.infotext import RECORD, parse_infotext
 from answer_trt.rules import (
     BUILD_BACKENDS,
@@ -509,7 +510,9 @@ def _request(args: argparse.Namespace) -> tuple[GenerateRequest, int | None, dic
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(args.from_png) as image:
+        # Read whole first: a FIFO would block Image.open, a device never end.
+        data = read_bounded(Path(args.from_png), MAX_PNG_BYTES, what="PNG")
+        with Image.open(io.BytesIO(data)) as image:
             own, text = image.info.get(RECORD), image.info.get("parameters")
         if isinstance(own, str):  # answer-trt's record
             recorded = json.loads(own)
@@ -522,6 +525,8 @@ def _request(args: argparse.Namespace) -> tuple[GenerateRequest, int | None, dic
                      f"{', '.join(ignored)}")
         else:
             recorded = None
+    except UserInputError:  # read_bounded's: not a regular file, or too large
+        raise
     except Image.DecompressionBombError:  # its header claims more pixels than PIL will open
         raise UserInputError(f"--from-png {args.from_png}: the image claims a size no answer-trt image has; give a PNG "
                              "answer-trt wrote") from None

@@ -35,22 +35,25 @@ def tree_sha256(folder: Path) -> str:
 # The most a config file of someone else's folder may hold (model_index.json, a component's
 # config.json, scheduler_config.json, a sharded weights index: kilobytes to a few MB).
 MAX_CONFIG_BYTES = 64 << 20
+# A PNG to replay: a 4096 x 4096 RGB image stored uncompressed is 48 MiB.
+MAX_PNG_BYTES = 256 << 20
 
 
-def read_bounded(path: Path, limit: int = MAX_CONFIG_BYTES) -> bytes:
+def read_bounded(path: Path, limit: int = MAX_CONFIG_BYTES, what: str = "config file") -> bytes:
     """The bytes of ``path``, a regular file (links followed) of at most ``limit`` bytes.
     Raises ``FileNotFoundError`` where it is missing, ``OSError`` where it cannot be read,
     and ``UserInputError`` for a device, a FIFO or a folder (reading ``/dev/zero`` never ends;
-    a FIFO blocks) and for a file over ``limit``, checked while reading (a file that grows)."""
+    a FIFO blocks) and for a file over ``limit``, checked while reading (a file that grows).
+    ``what`` names the kind of file in the messages."""
     info = os.stat(path)
     if not stat.S_ISREG(info.st_mode):
-        raise UserInputError(f"{path} is not a regular file (a device, a FIFO or a folder): answer-trt reads config "
-                             "files only from regular files; replace it with the file itself")
+        raise UserInputError(f"{path} is not a regular file (a device, a FIFO or a folder): answer-trt reads a {what} "
+                             "only from a regular file; give the file itself")
     with open(path, "rb") as f:
         data = f.read(limit + 1)
     if len(data) > limit:
-        raise UserInputError(f"{path} is larger than {limit >> 20} MiB, far more than any config file: replace it "
-                             "with the model's own file")
+        raise UserInputError(f"{path} is larger than {limit >> 20} MiB, far more than any {what}: give the "
+                             f"{what} itself")
     return data
 
 

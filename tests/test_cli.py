@@ -265,6 +265,24 @@ def test_a_png_header_claiming_a_huge_size_is_refused_before_decoding(tmp_path, 
     assert "claims a size no answer-trt image has" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("kind", ["fifo", "device", "folder"])
+def test_from_png_refuses_what_is_not_a_regular_file_without_blocking(kind, tmp_path, capsys):
+    """A FIFO blocked replay until a writer came (the hostile probe waited 120 s); a device
+    never ends. Each is refused in one line before it is opened."""
+    import os
+
+    png = tmp_path / "in.png"
+    if kind == "fifo":
+        os.mkfifo(png)
+    elif kind == "device":
+        png.symlink_to("/dev/zero")
+    else:
+        png.mkdir()
+    assert main(["generate", "--from-png", str(png), "-o", str(tmp_path / "out.png")]) == 2
+    err = capsys.readouterr().err
+    assert "is not a regular file" in err and len(err.strip().splitlines()) == 1
+
+
 def test_messages_say_exactly_what_is_allowed(tmp_path, monkeypatch, capsys):
     """An empty --model is refused (it ran `tiny`), the seed range ends at 2**64 - 1 (it said
     2**64), and a legal 251-byte output name is written (its temporary's name was too long)."""

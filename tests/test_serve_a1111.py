@@ -270,6 +270,14 @@ def test_harmless_fields_and_neutral_values_leave_the_picture_as_it_is(app):
     assert np.array_equal(pixels(loaded["images"][0]), pixels(plain["images"][0]))
 
 
+@pytest.mark.parametrize("name", ["s_noise", "denoising_strength", "hr_scale", "cfg_scale"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_a_non_finite_number_is_refused_even_in_a_harmless_field(app, name, value):
+    """Python's JSON writes NaN and Infinity; JSON has neither, and no A1111 field means them
+    (the hostile probe found the ignored float fields taking them)."""
+    assert name in refusal(app, **{name: value})
+
+
 def test_the_scheduler_field_takes_what_get_schedulers_lists(app):
     from answer_trt.serving.conventions import a1111_schedulers
 

@@ -58,7 +58,8 @@ def schema_fields(exclude: tuple[str, ...] = ()) -> dict[str, tuple[Any, Any]]:
 
 
 _FIELDS = {f.name: f for f in request_fields()}
-_FORBID = ConfigDict(extra="forbid")
+# Unknown fields and non-finite numbers (JSON has neither NaN nor Infinity; Python writes them) are refused.
+_FORBID = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 # POST /v1/generate: every schema field (the prompt required) and how to answer. The route
 # parses its body with answer_trt.serving.protocol (same fields, one-line messages); this

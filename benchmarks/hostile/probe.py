@@ -1,4 +1,4 @@
-"""Hostile inputs against answer-trt, seven classes (issue 23's closing table, re-measured).
+"""Hostile inputs against answer-trt, eleven classes (issue 23's seven, and issue 32's four in walk.py).
 
     PYTHONPATH=. python benchmarks/hostile/probe.py [--only CLASS,...] [--json PATH]
 
@@ -13,6 +13,7 @@ A script, not a test: stdlib + the project; every server listens on 127.0.0.1 an
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import http.client
 import json
@@ -25,14 +26,17 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import walk  # noqa: E402 - beside this script: the generated and file-borne classes
 PY = sys.executable
 CLASSES = ["HTTP serving", "concurrency", "interruptions", "environment", "CLI flags",
-           "engines-folder tampering", "Python API"]
+           "engines-folder tampering", "Python API", "request fields", "replay and PNG metadata", "model folders",
+           "LoRA and variants"]
 RESULTS: list[dict[str, Any]] = []
 
 
@@ -746,10 +750,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def http_serving(w: World) -> None:
-    cls = "HTTP serving"
+@contextlib.contextmanager
+def served(w: World, name: str) -> Iterator[tuple[int, Any]]:
+    """A server on the tiny folder (queue 4) for the block: its port and its log file."""
     port = free_port()
-    log = (w.root / "server.log").open("w+")
+    log = (w.root / f"{name}.log").open("w+")
     server = subprocess.Popen([PY, "-c", SERVER, str(w.engines), str(port), "4"], env=w.env, stdout=log,
                               stderr=subprocess.STDOUT)
     try:
@@ -759,8 +764,7 @@ def http_serving(w: World) -> None:
                 break
             except OSError:
                 time.sleep(0.5)
-        _http_inputs(w, cls, port, log)
-        _http_concurrency(w, port, log)
+        yield port, log
     finally:
         server.send_signal(signal.SIGINT)
         try:
@@ -768,6 +772,17 @@ def http_serving(w: World) -> None:
         except subprocess.TimeoutExpired:
             server.kill()
         log.close()
+
+
+def http_serving(w: World) -> None:
+    with served(w, "server") as (port, log):
+        _http_inputs(w, "HTTP serving", port, log)
+        _http_concurrency(w, port, log)
+
+
+def request_fields(w: World, pipe: Any) -> None:
+    with served(w, "fields-server") as (port, log):
+        walk.request_fields(sys.modules[__name__], w, pipe, port, log)
 
 
 def request(port: int, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None,
@@ -984,7 +999,7 @@ def table() -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", default="", help="comma-separated class keys: cli,tamper,env,int,conc,api,http")
+    parser.add_argument("--only", default="", help="comma-separated class keys: cli,tamper,env,int,conc,api,http,fields,png,models,lora")
     parser.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "hostile-probe.json"))
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     args = parser.parse_args()
@@ -999,13 +1014,16 @@ def main() -> int:
             return 1
         os.environ.update(PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", ANSWER_TRT_CACHE=str(w.cache))
         pipe = None
-        if not only or only & {"conc", "api"}:
+        if not only or only & {"conc", "api", "fields"}:
             from answer_trt import load
             pipe = load(str(w.engines))
         steps: list[tuple[str, Callable[[], None]]] = [
             ("cli", lambda: cli_flags(w)), ("tamper", lambda: tampering(w)), ("env", lambda: environment(w)),
             ("api", lambda: python_api(w, pipe)), ("conc", lambda: concurrency(w, pipe)),
-            ("http", lambda: http_serving(w)), ("int", lambda: interruptions(w))]
+            ("http", lambda: http_serving(w)), ("int", lambda: interruptions(w)),
+            ("fields", lambda: request_fields(w, pipe)), ("png", lambda: walk.replay(sys.modules[__name__], w)),
+            ("models", lambda: walk.model_folders(sys.modules[__name__], w)),
+            ("lora", lambda: walk.loras(sys.modules[__name__], w))]
         for key, step in steps:
             if not only or key in only:
                 step()
