@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import errno
+import io
 import json
 import logging
 import os
@@ -12,7 +13,6 @@ import secrets
 import signal
 import sys
 import threading
-import io
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path

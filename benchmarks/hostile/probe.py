@@ -33,6 +33,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import walk  # noqa: E402 - beside this script: the generated and file-borne classes
+
 PY = sys.executable
 CLASSES = ["HTTP serving", "concurrency", "interruptions", "environment", "CLI flags",
            "engines-folder tampering", "Python API", "request fields", "replay and PNG metadata", "model folders",
@@ -999,7 +1000,8 @@ def table() -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", default="", help="comma-separated class keys: cli,tamper,env,int,conc,api,http,fields,png,models,lora")
+    parser.add_argument("--only", default="", help="comma-separated class keys: "
+                        "cli,tamper,env,int,conc,api,http,fields,png,models,lora")
     parser.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "hostile-probe.json"))
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     args = parser.parse_args()

@@ -68,11 +68,9 @@ def request_fields(p: Any, w: Any, pipe: Any, port: int, log: Any) -> None:
         fi = info(f)
         for label, value in bad_values(fi.kind, fi.low, fi.high, fi.choices, fi.nullable):
             name = f"{f.name}={label}"
-            if f.name == "prompt":
-                call = (lambda v=value: g(v, steps=1))
-            else:
-                call = (lambda n=f.name, v=value: g("a", **{"steps": 1, n: v}))
-            _api(p, w, cls, f"API {name}", call)
+            keywords = {"steps": 1} if f.name == "prompt" else {"steps": 1, f.name: value}
+            prompt = value if f.name == "prompt" else "a"
+            _api(p, w, cls, f"API {name}", lambda prompt=prompt, keywords=keywords: g(prompt, **keywords))
             body = {"prompt": "a", "steps": 1, f.name: value}
             p.http_case(cls, port, log, f"HTTP {name}", "POST", "/v1/generate", _json(body), "bad")
     # the CLI: two values a flag (a wrong type, one past a bound), as subprocesses
