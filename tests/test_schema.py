@@ -321,3 +321,45 @@ def test_a_replayed_default_size_reuses_the_default_engines():
     from answer_trt.loaders import build_cached
 
     assert build_cached("tiny", 32, 32) == build_cached("tiny") == build_cached("tiny", None, 32)
+
+
+def _cli_bad_values(fi) -> list[str]:
+    """Values of a flag that its field refuses, from the schema's kind and bounds."""
+    if fi.kind == "int":
+        return ["x", "2.5", str(int(fi.low) - 1), *([str(int(fi.high) + 1)] if fi.high is not None else [])]
+    if fi.kind == "float":
+        return ["x", "nan", "inf", *([f"{fi.low - 1:g}"] if fi.low is not None else []),
+                *([f"{fi.high + 1:g}"] if fi.high is not None else [])]
+    if fi.kind == "ints":
+        return ["1,,2", "1,-2", ",".join(["1"] * 300), str(2**64)]
+    return ["", "nope"] if fi.choices else []
+
+
+def test_every_flag_refuses_its_bad_values_before_any_work(tmp_path, monkeypatch, capsys):
+    """Issue 32 item 1 as a property: for every schema field with a flag, each value it refuses
+    is refused in one line (exit 2) with an empty cache, and nothing is built, locked or
+    written: no engines folder, no lock, no PNG."""
+    from answer_trt.cli import main
+    from answer_trt.schema import info, request_fields
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("ANSWER_TRT_CACHE", str(cache))
+    tried = 0
+    for f in request_fields():
+        fi = info(f)
+        if not fi.cli:
+            continue
+        for value in _cli_bad_values(fi):
+            argv = ["generate", "a red circle", "--model", "tiny", "--" + f.name.replace("_", "-"), value,
+                    "-o", str(tmp_path / "x.png")]
+            try:
+                code = main(argv)
+            except SystemExit as exit_:  # argparse's own refusal (a value of the wrong type)
+                code = exit_.code
+            err = capsys.readouterr().err
+            assert code == 2, (argv, err)
+            assert "Traceback" not in err and err.strip().splitlines()[-1].startswith(("answer-trt", "usage")), err
+            assert not cache.exists() or not any(cache.rglob("*")), (argv, sorted(cache.rglob("*")))
+            assert not (tmp_path / "x.png").exists()
+            tried += 1
+    assert tried >= 40
