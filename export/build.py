@@ -134,21 +134,22 @@ def build(config: BuildConfig, log: Callable[[str], None] = print) -> BuildResul
         from answer_trt.export.inductor_build import check_can_compile
 
         check_can_compile(config.device)
+    plan = _plan(config)  # every check of the model and the flags, before any folder or lock is made
     out = config.out.resolve()
     created = make_folders(out.parent)
     try:
         with build_lock(out, log):  # concurrent first users of one folder: one builds, the others reuse
-            return _build_locked(config, log, created)
+            return _build_locked(plan, log, created)
     except BaseException:
         remove_empty(created)  # folders this build made go again
         raise
 
 
-def _build_locked(config: BuildConfig, log: Callable[[str], None], created: list[Path]) -> BuildResult:
-    clean_stale(config.out.resolve())
-    target = inspect_out(config.out, config.force)
+def _plan(config: BuildConfig) -> BuildPlan:
+    """The build's plan, with the model, its configs, the flags and the LoRAs checked
+    (``UserInputError`` in one line); reads files, writes nothing."""
     source = resolve_model(config.model, config.variant)
-    if target.path.is_relative_to(source.path):
+    if config.out.resolve().is_relative_to(source.path):
         raise UserInputError(f"--out {config.out} is inside the model folder {source.path}: answer-trt never "
                              "writes into a model; choose an --out outside it")
     info = read_model_info(source.path)
@@ -163,7 +164,13 @@ def _build_locked(config: BuildConfig, log: Callable[[str], None], created: list
     loras = tuple(check_lora(spec) for spec in config.loras)  # before any model is loaded
     for lora in loras:
         check_manifest_text(str(lora.path), "--lora")
-    plan = BuildPlan(config, source, source.content_hash(), info, height, width, loras)
+    return BuildPlan(config, source, source.content_hash(), info, height, width, loras)
+
+
+def _build_locked(plan: BuildPlan, log: Callable[[str], None], created: list[Path]) -> BuildResult:
+    config, source = plan.config, plan.source
+    clean_stale(config.out.resolve())
+    target = inspect_out(config.out, config.force)
     key = plan.key
     out = config.out
     if not config.force and _up_to_date(out, key):

@@ -73,3 +73,36 @@ def test_three_first_users_of_an_empty_cache_all_get_the_image(tmp_path):
     images = [np.asarray(Image.open(tmp_path / f"o{i}.png")) for i in range(3)]
     assert all(np.array_equal(images[0], image) for image in images[1:])
     assert len(list((tmp_path / "cache" / "engines").iterdir())) == 1  # built once, reused
+
+
+@pytest.mark.parametrize("broken", ["scheduler", "lora", "tokenizer"])
+def test_a_build_refused_for_its_model_takes_no_lock_and_makes_no_folder(broken, tmp_path, monkeypatch):
+    """Issue 32 item 1: the model, its configs and the LoRAs are checked before the build lock
+    is taken and before --out's parents are made (the hostile probe found a lock file left in
+    the cache by every refused build)."""
+    import json
+    import shutil
+
+    from answer_trt.build_config import BuildConfig
+    from answer_trt.export.build import build
+    from answer_trt.models.lora import LoraSpec
+    from answer_trt.models.source import resolve_model
+
+    monkeypatch.setenv("ANSWER_TRT_CACHE", str(tmp_path / "cache"))
+    model = tmp_path / "model"
+    shutil.copytree(resolve_model("tiny").path, model)
+    loras: tuple[LoraSpec, ...] = ()
+    if broken == "scheduler":
+        path = model / "scheduler" / "scheduler_config.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "prediction_type": "x"}))
+    elif broken == "tokenizer":
+        path = model / "tokenizer" / "tokenizer_config.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "model_max_length": -1}))
+    else:
+        loras = (LoraSpec(tmp_path / "missing.safetensors", 1.0),)
+    out = tmp_path / "new" / "engines"
+    with pytest.raises(UserInputError) as refused:
+        build(BuildConfig(model=str(model), out=out, loras=loras), log=lambda _m: None)
+    assert "\n" not in str(refused.value)
+    assert not (tmp_path / "new").exists()
+    assert not (tmp_path / "cache" / "locks").exists() or not list((tmp_path / "cache" / "locks").iterdir())

@@ -103,7 +103,10 @@ def read_model_info(path: Path) -> ModelInfo:
     text_file, unet_file = path / "text_encoder" / "config.json", path / "unet" / "config.json"
     positions = config_int(text, "max_position_embeddings", text_file)
     max_length = config_json(path, "tokenizer", "tokenizer_config.json").get("model_max_length")
-    if not isinstance(max_length, int) or max_length > positions:
+    if isinstance(max_length, (int, float)) and not isinstance(max_length, bool) and max_length < 2:
+        raise UserInputError(f"{path / 'tokenizer' / 'tokenizer_config.json'}: model_max_length {max_length!r} leaves "
+                             f"no room for a token between the start and end tokens (CLIP: 77): fix it, or {RESAVE}")
+    if not isinstance(max_length, int) or max_length > positions:  # absent, or transformers' 1e30 "no limit"
         max_length = positions
     hidden, pooled, time_ids = config_int(text, "hidden_size", text_file), 0, 0
     if is_sdxl(path):
