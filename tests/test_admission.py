@@ -8,7 +8,7 @@ import threading
 import pytest
 import torch
 
-from answer_trt.serving.admission import admit, call_timesteps, fill, group
+from answer_trt.serving.admission import admit, call_timesteps, decode_chunks, fill, group
 from answer_trt.serving.stats import RATE_WINDOW_S, StatsRecorder
 from answer_trt.serving.tickets import DeadlineExceeded, RequestCancelled, Ticket
 
@@ -49,6 +49,19 @@ def test_grouping_keeps_first_appearance_order():
 ])
 def test_a_call_takes_the_oldest_requests_that_fit(pending, limit, chosen):
     assert fill(pending, limit) == chosen
+
+
+@pytest.mark.parametrize("images, limit, chunks", [
+    ([2, 2, 2, 2], 4, [[0, 1], [2, 3]]),  # the hostile probe: 4 requests of 2 images, decoder built for 4
+    ([1, 1, 1, 1, 1], 4, [[0, 1, 2, 3], [4]]),
+    ([3, 2, 1], 4, [[0], [1, 2]]),
+    ([4], 4, [[0]]),
+    ([], 4, []),
+])
+def test_decode_chunks_fit_the_decoders_batch(images, limit, chunks):
+    assert decode_chunks(images, limit) == chunks
+    for chunk in chunks:
+        assert sum(images[i] for i in chunk) <= limit
 
 
 def test_timesteps_one_per_row_across_dtypes():

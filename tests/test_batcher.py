@@ -87,6 +87,20 @@ def test_without_batching_requests_run_one_at_a_time_and_agree(pipe):
         assert np.abs(pixels(result) - reference(pipe, request)).max() <= 1
 
 
+def test_requests_finishing_together_are_decoded_within_the_decoders_batch(pipe):
+    """Four requests of 2 images that finish at one step: 8 images, a decoder built for 4. The
+    decode calls take 4 rows at most (three requests were refused as "batch=6 is outside the
+    built profile" by the hostile probe)."""
+    requests = [GenerateRequest("a red circle", method="cfg", steps=1, seed=s, batch=2) for s in range(4)]
+    with StepBatcher(pipe) as batcher:
+        results = [t.result(timeout=120) for t in [batcher.submit(r) for r in requests]]
+    assert [len(r.images) for r in results] == [2, 2, 2, 2]
+    for request, result in zip(requests, results):
+        want = pipe.generate(request.prompt, **request.keywords())
+        assert np.abs(np.asarray(result.images[1]).astype(np.int16)
+                      - np.asarray(want.images[1]).astype(np.int16)).max() <= 1
+
+
 def test_a_small_max_rows_makes_requests_wait_their_turn(pipe):
     requests = [GenerateRequest("a red circle", method="cfg", steps=5, seed=s) for s in range(3)]
     with StepBatcher(pipe, max_rows=4) as batcher:  # two CFG requests per call at most

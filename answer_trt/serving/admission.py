@@ -66,6 +66,22 @@ def fill(pending: Sequence[int | None], max_rows: int) -> list[int]:
     return chosen
 
 
+def decode_chunks(images: Sequence[int], limit: int) -> list[list[int]]:
+    """Consecutive runs of finished requests (``images`` each) whose images together fit in
+    one VAE decode call of at most ``limit`` rows (the decoder's built batch), oldest first.
+    A request of more than ``limit`` images (never admitted) is a run of its own."""
+    chunks: list[list[int]] = []
+    rows = 0
+    for index, count in enumerate(images):
+        if chunks and rows + count <= limit:
+            chunks[-1].append(index)
+            rows += count
+        else:
+            chunks.append([index])
+            rows = count
+    return chunks
+
+
 def call_timesteps(per_request: Sequence[tuple[Tensor, int]]) -> Tensor:
     """One timestep per row for ``(t, rows)`` of each request in a call; requests on
     different schedulers may differ in dtype (then float32)."""

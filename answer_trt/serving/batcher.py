@@ -51,7 +51,7 @@ from answer_trt.rules import check_int
 from answer_trt.sampler import SamplingProgram
 from answer_trt.schedulers import StepRule
 from answer_trt.schema import GenerateRequest
-from answer_trt.serving.admission import admit, call_timesteps, fill, group
+from answer_trt.serving.admission import admit, call_timesteps, decode_chunks, fill, group
 from answer_trt.serving.stats import BatcherStats, Progress, RequestProgress, StatsRecorder
 from answer_trt.serving.tickets import DeadlineExceeded, QueueFullError, RequestCancelled, Ticket
 
@@ -332,9 +332,9 @@ class StepBatcher:
 
     def _decode(self, group: list[_Job]) -> None:
         pipe = self.pipeline
-        step = pipe.limits.max_batch or len(group)
-        for start in range(0, len(group), step):
-            chunk = group[start:start + step]
+        images = [job.waiting.plan.config.batch for job in group]
+        for indices in decode_chunks(images, pipe.limits.max_batch or sum(images)):
+            chunk = [group[i] for i in indices]
             began = time.monotonic()
             latents = torch.cat([job.latents for job in chunk if job.latents is not None])
             try:
