@@ -225,8 +225,8 @@ def _check_parts(file: Path, keys: list[str]) -> None:
 def resolve_config(config: str | None, family: Family, file: Path) -> tuple[str, Path]:
     """The diffusers config folder for a ``family`` checkpoint: ``config`` (a local diffusers
     folder, or a hub id fetched without weights) or, without one, diffusers' default for the
-    family, fetched from the hub or found in the Hugging Face cache. Returns the config as
-    named and its local folder. Refuses a folder that is not a diffusers pipeline folder, a
+    family, fetched from the hub or found in the Hugging Face cache. Returns the config as a
+    rebuild names it (a hub id, or a local folder's absolute path) and its local folder. Refuses a folder that is not a diffusers pipeline folder, a
     folder of the other family (SDXL vs SD 1.x/2.x), and a hub id that can neither be fetched
     nor found in the cache (offline: ``HF_HUB_OFFLINE=1``), in one line naming ``--config``."""
     name = config if config is not None else family.default_config
@@ -251,7 +251,7 @@ def resolve_config(config: str | None, family: Family, file: Path) -> tuple[str,
         raise UserInputError(f"--config {name} holds the configs of an {held} model, and {file.name} is an "
                              f"{family.label} checkpoint: give a {family.label} diffusers folder or hub id (default "
                              f"{family.default_config})")
-    return name, folder
+    return (str(folder) if path.is_dir() else name), folder
 
 
 def _fetch_config(repo_id: str, family: Family, file: Path, given: bool) -> Path:
