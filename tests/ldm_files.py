@@ -147,15 +147,21 @@ def folder_weights(folder: Path, sub: str) -> dict[str, torch.Tensor]:
     return load_file(folder / sub / name)
 
 
-def write_ldm_checkpoint(folder: Path, out: Path, dtype: torch.dtype | None = None) -> Path:
+def write_ldm_checkpoint(folder: Path, out: Path, dtype: torch.dtype | None = None, open_clip: bool = False) -> Path:
     """The diffusers folder ``folder`` (SD 1.x-shaped or SDXL-shaped) as one LDM-layout
-    ``.safetensors`` file at ``out`` (tensors cast to ``dtype`` where given); returns ``out``."""
+    ``.safetensors`` file at ``out`` (tensors cast to ``dtype`` where given; ``open_clip``: the
+    text encoder in SD 2.x's OpenCLIP layout, ``cond_stage_model.model.*``); returns ``out``."""
     sdxl = (folder / "text_encoder_2").is_dir()
     state = {**unet_to_ldm(folder_weights(folder, "unet"), _config(folder, "unet")),
              **vae_to_ldm(folder_weights(folder, "vae"), _config(folder, "vae"))}
     if sdxl:
         state.update(clip_to_ldm(folder_weights(folder, "text_encoder"), "conditioner.embedders.0.transformer."))
         state.update(open_clip_to_ldm(folder_weights(folder, "text_encoder_2"), "conditioner.embedders.1.model."))
+    elif open_clip:  # SD 2.x: OpenCLIP-H, whose text projection the UNet does not use (diffusers drops it)
+        text = folder_weights(folder, "text_encoder")
+        hidden = text[next(k for k in text if k.endswith("token_embedding.weight"))].shape[1]
+        text["text_projection.weight"] = torch.randn(hidden, hidden, generator=torch.Generator().manual_seed(0))
+        state.update(open_clip_to_ldm(text, "cond_stage_model.model."))
     else:
         state.update(clip_to_ldm(folder_weights(folder, "text_encoder"), "cond_stage_model.transformer."))
     if dtype is not None:

@@ -236,3 +236,66 @@ def test_the_python_api_loads_a_single_file(sd1_file, tiny_model_dir):
     assert pipe.model_name == str(sd1_file)
     assert pipe.generate(PROMPT, seed=1, steps=2).images[0].size == (64, 64)
     assert os.path.isdir(converted_folder(resolve_single_file(sd1_file, str(tiny_model_dir))))
+
+
+def _tiny_sdxl(folder: Path) -> Path:
+    """An SDXL-shaped miniature whose two text encoders differ in width (32 and 64), as CLIP-L
+    and OpenCLIP-bigG do: diffusers' loader tells them apart by that width."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from answer_trt.models.tiny import WORDS, _unet, _vae
+    from answer_trt.models.tokenizer_files import write_clip_tokenizer
+
+    tokenizer = write_clip_tokenizer(folder / "tokenizer", WORDS)
+    tokenizer_2 = write_clip_tokenizer(folder / "tokenizer_2", WORDS, pad_token="!")
+
+    def text(width: int, cls, seed: int):
+        torch.manual_seed(seed)
+        return cls(CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=width, intermediate_size=2 * width,
+                                  num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=77,
+                                  projection_dim=width, bos_token_id=tokenizer.bos_token_id,
+                                  eos_token_id=tokenizer.eos_token_id, pad_token_id=1))
+
+    unet = _unet(11, cross_attention_dim=96, use_linear_projection=True, attention_head_dim=(4, 8),
+                 addition_embed_type="text_time", addition_time_embed_dim=8,
+                 projection_class_embeddings_input_dim=6 * 8 + 64)
+    StableDiffusionXLPipeline(
+        vae=_vae(12, scaling_factor=0.13025, force_upcast=True), text_encoder=text(32, CLIPTextModel, 13),
+        text_encoder_2=text(64, CLIPTextModelWithProjection, 14), tokenizer=tokenizer, tokenizer_2=tokenizer_2,
+        unet=unet, scheduler=EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                                    steps_offset=1, timestep_spacing="leading"),
+    ).save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def test_an_sdxl_single_file_round_trips_and_draws_the_folders_image(tmp_path):
+    folder = _tiny_sdxl(tmp_path / "sdxl")
+    file = write_ldm_checkpoint(folder, tmp_path / "tiny-sdxl.safetensors")
+    keys = load_file(str(file))
+    assert "conditioner.embedders.0.transformer.text_model.embeddings.position_embedding.weight" in keys
+    assert "conditioner.embedders.1.model.transformer.resblocks.0.attn.in_proj_weight" in keys
+    assert "model.diffusion_model.label_emb.0.0.weight" in keys
+    for sub, got in _diffusers_weights(file, folder).items():
+        _assert_same_weights(folder_weights(folder, sub), got, sub)
+    assert checkpoint_family(file).label == "SDXL"
+    kwargs = dict(seed=3, steps=2)
+    ours = _pixels(answer_trt.load(str(file), backend="torch", config=str(folder)).generate(PROMPT, **kwargs))
+    theirs = _pixels(answer_trt.load(str(folder), backend="torch").generate(PROMPT, **kwargs))
+    assert theirs.std() > 1 and np.abs(ours - theirs).max() == 0
+    with pytest.raises(UserInputError) as exc:  # SDXL weights with SD 1.x configs
+        resolve_model(str(file), config=str(resolve_model("tiny-random").path))
+    assert "SDXL checkpoint" in _one_line(exc)
+
+
+def test_an_sd2_single_file_takes_its_prediction_type_from_the_config(tmp_path):
+    folder = resolve_model("tiny-sd21").path
+    file = write_ldm_checkpoint(folder, tmp_path / "tiny-sd2.safetensors", open_clip=True)
+    assert "cond_stage_model.model.transformer.resblocks.1.attn.in_proj_weight" in load_file(str(file))
+    for sub, got in _diffusers_weights(file, folder).items():
+        _assert_same_weights(folder_weights(folder, sub), got, sub)
+    assert checkpoint_family(file).label == "SD 2.x"
+    out = tmp_path / "engines"
+    result = build(BuildConfig(model=str(file), out=out, max_batch=1, model_config=str(folder)), log=lambda _m: None)
+    assert result.manifest.info.prediction_type == "v_prediction"  # tiny-sd21's scheduler config says so
+    assert result.manifest.single_file is not None and result.manifest.single_file.family == "SD 2.x"
