@@ -189,7 +189,8 @@ def make_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_ArgumentParser)
 
     b = sub.add_parser("build", help="export a model's components and build engines")
-    b.add_argument("--model", default="tiny", help="diffusers folder, hub id, or built-in name: `tiny` (default, "
+    b.add_argument("--model", default="tiny", help="diffusers folder, single-file .safetensors checkpoint (see "
+                   "--config), hub id, or built-in name: `tiny` (default, "
                    "trained on coloured shapes), `tiny-random`, `tiny-sd21`, `tiny-sdxl`")
     b.add_argument("--out", required=True, type=Path, help="engines folder to write")
     add_weights_arguments(b)

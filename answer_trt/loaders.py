@@ -252,8 +252,9 @@ def build_cached(
     variant: str | None = None, loras: tuple[LoraSpec, ...] = (), config: str | None = None,
 ) -> Path:
     """Build (or reuse) ONNX Runtime engines for ``model`` (its weights ``variant``, with
-    ``loras`` fused; a single file with the configs of ``config``) in the cache; returns the folder. ``batch`` images of ``height`` x ``width`` are sized against
-    the memory limit first, so an absurd request never starts a build."""
+    ``loras`` fused; a single file with the configs of ``config``) in the cache; returns the
+    folder. ``batch`` images of ``height`` x ``width`` are sized against the memory limit
+    first, so an absurd request never starts a build."""
     default = check_cached_request(model, height, width, batch, variant, config)
     # The model's default size asked for by number (a replayed PNG records it) is the default
     # build: one cache folder, not a second build of the same engines.

@@ -147,10 +147,24 @@ def folder_weights(folder: Path, sub: str) -> dict[str, torch.Tensor]:
     return load_file(folder / sub / name)
 
 
-def write_ldm_checkpoint(folder: Path, out: Path, dtype: torch.dtype | None = None, open_clip: bool = False) -> Path:
+def real_file_extras(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Tensors that shared SD 1.x files carry beside the weights (A1111 files from the CompVis
+    training code): the training schedule, the EMA's bookkeeping, CLIP's position ids as floats."""
+    extras = {"alphas_cumprod": torch.linspace(0.999, 0.005, 1000), "betas": torch.linspace(8.5e-4, 0.012, 1000),
+              "model_ema.decay": torch.tensor(0.9999), "model_ema.num_updates": torch.tensor(1000, dtype=torch.int32)}
+    positions = "cond_stage_model.transformer.text_model.embeddings.position_embedding.weight"
+    if positions in state:
+        extras[positions.replace("position_embedding.weight", "position_ids")] = \
+            torch.arange(state[positions].shape[0], dtype=torch.float32)[None]
+    return extras
+
+
+def write_ldm_checkpoint(folder: Path, out: Path, dtype: torch.dtype | None = None, open_clip: bool = False,
+                         extras: bool = False) -> Path:
     """The diffusers folder ``folder`` (SD 1.x-shaped or SDXL-shaped) as one LDM-layout
     ``.safetensors`` file at ``out`` (tensors cast to ``dtype`` where given; ``open_clip``: the
-    text encoder in SD 2.x's OpenCLIP layout, ``cond_stage_model.model.*``); returns ``out``."""
+    text encoder in SD 2.x's OpenCLIP layout, ``cond_stage_model.model.*``; ``extras``: with
+    ``real_file_extras``); returns ``out``."""
     sdxl = (folder / "text_encoder_2").is_dir()
     state = {**unet_to_ldm(folder_weights(folder, "unet"), _config(folder, "unet")),
              **vae_to_ldm(folder_weights(folder, "vae"), _config(folder, "vae"))}
@@ -164,6 +178,8 @@ def write_ldm_checkpoint(folder: Path, out: Path, dtype: torch.dtype | None = No
         state.update(open_clip_to_ldm(text, "cond_stage_model.model."))
     else:
         state.update(clip_to_ldm(folder_weights(folder, "text_encoder"), "cond_stage_model.transformer."))
+    if extras:
+        state.update(real_file_extras(state))
     if dtype is not None:
         state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     save_file({k: v.contiguous() for k, v in state.items()}, str(out))

@@ -39,7 +39,8 @@ def _one_line(exc: pytest.ExceptionInfo[UserInputError]) -> str:
 
 @pytest.fixture(scope="module")
 def sd1_file(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_ldm_checkpoint(tiny_model_dir, tmp_path_factory.mktemp("ckpt") / "tiny-sd1.safetensors")
+    return write_ldm_checkpoint(tiny_model_dir, tmp_path_factory.mktemp("ckpt") / "tiny-sd1.safetensors",
+                                extras=True)
 
 
 def _diffusers_weights(file: Path, config: Path) -> dict[str, dict[str, torch.Tensor]]:
@@ -72,6 +73,7 @@ def test_the_test_file_is_in_the_ldm_layout_and_diffusers_reads_it_back_exactly(
     assert "first_stage_model.encoder.down.0.block.0.conv1.weight" in header
     assert "cond_stage_model.transformer.text_model.embeddings.position_embedding.weight" in header
     assert not any(k.startswith(("down_blocks.", "unet.")) for k in header)
+    assert "alphas_cumprod" in header and "model_ema.decay" in header  # what real files carry too
     # Round trip: diffusers' loader gives back every tensor of the folder, bit for bit.
     loaded = _diffusers_weights(sd1_file, tiny_model_dir)
     for sub, got in loaded.items():
@@ -153,6 +155,31 @@ def test_without_network_or_cached_config_it_names_config(sd1_file, tmp_path, mo
     assert len(err.splitlines()) == 1 and "--config" in err
 
 
+def test_offline_the_default_config_comes_from_the_hugging_face_cache(sd1_file, tiny_model_dir, tmp_path,
+                                                                      monkeypatch):
+    """No --config, no network: diffusers' default config repo for SD 1.x is read from the HF
+    cache (laid out as huggingface_hub keeps it: refs/main -> snapshots/<commit>/)."""
+    import shutil
+
+    import huggingface_hub.constants as hub
+
+    cache = tmp_path / "hf-cache"
+    repo = cache / "models--stable-diffusion-v1-5--stable-diffusion-v1-5"
+    commit = "0" * 40
+    shutil.copytree(tiny_model_dir, repo / "snapshots" / commit, ignore=shutil.ignore_patterns("*.safetensors"))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(cache))
+    source = resolve_model(str(sd1_file))
+    assert source.checkpoint is not None
+    assert source.checkpoint.config == "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    assert source.checkpoint.config_path == repo / "snapshots" / commit
+    for sub in ("unet", "vae", "text_encoder"):
+        _assert_same_weights(folder_weights(tiny_model_dir, sub), folder_weights(source.path, sub), sub)
+
+
 def test_a_truncated_file_is_refused_in_one_line(sd1_file, tiny_model_dir, tmp_path):
     file = tmp_path / "cut.safetensors"
     file.write_bytes(sd1_file.read_bytes()[: sd1_file.stat().st_size // 2])
@@ -199,6 +226,9 @@ def test_pickles_variant_and_misplaced_config_are_refused(sd1_file, tiny_model_d
     with pytest.raises(UserInputError) as exc:
         resolve_model(str(pickle))
     assert "pickle checkpoint" in _one_line(exc) and "safetensors" in str(exc.value)
+    with pytest.raises(UserInputError) as exc:
+        resolve_model(str(tmp_path / "missing.safetensors"))
+    assert "no such file" in _one_line(exc)
     with pytest.raises(UserInputError) as exc:
         resolve_model(str(sd1_file), variant="fp16", config=str(tiny_model_dir))
     assert "drop --variant" in _one_line(exc)
@@ -299,3 +329,24 @@ def test_an_sd2_single_file_takes_its_prediction_type_from_the_config(tmp_path):
     result = build(BuildConfig(model=str(file), out=out, max_batch=1, model_config=str(folder)), log=lambda _m: None)
     assert result.manifest.info.prediction_type == "v_prediction"  # tiny-sd21's scheduler config says so
     assert result.manifest.single_file is not None and result.manifest.single_file.family == "SD 2.x"
+
+
+def test_generate_takes_a_single_file_and_config_and_refuses_config_with_engines(sd1_file, tiny_model_dir, engines_dir,
+                                                                                tmp_path, capsys):
+    png = tmp_path / "out.png"
+    assert main(["generate", PROMPT, "--model", str(sd1_file), "--config", str(tiny_model_dir), "--steps", "1",
+                 "-o", str(png)]) == 0
+    assert png.is_file()
+    capsys.readouterr()
+    assert main(["generate", PROMPT, "--engines", str(engines_dir), "--config", str(tiny_model_dir),
+                 "-o", str(png)]) == 2
+    assert "drop --config" in capsys.readouterr().err
+
+
+def test_a_half_precision_file_keeps_its_precision(tiny_model_dir, tmp_path):
+    file = write_ldm_checkpoint(tiny_model_dir, tmp_path / "half.safetensors", dtype=torch.float16)
+    source = resolve_model(str(file), config=str(tiny_model_dir))
+    unet = folder_weights(source.path, "unet")
+    assert {t.dtype for t in unet.values()} == {torch.float16}  # the same size on disk as the file
+    original = folder_weights(tiny_model_dir, "unet")
+    assert all(torch.equal(unet[k], original[k].half()) for k in original)

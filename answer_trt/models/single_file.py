@@ -50,6 +50,7 @@ from answer_trt.models.weight_files import PICKLE_SUFFIXES, check_safetensors
 
 SINGLE_FILE_SUFFIXES = (".safetensors",)
 PICKLE_CHECKPOINT_SUFFIXES = PICKLE_SUFFIXES
+CHECKPOINT_SUFFIXES = (*SINGLE_FILE_SUFFIXES, *PICKLE_CHECKPOINT_SUFFIXES)
 CONVERTED_FOLDER = "single-file"  # under <cache>/models/
 # Files of a diffusers config folder that decide the converted model (no weights): what
 # diffusers' own config download fetches (configs, tokenizer vocabularies and merges).
@@ -120,7 +121,7 @@ class SingleFile:
 def is_single_file(path: Path) -> bool:
     """Whether ``path`` names a single-file checkpoint answer-trt reads or refuses as one
     (a file ending in ``.safetensors`` or a pickle suffix)."""
-    return path.suffix.lower() in (*SINGLE_FILE_SUFFIXES, *PICKLE_CHECKPOINT_SUFFIXES) and path.is_file()
+    return path.suffix.lower() in CHECKPOINT_SUFFIXES and path.is_file()
 
 
 def refuse_pickle(path: Path) -> None:
@@ -226,9 +227,10 @@ def resolve_config(config: str | None, family: Family, file: Path) -> tuple[str,
     """The diffusers config folder for a ``family`` checkpoint: ``config`` (a local diffusers
     folder, or a hub id fetched without weights) or, without one, diffusers' default for the
     family, fetched from the hub or found in the Hugging Face cache. Returns the config as a
-    rebuild names it (a hub id, or a local folder's absolute path) and its local folder. Refuses a folder that is not a diffusers pipeline folder, a
-    folder of the other family (SDXL vs SD 1.x/2.x), and a hub id that can neither be fetched
-    nor found in the cache (offline: ``HF_HUB_OFFLINE=1``), in one line naming ``--config``."""
+    rebuild names it (a hub id, or a local folder's absolute path) and its local folder.
+    Refuses a folder that is not a diffusers pipeline folder, a folder of the other family
+    (SDXL vs SD 1.x/2.x), and a hub id that can neither be fetched nor found in the cache
+    (offline: ``HF_HUB_OFFLINE=1``), in one line naming ``--config``."""
     name = config if config is not None else family.default_config
     if not isinstance(name, str) or not name.strip():
         raise UserInputError(f"--config {name!r} names nothing: give a diffusers folder or a hub id (org/name)")

@@ -24,7 +24,13 @@ from answer_trt.manifest import FAST_TOKENIZER_FILE, TOKENIZER_FOLDERS, Tokenize
 from answer_trt.models import quiet_libraries, tiny
 from answer_trt.models.info import RESAVE, is_sdxl, scheduler_config
 from answer_trt.models.lora import LoraFile, fuse_loras
-from answer_trt.models.single_file import SingleFile, ensure_converted, is_single_file, resolve_single_file
+from answer_trt.models.single_file import (
+    CHECKPOINT_SUFFIXES,
+    SingleFile,
+    ensure_converted,
+    is_single_file,
+    resolve_single_file,
+)
 from answer_trt.models.weight_files import check_variant, check_weights, component_variants
 
 REQUIRED_SUBFOLDERS = ("tokenizer", "text_encoder", "unet", "vae", "scheduler")
@@ -64,6 +70,8 @@ def resolve_model(model: str, variant: str | None = None, config: str | None = N
     path = Path(model).expanduser()
     if model not in BUILT_IN_MODELS and is_single_file(path):
         return _single_file(model, path, variant, config)
+    if path.suffix.lower() in CHECKPOINT_SUFFIXES and not path.exists():
+        raise UserInputError(f"--model {model}: no such file (a single-file checkpoint is given by its path)")
     if config is not None:
         raise UserInputError(f"--config {config} gives the configs of a single-file checkpoint, and --model {model} "
                              "is not one (a diffusers folder, hub id or built-in name brings its own): drop --config")
