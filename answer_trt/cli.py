@@ -591,7 +591,8 @@ def _info(args: argparse.Namespace) -> int:
     lines = [
         f"engines:    {args.folder}",
         f"model:      {manifest.model_name} (sha256 {manifest.model_hash[:16]}...), "
-        + (f"weights variant {manifest.variant}" if manifest.variant else "plain weights"),
+        + (f"weights variant {manifest.variant}" if manifest.variant else
+           "one single-file checkpoint" if manifest.single_file else "plain weights"),
         *([f"checkpoint: {manifest.single_file.family} single file (sha256 {manifest.single_file.sha256}), "
            f"configs and tokenizer from {manifest.single_file.config}"] if manifest.single_file else []),
         "loras:      " + ("none (build with --lora FILE[:SCALE] to fuse adapters)" if not manifest.loras else

@@ -125,6 +125,10 @@ def test_an_unchanged_file_is_reused_and_a_changed_one_rebuilt(sd1_file, tiny_mo
     converted = converted_folder(resolve_single_file(file, str(tiny_model_dir)))
     assert second.manifest.single_file.sha256[:16] in converted.name
     assert torch.equal(folder_weights(converted, "unet")["conv_out.bias"], tensors[key])
+    # A converted folder damaged in the cache is converted again, not refused.
+    (converted / "unet" / "diffusion_pytorch_model.safetensors").unlink()
+    assert resolve_model(str(file), config=str(tiny_model_dir)).path == converted
+    assert torch.equal(folder_weights(converted, "unet")["conv_out.bias"], tensors[key])
 
 
 def test_the_eager_backend_and_loras_work_on_a_single_file(sd1_file, tiny_model_dir, tmp_path):

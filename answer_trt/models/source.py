@@ -113,7 +113,13 @@ def _single_file(name: str, path: Path, variant: str | None, config: str | None)
                              "single-file checkpoint with one set of weights: drop --variant")
     checkpoint = resolve_single_file(path, config)
     folder = ensure_converted(checkpoint)
-    return ModelSource(name, folder, check_weights(folder, None), checkpoint)
+    try:
+        check_weights(folder, None)
+    except UserInputError:  # a converted folder damaged since (it is the cache's own): convert again
+        shutil.rmtree(folder, ignore_errors=True)
+        folder = ensure_converted(checkpoint)
+        check_weights(folder, None)
+    return ModelSource(name, folder, None, checkpoint)
 
 
 # Subfolders whose config file marks a folder as a diffusers model (or a part of one).
