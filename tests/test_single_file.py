@@ -341,6 +341,11 @@ def test_generate_takes_a_single_file_and_config_and_refuses_config_with_engines
     assert main(["generate", PROMPT, "--model", str(sd1_file), "--config", str(tiny_model_dir), "--steps", "1",
                  "-o", str(png)]) == 0
     assert png.is_file()
+    from PIL import Image
+
+    # A1111's "Model hash" is the file's sha256 cut to 10 digits: ours begins with it.
+    infotext = Image.open(png).info["parameters"]
+    assert f"Model hash: {resolve_single_file(sd1_file, str(tiny_model_dir)).sha256[:10]}" in infotext
     capsys.readouterr()
     assert main(["generate", PROMPT, "--engines", str(engines_dir), "--config", str(tiny_model_dir),
                  "-o", str(png)]) == 2
