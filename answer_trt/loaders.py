@@ -40,7 +40,7 @@ def load(
     variant: str | None = None, loras: Any = None, config: str | Path | None = None,
 ) -> Pipeline:
     """``source``: an engines folder (has manifest.json), or a MODEL (``tiny``, a
-    diffusers folder, a hub id). A model is built into the cache on first use, or run
+    diffusers folder, a single-file ``.safetensors`` checkpoint, a hub id). A model is built into the cache on first use, or run
     eagerly with ``backend="torch"`` (``device="cuda"``: the fp16 rule of
     ``answer_trt.precision`` on the GPU: fp16 UNet and VAE, fp32 text encoder and upcast VAE).
     ``variant``: the model's weights variant (``"fp16"`` for

@@ -20,7 +20,13 @@ from answer_trt.cli import main
 from answer_trt.errors import UserInputError
 from answer_trt.export.build import build
 from answer_trt.manifest import read_manifest
-from answer_trt.models.single_file import checkpoint_family, converted_folder, resolve_single_file
+from answer_trt.models.single_file import (
+    STAGING_PREFIX,
+    checkpoint_family,
+    converted_folder,
+    remove_stale_staging,
+    resolve_single_file,
+)
 from answer_trt.models.source import resolve_model
 from tests.ldm_files import folder_weights, write_ldm_checkpoint
 
@@ -413,3 +419,13 @@ def test_a_full_size_sd15_single_file_converts_exactly_and_stays_fp16(tmp_path):
         expected, got = folder_weights(folder, sub), folder_weights(source.path, sub)
         _assert_same_weights(expected, got, sub)
         assert {t.dtype for t in got.values()} == {torch.float16}
+
+
+def test_a_killed_conversions_staging_folder_is_removed_later_and_nothing_else(tmp_path):
+    old, fresh, other = tmp_path / f"{STAGING_PREFIX}old", tmp_path / f"{STAGING_PREFIX}fresh", tmp_path / "x-old"
+    for folder in (old, fresh, other):
+        (folder / "unet").mkdir(parents=True)
+    for folder in (old, other):
+        os.utime(folder, (0, 0))  # untouched since 1970
+    assert remove_stale_staging(tmp_path) == [old]
+    assert not old.exists() and fresh.exists() and other.exists()

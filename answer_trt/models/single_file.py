@@ -6,10 +6,10 @@ layout, as model sites share Stable Diffusion models (``model.diffusion_model.*`
 Such a file is turned into a diffusers model folder once, by diffusers' own single-file
 machinery (``StableDiffusionPipeline.from_single_file`` / ``StableDiffusionXLPipeline
 .from_single_file`` with ``config=``: its key conversion, not ours), and saved with
-``save_pretrained`` into the cache, ``<cache>/models/single-file/<stem>-<file sha256>-<config
-sha256>/``. Everything after that (configs read for the IO spec, ``load_model``, LoRAs fused
-on top, the tokenizers copied beside the engines) reads that folder like any other, so a
-single file needs no code path of its own. The folder is keyed by the file's content and the
+``save_pretrained`` into the cache, ``<cache>/models/single-file/<stem>-<file sha256>-<configs
+and converter versions digest>/``. Everything after that (configs read for the IO spec,
+``load_model``, LoRAs fused on top, the tokenizers copied beside the engines) reads that
+folder like any other, so a single file needs no code path of its own. The folder is keyed by the file's content and the
 configs', so a changed file (or other configs) converts again and an unchanged one is reused.
 
 Configs: a single file holds weights only. The architecture configs, scheduler config and
@@ -31,6 +31,7 @@ Errors are ``UserInputError``: one line naming the file, what is wrong and what 
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import os
 import re
 import shutil
@@ -294,10 +295,22 @@ def resolve_single_file(path: Path, config: str | None) -> SingleFile:
 
 
 def converted_folder(checkpoint: SingleFile) -> Path:
-    """Where the diffusers folder converted from ``checkpoint`` lives in the cache."""
+    """Where the diffusers folder converted from ``checkpoint`` lives in the cache: named by
+    the file's sha256 and one digest of the configs and the converting libraries' versions
+    (a diffusers upgrade converts again, as it rebuilds engines)."""
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", checkpoint.file.stem)[:40] or "model"
-    return cache_root() / "models" / CONVERTED_FOLDER / \
-        f"{stem}-{checkpoint.sha256[:16]}-{checkpoint.config_sha256[:12]}"
+    converter = hashlib.sha256(f"{checkpoint.config_sha256}\0{_converter_versions()}".encode()).hexdigest()
+    return cache_root() / "models" / CONVERTED_FOLDER / f"{stem}-{checkpoint.sha256[:16]}-{converter[:12]}"
+
+
+def _converter_versions() -> str:
+    versions = []
+    for name in ("diffusers", "transformers", "safetensors"):
+        try:
+            versions.append(f"{name}={importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:
+            versions.append(f"{name}=absent")
+    return ",".join(versions)
 
 
 def ensure_converted(checkpoint: SingleFile) -> Path:
