@@ -40,9 +40,10 @@ def load(
     variant: str | None = None, loras: Any = None, config: str | Path | None = None,
 ) -> Pipeline:
     """``source``: an engines folder (has manifest.json), or a MODEL (``tiny``, a
-    diffusers folder, a single-file ``.safetensors`` checkpoint, a hub id). A model is built into the cache on first use, or run
-    eagerly with ``backend="torch"`` (``device="cuda"``: the fp16 rule of
-    ``answer_trt.precision`` on the GPU: fp16 UNet and VAE, fp32 text encoder and upcast VAE).
+    diffusers folder, a single-file ``.safetensors`` checkpoint, a hub id). A model is built
+    into the cache on first use, or run eagerly with ``backend="torch"`` (``device="cuda"``:
+    the fp16 rule of ``answer_trt.precision`` on the GPU: fp16 UNet and VAE, fp32 text encoder
+    and upcast VAE).
     ``variant``: the model's weights variant (``"fp16"`` for
     ``unet/diffusion_pytorch_model.fp16.safetensors``, as diffusers' ``from_pretrained(variant=)``);
     by default the plain weights, or the one variant a folder holds its weights as.

@@ -410,8 +410,8 @@ def test_a_full_size_sd15_single_file_converts_exactly_and_stays_fp16(tmp_path):
     del unet, vae, text
     file = write_ldm_checkpoint(folder, tmp_path / "sd15.safetensors", extras=True)
     assert "model.diffusion_model.input_blocks.3.0.op.weight" in load_file(str(file))
-    header = {k: type("T", (), {"shape": v.shape})() for k, v in load_file(str(file)).items()}
-    assert _diffusers_model_type(header) == "v1"  # diffusers' own decision, no fallback of ours
+    shapes = {k: tuple(v.shape) for k, v in load_file(str(file)).items()}
+    assert _diffusers_model_type(shapes) == "v1"  # diffusers' own decision, no fallback of ours
     started = time.perf_counter()
     source = resolve_model(str(file), config=str(folder))
     print(f"full-size SD 1.5 single file: hashed and converted in {time.perf_counter() - started:.1f} s")

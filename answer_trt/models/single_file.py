@@ -114,7 +114,8 @@ class SingleFile:
         return hashlib.sha256(f"single-file\0{self.sha256}\0{self.config_sha256}".encode()).hexdigest()
 
     def describe(self) -> str:
-        """One line for the build log: ``model.safetensors: SD 1.x checkpoint (sha256 ...), configs from ...``."""
+        """One line for the build log: ``model.safetensors: SD 1.x single-file checkpoint (sha256 ...),
+        configs and tokenizer from ...``."""
         return (f"{self.file.name}: {self.family.label} single-file checkpoint (sha256 {self.sha256[:12]}), "
                 f"configs and tokenizer from {self.config}")
 
@@ -158,8 +159,7 @@ def checkpoint_family(file: Path) -> Family:
     header = check_safetensors(file)
     keys = [key for key in header if key != "__metadata__"]
     _check_parts(file, keys)
-    shapes = {key: SimpleNamespace(shape=_shape(header[key])) for key in keys}
-    model_type = _diffusers_model_type(shapes)
+    model_type = _diffusers_model_type({key: _shape(header[key]) for key in keys})
     if model_type == "v1":  # diffusers' fallback: the text encoders tell
         if any(k.startswith("conditioner.embedders.1.model.") for k in keys) and \
                 any(k.startswith("conditioner.embedders.0.transformer.") for k in keys):
@@ -180,12 +180,13 @@ def _shape(entry: Any) -> tuple[int, ...]:
     return tuple(shape)
 
 
-def _diffusers_model_type(shapes: dict[str, Any]) -> str:
-    """diffusers' ``infer_diffusers_model_type`` on ``shapes`` (objects with ``.shape``)."""
+def _diffusers_model_type(shapes: dict[str, tuple[int, ...]]) -> str:
+    """diffusers' ``infer_diffusers_model_type`` on the tensor shapes of a checkpoint (it reads
+    only names and ``.shape``: stand-ins carry them, no tensor is read)."""
     import torch
     from diffusers.loaders.single_file_utils import infer_diffusers_model_type
 
-    sized = {key: SimpleNamespace(shape=torch.Size(value.shape)) for key, value in shapes.items()}
+    sized = {key: SimpleNamespace(shape=torch.Size(shape)) for key, shape in shapes.items()}
     try:
         return str(infer_diffusers_model_type(sized))
     except (KeyError, IndexError, TypeError, ValueError, AttributeError):  # a marker tensor of a strange shape
