@@ -120,6 +120,9 @@ class BuildConfig:
     # Where the artifacts run: inductor compiles for the CPU or a CUDA GPU; ONNX Runtime
     # engines are "cpu" (their provider is chosen at load), TensorRT plans always CUDA.
     device: str = "cpu"
+    # A single-file --model: the diffusers folder or hub id whose configs and tokenizer it is
+    # converted with (`--config`; models/single_file.py); None: diffusers' default for its family.
+    model_config: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "loras", tuple(self.loras))
@@ -176,6 +179,8 @@ class BuildConfig:
             words += ["--device", self.device]
         if self.variant is not None:
             words += ["--variant", self.variant]
+        if self.model_config is not None:
+            words += ["--config", self.model_config]
         for lora in self.loras:
             words += ["--lora", lora.argument()]
         for side in ("height", "width"):

@@ -1,6 +1,7 @@
 """Where answer-trt keeps what it builds on its own: ``models/`` (the random-weight
 built-ins ``tiny-random``, ``tiny-sd21``, ``tiny-sdxl``, generated on first use; the
-trained ``tiny`` ships inside the package instead), ``engines/`` (the engines that
+trained ``tiny`` ships inside the package instead; ``models/single-file/``: single-file
+checkpoints converted to diffusers folders), ``engines/`` (the engines that
 ``load(MODEL)`` and ``generate --model`` build) and ``tensorrt/`` (TensorRT timing
 caches). ``ANSWER_TRT_CACHE`` overrides the default ``~/.cache/answer-trt``."""
 

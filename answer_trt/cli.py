@@ -171,6 +171,11 @@ def add_weights_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--variant", type=_variant, help="the model's weights variant, e.g. fp16 for "
                         "unet/diffusion_pytorch_model.fp16.safetensors (as diffusers' from_pretrained(variant=...)); "
                         "default: the plain weights, or the one variant a folder holds them as")
+    parser.add_argument("--config", metavar="DIR_OR_HUB_ID",
+                        help="with a single-file --model (an A1111/CompVis .safetensors checkpoint): the diffusers "
+                             "folder or hub id whose configs, scheduler and tokenizer to convert it with (default: "
+                             "diffusers' choice for its family, e.g. stable-diffusion-v1-5/stable-diffusion-v1-5, from "
+                             "the hub or the Hugging Face cache)")
     parser.add_argument("--lora", action="append", type=_lora, metavar="FILE[:SCALE]",
                         help="fuse this LoRA adapter (.safetensors in diffusers', peft's or kohya's format) into the "
                              "UNet and text encoders before export, scaled by SCALE (default 1); repeat for more")
@@ -185,7 +190,8 @@ def make_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_ArgumentParser)
 
     b = sub.add_parser("build", help="export a model's components and build engines")
-    b.add_argument("--model", default="tiny", help="diffusers folder, hub id, or built-in name: `tiny` (default, "
+    b.add_argument("--model", default="tiny", help="diffusers folder, single-file .safetensors checkpoint (see "
+                   "--config), hub id, or built-in name: `tiny` (default, "
                    "trained on coloured shapes), `tiny-random`, `tiny-sd21`, `tiny-sdxl`")
     b.add_argument("--out", required=True, type=Path, help="engines folder to write")
     add_weights_arguments(b)
@@ -369,6 +375,7 @@ def _build(args: argparse.Namespace) -> int:
         model=args.model, out=args.out, backend=args.backend, precision=args.precision,
         max_batch=args.max_batch, height=args.height, width=args.width, force=args.force,
         check=args.check, optimize=args.optimize, variant=args.variant, loras=_loras(args), device=args.device,
+        model_config=args.config,
     )
     build_engines(config, log=lambda msg: print(msg, file=sys.stderr))
     print(f"answer-trt: build finished in {time.perf_counter() - started:.1f} s", file=sys.stderr)
@@ -394,7 +401,9 @@ def _bench(args: argparse.Namespace) -> int:
         from answer_trt.models.lora import check_lora
         from answer_trt.models.source import load_model, resolve_model
 
-        source = resolve_model(pipe.model_name if args.model is None else args.model, args.variant)
+        built = pipe.limits.build.model_config if pipe.limits.build is not None else None  # --engines: its --config
+        source = resolve_model(pipe.model_name if args.model is None else args.model, args.variant,
+                               args.config if args.model is not None else built)
         eager_unet = load_model(source.path, source.variant, [check_lora(spec) for spec in _loras(args)]).unet
     report = run_bench(pipe, config, eager_unet, log=log)
     print(format_table(report))
@@ -415,15 +424,18 @@ def _load_pipeline(
     if args.engines is not None:
         if args.backend == "torch":
             raise UserInputError("--backend torch runs a model, not engines: use --model with it")
+        if args.config is not None:
+            raise UserInputError("--config gives a single-file --model its configs; an --engines folder was built "
+                                 "with them already: drop --config")
         return from_engines(args.engines, expect_variant=args.variant, expect_loras=_loras(args) if args.lora else None)
     if args.device != DEVICES[0] and args.backend != "torch":
         raise UserInputError(f"--device {args.device} applies to --backend torch: add --backend torch, or build "
                              "TensorRT engines for the GPU")
     model, variant, loras = "tiny" if args.model is None else args.model, args.variant, _loras(args)
     if args.backend == "torch":
-        return from_model_eager(model, args.device, variant=variant, loras=loras)
-    return from_engines(build_cached(model, height, width, batch, log=log, variant=variant, loras=loras),
-                        verify=False)
+        return from_model_eager(model, args.device, variant=variant, loras=loras, config=args.config)
+    return from_engines(build_cached(model, height, width, batch, log=log, variant=variant, loras=loras,
+                                     config=args.config), verify=False)
 
 
 def _check_output(path: Path, batch: int) -> None:
@@ -602,7 +614,10 @@ def _info(args: argparse.Namespace) -> int:
     lines = [
         f"engines:    {args.folder}",
         f"model:      {manifest.model_name} (sha256 {manifest.model_hash[:16]}...), "
-        + (f"weights variant {manifest.variant}" if manifest.variant else "plain weights"),
+        + (f"weights variant {manifest.variant}" if manifest.variant else
+           "one single-file checkpoint" if manifest.single_file else "plain weights"),
+        *([f"checkpoint: {manifest.single_file.family} single file (sha256 {manifest.single_file.sha256}), "
+           f"configs and tokenizer from {manifest.single_file.config}"] if manifest.single_file else []),
         "loras:      " + ("none (build with --lora FILE[:SCALE] to fuse adapters)" if not manifest.loras else
                           f"{len(manifest.loras)} fused into the weights, in this order:"),
         *(f"  {entry.name}  scale {entry.scale!r}  sha256 {entry.sha256}  ({entry.path})" for entry in manifest.loras),

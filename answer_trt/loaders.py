@@ -37,18 +37,22 @@ from answer_trt.rules import (
 
 def load(
     source: str | Path = "tiny", *, backend: str | None = None, device: str = "cpu", build_log: Any = None,
-    variant: str | None = None, loras: Any = None,
+    variant: str | None = None, loras: Any = None, config: str | Path | None = None,
 ) -> Pipeline:
     """``source``: an engines folder (has manifest.json), or a MODEL (``tiny``, a
-    diffusers folder, a hub id). A model is built into the cache on first use, or run
-    eagerly with ``backend="torch"`` (``device="cuda"``: the fp16 rule of
-    ``answer_trt.precision`` on the GPU: fp16 UNet and VAE, fp32 text encoder and upcast VAE).
+    diffusers folder, a single-file ``.safetensors`` checkpoint, a hub id). A model is built
+    into the cache on first use, or run eagerly with ``backend="torch"`` (``device="cuda"``:
+    the fp16 rule of ``answer_trt.precision`` on the GPU: fp16 UNet and VAE, fp32 text encoder
+    and upcast VAE).
     ``variant``: the model's weights variant (``"fp16"`` for
     ``unet/diffusion_pytorch_model.fp16.safetensors``, as diffusers' ``from_pretrained(variant=)``);
     by default the plain weights, or the one variant a folder holds its weights as.
     ``loras``: LoRA adapters fused into the weights, in order: ``["style.safetensors:0.8"]``
     (``"FILE[:SCALE]"`` strings, paths or ``(path, scale)`` pairs; ``answer_trt.models.lora``).
-    With an engines folder, both must be what the folder was built with."""
+    With an engines folder, both must be what the folder was built with.
+    ``config``: for a single-file checkpoint (``"model.safetensors"``), the diffusers folder or
+    hub id whose configs and tokenizer it is converted with (default: diffusers' own choice for
+    its family, from the hub or the Hugging Face cache; ``answer_trt.models.single_file``)."""
     if not isinstance(source, (str, os.PathLike)) or isinstance(source, bytes):
         raise UserInputError(f"load() takes a model name, a model folder or an engines folder as a str or path, "
                              f"got {type(source).__name__}: e.g. load('tiny')")
@@ -58,14 +62,18 @@ def load(
     if variant is not None:
         check_variant(variant)
     specs = lora_specs(loras)
+    if config is not None and (not isinstance(config, (str, os.PathLike)) or isinstance(config, bytes)):
+        raise UserInputError(f"config takes a diffusers folder or hub id as a str or path, got {type(config).__name__}")
+    model_config = None if config is None else os.fspath(config)
     if backend == "torch":
-        return from_model_eager(str(source), device, variant=variant, loras=specs)
+        return from_model_eager(str(source), device, variant=variant, loras=specs, config=model_config)
     if device != "cpu":
         raise UserInputError(f"device {device!r} applies to backend='torch' (engines choose their own device): "
                              f"pass backend='torch', or build TensorRT engines for the GPU")
     if (Path(source) / MANIFEST_NAME).is_file():
         return from_engines(Path(source), expect_variant=variant, expect_loras=specs if loras is not None else None)
-    return from_engines(build_cached(str(source), log=build_log, variant=variant, loras=specs), verify=False)
+    return from_engines(build_cached(str(source), log=build_log, variant=variant, loras=specs, config=model_config),
+                        verify=False)
 
 
 def from_engines(folder: Path, verify: bool = True, session: Any = None, expect_variant: str | None = None,
@@ -107,8 +115,9 @@ def from_engines(folder: Path, verify: bool = True, session: Any = None, expect_
         }
     return Pipeline(
         tokenizers=load_engine_tokenizers(folder, manifest.files),
+        # A single file's PNGs name the file's own sha256, whose first 10 digits are A1111's "Model hash".
         weights=BuiltWeights(manifest.variant, tuple(lora_tag(e.name, e.sha256, e.scale) for e in manifest.loras),
-                             manifest.model_hash),
+                             manifest.single_file.sha256 if manifest.single_file else manifest.model_hash),
         engines=engines,
         scheduler_config=_scheduler_config(folder, manifest),
         info=manifest.info,
@@ -179,9 +188,9 @@ def _tensorrt_engines(folder: Path, manifest: Manifest) -> tuple[dict[str, Any],
 
 
 def from_model_eager(model: str, device: str = "cpu", variant: str | None = None,
-                     loras: tuple[LoraSpec, ...] = ()) -> Pipeline:
-    """``model`` (its weights ``variant``, with ``loras`` fused) run eagerly in torch
-    (``load(..., backend="torch")``)."""
+                     loras: tuple[LoraSpec, ...] = (), config: str | None = None) -> Pipeline:
+    """``model`` (its weights ``variant``, with ``loras`` fused; a single file with the
+    configs of ``config``) run eagerly in torch (``load(..., backend="torch")``)."""
     import torch
 
     from answer_trt.backends.torch_eager import TorchEngine
@@ -194,7 +203,7 @@ def from_model_eager(model: str, device: str = "cpu", variant: str | None = None
     check_choice("device", device, DEVICES)
     if device == "cuda" and not torch.cuda.is_available():
         raise UserInputError("device cuda was asked for, and torch sees no CUDA GPU here: use device cpu")
-    source = resolve_model(model, variant)
+    source = resolve_model(model, variant, config)
     info = read_model_info(source.path)  # first: its messages name a broken config file
     checked = tuple(check_lora(spec) for spec in loras)
     loaded = load_model(source.path, source.variant, checked)
@@ -218,10 +227,11 @@ def from_model_eager(model: str, device: str = "cpu", variant: str | None = None
 
 
 def cached_engines_folder(model: str, height: int | None, width: int | None, max_batch: int,
-                          variant: str | None = None, loras: tuple[LoraSpec, ...] = ()) -> Path:
-    """One cache folder per model, weights variant, LoRAs (files by path, and scales) and
-    build shape: ``<cache>/engines/<name>-<hash>-...``. (A LoRA file changed in place is
-    rebuilt in the same folder: the build key holds its sha256.)"""
+                          variant: str | None = None, loras: tuple[LoraSpec, ...] = (),
+                          config: str | None = None) -> Path:
+    """One cache folder per model, weights variant, LoRAs (files by path, and scales), single-file
+    configs and build shape: ``<cache>/engines/<name>-<hash>-...``. (A LoRA file or single-file
+    checkpoint changed in place is rebuilt in the same folder: the build key holds its sha256.)"""
     from answer_trt.models.source import BUILT_IN_MODELS
 
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(model).name or model)[:40]
@@ -231,6 +241,9 @@ def cached_engines_folder(model: str, height: int | None, width: int | None, max
         where += f"\0variant={variant}"
     for lora in loras:
         where += f"\0lora={lora.path.expanduser().resolve()}:{lora.scale!r}"
+    if config is not None:
+        local_config = Path(config).expanduser()
+        where += f"\0config={local_config.resolve() if local_config.is_dir() else config}"
     tag = hashlib.sha256(where.encode()).hexdigest()[:10]
     size = f"{height or 'default'}x{width or 'default'}"
     return cache_root() / "engines" / f"{slug}-{tag}-{size}-b{max_batch}"
@@ -238,25 +251,26 @@ def cached_engines_folder(model: str, height: int | None, width: int | None, max
 
 def build_cached(
     model: str, height: int | None = None, width: int | None = None, batch: int = 1, log: Any = None,
-    variant: str | None = None, loras: tuple[LoraSpec, ...] = (),
+    variant: str | None = None, loras: tuple[LoraSpec, ...] = (), config: str | None = None,
 ) -> Path:
     """Build (or reuse) ONNX Runtime engines for ``model`` (its weights ``variant``, with
-    ``loras`` fused) in the cache; returns the folder. ``batch`` images of ``height`` x ``width`` are sized against
-    the memory limit first, so an absurd request never starts a build."""
-    default = check_cached_request(model, height, width, batch, variant)
+    ``loras`` fused; a single file with the configs of ``config``) in the cache; returns the
+    folder. ``batch`` images of ``height`` x ``width`` are sized against the memory limit
+    first, so an absurd request never starts a build."""
+    default = check_cached_request(model, height, width, batch, variant, config)
     # The model's default size asked for by number (a replayed PNG records it) is the default
     # build: one cache folder, not a second build of the same engines.
     height, width = (None if side == default else side for side in (height, width))
     max_batch = max(DEFAULT_MAX_BATCH, batch)
-    folder = cached_engines_folder(model, height, width, max_batch, variant, loras)
-    config = BuildConfig(model=model, out=folder, max_batch=max_batch, height=height, width=width, variant=variant,
-                         loras=loras)
-    build_engines(config, log=log or (lambda _msg: None))
+    folder = cached_engines_folder(model, height, width, max_batch, variant, loras, config)
+    request = BuildConfig(model=model, out=folder, max_batch=max_batch, height=height, width=width, variant=variant,
+                          loras=loras, model_config=config)
+    build_engines(request, log=log or (lambda _msg: None))
     return folder
 
 
 def check_cached_request(model: str, height: int | None, width: int | None, batch: int,
-                         variant: str | None = None) -> int:
+                         variant: str | None = None, config: str | None = None) -> int:
     """Refuse a request that ``build_cached``'s engines could never serve within the memory
     limit, from the model's configs alone (no weights loaded, nothing built). Returns the
     model's default image size (pixels), read on the way."""
@@ -265,7 +279,7 @@ def check_cached_request(model: str, height: int | None, width: int | None, batc
     from answer_trt.rules import check_int, check_size
 
     check_int("--batch", batch)
-    dims = read_model_info(resolve_model(model, variant).path).dims
+    dims = read_model_info(resolve_model(model, variant, config).path).dims
     default = dims.default_image_size
     h = check_size("--height", height, dims.size_multiple) if height is not None else default
     w = check_size("--width", width, dims.size_multiple) if width is not None else default

@@ -104,11 +104,12 @@ class Manifest:
     variant: str | None = None  # the model's weights variant that was built (None: its plain weights)
     loras: tuple[LoraEntry, ...] = ()  # the adapters fused into the weights, in order
     device: str | None = None  # inductor: the device its packages were compiled for (None: other backends)
+    single_file: SingleFileEntry | None = None  # --model was a single-file checkpoint (None: a folder)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["format"] = MANIFEST_FORMAT
-        for optional in ("accuracy", "graph_optimization", "session", "variant", "device"):
+        for optional in ("accuracy", "graph_optimization", "session", "variant", "device", "single_file"):
             if data[optional] is None:  # left out: a folder built without it reads as before
                 del data[optional]
         if not self.loras:
@@ -142,7 +143,8 @@ class Manifest:
                            max_batch=self.max_batch, height=self.height, width=self.width, force=True,
                            optimize=True if self.graph_optimization is not None else None, variant=self.variant,
                            loras=tuple(LoraSpec(Path(entry.path), entry.scale) for entry in self.loras),
-                           device=self.device or "cpu")
+                           device=self.device or "cpu",
+                           model_config=self.single_file.config if self.single_file is not None else None)
 
     def build_command(self, folder: Path) -> str:
         """``answer-trt build ...`` replaying ``build_config``: what every rebuild hint says."""
@@ -332,6 +334,17 @@ class LoraEntry:
         return PurePosixPath(self.path.replace("\\", "/")).name
 
 
+@pydantic_dataclass(frozen=True, config=_RECORD)
+class SingleFileEntry:
+    """The single-file checkpoint a folder was built from (``--model FILE.safetensors``):
+    the file's sha256, its family as users name it (``SD 1.x``, ``SD 2.x``, ``SDXL``) and the
+    ``--config`` whose configs and tokenizer it was converted with (``models/single_file.py``)."""
+
+    sha256: Digest
+    family: Text
+    config: Text
+
+
 class _Document(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
@@ -406,6 +419,7 @@ class _ManifestDoc(_Document):
     variant: Variant | None = None
     loras: Annotated[list[LoraEntry], Field(max_length=MAX_LORAS)] = []
     device: Annotated[str, Strict(), _one_of(DEVICES)] | None = None
+    single_file: SingleFileEntry | None = None
 
 
 def _where(loc: tuple[int | str, ...]) -> str:
@@ -465,7 +479,7 @@ def _manifest(data: Any) -> Manifest:
         width=_size_range(doc.width, "width"), info=info, components=components, files=dict(doc.files),
         versions=dict(doc.versions), gpu_capability=doc.gpu_capability, accuracy=doc.accuracy,
         graph_optimization=doc.graph_optimization, session=doc.session, variant=doc.variant,
-        loras=tuple(doc.loras), device=doc.device,
+        loras=tuple(doc.loras), device=doc.device, single_file=doc.single_file,
     )
 
 

@@ -55,6 +55,7 @@ from answer_trt.manifest import (
     ComponentEntry,
     LoraEntry,
     Manifest,
+    SingleFileEntry,
     check_manifest_text,
     mismatched_files,
     read_manifest,
@@ -147,8 +148,8 @@ def build(config: BuildConfig, log: Callable[[str], None] = print) -> BuildResul
 
 def _plan(config: BuildConfig) -> BuildPlan:
     """The build's plan, with the model, its configs, the flags and the LoRAs checked
-    (``UserInputError`` in one line); reads files, writes nothing."""
-    source = resolve_model(config.model, config.variant)
+    (``UserInputError`` in one line); writes nothing but a single file's conversion into the cache."""
+    source = resolve_model(config.model, config.variant, config.model_config)
     if config.out.resolve().is_relative_to(source.path):
         raise UserInputError(f"--out {config.out} is inside the model folder {source.path}: answer-trt never "
                              "writes into a model; choose an --out outside it")
@@ -161,6 +162,8 @@ def _plan(config: BuildConfig) -> BuildPlan:
         raise UserInputError(f"{len(config.loras)} --lora adapters: one build fuses at most {MAX_LORAS}; merge some "
                              "of them first")
     check_manifest_text(source.name, "--model")
+    if source.checkpoint is not None:
+        check_manifest_text(source.checkpoint.config, "--config")
     loras = tuple(check_lora(spec) for spec in config.loras)  # before any model is loaded
     for lora in loras:
         check_manifest_text(str(lora.path), "--lora")
@@ -169,6 +172,8 @@ def _plan(config: BuildConfig) -> BuildPlan:
 
 def _build_locked(plan: BuildPlan, log: Callable[[str], None], created: list[Path]) -> BuildResult:
     config, source = plan.config, plan.source
+    if source.checkpoint is not None:
+        log(source.checkpoint.describe())
     clean_stale(config.out.resolve())
     target = inspect_out(config.out, config.force)
     key = plan.key
@@ -308,7 +313,14 @@ def _export_all(plan: BuildPlan, model: LoadedModel, staging: Path, log: Callabl
         variant=plan.source.variant,
         loras=tuple(LoraEntry(str(lora.path), lora.sha256, lora.scale) for lora in plan.loras),
         device=config.device if config.backend == "inductor" else None,
+        single_file=_single_file_entry(plan.source),
     )
+
+
+def _single_file_entry(source: ModelSource) -> SingleFileEntry | None:
+    checkpoint = source.checkpoint
+    return None if checkpoint is None else SingleFileEntry(checkpoint.sha256, checkpoint.family.label,
+                                                             checkpoint.config)
 
 
 def _check_accuracy(plan: BuildPlan, model: LoadedModel, staging: Path, manifest: Manifest,

@@ -1,5 +1,7 @@
-"""Resolve a MODEL argument (a built-in name, a local diffusers folder, or a hub id) to
-a local diffusers folder, and load its components through ``from_pretrained``.
+"""Resolve a MODEL argument (a built-in name, a local diffusers folder, a single-file
+checkpoint, or a hub id) to a local diffusers folder, and load its components through
+``from_pretrained``. A single file is converted into a diffusers folder in the cache once
+(``models/single_file.py``).
 
 Built-in names: ``tiny``, the default, is a small model trained on the synthetic shapes
 (``synthetic/train.py``) whose fp16 weights ship inside the package; ``tiny-random``,
@@ -22,6 +24,13 @@ from answer_trt.manifest import FAST_TOKENIZER_FILE, TOKENIZER_FOLDERS, Tokenize
 from answer_trt.models import quiet_libraries, tiny
 from answer_trt.models.info import RESAVE, is_sdxl, scheduler_config
 from answer_trt.models.lora import LoraFile, fuse_loras
+from answer_trt.models.single_file import (
+    CHECKPOINT_SUFFIXES,
+    SingleFile,
+    ensure_converted,
+    is_single_file,
+    resolve_single_file,
+)
 from answer_trt.models.weight_files import check_variant, check_weights, component_variants
 
 REQUIRED_SUBFOLDERS = ("tokenizer", "text_encoder", "unet", "vae", "scheduler")
@@ -33,30 +42,43 @@ BUILT_IN_MODELS = (*SHIPPED_MODELS, *tiny.BUILDERS)
 @dataclass(frozen=True)
 class ModelSource:
     """A model on local disk: ``name`` as the user gave it, ``path`` its diffusers folder,
-    ``variant`` the weights variant it loads (``models/weight_files.py``; None: plain)."""
+    ``variant`` the weights variant it loads (``models/weight_files.py``; None: plain),
+    ``checkpoint`` the single-file checkpoint ``path`` was converted from (None: a folder)."""
 
     name: str
     path: Path
     variant: str | None = None
+    checkpoint: SingleFile | None = None
 
     def content_hash(self) -> str:
-        return tree_sha256(self.path)
+        """sha256 naming the weights and configs: of the folder's files, or for a single file
+        of the file and its configs (``SingleFile.model_hash``)."""
+        return self.checkpoint.model_hash if self.checkpoint is not None else tree_sha256(self.path)
 
 
-def resolve_model(model: str, variant: str | None = None) -> ModelSource:
-    """The model folder ``model`` names (downloaded from the hub where it is a hub id), with
+def resolve_model(model: str, variant: str | None = None, config: str | None = None) -> ModelSource:
+    """The model folder ``model`` names (downloaded from the hub where it is a hub id, converted
+    into the cache where it is a single-file checkpoint, with the configs of ``config``), with
     its weights checked: of ``variant`` where one is asked for, else of the one variant its
     weights are stored as, if they are stored only so (``weight_files.folder_variant``)."""
     if variant is not None:
         check_variant(variant)
     if not isinstance(model, str) or not model.strip():
-        raise UserInputError(f"--model {model!r} names no model: give a diffusers folder, a hub id or a built-in name "
-                             "(tiny, tiny-random, tiny-sd21, tiny-sdxl)")
+        raise UserInputError(f"--model {model!r} names no model: give a diffusers folder, a single-file "
+                             ".safetensors checkpoint, a hub id or a built-in name (tiny, tiny-random, tiny-sd21, "
+                             "tiny-sdxl)")
+    path = Path(model).expanduser()
+    if model not in BUILT_IN_MODELS and is_single_file(path):
+        return _single_file(model, path, variant, config)
+    if path.suffix.lower() in CHECKPOINT_SUFFIXES and not path.exists():
+        raise UserInputError(f"--model {model}: no such file (a single-file checkpoint is given by its path)")
+    if config is not None:
+        raise UserInputError(f"--config {config} gives the configs of a single-file checkpoint, and --model {model} "
+                             "is not one (a diffusers folder, hub id or built-in name brings its own): drop --config")
     if model in SHIPPED_MODELS:
         return _checked(model, shipped_model(model), variant)
     if model in tiny.BUILDERS:
         return _checked(model, ensure_tiny_model(model), variant)
-    path = Path(model).expanduser()
     if path.is_dir():
         missing = [sub for sub in REQUIRED_SUBFOLDERS if not (path / sub).is_dir()]
         if missing:
@@ -67,8 +89,8 @@ def resolve_model(model: str, variant: str | None = None) -> ModelSource:
         return _checked(model, path.resolve(), variant)
     if path.exists():
         raise UserInputError(
-            f"model {model!r} is a file, not a folder: pass the diffusers model folder (with unet/, vae/, ...; "
-            "a single-file checkpoint must be converted with diffusers first), a hub id, or a built-in name "
+            f"model {model!r} is a file, not a folder or a .safetensors checkpoint: pass the diffusers model folder "
+            "(with unet/, vae/, ...), a single-file .safetensors checkpoint, a hub id, or a built-in name "
             f"({', '.join(BUILT_IN_MODELS)})"
         )
     if model.count("/") != 1:
@@ -81,6 +103,23 @@ def resolve_model(model: str, variant: str | None = None) -> ModelSource:
 
 def _checked(name: str, path: Path, variant: str | None) -> ModelSource:
     return ModelSource(name, path, check_weights(path, variant))
+
+
+def _single_file(name: str, path: Path, variant: str | None, config: str | None) -> ModelSource:
+    """A single-file checkpoint, converted into a diffusers folder in the cache (once per
+    file content and configs: ``models/single_file.py``)."""
+    if variant is not None:
+        raise UserInputError(f"--variant {variant} picks among a diffusers folder's weights files, and {path} is a "
+                             "single-file checkpoint with one set of weights: drop --variant")
+    checkpoint = resolve_single_file(path, config)
+    folder = ensure_converted(checkpoint)
+    try:
+        check_weights(folder, None)
+    except UserInputError:  # a converted folder damaged since (it is the cache's own): convert again
+        shutil.rmtree(folder, ignore_errors=True)
+        folder = ensure_converted(checkpoint)
+        check_weights(folder, None)
+    return ModelSource(name, folder, None, checkpoint)
 
 
 # Subfolders whose config file marks a folder as a diffusers model (or a part of one).

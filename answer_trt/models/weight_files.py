@@ -19,6 +19,7 @@ import json
 import re
 import struct
 from pathlib import Path
+from typing import Any
 
 from answer_trt.errors import UserInputError
 from answer_trt.models.info import RESAVE, read_json_object
@@ -157,9 +158,10 @@ def _shards(index: Path) -> list[Path]:
     return shards
 
 
-def check_safetensors(file: Path) -> None:
+def check_safetensors(file: Path) -> dict[str, Any]:
     """A safetensors file whose header parses and whose tensors fit in the file (a
-    truncated download fails here, not deep inside from_pretrained)."""
+    truncated download fails here, not deep inside from_pretrained). Returns the header:
+    tensor name -> ``{"dtype", "shape", "data_offsets"}`` (and ``"__metadata__"``)."""
     size = file.stat().st_size
     try:
         with open(file, "rb") as f:
@@ -181,3 +183,4 @@ def check_safetensors(file: Path) -> None:
     if end > data:
         raise UserInputError(f"{file} is truncated: its tensors need {end} bytes of data and it holds {data}; "
                              f"download or save it again")
+    return header

@@ -60,7 +60,11 @@ def serve_config(args: argparse.Namespace, **overrides: Any) -> Any:
     check_serve_flags(fields.get("host", "127.0.0.1"), fields.get("port", 8000), fields["replicas"],
                       fields["max_queue"], fields["max_rows"])  # before a build
     variant, loras = getattr(args, "variant", None), getattr(args, "lora", None)
+    model_config = getattr(args, "config", None)
     if args.engines is not None:
+        if model_config is not None:
+            raise UserInputError("--config gives a single-file --model its configs; an --engines folder was built "
+                                 "with them already: drop --config")
         engines = Path(args.engines)
         manifest = read_manifest(engines)
         check_built_weights(engines, manifest, variant, tuple(loras) if loras else None)
@@ -68,7 +72,7 @@ def serve_config(args: argparse.Namespace, **overrides: Any) -> Any:
     else:
         model = "tiny" if args.model is None else args.model
         engines = build_cached(model, log=lambda msg: print(msg, file=sys.stderr), variant=variant,
-                               loras=tuple(loras or ()))
+                               loras=tuple(loras or ()), config=model_config)
         manifest = read_manifest(engines)
     check_max_rows(fields["max_rows"], engine_limits(engines, manifest))  # here, before a replica starts
     gpus = getattr(args, "gpus_per_replica", None)
