@@ -332,8 +332,8 @@ class StepBatcher:
 
     def _decode(self, group: list[_Job]) -> None:
         pipe = self.pipeline
-        images = [job.waiting.plan.config.batch for job in group]
-        for indices in decode_chunks(images, pipe.limits.max_batch or sum(images)):
+        counts = [job.waiting.plan.config.batch for job in group]
+        for indices in decode_chunks(counts, pipe.limits.max_batch or sum(counts)):
             chunk = [group[i] for i in indices]
             began = time.monotonic()
             latents = torch.cat([job.latents for job in chunk if job.latents is not None])
