@@ -28,7 +28,10 @@ RECORD = "answer-trt"
 
 # answer-trt field -> A1111's key, in A1111's order. The scheduler becomes "Sampler" (by name).
 A1111_KEYS = {"steps": "Steps", "scheduler": "Sampler", "guidance_scale": "CFG scale", "seed": "Seed",
-              "clip_skip": "Clip skip", "model": "Model", "batch": "Batch size", "batch_index": "Batch pos"}
+              "clip_skip": "Clip skip", "model_hash": "Model hash", "model": "Model", "batch": "Batch size",
+              "batch_index": "Batch pos"}
+# A1111's "Model hash" is its short hash: the first 10 hex digits of the checkpoint's sha256.
+A1111_HASH_DIGITS = 10
 # Fields not written: the prompts (their own lines), the size (as "Size"), and the record's own.
 _SKIPPED = {"prompt", "negative_prompt", "height", "width", "seeds"}
 _PAIR = re.compile(r'\s*([^,:]+):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
@@ -61,6 +64,8 @@ def infotext(record: Mapping[str, Any]) -> str:
         values["scheduler"] = a1111_name_of_class(str(values["scheduler_class"]))
     if values.get("clip_skip") == 1:  # A1111 writes it only where it skips
         values.pop("clip_skip")
+    if isinstance(values.get("model_hash"), str):
+        values["model_hash"] = values["model_hash"][:A1111_HASH_DIGITS]
     if values.get("batch") == 1:
         values.pop("batch")
         values.pop("batch_index", None)

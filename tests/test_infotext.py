@@ -25,6 +25,9 @@ def test_infotext_is_a1111s_three_lines():
     last = infotext(batch).splitlines()[-1]
     assert "Sampler: DDIM" in last and "Seed: 9" in last and "Batch size: 2, Batch pos: 1" in last
     assert 'Model: "a, b"' in last  # a value with a comma is quoted, as A1111 does
+    # A1111's "Model hash" is the checkpoint's short hash (10 hex digits), before "Model"
+    hashed = infotext({**record, "model_hash": "6ce0161689b3853a"}).splitlines()[-1]
+    assert "Clip skip: 2, Model hash: 6ce0161689, Model: tiny" in hashed
 
 
 def test_parse_reads_a1111s_infotext_and_names_what_it_cannot_honour():
