@@ -22,6 +22,7 @@ from answer_trt.config import METHODS
 from answer_trt.errors import NonFiniteImageError, UserInputError, printable
 from answer_trt.files import check_writable_file, numbered_paths
 from answer_trt.infotext import RECORD, parse_infotext
+from answer_trt.iospec import COMPONENT_SETS
 from answer_trt.rules import (
     BUILD_BACKENDS,
     DEFAULT_MAX_BATCH,
@@ -198,6 +199,9 @@ def make_parser() -> argparse.ArgumentParser:
                    help=f"most images per call (default {DEFAULT_MAX_BATCH})")
     b.add_argument("--height", type=_size_or_range, help="image height H or range MIN:MAX (default: the model's)")
     b.add_argument("--width", type=_size_or_range, help="image width W or range MIN:MAX (default: the model's)")
+    b.add_argument("--components", choices=tuple(COMPONENT_SETS), default="all",
+                   help="all (default): the text encoder, UNet, VAE decoder and the VAE encoder that img2img needs; "
+                        "txt2img: without the VAE encoder (a smaller folder)")
     b.add_argument("--force", action="store_true", help="rebuild even when the manifest matches")
     b.add_argument("--check", action=argparse.BooleanOptionalAction, default=None,
                    help="compare each built component with its torch reference (Polygraphy) before publishing; "
@@ -350,6 +354,7 @@ def _build(args: argparse.Namespace) -> int:
         model=args.model, out=args.out, backend=args.backend, precision=args.precision,
         max_batch=args.max_batch, height=args.height, width=args.width, force=args.force,
         check=args.check, optimize=args.optimize, variant=args.variant, loras=_loras(args), device=args.device,
+        components=args.components,
     )
     build_engines(config, log=lambda msg: print(msg, file=sys.stderr))
     print(f"answer-trt: build finished in {time.perf_counter() - started:.1f} s", file=sys.stderr)

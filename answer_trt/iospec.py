@@ -21,7 +21,12 @@ Dim = int | str
 Profile = dict[str, tuple[int, int, int]]  # symbol -> (min, opt, max)
 
 TEXT_ENCODER, UNET, VAE_DECODER = "text_encoder", "unet", "vae_decoder"
-COMPONENTS = (TEXT_ENCODER, UNET, VAE_DECODER)
+# The VAE encoder (img2img, inpainting): optional in a folder (``answer-trt build --components``).
+VAE_ENCODER = "vae_encoder"
+COMPONENTS = (TEXT_ENCODER, UNET, VAE_DECODER, VAE_ENCODER)
+# What each ``--components`` choice builds; every folder has the text-to-image three.
+COMPONENT_SETS = {"txt2img": (TEXT_ENCODER, UNET, VAE_DECODER), "all": COMPONENTS}
+REQUIRED_COMPONENTS = COMPONENT_SETS["txt2img"]
 
 # Branches stacked in one UNet call: ANSWER parallel sends (x,c_p), (z,c_p), (z,c_0).
 MAX_BRANCHES = 3
@@ -147,6 +152,11 @@ class ModelDims:
 
 # Names of the text-condition inputs of the UNet, per field of ``TextCondition``.
 HIDDEN, POOLED, TIME_IDS = "encoder_hidden_states", "text_embeds", "time_ids"
+# The VAE encoder's output: the parameters of diffusers' ``DiagonalGaussianDistribution``
+# (``AutoencoderKL.encode(images).latent_dist.parameters``): mean and log-variance stacked on the
+# channel axis, unscaled. The runtime samples from it with the request's generator
+# (``answer_trt.img2img.sample_latent``), as diffusers' ``retrieve_latents`` does.
+LATENT_PARAMETERS = "latent_parameters"
 # Names of the text encoder's outputs.
 TEXT_EMBEDDINGS, POOLED_EMBEDDINGS = "text_embeddings", "pooled_embeddings"
 # The text encoder's per-row clip skip (A1111's meaning; 1: the last layer).
@@ -194,11 +204,17 @@ def component_specs(dims: ModelDims) -> dict[str, ComponentSpec]:
             inputs=(TensorSpec("latent", latent, "float32"),),
             outputs=(TensorSpec("images", ("batch", 3, "image_height", "image_width"), "float32"),),
         ),
+        VAE_ENCODER: ComponentSpec(
+            VAE_ENCODER,
+            inputs=(TensorSpec("images", ("batch", 3, "image_height", "image_width"), "float32"),),
+            outputs=(TensorSpec(LATENT_PARAMETERS, ("batch", 2 * dims.latent_channels, "latent_height",
+                                                    "latent_width"), "float32"),),
+        ),
     }
 
 
 # How many stacked rows one image adds to each component's batch axis.
-BATCH_MULTIPLIER = {TEXT_ENCODER: TEXT_BRANCHES, UNET: MAX_BRANCHES, VAE_DECODER: 1}
+BATCH_MULTIPLIER = {TEXT_ENCODER: TEXT_BRANCHES, UNET: MAX_BRANCHES, VAE_DECODER: 1, VAE_ENCODER: 1}
 
 
 @dataclass(frozen=True)

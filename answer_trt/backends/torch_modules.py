@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from answer_trt.iospec import TEXT_ENCODER, UNET, VAE_DECODER
+from answer_trt.iospec import TEXT_ENCODER, UNET, VAE_DECODER, VAE_ENCODER
 
 
 def layer_from_end(hidden_states: tuple[Tensor, ...], from_end: Tensor) -> Tensor:
@@ -101,11 +101,28 @@ class VaeDecoderModule(nn.Module):
         return self.vae.decode(latent.to(dtype) / self.scaling_factor, return_dict=False)[0]
 
 
+class VaeEncoderModule(nn.Module):
+    """``images`` in [-1, 1] ``[B, 3, H, W]`` -> ``latent_parameters`` ``[B, 2C, H/8, W/8]``: the
+    parameters of diffusers' ``AutoencoderKL.encode(images).latent_dist`` (mean and log-variance,
+    unscaled; float32 out). Sampling with the request's generator and the scaling factor are the
+    runtime's (``answer_trt.img2img``). Runs in the VAE's own dtype, as the decoder."""
+
+    def __init__(self, vae: Any) -> None:
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, images: Tensor) -> Tensor:
+        dtype = next(self.vae.parameters()).dtype
+        return self.vae.encode(images.to(dtype), return_dict=False)[0].parameters
+
+
 def component_modules(model: Any) -> dict[str, nn.Module]:
-    """The three spec-shaped modules of a ``LoadedModel``, in eval mode."""
+    """The spec-shaped modules of a ``LoadedModel`` (every component of ``iospec.COMPONENTS``),
+    in eval mode."""
     if model.text_encoder_2 is not None:
         text: nn.Module = DualTextEncoderModule(model.text_encoder, model.text_encoder_2)
         unet: nn.Module = SDXLUNetModule(model.unet)
     else:
         text, unet = TextEncoderModule(model.text_encoder), UNetModule(model.unet)
-    return {TEXT_ENCODER: text.eval(), UNET: unet.eval(), VAE_DECODER: VaeDecoderModule(model.vae).eval()}
+    return {TEXT_ENCODER: text.eval(), UNET: unet.eval(), VAE_DECODER: VaeDecoderModule(model.vae).eval(),
+            VAE_ENCODER: VaeEncoderModule(model.vae).eval()}
