@@ -28,7 +28,8 @@ RECORD = "answer-trt"
 
 # answer-trt field -> A1111's key, in A1111's order. The scheduler becomes "Sampler" (by name).
 A1111_KEYS = {"steps": "Steps", "scheduler": "Sampler", "guidance_scale": "CFG scale", "seed": "Seed",
-              "clip_skip": "Clip skip", "model": "Model", "batch": "Batch size", "batch_index": "Batch pos"}
+              "clip_skip": "Clip skip", "model": "Model", "batch": "Batch size", "batch_index": "Batch pos",
+              "strength": "Denoising strength"}
 # Fields not written: the prompts (their own lines), the size (as "Size"), and the record's own.
 _SKIPPED = {"prompt", "negative_prompt", "height", "width", "seeds"}
 _PAIR = re.compile(r'\s*([^,:]+):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')

@@ -152,11 +152,13 @@ class ModelDims:
 
 # Names of the text-condition inputs of the UNet, per field of ``TextCondition``.
 HIDDEN, POOLED, TIME_IDS = "encoder_hidden_states", "text_embeds", "time_ids"
-# The VAE encoder's output: the parameters of diffusers' ``DiagonalGaussianDistribution``
-# (``AutoencoderKL.encode(images).latent_dist.parameters``): mean and log-variance stacked on the
-# channel axis, unscaled. The runtime samples from it with the request's generator
-# (``answer_trt.img2img.sample_latent``), as diffusers' ``retrieve_latents`` does.
-LATENT_PARAMETERS = "latent_parameters"
+# The VAE encoder's outputs: the mean and standard deviation of diffusers'
+# ``AutoencoderKL.encode(images).latent_dist`` (its log-variance clamped to [-30, 20] as
+# ``DiagonalGaussianDistribution`` does), times the VAE's scaling factor: the distribution of the
+# latents the UNet sees (the decoder graph divides by the factor in the same way). The runtime
+# samples ``mean + std * noise`` with the request's generator (``answer_trt.img2img``), as
+# diffusers' ``retrieve_latents`` does.
+LATENT_MEAN, LATENT_STD = "latent_mean", "latent_std"
 # Names of the text encoder's outputs.
 TEXT_EMBEDDINGS, POOLED_EMBEDDINGS = "text_embeddings", "pooled_embeddings"
 # The text encoder's per-row clip skip (A1111's meaning; 1: the last layer).
@@ -207,8 +209,7 @@ def component_specs(dims: ModelDims) -> dict[str, ComponentSpec]:
         VAE_ENCODER: ComponentSpec(
             VAE_ENCODER,
             inputs=(TensorSpec("images", ("batch", 3, "image_height", "image_width"), "float32"),),
-            outputs=(TensorSpec(LATENT_PARAMETERS, ("batch", 2 * dims.latent_channels, "latent_height",
-                                                    "latent_width"), "float32"),),
+            outputs=(TensorSpec(LATENT_MEAN, latent, "float32"), TensorSpec(LATENT_STD, latent, "float32")),
         ),
     }
 

@@ -22,7 +22,8 @@ from answer_trt.errors import NonFiniteImageError, UserInputError
 from answer_trt.graphed import CudaGraphCapturer, GraphCache, refusal, sample_graphed
 from answer_trt.guiders import make_guider
 from answer_trt.images import save_pngs, to_pil
-from answer_trt.iospec import TEXT_ENCODER, UNET, VAE_DECODER, SizeRange
+from answer_trt.img2img import InitImage, check_init, load_init_image, started
+from answer_trt.iospec import TEXT_ENCODER, UNET, VAE_DECODER, VAE_ENCODER, SizeRange
 from answer_trt.models.info import ModelInfo
 from answer_trt.models.lora import lora_tag_keys
 from answer_trt.rules import check_int, check_memory, check_size
@@ -127,6 +128,12 @@ class RequestPlan:
     scheduler: Any
     rule: StepRule
     params: dict[str, str]
+    start: int | None = None  # img2img: the schedule's timestep index it begins at (None: text to image)
+
+    @property
+    def denoising_steps(self) -> int:
+        """The steps this request runs: ``config.steps``, fewer for img2img (``strength``)."""
+        return self.config.steps if self.start is None else len(self.rule.timesteps)
 
 
 @dataclass(frozen=True)
@@ -240,6 +247,7 @@ class Pipeline:
         fused: bool = True,
         cuda_graph: bool = False,
         callback: StepCallback | None = None,
+        image: Any = None,
         **fields: Any,
     ) -> Generation:
         """Generate ``batch`` images for ``prompt``. ``fields`` are the request schema's
@@ -248,40 +256,58 @@ class Pipeline:
         the closest name. An empty prompt
         is valid: its embedding is c_0, so CFG becomes unconditional sampling.
         ``fused=False`` calls the UNet once per branch (the reference); ``cuda_graph``
-        replays each step as a CUDA graph."""
-        return self.run(make_request(prompt, fields), fused=fused, cuda_graph=cuda_graph, callback=callback)
+        replays each step as a CUDA graph. ``image`` (a path, PIL image or ``[H, W, 3]`` array)
+        makes it img2img with ``strength`` (``answer_trt.img2img``): the image's size is the
+        output's, unless ``height``/``width`` resize it."""
+        init = None
+        if image is not None:
+            init = load_init_image(image, fields.get("height"), fields.get("width"))
+            fields = {**fields, "height": init.height, "width": init.width,
+                      "image_sha256": fields.get("image_sha256") or init.sha256}
+        return self.run(make_request(prompt, fields), fused=fused, cuda_graph=cuda_graph, callback=callback,
+                        init=init)
 
     def run(
         self, request: GenerateRequest, *, fused: bool = True, cuda_graph: bool = False,
-        callback: StepCallback | None = None,
+        callback: StepCallback | None = None, init: InitImage | None = None,
     ) -> Generation:
         """``generate`` for a ready ``GenerateRequest`` (what serving and replay hold): the
         steps every request goes through, ``plan`` -> ``prepare`` -> ``program`` (run here one
-        call at a time; the serving batcher runs many together) -> ``vae_decode`` -> ``finish``."""
+        call at a time; the serving batcher runs many together) -> ``vae_decode`` -> ``finish``.
+        ``init``: img2img's input image (``request.image_sha256`` names it)."""
         if callback is not None and not callable(callback):
             raise UserInputError(f"callback must be a function of (step index, number of steps), got "
                                  f"{type(callback).__name__}")
-        plan = self.plan(request)
+        plan = self.plan(request, init)
         if cuda_graph:
             self._check_graphable(plan)
         with self.on_stream():
             started = self.clock()
             cond, noise = self.prepare(request.prompt, request.negative_prompt, plan.config)
+            step_noise = None
+            if init is not None and plan.start is not None:
+                noise, step_noise = self.img2img_latents(plan, init)
             text_done = self.clock()
             if cuda_graph:
                 latents = self._sample_graphed(noise, cond, plan, callback)
             else:
-                latents = run_program(self.program(plan, cond, noise, callback), BranchEvaluator(self.denoiser, fused))
+                latents = run_program(self.program(plan, cond, noise, callback, step_noise),
+                                      BranchEvaluator(self.denoiser, fused))
             denoise_done = self.clock()
             images = self.finish(latents, self.vae_decode(latents), plan.params)
             timings = Timings(text_done - started, denoise_done - text_done, self.clock() - denoise_done,
-                              plan.config.steps)
+                              plan.denoising_steps)
         return Generation(images, plan.params, timings, plan.config)
 
-    def plan(self, request: GenerateRequest) -> RequestPlan:
-        """Check ``request`` against these engines (``check_request``) and make its
-        scheduler and step rule; no engine work. Raises ``UserInputError`` with the CLI's
-        messages. Warns when a negative prompt is ignored (guidance off at w <= 1)."""
+    def plan(self, request: GenerateRequest, init: InitImage | None = None) -> RequestPlan:
+        """Check ``request`` against these engines (``check_request``; img2img's ``init`` image
+        against it, ``answer_trt.img2img.check_init``) and make its scheduler and step rule; no engine
+        work. Raises ``UserInputError`` with the CLI's messages. Warns when a negative prompt is
+        ignored (guidance off at w <= 1)."""
+        strength = check_init(request, init, has_encoder=VAE_ENCODER in self.engines,
+                              rebuild_command=self.limits.rebuild_command(components="all"),
+                              sdxl=bool(self.dims.pooled_size), multiple=self.dims.size_multiple,
+                              height=self.limits.height, width=self.limits.width)
         config = self.check_request(request.sampling_config(), request.prompt)
         if request.negative_prompt and not make_guider(config.guidance).reads_negative:
             logger.warning("the negative prompt is ignored: at guidance_scale %g <= 1 guidance is off and only the "
@@ -289,20 +315,34 @@ class Pipeline:
                            config.guidance.guidance_scale)
         scheduler = make_scheduler(self.scheduler_config, config.scheduler)
         rule = make_step_rule(scheduler, config.steps)  # e.g. too many steps for the scheduler fails here
-        return RequestPlan(request, config, scheduler, rule, self.parameters(request, config, type(scheduler).__name__))
+        start = None
+        if strength is not None:
+            rule, start = started(scheduler, rule, config.steps, strength)
+        return RequestPlan(request, config, scheduler, rule,
+                           self.parameters(request, config, type(scheduler).__name__, strength), start)
 
     def program(
-        self, plan: RequestPlan, cond: Conditioning, noise: torch.Tensor, callback: StepCallback | None = None
+        self, plan: RequestPlan, cond: Conditioning, noise: torch.Tensor, callback: StepCallback | None = None,
+        step_noise: StepNoise | None = None,
     ) -> SamplingProgram:
         """The request's sampling loop as a program that yields each UNet call's rows
         (``answer_trt.sampler.sampling_program``) and returns the final latents. A stochastic
         sampler draws its step noise from the generators of the initial ``noise``, continued
-        (``schedulers.StepNoise``), as diffusers' pipelines do."""
+        (``schedulers.StepNoise``), as diffusers' pipelines do. For img2img ``noise`` is the
+        noised image (``img2img_latents``) and ``step_noise`` its generators, continued."""
         rule = plan.rule
         if rule.draws_noise:
-            rule = rule.seeded(StepNoise.for_request(plan.config.seed, plan.config.seeds, noise.shape))
+            rule = rule.seeded(step_noise or StepNoise.for_request(plan.config.seed, plan.config.seeds, noise.shape))
         return sampling_program(noise, cond, rule, plan.config.guidance, prediction_type=self.prediction_type,
-                                callback=callback)
+                                callback=callback, noised=plan.start is not None)
+
+    def img2img_latents(self, plan: RequestPlan, init: InitImage) -> tuple[torch.Tensor, StepNoise]:
+        """img2img's start latents and step noise (``answer_trt.img2img.start_latents``)."""
+        from answer_trt.img2img import start_latents
+
+        assert plan.start is not None  # an img2img plan
+        return start_latents(self.engines[VAE_ENCODER], init, plan.scheduler, plan.start, plan.config.batch,
+                             plan.config.seed, plan.config.seeds, self.device)
 
     def request_config(self, prompt: str, **fields: Any) -> SamplingConfig:
         """A request's validated configuration, sized against these engines
@@ -365,6 +405,8 @@ class Pipeline:
     def _check_graphable(self, plan: RequestPlan) -> None:
         if self.graphs.capturer.requires_cuda and self.device.type != "cuda":
             raise UserInputError(CUDA_GRAPH_NEEDS_GPU)
+        if plan.start is not None:
+            raise UserInputError("--cuda-graph runs text to image only: drop --cuda-graph for img2img")
         reason = refusal(plan.config.guidance, plan.rule, plan.scheduler)
         if reason is not None:
             raise UserInputError(reason)
@@ -414,11 +456,13 @@ class Pipeline:
                      size_label="" if given else "the default size, ")
         return config
 
-    def parameters(self, request: GenerateRequest, config: SamplingConfig, scheduler_class: str) -> dict[str, str]:
+    def parameters(self, request: GenerateRequest, config: SamplingConfig, scheduler_class: str,
+                   strength: float | None = None) -> dict[str, str]:
         """The PNG text chunks of the request's images (``schema.parameters``): its fields as
         resolved for these engines (size, wn), the scheduler class that ran, model, backend,
         precision, and the weights variant and LoRAs where there are any."""
-        resolved = {"negative_scale": config.guidance.wn, "height": config.height, "width": config.width}
+        resolved = {"negative_scale": config.guidance.wn, "height": config.height, "width": config.width,
+                    "strength": strength}
         extra = {"scheduler_class": scheduler_class, "model": self.model_name, "backend": self.backend,
                  "precision": self.precision, **self.weights.parameters()}
         return schema_parameters(request, resolved, extra)

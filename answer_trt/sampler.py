@@ -123,9 +123,12 @@ def sampling_program(
     prediction_type: str = "epsilon",
     callback: StepCallback | None = None,
     probe: Probe | None = None,
+    noised: bool = False,
 ) -> SamplingProgram:
-    """``sample``'s loop over a step rule, as a program (see the module docstring)."""
-    x = noise.to(torch.float32) * rule.init_noise_sigma
+    """``sample``'s loop over a step rule, as a program (see the module docstring).
+    ``noised``: ``noise`` is already the latents at the rule's first noise level (img2img's
+    noised image, ``answer_trt.img2img.start_latents``), not unit noise to scale."""
+    x = noise.to(torch.float32) if noised else noise.to(torch.float32) * rule.init_noise_sigma
     # float32, on the latents' device once: no host-to-device copy per UNet call.
     context = StepContext(rule, cond, prediction_type, rule.timesteps.to(x.device, torch.float32))
     guide = make_guider(guidance).start(context, probing=probe is not None)

@@ -102,18 +102,27 @@ class VaeDecoderModule(nn.Module):
 
 
 class VaeEncoderModule(nn.Module):
-    """``images`` in [-1, 1] ``[B, 3, H, W]`` -> ``latent_parameters`` ``[B, 2C, H/8, W/8]``: the
-    parameters of diffusers' ``AutoencoderKL.encode(images).latent_dist`` (mean and log-variance,
-    unscaled; float32 out). Sampling with the request's generator and the scaling factor are the
-    runtime's (``answer_trt.img2img``). Runs in the VAE's own dtype, as the decoder."""
+    """``images`` in [-1, 1] ``[B, 3, H, W]`` -> ``(latent_mean, latent_std)``, each ``[B, C, H/8, W/8]``:
+    diffusers' ``AutoencoderKL.encode(images).latent_dist`` (``DiagonalGaussianDistribution``:
+    log-variance clamped to [-30, 20], std = exp(logvar / 2)), both times the scaling factor, so
+    ``mean + std * noise`` is the scaled latent diffusers' img2img pipelines start from. Drawing
+    the noise with the request's generator is the runtime's (``answer_trt.img2img``). Runs in the
+    VAE's own dtype, as the decoder."""
 
     def __init__(self, vae: Any) -> None:
         super().__init__()
         self.vae = vae
+        self.scaling_factor = float(vae.config.scaling_factor)
+        self.channels = int(vae.config.latent_channels)
 
-    def forward(self, images: Tensor) -> Tensor:
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
         dtype = next(self.vae.parameters()).dtype
-        return self.vae.encode(images.to(dtype), return_dict=False)[0].parameters
+        parameters = self.vae.encode(images.to(dtype), return_dict=False)[0].parameters
+        # Sliced by the static channel count (a chunk of the traced shape would leave the exported
+        # graph's channel axis symbolic); the rest as DiagonalGaussianDistribution computes it.
+        mean, logvar = parameters[:, :self.channels], parameters[:, self.channels:]
+        std = torch.exp(0.5 * torch.clamp(logvar, -30.0, 20.0))
+        return mean * self.scaling_factor, std * self.scaling_factor
 
 
 def component_modules(model: Any) -> dict[str, nn.Module]:
