@@ -223,6 +223,8 @@ def make_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", choices=DEVICES, default=DEVICES[0],
                    help="with --backend torch: cuda runs the model in fp16 on the GPU")
     add_request_arguments(g)
+    g.add_argument("--image", type=Path, help="img2img: redraw this image (PNG/JPEG; its size is the output's "
+                   "unless --height/--width resize it, Lanczos); --strength sets how much")
     g.add_argument("--cuda-graph", action="store_true",
                    help="replay each denoising step as a CUDA graph (GPU engines, ddim/euler, parallel mode)")
     g.add_argument("-o", "--output", type=Path, default=Path("answer.png"), help="PNG path (default answer.png)")
@@ -426,6 +428,7 @@ def _generate(args: argparse.Namespace) -> int:
     from answer_trt.images import save_pngs
 
     request, index, recorded = _request(args)
+    request, init = _input_image(args, request, recorded is not None)
     _check_output(args.output, 1 if index is not None else request.batch)
     _check_before_load(args, request)
     if recorded is not None and args.engines is None:  # a replay's LoRAs, checked before anything is built
@@ -443,7 +446,7 @@ def _generate(args: argparse.Namespace) -> int:
 
     progress = _progress_bar(request.steps)
     try:
-        result = pipe.run(request, cuda_graph=args.cuda_graph, callback=_step_callback(progress))
+        result = pipe.run(request, cuda_graph=args.cuda_graph, callback=_step_callback(progress), init=init)
     finally:
         if progress:
             progress.close()
@@ -456,6 +459,27 @@ def _generate(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+def _input_image(args: argparse.Namespace, request: GenerateRequest, replay: bool) -> tuple[GenerateRequest, Any]:
+    """img2img: ``--image`` read (``answer_trt.img2img.load_init_image``, resized to --height/--width
+    where given) and named in the request by its sha256, which sets the size; a replay of an image
+    drawn from an input image needs that image again (same pixels), and one drawn without takes none."""
+    if args.image is None:
+        if request.image_sha256:
+            raise UserInputError(f"--from-png {args.from_png} was drawn from an input image (sha256 "
+                                 f"{request.image_sha256[:16]}...): pass that image with --image FILE")
+        return request, None
+    from answer_trt.img2img import load_init_image
+
+    if replay and request.image_sha256 is None and request.strength is None:
+        raise UserInputError(f"--from-png {args.from_png} was drawn without an input image: drop --image")
+    init = load_init_image(args.image, request.height, request.width, what="--image")
+    if replay and request.image_sha256 and request.image_sha256 != init.sha256:
+        raise UserInputError(f"--image {args.image} is not the image --from-png {args.from_png} was drawn from (its "
+                             f"pixels' sha256 is {init.sha256[:16]}..., the PNG records {request.image_sha256[:16]}...):"
+                             " pass that image")
+    return request.replace(image_sha256=init.sha256, height=init.height, width=init.width), init
 
 
 def _check_before_load(args: argparse.Namespace, request: GenerateRequest) -> None:

@@ -74,16 +74,18 @@ def _open_image(path: Path, what: str) -> Any:
 
     if not path.is_file():
         raise UserInputError(f"{what} {path}: no such file; give the path of a PNG or JPEG image")
+    too_large = None
     try:
         with Image.open(path) as image:
             width, height = image.size  # from the header: nothing decoded yet
             if width * height > MAX_IMAGE_PIXELS:
-                raise UserInputError(f"{what} {path} is {width}x{height}, above the cap of {MAX_IMAGE_PIXELS} pixels: "
-                                     "resize it first")
-            return image.convert("RGB")
+                too_large = f"{width}x{height}"
+            else:
+                return image.convert("RGB")
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
         raise UserInputError(f"{what} {path} is not a readable image ({type(exc).__name__}): give a PNG or JPEG "
                              "file") from None
+    raise UserInputError(f"{what} {path} is {too_large}, above the cap of {MAX_IMAGE_PIXELS} pixels: resize it first")
 
 
 def _rgb_array(value: Any, what: str) -> tuple[np.ndarray, Any]:
@@ -247,8 +249,8 @@ def check_init(request: Any, init: InitImage | None, *, has_encoder: bool, rebui
     for side, value, built in (("height", init.height, height), ("width", init.width, width)):
         if value % multiple or (built is not None and not built.low <= value <= built.high):
             served = f"a multiple of {multiple}" + (f" in {built.low}..{built.high}" if built is not None else "")
-            raise UserInputError(f"the input image is {init.width}x{init.height}: its {side} must be {served}; pass "
-                                 f"--{side} (height=/width=) to resize it (Lanczos), or resize it yourself")
+            raise UserInputError(f"img2img draws at the input image's size, here {init.width}x{init.height} (--height/"
+                                 f"--width resize it, Lanczos): its {side} must be {served} for these engines")
     strength = request.strength
     if strength is None:
         strength = DEFAULT_STRENGTH_XL if sdxl else DEFAULT_STRENGTH

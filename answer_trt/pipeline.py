@@ -403,10 +403,10 @@ class Pipeline:
         return decoder.run({decoder.spec.input_names[0]: latents})[decoder.spec.output_names[0]]
 
     def _check_graphable(self, plan: RequestPlan) -> None:
-        if self.graphs.capturer.requires_cuda and self.device.type != "cuda":
-            raise UserInputError(CUDA_GRAPH_NEEDS_GPU)
         if plan.start is not None:
             raise UserInputError("--cuda-graph runs text to image only: drop --cuda-graph for img2img")
+        if self.graphs.capturer.requires_cuda and self.device.type != "cuda":
+            raise UserInputError(CUDA_GRAPH_NEEDS_GPU)
         reason = refusal(plan.config.guidance, plan.rule, plan.scheduler)
         if reason is not None:
             raise UserInputError(reason)
