@@ -477,8 +477,8 @@ def _input_image(args: argparse.Namespace, request: GenerateRequest, replay: boo
     init = load_init_image(args.image, request.height, request.width, what="--image")
     if replay and request.image_sha256 and request.image_sha256 != init.sha256:
         raise UserInputError(f"--image {args.image} is not the image --from-png {args.from_png} was drawn from (its "
-                             f"pixels' sha256 is {init.sha256[:16]}..., the PNG records {request.image_sha256[:16]}...):"
-                             " pass that image")
+                             f"pixels' sha256 is {init.sha256[:16]}..., the PNG records "
+                             f"{request.image_sha256[:16]}...): pass that image")
     return request.replace(image_sha256=init.sha256, height=init.height, width=init.width), init
 
 

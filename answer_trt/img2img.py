@@ -193,7 +193,7 @@ def add_noise(scheduler: Any, latents: Tensor, noise: Tensor, start: int) -> Ten
     t = scheduler.timesteps[start:start + 1].repeat(latents.shape[0])
     own = getattr(scheduler, "add_noise", None)
     if callable(own):
-        return own(latents, noise, t)  # type: ignore[no-any-return]
+        return own(latents, noise, t)
     sigmas = getattr(scheduler, "sigmas", None)
     if sigmas is not None and len(sigmas):
         return latents + noise * sigmas.to(latents.device, latents.dtype)[start]

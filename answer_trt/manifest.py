@@ -506,7 +506,8 @@ def _check_specs(components: dict[str, ComponentEntry], dims: ModelDims) -> None
     """Each component's spec is the one the IO spec derives from the model's dims, in
     float32 or (a half-precision build) float16 or bfloat16: what the runtime will feed it."""
     for name, expected in component_specs(dims).items():
-        if name in components and components[name].spec not in (expected, expected.with_dtype("float16"), expected.with_dtype("bfloat16")):
+        allowed = (expected, expected.with_dtype("float16"), expected.with_dtype("bfloat16"))
+        if name in components and components[name].spec not in allowed:
             _fail(f"components.{name}.spec", "does not match the model's dims in info (tensor names, shapes or "
                   "dtypes differ from what the runtime feeds)")
 

@@ -129,7 +129,8 @@ def test_png_records_the_input_image_and_strength(pipes):
     default = json.loads(ours("a cat", image=image, steps=5).images[0].info[RECORD])
     assert default["strength"] == 0.8  # diffusers' StableDiffusionImg2ImgPipeline default
     sdxl, _ = pipes["tiny-sdxl"]
-    assert json.loads(sdxl("a cat", image=picture(sdxl.default_size), steps=4).images[0].info[RECORD])["strength"] == 0.3
+    drawn = sdxl("a cat", image=picture(sdxl.default_size), steps=4).images[0]
+    assert json.loads(drawn.info[RECORD])["strength"] == 0.3  # StableDiffusionXLImg2ImgPipeline's
 
 
 def test_one_image_three_ways_same_hash_and_pixels(tmp_path):
