@@ -225,6 +225,8 @@ def make_parser() -> argparse.ArgumentParser:
     add_request_arguments(g)
     g.add_argument("--image", type=Path, help="img2img: redraw this image (PNG/JPEG; its size is the output's "
                    "unless --height/--width resize it, Lanczos); --strength sets how much")
+    g.add_argument("--mask", type=Path, help="inpainting: repaint --image where this greyscale mask of its size is "
+                   "white, keep it where black (--mask-blur blurs it first)")
     g.add_argument("--cuda-graph", action="store_true",
                    help="replay each denoising step as a CUDA graph (GPU engines, ddim/euler, parallel mode)")
     g.add_argument("-o", "--output", type=Path, default=Path("answer.png"), help="PNG path (default answer.png)")
@@ -466,6 +468,8 @@ def _input_image(args: argparse.Namespace, request: GenerateRequest, replay: boo
     where given) and named in the request by its sha256, which sets the size; a replay of an image
     drawn from an input image needs that image again (same pixels), and one drawn without takes none."""
     if args.image is None:
+        if args.mask is not None:
+            raise UserInputError("--mask is inpainting's: pass the image to repaint with --image FILE")
         if request.image_sha256:
             raise UserInputError(f"--from-png {args.from_png} was drawn from an input image (sha256 "
                                  f"{request.image_sha256[:16]}...): pass that image with --image FILE")
@@ -479,7 +483,21 @@ def _input_image(args: argparse.Namespace, request: GenerateRequest, replay: boo
         raise UserInputError(f"--image {args.image} is not the image --from-png {args.from_png} was drawn from (its "
                              f"pixels' sha256 is {init.sha256[:16]}..., the PNG records "
                              f"{request.image_sha256[:16]}...): pass that image")
-    return request.replace(image_sha256=init.sha256, height=init.height, width=init.width), init
+    request = request.replace(image_sha256=init.sha256, height=init.height, width=init.width)
+    if args.mask is None:
+        if request.mask_sha256:
+            raise UserInputError(f"--from-png {args.from_png} was inpainted with a mask (sha256 "
+                                 f"{request.mask_sha256[:16]}...): pass that mask with --mask FILE")
+        return request, init
+    from answer_trt.inpaint import with_mask
+
+    if replay and request.image_sha256 and not request.mask_sha256:
+        raise UserInputError(f"--from-png {args.from_png} was drawn without a mask: drop --mask")
+    init = with_mask(init, args.mask, request.mask_blur, what="--mask")
+    if replay and request.mask_sha256 and request.mask_sha256 != init.mask_sha256:
+        raise UserInputError(f"--mask {args.mask} is not the mask --from-png {args.from_png} was inpainted with: pass "
+                             "that mask")
+    return request.replace(mask_sha256=init.mask_sha256), init
 
 
 def _check_before_load(args: argparse.Namespace, request: GenerateRequest) -> None:

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from answer_trt.conditioning import Conditioning
 from answer_trt.errors import UserInputError
 from answer_trt.iospec import LATENT_MEAN, LATENT_STD
 from answer_trt.schedulers import StepNoise, StepRule, draw_noise, noise_generators
@@ -39,6 +41,8 @@ from answer_trt.schedulers import StepNoise, StepRule, draw_noise, noise_generat
 MAX_IMAGE_PIXELS = 4096 * 4096
 # diffusers' default strengths: StableDiffusionImg2ImgPipeline 0.8, StableDiffusionXLImg2ImgPipeline 0.3.
 DEFAULT_STRENGTH, DEFAULT_STRENGTH_XL = 0.8, 0.3
+# ... and their inpaint pipelines': StableDiffusionInpaintPipeline 1.0, StableDiffusionXLInpaintPipeline 0.9999.
+INPAINT_STRENGTH, INPAINT_STRENGTH_XL = 1.0, 0.9999
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,11 @@ class InitImage:
 
     pixels: Tensor
     sha256: str
+    # Inpainting (``answer_trt.inpaint.load_mask``): ``[1, 1, H, W]`` float32, 1 where the image is
+    # repainted and 0 where it is kept, and ``mask_sha256`` of the mask as given.
+    mask: Tensor | None = None
+    mask_sha256: str | None = None
+    given_size: tuple[int, int] | None = None  # (H, W) of the image as given, before any resize
 
     @property
     def height(self) -> int:
@@ -125,6 +134,7 @@ def load_init_image(value: Any, height: int | None = None, width: int | None = N
 
     pixels, image = _rgb_array(value, what)
     sha256 = image_sha256(pixels)
+    pixels_given_shape = pixels.shape
     size = (height or pixels.shape[0], width or pixels.shape[1])
     if size != pixels.shape[:2]:
         if image is None:
@@ -132,7 +142,7 @@ def load_init_image(value: Any, height: int | None = None, width: int | None = N
         pixels = np.asarray(image.resize((size[1], size[0]), resample=Image.Resampling.LANCZOS))
     values = pixels.astype(np.float32) / 255.0 if pixels.dtype == np.uint8 else pixels
     tensor = torch.from_numpy(np.ascontiguousarray(values.transpose(2, 0, 1)))[None]
-    return InitImage(2.0 * tensor - 1.0, sha256)
+    return InitImage(2.0 * tensor - 1.0, sha256, given_size=(int(pixels_given_shape[0]), int(pixels_given_shape[1])))
 
 
 def check_strength(strength: Any, steps: int) -> float:
@@ -202,33 +212,77 @@ def add_noise(scheduler: Any, latents: Tensor, noise: Tensor, start: int) -> Ten
     return alphabar**0.5 * latents + (1 - alphabar) ** 0.5 * noise
 
 
+@dataclass(frozen=True)
+class ImageStart:
+    """Where a run from an input image starts: ``latents`` ``[B, C, h, w]`` float32 (``noised``:
+    already at the first step's level; else unit noise the sampler scales), the generators'
+    ``step_noise`` for a stochastic sampler, ``after_step`` (inpainting with an ordinary UNet: the
+    blend after step i, ``answer_trt.inpaint``) and ``unet_inputs`` (an inpainting UNet: the latent
+    mask ``[B, 1, h, w]`` and the masked image's latents ``[B, C, h, w]``)."""
+
+    latents: Tensor
+    noised: bool
+    step_noise: StepNoise
+    after_step: Callable[[int, Tensor], Tensor] | None = None
+    unet_inputs: tuple[Tensor, Tensor] | None = None
+
+    def condition(self, cond: Conditioning) -> Conditioning:
+        """``cond`` with an inpainting UNet's further inputs (``unet_inputs``) on both conditions."""
+        if self.unet_inputs is None:
+            return cond
+        mask, masked = self.unet_inputs
+        positive, negative = (replace(c, mask=mask, masked_image_latents=masked) for c in (cond.positive, cond.negative))
+        return Conditioning(positive, negative)
+
+
 def start_latents(encoder: Any, image: InitImage, scheduler: Any, start: int, batch: int, seed: int,
-                  seeds: tuple[int, ...] | None, device: torch.device) -> tuple[Tensor, StepNoise]:
+                  seeds: tuple[int, ...] | None, device: torch.device) -> ImageStart:
     """The latents ``[batch, C, h, w]`` float32 an img2img run starts from, and the step noise of a
     stochastic sampler, as diffusers' img2img ``prepare_latents`` with the request's generator(s)
     (``noise_generators(seed, seeds)``): the encoder's mean and std (scaled) at the image, one
     latent drawn ``mean + std * n`` (one per image with per-image seeds), repeated to the batch,
     then ``add_noise`` at timestep ``start`` with noise drawn next (``draw_noise``)."""
-    out = encoder.run({encoder.spec.input_names[0]: image.pixels.to(device)})
-    mean, std = (out[name].to(torch.float32) for name in (LATENT_MEAN, LATENT_STD))
     generators = noise_generators(seed, seeds)
-    sample = draw_noise(generators, (len(generators), *mean.shape[1:])).to(device)
-    latents = mean + std * sample
-    if latents.shape[0] != batch:
-        latents = torch.cat([latents] * batch)
+    latents = encode_sample(encoder, image.pixels, generators, batch, device)
     noise = draw_noise(generators, latents.shape).to(device)
     noised = add_noise(scheduler, latents, noise, start)
-    return noised.to(torch.float32), StepNoise(generators, (seed,) if seeds is None else seeds)
+    return ImageStart(noised.to(torch.float32), True, StepNoise(generators, (seed,) if seeds is None else seeds))
+
+
+def encode_sample(encoder: Any, pixels: Tensor, generators: list[torch.Generator], batch: int,
+                  device: torch.device) -> Tensor:
+    """diffusers' ``scaling_factor * retrieve_latents(vae.encode(pixels), generator)`` for one image
+    ``pixels`` ``[1, 3, H, W]``, repeated to ``batch`` rows (float32): the encoder's mean and std
+    (scaled), one draw ``mean + std * n`` from the generator, or one per image from each of a
+    list (``draw_noise``)."""
+    out = encoder.run({encoder.spec.input_names[0]: pixels.to(device)})
+    mean, std = (out[name].to(torch.float32) for name in (LATENT_MEAN, LATENT_STD))
+    sample = draw_noise(generators, (len(generators), *mean.shape[1:])).to(device)
+    latents = mean + std * sample
+    return latents if latents.shape[0] == batch else torch.cat([latents] * batch)
 
 
 def check_init(request: Any, init: InitImage | None, *, has_encoder: bool, rebuild_command: str, sdxl: bool,
-               multiple: int, height: Any = None, width: Any = None) -> float | None:
+               multiple: int, height: Any = None, width: Any = None, inpaint_unet: bool = False) -> float | None:
     """The img2img ``strength`` of ``request`` (a ``GenerateRequest``) with its input image
     ``init``, or None for text to image; refuses in one line: ``strength`` without an image, an
     image the request does not name (``image_sha256``) or a named one missing, engines without the
     VAE encoder (``has_encoder``; ``rebuild_command`` adds it), a size that is not a multiple of
-    ``multiple`` or outside the built ``height``/``width`` ranges (``SizeRange`` or None)."""
+    ``multiple`` or outside the built ``height``/``width`` ranges (``SizeRange`` or None); the
+    same for inpainting's mask (``mask_sha256``), which an inpainting UNet (``inpaint_unet``) needs."""
     named = request.image_sha256
+    masked = init is not None and init.mask is not None
+    if request.mask_sha256 != (init.mask_sha256 if init is not None else None):
+        if not masked:
+            raise UserInputError(f"the request names a mask (mask_sha256 {str(request.mask_sha256)[:16]}...) and none "
+                                 "came with it: pass the mask (mask_image=..., --mask FILE) with its image")
+        raise UserInputError("the mask given is not the one the request names: pass that mask")
+    if request.mask_blur and not masked:
+        raise UserInputError("mask_blur applies to inpainting: pass a mask (mask_image=..., --mask FILE), or leave "
+                             "mask_blur out")
+    if inpaint_unet and not masked:
+        raise UserInputError("this model's UNet is an inpainting UNet (9 input channels): give an image and a mask "
+                             "(image=..., mask_image=...; --image FILE --mask FILE)")
     if init is None:
         if named:
             raise UserInputError(f"the request names an input image (image_sha256 {str(named)[:16]}...) and none came "
@@ -252,7 +306,9 @@ def check_init(request: Any, init: InitImage | None, *, has_encoder: bool, rebui
             raise UserInputError(f"img2img draws at the input image's size, here {init.width}x{init.height} (--height/"
                                  f"--width resize it, Lanczos): its {side} must be {served} for these engines")
     strength = request.strength
-    if strength is None:
+    if strength is None and masked:  # diffusers' inpaint pipelines' defaults
+        strength = INPAINT_STRENGTH_XL if sdxl else INPAINT_STRENGTH
+    elif strength is None:
         strength = DEFAULT_STRENGTH_XL if sdxl else DEFAULT_STRENGTH
     return check_strength(strength, request.steps)
 

@@ -116,6 +116,10 @@ class ModelDims:
     # The (first) text encoder's layer count, bounding clip skip; 0 in manifests written before
     # it was recorded (those folders are rebuilt anyway: their text encoder lacks clip_skip).
     text_layers: int = 0
+    # An inpainting UNet (diffusers' 9 input channels): it reads the latent mask (1 channel) and
+    # the masked image's latents (latent_channels) beside the latents (``MASK``,
+    # ``MASKED_IMAGE_LATENTS``); detected from the UNet config (in_channels > out_channels).
+    inpaint_unet: bool = False
 
     @property
     def max_clip_skip(self) -> int:
@@ -152,6 +156,9 @@ class ModelDims:
 
 # Names of the text-condition inputs of the UNet, per field of ``TextCondition``.
 HIDDEN, POOLED, TIME_IDS = "encoder_hidden_states", "text_embeds", "time_ids"
+# An inpainting UNet's further inputs (``ModelDims.inpaint_unet``), concatenated after the latents
+# on the channel axis inside the graph, as diffusers' inpaint pipelines concatenate them.
+MASK, MASKED_IMAGE_LATENTS = "mask", "masked_image_latents"
 # The VAE encoder's outputs: the mean and standard deviation of diffusers'
 # ``AutoencoderKL.encode(images).latent_dist`` (its log-variance clamped to [-30, 20] as
 # ``DiagonalGaussianDistribution`` does), times the VAE's scaling factor: the distribution of the
@@ -175,6 +182,10 @@ def component_specs(dims: ModelDims) -> dict[str, ComponentSpec]:
     text = ("batch", dims.text_max_length, dims.text_hidden_size)
     text_outputs = [TensorSpec(TEXT_EMBEDDINGS, text, "float32")]
     added_unet_inputs = []
+    inpaint_inputs = []
+    if dims.inpaint_unet:
+        inpaint_inputs = [TensorSpec(MASK, ("batch", 1, "latent_height", "latent_width"), "float32"),
+                          TensorSpec(MASKED_IMAGE_LATENTS, latent, "float32")]
     if dims.pooled_size:
         text_outputs.append(TensorSpec(POOLED_EMBEDDINGS, ("batch", dims.pooled_size), "float32"))
         added_unet_inputs = [
@@ -198,6 +209,7 @@ def component_specs(dims: ModelDims) -> dict[str, ComponentSpec]:
                 TensorSpec("timestep", ("batch",), "float32"),
                 TensorSpec(HIDDEN, text, "float32"),
                 *added_unet_inputs,
+                *inpaint_inputs,
             ),
             outputs=(TensorSpec("noise_pred", latent, "float32"),),
         ),

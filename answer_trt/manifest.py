@@ -359,6 +359,7 @@ class _DimsDoc(_Document):
     time_ids_size: Size
     unet_overall_up_factor: Count = 1  # absent from manifests written before it was recorded
     text_layers: Size = 0  # likewise
+    inpaint_unet: bool = False  # likewise (a 9-channel inpainting UNet)
 
 
 class _InfoDoc(_Document):

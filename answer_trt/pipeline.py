@@ -22,7 +22,7 @@ from answer_trt.errors import NonFiniteImageError, UserInputError
 from answer_trt.graphed import CudaGraphCapturer, GraphCache, refusal, sample_graphed
 from answer_trt.guiders import make_guider
 from answer_trt.images import save_pngs, to_pil
-from answer_trt.img2img import InitImage, check_init, load_init_image, started
+from answer_trt.img2img import ImageStart, InitImage, check_init, load_init_image, started
 from answer_trt.iospec import TEXT_ENCODER, UNET, VAE_DECODER, VAE_ENCODER, SizeRange
 from answer_trt.models.info import ModelInfo
 from answer_trt.models.lora import lora_tag_keys
@@ -129,6 +129,7 @@ class RequestPlan:
     rule: StepRule
     params: dict[str, str]
     start: int | None = None  # img2img: the schedule's timestep index it begins at (None: text to image)
+    strength: float | None = None  # img2img's and inpainting's, resolved
 
     @property
     def denoising_steps(self) -> int:
@@ -248,6 +249,7 @@ class Pipeline:
         cuda_graph: bool = False,
         callback: StepCallback | None = None,
         image: Any = None,
+        mask_image: Any = None,
         **fields: Any,
     ) -> Generation:
         """Generate ``batch`` images for ``prompt``. ``fields`` are the request schema's
@@ -258,12 +260,20 @@ class Pipeline:
         ``fused=False`` calls the UNet once per branch (the reference); ``cuda_graph``
         replays each step as a CUDA graph. ``image`` (a path, PIL image or ``[H, W, 3]`` array)
         makes it img2img with ``strength`` (``answer_trt.img2img``): the image's size is the
-        output's, unless ``height``/``width`` resize it."""
+        output's, unless ``height``/``width`` resize it. ``mask_image`` (diffusers' keyword; white:
+        repaint) with it makes it inpainting (``answer_trt.inpaint``; ``mask_blur``)."""
         init = None
         if image is not None:
             init = load_init_image(image, fields.get("height"), fields.get("width"))
             fields = {**fields, "height": init.height, "width": init.width,
                       "image_sha256": fields.get("image_sha256") or init.sha256}
+            if mask_image is not None:
+                from answer_trt.inpaint import with_mask
+
+                init = with_mask(init, mask_image, fields.get("mask_blur", 0))
+                fields["mask_sha256"] = fields.get("mask_sha256") or init.mask_sha256
+        elif mask_image is not None:
+            raise UserInputError("mask_image is inpainting's: pass the image to repaint too (image=...)")
         return self.run(make_request(prompt, fields), fused=fused, cuda_graph=cuda_graph, callback=callback,
                         init=init)
 
@@ -284,14 +294,15 @@ class Pipeline:
         with self.on_stream():
             started = self.clock()
             cond, noise = self.prepare(request.prompt, request.negative_prompt, plan.config)
-            step_noise = None
+            start = None
             if init is not None and plan.start is not None:
-                noise, step_noise = self.img2img_latents(plan, init)
+                start = self.image_start(plan, init)
+                noise, cond = start.latents, start.condition(cond)
             text_done = self.clock()
             if cuda_graph:
                 latents = self._sample_graphed(noise, cond, plan, callback)
             else:
-                latents = run_program(self.program(plan, cond, noise, callback, step_noise),
+                latents = run_program(self.program(plan, cond, noise, callback, start),
                                       BranchEvaluator(self.denoiser, fused))
             denoise_done = self.clock()
             images = self.finish(latents, self.vae_decode(latents), plan.params)
@@ -307,7 +318,7 @@ class Pipeline:
         strength = check_init(request, init, has_encoder=VAE_ENCODER in self.engines,
                               rebuild_command=self.limits.rebuild_command(components="all"),
                               sdxl=bool(self.dims.pooled_size), multiple=self.dims.size_multiple,
-                              height=self.limits.height, width=self.limits.width)
+                              height=self.limits.height, width=self.limits.width, inpaint_unet=self.dims.inpaint_unet)
         config = self.check_request(request.sampling_config(), request.prompt)
         if request.negative_prompt and not make_guider(config.guidance).reads_negative:
             logger.warning("the negative prompt is ignored: at guidance_scale %g <= 1 guidance is off and only the "
@@ -319,30 +330,41 @@ class Pipeline:
         if strength is not None:
             rule, start = started(scheduler, rule, config.steps, strength)
         return RequestPlan(request, config, scheduler, rule,
-                           self.parameters(request, config, type(scheduler).__name__, strength), start)
+                           self.parameters(request, config, type(scheduler).__name__, strength), start, strength)
 
     def program(
         self, plan: RequestPlan, cond: Conditioning, noise: torch.Tensor, callback: StepCallback | None = None,
-        step_noise: StepNoise | None = None,
+        start: ImageStart | None = None,
     ) -> SamplingProgram:
         """The request's sampling loop as a program that yields each UNet call's rows
         (``answer_trt.sampler.sampling_program``) and returns the final latents. A stochastic
         sampler draws its step noise from the generators of the initial ``noise``, continued
-        (``schedulers.StepNoise``), as diffusers' pipelines do. For img2img ``noise`` is the
-        noised image (``img2img_latents``) and ``step_noise`` its generators, continued."""
+        (``schedulers.StepNoise``), as diffusers' pipelines do. From an input image, ``start``
+        (``image_start``) gives the latents (``noise``), its generators continued, and inpainting's
+        blend after each step."""
         rule = plan.rule
         if rule.draws_noise:
+            step_noise = start.step_noise if start is not None else None
             rule = rule.seeded(step_noise or StepNoise.for_request(plan.config.seed, plan.config.seeds, noise.shape))
         return sampling_program(noise, cond, rule, plan.config.guidance, prediction_type=self.prediction_type,
-                                callback=callback, noised=plan.start is not None)
+                                callback=callback, noised=start.noised if start is not None else False,
+                                after_step=start.after_step if start is not None else None)
 
-    def img2img_latents(self, plan: RequestPlan, init: InitImage) -> tuple[torch.Tensor, StepNoise]:
-        """img2img's start latents and step noise (``answer_trt.img2img.start_latents``)."""
+    def image_start(self, plan: RequestPlan, init: InitImage) -> ImageStart:
+        """Where a run from an input image starts: img2img's (``answer_trt.img2img.start_latents``)
+        or, with a mask, inpainting's (``answer_trt.inpaint.inpaint_start``)."""
         from answer_trt.img2img import start_latents
+        from answer_trt.inpaint import inpaint_start
 
-        assert plan.start is not None  # an img2img plan
-        return start_latents(self.engines[VAE_ENCODER], init, plan.scheduler, plan.start, plan.config.batch,
-                             plan.config.seed, plan.config.seeds, self.device)
+        assert plan.start is not None and plan.strength is not None  # a plan from an input image
+        config, encoder = plan.config, self.engines[VAE_ENCODER]
+        if init.mask is None:
+            return start_latents(encoder, init, plan.scheduler, plan.start, config.batch, config.seed, config.seeds,
+                                 self.device)
+        factor = self.dims.vae_scale_factor
+        shape = (self.dims.latent_channels, init.height // factor, init.width // factor)
+        return inpaint_start(encoder, init, plan.scheduler, plan.start, plan.denoising_steps, plan.strength, shape,
+                             config.batch, config.seed, config.seeds, self.device, self.dims.inpaint_unet)
 
     def request_config(self, prompt: str, **fields: Any) -> SamplingConfig:
         """A request's validated configuration, sized against these engines

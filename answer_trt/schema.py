@@ -139,6 +139,10 @@ class GenerateRequest:
     image_sha256: str | None = _field(None, FieldInfo(
         "str", "img2img: the sha256 of the input image's pixels (answer_trt.img2img.image_sha256)", nullable=True,
         cli=False))
+    mask_sha256: str | None = _field(None, FieldInfo(
+        "str", "inpainting: the sha256 of the mask's pixels (answer_trt.inpaint.load_mask)", nullable=True, cli=False))
+    mask_blur: int = _field(0, FieldInfo("int", "inpainting: blur the mask by this Gaussian radius in pixels first",
+                                         low=0, high=64))
 
     def __post_init__(self) -> None:
         # Per-image seeds give the batch its size (a list from JSON becomes a tuple). Nothing

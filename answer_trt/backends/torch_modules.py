@@ -87,6 +87,28 @@ class SDXLUNetModule(UNetModule):
         return self.unet(sample, timestep, encoder_hidden_states, added_cond_kwargs=added, return_dict=False)[0]
 
 
+class InpaintUNetModule(UNetModule):
+    """An inpainting UNet (9 input channels): UNetModule's inputs plus the latent ``mask`` and the
+    ``masked_image_latents``, concatenated after the (scaled) latents as diffusers' inpaint pipelines do."""
+
+    def forward(  # type: ignore[override]
+        self, sample: Tensor, timestep: Tensor, encoder_hidden_states: Tensor, mask: Tensor,
+        masked_image_latents: Tensor,
+    ) -> Tensor:
+        return super().forward(torch.cat([sample, mask, masked_image_latents], dim=1), timestep, encoder_hidden_states)
+
+
+class SDXLInpaintUNetModule(SDXLUNetModule):
+    """SDXLUNetModule for an inpainting UNet (as ``InpaintUNetModule``)."""
+
+    def forward(  # type: ignore[override]
+        self, sample: Tensor, timestep: Tensor, encoder_hidden_states: Tensor, text_embeds: Tensor, time_ids: Tensor,
+        mask: Tensor, masked_image_latents: Tensor,
+    ) -> Tensor:
+        return super().forward(torch.cat([sample, mask, masked_image_latents], dim=1), timestep, encoder_hidden_states,
+                               text_embeds, time_ids)
+
+
 class VaeDecoderModule(nn.Module):
     """``latent -> images`` in [-1, 1]; undoes the VAE scaling factor first. Runs in the
     VAE's own dtype (an fp32 VAE upcasts fp16 latents, as SDXL's VAE needs)."""
@@ -128,10 +150,12 @@ class VaeEncoderModule(nn.Module):
 def component_modules(model: Any) -> dict[str, nn.Module]:
     """The spec-shaped modules of a ``LoadedModel`` (every component of ``iospec.COMPONENTS``),
     in eval mode."""
+    inpaint = model.unet.config.in_channels != model.unet.config.out_channels  # models/info.py: unet_channels
     if model.text_encoder_2 is not None:
         text: nn.Module = DualTextEncoderModule(model.text_encoder, model.text_encoder_2)
-        unet: nn.Module = SDXLUNetModule(model.unet)
+        unet: nn.Module = SDXLInpaintUNetModule(model.unet) if inpaint else SDXLUNetModule(model.unet)
     else:
-        text, unet = TextEncoderModule(model.text_encoder), UNetModule(model.unet)
+        text = TextEncoderModule(model.text_encoder)
+        unet = InpaintUNetModule(model.unet) if inpaint else UNetModule(model.unet)
     return {TEXT_ENCODER: text.eval(), UNET: unet.eval(), VAE_DECODER: VaeDecoderModule(model.vae).eval(),
             VAE_ENCODER: VaeEncoderModule(model.vae).eval()}
