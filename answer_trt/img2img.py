@@ -231,8 +231,8 @@ class ImageStart:
         if self.unet_inputs is None:
             return cond
         mask, masked = self.unet_inputs
-        positive, negative = (replace(c, mask=mask, masked_image_latents=masked) for c in (cond.positive, cond.negative))
-        return Conditioning(positive, negative)
+        return Conditioning(replace(cond.positive, mask=mask, masked_image_latents=masked),
+                            replace(cond.negative, mask=mask, masked_image_latents=masked))
 
 
 def start_latents(encoder: Any, image: InitImage, scheduler: Any, start: int, batch: int, seed: int,
