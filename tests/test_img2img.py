@@ -220,3 +220,14 @@ def test_cli_img2img_and_replay(engines_dir, tmp_path, capsys):
     assert "is not the image" in capsys.readouterr().err
     assert run_cli("generate", "--from-png", out, "--engines", engines_dir, "-o", again) == 2
     assert "pass that image with --image" in capsys.readouterr().err
+
+
+def test_the_encoder_follows_the_decoders_precision_rule():
+    from answer_trt.iospec import VAE_DECODER
+    from answer_trt.precision import component_dtype
+
+    for precision in ("fp16", "bf16", "fp32"):
+        for upcast in (False, True):
+            assert component_dtype(VAE_ENCODER, precision, upcast) == component_dtype(VAE_DECODER, precision, upcast)
+    assert component_dtype(VAE_ENCODER, "fp16", force_upcast=True) == "float32"  # SDXL's VAE
+    assert component_dtype(VAE_ENCODER, "fp16", force_upcast=False) == "float16"
