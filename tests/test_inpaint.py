@@ -189,3 +189,36 @@ def test_cli_inpainting_and_replay(engines_dir, tmp_path, capsys):
     assert "pass that mask with --mask" in capsys.readouterr().err
     assert run_cli("generate", "a dog", "--engines", engines_dir, "--mask", mask, "-o", again) == 2
     assert "--mask is inpainting's" in capsys.readouterr().err
+
+
+def test_the_batcher_mixes_txt2img_img2img_and_inpainting_equal_to_one_at_a_time(ort_pipe):
+    from answer_trt.img2img import load_init_image
+    from answer_trt.inpaint import with_mask
+    from answer_trt.schema import make_request
+    from answer_trt.serving.batcher import StepBatcher
+
+    size = ort_pipe.default_size
+    image = load_init_image(picture(size, 4))
+    masked = with_mask(image, square_mask(size))
+    common = {"steps": STEPS, "height": size[0], "width": size[1]}
+    jobs = [
+        (make_request("a cat", {**common, "method": "cfg", "seed": 1}), None),
+        (make_request("a dog", {**common, "method": "answer", "seed": 2, "strength": 0.5,
+                                "image_sha256": image.sha256}), image),
+        (make_request("a house", {**common, "method": "dns", "seed": 3, "strength": 0.8, "image_sha256": image.sha256,
+                                  "mask_sha256": masked.mask_sha256}), masked),
+        (make_request("a tree", {**common, "method": "cfg", "seed": 4, "scheduler": "Euler a",
+                                 "image_sha256": image.sha256, "mask_sha256": masked.mask_sha256}), masked),
+    ]
+    with StepBatcher(ort_pipe) as batcher:
+        tickets = [batcher.submit(request, init=init) for request, init in jobs]
+        results = [ticket.result(timeout=120) for ticket in tickets]
+        stats = batcher.stats()
+    for (request, init), result in zip(jobs, results):
+        alone = ort_pipe.run(request, init=init)
+        assert np.abs(as_levels(result.images) - as_levels(alone.images)).max() <= 1, request.prompt
+        assert result.timings.steps == alone.timings.steps
+    assert results[1].timings.steps == STEPS // 2  # strength 0.5 runs half the steps
+    assert stats.rows_per_call > 3  # requests shared UNet calls
+    with StepBatcher(ort_pipe) as batcher, pytest.raises(UserInputError, match="none came with it"):
+        batcher.submit(jobs[1][0])  # a request naming an image, without it
