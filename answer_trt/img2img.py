@@ -77,32 +77,41 @@ def image_sha256(pixels: np.ndarray) -> str:
     return hashlib.sha256(header + np.ascontiguousarray(pixels).tobytes()).hexdigest()
 
 
-def _open_image(path: Path, what: str) -> Any:
-    """The image file at ``path`` as an RGB PIL image; its size checked from the header first."""
+def _open_image(path: Path | bytes, what: str) -> Any:
+    """The image file at ``path`` (or its bytes) as an RGB PIL image; its size checked from the
+    header first."""
+    import io
+
     from PIL import Image, UnidentifiedImageError
 
-    if not path.is_file():
+    if isinstance(path, bytes):
+        source: Any = io.BytesIO(path)
+        label = what
+    elif not path.is_file():
         raise UserInputError(f"{what} {path}: no such file; give the path of a PNG or JPEG image")
+    else:
+        source, label = path, f"{what} {path}"
     too_large = None
     try:
-        with Image.open(path) as image:
+        with Image.open(source) as image:
             width, height = image.size  # from the header: nothing decoded yet
             if width * height > MAX_IMAGE_PIXELS:
                 too_large = f"{width}x{height}"
             else:
                 return image.convert("RGB")
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise UserInputError(f"{what} {path} is not a readable image ({type(exc).__name__}): give a PNG or JPEG "
+        raise UserInputError(f"{label} is not a readable image ({type(exc).__name__}): give a PNG or JPEG "
                              "file") from None
-    raise UserInputError(f"{what} {path} is {too_large}, above the cap of {MAX_IMAGE_PIXELS} pixels: resize it first")
+    raise UserInputError(f"{label} is {too_large}, above the cap of {MAX_IMAGE_PIXELS} pixels: resize it first")
 
 
 def _rgb_array(value: Any, what: str) -> tuple[np.ndarray, Any]:
-    """``(pixels [H, W, 3], PIL image or None)`` of an image given as a path, a PIL image or an array."""
+    """``(pixels [H, W, 3], PIL image or None)`` of an image given as a path, its file's bytes, a
+    PIL image or an array."""
     from PIL import Image
 
-    if isinstance(value, (str, os.PathLike)):
-        image = _open_image(Path(value), what)
+    if isinstance(value, (str, os.PathLike, bytes)):
+        image = _open_image(value if isinstance(value, bytes) else Path(value), what)
         return np.asarray(image), image
     if isinstance(value, Image.Image):
         if value.width * value.height > MAX_IMAGE_PIXELS:

@@ -64,7 +64,7 @@ def load_mask(value: Any, image_size: tuple[int, int], size: tuple[int, int], bl
     if isinstance(value, (str, bytes)) or hasattr(value, "__fspath__"):
         from pathlib import Path
 
-        image = _open_image(Path(value), what)
+        image = _open_image(value if isinstance(value, bytes) else Path(value), what)
     elif isinstance(value, Image.Image):
         if value.width * value.height > MAX_IMAGE_PIXELS:
             raise UserInputError(f"{what} is {value.width}x{value.height}, above the cap of {MAX_IMAGE_PIXELS} pixels")

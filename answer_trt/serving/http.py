@@ -39,6 +39,7 @@ from starlette.requests import ClientDisconnect
 from starlette.routing import Route
 
 from answer_trt.errors import NonFiniteImageError, UserInputError
+from answer_trt.img2img import InitImage
 from answer_trt.pipeline import Generation
 from answer_trt.schema import GenerateRequest
 from answer_trt.serving import conventions
@@ -47,6 +48,7 @@ from answer_trt.serving.models import (
     ErrorResponse,
     GenerateBody,
     GenerateResponse,
+    Img2ImgBody,
     LoraItem,
     OpenAIError,
     OpenAIImagesBody,
@@ -82,8 +84,10 @@ class Server(Protocol):
     backend: str
     health: dict[str, Any]
 
-    async def run(self, request: GenerateRequest, timeout_s: float | None = None) -> Generation:
-        """The request's generation (the batcher's errors as raised)."""
+    async def run(self, request: GenerateRequest, timeout_s: float | None = None,
+                  init: InitImage | None = None) -> Generation:
+        """The request's generation (the batcher's errors as raised); ``init``: the input image
+        (and mask) of an img2img or inpainting request."""
         ...
 
     def stats(self) -> dict[str, Any]:
@@ -214,10 +218,11 @@ def _page() -> str:
 
 
 async def generations(server: Server, requests: list[GenerateRequest],
-                      timeout_s: float | None = None) -> list[Generation]:
+                      timeout_s: float | None = None, init: InitImage | None = None) -> list[Generation]:
     """Every request's generation, the batcher's errors as ``ApiError``; one that fails (or a
-    client that hangs up) cancels the others."""
-    tasks = [asyncio.ensure_future(server.run(request, timeout_s)) for request in requests]
+    client that hangs up) cancels the others. ``init``: the input image the requests name."""
+    tasks = [asyncio.ensure_future(server.run(request, timeout_s) if init is None else
+                                   server.run(request, timeout_s, init=init)) for request in requests]
     try:
         return list(await asyncio.gather(*tasks))
     except QueueFullError as exc:
@@ -358,6 +363,17 @@ def _a1111_routes(app: FastAPI, server: Server) -> None:
         except UserInputError as exc:
             raise ApiError(400, str(exc)) from None
         results = await generations(server, requests)
+        return await asyncio.to_thread(conventions.a1111_response, body, requests, results)
+
+    @app.post("/sdapi/v1/img2img", response_model=Txt2ImgResponse, responses=_REFUSALS,
+              summary="AUTOMATIC1111's img2img and inpainting (answer-trt's guidance fields as extra fields)")
+    async def img2img(body: Img2ImgBody) -> dict[str, Any]:  # type: ignore[valid-type]
+        seed = body.seed if body.seed != -1 else conventions.draw_seed()  # type: ignore[attr-defined]
+        try:
+            requests, init = await asyncio.to_thread(conventions.a1111_img2img, body, seed, server.model_name)
+        except UserInputError as exc:
+            raise ApiError(400, str(exc)) from None
+        results = await generations(server, requests, init=init)
         return await asyncio.to_thread(conventions.a1111_response, body, requests, results)
 
     @app.get("/sdapi/v1/samplers", response_model=list[Sampler], summary="A1111's sampler list (ours)")
