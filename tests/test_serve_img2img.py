@@ -122,3 +122,17 @@ def test_what_answer_trt_cannot_draw_is_a_400_naming_it(app, ort_pipe, body, nam
     status, answer = img2img(app, **body)
     assert status == 400, answer
     assert named in answer["error"] and "\n" not in answer["error"]
+
+
+def test_the_image_route_takes_image_sized_bodies(app, ort_pipe):
+    """A 512 x 512 photo as base64 is far above the 64 KiB of the text routes."""
+    from answer_trt.serving.http import IMAGE_BODY_BYTES
+    from answer_trt.serving.protocol import MAX_BODY_BYTES
+
+    size = ort_pipe.default_size
+    padding = "x" * (2 * MAX_BODY_BYTES)  # a large prompt makes the body large without a large image
+    status, answer = img2img(app, init_images=[png_b64(picture(size))], prompt=padding, steps=2)
+    assert status == 200, answer
+    answer = call(app, "POST", "/sdapi/v1/txt2img", {"prompt": padding})
+    assert answer.status_code == 413 and "a shorter prompt" in answer.text
+    assert IMAGE_BODY_BYTES >= 32 * 2**20

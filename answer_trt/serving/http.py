@@ -108,10 +108,17 @@ class ApiError(Exception):
         self.status, self.message, self.headers, self.param, self.code = status, message, headers, param, code
 
 
+# Routes whose body carries images (base64), and their limit: an input image and a mask of up to
+# img2img.MAX_IMAGE_PIXELS as PNG, with room to spare.
+IMAGE_ROUTES = ("/sdapi/v1/img2img",)
+IMAGE_BODY_BYTES = 64 * 2**20
+
+
 class BodyLimit:
     """ASGI middleware: a request whose Content-Length is above ``limit`` is answered 413
     before its body is read; a body sent without one (chunked) is read here up to the
-    limit and answered 413 beyond it, in the route's convention, on every route."""
+    limit and answered 413 beyond it, in the route's convention, on every route. The routes
+    that take images (``IMAGE_ROUTES``) have ``IMAGE_BODY_BYTES``."""
 
     def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], limit: int) -> None:
         self.app, self.limit = app, limit
@@ -120,13 +127,15 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        images = route_path(scope) in IMAGE_ROUTES
+        limit, shorter = (IMAGE_BODY_BYTES, "smaller images") if images else (self.limit, "a shorter prompt")
         headers = dict(scope.get("headers") or [])
         length = headers.get(b"content-length")
         if length is not None:
             size = int(length) if length.isdigit() else -1
-            if size < 0 or size > self.limit:
-                message = (f"the request body is {size} bytes, above the limit of {self.limit}: send a shorter "
-                           "prompt" if size >= 0 else "the Content-Length header is not a number of bytes")
+            if size < 0 or size > limit:
+                message = (f"the request body is {size} bytes, above the limit of {limit}: send {shorter}"
+                           if size >= 0 else "the Content-Length header is not a number of bytes")
                 status = 413 if size >= 0 else 400
                 await error_response(scope, status, message)(scope, receive, send)
                 return
@@ -134,15 +143,15 @@ class BodyLimit:
             # No Content-Length (a chunked body): read it here, up to the limit, and answer an
             # oversized one ourselves. Raised inside the app, FastAPI's body parsing would turn
             # the error into its own 400 on the routes with a body model (OpenAI, A1111).
-            buffered = await self._read_body(receive)
+            buffered = await self._read_body(receive, limit)
             if buffered is None:
-                message = f"the request body is above the limit of {self.limit} bytes: send a shorter prompt"
+                message = f"the request body is above the limit of {limit} bytes: send {shorter}"
                 await error_response(scope, 413, message)(scope, receive, send)
                 return
             receive = _replaying(buffered, receive)
         await self.app(scope, receive, send)
 
-    async def _read_body(self, receive: Receive) -> list[Message] | None:
+    async def _read_body(self, receive: Receive, limit: int) -> list[Message] | None:
         """The request's messages up to the end of its body (or a disconnect); None once the
         body passes the limit."""
         messages: list[Message] = []
@@ -153,7 +162,7 @@ class BodyLimit:
             if message.get("type") != "http.request":
                 return messages
             received += len(message.get("body", b""))
-            if received > self.limit:
+            if received > limit:
                 return None
             if not message.get("more_body", False):
                 return messages
