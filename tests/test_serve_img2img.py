@@ -136,3 +136,65 @@ def test_the_image_route_takes_image_sized_bodies(app, ort_pipe):
     answer = call(app, "POST", "/sdapi/v1/txt2img", {"prompt": padding})
     assert answer.status_code == 413 and "a shorter prompt" in answer.text
     assert IMAGE_BODY_BYTES >= 32 * 2**20
+
+
+def post_form(app: Any, path: str, fields: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """A multipart/form-data POST through the ASGI app, as OpenAI's clients send edits."""
+    from urllib3.filepost import encode_multipart_formdata
+
+    body, content_type = encode_multipart_formdata(fields)
+    headers = [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode())]
+    scope = {"type": "http", "method": "POST", "path": path, "raw_path": path.encode(), "root_path": "",
+             "scheme": "http", "query_string": b"", "server": ("testserver", 80), "client": ("127.0.0.1", 1),
+             "http_version": "1.1", "asgi": {"version": "3.0"}, "headers": headers}
+    messages = iter([{"type": "http.request", "body": body, "more_body": False}])
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return next(messages, {"type": "http.disconnect"})
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))
+    status = next(m["status"] for m in sent if m["type"] == "http.response.start")
+    return status, json.loads(b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body"))
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    return base64.b64decode(png_b64(image))
+
+
+def test_openai_edits_inpaint_where_the_mask_is_transparent(app, ort_pipe):
+    size = ort_pipe.default_size
+    image, mask = picture(size, 3), square_mask(size)
+    openai_mask = Image.fromarray(np.dstack([np.zeros((*size, 3), np.uint8), 255 - np.asarray(mask)]))  # RGBA
+    status, answer = post_form(app, "/v1/images/edits", {
+        "image": ("in.png", png_bytes(image), "image/png"), "mask": ("mask.png", png_bytes(openai_mask), "image/png"),
+        "prompt": "a red circle", "n": "2", "method": "cfg", "seed": "4"})
+    assert status == 200, answer
+    alone = ort_pipe("a red circle", image=image, mask_image=mask, strength=1.0, batch=2, seed=4, method="cfg")
+    assert len(answer["data"]) == 2
+    for got, want in zip(answer["data"], alone.images):
+        assert np.abs(levels(got["b64_json"]) - np.asarray(want, dtype=np.int16)).max() <= 1
+    # No mask: the image's own transparent pixels are edited.
+    transparent = Image.fromarray(np.dstack([np.asarray(image), 255 - np.asarray(mask)]))
+    status, answer = post_form(app, "/v1/images/edits", {
+        "image": ("in.png", png_bytes(transparent), "image/png"), "prompt": "a red circle", "method": "cfg",
+        "seed": "4"})
+    assert status == 200, answer
+    refusals = [
+        ({"image": ("in.png", png_bytes(image), "image/png"), "prompt": "x"}, "no transparent pixels"),
+        ({"image": ("in.png", png_bytes(image), "image/png"), "mask": ("m.png", png_bytes(mask), "image/png"),
+          "prompt": "x"}, "alpha channel"),
+        ({"prompt": "x"}, "image is required"),
+        ({"image": ("in.png", png_bytes(transparent), "image/png"), "prompt": "x", "response_format": "url"}, "url"),
+        ({"image": ("in.png", png_bytes(transparent), "image/png"), "prompt": "x", "style": "vivid"}, "style"),
+    ]
+    for fields, named in refusals:
+        status, answer = post_form(app, "/v1/images/edits", fields)
+        assert status == 400 and named in answer["error"]["message"], answer
+    status, answer = post_form(app, "/v1/images/edits", {
+        "image": ("in.png", png_bytes(transparent), "image/png"), "prompt": "x", "model": "dall-e-2"})
+    assert status == 404 and answer["error"]["code"] == "model_not_found"
+

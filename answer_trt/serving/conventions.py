@@ -26,7 +26,7 @@ from pydantic import BaseModel
 
 from answer_trt.config import MAX_IMAGES
 from answer_trt.errors import UserInputError
-from answer_trt.img2img import InitImage
+from answer_trt.img2img import MAX_IMAGE_PIXELS, InitImage
 from answer_trt.pipeline import Generation
 from answer_trt.samplers import A1111_SAMPLERS, OURS_IN_A1111, a1111_sampler_names
 from answer_trt.schema import FIELD_NAMES, GenerateRequest, info, request_fields
@@ -360,3 +360,117 @@ def a1111_progress(progress: Progress) -> dict[str, Any]:
              "sampling_steps": current.steps if current else 0}
     text = f"{len(progress.running)} in flight, {len(progress.waiting)} waiting" if held else None
     return {"progress": fraction, "eta_relative": eta, "state": state, "current_image": None, "textinfo": text}
+
+
+# ---- OpenAI image edits (POST /v1/images/edits) ---------------------------------------------
+
+# The form fields of OpenAI's edits request answer-trt reads; others of OpenAI's are refused by
+# name unless neutral; answer-trt's own request fields may come as form fields too.
+OPENAI_EDIT_FIELDS = ("prompt", "n", "size", "response_format", "model", "quality", "user")
+OPENAI_EDIT_FILES = ("image", "image[]", "mask")
+
+
+def parse_form(content_type: str, body: bytes) -> tuple[dict[str, str], dict[str, bytes]]:
+    """``(fields, files)`` of a ``multipart/form-data`` body (the stdlib's MIME parser): a part
+    with a filename, or named image / image[] / mask, is a file (its bytes), the others text."""
+    from email.parser import BytesParser
+    from email.policy import HTTP
+
+    if not content_type.lower().startswith("multipart/form-data"):
+        raise UserInputError("POST /v1/images/edits takes multipart/form-data (image, mask, prompt, ...), as OpenAI's "
+                             f"clients send it; got Content-Type {content_type or 'none'!r}")
+    message = BytesParser(policy=HTTP).parsebytes(b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n"
+                                                  + body)
+    if not message.is_multipart():
+        raise UserInputError("the multipart body could not be read: send it as OpenAI's clients do")
+    fields: dict[str, str] = {}
+    files: dict[str, bytes] = {}
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if not isinstance(name, str):
+            raise UserInputError("a part of the multipart body has no name")
+        payload = part.get_payload(decode=True)
+        data = payload if isinstance(payload, bytes) else b""
+        if part.get_filename() is not None or name in OPENAI_EDIT_FILES:
+            if name in files:
+                raise UserInputError(f"{name}: send one file (answer-trt edits one image per request)")
+            files[name] = data
+        else:
+            fields[name] = data.decode("utf-8", errors="replace")
+    return fields, files
+
+
+def openai_mask(image: bytes | None, mask: bytes | None) -> Any:
+    """The greyscale inpainting mask (white: repaint) of OpenAI's rule: the mask's, or without
+    one the image's, fully transparent pixels (alpha 0) are edited. A PIL image."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    source, what = (mask, "mask") if mask is not None else (image, "image")
+    try:
+        with Image.open(io.BytesIO(source or b"")) as opened:
+            if opened.width * opened.height > MAX_IMAGE_PIXELS:
+                raise UserInputError(f"{what} is {opened.width}x{opened.height}, above the cap of {MAX_IMAGE_PIXELS} "
+                                     "pixels")
+            rgba = opened.convert("RGBA") if "A" in opened.getbands() or opened.mode == "P" else None
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, UserInputError):
+            raise
+        raise UserInputError(f"{what} is not a readable image: give a PNG") from None
+    if rgba is None:
+        if mask is not None:
+            raise UserInputError("mask must be a PNG with an alpha channel: its transparent pixels are edited")
+        raise UserInputError("image has no transparent pixels and no mask came with it: send a mask (PNG, "
+                             "transparent where the image is edited) or an image with transparent areas")
+    alpha = np.asarray(rgba)[..., 3]
+    return Image.fromarray(np.where(alpha == 0, 255, 0).astype(np.uint8))
+
+
+def openai_edit(content_type: str, body: bytes, model_name: str) -> tuple[GenerateRequest, InitImage]:
+    """The answer-trt request (inpainting at strength 1, as OpenAI's edits repaint the masked area)
+    and its input image of an OpenAI ``POST /v1/images/edits`` multipart body: ``image`` (one),
+    ``mask`` (OpenAI's rule, ``openai_mask``), ``prompt``, ``n`` (the batch), ``size`` (resizes
+    the image, Lanczos), ``model``, ``response_format`` (b64_json); answer-trt's request fields
+    as further form fields."""
+    from answer_trt.img2img import load_init_image
+    from answer_trt.inpaint import with_mask
+    from answer_trt.schema import field_kinds
+
+    fields, files = parse_form(content_type, body)
+    image = files.get("image", files.get("image[]"))
+    if image is None:
+        raise UserInputError("image is required: the PNG to edit (multipart file field image)")
+    if "prompt" not in fields:
+        raise UserInputError("prompt is required")
+    model = fields.get("model")
+    if model not in (None, "", model_name):
+        raise ModelNotFound(f"the model {model!r} is not served here: this server runs {model_name!r} (GET /v1/models)")
+    if fields.get("response_format", "b64_json") != "b64_json":
+        raise UserInputError("response_format 'url' is not served (images are not stored): use b64_json")
+    kinds = field_kinds()
+    extras: dict[str, Any] = {}
+    for name, text in fields.items():
+        if name in OPENAI_EDIT_FIELDS:
+            continue
+        if name not in kinds or name in ("prompt", "batch", "height", "width", "strength", "image_sha256",
+                                         "mask_sha256", "seeds"):
+            raise UserInputError(f"{name} is not a field answer-trt takes for an edit: send "
+                                 f"{', '.join(OPENAI_EDIT_FIELDS)} or answer-trt's request fields")
+        kind = kinds[name]
+        try:
+            extras[name] = int(text) if kind == "int" else float(text) if kind == "float" else text
+        except ValueError:
+            raise UserInputError(f"{name} must be a number, got {text!r}") from None
+    try:
+        n = int(fields.get("n", "1"))
+    except ValueError:
+        raise UserInputError(f"n must be an integer, got {fields['n']!r}") from None
+    height, width = parse_size(fields.get("size"))
+    init = load_init_image(image, height, width, what="image")
+    init = with_mask(init, openai_mask(image, files.get("mask")), extras.get("mask_blur", 0))
+    request = GenerateRequest(fields["prompt"], batch=n, height=init.height, width=init.width, strength=1.0,
+                              image_sha256=init.sha256, mask_sha256=init.mask_sha256, **extras)
+    request.sampling_config()
+    return request, init

@@ -110,7 +110,7 @@ class ApiError(Exception):
 
 # Routes whose body carries images (base64), and their limit: an input image and a mask of up to
 # img2img.MAX_IMAGE_PIXELS as PNG, with room to spare.
-IMAGE_ROUTES = ("/sdapi/v1/img2img",)
+IMAGE_ROUTES = ("/sdapi/v1/img2img", "/v1/images/edits")
 IMAGE_BODY_BYTES = 64 * 2**20
 
 
@@ -354,6 +354,21 @@ def _openai_routes(app: FastAPI, server: Server) -> None:
         except UserInputError as exc:
             raise ApiError(400, str(exc)) from None
         generation, = await generations(server, [request])
+        return await asyncio.to_thread(conventions.openai_response, generation)
+
+    @app.post("/v1/images/edits", response_model=OpenAIImagesResponse, responses={
+        **_OPENAI_REFUSALS, 404: {"model": OpenAIError, "description": "not the served model (GET /v1/models)"}},
+              summary="OpenAI's image edits: inpainting where the mask (or the image) is transparent (multipart)")
+    async def images_edits(request: Request) -> dict[str, Any]:
+        body = await request.body()
+        try:
+            edit, init = await asyncio.to_thread(conventions.openai_edit, request.headers.get("content-type", ""),
+                                                 body, server.model_name)
+        except conventions.ModelNotFound as exc:
+            raise ApiError(404, str(exc), param="model", code="model_not_found") from None
+        except UserInputError as exc:
+            raise ApiError(400, str(exc)) from None
+        generation, = await generations(server, [edit], init=init)
         return await asyncio.to_thread(conventions.openai_response, generation)
 
     @app.get("/v1/models", summary="The served model (OpenAI's model list)")
