@@ -29,7 +29,7 @@ RECORD = "answer-trt"
 # answer-trt field -> A1111's key, in A1111's order. The scheduler becomes "Sampler" (by name).
 A1111_KEYS = {"steps": "Steps", "scheduler": "Sampler", "guidance_scale": "CFG scale", "seed": "Seed",
               "clip_skip": "Clip skip", "model": "Model", "batch": "Batch size", "batch_index": "Batch pos",
-              "strength": "Denoising strength"}
+              "strength": "Denoising strength", "mask_blur": "Mask blur"}
 # Fields not written: the prompts (their own lines), the size (as "Size"), and the record's own.
 _SKIPPED = {"prompt", "negative_prompt", "height", "width", "seeds"}
 _PAIR = re.compile(r'\s*([^,:]+):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
@@ -62,6 +62,8 @@ def infotext(record: Mapping[str, Any]) -> str:
         values["scheduler"] = a1111_name_of_class(str(values["scheduler_class"]))
     if values.get("clip_skip") == 1:  # A1111 writes it only where it skips
         values.pop("clip_skip")
+    if values.get("mask_blur") == 0:  # A1111 writes it only for a mask
+        values.pop("mask_blur")
     if values.get("batch") == 1:
         values.pop("batch")
         values.pop("batch_index", None)

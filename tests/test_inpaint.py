@@ -222,3 +222,13 @@ def test_the_batcher_mixes_txt2img_img2img_and_inpainting_equal_to_one_at_a_time
     assert stats.rows_per_call > 3  # requests shared UNet calls
     with StepBatcher(ort_pipe) as batcher, pytest.raises(UserInputError, match="none came with it"):
         batcher.submit(jobs[1][0])  # a request naming an image, without it
+
+
+def test_infotext_has_a1111s_inpainting_keys_and_a_txt2img_png_none_of_them(pipes):
+    ours, _ = pipes["tiny-random", "4ch"]
+    size = ours.default_size
+    text = ours("a cat", image=picture(size), mask_image=square_mask(size), mask_blur=3, strength=0.6,
+                steps=5).images[0].info["parameters"]
+    assert "Denoising strength: 0.6" in text and "Mask blur: 3" in text
+    plain = ours("a cat", steps=2).images[0].info["parameters"]
+    assert "Mask blur" not in plain and "Denoising strength" not in plain and "sha256" not in plain
