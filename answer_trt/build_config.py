@@ -16,7 +16,7 @@ from os import PathLike
 from pathlib import Path
 
 from answer_trt.errors import UserInputError
-from answer_trt.iospec import SizeRange
+from answer_trt.iospec import COMPONENT_SETS, SizeRange
 from answer_trt.rules import (
     BF16_BACKENDS,
     BUILD_BACKENDS,
@@ -123,6 +123,9 @@ class BuildConfig:
     # A single-file --model: the diffusers folder or hub id whose configs and tokenizer it is
     # converted with (`--config`; models/single_file.py); None: diffusers' default for its family.
     model_config: str | None = None
+    # Which components to build (``iospec.COMPONENT_SETS``): ``all`` (default) adds the VAE
+    # encoder that img2img and inpainting need to the text-to-image three (``txt2img``).
+    components: str = "all"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "loras", tuple(self.loras))
@@ -130,6 +133,7 @@ class BuildConfig:
             raise UserInputError("loras must be LoraSpec values (LoraSpec.parse('FILE:SCALE'))")
         check_choice("backend", self.backend, BUILD_BACKENDS)
         check_choice("device", self.device, DEVICES)
+        check_choice("components", self.components, tuple(COMPONENT_SETS))
         if self.device != "cpu" and self.backend != "inductor":
             raise UserInputError(f"--device {self.device} chooses what --backend inductor compiles for: TensorRT plans "
                                  "always run on CUDA and ONNX Runtime graphs pick their provider at load; drop "
@@ -177,6 +181,8 @@ class BuildConfig:
                  "--precision", str(self.precision), "--max-batch", str(self.max_batch)]
         if self.device != "cpu":
             words += ["--device", self.device]
+        if self.components != "all":
+            words += ["--components", self.components]
         if self.variant is not None:
             words += ["--variant", self.variant]
         if self.model_config is not None:

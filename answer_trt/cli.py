@@ -23,6 +23,7 @@ from answer_trt.config import METHODS
 from answer_trt.errors import NonFiniteImageError, UserInputError, printable
 from answer_trt.files import MAX_PNG_BYTES, check_writable_file, numbered_paths, read_bounded
 from answer_trt.infotext import RECORD, parse_infotext
+from answer_trt.iospec import COMPONENT_SETS
 from answer_trt.rules import (
     BUILD_BACKENDS,
     DEFAULT_MAX_BATCH,
@@ -205,6 +206,9 @@ def make_parser() -> argparse.ArgumentParser:
                    help=f"most images per call (default {DEFAULT_MAX_BATCH})")
     b.add_argument("--height", type=_size_or_range, help="image height H or range MIN:MAX (default: the model's)")
     b.add_argument("--width", type=_size_or_range, help="image width W or range MIN:MAX (default: the model's)")
+    b.add_argument("--components", choices=tuple(COMPONENT_SETS), default="all",
+                   help="all (default): the text encoder, UNet, VAE decoder and the VAE encoder that img2img needs; "
+                        "txt2img: without the VAE encoder (a smaller folder)")
     b.add_argument("--force", action="store_true", help="rebuild even when the manifest matches")
     b.add_argument("--check", action=argparse.BooleanOptionalAction, default=None,
                    help="compare each built component with its torch reference (Polygraphy) before publishing; "
@@ -226,6 +230,10 @@ def make_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", choices=DEVICES, default=DEVICES[0],
                    help="with --backend torch: cuda runs the model in fp16 on the GPU")
     add_request_arguments(g)
+    g.add_argument("--image", type=Path, help="img2img: redraw this image (PNG/JPEG; its size is the output's "
+                   "unless --height/--width resize it, Lanczos); --strength sets how much")
+    g.add_argument("--mask", type=Path, help="inpainting: repaint --image where this greyscale mask of its size is "
+                   "white, keep it where black (--mask-blur blurs it first)")
     g.add_argument("--cuda-graph", action="store_true",
                    help="replay each denoising step as a CUDA graph (GPU engines, ddim/euler, parallel mode)")
     g.add_argument("-o", "--output", type=Path, default=Path("answer.png"), help="PNG path (default answer.png)")
@@ -376,6 +384,7 @@ def _build(args: argparse.Namespace) -> int:
         max_batch=args.max_batch, height=args.height, width=args.width, force=args.force,
         check=args.check, optimize=args.optimize, variant=args.variant, loras=_loras(args), device=args.device,
         model_config=args.config,
+        components=args.components,
     )
     build_engines(config, log=lambda msg: print(msg, file=sys.stderr))
     print(f"answer-trt: build finished in {time.perf_counter() - started:.1f} s", file=sys.stderr)
@@ -452,6 +461,7 @@ def _generate(args: argparse.Namespace) -> int:
     from answer_trt.images import save_pngs
 
     request, index, recorded = _request(args)
+    request, init = _input_image(args, request, recorded is not None)
     _check_output(args.output, 1 if index is not None else request.batch)
     _check_before_load(args, request)
     if recorded is not None and args.engines is None:  # a replay's LoRAs, checked before anything is built
@@ -469,7 +479,7 @@ def _generate(args: argparse.Namespace) -> int:
 
     progress = _progress_bar(request.steps)
     try:
-        result = pipe.run(request, cuda_graph=args.cuda_graph, callback=_step_callback(progress))
+        result = pipe.run(request, cuda_graph=args.cuda_graph, callback=_step_callback(progress), init=init)
     finally:
         if progress:
             progress.close()
@@ -482,6 +492,43 @@ def _generate(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+def _input_image(args: argparse.Namespace, request: GenerateRequest, replay: bool) -> tuple[GenerateRequest, Any]:
+    """img2img: ``--image`` read (``answer_trt.img2img.load_init_image``, resized to --height/--width
+    where given) and named in the request by its sha256, which sets the size; a replay of an image
+    drawn from an input image needs that image again (same pixels), and one drawn without takes none."""
+    if args.image is None:
+        if args.mask is not None:
+            raise UserInputError("--mask is inpainting's: pass the image to repaint with --image FILE")
+        if request.image_sha256:
+            raise UserInputError(f"--from-png {args.from_png} was drawn from an input image (sha256 "
+                                 f"{request.image_sha256[:16]}...): pass that image with --image FILE")
+        return request, None
+    from answer_trt.img2img import load_init_image
+
+    if replay and request.image_sha256 is None and request.strength is None:
+        raise UserInputError(f"--from-png {args.from_png} was drawn without an input image: drop --image")
+    init = load_init_image(args.image, request.height, request.width, what="--image")
+    if replay and request.image_sha256 and request.image_sha256 != init.sha256:
+        raise UserInputError(f"--image {args.image} is not the image --from-png {args.from_png} was drawn from (its "
+                             f"pixels' sha256 is {init.sha256[:16]}..., the PNG records "
+                             f"{request.image_sha256[:16]}...): pass that image")
+    request = request.replace(image_sha256=init.sha256, height=init.height, width=init.width)
+    if args.mask is None:
+        if request.mask_sha256:
+            raise UserInputError(f"--from-png {args.from_png} was inpainted with a mask (sha256 "
+                                 f"{request.mask_sha256[:16]}...): pass that mask with --mask FILE")
+        return request, init
+    from answer_trt.inpaint import with_mask
+
+    if replay and request.image_sha256 and not request.mask_sha256:
+        raise UserInputError(f"--from-png {args.from_png} was drawn without a mask: drop --mask")
+    init = with_mask(init, args.mask, request.mask_blur, what="--mask")
+    if replay and request.mask_sha256 and request.mask_sha256 != init.mask_sha256:
+        raise UserInputError(f"--mask {args.mask} is not the mask --from-png {args.from_png} was inpainted with: pass "
+                             "that mask")
+    return request.replace(mask_sha256=init.mask_sha256), init
 
 
 def _check_before_load(args: argparse.Namespace, request: GenerateRequest) -> None:

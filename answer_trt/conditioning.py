@@ -8,17 +8,21 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from answer_trt.iospec import HIDDEN, POOLED, TIME_IDS
+from answer_trt.iospec import HIDDEN, MASK, MASKED_IMAGE_LATENTS, POOLED, TIME_IDS
 
 
 @dataclass(frozen=True)
 class TextCondition:
     """``hidden``: cross-attention text states ``[B, L, D]`` (c_p or c_0 in ANSWER.md).
-    SDXL adds ``pooled`` ``[B, P]`` text embeddings and ``time_ids`` ``[B, 6]``."""
+    SDXL adds ``pooled`` ``[B, P]`` text embeddings and ``time_ids`` ``[B, 6]``. An inpainting
+    UNet (``answer_trt.inpaint``) also reads the latent ``mask`` ``[B, 1, h, w]`` and the
+    ``masked_image_latents`` ``[B, C, h, w]`` with every row."""
 
     hidden: Tensor
     pooled: Tensor | None = None
     time_ids: Tensor | None = None
+    mask: Tensor | None = None
+    masked_image_latents: Tensor | None = None
 
     @property
     def batch(self) -> int:
@@ -30,7 +34,8 @@ class TextCondition:
         def grow(t: Tensor | None) -> Tensor | None:
             return None if t is None else t.expand(batch, *t.shape[1:])
 
-        return TextCondition(grow(self.hidden), grow(self.pooled), grow(self.time_ids))  # type: ignore[arg-type]
+        return TextCondition(grow(self.hidden), grow(self.pooled), grow(self.time_ids),  # type: ignore[arg-type]
+                             grow(self.mask), grow(self.masked_image_latents))
 
     def to(self, device: torch.device) -> TextCondition:
         """The same condition on ``device`` (tensors already there are kept, not copied)."""
@@ -38,7 +43,8 @@ class TextCondition:
         def move(t: Tensor | None) -> Tensor | None:
             return None if t is None else t.to(device)
 
-        return TextCondition(self.hidden.to(device), move(self.pooled), move(self.time_ids))
+        return TextCondition(self.hidden.to(device), move(self.pooled), move(self.time_ids), move(self.mask),
+                             move(self.masked_image_latents))
 
     def feeds(self) -> dict[str, Tensor]:
         """The UNet inputs this condition fills, by IO-spec name."""
@@ -47,6 +53,8 @@ class TextCondition:
             out[POOLED] = self.pooled
         if self.time_ids is not None:
             out[TIME_IDS] = self.time_ids
+        if self.mask is not None and self.masked_image_latents is not None:
+            out[MASK], out[MASKED_IMAGE_LATENTS] = self.mask, self.masked_image_latents
         return out
 
 
@@ -70,4 +78,5 @@ def cat_conditions(conds: Sequence[TextCondition]) -> TextCondition:
         return torch.cat(parts)  # type: ignore[arg-type]
 
     hidden = torch.cat([c.hidden for c in conds])
-    return TextCondition(hidden, cat([c.pooled for c in conds]), cat([c.time_ids for c in conds]))
+    return TextCondition(hidden, cat([c.pooled for c in conds]), cat([c.time_ids for c in conds]),
+                         cat([c.mask for c in conds]), cat([c.masked_image_latents for c in conds]))

@@ -29,7 +29,7 @@ RECORD = "answer-trt"
 # answer-trt field -> A1111's key, in A1111's order. The scheduler becomes "Sampler" (by name).
 A1111_KEYS = {"steps": "Steps", "scheduler": "Sampler", "guidance_scale": "CFG scale", "seed": "Seed",
               "clip_skip": "Clip skip", "model_hash": "Model hash", "model": "Model", "batch": "Batch size",
-              "batch_index": "Batch pos"}
+              "batch_index": "Batch pos", "strength": "Denoising strength", "mask_blur": "Mask blur"}
 # A1111's "Model hash" is its short hash: the first 10 hex digits of the checkpoint's sha256.
 A1111_HASH_DIGITS = 10
 # Fields not written: the prompts (their own lines), the size (as "Size"), and the record's own.
@@ -66,6 +66,8 @@ def infotext(record: Mapping[str, Any]) -> str:
         values.pop("clip_skip")
     if isinstance(values.get("model_hash"), str):
         values["model_hash"] = values["model_hash"][:A1111_HASH_DIGITS]
+    if values.get("mask_blur") == 0:  # A1111 writes it only for a mask
+        values.pop("mask_blur")
     if values.get("batch") == 1:
         values.pop("batch")
         values.pop("batch_index", None)

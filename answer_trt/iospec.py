@@ -21,7 +21,12 @@ Dim = int | str
 Profile = dict[str, tuple[int, int, int]]  # symbol -> (min, opt, max)
 
 TEXT_ENCODER, UNET, VAE_DECODER = "text_encoder", "unet", "vae_decoder"
-COMPONENTS = (TEXT_ENCODER, UNET, VAE_DECODER)
+# The VAE encoder (img2img, inpainting): optional in a folder (``answer-trt build --components``).
+VAE_ENCODER = "vae_encoder"
+COMPONENTS = (TEXT_ENCODER, UNET, VAE_DECODER, VAE_ENCODER)
+# What each ``--components`` choice builds; every folder has the text-to-image three.
+COMPONENT_SETS = {"txt2img": (TEXT_ENCODER, UNET, VAE_DECODER), "all": COMPONENTS}
+REQUIRED_COMPONENTS = COMPONENT_SETS["txt2img"]
 
 # Branches stacked in one UNet call: ANSWER parallel sends (x,c_p), (z,c_p), (z,c_0).
 MAX_BRANCHES = 3
@@ -111,6 +116,10 @@ class ModelDims:
     # The (first) text encoder's layer count, bounding clip skip; 0 in manifests written before
     # it was recorded (those folders are rebuilt anyway: their text encoder lacks clip_skip).
     text_layers: int = 0
+    # An inpainting UNet (diffusers' 9 input channels): it reads the latent mask (1 channel) and
+    # the masked image's latents (latent_channels) beside the latents (``MASK``,
+    # ``MASKED_IMAGE_LATENTS``); detected from the UNet config (in_channels > out_channels).
+    inpaint_unet: bool = False
 
     @property
     def max_clip_skip(self) -> int:
@@ -147,6 +156,16 @@ class ModelDims:
 
 # Names of the text-condition inputs of the UNet, per field of ``TextCondition``.
 HIDDEN, POOLED, TIME_IDS = "encoder_hidden_states", "text_embeds", "time_ids"
+# An inpainting UNet's further inputs (``ModelDims.inpaint_unet``), concatenated after the latents
+# on the channel axis inside the graph, as diffusers' inpaint pipelines concatenate them.
+MASK, MASKED_IMAGE_LATENTS = "mask", "masked_image_latents"
+# The VAE encoder's outputs: the mean and standard deviation of diffusers'
+# ``AutoencoderKL.encode(images).latent_dist`` (its log-variance clamped to [-30, 20] as
+# ``DiagonalGaussianDistribution`` does), times the VAE's scaling factor: the distribution of the
+# latents the UNet sees (the decoder graph divides by the factor in the same way). The runtime
+# samples ``mean + std * noise`` with the request's generator (``answer_trt.img2img``), as
+# diffusers' ``retrieve_latents`` does.
+LATENT_MEAN, LATENT_STD = "latent_mean", "latent_std"
 # Names of the text encoder's outputs.
 TEXT_EMBEDDINGS, POOLED_EMBEDDINGS = "text_embeddings", "pooled_embeddings"
 # The text encoder's per-row clip skip (A1111's meaning; 1: the last layer).
@@ -163,6 +182,10 @@ def component_specs(dims: ModelDims) -> dict[str, ComponentSpec]:
     text = ("batch", dims.text_max_length, dims.text_hidden_size)
     text_outputs = [TensorSpec(TEXT_EMBEDDINGS, text, "float32")]
     added_unet_inputs = []
+    inpaint_inputs = []
+    if dims.inpaint_unet:
+        inpaint_inputs = [TensorSpec(MASK, ("batch", 1, "latent_height", "latent_width"), "float32"),
+                          TensorSpec(MASKED_IMAGE_LATENTS, latent, "float32")]
     if dims.pooled_size:
         text_outputs.append(TensorSpec(POOLED_EMBEDDINGS, ("batch", dims.pooled_size), "float32"))
         added_unet_inputs = [
@@ -186,6 +209,7 @@ def component_specs(dims: ModelDims) -> dict[str, ComponentSpec]:
                 TensorSpec("timestep", ("batch",), "float32"),
                 TensorSpec(HIDDEN, text, "float32"),
                 *added_unet_inputs,
+                *inpaint_inputs,
             ),
             outputs=(TensorSpec("noise_pred", latent, "float32"),),
         ),
@@ -194,11 +218,16 @@ def component_specs(dims: ModelDims) -> dict[str, ComponentSpec]:
             inputs=(TensorSpec("latent", latent, "float32"),),
             outputs=(TensorSpec("images", ("batch", 3, "image_height", "image_width"), "float32"),),
         ),
+        VAE_ENCODER: ComponentSpec(
+            VAE_ENCODER,
+            inputs=(TensorSpec("images", ("batch", 3, "image_height", "image_width"), "float32"),),
+            outputs=(TensorSpec(LATENT_MEAN, latent, "float32"), TensorSpec(LATENT_STD, latent, "float32")),
+        ),
     }
 
 
 # How many stacked rows one image adds to each component's batch axis.
-BATCH_MULTIPLIER = {TEXT_ENCODER: TEXT_BRANCHES, UNET: MAX_BRANCHES, VAE_DECODER: 1}
+BATCH_MULTIPLIER = {TEXT_ENCODER: TEXT_BRANCHES, UNET: MAX_BRANCHES, VAE_DECODER: 1, VAE_ENCODER: 1}
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,9 @@ from answer_trt.build_config import MAX_LORA_SCALE, BuildConfig, LoraSpec
 from answer_trt.errors import UserInputError
 from answer_trt.files import sha256_file, write_text_atomic
 from answer_trt.iospec import (
+    COMPONENT_SETS,
     COMPONENTS,
+    REQUIRED_COMPONENTS,
     ComponentSpec,
     Dim,
     ModelDims,
@@ -143,8 +145,13 @@ class Manifest:
                            max_batch=self.max_batch, height=self.height, width=self.width, force=True,
                            optimize=True if self.graph_optimization is not None else None, variant=self.variant,
                            loras=tuple(LoraSpec(Path(entry.path), entry.scale) for entry in self.loras),
-                           device=self.device or "cpu",
+                           device=self.device or "cpu", components=self.component_set,
                            model_config=self.single_file.config if self.single_file is not None else None)
+
+    @property
+    def component_set(self) -> str:
+        """The ``--components`` choice the folder was built with (``iospec.COMPONENT_SETS``)."""
+        return next(name for name, members in COMPONENT_SETS.items() if set(members) == set(self.components))
 
     def build_command(self, folder: Path) -> str:
         """``answer-trt build ...`` replaying ``build_config``: what every rebuild hint says."""
@@ -365,6 +372,7 @@ class _DimsDoc(_Document):
     time_ids_size: Size
     unet_overall_up_factor: Count = 1  # absent from manifests written before it was recorded
     text_layers: Size = 0  # likewise
+    inpaint_unet: bool = False  # likewise (a 9-channel inpainting UNet)
 
 
 class _InfoDoc(_Document):
@@ -392,7 +400,9 @@ class _ComponentDoc(_Document):
     profile: dict[Text, Triple]
 
 
-_COMPONENT_FIELDS: dict[str, Any] = {name: (_ComponentDoc, ...) for name in COMPONENTS}
+# Every folder has the text-to-image components; the others (the VAE encoder) only where built.
+_COMPONENT_FIELDS: dict[str, Any] = {
+    name: (_ComponentDoc, ...) if name in REQUIRED_COMPONENTS else (_ComponentDoc | None, None) for name in COMPONENTS}
 _ComponentsDoc: Any = create_model("_ComponentsDoc", __base__=_Document, **_COMPONENT_FIELDS)
 
 
@@ -469,7 +479,8 @@ def _manifest(data: Any) -> Manifest:
         raise ManifestError(_error_text(exc.errors(include_url=False)[0])) from None
     info = ModelInfo(dims=ModelDims(**doc.info.dims.model_dump()), prediction_type=doc.info.prediction_type,
                      zero_empty_negative=doc.info.zero_empty_negative, vae_force_upcast=doc.info.vae_force_upcast)
-    components = {name: _component(getattr(doc.components, name), name) for name in COMPONENTS}
+    components = {name: _component(getattr(doc.components, name), name) for name in COMPONENTS
+                  if getattr(doc.components, name) is not None}
     _check_specs(components, info.dims)
     if doc.backend == "inductor" and doc.device is None:
         _fail("manifest", "lacks device (an inductor build records the device its packages were compiled for)")
@@ -510,7 +521,8 @@ def _check_specs(components: dict[str, ComponentEntry], dims: ModelDims) -> None
     """Each component's spec is the one the IO spec derives from the model's dims, in
     float32 or (a half-precision build) float16 or bfloat16: what the runtime will feed it."""
     for name, expected in component_specs(dims).items():
-        if components[name].spec not in (expected, expected.with_dtype("float16"), expected.with_dtype("bfloat16")):
+        allowed = (expected, expected.with_dtype("float16"), expected.with_dtype("bfloat16"))
+        if name in components and components[name].spec not in allowed:
             _fail(f"components.{name}.spec", "does not match the model's dims in info (tensor names, shapes or "
                   "dtypes differ from what the runtime feeds)")
 

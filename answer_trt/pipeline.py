@@ -22,7 +22,8 @@ from answer_trt.errors import NonFiniteImageError, UserInputError
 from answer_trt.graphed import CudaGraphCapturer, GraphCache, refusal, sample_graphed
 from answer_trt.guiders import make_guider
 from answer_trt.images import save_pngs, to_pil
-from answer_trt.iospec import TEXT_ENCODER, UNET, VAE_DECODER, SizeRange
+from answer_trt.img2img import ImageStart, InitImage, check_init, load_init_image, started
+from answer_trt.iospec import TEXT_ENCODER, UNET, VAE_DECODER, VAE_ENCODER, SizeRange
 from answer_trt.models.info import ModelInfo
 from answer_trt.models.lora import lora_tag_keys
 from answer_trt.rules import check_int, check_memory, check_size
@@ -127,6 +128,13 @@ class RequestPlan:
     scheduler: Any
     rule: StepRule
     params: dict[str, str]
+    start: int | None = None  # img2img: the schedule's timestep index it begins at (None: text to image)
+    strength: float | None = None  # img2img's and inpainting's, resolved
+
+    @property
+    def denoising_steps(self) -> int:
+        """The steps this request runs: ``config.steps``, fewer for img2img (``strength``)."""
+        return self.config.steps if self.start is None else len(self.rule.timesteps)
 
 
 @dataclass(frozen=True)
@@ -240,6 +248,8 @@ class Pipeline:
         fused: bool = True,
         cuda_graph: bool = False,
         callback: StepCallback | None = None,
+        image: Any = None,
+        mask_image: Any = None,
         **fields: Any,
     ) -> Generation:
         """Generate ``batch`` images for ``prompt``. ``fields`` are the request schema's
@@ -248,40 +258,67 @@ class Pipeline:
         the closest name. An empty prompt
         is valid: its embedding is c_0, so CFG becomes unconditional sampling.
         ``fused=False`` calls the UNet once per branch (the reference); ``cuda_graph``
-        replays each step as a CUDA graph."""
-        return self.run(make_request(prompt, fields), fused=fused, cuda_graph=cuda_graph, callback=callback)
+        replays each step as a CUDA graph. ``image`` (a path, PIL image or ``[H, W, 3]`` array)
+        makes it img2img with ``strength`` (``answer_trt.img2img``): the image's size is the
+        output's, unless ``height``/``width`` resize it. ``mask_image`` (diffusers' keyword; white:
+        repaint) with it makes it inpainting (``answer_trt.inpaint``; ``mask_blur``)."""
+        init = None
+        if image is not None:
+            init = load_init_image(image, fields.get("height"), fields.get("width"))
+            fields = {**fields, "height": init.height, "width": init.width,
+                      "image_sha256": fields.get("image_sha256") or init.sha256}
+            if mask_image is not None:
+                from answer_trt.inpaint import with_mask
+
+                init = with_mask(init, mask_image, fields.get("mask_blur", 0))
+                fields["mask_sha256"] = fields.get("mask_sha256") or init.mask_sha256
+        elif mask_image is not None:
+            raise UserInputError("mask_image is inpainting's: pass the image to repaint too (image=...)")
+        return self.run(make_request(prompt, fields), fused=fused, cuda_graph=cuda_graph, callback=callback,
+                        init=init)
 
     def run(
         self, request: GenerateRequest, *, fused: bool = True, cuda_graph: bool = False,
-        callback: StepCallback | None = None,
+        callback: StepCallback | None = None, init: InitImage | None = None,
     ) -> Generation:
         """``generate`` for a ready ``GenerateRequest`` (what serving and replay hold): the
         steps every request goes through, ``plan`` -> ``prepare`` -> ``program`` (run here one
-        call at a time; the serving batcher runs many together) -> ``vae_decode`` -> ``finish``."""
+        call at a time; the serving batcher runs many together) -> ``vae_decode`` -> ``finish``.
+        ``init``: img2img's input image (``request.image_sha256`` names it)."""
         if callback is not None and not callable(callback):
             raise UserInputError(f"callback must be a function of (step index, number of steps), got "
                                  f"{type(callback).__name__}")
-        plan = self.plan(request)
+        plan = self.plan(request, init)
         if cuda_graph:
             self._check_graphable(plan)
         with self.on_stream():
             started = self.clock()
             cond, noise = self.prepare(request.prompt, request.negative_prompt, plan.config)
+            start = None
+            if init is not None and plan.start is not None:
+                start = self.image_start(plan, init)
+                noise, cond = start.latents, start.condition(cond)
             text_done = self.clock()
             if cuda_graph:
                 latents = self._sample_graphed(noise, cond, plan, callback)
             else:
-                latents = run_program(self.program(plan, cond, noise, callback), BranchEvaluator(self.denoiser, fused))
+                latents = run_program(self.program(plan, cond, noise, callback, start),
+                                      BranchEvaluator(self.denoiser, fused))
             denoise_done = self.clock()
             images = self.finish(latents, self.vae_decode(latents), plan.params)
             timings = Timings(text_done - started, denoise_done - text_done, self.clock() - denoise_done,
-                              plan.config.steps)
+                              plan.denoising_steps)
         return Generation(images, plan.params, timings, plan.config)
 
-    def plan(self, request: GenerateRequest) -> RequestPlan:
-        """Check ``request`` against these engines (``check_request``) and make its
-        scheduler and step rule; no engine work. Raises ``UserInputError`` with the CLI's
-        messages. Warns when a negative prompt is ignored (guidance off at w <= 1)."""
+    def plan(self, request: GenerateRequest, init: InitImage | None = None) -> RequestPlan:
+        """Check ``request`` against these engines (``check_request``; img2img's ``init`` image
+        against it, ``answer_trt.img2img.check_init``) and make its scheduler and step rule; no engine
+        work. Raises ``UserInputError`` with the CLI's messages. Warns when a negative prompt is
+        ignored (guidance off at w <= 1)."""
+        strength = check_init(request, init, has_encoder=VAE_ENCODER in self.engines,
+                              rebuild_command=self.limits.rebuild_command(components="all"),
+                              sdxl=bool(self.dims.pooled_size), multiple=self.dims.size_multiple,
+                              height=self.limits.height, width=self.limits.width, inpaint_unet=self.dims.inpaint_unet)
         config = self.check_request(request.sampling_config(), request.prompt)
         if request.negative_prompt and not make_guider(config.guidance).reads_negative:
             logger.warning("the negative prompt is ignored: at guidance_scale %g <= 1 guidance is off and only the "
@@ -289,20 +326,45 @@ class Pipeline:
                            config.guidance.guidance_scale)
         scheduler = make_scheduler(self.scheduler_config, config.scheduler)
         rule = make_step_rule(scheduler, config.steps)  # e.g. too many steps for the scheduler fails here
-        return RequestPlan(request, config, scheduler, rule, self.parameters(request, config, type(scheduler).__name__))
+        start = None
+        if strength is not None:
+            rule, start = started(scheduler, rule, config.steps, strength)
+        return RequestPlan(request, config, scheduler, rule,
+                           self.parameters(request, config, type(scheduler).__name__, strength), start, strength)
 
     def program(
-        self, plan: RequestPlan, cond: Conditioning, noise: torch.Tensor, callback: StepCallback | None = None
+        self, plan: RequestPlan, cond: Conditioning, noise: torch.Tensor, callback: StepCallback | None = None,
+        start: ImageStart | None = None,
     ) -> SamplingProgram:
         """The request's sampling loop as a program that yields each UNet call's rows
         (``answer_trt.sampler.sampling_program``) and returns the final latents. A stochastic
         sampler draws its step noise from the generators of the initial ``noise``, continued
-        (``schedulers.StepNoise``), as diffusers' pipelines do."""
+        (``schedulers.StepNoise``), as diffusers' pipelines do. From an input image, ``start``
+        (``image_start``) gives the latents (``noise``), its generators continued, and inpainting's
+        blend after each step."""
         rule = plan.rule
         if rule.draws_noise:
-            rule = rule.seeded(StepNoise.for_request(plan.config.seed, plan.config.seeds, noise.shape))
+            step_noise = start.step_noise if start is not None else None
+            rule = rule.seeded(step_noise or StepNoise.for_request(plan.config.seed, plan.config.seeds, noise.shape))
         return sampling_program(noise, cond, rule, plan.config.guidance, prediction_type=self.prediction_type,
-                                callback=callback)
+                                callback=callback, noised=start.noised if start is not None else False,
+                                after_step=start.after_step if start is not None else None)
+
+    def image_start(self, plan: RequestPlan, init: InitImage) -> ImageStart:
+        """Where a run from an input image starts: img2img's (``answer_trt.img2img.start_latents``)
+        or, with a mask, inpainting's (``answer_trt.inpaint.inpaint_start``)."""
+        from answer_trt.img2img import start_latents
+        from answer_trt.inpaint import inpaint_start
+
+        assert plan.start is not None and plan.strength is not None  # a plan from an input image
+        config, encoder = plan.config, self.engines[VAE_ENCODER]
+        if init.mask is None:
+            return start_latents(encoder, init, plan.scheduler, plan.start, config.batch, config.seed, config.seeds,
+                                 self.device)
+        factor = self.dims.vae_scale_factor
+        shape = (self.dims.latent_channels, init.height // factor, init.width // factor)
+        return inpaint_start(encoder, init, plan.scheduler, plan.start, plan.denoising_steps, plan.strength, shape,
+                             config.batch, config.seed, config.seeds, self.device, self.dims.inpaint_unet)
 
     def request_config(self, prompt: str, **fields: Any) -> SamplingConfig:
         """A request's validated configuration, sized against these engines
@@ -363,6 +425,8 @@ class Pipeline:
         return decoder.run({decoder.spec.input_names[0]: latents})[decoder.spec.output_names[0]]
 
     def _check_graphable(self, plan: RequestPlan) -> None:
+        if plan.start is not None:
+            raise UserInputError("--cuda-graph runs text to image only: drop --cuda-graph for img2img")
         if self.graphs.capturer.requires_cuda and self.device.type != "cuda":
             raise UserInputError(CUDA_GRAPH_NEEDS_GPU)
         reason = refusal(plan.config.guidance, plan.rule, plan.scheduler)
@@ -414,11 +478,13 @@ class Pipeline:
                      size_label="" if given else "the default size, ")
         return config
 
-    def parameters(self, request: GenerateRequest, config: SamplingConfig, scheduler_class: str) -> dict[str, str]:
+    def parameters(self, request: GenerateRequest, config: SamplingConfig, scheduler_class: str,
+                   strength: float | None = None) -> dict[str, str]:
         """The PNG text chunks of the request's images (``schema.parameters``): its fields as
         resolved for these engines (size, wn), the scheduler class that ran, model, backend,
         precision, and the weights variant and LoRAs where there are any."""
-        resolved = {"negative_scale": config.guidance.wn, "height": config.height, "width": config.width}
+        resolved = {"negative_scale": config.guidance.wn, "height": config.height, "width": config.width,
+                    "strength": strength}
         extra = {"scheduler_class": scheduler_class, "model": self.model_name, "backend": self.backend,
                  "precision": self.precision, **self.weights.parameters()}
         return schema_parameters(request, resolved, extra)

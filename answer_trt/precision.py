@@ -5,7 +5,7 @@ TensorRT builds strongly typed networks (required from TensorRT 11, opted into o
 the graph's tensor types are the precision, and no builder flag changes them. So an fp16
 or bf16 build must export fp16 / bf16 graphs; an fp32 graph always builds fp32 layers.
 
-- fp16: the UNet and the VAE decoder in float16. The text encoder stays float32 (it runs
+- fp16: the UNet and the VAE (decoder and encoder) in float16. The text encoder stays float32 (it runs
   once per prompt, and its fp16 graph mixes types in LayerNormalization), and so does a
   VAE whose config asks for it (``force_upcast``, SDXL: its fp16 activations overflow).
 - bf16 (TensorRT only): the same components in bfloat16, exported from modules cast to
@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import torch
 
-from answer_trt.iospec import UNET, VAE_DECODER
+from answer_trt.iospec import UNET, VAE_DECODER, VAE_ENCODER
 
 # Components that an fp16 or bf16 build exports in that half type.
-REDUCED_PRECISION_COMPONENTS = (UNET, VAE_DECODER)
+REDUCED_PRECISION_COMPONENTS = (UNET, VAE_DECODER, VAE_ENCODER)
+VAE_COMPONENTS = (VAE_DECODER, VAE_ENCODER)  # the VAE's halves: force_upcast keeps both float32
 HALF_DTYPES = {"fp16": "float16", "bf16": "bfloat16"}
 
 
@@ -37,7 +38,7 @@ def component_dtype(component: str, precision: str, force_upcast: bool) -> str:
         raise ValueError(f"unknown precision {precision!r}: expected fp32, fp16 or bf16")
     if precision == "fp32" or component not in REDUCED_PRECISION_COMPONENTS:
         return "float32"
-    if component == VAE_DECODER and force_upcast:
+    if component in VAE_COMPONENTS and force_upcast:
         return "float32"
     return HALF_DTYPES[precision]
 

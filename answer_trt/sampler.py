@@ -123,9 +123,14 @@ def sampling_program(
     prediction_type: str = "epsilon",
     callback: StepCallback | None = None,
     probe: Probe | None = None,
+    noised: bool = False,
+    after_step: Callable[[int, Tensor], Tensor] | None = None,
 ) -> SamplingProgram:
-    """``sample``'s loop over a step rule, as a program (see the module docstring)."""
-    x = noise.to(torch.float32) * rule.init_noise_sigma
+    """``sample``'s loop over a step rule, as a program (see the module docstring).
+    ``noised``: ``noise`` is already the latents at the rule's first noise level (img2img's
+    noised image, ``answer_trt.img2img.start_latents``), not unit noise to scale. ``after_step(i, x)``
+    replaces x after step i's update (inpainting's blend, ``answer_trt.inpaint``)."""
+    x = noise.to(torch.float32) if noised else noise.to(torch.float32) * rule.init_noise_sigma
     # float32, on the latents' device once: no host-to-device copy per UNet call.
     context = StepContext(rule, cond, prediction_type, rule.timesteps.to(x.device, torch.float32))
     guide = make_guider(guidance).start(context, probing=probe is not None)
@@ -138,6 +143,8 @@ def sampling_program(
             probe({"i": i, "t": rule.timesteps[i], "alpha": alpha, "sigma": sigma, "x": x, "x_in": x_in, **seen,
                    "e": e})
         x = rule.step(e, i, x)
+        if after_step is not None:
+            x = after_step(i, x)
         if callback is not None:
             callback(i, n)
     return x

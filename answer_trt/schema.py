@@ -132,6 +132,17 @@ class GenerateRequest:
         "int", "A1111's clip skip: the text condition from the Nth CLIP layer from the end (1: the last, no skip; "
         "2: the penultimate, through the final layer norm); diffusers' clip_skip keyword counts one less",
         low=1, high=MAX_CLIP_SKIP))
+    # img2img (answer_trt/img2img.py): the input image travels beside the request, named here by its hash.
+    strength: float | None = _field(None, FieldInfo(
+        "float", "img2img: the share of the steps that redraw --image (diffusers' strength; default 0.8, SDXL 0.3)",
+        nullable=True, low=0.0, high=1.0))
+    image_sha256: str | None = _field(None, FieldInfo(
+        "str", "img2img: the sha256 of the input image's pixels (answer_trt.img2img.image_sha256)", nullable=True,
+        cli=False))
+    mask_sha256: str | None = _field(None, FieldInfo(
+        "str", "inpainting: the sha256 of the mask's pixels (answer_trt.inpaint.load_mask)", nullable=True, cli=False))
+    mask_blur: int = _field(0, FieldInfo("int", "inpainting: blur the mask by this Gaussian radius in pixels first",
+                                         low=0, high=64))
 
     def __post_init__(self) -> None:
         # Per-image seeds give the batch its size (a list from JSON becomes a tuple). Nothing

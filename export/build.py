@@ -37,7 +37,7 @@ from answer_trt.export.publish import (
 )
 from answer_trt.files import sha256_file
 from answer_trt.iospec import (
-    COMPONENTS,
+    COMPONENT_SETS,
     UNET,
     ComponentSpec,
     ModelDims,
@@ -77,8 +77,8 @@ from answer_trt.versions import gpu_capability, library_versions
 # The layout of what a build writes beside the graphs; raised when it changes, so that the
 # key changes and an older folder is rebuilt (2: the tokenizers' `tokenizers` files).
 # 3: the manifest records the UNet's up factor (ModelDims.size_multiple); 4: the text encoder
-# takes clip_skip.
-ARTIFACT_LAYOUT = 4
+# takes clip_skip; 5: the VAE encoder (``--components``).
+ARTIFACT_LAYOUT = 5
 
 
 @dataclass(frozen=True)
@@ -107,6 +107,7 @@ class BuildPlan:
             "width": asdict(self.width),
             "opset": OPSET,
             "layout": ARTIFACT_LAYOUT,
+            "components": self.config.components,
             "optimize": self.config.optimizes_graphs,
             "versions": library_versions(),
             "gpu": gpu_capability() if self.config.compiles_for_gpu else None,
@@ -247,13 +248,14 @@ def _export_all(plan: BuildPlan, model: LoadedModel, staging: Path, log: Callabl
     config, dims = plan.config, plan.info.dims
     # Builds are strongly typed: each graph is exported in the dtype it runs in (fp16 / bf16
     # UNet and VAE, fp32 text encoder and upcast VAE: answer_trt/precision.py).
-    dtypes = {name: component_dtype(name, str(config.precision), plan.info.vae_force_upcast) for name in COMPONENTS}
+    wanted = COMPONENT_SETS[config.components]
+    dtypes = {name: component_dtype(name, str(config.precision), plan.info.vae_force_upcast) for name in wanted}
     specs = {
         name: spec.with_dtype(dtypes[name]) if dtypes[name] != "float32" else spec
-        for name, spec in component_specs(dims).items()
+        for name, spec in component_specs(dims).items() if name in wanted
     }
     profiles = component_profiles(dims, config.max_batch, plan.height, plan.width)
-    modules = component_modules(model)
+    modules = {name: module for name, module in component_modules(model).items() if name in wanted}
     components = {}
     for name, module in modules.items():
         if dtypes[name] != "float32":

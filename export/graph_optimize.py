@@ -38,10 +38,11 @@ from typing import Any
 import numpy as np
 
 from answer_trt.export.accuracy import TOLERANCES, Tolerance, arithmetic_precision, check_binding, feed
-from answer_trt.iospec import TEXT_ENCODER, UNET, VAE_DECODER, ComponentSpec
+from answer_trt.iospec import TEXT_ENCODER, UNET, VAE_DECODER, VAE_ENCODER, ComponentSpec
 from answer_trt.manifest import ComponentEntry, GraphOptimization, GraphOptimizationEntry, external_data_name
 
-MODEL_TYPES = {TEXT_ENCODER: "clip", UNET: "unet", VAE_DECODER: "vae"}  # SDXL: both encoders in one graph
+# SDXL: both text encoders in one graph.
+MODEL_TYPES = {TEXT_ENCODER: "clip", UNET: "unet", VAE_DECODER: "vae", VAE_ENCODER: "vae"}
 # FusionOptions switches for fusions into CUDA-only contrib operators.
 CUDA_ONLY_FUSIONS = ("enable_group_norm", "enable_skip_group_norm", "enable_nhwc_conv", "enable_bias_splitgelu",
                      "enable_bias_add", "enable_packed_qkv", "enable_packed_kv")

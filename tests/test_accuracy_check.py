@@ -17,7 +17,7 @@ from answer_trt.errors import UserInputError
 from answer_trt.export import accuracy
 from answer_trt.export.build import build
 from answer_trt.export.publish import STAGING_TAG
-from answer_trt.iospec import COMPONENTS, TEXT_ENCODER, UNET, VAE_DECODER, ComponentSpec, TensorSpec
+from answer_trt.iospec import COMPONENTS, TEXT_ENCODER, UNET, VAE_DECODER, VAE_ENCODER, ComponentSpec, TensorSpec
 from answer_trt.manifest import MANIFEST_NAME, Manifest, ManifestError, read_manifest
 from tests.test_cli import run_cli
 
@@ -54,7 +54,8 @@ def test_fp16_builds_check_by_default_each_component_at_its_own_precision(tiny_m
     check = manifest.accuracy
     assert check is not None
     assert {name: e.precision for name, e in check.components.items()} == {
-        TEXT_ENCODER: "fp32", UNET: "fp16", VAE_DECODER: "fp16"}  # the text encoder stays fp32 on onnxruntime
+        TEXT_ENCODER: "fp32", UNET: "fp16", VAE_DECODER: "fp16",
+        VAE_ENCODER: "fp16"}  # the text encoder stays fp32 on onnxruntime
     assert all(e.max_abs_error <= e.atol for e in check.components.values())
 
 

@@ -37,8 +37,8 @@ def test_parse_reads_a1111s_infotext_and_names_what_it_cannot_honour():
     fields, ignored = parse_infotext(text, field_kinds())
     assert fields == {"prompt": "masterpiece, a cat", "negative_prompt": "lowres, (bad:1.2)", "steps": 20,
                       "scheduler": "DPM++ 2M Karras", "guidance_scale": 7.0, "seed": 1234, "width": 512,
-                      "height": 768, "clip_skip": 2}
-    assert ignored == ["Model hash", "Denoising strength", "Hires upscale", "Lora hashes", "Version"]
+                      "height": 768, "clip_skip": 2, "strength": 0.5}  # img2img's: a replay asks for --image
+    assert ignored == ["Model hash", "Hires upscale", "Lora hashes", "Version"]
     ours = infotext({**fields, "method": "cfg", "dns_steps": 4})
     again, nothing = parse_infotext(ours, field_kinds())
     assert again == {**fields, "method": "cfg", "dns_steps": 4} and nothing == []

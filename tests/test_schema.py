@@ -8,13 +8,21 @@ import json
 
 import numpy as np
 import pytest
+from PIL import Image
 
 import answer_trt
 from answer_trt.cli import make_parser, request_keywords
 from answer_trt.errors import UserInputError
+from answer_trt.img2img import image_sha256, load_init_image
+from answer_trt.inpaint import with_mask
 from answer_trt.schema import GenerateRequest, from_parameters, info, make_request, request_fields
 from answer_trt.serving.protocol import REQUEST_FIELDS, parse_generate
 
+# The input image and mask of the img2img / inpainting fields (40 x 48, as OTHER's size).
+INPUT = Image.fromarray((np.random.default_rng(0).random((40, 48, 3)) * 255).astype(np.uint8))
+MASK = Image.fromarray(np.pad(np.full((16, 16), 255, np.uint8), ((8, 16), (20, 12))))
+# Fields that name what travels beside the request (not CLI flags: --image and --mask give the files).
+SIDE_FIELDS = {"image_sha256", "mask_sha256"}
 # A valid value other than the default for every field; a new field must be added here.
 OTHER = {
     "prompt": "a red circle", "negative_prompt": "a blue square", "method": "dns", "steps": 3,
@@ -22,6 +30,8 @@ OTHER = {
     "drift_tau": 0.3, "guidance_rescale": 0.5, "guidance_min_sigma": 0.2, "scheduler": "euler", "seed": 7,
     "height": 40, "width": 48,
     "batch": 2, "seeds": (3, 4), "clip_skip": 2,
+    "strength": 0.5, "image_sha256": image_sha256(np.asarray(INPUT)),
+    "mask_sha256": image_sha256(np.asarray(MASK)[..., None]), "mask_blur": 2,
 }
 ANSWER_INNER = {"method": "answer", "mode": "inner", "drift_tau": None}  # the other mode (drift_tau is parallel-only)
 
@@ -36,7 +46,7 @@ def test_every_field_has_a_value_for_these_tests():
 def test_the_cli_has_one_flag_per_field_with_the_schema_default():
     args = make_parser().parse_args(["generate", "x"])
     cli_fields = [f for f in request_fields() if info(f).cli]
-    assert {f.name for f in cli_fields} == set(OTHER) - {"prompt"}
+    assert {f.name for f in cli_fields} == set(OTHER) - {"prompt"} - SIDE_FIELDS
     assert request_keywords(args) == {f.name: f.default for f in cli_fields}
     argv = ["generate", "x"]
     for f in cli_fields:
@@ -66,7 +76,7 @@ def pipe():
 def test_the_api_takes_every_field_and_the_png_replays_to_the_same_pixels(pipe, changes):
     fields = {**OTHER, **changes}
     prompt = fields.pop("prompt")
-    result = pipe.generate(prompt, **fields)
+    result = pipe.generate(prompt, image=INPUT, mask_image=MASK, **fields)
     assert len(result.images) == 2 and result.images[0].size == (48, 40)
     recorded = json.loads(result.images[1].info["answer-trt"])
     for f in request_fields():
@@ -77,7 +87,7 @@ def test_the_api_takes_every_field_and_the_png_replays_to_the_same_pixels(pipe, 
     if expected.negative_scale is None:  # recorded as the value it resolved to
         expected = expected.replace(negative_scale=result.config.guidance.wn)
     assert replayed == expected
-    again = pipe.run(replayed)
+    again = pipe.run(replayed, init=with_mask(load_init_image(INPUT, 40, 48), MASK, replayed.mask_blur))
     for first, second in zip(result.images, again.images):
         assert np.array_equal(np.asarray(first), np.asarray(second))
 

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from answer_trt.iospec import TEXT_ENCODER, UNET, VAE_DECODER
+from answer_trt.iospec import TEXT_ENCODER, UNET, VAE_DECODER, VAE_ENCODER
 
 
 def layer_from_end(hidden_states: tuple[Tensor, ...], from_end: Tensor) -> Tensor:
@@ -87,6 +87,28 @@ class SDXLUNetModule(UNetModule):
         return self.unet(sample, timestep, encoder_hidden_states, added_cond_kwargs=added, return_dict=False)[0]
 
 
+class InpaintUNetModule(UNetModule):
+    """An inpainting UNet (9 input channels): UNetModule's inputs plus the latent ``mask`` and the
+    ``masked_image_latents``, concatenated after the (scaled) latents as diffusers' inpaint pipelines do."""
+
+    def forward(  # type: ignore[override]
+        self, sample: Tensor, timestep: Tensor, encoder_hidden_states: Tensor, mask: Tensor,
+        masked_image_latents: Tensor,
+    ) -> Tensor:
+        return super().forward(torch.cat([sample, mask, masked_image_latents], dim=1), timestep, encoder_hidden_states)
+
+
+class SDXLInpaintUNetModule(SDXLUNetModule):
+    """SDXLUNetModule for an inpainting UNet (as ``InpaintUNetModule``)."""
+
+    def forward(  # type: ignore[override]
+        self, sample: Tensor, timestep: Tensor, encoder_hidden_states: Tensor, text_embeds: Tensor, time_ids: Tensor,
+        mask: Tensor, masked_image_latents: Tensor,
+    ) -> Tensor:
+        return super().forward(torch.cat([sample, mask, masked_image_latents], dim=1), timestep, encoder_hidden_states,
+                               text_embeds, time_ids)
+
+
 class VaeDecoderModule(nn.Module):
     """``latent -> images`` in [-1, 1]; undoes the VAE scaling factor first. Runs in the
     VAE's own dtype (an fp32 VAE upcasts fp16 latents, as SDXL's VAE needs)."""
@@ -101,11 +123,39 @@ class VaeDecoderModule(nn.Module):
         return self.vae.decode(latent.to(dtype) / self.scaling_factor, return_dict=False)[0]
 
 
+class VaeEncoderModule(nn.Module):
+    """``images`` in [-1, 1] ``[B, 3, H, W]`` -> ``(latent_mean, latent_std)``, each ``[B, C, H/8, W/8]``:
+    diffusers' ``AutoencoderKL.encode(images).latent_dist`` (``DiagonalGaussianDistribution``:
+    log-variance clamped to [-30, 20], std = exp(logvar / 2)), both times the scaling factor, so
+    ``mean + std * noise`` is the scaled latent diffusers' img2img pipelines start from. Drawing
+    the noise with the request's generator is the runtime's (``answer_trt.img2img``). Runs in the
+    VAE's own dtype, as the decoder."""
+
+    def __init__(self, vae: Any) -> None:
+        super().__init__()
+        self.vae = vae
+        self.scaling_factor = float(vae.config.scaling_factor)
+        self.channels = int(vae.config.latent_channels)
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        dtype = next(self.vae.parameters()).dtype
+        parameters = self.vae.encode(images.to(dtype), return_dict=False)[0].parameters
+        # Sliced by the static channel count (a chunk of the traced shape would leave the exported
+        # graph's channel axis symbolic); the rest as DiagonalGaussianDistribution computes it.
+        mean, logvar = parameters[:, :self.channels], parameters[:, self.channels:]
+        std = torch.exp(0.5 * torch.clamp(logvar, -30.0, 20.0))
+        return mean * self.scaling_factor, std * self.scaling_factor
+
+
 def component_modules(model: Any) -> dict[str, nn.Module]:
-    """The three spec-shaped modules of a ``LoadedModel``, in eval mode."""
+    """The spec-shaped modules of a ``LoadedModel`` (every component of ``iospec.COMPONENTS``),
+    in eval mode."""
+    inpaint = model.unet.config.in_channels != model.unet.config.out_channels  # models/info.py: unet_channels
     if model.text_encoder_2 is not None:
         text: nn.Module = DualTextEncoderModule(model.text_encoder, model.text_encoder_2)
-        unet: nn.Module = SDXLUNetModule(model.unet)
+        unet: nn.Module = SDXLInpaintUNetModule(model.unet) if inpaint else SDXLUNetModule(model.unet)
     else:
-        text, unet = TextEncoderModule(model.text_encoder), UNetModule(model.unet)
-    return {TEXT_ENCODER: text.eval(), UNET: unet.eval(), VAE_DECODER: VaeDecoderModule(model.vae).eval()}
+        text = TextEncoderModule(model.text_encoder)
+        unet = InpaintUNetModule(model.unet) if inpaint else UNetModule(model.unet)
+    return {TEXT_ENCODER: text.eval(), UNET: unet.eval(), VAE_DECODER: VaeDecoderModule(model.vae).eval(),
+            VAE_ENCODER: VaeEncoderModule(model.vae).eval()}

@@ -97,6 +97,21 @@ def check_scaling_factor(vae: dict[str, Any], file: Path) -> None:
                              f"SDXL: 0.13025): fix it, or {RESAVE}")
 
 
+def unet_channels(unet: dict[str, Any], file: Path) -> tuple[int, bool]:
+    """``(latent channels, whether it is an inpainting UNet)`` from the UNet config: an ordinary UNet
+    takes and gives the latents (``in_channels``); an inpainting UNet (diffusers'
+    ``stable-diffusion-inpainting``) takes ``2 C + 1`` channels (latents, mask, masked image's
+    latents) and gives C (``out_channels``). Other layouts are refused in one line."""
+    channels = config_int(unet, "in_channels", file)
+    out = config_int(unet, "out_channels", file) if "out_channels" in unet else channels
+    if out == channels:
+        return channels, False
+    if channels == 2 * out + 1:
+        return out, True
+    raise UserInputError(f"{file}: in_channels {channels} with out_channels {out} is neither an ordinary UNet (equal) "
+                         f"nor an inpainting UNet ({2 * out + 1} in): answer-trt runs those two kinds")
+
+
 def read_model_info(path: Path) -> ModelInfo:
     """Read from the model's config files (no weights loaded)."""
     text, unet, vae = config_json(path, "text_encoder"), config_json(path, "unet"), config_json(path, "vae")
@@ -118,16 +133,18 @@ def read_model_info(path: Path) -> ModelInfo:
     index = read_json_object(path / "model_index.json") if (path / "model_index.json").exists() else {}
     scheduler = config_json(path, "scheduler", "scheduler_config.json")
     check_scaling_factor(vae, path / "vae" / "config.json")
+    in_channels, inpaint_unet = unet_channels(unet, unet_file)
     dims = ModelDims(
         text_max_length=max_length,
         text_hidden_size=hidden,
-        latent_channels=config_int(unet, "in_channels", unet_file),
+        latent_channels=in_channels,
         vae_scale_factor=2 ** (_block_count(vae, path / "vae" / "config.json") - 1),
         default_latent_size=config_int(unet, "sample_size", unet_file),
         pooled_size=pooled,
         time_ids_size=time_ids,
         unet_overall_up_factor=2 ** (_block_count(unet, unet_file) - 1),
         text_layers=config_int(text, "num_hidden_layers", text_file),
+        inpaint_unet=inpaint_unet,
     )
     return ModelInfo(
         dims=dims,

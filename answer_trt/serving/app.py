@@ -22,6 +22,7 @@ from answer_trt.errors import UserInputError
 from answer_trt.rules import check_int
 
 if TYPE_CHECKING:
+    from answer_trt.img2img import InitImage
     from answer_trt.pipeline import Generation
     from answer_trt.schema import GenerateRequest
     from answer_trt.serving.stats import Progress
@@ -109,11 +110,13 @@ class GenerateServer:
         self.health = {"status": "ok", "model": self.pipeline.model_name, "backend": self.pipeline.backend,
                        "batching": config.batching, **self.replica}
 
-    async def run(self, request: GenerateRequest, timeout_s: float | None = None) -> Generation:
+    async def run(self, request: GenerateRequest, timeout_s: float | None = None,
+                  init: InitImage | None = None) -> Generation:
         """The request's generation through this replica's batcher (its errors as raised:
-        ``answer_trt.serving.http`` answers each with its status). A client that hangs up
-        cancels this coroutine, and with it the ticket."""
-        ticket = self.batcher.submit(request, deadline_s=timeout_s)
+        ``answer_trt.serving.http`` answers each with its status); ``init``: an img2img or
+        inpainting request's input image. A client that hangs up cancels this coroutine, and
+        with it the ticket."""
+        ticket = self.batcher.submit(request, deadline_s=timeout_s, init=init)
         try:
             # shield: the ticket is cancelled through the batcher (below), never by asyncio
             # cancelling the batcher's future under it.

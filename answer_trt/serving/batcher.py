@@ -45,6 +45,7 @@ from answer_trt.conditioning import cat_conditions
 from answer_trt.config import SamplingConfig
 from answer_trt.errors import UserInputError
 from answer_trt.guiders import DenoiserCall, make_guider
+from answer_trt.img2img import InitImage
 from answer_trt.iospec import MAX_BRANCHES
 from answer_trt.pipeline import Generation, Limits, Pipeline, RequestPlan, Timings
 from answer_trt.rules import check_int
@@ -74,6 +75,7 @@ class _Waiting:
     key: tuple[int, ...]
     first_rows: int
     step_ends: tuple[int, ...]
+    init: InitImage | None = None  # img2img / inpainting: the input image (and mask) the request names
 
 
 @dataclass
@@ -167,13 +169,16 @@ class StepBatcher:
 
     # -- the caller's side -------------------------------------------------------------
 
-    def submit(self, request: GenerateRequest, *, deadline_s: float | None = None) -> Ticket:
+    def submit(self, request: GenerateRequest, *, deadline_s: float | None = None,
+               init: InitImage | None = None) -> Ticket:
         """Validate ``request`` (``UserInputError`` with the CLI's messages) and queue it.
         ``deadline_s``: seconds from now by which it must finish, or it ends with
-        ``DeadlineExceeded``. The ticket's future ends with a ``Generation``."""
+        ``DeadlineExceeded``. ``init``: the input image (and mask) of an img2img or inpainting
+        request (``Pipeline.run``'s); its calls share UNet calls with text-to-image requests of
+        the same latent shape. The ticket's future ends with a ``Generation``."""
         if not isinstance(request, GenerateRequest):
             raise UserInputError(f"expected a GenerateRequest, got {type(request).__name__}")
-        plan = self.pipeline.plan(request)
+        plan = self.pipeline.plan(request, init)
         rows = peak_rows(plan.config)
         if rows > self.max_rows:
             raise UserInputError(f"this request needs {rows} rows per call but the batcher takes "
@@ -190,13 +195,14 @@ class StepBatcher:
             ticket = Ticket(request, None if deadline_s is None else time.monotonic() + deadline_s, self._wake)
             ends = tuple(itertools.accumulate(step_calls(plan.config, plan.rule)))
             self._waiting.append(_Waiting(ticket, plan, self._key(plan.config), call_rows(plan.config, plan.rule)[0],
-                                          ends))
+                                          ends, init))
             self._wake.notify_all()
         return ticket
 
-    def generate(self, request: GenerateRequest, timeout: float | None = None) -> Generation:
+    def generate(self, request: GenerateRequest, timeout: float | None = None,
+                 init: InitImage | None = None) -> Generation:
         """Submit and wait."""
-        result: Generation = self.submit(request, deadline_s=timeout).result()
+        result: Generation = self.submit(request, deadline_s=timeout, init=init).result()
         return result
 
     def stats(self) -> BatcherStats:
@@ -302,7 +308,11 @@ class StepBatcher:
         started = time.monotonic()
         try:
             cond, noise = self.pipeline.prepare(request.prompt, request.negative_prompt, plan.config)
-            program = self.pipeline.program(plan, cond, noise)
+            start = None
+            if waiting.init is not None and plan.start is not None:
+                start = self.pipeline.image_start(plan, waiting.init)
+                noise, cond = start.latents, start.condition(cond)
+            program = self.pipeline.program(plan, cond, noise, start=start)
             job = _Job(waiting, program, started, time.monotonic() - started)
             job.pending = next(program)
         except Exception as exc:  # noqa: BLE001 - this request fails, the others go on
@@ -353,7 +363,7 @@ class StepBatcher:
                     self._fail(job.ticket, exc)
                     continue
                 denoise_s = began - job.started - job.text_s
-                timings = Timings(job.text_s, denoise_s, decode_s, plan.config.steps)
+                timings = Timings(job.text_s, denoise_s, decode_s, plan.denoising_steps)
                 with self._wake:
                     self._stats.completed(time.monotonic() - job.started)
                 job.ticket.end(Generation(images, plan.params, timings, plan.config))

@@ -26,10 +26,19 @@ from pydantic import BaseModel
 
 from answer_trt.config import MAX_IMAGES
 from answer_trt.errors import UserInputError
+from answer_trt.img2img import MAX_IMAGE_PIXELS, InitImage
 from answer_trt.pipeline import Generation
 from answer_trt.samplers import A1111_SAMPLERS, OURS_IN_A1111, a1111_sampler_names
 from answer_trt.schema import FIELD_NAMES, GenerateRequest, info, request_fields
-from answer_trt.serving.models import A1111_FIELDS, A1111_SETTINGS, A1111_TAKEN, OPENAI_TAKEN
+from answer_trt.serving.models import (
+    A1111_FIELDS,
+    A1111_IMG2IMG_FIELDS,
+    A1111_SETTINGS,
+    A1111_TAKEN,
+    IMAGE_FIELDS,
+    OPENAI_TAKEN,
+    A1111Field,
+)
 from answer_trt.serving.protocol import png_bytes
 from answer_trt.serving.stats import Progress
 
@@ -183,11 +192,13 @@ def a1111_scheduler(schedule: str | None, sampler: str | None) -> str | None:
     return named
 
 
-def check_a1111_fields(body: BaseModel, model_name: str, scheduler: str | None) -> None:
-    """Refuse each field of ``A1111_FIELDS`` the picture would need and answer-trt cannot honour
-    (a refused field at a value other than its neutral ones, a setting of ``override_settings``
-    it does not take), naming the field. Fields of the schema are the schema's."""
-    for name, spec in A1111_FIELDS.items():
+def check_a1111_fields(body: BaseModel, model_name: str, scheduler: str | None,
+                       table: dict[str, A1111Field] = A1111_FIELDS) -> None:
+    """Refuse each field of ``table`` (``A1111_FIELDS``; img2img's adds ``A1111_IMG2IMG_FIELDS``)
+    the picture would need and answer-trt cannot honour (a refused field at a value other than
+    its neutral ones, a setting of ``override_settings`` it does not take), naming the field.
+    Fields of the schema are the schema's."""
+    for name, spec in table.items():
         if spec.use != "refused" or name in FIELD_NAMES:
             continue
         value = getattr(body, name, None)
@@ -200,13 +211,16 @@ def check_a1111_fields(body: BaseModel, model_name: str, scheduler: str | None) 
     check_settings(getattr(body, "override_settings", None) or {}, model_name, "override_settings")
 
 
-def a1111_requests(body: BaseModel, seed: int, model_name: str) -> list[GenerateRequest]:
+def a1111_requests(body: BaseModel, seed: int, model_name: str,
+                   image_fields: dict[str, Any] | None = None) -> list[GenerateRequest]:
     """One answer-trt request per iteration of an A1111 txt2img body (``Txt2ImgBody``), with
-    ``seed`` already drawn for -1; ``model_name``: the served model (``override_settings``)."""
+    ``seed`` already drawn for -1; ``model_name``: the served model (``override_settings``).
+    ``image_fields``: img2img's (``a1111_img2img``: the schema's ``IMAGE_FIELDS``)."""
     fields: dict[str, Any] = dict(body)
     sampler = fields["sampler_name"] if fields["sampler_name"] is not None else fields["sampler_index"]
     scheduler = a1111_scheduler(fields["scheduler"], sampler)
-    check_a1111_fields(body, model_name, scheduler)
+    check_a1111_fields(body, model_name, scheduler,
+                       A1111_FIELDS if image_fields is None else {**A1111_FIELDS, **A1111_IMG2IMG_FIELDS})
     batch, iterations = fields["batch_size"], fields["n_iter"]
     if batch * iterations > MAX_IMAGES:
         raise UserInputError(f"batch_size * n_iter must be at most {MAX_IMAGES} images per request, "
@@ -214,7 +228,8 @@ def a1111_requests(body: BaseModel, seed: int, model_name: str) -> list[Generate
     if seed + iterations * batch - 1 > 2**64 - 1:
         raise UserInputError("seed + batch_size * n_iter - 1 (the last image's seed) must be below 2**64: use a "
                              "smaller seed")
-    extras = _schema_extras(body, A1111_TAKEN)
+    extras = _schema_extras(body, A1111_TAKEN if image_fields is None else A1111_TAKEN + IMAGE_FIELDS)
+    extras.update(image_fields or {})
     stop_at = (fields["override_settings"] or {}).get("CLIP_stop_at_last_layers")
     if stop_at is not None:  # A1111's setting is clip_skip by another name (checked by check_a1111_fields)
         if extras.get("clip_skip", stop_at) != stop_at:
@@ -228,6 +243,48 @@ def a1111_requests(body: BaseModel, seed: int, model_name: str) -> list[Generate
     first.sampling_config()
     return [first.replace(seed=seed + k * batch, seeds=image_seeds(seed + k * batch, batch))
             for k in range(iterations)]
+
+
+def _image_bytes(text: Any, name: str) -> bytes:
+    """The bytes of a base64 image field (a ``data:image/...;base64,`` prefix allowed)."""
+    if not isinstance(text, str) or not text:
+        raise UserInputError(f"{name} must be a base64 PNG or JPEG")
+    try:
+        return base64.b64decode(text.split(",", 1)[1] if text.startswith("data:") else text, validate=True)
+    except ValueError:
+        raise UserInputError(f"{name} is not base64: send the image file's bytes in base64") from None
+
+
+def a1111_img2img(body: BaseModel, seed: int, model_name: str) -> tuple[list[GenerateRequest], InitImage]:
+    """An A1111 img2img body (``Img2ImgBody``) as ``a1111_requests`` and the input image (with
+    its mask) they name: ``init_images`` (one), ``denoising_strength`` (absent: A1111's 0.75),
+    ``mask`` with ``mask_blur`` (absent: A1111's 4). With a mask, ``inpainting_fill`` other than 1
+    (original) and ``inpaint_full_res`` other than false are refused, naming the field (absent, they
+    are A1111's defaults, 0 and true, which draw another picture)."""
+    from answer_trt.img2img import load_init_image
+    from answer_trt.inpaint import with_mask
+
+    fields: dict[str, Any] = dict(body)
+    images = fields["init_images"]
+    if not images or len(images) != 1:
+        raise UserInputError(f"init_images must hold one image (base64 PNG or JPEG), got {len(images or [])}")
+    init = load_init_image(_image_bytes(images[0], "init_images[0]"), fields["height"], fields["width"],
+                           what="init_images[0]")
+    strength = fields["denoising_strength"] if fields["denoising_strength"] is not None else 0.75
+    image_fields: dict[str, Any] = {"strength": strength, "image_sha256": init.sha256}
+    if fields["mask"] is not None:
+        for name, kept, a1111 in (("inpaint_full_res", False, True), ("inpainting_fill", 1, 0)):
+            value = fields[name] if fields[name] is not None else a1111  # absent: A1111's default
+            if not _is(value, kept):
+                raise UserInputError(f"{name} is not supported by answer-trt with a mask "
+                                     f"({A1111_IMG2IMG_FIELDS[name].note}), got {_shown(value)}"
+                                     f"{' (A1111 default)' if fields[name] is None else ''}: send {_shown(kept)}")
+        blur = fields["mask_blur"] if fields["mask_blur"] is not None else 4
+        init = with_mask(init, _image_bytes(fields["mask"], "mask"), blur)
+        image_fields.update(mask_sha256=init.mask_sha256, mask_blur=blur)
+    requests = [request.replace(height=init.height, width=init.width)
+                for request in a1111_requests(body, seed, model_name, image_fields)]
+    return requests, init
 
 
 def image_seeds(seed: int, batch: int) -> tuple[int, ...] | None:
@@ -303,3 +360,117 @@ def a1111_progress(progress: Progress) -> dict[str, Any]:
              "sampling_steps": current.steps if current else 0}
     text = f"{len(progress.running)} in flight, {len(progress.waiting)} waiting" if held else None
     return {"progress": fraction, "eta_relative": eta, "state": state, "current_image": None, "textinfo": text}
+
+
+# ---- OpenAI image edits (POST /v1/images/edits) ---------------------------------------------
+
+# The form fields of OpenAI's edits request answer-trt reads; others of OpenAI's are refused by
+# name unless neutral; answer-trt's own request fields may come as form fields too.
+OPENAI_EDIT_FIELDS = ("prompt", "n", "size", "response_format", "model", "quality", "user")
+OPENAI_EDIT_FILES = ("image", "image[]", "mask")
+
+
+def parse_form(content_type: str, body: bytes) -> tuple[dict[str, str], dict[str, bytes]]:
+    """``(fields, files)`` of a ``multipart/form-data`` body (the stdlib's MIME parser): a part
+    with a filename, or named image / image[] / mask, is a file (its bytes), the others text."""
+    from email.parser import BytesParser
+    from email.policy import HTTP
+
+    if not content_type.lower().startswith("multipart/form-data"):
+        raise UserInputError("POST /v1/images/edits takes multipart/form-data (image, mask, prompt, ...), as OpenAI's "
+                             f"clients send it; got Content-Type {content_type or 'none'!r}")
+    message = BytesParser(policy=HTTP).parsebytes(b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n"
+                                                  + body)
+    if not message.is_multipart():
+        raise UserInputError("the multipart body could not be read: send it as OpenAI's clients do")
+    fields: dict[str, str] = {}
+    files: dict[str, bytes] = {}
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if not isinstance(name, str):
+            raise UserInputError("a part of the multipart body has no name")
+        payload = part.get_payload(decode=True)
+        data = payload if isinstance(payload, bytes) else b""
+        if part.get_filename() is not None or name in OPENAI_EDIT_FILES:
+            if name in files:
+                raise UserInputError(f"{name}: send one file (answer-trt edits one image per request)")
+            files[name] = data
+        else:
+            fields[name] = data.decode("utf-8", errors="replace")
+    return fields, files
+
+
+def openai_mask(image: bytes | None, mask: bytes | None) -> Any:
+    """The greyscale inpainting mask (white: repaint) of OpenAI's rule: the mask's, or without
+    one the image's, fully transparent pixels (alpha 0) are edited. A PIL image."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    source, what = (mask, "mask") if mask is not None else (image, "image")
+    try:
+        with Image.open(io.BytesIO(source or b"")) as opened:
+            if opened.width * opened.height > MAX_IMAGE_PIXELS:
+                raise UserInputError(f"{what} is {opened.width}x{opened.height}, above the cap of {MAX_IMAGE_PIXELS} "
+                                     "pixels")
+            rgba = opened.convert("RGBA") if "A" in opened.getbands() or opened.mode == "P" else None
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, UserInputError):
+            raise
+        raise UserInputError(f"{what} is not a readable image: give a PNG") from None
+    if rgba is None:
+        if mask is not None:
+            raise UserInputError("mask must be a PNG with an alpha channel: its transparent pixels are edited")
+        raise UserInputError("image has no transparent pixels and no mask came with it: send a mask (PNG, "
+                             "transparent where the image is edited) or an image with transparent areas")
+    alpha = np.asarray(rgba)[..., 3]
+    return Image.fromarray(np.where(alpha == 0, 255, 0).astype(np.uint8))
+
+
+def openai_edit(content_type: str, body: bytes, model_name: str) -> tuple[GenerateRequest, InitImage]:
+    """The answer-trt request (inpainting at strength 1, as OpenAI's edits repaint the masked area)
+    and its input image of an OpenAI ``POST /v1/images/edits`` multipart body: ``image`` (one),
+    ``mask`` (OpenAI's rule, ``openai_mask``), ``prompt``, ``n`` (the batch), ``size`` (resizes
+    the image, Lanczos), ``model``, ``response_format`` (b64_json); answer-trt's request fields
+    as further form fields."""
+    from answer_trt.img2img import load_init_image
+    from answer_trt.inpaint import with_mask
+    from answer_trt.schema import field_kinds
+
+    fields, files = parse_form(content_type, body)
+    image = files.get("image", files.get("image[]"))
+    if image is None:
+        raise UserInputError("image is required: the PNG to edit (multipart file field image)")
+    if "prompt" not in fields:
+        raise UserInputError("prompt is required")
+    model = fields.get("model")
+    if model not in (None, "", model_name):
+        raise ModelNotFound(f"the model {model!r} is not served here: this server runs {model_name!r} (GET /v1/models)")
+    if fields.get("response_format", "b64_json") != "b64_json":
+        raise UserInputError("response_format 'url' is not served (images are not stored): use b64_json")
+    kinds = field_kinds()
+    extras: dict[str, Any] = {}
+    for name, text in fields.items():
+        if name in OPENAI_EDIT_FIELDS:
+            continue
+        if name not in kinds or name in ("prompt", "batch", "height", "width", "strength", "image_sha256",
+                                         "mask_sha256", "seeds"):
+            raise UserInputError(f"{name} is not a field answer-trt takes for an edit: send "
+                                 f"{', '.join(OPENAI_EDIT_FIELDS)} or answer-trt's request fields")
+        kind = kinds[name]
+        try:
+            extras[name] = int(text) if kind == "int" else float(text) if kind == "float" else text
+        except ValueError:
+            raise UserInputError(f"{name} must be a number, got {text!r}") from None
+    try:
+        n = int(fields.get("n", "1"))
+    except ValueError:
+        raise UserInputError(f"n must be an integer, got {fields['n']!r}") from None
+    height, width = parse_size(fields.get("size"))
+    init = load_init_image(image, height, width, what="image")
+    init = with_mask(init, openai_mask(image, files.get("mask")), extras.get("mask_blur", 0))
+    request = GenerateRequest(fields["prompt"], batch=n, height=init.height, width=init.width, strength=1.0,
+                              image_sha256=init.sha256, mask_sha256=init.mask_sha256, **extras)
+    request.sampling_config()
+    return request, init

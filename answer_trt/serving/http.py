@@ -39,6 +39,7 @@ from starlette.requests import ClientDisconnect
 from starlette.routing import Route
 
 from answer_trt.errors import NonFiniteImageError, UserInputError
+from answer_trt.img2img import InitImage
 from answer_trt.pipeline import Generation
 from answer_trt.schema import GenerateRequest
 from answer_trt.serving import conventions
@@ -47,6 +48,7 @@ from answer_trt.serving.models import (
     ErrorResponse,
     GenerateBody,
     GenerateResponse,
+    Img2ImgBody,
     LoraItem,
     OpenAIError,
     OpenAIImagesBody,
@@ -82,8 +84,10 @@ class Server(Protocol):
     backend: str
     health: dict[str, Any]
 
-    async def run(self, request: GenerateRequest, timeout_s: float | None = None) -> Generation:
-        """The request's generation (the batcher's errors as raised)."""
+    async def run(self, request: GenerateRequest, timeout_s: float | None = None,
+                  init: InitImage | None = None) -> Generation:
+        """The request's generation (the batcher's errors as raised); ``init``: the input image
+        (and mask) of an img2img or inpainting request."""
         ...
 
     def stats(self) -> dict[str, Any]:
@@ -104,10 +108,17 @@ class ApiError(Exception):
         self.status, self.message, self.headers, self.param, self.code = status, message, headers, param, code
 
 
+# Routes whose body carries images (base64), and their limit: an input image and a mask of up to
+# img2img.MAX_IMAGE_PIXELS as PNG, with room to spare.
+IMAGE_ROUTES = ("/sdapi/v1/img2img", "/v1/images/edits")
+IMAGE_BODY_BYTES = 64 * 2**20
+
+
 class BodyLimit:
     """ASGI middleware: a request whose Content-Length is above ``limit`` is answered 413
     before its body is read; a body sent without one (chunked) is read here up to the
-    limit and answered 413 beyond it, in the route's convention, on every route."""
+    limit and answered 413 beyond it, in the route's convention, on every route. The routes
+    that take images (``IMAGE_ROUTES``) have ``IMAGE_BODY_BYTES``."""
 
     def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], limit: int) -> None:
         self.app, self.limit = app, limit
@@ -116,13 +127,15 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        images = route_path(scope) in IMAGE_ROUTES
+        limit, shorter = (IMAGE_BODY_BYTES, "smaller images") if images else (self.limit, "a shorter prompt")
         headers = dict(scope.get("headers") or [])
         length = headers.get(b"content-length")
         if length is not None:
             size = int(length) if length.isdigit() else -1
-            if size < 0 or size > self.limit:
-                message = (f"the request body is {size} bytes, above the limit of {self.limit}: send a shorter "
-                           "prompt" if size >= 0 else "the Content-Length header is not a number of bytes")
+            if size < 0 or size > limit:
+                message = (f"the request body is {size} bytes, above the limit of {limit}: send {shorter}"
+                           if size >= 0 else "the Content-Length header is not a number of bytes")
                 status = 413 if size >= 0 else 400
                 await error_response(scope, status, message)(scope, receive, send)
                 return
@@ -130,15 +143,15 @@ class BodyLimit:
             # No Content-Length (a chunked body): read it here, up to the limit, and answer an
             # oversized one ourselves. Raised inside the app, FastAPI's body parsing would turn
             # the error into its own 400 on the routes with a body model (OpenAI, A1111).
-            buffered = await self._read_body(receive)
+            buffered = await self._read_body(receive, limit)
             if buffered is None:
-                message = f"the request body is above the limit of {self.limit} bytes: send a shorter prompt"
+                message = f"the request body is above the limit of {limit} bytes: send {shorter}"
                 await error_response(scope, 413, message)(scope, receive, send)
                 return
             receive = _replaying(buffered, receive)
         await self.app(scope, receive, send)
 
-    async def _read_body(self, receive: Receive) -> list[Message] | None:
+    async def _read_body(self, receive: Receive, limit: int) -> list[Message] | None:
         """The request's messages up to the end of its body (or a disconnect); None once the
         body passes the limit."""
         messages: list[Message] = []
@@ -149,7 +162,7 @@ class BodyLimit:
             if message.get("type") != "http.request":
                 return messages
             received += len(message.get("body", b""))
-            if received > self.limit:
+            if received > limit:
                 return None
             if not message.get("more_body", False):
                 return messages
@@ -214,10 +227,11 @@ def _page() -> str:
 
 
 async def generations(server: Server, requests: list[GenerateRequest],
-                      timeout_s: float | None = None) -> list[Generation]:
+                      timeout_s: float | None = None, init: InitImage | None = None) -> list[Generation]:
     """Every request's generation, the batcher's errors as ``ApiError``; one that fails (or a
-    client that hangs up) cancels the others."""
-    tasks = [asyncio.ensure_future(server.run(request, timeout_s)) for request in requests]
+    client that hangs up) cancels the others. ``init``: the input image the requests name."""
+    tasks = [asyncio.ensure_future(server.run(request, timeout_s) if init is None else
+                                   server.run(request, timeout_s, init=init)) for request in requests]
     try:
         return list(await asyncio.gather(*tasks))
     except QueueFullError as exc:
@@ -342,6 +356,21 @@ def _openai_routes(app: FastAPI, server: Server) -> None:
         generation, = await generations(server, [request])
         return await asyncio.to_thread(conventions.openai_response, generation)
 
+    @app.post("/v1/images/edits", response_model=OpenAIImagesResponse, responses={
+        **_OPENAI_REFUSALS, 404: {"model": OpenAIError, "description": "not the served model (GET /v1/models)"}},
+              summary="OpenAI's image edits: inpainting where the mask (or the image) is transparent (multipart)")
+    async def images_edits(request: Request) -> dict[str, Any]:
+        body = await request.body()
+        try:
+            edit, init = await asyncio.to_thread(conventions.openai_edit, request.headers.get("content-type", ""),
+                                                 body, server.model_name)
+        except conventions.ModelNotFound as exc:
+            raise ApiError(404, str(exc), param="model", code="model_not_found") from None
+        except UserInputError as exc:
+            raise ApiError(400, str(exc)) from None
+        generation, = await generations(server, [edit], init=init)
+        return await asyncio.to_thread(conventions.openai_response, generation)
+
     @app.get("/v1/models", summary="The served model (OpenAI's model list)")
     async def models() -> dict[str, Any]:
         return {"object": "list", "data": [{"id": server.model_name, "object": "model", "created": 0,
@@ -358,6 +387,17 @@ def _a1111_routes(app: FastAPI, server: Server) -> None:
         except UserInputError as exc:
             raise ApiError(400, str(exc)) from None
         results = await generations(server, requests)
+        return await asyncio.to_thread(conventions.a1111_response, body, requests, results)
+
+    @app.post("/sdapi/v1/img2img", response_model=Txt2ImgResponse, responses=_REFUSALS,
+              summary="AUTOMATIC1111's img2img and inpainting (answer-trt's guidance fields as extra fields)")
+    async def img2img(body: Img2ImgBody) -> dict[str, Any]:  # type: ignore[valid-type]
+        seed = body.seed if body.seed != -1 else conventions.draw_seed()  # type: ignore[attr-defined]
+        try:
+            requests, init = await asyncio.to_thread(conventions.a1111_img2img, body, seed, server.model_name)
+        except UserInputError as exc:
+            raise ApiError(400, str(exc)) from None
+        results = await generations(server, requests, init=init)
         return await asyncio.to_thread(conventions.a1111_response, body, requests, results)
 
     @app.get("/sdapi/v1/samplers", response_model=list[Sampler], summary="A1111's sampler list (ours)")

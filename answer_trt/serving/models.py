@@ -297,6 +297,13 @@ _A1111_OWN: dict[str, tuple[Any, Any]] = dict(
     scheduler=(str | None, Field(None, description="A1111's noise schedule: automatic (the sampler's), or one of "
                                                    "GET /sdapi/v1/schedulers")),
 )
+def _img2img_description(name: str) -> str:
+    f = A1111_IMG2IMG_FIELDS[name]
+    if f.use == "refused":
+        return f"refused unless {' or '.join(json.dumps(v) for v in f.neutral)} ({f.note})"
+    return f"{f.use}: {f.note}"
+
+
 def _strict(annotation: Any) -> Any:
     """A table field's type as JSON has it: a number or a boolean is not the other (pydantic's lax
     mode would take ``true`` for an integer, against the published schema)."""
@@ -312,6 +319,48 @@ Txt2ImgBody: type[BaseModel] = create_model(  # type: ignore[call-overload]
        **{name: (_strict(f.annotation) | None, Field(None, description=_a1111_description(name)))
           for name, f in A1111_FIELDS.items() if name not in _A1111_OWN},
        **schema_fields(exclude=A1111_TAKEN)},  # a schema field (e.g. a future clip_skip) is the schema's
+)
+
+
+# A1111's img2img (StableDiffusionImg2ImgProcessingAPI): txt2img's body (A1111_FIELDS, where
+# denoising_strength is the strength here) and these fields. The inpainting ones at A1111's
+# defaults (inpainting_fill 0, inpaint_full_res true) mean nothing without a mask; with one,
+# what answer-trt cannot draw is refused (answer_trt.serving.conventions.a1111_img2img).
+IMAGE_FIELDS = ("strength", "image_sha256", "mask_sha256", "mask_blur")  # the schema's: set from the fields below
+A1111_IMG2IMG_FIELDS: dict[str, A1111Field] = {
+    "init_images": A1111Field("honoured", "the image to redraw: one base64 PNG or JPEG (a data: URL prefix is "
+                              "accepted); its size is the output's unless width/height resize it (Lanczos)", list[str]),
+    "denoising_strength": A1111Field("honoured", "the strength (diffusers' meaning: the share of the steps run); "
+                                     "absent: A1111's 0.75", float),
+    "mask": A1111Field("honoured", "inpainting: a greyscale mask of the image's size, white repainted (base64)", str),
+    "mask_blur": A1111Field("honoured", "inpainting: the mask blurred by this radius before it is binarized "
+                            "(diffusers' rule, not A1111's soft overlay); absent: A1111's 4", int),
+    "mask_blur_x": _harmless(int, "mask_blur is read"),
+    "mask_blur_y": _harmless(int, "mask_blur is read"),
+    "inpainting_fill": _harmless(int, "with a mask only 1 (original) is drawn: send it (absent is A1111's 0)"),
+    "inpaint_full_res": _harmless(bool, "with a mask only false (the whole picture) is drawn: send it (absent is "
+                                  "A1111's true)"),
+    "inpaint_full_res_padding": _harmless(int, "read only with inpaint_full_res"),
+    "inpainting_mask_invert": _refused(int, "white is repainted: invert the mask yourself", 0),
+    "resize_mode": _refused(int, "the image is resized to width/height (Lanczos), A1111's 0", 0),
+    "image_cfg_scale": _harmless(float, "read only by instruct-pix2pix models"),
+    "initial_noise_multiplier": _refused(float, "the noise is as drawn", 1, 1.0),
+    "include_init_images": _harmless(bool, "the input image is not sent back"),
+    "latent_mask": _refused(str, "no separate latent mask", ""),
+    "mask_round": _harmless(bool, "the mask is binarized at 0.5 (diffusers' mask processor)"),
+}
+
+Img2ImgBody: type[BaseModel] = create_model(  # type: ignore[call-overload]
+    "Img2ImgBody",
+    __config__=_FORBID,
+    __doc__="POST /sdapi/v1/img2img (AUTOMATIC1111's API): txt2img's body and the image fields, with answer-trt's "
+            "guidance fields as extra fields.",
+    **{**_A1111_OWN,
+       **{name: (_strict(f.annotation) | None, Field(None, description=_a1111_description(name)))
+          for name, f in A1111_FIELDS.items() if name not in _A1111_OWN and name != "denoising_strength"},
+       **schema_fields(exclude=A1111_TAKEN + IMAGE_FIELDS),
+       **{name: (_strict(f.annotation) | None, Field(None, description=_img2img_description(name)))
+          for name, f in A1111_IMG2IMG_FIELDS.items()}},
 )
 
 
