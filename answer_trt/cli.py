@@ -22,6 +22,7 @@ from answer_trt.config import METHODS
 from answer_trt.errors import NonFiniteImageError, UserInputError, printable
 from answer_trt.files import check_writable_file, numbered_paths
 from answer_trt.infotext import RECORD, parse_infotext
+from answer_trt.iospec import DEFAULT_PROMPT_CHUNKS
 from answer_trt.rules import (
     BUILD_BACKENDS,
     DEFAULT_MAX_BATCH,
@@ -196,6 +197,9 @@ def make_parser() -> argparse.ArgumentParser:
                    help="--backend inductor: compile for the CPU (default) or this machine's CUDA GPU")
     b.add_argument("--max-batch", type=_at_least_1, default=DEFAULT_MAX_BATCH,
                    help=f"most images per call (default {DEFAULT_MAX_BATCH})")
+    b.add_argument("--max-prompt-chunks", type=_at_least_1, default=DEFAULT_PROMPT_CHUNKS,
+                   help=f"longest A1111-syntax prompt, in chunks of 75 tokens (default {DEFAULT_PROMPT_CHUNKS}: 225 "
+                        "tokens)")
     b.add_argument("--height", type=_size_or_range, help="image height H or range MIN:MAX (default: the model's)")
     b.add_argument("--width", type=_size_or_range, help="image width W or range MIN:MAX (default: the model's)")
     b.add_argument("--force", action="store_true", help="rebuild even when the manifest matches")
@@ -350,6 +354,7 @@ def _build(args: argparse.Namespace) -> int:
         model=args.model, out=args.out, backend=args.backend, precision=args.precision,
         max_batch=args.max_batch, height=args.height, width=args.width, force=args.force,
         check=args.check, optimize=args.optimize, variant=args.variant, loras=_loras(args), device=args.device,
+        max_prompt_chunks=args.max_prompt_chunks,
     )
     build_engines(config, log=lambda msg: print(msg, file=sys.stderr))
     print(f"answer-trt: build finished in {time.perf_counter() - started:.1f} s", file=sys.stderr)
@@ -499,6 +504,7 @@ def _request(args: argparse.Namespace) -> tuple[GenerateRequest, int | None, dic
             recorded = json.loads(text)
         elif isinstance(text, str):  # A1111's infotext: what answer-trt supports of it
             recorded, ignored = parse_infotext(text, field_kinds())
+            recorded.setdefault("prompt_syntax", "a1111")  # A1111 read its prompt in its own syntax
             if ignored:
                 _say(f"answer-trt: --from-png {args.from_png}: redrawn without what answer-trt does not have: "
                      f"{', '.join(ignored)}")

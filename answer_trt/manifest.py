@@ -30,6 +30,8 @@ from answer_trt.errors import UserInputError
 from answer_trt.files import sha256_file, write_text_atomic
 from answer_trt.iospec import (
     COMPONENTS,
+    TEXT_LENGTH,
+    UNET,
     ComponentSpec,
     Dim,
     ModelDims,
@@ -142,7 +144,15 @@ class Manifest:
                            max_batch=self.max_batch, height=self.height, width=self.width, force=True,
                            optimize=True if self.graph_optimization is not None else None, variant=self.variant,
                            loras=tuple(LoraSpec(Path(entry.path), entry.scale) for entry in self.loras),
-                           device=self.device or "cpu")
+                           device=self.device or "cpu", max_prompt_chunks=self.max_prompt_chunks)
+
+    @property
+    def max_prompt_chunks(self) -> int:
+        """The chunks of ``text_max_length`` tokens the UNet's text axis was built for (its
+        profile's ``text_length``; 1 for folders built before the axis was dynamic)."""
+        unet = self.components.get(UNET)
+        bounds = unet.profile.get(TEXT_LENGTH) if unet is not None else None
+        return max(bounds[2] // self.info.dims.text_max_length, 1) if bounds else 1
 
     def build_command(self, folder: Path) -> str:
         """``answer-trt build ...`` replaying ``build_config``: what every rebuild hint says."""

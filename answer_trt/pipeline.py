@@ -25,6 +25,7 @@ from answer_trt.images import save_pngs, to_pil
 from answer_trt.iospec import TEXT_ENCODER, UNET, VAE_DECODER, SizeRange
 from answer_trt.models.info import ModelInfo
 from answer_trt.models.lora import lora_tag_keys
+from answer_trt.prompts.loras import check_lora_tags
 from answer_trt.rules import check_int, check_memory, check_size
 from answer_trt.sampler import (
     BranchEvaluator,
@@ -53,6 +54,7 @@ class Limits:
     height: SizeRange | None = None
     width: SizeRange | None = None
     build: BuildConfig | None = None
+    prompt_chunks: int | None = None  # the UNet's text axis, in chunks (``--max-prompt-chunks``)
 
     def __post_init__(self) -> None:
         if self.max_batch is not None:
@@ -127,6 +129,7 @@ class RequestPlan:
     scheduler: Any
     rule: StepRule
     params: dict[str, str]
+    text_chunks: int = 1  # the chunks of the text conditions (A1111's long prompts), for both of them
 
 
 @dataclass(frozen=True)
@@ -266,7 +269,7 @@ class Pipeline:
             self._check_graphable(plan)
         with self.on_stream():
             started = self.clock()
-            cond, noise = self.prepare(request.prompt, request.negative_prompt, plan.config)
+            cond, noise = self.prepare(request.prompt, request.negative_prompt, plan.config, request.prompt_syntax)
             text_done = self.clock()
             if cuda_graph:
                 latents = self._sample_graphed(noise, cond, plan, callback)
@@ -287,9 +290,31 @@ class Pipeline:
             logger.warning("the negative prompt is ignored: at guidance_scale %g <= 1 guidance is off and only the "
                            "prompt's prediction is used (as in diffusers); pass a guidance_scale above 1 to use it",
                            config.guidance.guidance_scale)
+        chunks = self.check_prompts(request) if request.prompt_syntax == "a1111" else 1
         scheduler = make_scheduler(self.scheduler_config, config.scheduler)
         rule = make_step_rule(scheduler, config.steps)  # e.g. too many steps for the scheduler fails here
-        return RequestPlan(request, config, scheduler, rule, self.parameters(request, config, type(scheduler).__name__))
+        return RequestPlan(request, config, scheduler, rule, self.parameters(request, config, type(scheduler).__name__),
+                           chunks)
+
+    def check_prompts(self, request: GenerateRequest) -> int:
+        """Check a request's prompts in A1111's syntax before anything runs: what is not
+        supported, ``<lora:...>`` tags against the LoRAs built in (``prompts.loras``), and
+        their chunks against the UNet's text axis. Returns the chunks both conditions take."""
+        chunks = 1
+        for which, text in (("prompt", request.prompt), ("negative prompt", request.negative_prompt)):
+            if text is None:
+                continue
+            tokenized = self.text.tokenize_a1111(text)
+            check_lora_tags(tokenized.parsed.networks, self.weights.loras, self.limits.rebuild_command())
+            built = self.limits.prompt_chunks
+            if built is not None and tokenized.chunks > built:
+                length = self.dims.text_max_length - 2
+                raise UserInputError(
+                    f"the {which} is {tokenized.chunks} chunks of {length} tokens (A1111 syntax, BREAK included), "
+                    f"beyond the {built} these engines were built for: shorten it, or rebuild with "
+                    f"`{self.limits.rebuild_command(max_prompt_chunks=tokenized.chunks)}`")
+            chunks = max(chunks, tokenized.chunks)
+        return chunks
 
     def program(
         self, plan: RequestPlan, cond: Conditioning, noise: torch.Tensor, callback: StepCallback | None = None
@@ -311,13 +336,13 @@ class Pipeline:
         return self.check_request(make_request(prompt, fields).sampling_config(), prompt)
 
     def prepare(
-        self, prompt: str, negative_prompt: str | None, config: SamplingConfig
+        self, prompt: str, negative_prompt: str | None, config: SamplingConfig, syntax: str = "plain"
     ) -> tuple[Conditioning, torch.Tensor]:
         """The text conditions of ``config.batch`` images (c_p, and c_0 or the negative
-        prompt's; SDXL time ids added) and their initial noise, drawn from the seed (or from
-        each image's own seed)."""
+        prompt's; SDXL time ids added; ``syntax``: the request's ``prompt_syntax``) and their
+        initial noise, drawn from the seed (or from each image's own seed)."""
         assert config.height is not None and config.width is not None  # resolved by check_request
-        c_p, c_neg = self.text.encode(prompt, negative_prompt, config.clip_skip)
+        c_p, c_neg = self.text.encode(prompt, negative_prompt, config.clip_skip, syntax)
         if self.dims.time_ids_size:
             c_p, c_neg = (self.with_time_ids(c, config.height, config.width) for c in (c_p, c_neg))
         # On the device once (SDXL's time ids are made on the host): no copy per UNet call.

@@ -215,6 +215,7 @@ def a1111_requests(body: BaseModel, seed: int, model_name: str) -> list[Generate
         raise UserInputError("seed + batch_size * n_iter - 1 (the last image's seed) must be below 2**64: use a "
                              "smaller seed")
     extras = _schema_extras(body, A1111_TAKEN)
+    extras.setdefault("prompt_syntax", "a1111")  # A1111's clients write A1111's syntax
     stop_at = (fields["override_settings"] or {}).get("CLIP_stop_at_last_layers")
     if stop_at is not None:  # A1111's setting is clip_skip by another name (checked by check_a1111_fields)
         if extras.get("clip_skip", stop_at) != stop_at:
