@@ -76,7 +76,7 @@ class PromptEncoder:
                 # (CLIP's BPE marks word ends with </w>; a tokenizer file without its decoder keeps them.)
                 dropped = " ".join(self.tokenizers[0].decode(ids[self.max_length - 1:-1]).replace("</w>", " ").split())
                 log.warning("the %s is %d tokens, truncated to the model's limit of %d: %r is dropped (shorten "
-                            "the %s to keep it)", which, len(ids), self.max_length, dropped, which)
+                            "the %s to keep it, or pass prompt_syntax a1111: A1111's long prompts, in chunks)", which, len(ids), self.max_length, dropped, which)
         feeds = {
             input_ids_name(i): torch.from_numpy(
                 tokenizer(texts, padding="max_length", max_length=self.max_length, truncation=True,
