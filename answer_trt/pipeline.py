@@ -25,6 +25,7 @@ from answer_trt.images import save_pngs, to_pil
 from answer_trt.iospec import TEXT_ENCODER, UNET, VAE_DECODER, SizeRange
 from answer_trt.models.info import ModelInfo
 from answer_trt.models.lora import lora_tag_keys
+from answer_trt.prompts.embeds import EMBED_KEYWORDS, PromptEmbeds, check_prompt_embeds
 from answer_trt.prompts.loras import check_lora_tags
 from answer_trt.rules import check_int, check_memory, check_size
 from answer_trt.sampler import (
@@ -210,13 +211,25 @@ class Pipeline:
         height, width = self.limits.height, self.limits.width
         return (height.opt if height else size, width.opt if width else size)
 
-    def __call__(self, prompt: str, *, output_type: str = "pil", **kwargs: Any) -> Any:
+    def __call__(self, prompt: str | None = None, *, output_type: str = "pil", **kwargs: Any) -> Any:
         """diffusers' calling convention: ``pipe(prompt, num_inference_steps=..., generator=...,
         num_images_per_prompt=..., guidance_scale=..., negative_prompt=..., height=...,
         width=..., clip_skip=...)`` (our field names work too) returns an object with ``.images``:
         PIL images (``output_type="pil"``, each carrying its metadata) or a float array
         ``[B, H, W, 3]`` in [0, 1] (``"np"``). ``clip_skip`` has diffusers' meaning here (layers
-        skipped: 1 is A1111's and ``generate``'s 2; None or 0: none)."""
+        skipped: 1 is A1111's and ``generate``'s 2; None or 0: none). ``prompt_embeds=`` (with
+        ``negative_prompt_embeds``, and SDXL's ``pooled_prompt_embeds`` and
+        ``negative_pooled_prompt_embeds``), as diffusers names them, replace the prompts: the text
+        engine is skipped (``answer_trt.prompts.embeds``; the images' metadata cannot replay them)."""
+        embeds = None
+        if any(kwargs.get(name) is not None for name in EMBED_KEYWORDS):
+            if prompt or kwargs.get("negative_prompt"):
+                raise UserInputError("pass a prompt or prompt_embeds (and a negative prompt or "
+                                     "negative_prompt_embeds), not both")
+            embeds = check_prompt_embeds(self.dims, self.limits.prompt_chunks,
+                                         {name: kwargs.pop(name, None) for name in EMBED_KEYWORDS})
+        for name in EMBED_KEYWORDS:
+            kwargs.pop(name, None)  # given as None: as diffusers, nothing
         if "clip_skip" in kwargs:
             skipped = kwargs.pop("clip_skip")
             if skipped is not None:
@@ -224,7 +237,7 @@ class Pipeline:
                     raise UserInputError(f"clip_skip (diffusers' meaning: layers skipped) must be an integer >= 0, "
                                          f"got {skipped!r}")
                 kwargs["clip_skip"] = skipped + 1
-        result = self.generate(prompt, **kwargs)
+        result = self.generate(prompt or "", embeds=embeds, **kwargs)
         if output_type == "pil":
             return result
         if output_type == "np":
@@ -243,6 +256,7 @@ class Pipeline:
         fused: bool = True,
         cuda_graph: bool = False,
         callback: StepCallback | None = None,
+        embeds: PromptEmbeds | None = None,
         **fields: Any,
     ) -> Generation:
         """Generate ``batch`` images for ``prompt``. ``fields`` are the request schema's
@@ -251,12 +265,14 @@ class Pipeline:
         the closest name. An empty prompt
         is valid: its embedding is c_0, so CFG becomes unconditional sampling.
         ``fused=False`` calls the UNet once per branch (the reference); ``cuda_graph``
-        replays each step as a CUDA graph."""
-        return self.run(make_request(prompt, fields), fused=fused, cuda_graph=cuda_graph, callback=callback)
+        replays each step as a CUDA graph; ``embeds``: given text conditions (``__call__``'s
+        ``prompt_embeds``) instead of the prompts'."""
+        return self.run(make_request(prompt, fields), fused=fused, cuda_graph=cuda_graph, callback=callback,
+                        embeds=embeds)
 
     def run(
         self, request: GenerateRequest, *, fused: bool = True, cuda_graph: bool = False,
-        callback: StepCallback | None = None,
+        callback: StepCallback | None = None, embeds: PromptEmbeds | None = None,
     ) -> Generation:
         """``generate`` for a ready ``GenerateRequest`` (what serving and replay hold): the
         steps every request goes through, ``plan`` -> ``prepare`` -> ``program`` (run here one
@@ -264,12 +280,13 @@ class Pipeline:
         if callback is not None and not callable(callback):
             raise UserInputError(f"callback must be a function of (step index, number of steps), got "
                                  f"{type(callback).__name__}")
-        plan = self.plan(request)
+        plan = self.plan(request, embeds)
         if cuda_graph:
             self._check_graphable(plan)
         with self.on_stream():
             started = self.clock()
-            cond, noise = self.prepare(request.prompt, request.negative_prompt, plan.config, request.prompt_syntax)
+            cond, noise = self.prepare(request.prompt, request.negative_prompt, plan.config, request.prompt_syntax,
+                                       embeds)
             text_done = self.clock()
             if cuda_graph:
                 latents = self._sample_graphed(noise, cond, plan, callback)
@@ -281,7 +298,7 @@ class Pipeline:
                               plan.config.steps)
         return Generation(images, plan.params, timings, plan.config)
 
-    def plan(self, request: GenerateRequest) -> RequestPlan:
+    def plan(self, request: GenerateRequest, embeds: PromptEmbeds | None = None) -> RequestPlan:
         """Check ``request`` against these engines (``check_request``) and make its
         scheduler and step rule; no engine work. Raises ``UserInputError`` with the CLI's
         messages. Warns when a negative prompt is ignored (guidance off at w <= 1)."""
@@ -290,11 +307,15 @@ class Pipeline:
             logger.warning("the negative prompt is ignored: at guidance_scale %g <= 1 guidance is off and only the "
                            "prompt's prediction is used (as in diffusers); pass a guidance_scale above 1 to use it",
                            config.guidance.guidance_scale)
-        chunks = self.check_prompts(request) if request.prompt_syntax == "a1111" else 1
+        if embeds is not None:
+            chunks = embeds.chunks
+        else:
+            chunks = self.check_prompts(request) if request.prompt_syntax == "a1111" else 1
         scheduler = make_scheduler(self.scheduler_config, config.scheduler)
         rule = make_step_rule(scheduler, config.steps)  # e.g. too many steps for the scheduler fails here
-        return RequestPlan(request, config, scheduler, rule, self.parameters(request, config, type(scheduler).__name__),
-                           chunks)
+        extra = {"prompt_embeds": "given (not recorded)"} if embeds is not None else {}
+        return RequestPlan(request, config, scheduler, rule,
+                           self.parameters(request, config, type(scheduler).__name__, extra), chunks)
 
     def check_prompts(self, request: GenerateRequest) -> int:
         """Check a request's prompts in A1111's syntax before anything runs: what is not
@@ -336,13 +357,18 @@ class Pipeline:
         return self.check_request(make_request(prompt, fields).sampling_config(), prompt)
 
     def prepare(
-        self, prompt: str, negative_prompt: str | None, config: SamplingConfig, syntax: str = "plain"
+        self, prompt: str, negative_prompt: str | None, config: SamplingConfig, syntax: str = "plain",
+        embeds: PromptEmbeds | None = None,
     ) -> tuple[Conditioning, torch.Tensor]:
         """The text conditions of ``config.batch`` images (c_p, and c_0 or the negative
         prompt's; SDXL time ids added; ``syntax``: the request's ``prompt_syntax``) and their
-        initial noise, drawn from the seed (or from each image's own seed)."""
+        initial noise, drawn from the seed (or from each image's own seed). ``embeds``: given
+        conditions instead of the prompts' (``__call__``'s ``prompt_embeds``)."""
         assert config.height is not None and config.width is not None  # resolved by check_request
-        c_p, c_neg = self.text.encode(prompt, negative_prompt, config.clip_skip, syntax)
+        if embeds is not None:
+            c_p, c_neg = self.text.with_negative(embeds.positive, embeds.negative, config.clip_skip)
+        else:
+            c_p, c_neg = self.text.encode(prompt, negative_prompt, config.clip_skip, syntax)
         if self.dims.time_ids_size:
             c_p, c_neg = (self.with_time_ids(c, config.height, config.width) for c in (c_p, c_neg))
         # On the device once (SDXL's time ids are made on the host): no copy per UNet call.
@@ -439,11 +465,12 @@ class Pipeline:
                      size_label="" if given else "the default size, ")
         return config
 
-    def parameters(self, request: GenerateRequest, config: SamplingConfig, scheduler_class: str) -> dict[str, str]:
+    def parameters(self, request: GenerateRequest, config: SamplingConfig, scheduler_class: str,
+                   extra: Mapping[str, str] | None = None) -> dict[str, str]:
         """The PNG text chunks of the request's images (``schema.parameters``): its fields as
         resolved for these engines (size, wn), the scheduler class that ran, model, backend,
-        precision, and the weights variant and LoRAs where there are any."""
+        precision, and the weights variant and LoRAs where there are any; then ``extra``."""
         resolved = {"negative_scale": config.guidance.wn, "height": config.height, "width": config.width}
-        extra = {"scheduler_class": scheduler_class, "model": self.model_name, "backend": self.backend,
-                 "precision": self.precision, **self.weights.parameters()}
-        return schema_parameters(request, resolved, extra)
+        entries = {"scheduler_class": scheduler_class, "model": self.model_name, "backend": self.backend,
+                   "precision": self.precision, **self.weights.parameters(), **(extra or {})}
+        return schema_parameters(request, resolved, entries)

@@ -76,7 +76,8 @@ class PromptEncoder:
                 # (CLIP's BPE marks word ends with </w>; a tokenizer file without its decoder keeps them.)
                 dropped = " ".join(self.tokenizers[0].decode(ids[self.max_length - 1:-1]).replace("</w>", " ").split())
                 log.warning("the %s is %d tokens, truncated to the model's limit of %d: %r is dropped (shorten "
-                            "the %s to keep it, or pass prompt_syntax a1111: A1111's long prompts, in chunks)", which, len(ids), self.max_length, dropped, which)
+                            "the %s to keep it, or pass prompt_syntax a1111: A1111's long prompts, in chunks)",
+                            which, len(ids), self.max_length, dropped, which)
         feeds = {
             input_ids_name(i): torch.from_numpy(
                 tokenizer(texts, padding="max_length", max_length=self.max_length, truncation=True,
@@ -105,6 +106,19 @@ class PromptEncoder:
             if syntax == "a1111":
                 return self._encode_a1111(prompt, negative_prompt, clip_skip)
             return self._encode(prompt, negative_prompt, clip_skip)
+
+    def with_negative(self, positive: TextCondition, negative: TextCondition | None,
+                      clip_skip: int = 1) -> tuple[TextCondition, TextCondition]:
+        """Given conditions (``prompt_embeds``): ``negative``, or c_0 repeated to the length of
+        ``positive`` (the empty prompt's chunk per chunk; SDXL's zeros)."""
+        if negative is not None:
+            return positive, negative
+        with self._lock:
+            if clip_skip not in self._empty:
+                self._encode("", None, clip_skip)
+            empty = self._empty[clip_skip]
+        chunks = positive.hidden.shape[1] // empty.hidden.shape[1]
+        return positive, TextCondition(empty.hidden.repeat(1, chunks, 1), empty.pooled, empty.time_ids)
 
     # -- A1111's syntax ----------------------------------------------------------------------
 

@@ -312,3 +312,48 @@ def test_a_replay_keeps_the_recorded_syntax(eager):
     record = generation.images[0].info["answer-trt"]
     assert from_parameters(record).prompt_syntax == "a1111"
     assert from_parameters(json.loads(record) | {"prompt_syntax": "plain"}).prompt_syntax == "plain"
+
+
+# ---- prompt_embeds (compel and the like) ------------------------------------------------------
+
+def test_prompt_embeds_skip_the_text_engine_and_draw_diffusers_image(engines):
+    """diffusers' prompt_embeds / negative_prompt_embeds: the conditions of a long A1111 prompt,
+    given as tensors, draw the image of that prompt; and diffusers' pipeline draws it too."""
+    from diffusers import StableDiffusionPipeline
+
+    from answer_trt.models.source import resolve_model
+
+    positive, negative = engines.text.encode(LONG, "a blue square", syntax="a1111")
+    assert positive.hidden.shape[1] == negative.hidden.shape[1] == 154
+    kw = dict(steps=STEPS, guidance_scale=6.0, seed=7, method="cfg")
+    given = engines(prompt_embeds=positive.hidden, negative_prompt_embeds=negative.hidden, **kw)
+    assert np.abs(levels(given) - levels(engines(LONG, negative_prompt="a blue square", prompt_syntax="a1111",
+                                                 **kw))).max() == 0
+    assert json.loads(given.params["answer-trt"])["prompt_embeds"] == "given (not recorded)"
+    reference = StableDiffusionPipeline.from_pretrained(resolve_model("tiny-random").path)
+    reference.set_progress_bar_config(disable=True)
+    expected = reference(prompt_embeds=positive.hidden, negative_prompt_embeds=negative.hidden,
+                         num_inference_steps=STEPS, guidance_scale=6.0, generator=torch.Generator().manual_seed(7),
+                         output_type="np").images
+    assert np.abs(levels(given) - (expected * 255).round().astype(np.int16)).max() <= 2
+    alone = engines(prompt_embeds=positive.hidden, **kw)  # no negative: c_0, one empty chunk per chunk
+    assert np.abs(levels(alone) - levels(engines(LONG, prompt_syntax="a1111", **kw))).max() == 0
+
+
+@pytest.mark.parametrize("keywords, message", [
+    (dict(prompt_embeds=torch.zeros(1, 100, 32)), r"prompt_embeds has 100 tokens; this model takes \[1, 77 \* k, 32\]"),
+    (dict(prompt_embeds=torch.zeros(1, 77, 16)), r"prompt_embeds has shape \[1, 77, 16\]"),
+    (dict(prompt_embeds=torch.zeros(2, 77, 32)), r"prompt_embeds has shape \[2, 77, 32\]"),
+    (dict(prompt_embeds=[[0.0]]), "prompt_embeds must be a torch tensor"),
+    (dict(prompt_embeds=torch.zeros(1, 4 * 77, 32)), "4 chunks of 77 tokens, beyond the 3"),
+    (dict(prompt_embeds=torch.zeros(1, 77, 32), negative_prompt_embeds=torch.zeros(1, 154, 32)),
+     "negative_prompt_embeds has shape"),
+    (dict(prompt_embeds=torch.zeros(1, 77, 32), pooled_prompt_embeds=torch.zeros(1, 8)), "SDXL's"),
+    (dict(prompt_embeds=torch.full((1, 77, 32), float("nan"))), "finite"),
+    (dict(prompt="a cat", prompt_embeds=torch.zeros(1, 77, 32)), "a prompt or prompt_embeds"),
+])
+def test_prompt_embeds_shapes_are_checked_in_one_line(engines, keywords, message):
+    assert engines.dims.text_hidden_size == 32
+    with pytest.raises(UserInputError, match=message) as caught:
+        engines(steps=1, **keywords)
+    assert "\n" not in str(caught.value)

@@ -21,7 +21,7 @@ OTHER = {
     "guidance_scale": 5.0, "negative_scale": 2.0, "dns_steps": 2, "mode": "parallel", "chain_min_sigma": 0.25,
     "drift_tau": 0.3, "guidance_rescale": 0.5, "guidance_min_sigma": 0.2, "scheduler": "euler", "seed": 7,
     "height": 40, "width": 48,
-    "batch": 2, "seeds": (3, 4), "clip_skip": 2,
+    "batch": 2, "seeds": (3, 4), "clip_skip": 2, "prompt_syntax": "a1111",
 }
 ANSWER_INNER = {"method": "answer", "mode": "inner", "drift_tau": None}  # the other mode (drift_tau is parallel-only)
 
