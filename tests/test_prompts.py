@@ -357,3 +357,19 @@ def test_prompt_embeds_shapes_are_checked_in_one_line(engines, keywords, message
     with pytest.raises(UserInputError, match=message) as caught:
         engines(steps=1, **keywords)
     assert "\n" not in str(caught.value)
+
+
+def test_sdxl_chunks_both_encoders_and_pools_the_first_chunk():
+    """SDXL: both tokenizers' ids chunked alike, the pooled embedding the first chunk's, c_0 (zeros,
+    as diffusers' SDXL) padded with zeros; a plain prompt draws plain's pixels."""
+    pipe = answer_trt.load("tiny-sdxl", backend="torch")
+    kw = dict(steps=3, seed=1, method="answer")
+    plain, a1111 = (levels(pipe("a red circle", prompt_syntax=s, **kw)) for s in ("plain", "a1111"))
+    assert plain.std() > 5 and np.abs(plain - a1111).max() == 0
+    first = " ".join(["a red circle and"] * 18 + ["a red circle"])  # LONG's first 75 tokens
+    positive, c_0 = pipe.text.encode(LONG, None, 1, "a1111")
+    alone, _ = pipe.text.encode(first, None, 1, "a1111")
+    assert positive.hidden.shape == c_0.hidden.shape == (1, 154, pipe.dims.text_hidden_size)
+    assert not c_0.hidden.any()
+    torch.testing.assert_close(positive.pooled, alone.pooled)
+    torch.testing.assert_close(positive.hidden[:, :77], alone.hidden)
