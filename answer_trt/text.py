@@ -100,8 +100,9 @@ class PromptEncoder:
                clip_skip: int = 1, syntax: str = "plain") -> tuple[TextCondition, TextCondition]:
         """``(c_p, c_neg)``, one row each; ``c_neg`` is c_0 when no negative prompt is given.
         ``clip_skip`` (A1111's; 1: the last layer) applies to both. ``syntax``: ``plain``
-        (diffusers': hidden states ``[1, L, D]``) or ``a1111`` (``encode_a1111``: ``[1, L * k, D]``,
-        both with the same ``k``)."""
+        (diffusers': hidden states ``[1, L, D]``) or ``a1111`` (A1111's, ``answer_trt.prompts``: k chunks,
+        ``[1, L * k, D]``, the shorter condition padded with the empty prompt's chunks, emphasis applied;
+        the pooled embedding is the first chunk's). ``UserInputError`` for syntax answer-trt does not run."""
         with self._lock:
             if syntax == "a1111":
                 return self._encode_a1111(prompt, negative_prompt, clip_skip)
