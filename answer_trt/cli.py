@@ -593,7 +593,8 @@ def _info(args: argparse.Namespace) -> int:
         + (f", compiled for {manifest.device}" if manifest.device else "")
         + (f" (GPU compute capability {manifest.gpu_capability})" if manifest.gpu_capability else ""),
         f"built for:  batch <= {manifest.max_batch}, width {manifest.width} x height {manifest.height} px, "
-        f"prediction {manifest.info.prediction_type}",
+        f"prompts <= {manifest.max_prompt_chunks} chunks of {manifest.info.dims.text_max_length - 2} tokens "
+        f"(A1111 syntax), prediction {manifest.info.prediction_type}",
         f"key:        {manifest.key}",
         f"versions:   {', '.join(f'{k} {v}' for k, v in sorted(manifest.versions.items()))}",
         "components:",

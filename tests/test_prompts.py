@@ -373,3 +373,15 @@ def test_sdxl_chunks_both_encoders_and_pools_the_first_chunk():
     assert not c_0.hidden.any()
     torch.testing.assert_close(positive.pooled, alone.pooled)
     torch.testing.assert_close(positive.hidden[:, :77], alone.hidden)
+
+
+def test_the_build_flag_is_replayed_by_every_rebuild_hint(engines):
+    from answer_trt.build_config import BuildConfig
+    from answer_trt.cli import make_parser
+
+    assert "--max-prompt-chunks" not in BuildConfig().command()  # the default: commands read as before
+    assert "--max-prompt-chunks 5" in BuildConfig(max_prompt_chunks=5).command()
+    assert make_parser().parse_args(["build", "--out", "e", "--max-prompt-chunks", "5"]).max_prompt_chunks == 5
+    with pytest.raises(UserInputError, match="--max-prompt-chunks must be an integer >= 1"):
+        BuildConfig(max_prompt_chunks=0)
+    assert engines.limits.prompt_chunks == 3 and engines.limits.build.max_prompt_chunks == 3
