@@ -117,6 +117,16 @@ class ModelDims:
     # The (first) text encoder's layer count, bounding clip skip; 0 in manifests written before
     # it was recorded (those folders are rebuilt anyway: their text encoder lacks clip_skip).
     text_layers: int = 0
+    # SDXL: the first text encoder's share of text_hidden_size (the condition is both encoders'
+    # states side by side; A1111's emphasis rescales each encoder's on its own). 0: one encoder,
+    # or a manifest written before it was recorded.
+    first_text_hidden_size: int = 0
+
+    @property
+    def text_hidden_sizes(self) -> tuple[int, ...]:
+        """The widths of each text encoder's part of the condition's last axis."""
+        first = self.first_text_hidden_size
+        return (first, self.text_hidden_size - first) if 0 < first < self.text_hidden_size else (self.text_hidden_size,)
 
     @property
     def max_clip_skip(self) -> int:

@@ -30,6 +30,7 @@ from answer_trt.errors import UserInputError
 from answer_trt.files import sha256_file, write_text_atomic
 from answer_trt.iospec import (
     COMPONENTS,
+    DEFAULT_PROMPT_CHUNKS,
     TEXT_LENGTH,
     UNET,
     ComponentSpec,
@@ -149,9 +150,11 @@ class Manifest:
     @property
     def max_prompt_chunks(self) -> int:
         """The chunks of ``text_max_length`` tokens the UNet's text axis was built for (its
-        profile's ``text_length``; 1 for folders built before the axis was dynamic)."""
+        profile's ``text_length``; 1 where the axis is fixed; the default without a UNet entry)."""
         unet = self.components.get(UNET)
-        bounds = unet.profile.get(TEXT_LENGTH) if unet is not None else None
+        if unet is None:
+            return DEFAULT_PROMPT_CHUNKS
+        bounds = unet.profile.get(TEXT_LENGTH)
         return max(bounds[2] // self.info.dims.text_max_length, 1) if bounds else 1
 
     def build_command(self, folder: Path) -> str:
@@ -362,6 +365,7 @@ class _DimsDoc(_Document):
     time_ids_size: Size
     unet_overall_up_factor: Count = 1  # absent from manifests written before it was recorded
     text_layers: Size = 0  # likewise
+    first_text_hidden_size: Size = 0  # likewise
 
 
 class _InfoDoc(_Document):

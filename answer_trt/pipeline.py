@@ -188,7 +188,7 @@ class Pipeline:
         self.engines = engines
         self.weights = weights
         self.text = PromptEncoder(tokenizers, engines[TEXT_ENCODER], info.dims.text_max_length,
-                                  info.zero_empty_negative)
+                                  info.zero_empty_negative, info.dims.text_hidden_sizes)
         self.denoiser: Denoiser = EngineDenoiser(engines[UNET])
         self.scheduler_config = scheduler_config
         self.info = info

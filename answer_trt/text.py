@@ -50,12 +50,14 @@ class PromptEncoder:
     tokenization, the engine call and the c_0 cache."""
 
     def __init__(
-        self, tokenizers: Sequence[Any], engine: Engine, max_length: int, zero_empty_negative: bool = False
+        self, tokenizers: Sequence[Any], engine: Engine, max_length: int, zero_empty_negative: bool = False,
+        widths: Sequence[int] = (),
     ) -> None:
         self.tokenizers = tuple(tokenizers)
         self.engine = engine
         self.max_length = max_length
         self.zero_empty_negative = zero_empty_negative
+        self.widths = tuple(widths)  # each text encoder's part of the hidden states (emphasis rescales each)
         self._empty: dict[int, TextCondition] = {}  # c_0 per clip skip
         self._blank: dict[int, TextCondition] = {}  # the empty prompt's chunk (A1111's padding), per clip skip
         self._lock = threading.Lock()
@@ -183,7 +185,7 @@ class PromptEncoder:
         blank = self._blank[clip_skip]
         conditions, row = [], 0
         for p in prompts:
-            states = [emphasize(hidden[row + k], torch.tensor(p.weights[k])) for k in range(p.chunks)]
+            states = [emphasize(hidden[row + k], torch.tensor(p.weights[k]), self.widths) for k in range(p.chunks)]
             conditions.append(TextCondition(torch.cat(states)[None], None if pooled is None else pooled[row:row + 1]))
             row += p.chunks
         if negative_prompt is None:

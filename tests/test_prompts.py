@@ -126,6 +126,10 @@ def test_emphasis_scales_tokens_and_keeps_the_chunks_mean():
     assert torch.allclose(out.mean(), hidden.mean(), atol=1e-6)
     ratio = out / hidden
     assert torch.allclose(ratio[3], 1.5 * ratio[0]) and torch.allclose(ratio[10], ratio[0])
+    two = emphasize(hidden, weights, (3, 5))  # two encoders' parts: each keeps its own mean
+    assert torch.allclose(two[:, :3].mean(), hidden[:, :3].mean(), atol=1e-6)
+    assert torch.allclose(two[:, 3:].mean(), hidden[:, 3:].mean(), atol=1e-6)
+    assert not torch.allclose(two, out)
 
 
 def test_lora_tags_must_name_a_built_lora_at_its_scale():
@@ -373,6 +377,15 @@ def test_sdxl_chunks_both_encoders_and_pools_the_first_chunk():
     assert not c_0.hidden.any()
     torch.testing.assert_close(positive.pooled, alone.pooled)
     torch.testing.assert_close(positive.hidden[:, :77], alone.hidden)
+    # emphasis rescales each encoder's part on its own, as A1111 runs each encoder's emphasis
+    widths = pipe.text.widths
+    assert len(widths) == 2 and sum(widths) == pipe.dims.text_hidden_size
+    plain_states, _ = pipe.text.encode("a red circle", None, 1, "a1111")
+    weighted, _ = pipe.text.encode("a (red:1.5) circle", None, 1, "a1111")
+    for a, b in zip(plain_states.hidden[0, :2].split(widths, -1), weighted.hidden[0, :2].split(widths, -1)):
+        assert not torch.allclose(a, b)
+    for a, b in zip(plain_states.hidden[0].split(widths, -1), weighted.hidden[0].split(widths, -1)):
+        torch.testing.assert_close(a.mean(), b.mean())
 
 
 def test_the_build_flag_is_replayed_by_every_rebuild_hint(engines):
