@@ -31,7 +31,10 @@ from answer_trt.files import sha256_file, write_text_atomic
 from answer_trt.iospec import (
     COMPONENT_SETS,
     COMPONENTS,
+    DEFAULT_PROMPT_CHUNKS,
     REQUIRED_COMPONENTS,
+    TEXT_LENGTH,
+    UNET,
     ComponentSpec,
     Dim,
     ModelDims,
@@ -146,12 +149,23 @@ class Manifest:
                            optimize=True if self.graph_optimization is not None else None, variant=self.variant,
                            loras=tuple(LoraSpec(Path(entry.path), entry.scale) for entry in self.loras),
                            device=self.device or "cpu", components=self.component_set,
-                           model_config=self.single_file.config if self.single_file is not None else None)
+                           model_config=self.single_file.config if self.single_file is not None else None,
+                           max_prompt_chunks=self.max_prompt_chunks)
 
     @property
     def component_set(self) -> str:
         """The ``--components`` choice the folder was built with (``iospec.COMPONENT_SETS``)."""
         return next(name for name, members in COMPONENT_SETS.items() if set(members) == set(self.components))
+
+    @property
+    def max_prompt_chunks(self) -> int:
+        """The chunks of ``text_max_length`` tokens the UNet's text axis was built for (its
+        profile's ``text_length``; 1 where the axis is fixed; the default without a UNet entry)."""
+        unet = self.components.get(UNET)
+        if unet is None:
+            return DEFAULT_PROMPT_CHUNKS
+        bounds = unet.profile.get(TEXT_LENGTH)
+        return max(bounds[2] // self.info.dims.text_max_length, 1) if bounds else 1
 
     def build_command(self, folder: Path) -> str:
         """``answer-trt build ...`` replaying ``build_config``: what every rebuild hint says."""
@@ -373,6 +387,7 @@ class _DimsDoc(_Document):
     unet_overall_up_factor: Count = 1  # absent from manifests written before it was recorded
     text_layers: Size = 0  # likewise
     inpaint_unet: bool = False  # likewise (a 9-channel inpainting UNet)
+    first_text_hidden_size: Size = 0  # likewise
 
 
 class _InfoDoc(_Document):
