@@ -468,6 +468,11 @@ def _generate(args: argparse.Namespace) -> int:
     request, init = _input_image(args, request, recorded is not None)
     _check_output(args.output, 1 if index is not None else request.batch)
     _check_before_load(args, request)
+    if init is None and request.strength is not None:
+        raise UserInputError("--strength applies to img2img: give --image FILE, or leave --strength out")
+    if request.mask_blur and (init is None or init.mask is None):
+        raise UserInputError("--mask-blur applies to inpainting: give --image FILE --mask FILE, or leave --mask-blur "
+                             "out")
     if recorded is not None and args.engines is None:  # a replay's LoRAs, checked before anything is built
         from answer_trt.models.lora import check_lora
         from answer_trt.pipeline import BuiltWeights

@@ -155,7 +155,9 @@ class Manifest:
     @property
     def component_set(self) -> str:
         """The ``--components`` choice the folder was built with (``iospec.COMPONENT_SETS``)."""
-        return next(name for name, members in COMPONENT_SETS.items() if set(members) == set(self.components))
+        built = set(self.components)
+        txt2img_only = set(COMPONENT_SETS["txt2img"]) <= built and not set(COMPONENT_SETS["all"]) <= built
+        return "txt2img" if txt2img_only else "all"
 
     @property
     def max_prompt_chunks(self) -> int:

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from answer_trt.backends.base import Engine, EngineDenoiser
-from answer_trt.build_config import BuildConfig
+from answer_trt.build_config import MAX_PROMPT_CHUNKS, BuildConfig
 from answer_trt.clock import StageClock
 from answer_trt.conditioning import TextCondition
 from answer_trt.config import SamplingConfig
@@ -369,8 +369,12 @@ class Pipeline:
             tokenized = self.text.tokenize_a1111(text)
             check_lora_tags(tokenized.parsed.networks, self.weights.loras, self.limits.rebuild_command())
             built = self.limits.prompt_chunks
+            length = self.dims.text_max_length - 2
+            if tokenized.chunks > MAX_PROMPT_CHUNKS:
+                raise UserInputError(
+                    f"the {which} is {tokenized.chunks} chunks of {length} tokens (A1111 syntax, BREAK included), "
+                    f"beyond the {MAX_PROMPT_CHUNKS} any build takes: shorten it")
             if built is not None and tokenized.chunks > built:
-                length = self.dims.text_max_length - 2
                 raise UserInputError(
                     f"the {which} is {tokenized.chunks} chunks of {length} tokens (A1111 syntax, BREAK included), "
                     f"beyond the {built} these engines were built for: shorten it, or rebuild with "

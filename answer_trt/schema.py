@@ -173,12 +173,30 @@ class GenerateRequest:
                                      "send UTF-8 text") from None
         if self.scheduler is not None:
             check_choice("scheduler", self.scheduler, SCHEDULER_NAMES)
+        self._check_image_fields()
         check_choice("prompt_syntax", self.prompt_syntax, PROMPT_SYNTAXES)
         return SamplingConfig(
             guidance=GuidanceConfig(**{f.name: getattr(self, f.name) for f in fields(GuidanceConfig)}),
             steps=self.steps, scheduler=self.scheduler, seed=self.seed, height=self.height, width=self.width,
             batch=self.batch, seeds=self.seeds, clip_skip=self.clip_skip,
         )
+
+    def _check_image_fields(self) -> None:
+        """img2img's and inpainting's values, by themselves (whether an image and a mask come
+        with them is the pipeline's check, ``answer_trt.img2img.check_init``)."""
+        strength = self.strength
+        if strength is not None and (isinstance(strength, bool) or not isinstance(strength, (int, float))
+                                     or not 0.0 < strength <= 1.0):
+            raise UserInputError(f"strength must be a number in (0, 1] (the share of the steps that redraw the image), "
+                                 f"got {strength!r}")
+        blur = self.mask_blur
+        if isinstance(blur, bool) or not isinstance(blur, int) or not 0 <= blur <= 64:
+            raise UserInputError(f"mask_blur must be an integer in 0 .. 64 (pixels), got {blur!r}")
+        for name in ("image_sha256", "mask_sha256"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, str) and len(value) == 64
+                                          and all(c in "0123456789abcdef" for c in value)):
+                raise UserInputError(f"{name} must be 64 lowercase hex digits (a sha256), got {str(value)[:80]!r}")
 
     def replace(self, **changes: Any) -> GenerateRequest:
         return dataclasses.replace(self, **changes)

@@ -817,11 +817,15 @@ def test_broken_model_folder_is_named(case, command, tiny_model_dir, engines_dir
 
 
 def test_model_that_is_a_file_is_not_called_missing(tmp_path, capsys):
-    checkpoint = tmp_path / "model.safetensors"
+    checkpoint = tmp_path / "model.bin"
     checkpoint.write_bytes(b"weights")
     code = run_cli("build", "--model", checkpoint, "--out", tmp_path / "out")
-    err = assert_refused(capsys, code, "is a file, not a folder")
+    err = assert_refused(capsys, code, "is a pickle checkpoint (.bin), which answer-trt does not load")
     assert "not found" not in err
+    # a .safetensors file is read as a single-file checkpoint: this one is not a safetensors file
+    (tmp_path / "model.safetensors").write_bytes(b"weights")
+    code = run_cli("build", "--model", tmp_path / "model.safetensors", "--out", tmp_path / "out")
+    assert_refused(capsys, code, "is not a safetensors file or is truncated")
 
 
 def test_memory_hint_never_suggests_less_than_one_image(engines_dir, tmp_path, monkeypatch, capsys):

@@ -43,7 +43,8 @@ def test_the_build_writes_checksummed_packages_and_records_torch_and_device(indu
     folder, _ = inductor_engines
     manifest = read_manifest(folder)
     assert manifest.backend == "inductor" and manifest.device == "cpu" and manifest.precision == "fp32"
-    assert {e.file for e in manifest.components.values()} == {"text_encoder.pt2", "unet.pt2", "vae_decoder.pt2"}
+    assert {e.file for e in manifest.components.values()} == {"text_encoder.pt2", "unet.pt2", "vae_decoder.pt2",
+                                                               "vae_encoder.pt2"}
     assert all(e.file in manifest.files for e in manifest.components.values())
     assert manifest.versions["torch"] == torch.__version__
     assert manifest.accuracy is not None  # --check compared each package with torch
