@@ -233,6 +233,9 @@ def make_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", choices=DEVICES, default=DEVICES[0],
                    help="with --backend torch: cuda runs the model in fp16 on the GPU")
     add_request_arguments(g)
+    g.add_argument("--lora-dir", type=Path, metavar="DIR",
+                   help="with --prompt-syntax a1111: <lora:NAME:SCALE> tags choose DIR/NAME.safetensors at SCALE, "
+                        "fused into engines built into the cache for that set (A1111's models/Lora)")
     g.add_argument("--image", type=Path, help="img2img: redraw this image (PNG/JPEG; its size is the output's "
                    "unless --height/--width resize it, Lanczos); --strength sets how much")
     g.add_argument("--mask", type=Path, help="inpainting: repaint --image where this greyscale mask of its size is "
@@ -468,6 +471,11 @@ def _generate(args: argparse.Namespace) -> int:
     request, init = _input_image(args, request, recorded is not None)
     _check_output(args.output, 1 if index is not None else request.batch)
     _check_before_load(args, request)
+    if args.lora_dir is not None:
+        from answer_trt.prompts.lora_dir import lora_dir_loras
+
+        args.lora = list(lora_dir_loras(args.lora_dir, _loras(args), request.prompt_syntax,
+                                         (request.prompt, request.negative_prompt), engines=args.engines))
     if recorded is not None and args.engines is None:  # a replay's LoRAs, checked before anything is built
         from answer_trt.models.lora import check_lora
         from answer_trt.pipeline import BuiltWeights

@@ -21,6 +21,8 @@ def add_serve_parser(sub: Any) -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     s.add_argument("--port", type=int, default=8000, help="default 8000")
     add_batcher_arguments(s)
+    s.add_argument("--lora-dir", type=Path, metavar="DIR", help="list DIR's LoRA .safetensors files at GET "
+                   "/sdapi/v1/loras (the served engines keep their fused LoRAs: a request's <lora:> tags must match them)")
     s.add_argument("--address", default=None,
                    help="join a running Ray cluster (`auto` on one of its machines, or HEAD:6379) and place the "
                         "replicas across its machines; the engines folder must exist at the same path on each")
@@ -78,7 +80,12 @@ def serve_config(args: argparse.Namespace, **overrides: Any) -> Any:
     gpus = getattr(args, "gpus_per_replica", None)
     if gpus is None:
         gpus = 1.0 if manifest.runs_on_cuda else 0.0
-    return ServeConfig(engines=engines, verify=False, replica_gpus=gpus, **fields)
+    lora_dir = getattr(args, "lora_dir", None)
+    if lora_dir is not None:
+        from answer_trt.prompts.lora_dir import check_lora_dir
+
+        lora_dir = check_lora_dir(lora_dir).resolve()
+    return ServeConfig(engines=engines, verify=False, replica_gpus=gpus, lora_dir=lora_dir, **fields)
 
 
 def import_ray() -> None:
