@@ -38,7 +38,8 @@ from answer_trt.rules import (
 def load(
     source: str | Path = "tiny", *, backend: str | None = None, device: str = "cpu", build_log: Any = None,
     variant: str | None = None, loras: Any = None, config: str | Path | None = None,
-) -> Pipeline:
+    lora_dir: str | Path | None = None,
+) -> Any:
     """``source``: an engines folder (has manifest.json), or a MODEL (``tiny``, a
     diffusers folder, a single-file ``.safetensors`` checkpoint, a hub id). A model is built
     into the cache on first use, or run eagerly with ``backend="torch"`` (``device="cuda"``:
@@ -52,7 +53,10 @@ def load(
     With an engines folder, both must be what the folder was built with.
     ``config``: for a single-file checkpoint (``"model.safetensors"``), the diffusers folder or
     hub id whose configs and tokenizer it is converted with (default: diffusers' own choice for
-    its family, from the hub or the Hugging Face cache; ``answer_trt.models.single_file``)."""
+    its family, from the hub or the Hugging Face cache; ``answer_trt.models.single_file``).
+    ``lora_dir``: A1111's models/Lora folder: returns a ``LoraDirPipeline`` whose calls read
+    ``<lora:NAME:SCALE>`` tags (A1111 prompt syntax) and run the model with ``NAME.safetensors``
+    fused at SCALE (after ``loras``), built into the cache once per set; a MODEL only."""
     if not isinstance(source, (str, os.PathLike)) or isinstance(source, bytes):
         raise UserInputError(f"load() takes a model name, a model folder or an engines folder as a str or path, "
                              f"got {type(source).__name__}: e.g. load('tiny')")
@@ -65,6 +69,15 @@ def load(
     if config is not None and (not isinstance(config, (str, os.PathLike)) or isinstance(config, bytes)):
         raise UserInputError(f"config takes a diffusers folder or hub id as a str or path, got {type(config).__name__}")
     model_config = None if config is None else os.fspath(config)
+    if lora_dir is not None:
+        from answer_trt.prompts.lora_dir import check_lora_dir
+
+        if (Path(source) / MANIFEST_NAME).is_file():
+            raise UserInputError(f"lora_dir chooses engines built into the cache for the tags' LoRAs; {source} was "
+                                 "built with its own: pass a MODEL with lora_dir, or drop lora_dir")
+        return LoraDirPipeline(lambda chosen: load(source, backend=backend, device=device, build_log=build_log,
+                                                   variant=variant, loras=chosen, config=config),
+                               check_lora_dir(lora_dir), specs)
     if backend == "torch":
         return from_model_eager(str(source), device, variant=variant, loras=specs, config=model_config)
     if device != "cpu":
@@ -74,6 +87,38 @@ def load(
         return from_engines(Path(source), expect_variant=variant, expect_loras=specs if loras is not None else None)
     return from_engines(build_cached(str(source), log=build_log, variant=variant, loras=specs, config=model_config),
                         verify=False)
+
+
+class LoraDirPipeline:
+    """``load(MODEL, lora_dir=DIR)``: each call's ``<lora:NAME:SCALE>`` tags (A1111's prompt syntax,
+    the default here) choose ``DIR/NAME.safetensors`` at SCALE (``answer_trt.prompts.lora_dir``);
+    the model's pipeline with that set fused is made once per set (``make``) and kept. Calls as
+    ``Pipeline``'s: ``pipe(prompt, ...)`` and ``pipe.generate(prompt, ...)``."""
+
+    def __init__(self, make: Callable[[tuple[LoraSpec, ...]], Pipeline], lora_dir: Path,
+                 loras: tuple[LoraSpec, ...] = ()) -> None:
+        self.lora_dir, self._make, self._loras = lora_dir, make, loras
+        self._pipelines: dict[tuple[tuple[Path, float], ...], Pipeline] = {}
+
+    def pipeline_for(self, prompt: str | None, negative_prompt: str | None = None,
+                     prompt_syntax: str = "a1111") -> Pipeline:
+        """The pipeline with the LoRAs the tags of ``prompt`` and ``negative_prompt`` select."""
+        from answer_trt.prompts.lora_dir import lora_dir_loras
+
+        chosen = lora_dir_loras(self.lora_dir, self._loras, prompt_syntax, (prompt, negative_prompt))
+        key = tuple((spec.path, spec.scale) for spec in chosen)
+        if key not in self._pipelines:
+            self._pipelines[key] = self._make(chosen)
+        return self._pipelines[key]
+
+    def __call__(self, prompt: str | None = None, **kwargs: Any) -> Any:
+        kwargs.setdefault("prompt_syntax", "a1111")
+        return self.pipeline_for(prompt, kwargs.get("negative_prompt"), kwargs["prompt_syntax"])(prompt, **kwargs)
+
+    def generate(self, prompt: str, **kwargs: Any) -> Any:
+        kwargs.setdefault("prompt_syntax", "a1111")
+        return self.pipeline_for(prompt, kwargs.get("negative_prompt"), kwargs["prompt_syntax"]).generate(
+            prompt, **kwargs)
 
 
 def from_engines(folder: Path, verify: bool = True, session: Any = None, expect_variant: str | None = None,

@@ -180,3 +180,18 @@ def test_serve_takes_lora_dir(lora_dir, explicit_engines, tmp_path, capsys):
 
     with pytest.raises(UserInputError, match="no such folder"):
         serve_config(args)
+
+
+def test_load_with_lora_dir_picks_the_tagged_set(lora_dir, explicit_engines, cache):
+    import answer_trt
+
+    pipe = answer_trt.load("tiny", lora_dir=lora_dir)
+    run = dict(steps=2, method="cfg", seed=5)
+    tagged = np.asarray(pipe(f"{PROMPT} <lora:style:0.7>", **run).images[0], dtype=np.int16)
+    explicit = answer_trt.load(explicit_engines)(f"{PROMPT} <lora:style:0.7>", prompt_syntax="a1111", **run)
+    assert np.array_equal(tagged, np.asarray(explicit.images[0], dtype=np.int16))
+    assert pipe.pipeline_for(f"{PROMPT} <lora:style:0.7>") is pipe.pipeline_for(f"x <lora:style:0.7>")
+    with pytest.raises(answer_trt.UserInputError, match="nope.safetensors"):
+        pipe(f"{PROMPT} <lora:nope>", **run)
+    with pytest.raises(answer_trt.UserInputError, match="pass a MODEL"):
+        answer_trt.load(explicit_engines, lora_dir=lora_dir)
