@@ -180,6 +180,9 @@ def add_weights_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lora", action="append", type=_lora, metavar="FILE[:SCALE]",
                         help="fuse this LoRA adapter (.safetensors in diffusers', peft's or kohya's format) into the "
                              "UNet and text encoders before export, scaled by SCALE (default 1); repeat for more")
+    parser.add_argument("--vae", metavar="FILE_OR_DIR",
+                        help="replace the model's VAE: a .safetensors VAE file (A1111's models/VAE, original or "
+                             "diffusers keys) or a diffusers AutoencoderKL folder")
 
 
 def _loras(args: argparse.Namespace) -> tuple[LoraSpec, ...]:
@@ -389,7 +392,7 @@ def _build(args: argparse.Namespace) -> int:
         model=args.model, out=args.out, backend=args.backend, precision=args.precision,
         max_batch=args.max_batch, height=args.height, width=args.width, force=args.force,
         check=args.check, optimize=args.optimize, variant=args.variant, loras=_loras(args), device=args.device,
-        model_config=args.config,
+        model_config=args.config, vae=args.vae,
         components=args.components,
         max_prompt_chunks=args.max_prompt_chunks,
     )
@@ -420,7 +423,7 @@ def _bench(args: argparse.Namespace) -> int:
         built = pipe.limits.build.model_config if pipe.limits.build is not None else None  # --engines: its --config
         source = resolve_model(pipe.model_name if args.model is None else args.model, args.variant,
                                args.config if args.model is not None else built)
-        eager_unet = load_model(source.path, source.variant, [check_lora(spec) for spec in _loras(args)]).unet
+        eager_unet = load_model(source.path, source.variant, [check_lora(spec) for spec in _loras(args)]).unet  # no VAE
     report = run_bench(pipe, config, eager_unet, log=log)
     print(format_table(report))
     if args.json is not None:
@@ -443,15 +446,16 @@ def _load_pipeline(
         if args.config is not None:
             raise UserInputError("--config gives a single-file --model its configs; an --engines folder was built "
                                  "with them already: drop --config")
-        return from_engines(args.engines, expect_variant=args.variant, expect_loras=_loras(args) if args.lora else None)
+        return from_engines(args.engines, expect_variant=args.variant, expect_loras=_loras(args) if args.lora else None,
+                            expect_vae=args.vae)
     if args.device != DEVICES[0] and args.backend != "torch":
         raise UserInputError(f"--device {args.device} applies to --backend torch: add --backend torch, or build "
                              "TensorRT engines for the GPU")
     model, variant, loras = "tiny" if args.model is None else args.model, args.variant, _loras(args)
     if args.backend == "torch":
-        return from_model_eager(model, args.device, variant=variant, loras=loras, config=args.config)
+        return from_model_eager(model, args.device, variant=variant, loras=loras, config=args.config, vae=args.vae)
     return from_engines(build_cached(model, height, width, batch, log=log, variant=variant, loras=loras,
-                                     config=args.config), verify=False)
+                                     config=args.config, vae=args.vae), verify=False)
 
 
 def _check_output(path: Path, batch: int) -> None:
@@ -480,8 +484,12 @@ def _generate(args: argparse.Namespace) -> int:
         from answer_trt.models.lora import check_lora
         from answer_trt.pipeline import BuiltWeights
 
-        BuiltWeights(loras=tuple(check_lora(spec).tag for spec in _loras(args))).check_replay(
-            recorded, f"--from-png {args.from_png}")
+        from answer_trt.models.vae_file import vae_digest
+
+        vae = Path(args.vae).expanduser() if args.vae else None
+        BuiltWeights(loras=tuple(check_lora(spec).tag for spec in _loras(args)),
+                     vae_hash=vae_digest(vae) if vae is not None and vae.exists() else None,
+                     vae_name=vae.name if vae is not None else None).check_replay(recorded, f"--from-png {args.from_png}")
     started = time.perf_counter()
     pipe = _load_pipeline(args, request.height, request.width, request.batch,
                           log=lambda msg: print(msg, file=sys.stderr))
@@ -681,6 +689,8 @@ def _info(args: argparse.Namespace) -> int:
         "loras:      " + ("none (build with --lora FILE[:SCALE] to fuse adapters)" if not manifest.loras else
                           f"{len(manifest.loras)} fused into the weights, in this order:"),
         *(f"  {entry.name}  scale {entry.scale!r}  sha256 {entry.sha256}  ({entry.path})" for entry in manifest.loras),
+        "vae:        " + (f"{manifest.vae.name} ({manifest.vae.layout}, sha256 {manifest.vae.sha256}) in place of the "
+                          f"model's ({manifest.vae.path})" if manifest.vae else "the model's own"),
         f"backend:    {manifest.backend}, {manifest.precision}"
         + (f", compiled for {manifest.device}" if manifest.device else "")
         + (f" (GPU compute capability {manifest.gpu_capability})" if manifest.gpu_capability else ""),

@@ -69,12 +69,12 @@ def serve_config(args: argparse.Namespace, **overrides: Any) -> Any:
                                  "with them already: drop --config")
         engines = Path(args.engines)
         manifest = read_manifest(engines)
-        check_built_weights(engines, manifest, variant, tuple(loras) if loras else None)
+        check_built_weights(engines, manifest, variant, tuple(loras) if loras else None, getattr(args, "vae", None))
         verify_files(engines, manifest)  # here, once: a mismatch is one line, not a failed deployment
     else:
         model = "tiny" if args.model is None else args.model
         engines = build_cached(model, log=lambda msg: print(msg, file=sys.stderr), variant=variant,
-                               loras=tuple(loras or ()), config=model_config)
+                               loras=tuple(loras or ()), config=model_config, vae=getattr(args, "vae", None))
         manifest = read_manifest(engines)
     check_max_rows(fields["max_rows"], engine_limits(engines, manifest))  # here, before a replica starts
     gpus = getattr(args, "gpus_per_replica", None)
