@@ -482,14 +482,14 @@ def _generate(args: argparse.Namespace) -> int:
                                          (request.prompt, request.negative_prompt), engines=args.engines))
     if recorded is not None and args.engines is None:  # a replay's LoRAs, checked before anything is built
         from answer_trt.models.lora import check_lora
+        from answer_trt.models.vae_file import vae_digest
         from answer_trt.pipeline import BuiltWeights
 
-        from answer_trt.models.vae_file import vae_digest
-
         vae = Path(args.vae).expanduser() if args.vae else None
-        BuiltWeights(loras=tuple(check_lora(spec).tag for spec in _loras(args)),
-                     vae_hash=vae_digest(vae) if vae is not None and vae.exists() else None,
-                     vae_name=vae.name if vae is not None else None).check_replay(recorded, f"--from-png {args.from_png}")
+        weights = BuiltWeights(loras=tuple(check_lora(spec).tag for spec in _loras(args)),
+                               vae_hash=vae_digest(vae) if vae is not None and vae.exists() else None,
+                               vae_name=vae.name if vae is not None else None)
+        weights.check_replay(recorded, f"--from-png {args.from_png}")
     started = time.perf_counter()
     pipe = _load_pipeline(args, request.height, request.width, request.batch,
                           log=lambda msg: print(msg, file=sys.stderr))

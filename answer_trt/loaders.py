@@ -170,7 +170,8 @@ def from_engines(folder: Path, verify: bool = True, session: Any = None, expect_
         # A single file's PNGs name the file's own sha256, whose first 10 digits are A1111's "Model hash".
         weights=BuiltWeights(manifest.variant, tuple(lora_tag(e.name, e.sha256, e.scale) for e in manifest.loras),
                              manifest.single_file.sha256 if manifest.single_file else manifest.model_hash,
-                             manifest.vae.sha256 if manifest.vae else None, manifest.vae.name if manifest.vae else None),
+                             manifest.vae.sha256 if manifest.vae else None,
+                             manifest.vae.name if manifest.vae else None),
         engines=engines,
         scheduler_config=_scheduler_config(folder, manifest),
         info=manifest.info,

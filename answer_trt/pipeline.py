@@ -107,9 +107,9 @@ class BuiltWeights:
         drawn_vae = recorded.get("vae_hash") if isinstance(recorded.get("vae_hash"), str) else None
         ours = self.vae_hash
         if (ours is not None or drawn_vae) and not (drawn_vae and ours and ours.startswith(drawn_vae)):
-            drawn = f"the VAE {recorded.get('vae') or '?'} (sha256 {drawn_vae}...)" if drawn_vae else "the model's VAE"
-            have = f"{self.vae_name} (sha256 {self.vae_hash[:16]}...)" if self.vae_hash else "the model's own"
-            raise UserInputError(f"{image} was drawn with {drawn}, and this run has {have}: pass --vae with that file "
+            vae = f"the VAE {recorded.get('vae') or '?'} (sha256 {drawn_vae}...)" if drawn_vae else "the model's VAE"
+            have = f"{self.vae_name} (sha256 {ours[:16]}...)" if ours else "the model's own"
+            raise UserInputError(f"{image} was drawn with {vae}, and this run has {have}: pass --vae with that file "
                                  "(or none)")
 
 

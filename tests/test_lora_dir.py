@@ -149,9 +149,8 @@ def test_a_tag_without_lora_dir_not_built_is_refused_naming_the_flag(cache, tmp_
 
 def test_the_a1111_lora_listing(lora_dir):
     pytest.importorskip("fastapi")
-    from tests.test_serve_a1111 import call
-
     from answer_trt.serving.http import make_api
+    from tests.test_serve_a1111 import call
 
     class Listing:
         model_name, backend, health = "tiny", "torch", {"status": "ok"}
@@ -190,7 +189,7 @@ def test_load_with_lora_dir_picks_the_tagged_set(lora_dir, explicit_engines, cac
     tagged = np.asarray(pipe(f"{PROMPT} <lora:style:0.7>", **run).images[0], dtype=np.int16)
     explicit = answer_trt.load(explicit_engines)(f"{PROMPT} <lora:style:0.7>", prompt_syntax="a1111", **run)
     assert np.array_equal(tagged, np.asarray(explicit.images[0], dtype=np.int16))
-    assert pipe.pipeline_for(f"{PROMPT} <lora:style:0.7>") is pipe.pipeline_for(f"x <lora:style:0.7>")
+    assert pipe.pipeline_for(f"{PROMPT} <lora:style:0.7>") is pipe.pipeline_for("x <lora:style:0.7>")
     with pytest.raises(answer_trt.UserInputError, match="nope.safetensors"):
         pipe(f"{PROMPT} <lora:nope>", **run)
     with pytest.raises(answer_trt.UserInputError, match="pass a MODEL"):

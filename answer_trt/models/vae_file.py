@@ -70,7 +70,8 @@ def check_vae(vae: str | Path, model_path: Path) -> VaeFile:
     if path.is_dir():
         return _check_folder(path, str(vae), model)
     if not path.is_file():
-        raise UserInputError(f"--vae {vae} is not a regular file (a device or a FIFO): pass the VAE's .safetensors file")
+        raise UserInputError(f"--vae {vae} is not a regular file (a device or a FIFO): pass the VAE's .safetensors "
+                             "file")
     if path.suffix.lower() != ".safetensors":
         raise UserInputError(f"--vae {vae}: a VAE file must be .safetensors (A1111's models/VAE/*.safetensors), or "
                              "pass a diffusers AutoencoderKL folder")
@@ -154,8 +155,9 @@ def _check_folder(path: Path, shown: str, model: dict[str, Any]) -> VaeFile:
     if not weights.is_file():
         pickles = sorted(p.name for p in path.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
         if pickles:
-            raise UserInputError(f"--vae {shown}: its weights are {pickles[0]}, a pickle file, which answer-trt does not "
-                                 "load (it can run code): save the VAE with save_pretrained(safe_serialization=True)")
+            raise UserInputError(f"--vae {shown}: its weights are {pickles[0]}, a pickle file, which answer-trt does "
+                                 "not load (it can run code): save the VAE with "
+                                 "save_pretrained(safe_serialization=True)")
         raise UserInputError(f"--vae {shown} has no {VAE_WEIGHTS}: pass a diffusers AutoencoderKL folder")
     check_safetensors(weights)
     widths = config.get("block_out_channels") or []

@@ -21,8 +21,9 @@ def add_serve_parser(sub: Any) -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     s.add_argument("--port", type=int, default=8000, help="default 8000")
     add_batcher_arguments(s)
-    s.add_argument("--lora-dir", type=Path, metavar="DIR", help="list DIR's LoRA .safetensors files at GET "
-                   "/sdapi/v1/loras (the served engines keep their fused LoRAs: a request's <lora:> tags must match them)")
+    s.add_argument("--lora-dir", type=Path, metavar="DIR",
+                   help="list DIR's LoRA .safetensors files at GET /sdapi/v1/loras (the served engines keep their "
+                        "fused LoRAs: a request's <lora:> tags must match them)")
     s.add_argument("--address", default=None,
                    help="join a running Ray cluster (`auto` on one of its machines, or HEAD:6379) and place the "
                         "replicas across its machines; the engines folder must exist at the same path on each")
