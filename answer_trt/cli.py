@@ -423,7 +423,7 @@ def _bench(args: argparse.Namespace) -> int:
         built = pipe.limits.build.model_config if pipe.limits.build is not None else None  # --engines: its --config
         source = resolve_model(pipe.model_name if args.model is None else args.model, args.variant,
                                args.config if args.model is not None else built)
-        eager_unet = load_model(source.path, source.variant, [check_lora(spec) for spec in _loras(args)]).unet  # no VAE
+        eager_unet = load_model(source.path, source.variant, [check_lora(spec) for spec in _loras(args)]).unet
     report = run_bench(pipe, config, eager_unet, log=log)
     print(format_table(report))
     if args.json is not None:
