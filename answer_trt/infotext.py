@@ -106,7 +106,10 @@ def parse_infotext(text: str, kinds: Mapping[str, str]) -> tuple[dict[str, Any],
             fields["width"], fields["height"] = _typed("int", width), _typed("int", height)
             continue
         name = by_key.get(key) or own.get(key)
-        if name in ("model", "batch", "batch_index", "vae", "vae_hash"):  # what the engines are, not the request
+        if name in ("model", "batch", "batch_index"):  # what the engines are, not the request
+            continue
+        if name in ("vae", "vae_hash"):  # kept for the replay's check of the VAE (BuiltWeights.check_replay)
+            fields[name] = str(value)
             continue
         if name is None or name not in kinds:
             ignored.append(key)

@@ -229,3 +229,30 @@ def test_bad_vaes_are_refused_in_one_line(vaes, tmp_path, capsys):
     # Through the CLI: before anything is built.
     _refused(capsys, _cli("build", "--model", "tiny", "--out", tmp_path / "e", "--vae", lora), "LoRA")
     assert not (tmp_path / "e").exists()
+
+
+def test_an_a1111_png_with_a_vae_hash_replays_only_with_that_vae(vaes, tmp_path, capsys):
+    from PIL import PngImagePlugin
+
+    from answer_trt.files import sha256_file
+
+    digest = sha256_file(vaes["ldm"])[:10]
+    png = tmp_path / "a1111.png"
+    meta = PngImagePlugin.PngInfo()
+    meta.add_text("parameters", f"a red circle\nSteps: 2, Sampler: Euler, CFG scale: 6, Seed: 11, Size: 32x32, "
+                                f"VAE hash: {digest}, VAE: fixed.safetensors")
+    Image.new("RGB", (32, 32)).save(png, pnginfo=meta)
+    base = ("generate", "--from-png", png, "--model", "tiny", "--backend", "torch")
+    _refused(capsys, _cli(*base, "-o", tmp_path / "x.png"), f"sha256 {digest}", "--vae")
+    _refused(capsys, _cli(*base, "--vae", vaes["folder"], "-o", tmp_path / "y.png"), "fixed.safetensors")
+    assert _cli(*base, "--vae", vaes["ldm"], "-o", tmp_path / "ok.png") == 0
+    assert "VAE hash" not in capsys.readouterr().err  # honoured, not listed as ignored
+
+
+def test_serve_builds_the_model_with_its_vae(vaes, cache):
+    from answer_trt.cli import make_parser
+    from answer_trt.serving.cli_serve import serve_config
+
+    args = make_parser().parse_args(["serve", "--model", "tiny", "--vae", str(vaes["ldm"])])
+    built = read_manifest(serve_config(args).engines)
+    assert built.vae is not None and Path(built.vae.path) == vaes["ldm"].resolve()
