@@ -130,6 +130,8 @@ class BuildConfig:
     # Chunks of the text encoder's length (75 tokens + start and end for CLIP) the UNet's text axis
     # takes: A1111's long prompts (prompt_syntax a1111) up to this many chunks.
     max_prompt_chunks: int = DEFAULT_PROMPT_CHUNKS
+    # `--vae FILE|DIR`: a VAE in place of the model's own (models/vae_file.py); None: the model's.
+    vae: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "loras", tuple(self.loras))
@@ -199,6 +201,8 @@ class BuildConfig:
             words += ["--config", self.model_config]
         for lora in self.loras:
             words += ["--lora", lora.argument()]
+        if self.vae is not None:
+            words += ["--vae", self.vae]
         for side in ("height", "width"):
             value = getattr(self, side)
             if value is not None:

@@ -180,6 +180,9 @@ def add_weights_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lora", action="append", type=_lora, metavar="FILE[:SCALE]",
                         help="fuse this LoRA adapter (.safetensors in diffusers', peft's or kohya's format) into the "
                              "UNet and text encoders before export, scaled by SCALE (default 1); repeat for more")
+    parser.add_argument("--vae", metavar="FILE_OR_DIR",
+                        help="replace the model's VAE: a .safetensors VAE file (A1111's models/VAE, original or "
+                             "diffusers keys) or a diffusers AutoencoderKL folder")
 
 
 def _loras(args: argparse.Namespace) -> tuple[LoraSpec, ...]:
@@ -233,6 +236,9 @@ def make_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", choices=DEVICES, default=DEVICES[0],
                    help="with --backend torch: cuda runs the model in fp16 on the GPU")
     add_request_arguments(g)
+    g.add_argument("--lora-dir", type=Path, metavar="DIR",
+                   help="with --prompt-syntax a1111: <lora:NAME:SCALE> tags choose DIR/NAME.safetensors at SCALE, "
+                        "fused into engines built into the cache for that set (A1111's models/Lora)")
     g.add_argument("--image", type=Path, help="img2img: redraw this image (PNG/JPEG; its size is the output's "
                    "unless --height/--width resize it, Lanczos); --strength sets how much")
     g.add_argument("--mask", type=Path, help="inpainting: repaint --image where this greyscale mask of its size is "
@@ -386,7 +392,7 @@ def _build(args: argparse.Namespace) -> int:
         model=args.model, out=args.out, backend=args.backend, precision=args.precision,
         max_batch=args.max_batch, height=args.height, width=args.width, force=args.force,
         check=args.check, optimize=args.optimize, variant=args.variant, loras=_loras(args), device=args.device,
-        model_config=args.config,
+        model_config=args.config, vae=args.vae,
         components=args.components,
         max_prompt_chunks=args.max_prompt_chunks,
     )
@@ -440,15 +446,16 @@ def _load_pipeline(
         if args.config is not None:
             raise UserInputError("--config gives a single-file --model its configs; an --engines folder was built "
                                  "with them already: drop --config")
-        return from_engines(args.engines, expect_variant=args.variant, expect_loras=_loras(args) if args.lora else None)
+        return from_engines(args.engines, expect_variant=args.variant, expect_loras=_loras(args) if args.lora else None,
+                            expect_vae=args.vae)
     if args.device != DEVICES[0] and args.backend != "torch":
         raise UserInputError(f"--device {args.device} applies to --backend torch: add --backend torch, or build "
                              "TensorRT engines for the GPU")
     model, variant, loras = "tiny" if args.model is None else args.model, args.variant, _loras(args)
     if args.backend == "torch":
-        return from_model_eager(model, args.device, variant=variant, loras=loras, config=args.config)
+        return from_model_eager(model, args.device, variant=variant, loras=loras, config=args.config, vae=args.vae)
     return from_engines(build_cached(model, height, width, batch, log=log, variant=variant, loras=loras,
-                                     config=args.config), verify=False)
+                                     config=args.config, vae=args.vae), verify=False)
 
 
 def _check_output(path: Path, batch: int) -> None:
@@ -473,12 +480,21 @@ def _generate(args: argparse.Namespace) -> int:
     if request.mask_blur and (init is None or init.mask is None):
         raise UserInputError("--mask-blur applies to inpainting: give --image FILE --mask FILE, or leave --mask-blur "
                              "out")
+    if args.lora_dir is not None:
+        from answer_trt.prompts.lora_dir import lora_dir_loras
+
+        args.lora = list(lora_dir_loras(args.lora_dir, _loras(args), request.prompt_syntax,
+                                         (request.prompt, request.negative_prompt), engines=args.engines))
     if recorded is not None and args.engines is None:  # a replay's LoRAs, checked before anything is built
         from answer_trt.models.lora import check_lora
+        from answer_trt.models.vae_file import vae_digest
         from answer_trt.pipeline import BuiltWeights
 
-        BuiltWeights(loras=tuple(check_lora(spec).tag for spec in _loras(args))).check_replay(
-            recorded, f"--from-png {args.from_png}")
+        vae = Path(args.vae).expanduser() if args.vae else None
+        weights = BuiltWeights(loras=tuple(check_lora(spec).tag for spec in _loras(args)),
+                               vae_hash=vae_digest(vae) if vae is not None and vae.exists() else None,
+                               vae_name=vae.name if vae is not None else None)
+        weights.check_replay(recorded, f"--from-png {args.from_png}")
     started = time.perf_counter()
     pipe = _load_pipeline(args, request.height, request.width, request.batch,
                           log=lambda msg: print(msg, file=sys.stderr))
@@ -678,6 +694,8 @@ def _info(args: argparse.Namespace) -> int:
         "loras:      " + ("none (build with --lora FILE[:SCALE] to fuse adapters)" if not manifest.loras else
                           f"{len(manifest.loras)} fused into the weights, in this order:"),
         *(f"  {entry.name}  scale {entry.scale!r}  sha256 {entry.sha256}  ({entry.path})" for entry in manifest.loras),
+        "vae:        " + (f"{manifest.vae.name} ({manifest.vae.layout}, sha256 {manifest.vae.sha256}) in place of the "
+                          f"model's ({manifest.vae.path})" if manifest.vae else "the model's own"),
         f"backend:    {manifest.backend}, {manifest.precision}"
         + (f", compiled for {manifest.device}" if manifest.device else "")
         + (f" (GPU compute capability {manifest.gpu_capability})" if manifest.gpu_capability else ""),

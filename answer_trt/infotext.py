@@ -29,7 +29,8 @@ RECORD = "answer-trt"
 # answer-trt field -> A1111's key, in A1111's order. The scheduler becomes "Sampler" (by name).
 A1111_KEYS = {"steps": "Steps", "scheduler": "Sampler", "guidance_scale": "CFG scale", "seed": "Seed",
               "clip_skip": "Clip skip", "model_hash": "Model hash", "model": "Model", "batch": "Batch size",
-              "batch_index": "Batch pos", "strength": "Denoising strength", "mask_blur": "Mask blur"}
+              "batch_index": "Batch pos", "strength": "Denoising strength", "mask_blur": "Mask blur",
+              "vae_hash": "VAE hash", "vae": "VAE"}
 # A1111's "Model hash" is its short hash: the first 10 hex digits of the checkpoint's sha256.
 A1111_HASH_DIGITS = 10
 # Fields not written: the prompts (their own lines), the size (as "Size"), and the record's own.
@@ -64,8 +65,9 @@ def infotext(record: Mapping[str, Any]) -> str:
         values["scheduler"] = a1111_name_of_class(str(values["scheduler_class"]))
     if values.get("clip_skip") == 1:  # A1111 writes it only where it skips
         values.pop("clip_skip")
-    if isinstance(values.get("model_hash"), str):
-        values["model_hash"] = values["model_hash"][:A1111_HASH_DIGITS]
+    for hashed in ("model_hash", "vae_hash"):
+        if isinstance(values.get(hashed), str):
+            values[hashed] = values[hashed][:A1111_HASH_DIGITS]
     if values.get("mask_blur") == 0:  # A1111 writes it only for a mask
         values.pop("mask_blur")
     if values.get("batch") == 1:
@@ -105,6 +107,9 @@ def parse_infotext(text: str, kinds: Mapping[str, str]) -> tuple[dict[str, Any],
             continue
         name = by_key.get(key) or own.get(key)
         if name in ("model", "batch", "batch_index"):  # what the engines are, not the request
+            continue
+        if name in ("vae", "vae_hash"):  # kept for the replay's check of the VAE (BuiltWeights.check_replay)
+            fields[name] = str(value)
             continue
         if name is None or name not in kinds:
             ignored.append(key)

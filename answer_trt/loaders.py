@@ -38,7 +38,8 @@ from answer_trt.rules import (
 def load(
     source: str | Path = "tiny", *, backend: str | None = None, device: str = "cpu", build_log: Any = None,
     variant: str | None = None, loras: Any = None, config: str | Path | None = None,
-) -> Pipeline:
+    lora_dir: str | Path | None = None, vae: str | Path | None = None,
+) -> Any:
     """``source``: an engines folder (has manifest.json), or a MODEL (``tiny``, a
     diffusers folder, a single-file ``.safetensors`` checkpoint, a hub id). A model is built
     into the cache on first use, or run eagerly with ``backend="torch"`` (``device="cuda"``:
@@ -52,7 +53,13 @@ def load(
     With an engines folder, both must be what the folder was built with.
     ``config``: for a single-file checkpoint (``"model.safetensors"``), the diffusers folder or
     hub id whose configs and tokenizer it is converted with (default: diffusers' own choice for
-    its family, from the hub or the Hugging Face cache; ``answer_trt.models.single_file``)."""
+    its family, from the hub or the Hugging Face cache; ``answer_trt.models.single_file``).
+    ``lora_dir``: A1111's models/Lora folder: returns a ``LoraDirPipeline`` whose calls read
+    ``<lora:NAME:SCALE>`` tags (A1111 prompt syntax) and run the model with ``NAME.safetensors``
+    fused at SCALE (after ``loras``), built into the cache once per set; a MODEL only.
+    ``vae``: a VAE in place of the model's own: a diffusers AutoencoderKL folder or a ``.safetensors``
+    VAE file (A1111's models/VAE; ``answer_trt.models.vae_file``); with an engines folder, the one
+    it was built with."""
     if not isinstance(source, (str, os.PathLike)) or isinstance(source, bytes):
         raise UserInputError(f"load() takes a model name, a model folder or an engines folder as a str or path, "
                              f"got {type(source).__name__}: e.g. load('tiny')")
@@ -65,30 +72,75 @@ def load(
     if config is not None and (not isinstance(config, (str, os.PathLike)) or isinstance(config, bytes)):
         raise UserInputError(f"config takes a diffusers folder or hub id as a str or path, got {type(config).__name__}")
     model_config = None if config is None else os.fspath(config)
+    if vae is not None and (not isinstance(vae, (str, os.PathLike)) or isinstance(vae, bytes)):
+        raise UserInputError(f"vae takes a VAE file or folder as a str or path, got {type(vae).__name__}")
+    vae_path = None if vae is None else os.fspath(vae)
+    if lora_dir is not None:
+        from answer_trt.prompts.lora_dir import check_lora_dir
+
+        if (Path(source) / MANIFEST_NAME).is_file():
+            raise UserInputError(f"lora_dir chooses engines built into the cache for the tags' LoRAs; {source} was "
+                                 "built with its own: pass a MODEL with lora_dir, or drop lora_dir")
+        return LoraDirPipeline(lambda chosen: load(source, backend=backend, device=device, build_log=build_log,
+                                                   variant=variant, loras=chosen, config=config, vae=vae),
+                               check_lora_dir(lora_dir), specs)
     if backend == "torch":
-        return from_model_eager(str(source), device, variant=variant, loras=specs, config=model_config)
+        return from_model_eager(str(source), device, variant=variant, loras=specs, config=model_config, vae=vae_path)
     if device != "cpu":
         raise UserInputError(f"device {device!r} applies to backend='torch' (engines choose their own device): "
                              f"pass backend='torch', or build TensorRT engines for the GPU")
     if (Path(source) / MANIFEST_NAME).is_file():
-        return from_engines(Path(source), expect_variant=variant, expect_loras=specs if loras is not None else None)
-    return from_engines(build_cached(str(source), log=build_log, variant=variant, loras=specs, config=model_config),
-                        verify=False)
+        return from_engines(Path(source), expect_variant=variant, expect_loras=specs if loras is not None else None,
+                            expect_vae=vae_path)
+    return from_engines(build_cached(str(source), log=build_log, variant=variant, loras=specs, config=model_config,
+                                     vae=vae_path), verify=False)
+
+
+class LoraDirPipeline:
+    """``load(MODEL, lora_dir=DIR)``: each call's ``<lora:NAME:SCALE>`` tags (A1111's prompt syntax,
+    the default here) choose ``DIR/NAME.safetensors`` at SCALE (``answer_trt.prompts.lora_dir``);
+    the model's pipeline with that set fused is made once per set (``make``) and kept. Calls as
+    ``Pipeline``'s: ``pipe(prompt, ...)`` and ``pipe.generate(prompt, ...)``."""
+
+    def __init__(self, make: Callable[[tuple[LoraSpec, ...]], Pipeline], lora_dir: Path,
+                 loras: tuple[LoraSpec, ...] = ()) -> None:
+        self.lora_dir, self._make, self._loras = lora_dir, make, loras
+        self._pipelines: dict[tuple[tuple[Path, float], ...], Pipeline] = {}
+
+    def pipeline_for(self, prompt: str | None, negative_prompt: str | None = None,
+                     prompt_syntax: str = "a1111") -> Pipeline:
+        """The pipeline with the LoRAs the tags of ``prompt`` and ``negative_prompt`` select."""
+        from answer_trt.prompts.lora_dir import lora_dir_loras
+
+        chosen = lora_dir_loras(self.lora_dir, self._loras, prompt_syntax, (prompt, negative_prompt))
+        key = tuple((spec.path, spec.scale) for spec in chosen)
+        if key not in self._pipelines:
+            self._pipelines[key] = self._make(chosen)
+        return self._pipelines[key]
+
+    def __call__(self, prompt: str | None = None, **kwargs: Any) -> Any:
+        kwargs.setdefault("prompt_syntax", "a1111")
+        return self.pipeline_for(prompt, kwargs.get("negative_prompt"), kwargs["prompt_syntax"])(prompt, **kwargs)
+
+    def generate(self, prompt: str, **kwargs: Any) -> Any:
+        kwargs.setdefault("prompt_syntax", "a1111")
+        return self.pipeline_for(prompt, kwargs.get("negative_prompt"), kwargs["prompt_syntax"]).generate(
+            prompt, **kwargs)
 
 
 def from_engines(folder: Path, verify: bool = True, session: Any = None, expect_variant: str | None = None,
-                 expect_loras: tuple[LoraSpec, ...] | None = None) -> Pipeline:
+                 expect_loras: tuple[LoraSpec, ...] | None = None, expect_vae: str | None = None) -> Pipeline:
     """``verify=False`` skips the checksums: only for a folder that ``build`` has just
     built or found up to date, which checked them already (hashing GBs twice is slow).
     ``session``: ONNX Runtime ``SessionSettings`` (default: the measured defaults, with the
     intra-op thread count the build measured where the manifest records one).
     ``expect_variant`` / ``expect_loras``: refuse a folder built from another weights variant
-    or with other LoRA adapters (None: any)."""
+    or with other LoRA adapters (None: any), or without the VAE ``expect_vae`` (None: any)."""
     from answer_trt.backends.ort import OnnxRuntimeEngine, SessionSettings
     from answer_trt.models.source import load_engine_tokenizers
 
     manifest = read_manifest(folder)
-    check_built_weights(folder, manifest, expect_variant, expect_loras)
+    check_built_weights(folder, manifest, expect_variant, expect_loras, expect_vae)
     if verify:
         verify_files(folder, manifest)
     engines: dict[str, Any]
@@ -117,7 +169,9 @@ def from_engines(folder: Path, verify: bool = True, session: Any = None, expect_
         tokenizers=load_engine_tokenizers(folder, manifest.files),
         # A single file's PNGs name the file's own sha256, whose first 10 digits are A1111's "Model hash".
         weights=BuiltWeights(manifest.variant, tuple(lora_tag(e.name, e.sha256, e.scale) for e in manifest.loras),
-                             manifest.single_file.sha256 if manifest.single_file else manifest.model_hash),
+                             manifest.single_file.sha256 if manifest.single_file else manifest.model_hash,
+                             manifest.vae.sha256 if manifest.vae else None,
+                             manifest.vae.name if manifest.vae else None),
         engines=engines,
         scheduler_config=_scheduler_config(folder, manifest),
         info=manifest.info,
@@ -131,10 +185,20 @@ def from_engines(folder: Path, verify: bool = True, session: Any = None, expect_
 
 
 def check_built_weights(folder: Path, manifest: Manifest, variant: str | None,
-                        loras: tuple[LoraSpec, ...] | None) -> None:
+                        loras: tuple[LoraSpec, ...] | None, vae: str | None = None) -> None:
     """Refuse, in one line with the build command that would make it, a folder built from
-    another weights ``variant`` (None: any) or with other ``loras`` (files compared by sha256,
-    and scales; None: any)."""
+    another weights ``variant`` (None: any), with other ``loras`` (files compared by sha256,
+    and scales; None: any) or without the VAE ``vae`` (compared by sha256; None: any)."""
+    if vae is not None:
+        from answer_trt.models.vae_file import vae_digest
+
+        path = Path(vae).expanduser()
+        if not path.exists():
+            raise UserInputError(f"--vae {vae}: no such file or folder: pass a VAE .safetensors file or folder")
+        if manifest.vae is None or manifest.vae.sha256 != vae_digest(path):
+            built = f"the VAE {manifest.vae.path}" if manifest.vae else "the model's own VAE"
+            raise UserInputError(f"{folder} was built with {built}, not --vae {vae}: drop --vae, or build it with "
+                                 f"`{replace(manifest.build_config(folder), vae=str(path.resolve())).command()}`")
     if variant is not None and manifest.variant != variant:
         built = f"the {manifest.variant} weights variant" if manifest.variant else "the plain weights"
         raise UserInputError(f"{folder} was built from {built} of {manifest.model_name}, not the {variant} "
@@ -189,9 +253,9 @@ def _tensorrt_engines(folder: Path, manifest: Manifest) -> tuple[dict[str, Any],
 
 
 def from_model_eager(model: str, device: str = "cpu", variant: str | None = None,
-                     loras: tuple[LoraSpec, ...] = (), config: str | None = None) -> Pipeline:
+                     loras: tuple[LoraSpec, ...] = (), config: str | None = None, vae: str | None = None) -> Pipeline:
     """``model`` (its weights ``variant``, with ``loras`` fused; a single file with the
-    configs of ``config``) run eagerly in torch (``load(..., backend="torch")``)."""
+    configs of ``config``; ``vae`` in place of its VAE) run eagerly in torch (``load(..., backend="torch")``)."""
     import torch
 
     from answer_trt.backends.torch_eager import TorchEngine
@@ -199,6 +263,7 @@ def from_model_eager(model: str, device: str = "cpu", variant: str | None = None
     from answer_trt.iospec import component_specs
     from answer_trt.models.info import read_model_info
     from answer_trt.models.source import load_model, resolve_model
+    from answer_trt.models.vae_file import check_vae
     from answer_trt.precision import torch_dtype
 
     check_choice("device", device, DEVICES)
@@ -207,7 +272,8 @@ def from_model_eager(model: str, device: str = "cpu", variant: str | None = None
     source = resolve_model(model, variant, config)
     info = read_model_info(source.path)  # first: its messages name a broken config file
     checked = tuple(check_lora(spec) for spec in loras)
-    loaded = load_model(source.path, source.variant, checked)
+    vae_file = check_vae(vae, source.path) if vae is not None else None
+    loaded = load_model(source.path, source.variant, checked, vae_file)
     specs = component_specs(info.dims)
     precision = "fp16" if device == "cuda" else "fp32"
     engines = {
@@ -216,7 +282,8 @@ def from_model_eager(model: str, device: str = "cpu", variant: str | None = None
     }
     return Pipeline(
         tokenizers=loaded.tokenizers,
-        weights=BuiltWeights(source.variant, tuple(lora.tag for lora in checked)),
+        weights=BuiltWeights(source.variant, tuple(lora.tag for lora in checked), None,
+                             vae_file.sha256 if vae_file else None, vae_file.name if vae_file else None),
         engines=engines,  # type: ignore[arg-type]
         scheduler_config=loaded.scheduler_config,
         info=info,
@@ -229,9 +296,9 @@ def from_model_eager(model: str, device: str = "cpu", variant: str | None = None
 
 def cached_engines_folder(model: str, height: int | None, width: int | None, max_batch: int,
                           variant: str | None = None, loras: tuple[LoraSpec, ...] = (),
-                          config: str | None = None) -> Path:
+                          config: str | None = None, vae: str | None = None) -> Path:
     """One cache folder per model, weights variant, LoRAs (files by path, and scales), single-file
-    configs and build shape: ``<cache>/engines/<name>-<hash>-...``. (A LoRA file or single-file
+    configs, ``--vae`` (by path) and build shape: ``<cache>/engines/<name>-<hash>-...``. (A LoRA file or single-file
     checkpoint changed in place is rebuilt in the same folder: the build key holds its sha256.)"""
     from answer_trt.models.source import BUILT_IN_MODELS
 
@@ -245,6 +312,8 @@ def cached_engines_folder(model: str, height: int | None, width: int | None, max
     if config is not None:
         local_config = Path(config).expanduser()
         where += f"\0config={local_config.resolve() if local_config.is_dir() else config}"
+    if vae is not None:
+        where += f"\0vae={Path(vae).expanduser().resolve()}"
     tag = hashlib.sha256(where.encode()).hexdigest()[:10]
     size = f"{height or 'default'}x{width or 'default'}"
     return cache_root() / "engines" / f"{slug}-{tag}-{size}-b{max_batch}"
@@ -253,6 +322,7 @@ def cached_engines_folder(model: str, height: int | None, width: int | None, max
 def build_cached(
     model: str, height: int | None = None, width: int | None = None, batch: int = 1, log: Any = None,
     variant: str | None = None, loras: tuple[LoraSpec, ...] = (), config: str | None = None,
+    vae: str | None = None,
 ) -> Path:
     """Build (or reuse) ONNX Runtime engines for ``model`` (its weights ``variant``, with
     ``loras`` fused; a single file with the configs of ``config``) in the cache; returns the
@@ -263,9 +333,10 @@ def build_cached(
     # build: one cache folder, not a second build of the same engines.
     height, width = (None if side == default else side for side in (height, width))
     max_batch = max(DEFAULT_MAX_BATCH, batch)
-    folder = cached_engines_folder(model, height, width, max_batch, variant, loras, config)
+    folder = cached_engines_folder(model, height, width, max_batch, variant, loras, config, vae)
+    vae_argument = None if vae is None else str(Path(vae).expanduser().resolve())
     request = BuildConfig(model=model, out=folder, max_batch=max_batch, height=height, width=width, variant=variant,
-                          loras=loras, model_config=config)
+                          loras=loras, model_config=config, vae=vae_argument)
     build_engines(request, log=log or (lambda _msg: None))
     return folder
 

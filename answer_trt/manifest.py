@@ -110,11 +110,12 @@ class Manifest:
     loras: tuple[LoraEntry, ...] = ()  # the adapters fused into the weights, in order
     device: str | None = None  # inductor: the device its packages were compiled for (None: other backends)
     single_file: SingleFileEntry | None = None  # --model was a single-file checkpoint (None: a folder)
+    vae: VaeEntry | None = None  # built with --vae (None: the model's own VAE)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["format"] = MANIFEST_FORMAT
-        for optional in ("accuracy", "graph_optimization", "session", "variant", "device", "single_file"):
+        for optional in ("accuracy", "graph_optimization", "session", "variant", "device", "single_file", "vae"):
             if data[optional] is None:  # left out: a folder built without it reads as before
                 del data[optional]
         if not self.loras:
@@ -150,7 +151,7 @@ class Manifest:
                            loras=tuple(LoraSpec(Path(entry.path), entry.scale) for entry in self.loras),
                            device=self.device or "cpu", components=self.component_set,
                            model_config=self.single_file.config if self.single_file is not None else None,
-                           max_prompt_chunks=self.max_prompt_chunks)
+                           max_prompt_chunks=self.max_prompt_chunks, vae=self.vae.path if self.vae else None)
 
     @property
     def component_set(self) -> str:
@@ -368,6 +369,20 @@ class SingleFileEntry:
     config: Text
 
 
+@pydantic_dataclass(frozen=True, config=_RECORD)
+class VaeEntry:
+    """The VAE a folder was built with in place of the model's own (``--vae``, ``models/vae_file.py``):
+    its path as the build found it (resolved), sha256 and layout (``folder``, ``ldm``, ``diffusers``)."""
+
+    path: Text
+    sha256: Digest
+    layout: Text
+
+    @property
+    def name(self) -> str:
+        return PurePosixPath(self.path.replace("\\", "/")).name
+
+
 class _Document(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
@@ -447,6 +462,7 @@ class _ManifestDoc(_Document):
     loras: Annotated[list[LoraEntry], Field(max_length=MAX_LORAS)] = []
     device: Annotated[str, Strict(), _one_of(DEVICES)] | None = None
     single_file: SingleFileEntry | None = None
+    vae: VaeEntry | None = None
 
 
 def _where(loc: tuple[int | str, ...]) -> str:
@@ -507,7 +523,7 @@ def _manifest(data: Any) -> Manifest:
         width=_size_range(doc.width, "width"), info=info, components=components, files=dict(doc.files),
         versions=dict(doc.versions), gpu_capability=doc.gpu_capability, accuracy=doc.accuracy,
         graph_optimization=doc.graph_optimization, session=doc.session, variant=doc.variant,
-        loras=tuple(doc.loras), device=doc.device, single_file=doc.single_file,
+        loras=tuple(doc.loras), device=doc.device, single_file=doc.single_file, vae=doc.vae,
     )
 
 

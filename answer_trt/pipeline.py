@@ -80,6 +80,8 @@ class BuiltWeights:
     variant: str | None = None
     loras: tuple[str, ...] = ()
     model_hash: str | None = None
+    vae_hash: str | None = None  # --vae: the replacing VAE's sha256 (None: the model's own VAE)
+    vae_name: str | None = None  # its file or folder name (A1111's infotext "VAE")
 
     def parameters(self) -> dict[str, str]:
         """The PNG metadata entries (none for the plain weights without LoRAs, run eagerly)."""
@@ -88,6 +90,9 @@ class BuiltWeights:
             entries["model_hash"] = self.model_hash[:16]
         if self.loras:
             entries["loras"] = ", ".join(self.loras)
+        if self.vae_hash:
+            entries["vae_hash"] = self.vae_hash[:16]
+            entries["vae"] = self.vae_name or ""
         return entries
 
     def check_replay(self, recorded: Mapping[str, Any], image: str) -> None:
@@ -99,6 +104,13 @@ class BuiltWeights:
             have = ", ".join(self.loras) or "no LoRA"
             raise UserInputError(f"{image} was drawn with the LoRAs {text or 'none'}, and this run has {have}: "
                                  "pass --lora FILE:SCALE for each file of that sha256 (or none), in that order")
+        drawn_vae = recorded.get("vae_hash") if isinstance(recorded.get("vae_hash"), str) else None
+        ours = self.vae_hash
+        if (ours is not None or drawn_vae) and not (drawn_vae and ours and ours.startswith(drawn_vae)):
+            vae = f"the VAE {recorded.get('vae') or '?'} (sha256 {drawn_vae}...)" if drawn_vae else "the model's VAE"
+            have = f"{self.vae_name} (sha256 {ours[:16]}...)" if ours else "the model's own"
+            raise UserInputError(f"{image} was drawn with {vae}, and this run has {have}: pass --vae with that file "
+                                 "(or none)")
 
 
 @dataclass(frozen=True)

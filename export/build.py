@@ -56,6 +56,7 @@ from answer_trt.manifest import (
     LoraEntry,
     Manifest,
     SingleFileEntry,
+    VaeEntry,
     check_manifest_text,
     mismatched_files,
     read_manifest,
@@ -69,6 +70,7 @@ from answer_trt.models.source import (
     load_model,
     resolve_model,
 )
+from answer_trt.models.vae_file import VaeFile, check_vae
 from answer_trt.precision import component_dtype
 from answer_trt.rules import check_memory, check_size_range
 from answer_trt.schedulers import check_scheduler_config
@@ -93,6 +95,7 @@ class BuildPlan:
     height: SizeRange
     width: SizeRange
     loras: tuple[LoraFile, ...] = ()  # checked and hashed (models/lora.py), fused in this order
+    vae: VaeFile | None = None  # --vae, checked and hashed (models/vae_file.py)
 
     @cached_property
     def key(self) -> str:
@@ -121,6 +124,8 @@ class BuildPlan:
             inputs["variant"] = self.source.variant
         if self.loras:
             inputs["loras"] = [[lora.sha256, lora.scale] for lora in self.loras]
+        if self.vae is not None:
+            inputs["vae"] = self.vae.sha256
         return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
 
 
@@ -170,7 +175,11 @@ def _plan(config: BuildConfig) -> BuildPlan:
     loras = tuple(check_lora(spec) for spec in config.loras)  # before any model is loaded
     for lora in loras:
         check_manifest_text(str(lora.path), "--lora")
-    return BuildPlan(config, source, source.content_hash(), info, height, width, loras)
+    vae = None
+    if config.vae is not None:
+        vae = check_vae(config.vae, source.path)
+        check_manifest_text(str(vae.path), "--vae")
+    return BuildPlan(config, source, source.content_hash(), info, height, width, loras, vae)
 
 
 def _build_locked(plan: BuildPlan, log: Callable[[str], None], created: list[Path]) -> BuildResult:
@@ -190,12 +199,12 @@ def _build_locked(plan: BuildPlan, log: Callable[[str], None], created: list[Pat
     check_collisions(target, OUTPUT_NAMES)
     try:
         with Staging.beside(target.path) as staging:
-            model = load_model(source.path, source.variant, plan.loras)
+            model = load_model(source.path, source.variant, plan.loras, plan.vae)
             manifest = _export_all(plan, model, staging.path, log)
             if config.checks_accuracy:
                 if config.precision == "fp16":  # the export cast its half components in place: reload fp32
                     del model
-                    model = load_model(source.path, source.variant, plan.loras)
+                    model = load_model(source.path, source.variant, plan.loras, plan.vae)
                 manifest = _check_accuracy(plan, model, staging.path, manifest, log)
             del model
             publish(staging, target, manifest)
@@ -318,6 +327,7 @@ def _export_all(plan: BuildPlan, model: LoadedModel, staging: Path, log: Callabl
         loras=tuple(LoraEntry(str(lora.path), lora.sha256, lora.scale) for lora in plan.loras),
         device=config.device if config.backend == "inductor" else None,
         single_file=_single_file_entry(plan.source),
+        vae=VaeEntry(str(plan.vae.path), plan.vae.sha256, plan.vae.layout) if plan.vae is not None else None,
     )
 
 

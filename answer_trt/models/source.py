@@ -31,6 +31,7 @@ from answer_trt.models.single_file import (
     is_single_file,
     resolve_single_file,
 )
+from answer_trt.models.vae_file import VaeFile, load_vae
 from answer_trt.models.weight_files import check_variant, check_weights, component_variants
 
 REQUIRED_SUBFOLDERS = ("tokenizer", "text_encoder", "unet", "vae", "scheduler")
@@ -191,11 +192,13 @@ class LoadedModel:
     text_encoder_2: Any = None
 
 
-def load_model(path: Path, variant: str | None = None, loras: Sequence[LoraFile] = ()) -> LoadedModel:
+def load_model(path: Path, variant: str | None = None, loras: Sequence[LoraFile] = (),
+               vae: VaeFile | None = None) -> LoadedModel:
     """The components of the model folder ``path``, each from the weights variant
     ``component_variants(path, variant)`` picks (as diffusers' ``from_pretrained(variant=...)``
     would), in float32 and eval mode, with the LoRA adapters ``loras`` fused into their
-    weights (``models/lora.py``). Raises ``UserInputError`` for a component whose files do not
+    weights (``models/lora.py``), and ``vae`` (``--vae``, ``models/vae_file.py``) in place of its
+    own VAE. Raises ``UserInputError`` for a component whose files do not
     load or do not cover its architecture (``_load``), or an adapter that does not fit."""
     quiet_libraries()
     import torch
@@ -226,7 +229,8 @@ def load_model(path: Path, variant: str | None = None, loras: Sequence[LoraFile]
             if sdxl else None
         ),
         unet=_load(path / "unet", lambda p: UNet2DConditionModel.from_pretrained(p, **options("unet"))),
-        vae=_load(path / "vae", lambda p: AutoencoderKL.from_pretrained(p, **options("vae"))),
+        vae=(_load(path / "vae", lambda p: AutoencoderKL.from_pretrained(p, **options("vae"))) if vae is None
+             else load_vae(vae, path)),
         scheduler_config=scheduler_config(path),  # the class diffusers' pipeline would pick
     )
     fuse_loras(loras, unet=model.unet, vae=model.vae, text_encoder=model.text_encoder,

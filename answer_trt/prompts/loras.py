@@ -53,4 +53,5 @@ def check_lora_tags(networks: Sequence[ExtraNetwork], built: Sequence[str], rebu
         have = ", ".join(f"{name}:{scale!r}" for name, scale in loras) or "no LoRA"
         raise UserInputError(f"{network.text}: LoRAs are fused into the engines when they are built, and these have "
                              f"{have}; build them with it: `{rebuild_command} --lora {network.name}.safetensors:"
-                             f"{weight!r}` (or take the tag out)")
+                             f"{weight!r}`, or pass `--lora-dir DIR` holding {network.name}.safetensors to generate "
+                             "(or take the tag out)")

@@ -55,6 +55,7 @@ class ServeConfig:
     app_name: str = APP_NAME
     route_prefix: str = "/"
     address: str | None = None  # a running Ray cluster (`auto`, or HEAD:6379); None: start Ray here
+    lora_dir: Path | None = None  # --lora-dir: the LoRA files GET /sdapi/v1/loras lists
 
     def __post_init__(self) -> None:
         check_serve_flags(self.host, self.port, self.replicas, self.max_queue, self.max_rows)
@@ -106,6 +107,7 @@ class GenerateServer:
         self.batcher = StepBatcher(self.pipeline, max_rows=config.max_rows, batching=config.batching,
                                    max_queue=config.max_queue)
         self.model_name, self.backend = self.pipeline.model_name, self.pipeline.backend
+        self.lora_dir = config.lora_dir
         self.replica = replica_identity()
         self.health = {"status": "ok", "model": self.pipeline.model_name, "backend": self.pipeline.backend,
                        "batching": config.batching, **self.replica}

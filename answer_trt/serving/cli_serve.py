@@ -21,6 +21,9 @@ def add_serve_parser(sub: Any) -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     s.add_argument("--port", type=int, default=8000, help="default 8000")
     add_batcher_arguments(s)
+    s.add_argument("--lora-dir", type=Path, metavar="DIR",
+                   help="list DIR's LoRA .safetensors files at GET /sdapi/v1/loras (the served engines keep their "
+                        "fused LoRAs: a request's <lora:> tags must match them)")
     s.add_argument("--address", default=None,
                    help="join a running Ray cluster (`auto` on one of its machines, or HEAD:6379) and place the "
                         "replicas across its machines; the engines folder must exist at the same path on each")
@@ -67,18 +70,23 @@ def serve_config(args: argparse.Namespace, **overrides: Any) -> Any:
                                  "with them already: drop --config")
         engines = Path(args.engines)
         manifest = read_manifest(engines)
-        check_built_weights(engines, manifest, variant, tuple(loras) if loras else None)
+        check_built_weights(engines, manifest, variant, tuple(loras) if loras else None, getattr(args, "vae", None))
         verify_files(engines, manifest)  # here, once: a mismatch is one line, not a failed deployment
     else:
         model = "tiny" if args.model is None else args.model
         engines = build_cached(model, log=lambda msg: print(msg, file=sys.stderr), variant=variant,
-                               loras=tuple(loras or ()), config=model_config)
+                               loras=tuple(loras or ()), config=model_config, vae=getattr(args, "vae", None))
         manifest = read_manifest(engines)
     check_max_rows(fields["max_rows"], engine_limits(engines, manifest))  # here, before a replica starts
     gpus = getattr(args, "gpus_per_replica", None)
     if gpus is None:
         gpus = 1.0 if manifest.runs_on_cuda else 0.0
-    return ServeConfig(engines=engines, verify=False, replica_gpus=gpus, **fields)
+    lora_dir = getattr(args, "lora_dir", None)
+    if lora_dir is not None:
+        from answer_trt.prompts.lora_dir import check_lora_dir
+
+        lora_dir = check_lora_dir(lora_dir).resolve()
+    return ServeConfig(engines=engines, verify=False, replica_gpus=gpus, lora_dir=lora_dir, **fields)
 
 
 def import_ray() -> None:

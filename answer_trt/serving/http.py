@@ -41,6 +41,7 @@ from starlette.routing import Route
 from answer_trt.errors import NonFiniteImageError, UserInputError
 from answer_trt.img2img import InitImage
 from answer_trt.pipeline import Generation
+from answer_trt.prompts.lora_dir import a1111_loras
 from answer_trt.schema import GenerateRequest
 from answer_trt.serving import conventions
 from answer_trt.serving.models import (
@@ -429,10 +430,13 @@ def _a1111_routes(app: FastAPI, server: Server) -> None:
         return conventions.a1111_schedulers()
 
     @app.get("/sdapi/v1/loras", response_model=list[LoraItem],
-             summary="A1111's LoRA list: empty, LoRAs are fused into the engines at build time (answer-trt build "
-                     "--lora), none is chosen per request")
+             summary="A1111's LoRA list: the files of serve --lora-dir (none without it); the served engines keep "
+                     "the LoRAs fused at build time, none is switched per request")
     async def loras() -> list[dict[str, Any]]:
-        return []
+        try:
+            return await asyncio.to_thread(a1111_loras, getattr(server, "lora_dir", None))
+        except UserInputError as exc:  # the folder went away since serve started
+            raise ApiError(400, str(exc)) from None
 
     @app.get("/sdapi/v1/sd-vae", response_model=list[SDVaeItem],
              summary="A1111's VAE list: empty, the engines hold the model's own VAE decoder (sd_vae Automatic)")
