@@ -197,8 +197,8 @@ def make_parser() -> argparse.ArgumentParser:
     add_weights_arguments(b)
     b.add_argument("--backend", default=BUILD_BACKENDS[0], choices=BUILD_BACKENDS)
     b.add_argument("--precision", default=None, choices=PRECISIONS,
-                   help="default: fp32 on onnxruntime and inductor for the CPU, fp16 on tensorrt and inductor for "
-                        "CUDA (bf16: tensorrt and inductor)")
+                   help="default: fp32 on onnxruntime, openvino and inductor for the CPU, fp16 on tensorrt and "
+                        "inductor for CUDA (bf16: tensorrt, inductor, and openvino on a CPU with native bf16)")
     b.add_argument("--device", choices=DEVICES, default=DEVICES[0],
                    help="--backend inductor: compile for the CPU (default) or this machine's CUDA GPU")
     b.add_argument("--max-batch", type=_at_least_1, default=DEFAULT_MAX_BATCH,

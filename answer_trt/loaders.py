@@ -103,6 +103,13 @@ def from_engines(folder: Path, verify: bool = True, session: Any = None, expect_
         engines = dict(load_inductor_engines(
             folder, {name: (e.file, e.spec, e.profile) for name, e in manifest.components.items()}, device,
             manifest.versions.get("torch"), manifest.gpu_capability, manifest.build_command(folder)))
+    elif manifest.backend == "openvino":
+        from answer_trt.backends.openvino import load_engines as load_openvino_engines
+
+        threads = manifest.session.threads_here(os.cpu_count()) if manifest.session is not None else 0
+        engines = dict(load_openvino_engines(
+            folder, {name: (e.file, e.spec, e.profile) for name, e in manifest.components.items()},
+            manifest.precision, manifest.info.vae_force_upcast, threads, manifest.build_command(folder)))
     else:
         rebuild = manifest.build_command(folder)
         if session is None:

@@ -678,6 +678,8 @@ def loaded_files(folder: Path, manifest: Manifest) -> Iterator[tuple[str, str]]:
         data = external_data_name(entry.file)
         if (folder / data).exists() or (folder / data).is_symlink() or data in manifest.files:
             yield data, f"component {name}'s external data"
+        if entry.file.endswith(".xml"):  # OpenVINO IR: its weights beside it
+            yield entry.file[:-len(".xml")] + ".bin", f"component {name}'s weights"
         if entry.file.endswith(".onnx") and (folder / entry.file).is_file():
             yield from _graph_data_files(folder, entry.file, name, skip=data)
     yield SCHEDULER_CONFIG, "the scheduler"
