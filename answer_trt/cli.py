@@ -650,7 +650,8 @@ def _info(args: argparse.Namespace) -> int:
                              for k, v in manifest.session.unet_call_ms.items())
         session = manifest.session
         where = f"on {session.cpus} CPUs; used on machines with as many" if session.cpus else "used everywhere"
-        lines.append(f"session:    intra-op threads {session.intra_op_threads or 'default'} "
+        threads = "OpenVINO inference threads" if manifest.backend == "openvino" else "intra-op threads"
+        lines.append(f"session:    {threads} {session.intra_op_threads or 'default'} "
                      f"(measured at build {where}, fastest UNet call: {measured})")
     print("\n".join(printable(line) for line in lines))  # a manifest is someone else's file
     return 0 if not bad else EXIT_USAGE

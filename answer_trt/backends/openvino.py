@@ -108,8 +108,8 @@ def check_model_matches_spec(model: Any, spec: ComponentSpec, path: Path, rebuil
         t.name for tensors, ports in ((spec.inputs, model.inputs), (spec.outputs, model.outputs))
         for t in tensors if signatures(ports).get(t.name) != (t.dtype, len(t.shape)))
     if differ or len(model.inputs) != len(spec.inputs) or len(model.outputs) != len(spec.outputs):
-        raise UserInputError(f"{path}: the model's tensors do not match the manifest's spec ({differ or 'count'}): rebuild the "
-                             f"engines folder with `{rebuild_command}`")
+        raise UserInputError(f"{path}: the model's tensors do not match the manifest's spec "
+                             f"({differ or 'their count'}): rebuild the engines folder with `{rebuild_command}`")
 
 
 class OpenVinoEngine:
