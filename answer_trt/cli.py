@@ -222,7 +222,8 @@ def make_parser() -> argparse.ArgumentParser:
     source.add_argument("--model", help="model to build into the cache on first use (default `tiny`)")
     add_weights_arguments(g)
     g.add_argument("--backend", choices=LOAD_BACKENDS, default=None,
-                   help="with --model: torch runs it eagerly instead of building engines")
+                   help="with --model: the engines built into the cache (default onnxruntime; openvino: fp32 "
+                        "OpenVINO), or torch to run it eagerly instead")
     g.add_argument("--device", choices=DEVICES, default=DEVICES[0],
                    help="with --backend torch: cuda runs the model in fp16 on the GPU")
     add_request_arguments(g)
@@ -435,7 +436,7 @@ def _load_pipeline(
     if args.backend == "torch":
         return from_model_eager(model, args.device, variant=variant, loras=loras, config=args.config)
     return from_engines(build_cached(model, height, width, batch, log=log, variant=variant, loras=loras,
-                                     config=args.config), verify=False)
+                                     config=args.config, backend=args.backend or "onnxruntime"), verify=False)
 
 
 def _check_output(path: Path, batch: int) -> None:
@@ -651,7 +652,8 @@ def _info(args: argparse.Namespace) -> int:
         session = manifest.session
         where = f"on {session.cpus} CPUs; used on machines with as many" if session.cpus else "used everywhere"
         threads = "OpenVINO inference threads" if manifest.backend == "openvino" else "intra-op threads"
-        lines.append(f"session:    {threads} {session.intra_op_threads or 'default'} "
+        shapes = "" if session.static_shapes is None else f", {'static' if session.static_shapes else 'dynamic'} shapes"
+        lines.append(f"session:    {threads} {session.intra_op_threads or 'default'}{shapes} "
                      f"(measured at build {where}, fastest UNet call: {measured})")
     print("\n".join(printable(line) for line in lines))  # a manifest is someone else's file
     return 0 if not bad else EXIT_USAGE

@@ -306,13 +306,17 @@ class GraphOptimization:
 
 @pydantic_dataclass(frozen=True, config=_RECORD)
 class SessionChoice:
-    """ONNX Runtime session settings the build chose by measuring the UNet (CPU provider)."""
+    """ONNX Runtime session settings (or OpenVINO's threads and shape policy) the build chose by
+    measuring the UNet on the CPU."""
 
     # 0: ONNX Runtime's own choice (one per physical core)
     intra_op_threads: Annotated[int, Strict(), Field(ge=0, le=1024)]
     unet_call_ms: dict[Text, Number]  # candidate thread count -> fastest measured UNet call
     # os.cpu_count() of the machine that measured; None: not recorded
     cpus: Annotated[int, Strict(), Field(ge=1, le=1 << 20)] | None = None
+    # openvino: compile one static-shape model per call shape (measured faster than dynamic shapes
+    # at build, ``unet_call_ms["static"]``); None: not measured (onnxruntime)
+    static_shapes: Annotated[bool, Strict()] | None = None
 
     def threads_here(self, cpus: int | None) -> int:
         """The thread count to run with on a machine with ``cpus`` CPUs: the measured one

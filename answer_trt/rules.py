@@ -35,9 +35,9 @@ from answer_trt.iospec import MAX_BRANCHES, ModelDims, SizeRange
 # inductor: AOTInductor packages (`.pt2`), compiled for the CPU or a CUDA GPU (`--device`).
 # openvino: OpenVINO IR (`.xml` + `.bin`) converted from the ONNX graphs, compiled for the CPU at load.
 BUILD_BACKENDS = ("onnxruntime", "tensorrt", "inductor", "openvino")
-# How `load()` / `generate --model` runs a MODEL: ONNX Runtime engines built into the
-# cache, or eager PyTorch (the reference).
-LOAD_BACKENDS = ("onnxruntime", "torch")
+# How `load()` / `generate --model` runs a MODEL: ONNX Runtime or OpenVINO engines built into
+# the cache, or eager PyTorch (the reference).
+LOAD_BACKENDS = ("onnxruntime", "openvino", "torch")
 PRECISIONS = ("fp32", "fp16", "bf16")
 # Without --precision: fp32 on ONNX Runtime (CPU), fp16 on TensorRT; inductor: fp32 on the
 # CPU, fp16 on CUDA (``default_precision``).

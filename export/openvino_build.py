@@ -60,51 +60,68 @@ def convert_component(onnx_path: Path, log: Callable[[str], None]) -> str:
 
 
 def choose_threads(staging: Path, unet: ComponentEntry, hint: str, log: Callable[[str], None]) -> SessionChoice:
-    """``INFERENCE_NUM_THREADS`` for ``unet`` (its IR in ``staging``, compiled with ``hint``):
-    the fastest of ``CANDIDATES`` by the fastest of ``ROUNDS`` alternating calls."""
+    """``INFERENCE_NUM_THREADS`` for ``unet`` (its IR in ``staging``, compiled with ``hint``) and
+    its shape policy: first the fastest of ``CANDIDATES`` thread counts on the dynamic-shape
+    model, then, at that count, a static-shape model against the dynamic one; a challenger wins
+    only when ``CLEARLY_FASTER``."""
     binding = check_binding(unet.profile)
     binding["batch"] = min(2, unet.profile["batch"][2])
     inputs = dict(feed(unet.spec, binding))
     path = staging / unet.file
-    if path.with_suffix(".bin").stat().st_size < SMALL_GRAPH_BYTES:  # both at once, calls alternating
-        best = _alternating(path, hint, inputs)
-    else:  # one compiled model at a time: a full-size UNet is GBs
-        best = {threads: _fastest_block(path, hint, threads, inputs) for threads in CANDIDATES}
-    chosen = min(CANDIDATES, key=lambda t: best[t])
-    if best[chosen] >= best[DEFAULT_THREADS] * CLEARLY_FASTER:
+    small = path.with_suffix(".bin").stat().st_size < SMALL_GRAPH_BYTES
+    best = _measure(path, hint, inputs, {str(t): (t, False) for t in CANDIDATES}, small)
+    chosen = min(CANDIDATES, key=lambda t: best[str(t)])
+    if best[str(chosen)] >= best[str(DEFAULT_THREADS)] * CLEARLY_FASTER:
         chosen = DEFAULT_THREADS
-    shown = ", ".join(f"{'default' if t == DEFAULT_THREADS else t} {ms:.2f} ms" for t, ms in best.items())
-    log(f"openvino: inference threads {'default' if chosen == DEFAULT_THREADS else chosen} (fastest UNet call at "
-        f"batch {binding['batch']}, {hint}: {shown})")
-    return SessionChoice(intra_op_threads=chosen, unet_call_ms={str(t): round(ms, 3) for t, ms in best.items()},
-                         cpus=os.cpu_count())
+    shapes = _measure(path, hint, inputs, {"dynamic": (chosen, False), "static": (chosen, True)}, small)
+    static = shapes["static"] < shapes["dynamic"] * CLEARLY_FASTER
+    best["static"] = shapes["static"]
+    shown = ", ".join(f"{'default' if t == str(DEFAULT_THREADS) else t} {ms:.2f} ms" for t, ms in best.items())
+    log(f"openvino: inference threads {'default' if chosen == DEFAULT_THREADS else chosen}, "
+        f"{'static' if static else 'dynamic'} shapes (fastest UNet call at batch {binding['batch']}, {hint}: {shown}; "
+        f"dynamic at the chosen threads {shapes['dynamic']:.2f} ms)")
+    return SessionChoice(intra_op_threads=chosen, unet_call_ms={k: round(ms, 3) for k, ms in best.items()},
+                         cpus=os.cpu_count(), static_shapes=static)
 
 
-def _requests(path: Path, hint: str, threads: tuple[int, ...]) -> dict[int, Any]:
-    model = core().read_model(str(path))
-    return {t: core().compile_model(model, DEVICE, compile_config(hint, t)).create_infer_request() for t in threads}
+Variants = dict[str, tuple[int, bool]]  # label -> (threads, static shapes)
 
 
-def _alternating(path: Path, hint: str, inputs: dict[str, object]) -> dict[int, float]:
-    """The fastest of ``ROUNDS`` alternating calls (ms) per candidate."""
-    requests = _requests(path, hint, CANDIDATES)
-    for request in requests.values():
+def _measure(path: Path, hint: str, inputs: dict[str, Any], variants: Variants, small: bool) -> dict[str, float]:
+    """The fastest call (ms) per variant: a small model's variants compiled together and
+    called alternately (``ROUNDS``), a large one's one at a time (``LARGE_CALLS``)."""
+    if small:  # all at once, calls alternating: all see the same disturbances
+        requests = _requests(path, hint, inputs, variants)
+        for request in requests.values():
+            request.infer(inputs)  # warm-up
+        best = {label: float("inf") for label in variants}
+        labels = list(variants)
+        for round_ in range(ROUNDS):
+            for label in labels if round_ % 2 == 0 else labels[::-1]:
+                best[label] = min(best[label], _timed(requests[label], inputs))
+        return best
+    best = {}
+    for label, variant in variants.items():  # one compiled model at a time: a full-size UNet is GBs
+        request = _requests(path, hint, inputs, {label: variant})[label]
         request.infer(inputs)  # warm-up
-    best = {threads: float("inf") for threads in CANDIDATES}
-    for round_ in range(ROUNDS):
-        for threads in CANDIDATES if round_ % 2 == 0 else CANDIDATES[::-1]:
-            best[threads] = min(best[threads], _timed(requests[threads], inputs))
+        best[label] = min(_timed(request, inputs) for _ in range(LARGE_CALLS))
+        del request
+        gc.collect()
     return best
 
 
-def _fastest_block(path: Path, hint: str, threads: int, inputs: dict[str, object]) -> float:
-    """The fastest of ``LARGE_CALLS`` calls (ms) of a model compiled alone with ``threads``."""
-    request = _requests(path, hint, (threads,))[threads]
-    request.infer(inputs)  # warm-up
-    fastest = min(_timed(request, inputs) for _ in range(LARGE_CALLS))
-    del request
-    gc.collect()
-    return fastest
+def _requests(path: Path, hint: str, inputs: dict[str, Any], variants: Variants) -> dict[str, Any]:
+    """One infer request per variant, its model compiled with its threads, reshaped to the
+    shapes of ``inputs`` where it is static."""
+    model = core().read_model(str(path))
+    requests = {}
+    for label, (threads, static) in variants.items():
+        variant = model
+        if static:
+            variant = model.clone()
+            variant.reshape({name: list(value.shape) for name, value in inputs.items()})
+        requests[label] = core().compile_model(variant, DEVICE, compile_config(hint, threads)).create_infer_request()
+    return requests
 
 
 def _timed(request: Any, inputs: dict[str, object]) -> float:

@@ -76,7 +76,7 @@ def test_the_build_writes_checksummed_ir_and_records_openvino(fp32_engines):
         assert entry.file in manifest.files and entry.file.replace(".xml", ".bin") in manifest.files
     assert not list(fp32_engines.glob("*.onnx*"))
     assert manifest.versions["openvino"]
-    assert manifest.session is not None and set(manifest.session.unet_call_ms) == {"0", "1"}  # threads measured
+    assert manifest.session is not None and set(manifest.session.unet_call_ms) == {"0", "1", "static"}  # measured
     assert manifest.accuracy is not None  # --check compared each IR with torch: fp32 measured 1e-6 .. 4e-6
     assert all(r.precision == "fp32" and r.max_abs_error < 1e-4 for r in manifest.accuracy.components.values())
     assert "--backend openvino" in manifest.build_command(fp32_engines)
@@ -219,3 +219,48 @@ def test_loading_openvino_engines_without_openvino_gets_one_line(monkeypatch, fp
     monkeypatch.setitem(sys.modules, "openvino", None)
     with pytest.raises(UserInputError, match=r"^the openvino backend needs OpenVINO.*answer-trt\[openvino\]"):
         from_engines(fp32_engines)
+
+
+@needs_openvino
+def test_load_and_generate_build_openvino_engines_into_the_cache(tmp_path, monkeypatch):
+    """`load(model, backend="openvino")` and `generate --model --backend openvino`: a cache folder of
+    their own (ONNX Runtime's keeps its name), fp32 OpenVINO engines."""
+    import answer_trt
+    from answer_trt.cli import main
+    from answer_trt.loaders import cached_engines_folder
+
+    monkeypatch.setenv("ANSWER_TRT_CACHE", str(tmp_path / "cache"))
+    assert cached_engines_folder("tiny", None, None, 4) != cached_engines_folder("tiny", None, None, 4,
+                                                                                  backend="openvino")
+    pipe = answer_trt.load("tiny", backend="openvino")
+    assert pipe.backend == "openvino" and pipe.precision == "fp32"
+    assert main(["generate", PROMPT, "--model", "tiny", "--backend", "openvino", "--steps", "2",
+                 "-o", str(tmp_path / "x.png")]) == 0
+    assert (tmp_path / "x.png").is_file()
+
+
+@needs_openvino
+def test_static_shape_engines_match_the_dynamic_one_and_compile_per_shape(fp32_engines):
+    from answer_trt.backends.openvino import OpenVinoEngine
+    from answer_trt.export.sample_inputs import sample_inputs
+    from answer_trt.manifest import read_manifest
+
+    manifest = read_manifest(fp32_engines)
+    assert manifest.session is not None and isinstance(manifest.session.static_shapes, bool)  # measured
+    assert "static" in manifest.session.unet_call_ms
+    entry = manifest.components["unet"]
+    dynamic = OpenVinoEngine(fp32_engines / entry.file, entry.spec, entry.profile)
+    static = OpenVinoEngine(fp32_engines / entry.file, entry.spec, entry.profile, static=True)
+    for rows in (1, 3, 1):
+        feeds = sample_inputs(entry.spec, manifest.info.dims.bind(rows, manifest.height.opt, manifest.width.opt))
+        want, got = dynamic.run(feeds)["noise_pred"], static.run(feeds)["noise_pred"]
+        assert got.shape == want.shape and (got - want).abs().max() < 1e-5
+    assert len(static._compiled) == 2 and len(dynamic._compiled) == 1  # one static model per row count
+
+
+@needs_openvino
+def test_a_rebuild_owns_the_ir_files_it_wrote(fp32_engines):
+    from answer_trt.export.publish import inspect_out
+
+    target = inspect_out(fp32_engines, True)
+    assert target.owns(Path("unet.xml")) and target.owns(Path("unet.bin"))

@@ -9,8 +9,10 @@ the VAE decoder of a bf16 build) and ``f32`` for every other, asked for explicit
 OpenVINO's own default on a CPU with native bf16 is bf16. bf16 is refused in one line on
 a CPU without it (``check_precision_here``). Threads: ``INFERENCE_NUM_THREADS`` from the
 build's measurement where the manifest records one for a machine like this (``0``: OpenVINO's
-own choice). Shapes are dynamic (the IR keeps the ONNX graph's dynamic axes); shapes outside
-the built profile are refused before anything runs (``check_shapes``).
+own choice). Shapes: the IR keeps the ONNX graph's dynamic axes; where the build measured a
+static-shape model faster (the manifest's ``SessionChoice.static_shapes``), each component
+compiles a static copy per set of call shapes on first use instead. Shapes outside the built
+profile are refused before anything runs (``check_shapes``).
 
 ``openvino`` is imported lazily: a machine without it imports this module, and gets one line
 saying what to install when it builds or loads OpenVINO engines (``require_openvino``).
@@ -115,13 +117,17 @@ def check_model_matches_spec(model: Any, spec: ComponentSpec, path: Path, rebuil
 class OpenVinoEngine:
     """Runs one component's IR compiled for the CPU; refuses shapes outside its built profile
     before running. ``hint``: ``f32`` or ``bf16``; ``threads``: ``INFERENCE_NUM_THREADS`` (0:
-    OpenVINO's choice). ``rebuild_command`` is what its errors say to run."""
+    OpenVINO's choice); ``static``: compile a static-shape copy of the model for each new set of
+    input shapes, on its first call (the sampler uses a few: 1, 2 or 3 rows per image), instead
+    of one dynamic-shape model. ``rebuild_command`` is what its errors say to run."""
 
     def __init__(self, path: Path, spec: ComponentSpec, profile: Profile, hint: str = "f32", threads: int = 0,
-                 rebuild_command: str = "answer-trt build ... --force") -> None:
+                 rebuild_command: str = "answer-trt build ... --force", static: bool = False) -> None:
         self.spec = spec
         self.profile = profile
         self.hint = hint
+        self.threads = threads
+        self.static = static
         self.rebuild_command = rebuild_command
         if hint == "bf16":
             check_precision_here("bf16", f"{path.name} (built for bf16)", f"rebuild with `{rebuild_command}` and "
@@ -132,8 +138,11 @@ class OpenVinoEngine:
             raise UserInputError(f"{path} could not be read as an OpenVINO model ({' '.join(str(exc).split())[:200]}"
                                  f"); rebuild with `{rebuild_command}`") from None
         check_model_matches_spec(model, spec, path, rebuild_command)
-        self.compiled = core().compile_model(model, DEVICE, compile_config(hint, threads))
-        self.request = self.compiled.create_infer_request()
+        self.model = model
+        # Per set of input shapes (static) or one for all (key None): the compiled model and its request.
+        self._compiled: dict[tuple[tuple[int, ...], ...] | None, tuple[Any, Any]] = {}
+        if not static:
+            self._compile(None)
         self._dtypes = {t.name: np.dtype(t.dtype) for t in spec.inputs}
         self._checked: tuple[tuple[int, ...], ...] | None = None
         self._lock = threading.Lock()
@@ -145,19 +154,34 @@ class OpenVinoEngine:
             self._checked = shapes
         arrays = {name: np.ascontiguousarray(feeds[name].detach().cpu().numpy(), dtype=self._dtypes[name])
                   for name in self.spec.input_names}
-        with self._lock:  # one infer request: calls one at a time
-            results = self.request.infer(arrays)
-            outputs = [np.array(results[port]) for port in self.compiled.outputs]  # copies: the request reuses its
+        with self._lock:  # one infer request per compiled model: calls one at a time
+            compiled, request = self._compiled.get(shapes if self.static else None) or self._compile(shapes)
+            results = request.infer(arrays)
+            outputs = [np.array(results[port]) for port in compiled.outputs]  # copies: the request reuses its buffers
         return {name: torch.from_numpy(out) for name, out in zip(self.spec.output_names, outputs)}
 
 
+    def _compile(self, shapes: tuple[tuple[int, ...], ...] | None) -> tuple[Any, Any]:
+        """Compile the model (a static copy reshaped to ``shapes``, in the spec's input order;
+        None: as read, dynamic) and keep it with its infer request."""
+        model = self.model
+        if shapes is not None:
+            model = model.clone()
+            model.reshape({name: list(shape) for name, shape in zip(self.spec.input_names, shapes)})
+        compiled = core().compile_model(model, DEVICE, compile_config(self.hint, self.threads))
+        self._compiled[shapes] = (compiled, compiled.create_infer_request())
+        return self._compiled[shapes]
+
+
 def load_engines(folder: Path, components: Mapping[str, tuple[str, ComponentSpec, Profile]], precision: str,
-                 force_upcast: bool, threads: int, rebuild_command: str) -> dict[str, OpenVinoEngine]:
+                 force_upcast: bool, threads: int, rebuild_command: str,
+                 static: bool = False) -> dict[str, OpenVinoEngine]:
     """One ``OpenVinoEngine`` per component (``name -> (file, spec, profile)``), each compiled with
-    its precision rule's hint (``inference_precision``) after ``check_precision_here``."""
+    its precision rule's hint (``inference_precision``) after ``check_precision_here``; ``static``:
+    the shape policy the build measured (``OpenVinoEngine``)."""
     require_openvino()
     check_precision_here(precision, f"{folder} (built with --precision {precision})",
                          f"rebuild it here with `{rebuild_command.replace('--precision bf16', '--precision fp32')}`")
     return {name: OpenVinoEngine(folder / file, spec, profile, inference_precision(name, precision, force_upcast),
-                                 threads, rebuild_command)
+                                 threads, rebuild_command, static)
             for name, (file, spec, profile) in components.items()}
