@@ -1,9 +1,11 @@
 """Exported ONNX component -> OpenVINO IR (``<component>.xml`` + ``<component>.bin``), and
 the thread count its UNet runs fastest with on this machine.
 
-``openvino.convert_model`` reads the ONNX graph (and its external data), and
-``openvino.save_model`` writes the IR with float32 weights (``compress_to_fp16=False``: its
-default would halve the weights to fp16). The ONNX files are then removed from the staging
+OpenVINO's ONNX frontend reads the graph (and its external data) through ``Core.read_model``,
+the same frontend ``openvino.convert_model`` uses for an ONNX file, without the conversion
+tool's telemetry (``convert_model`` sends usage events to Intel where no consent file says
+otherwise); ``openvino.save_model`` writes the IR with float32 weights
+(``compress_to_fp16=False``: its default would halve the weights to fp16). The ONNX files are then removed from the staging
 folder: the IR is self-contained. The conversion knows nothing of which component it
 converts, so any component the export stage writes is converted the same way.
 
@@ -49,7 +51,7 @@ def convert_component(onnx_path: Path, log: Callable[[str], None]) -> str:
     and its external data; returns the ``.xml`` file's name."""
     ov = require_openvino()
     log(f"converting {onnx_path.stem} to OpenVINO IR (openvino {openvino_version()})")
-    model = ov.convert_model(str(onnx_path))
+    model = core().read_model(str(onnx_path))  # the ONNX frontend, as convert_model (without its telemetry)
     xml = onnx_path.with_suffix(".xml")
     ov.save_model(model, str(xml), compress_to_fp16=False)
     del model

@@ -1,7 +1,7 @@
 """OpenVINO backend: the OpenVINO IR (``<component>.xml`` + ``<component>.bin``) of
 ``answer-trt build --backend openvino`` behind the Engine interface, compiled for the CPU.
 
-The IR is the exported ONNX graph converted by ``openvino.convert_model`` (float32 weights,
+The IR is the exported ONNX graph read by OpenVINO's ONNX frontend and saved (float32 weights,
 ``answer_trt.export.openvino_build``). The precision is chosen when the model is compiled,
 not in the graph: ``INFERENCE_PRECISION_HINT`` is ``bf16`` for the components the
 precision rule runs in a half type (``answer_trt.precision.component_dtype``: the UNet and
