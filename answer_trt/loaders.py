@@ -239,7 +239,8 @@ def cached_engines_folder(model: str, height: int | None, width: int | None, max
                           config: str | None = None, backend: str = "onnxruntime") -> Path:
     """One cache folder per model, weights variant, LoRAs (files by path, and scales), single-file
     configs, backend (onnxruntime or openvino) and build shape: ``<cache>/engines/<name>-<hash>-...``.
-    (A LoRA file or single-file checkpoint changed in place is rebuilt in the same folder: the build key holds its sha256.)"""
+    (A LoRA file or single-file checkpoint changed in place is rebuilt in the same folder: the
+    build key holds its sha256.)"""
     from answer_trt.models.source import BUILT_IN_MODELS
 
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(model).name or model)[:40]
@@ -264,10 +265,10 @@ def build_cached(
     variant: str | None = None, loras: tuple[LoraSpec, ...] = (), config: str | None = None,
     backend: str = "onnxruntime",
 ) -> Path:
-    """Build (or reuse) ONNX Runtime (or ``backend="openvino"``: OpenVINO, fp32) engines for ``model`` (its weights ``variant``, with
-    ``loras`` fused; a single file with the configs of ``config``) in the cache; returns the
-    folder. ``batch`` images of ``height`` x ``width`` are sized against the memory limit
-    first, so an absurd request never starts a build."""
+    """Build (or reuse) ONNX Runtime (``backend="openvino"``: OpenVINO, fp32) engines for ``model``
+    (its weights ``variant``, with ``loras`` fused; a single file with the configs of ``config``)
+    in the cache; returns the folder. ``batch`` images of ``height`` x ``width`` are sized
+    against the memory limit first, so an absurd request never starts a build."""
     default = check_cached_request(model, height, width, batch, variant, config)
     # The model's default size asked for by number (a replayed PNG records it) is the default
     # build: one cache folder, not a second build of the same engines.

@@ -5,8 +5,8 @@ OpenVINO's ONNX frontend reads the graph (and its external data) through ``Core.
 the same frontend ``openvino.convert_model`` uses for an ONNX file, without the conversion
 tool's telemetry (``convert_model`` sends usage events to Intel where no consent file says
 otherwise); ``openvino.save_model`` writes the IR with float32 weights
-(``compress_to_fp16=False``: its default would halve the weights to fp16). The ONNX files are then removed from the staging
-folder: the IR is self-contained. The conversion knows nothing of which component it
+(``compress_to_fp16=False``: its default would halve the weights to fp16). The ONNX files
+are then removed from the staging folder: the IR is self-contained. The conversion knows nothing of which component it
 converts, so any component the export stage writes is converted the same way.
 
 The precision is not in the IR: the runtime compiles it with ``INFERENCE_PRECISION_HINT``
