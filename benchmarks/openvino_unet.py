@@ -5,7 +5,8 @@ bf16), from engines folders built by ``answer-trt build``, in one process, calls
     python -m benchmarks.openvino_unet --model tiny --work /tmp/ov-bench --rounds 6
 
 Builds (or reuses) ``<work>/onnxruntime-fp32``, ``<work>/openvino-fp32`` and
-``<work>/openvino-bf16`` (bf16 only where the CPU has native bf16), then times one
+``<work>/openvino-bf16`` (bf16 only where the CPU has native bf16), then times (OpenVINO
+with dynamic shapes, and with a static-shape model compiled for the call: ``--shapes``) one
 ANSWER-shaped UNet call (3 rows per image: ``--batch`` x 3, the built size, 77 tokens) per
 runtime per round, after a warm-up, and prints the median per runtime, its ratio to ONNX
 Runtime's, and each output's max abs difference from ONNX Runtime's. Each runtime runs with
@@ -28,8 +29,9 @@ RUNTIMES = {"onnxruntime-fp32": ("onnxruntime", "fp32"), "openvino-fp32": ("open
             "openvino-bf16": ("openvino", "bf16")}
 
 
-def unet_engine(folder: Path) -> Any:
-    """The UNet engine of ``folder`` alone, as the loader makes it (threads from the manifest)."""
+def unet_engine(folder: Path, static: bool = False) -> Any:
+    """The UNet engine of ``folder`` alone, as the loader makes it (threads from the manifest),
+    with dynamic shapes or (``static``, OpenVINO) a static-shape model per call shape."""
     from answer_trt.manifest import read_manifest
 
     manifest = read_manifest(folder)
@@ -39,7 +41,7 @@ def unet_engine(folder: Path) -> Any:
         from answer_trt.backends.openvino import OpenVinoEngine, inference_precision
 
         hint = inference_precision("unet", manifest.precision, manifest.info.vae_force_upcast)
-        return OpenVinoEngine(folder / entry.file, entry.spec, entry.profile, hint, threads)
+        return OpenVinoEngine(folder / entry.file, entry.spec, entry.profile, hint, threads, static=static)
     from answer_trt.backends.ort import OnnxRuntimeEngine, SessionSettings
 
     return OnnxRuntimeEngine(folder / entry.file, entry.spec, entry.profile,
@@ -52,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, required=True, help="where the engines folders are built")
     parser.add_argument("--batch", type=int, default=1, help="images per call (rows: 3 x batch)")
     parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--shapes", choices=("dynamic", "static", "both"), default="both",
+                        help="OpenVINO's shape policies to time (a full-size UNet: one policy per run fits in less "
+                             "memory)")
     args = parser.parse_args(argv)
 
     from answer_trt.backends.openvino import cpu_capabilities
@@ -65,7 +70,11 @@ def main(argv: list[str] | None = None) -> int:
         folder = args.work / label
         build(BuildConfig(model=args.model, out=folder, backend=backend, precision=precision,
                           max_batch=max(args.batch, 1), check=False), log=lambda _m: None)
-        engines[label] = unet_engine(folder)
+        if backend == "onnxruntime":
+            engines[label] = unet_engine(folder)
+            continue
+        for policy in ("dynamic", "static") if args.shapes == "both" else (args.shapes,):
+            engines[f"{label} {policy}"] = unet_engine(folder, static=policy == "static")
     spec, profile = engines["onnxruntime-fp32"].spec, engines["onnxruntime-fp32"].profile
     binding = {symbol: opt for symbol, (_low, opt, _high) in profile.items()}
     binding["batch"] = 3 * args.batch

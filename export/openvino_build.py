@@ -76,12 +76,13 @@ def choose_threads(staging: Path, unet: ComponentEntry, hint: str, log: Callable
     if best[str(chosen)] >= best[str(DEFAULT_THREADS)] * CLEARLY_FASTER:
         chosen = DEFAULT_THREADS
     shapes = _measure(path, hint, inputs, {"dynamic": (chosen, False), "static": (chosen, True)}, small)
-    static = shapes["static"] < shapes["dynamic"] * CLEARLY_FASTER
+    dynamic = min(shapes["dynamic"], best[str(chosen)])  # the fastest dynamic call seen at those threads
+    static = shapes["static"] < dynamic * CLEARLY_FASTER
     best["static"] = shapes["static"]
     shown = ", ".join(f"{'default' if t == str(DEFAULT_THREADS) else t} {ms:.2f} ms" for t, ms in best.items())
     log(f"openvino: inference threads {'default' if chosen == DEFAULT_THREADS else chosen}, "
         f"{'static' if static else 'dynamic'} shapes (fastest UNet call at batch {binding['batch']}, {hint}: {shown}; "
-        f"dynamic at the chosen threads {shapes['dynamic']:.2f} ms)")
+        f"dynamic at the chosen threads again {shapes['dynamic']:.2f} ms)")
     return SessionChoice(intra_op_threads=chosen, unet_call_ms={k: round(ms, 3) for k, ms in best.items()},
                          cpus=os.cpu_count(), static_shapes=static)
 
