@@ -264,3 +264,17 @@ def test_a_rebuild_owns_the_ir_files_it_wrote(fp32_engines):
 
     target = inspect_out(fp32_engines, True)
     assert target.owns(Path("unet.xml")) and target.owns(Path("unet.bin"))
+
+
+@needs_openvino
+def test_a_component_that_is_not_an_ir_is_refused(fp32_engines, tmp_path):
+    """An IR reads only its own .bin; an ONNX file named in an openvino manifest could name other files."""
+    from answer_trt.loaders import from_engines
+
+    copy = tmp_path / "copy"
+    shutil.copytree(fp32_engines, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["components"]["unet"]["file"] = "unet.bin"
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(UserInputError, match=r"component unet is 'unet\.bin', not an OpenVINO IR"):
+        from_engines(copy)

@@ -180,6 +180,10 @@ def load_engines(folder: Path, components: Mapping[str, tuple[str, ComponentSpec
     its precision rule's hint (``inference_precision``) after ``check_precision_here``; ``static``:
     the shape policy the build measured (``OpenVinoEngine``)."""
     require_openvino()
+    for name, (file, _spec, _profile) in components.items():  # an IR reads only its own .bin beside it
+        if not file.endswith(".xml"):
+            raise UserInputError(f"{folder}: component {name} is {file!r}, not an OpenVINO IR (.xml): rebuild with "
+                                 f"`{rebuild_command}`")
     check_precision_here(precision, f"{folder} (built with --precision {precision})",
                          f"rebuild it here with `{rebuild_command.replace('--precision bf16', '--precision fp32')}`")
     return {name: OpenVinoEngine(folder / file, spec, profile, inference_precision(name, precision, force_upcast),
