@@ -240,7 +240,7 @@ def test_load_and_generate_build_openvino_engines_into_the_cache(tmp_path, monke
 
 
 @needs_openvino
-def test_static_shape_engines_match_the_dynamic_one_and_compile_per_shape(fp32_engines):
+def test_static_shape_engines_match_the_dynamic_one_and_compile_per_shape(fp32_engines, monkeypatch):
     from answer_trt.backends.openvino import OpenVinoEngine
     from answer_trt.export.sample_inputs import sample_inputs
     from answer_trt.manifest import read_manifest
@@ -256,6 +256,12 @@ def test_static_shape_engines_match_the_dynamic_one_and_compile_per_shape(fp32_e
         want, got = dynamic.run(feeds)["noise_pred"], static.run(feeds)["noise_pred"]
         assert got.shape == want.shape and (got - want).abs().max() < 1e-5
     assert len(static._compiled) == 2 and len(dynamic._compiled) == 1  # one static model per row count
+    import answer_trt.backends.openvino as backend
+
+    monkeypatch.setattr(backend, "MAX_STATIC", 2)  # a third shape set beyond the cap runs on the dynamic model
+    feeds = sample_inputs(entry.spec, manifest.info.dims.bind(2, manifest.height.opt, manifest.width.opt))
+    assert (static.run(feeds)["noise_pred"] - dynamic.run(feeds)["noise_pred"]).abs().max() < 1e-5
+    assert None in static._compiled and len(static._compiled) == 3
 
 
 @needs_openvino

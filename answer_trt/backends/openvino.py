@@ -38,6 +38,10 @@ INSTALL_HINT = "pip install 'answer-trt[openvino]' (or pip install openvino)"
 DEVICE = "CPU"
 # OpenVINO's inference precision names for the spec's float dtypes.
 HINTS = {"float32": "f32", "bfloat16": "bf16"}
+# Static-shape models one engine compiles at most (each may hold its own copy of the weights:
+# GBs for a full-size UNet): the sampler's 1, 2 and 3 rows per image at one batch size; any
+# further shape set (a server's mixed batches, a size range) runs on the dynamic model.
+MAX_STATIC = 3
 # OpenVINO's element type names for the IO spec's dtypes (``Type.get_type_name()``).
 OV_TYPES = {"f32": "float32", "f16": "float16", "bf16": "bfloat16", "i64": "int64", "i32": "int32"}
 
@@ -119,7 +123,8 @@ class OpenVinoEngine:
     before running. ``hint``: ``f32`` or ``bf16``; ``threads``: ``INFERENCE_NUM_THREADS`` (0:
     OpenVINO's choice); ``static``: compile a static-shape copy of the model for each new set of
     input shapes, on its first call (the sampler uses a few: 1, 2 or 3 rows per image), instead
-    of one dynamic-shape model. ``rebuild_command`` is what its errors say to run."""
+    of one dynamic-shape model, up to ``MAX_STATIC`` of them (later shape sets run on the
+    dynamic model, compiled when first needed). ``rebuild_command`` is what its errors say to run."""
 
     def __init__(self, path: Path, spec: ComponentSpec, profile: Profile, hint: str = "f32", threads: int = 0,
                  rebuild_command: str = "answer-trt build ... --force", static: bool = False) -> None:
@@ -155,11 +160,15 @@ class OpenVinoEngine:
         arrays = {name: np.ascontiguousarray(feeds[name].detach().cpu().numpy(), dtype=self._dtypes[name])
                   for name in self.spec.input_names}
         with self._lock:  # one infer request per compiled model: calls one at a time
-            compiled, request = self._compiled.get(shapes if self.static else None) or self._compile(shapes)
+            key = shapes if self.static and (shapes in self._compiled or self._static_count() < MAX_STATIC) else None
+            compiled, request = self._compiled.get(key) or self._compile(key)
             results = request.infer(arrays)
             outputs = [np.array(results[port]) for port in compiled.outputs]  # copies: the request reuses its buffers
         return {name: torch.from_numpy(out) for name, out in zip(self.spec.output_names, outputs)}
 
+
+    def _static_count(self) -> int:
+        return sum(key is not None for key in self._compiled)
 
     def _compile(self, shapes: tuple[tuple[int, ...], ...] | None) -> tuple[Any, Any]:
         """Compile the model (a static copy reshaped to ``shapes``, in the spec's input order;
