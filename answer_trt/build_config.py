@@ -148,8 +148,10 @@ class BuildConfig:
             object.__setattr__(self, "precision", default_precision(self.backend, self.device))
         check_choice("precision", self.precision, PRECISIONS)
         if self.precision == "bf16" and self.backend not in BF16_BACKENDS:
-            raise UserInputError("--precision bf16 needs --backend tensorrt or inductor; use fp32 or fp16 with "
-                                 "onnxruntime")
+            raise UserInputError("--precision bf16 needs --backend tensorrt, inductor or openvino; use fp32 or fp16 "
+                                 "with onnxruntime")
+        if self.precision == "fp16" and self.backend == "openvino":
+            raise UserInputError("--backend openvino runs fp32 or bf16 on the CPU: use --precision fp32 or bf16")
         check_int("--max-batch", self.max_batch)
         check_int("--max-prompt-chunks", self.max_prompt_chunks)
         if self.max_prompt_chunks > MAX_PROMPT_CHUNKS:

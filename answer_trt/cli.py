@@ -201,8 +201,8 @@ def make_parser() -> argparse.ArgumentParser:
     add_weights_arguments(b)
     b.add_argument("--backend", default=BUILD_BACKENDS[0], choices=BUILD_BACKENDS)
     b.add_argument("--precision", default=None, choices=PRECISIONS,
-                   help="default: fp32 on onnxruntime and inductor for the CPU, fp16 on tensorrt and inductor for "
-                        "CUDA (bf16: tensorrt and inductor)")
+                   help="default: fp32 on onnxruntime, openvino and inductor for the CPU, fp16 on tensorrt and "
+                        "inductor for CUDA (bf16: tensorrt, inductor, and openvino on a CPU with native bf16)")
     b.add_argument("--device", choices=DEVICES, default=DEVICES[0],
                    help="--backend inductor: compile for the CPU (default) or this machine's CUDA GPU")
     b.add_argument("--max-batch", type=_at_least_1, default=DEFAULT_MAX_BATCH,
@@ -232,7 +232,8 @@ def make_parser() -> argparse.ArgumentParser:
     source.add_argument("--model", help="model to build into the cache on first use (default `tiny`)")
     add_weights_arguments(g)
     g.add_argument("--backend", choices=LOAD_BACKENDS, default=None,
-                   help="with --model: torch runs it eagerly instead of building engines")
+                   help="with --model: the engines built into the cache (default onnxruntime; openvino: fp32 "
+                        "OpenVINO), or torch to run it eagerly instead")
     g.add_argument("--device", choices=DEVICES, default=DEVICES[0],
                    help="with --backend torch: cuda runs the model in fp16 on the GPU")
     add_request_arguments(g)
@@ -455,7 +456,8 @@ def _load_pipeline(
     if args.backend == "torch":
         return from_model_eager(model, args.device, variant=variant, loras=loras, config=args.config, vae=args.vae)
     return from_engines(build_cached(model, height, width, batch, log=log, variant=variant, loras=loras,
-                                     config=args.config, vae=args.vae), verify=False)
+                                     config=args.config, vae=args.vae, backend=args.backend or "onnxruntime"),
+                        verify=False)
 
 
 def _check_output(path: Path, batch: int) -> None:
@@ -726,7 +728,9 @@ def _info(args: argparse.Namespace) -> int:
                              for k, v in manifest.session.unet_call_ms.items())
         session = manifest.session
         where = f"on {session.cpus} CPUs; used on machines with as many" if session.cpus else "used everywhere"
-        lines.append(f"session:    intra-op threads {session.intra_op_threads or 'default'} "
+        threads = "OpenVINO inference threads" if manifest.backend == "openvino" else "intra-op threads"
+        shapes = "" if session.static_shapes is None else f", {'static' if session.static_shapes else 'dynamic'} shapes"
+        lines.append(f"session:    {threads} {session.intra_op_threads or 'default'}{shapes} "
                      f"(measured at build {where}, fastest UNet call: {measured})")
     print("\n".join(printable(line) for line in lines))  # a manifest is someone else's file
     return 0 if not bad else EXIT_USAGE

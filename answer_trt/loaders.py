@@ -93,7 +93,7 @@ def load(
         return from_engines(Path(source), expect_variant=variant, expect_loras=specs if loras is not None else None,
                             expect_vae=vae_path)
     return from_engines(build_cached(str(source), log=build_log, variant=variant, loras=specs, config=model_config,
-                                     vae=vae_path), verify=False)
+                                     vae=vae_path, backend=backend or "onnxruntime"), verify=False)
 
 
 class LoraDirPipeline:
@@ -155,6 +155,14 @@ def from_engines(folder: Path, verify: bool = True, session: Any = None, expect_
         engines = dict(load_inductor_engines(
             folder, {name: (e.file, e.spec, e.profile) for name, e in manifest.components.items()}, device,
             manifest.versions.get("torch"), manifest.gpu_capability, manifest.build_command(folder)))
+    elif manifest.backend == "openvino":
+        from answer_trt.backends.openvino import load_engines as load_openvino_engines
+
+        threads = manifest.session.threads_here(os.cpu_count()) if manifest.session is not None else 0
+        engines = dict(load_openvino_engines(
+            folder, {name: (e.file, e.spec, e.profile) for name, e in manifest.components.items()},
+            manifest.precision, manifest.info.vae_force_upcast, threads, manifest.build_command(folder),
+            static=bool(manifest.session is not None and manifest.session.static_shapes)))
     else:
         rebuild = manifest.build_command(folder)
         if session is None:
@@ -296,10 +304,11 @@ def from_model_eager(model: str, device: str = "cpu", variant: str | None = None
 
 def cached_engines_folder(model: str, height: int | None, width: int | None, max_batch: int,
                           variant: str | None = None, loras: tuple[LoraSpec, ...] = (),
-                          config: str | None = None, vae: str | None = None) -> Path:
+                          config: str | None = None, vae: str | None = None, backend: str = "onnxruntime") -> Path:
     """One cache folder per model, weights variant, LoRAs (files by path, and scales), single-file
-    configs, ``--vae`` (by path) and build shape: ``<cache>/engines/<name>-<hash>-...``. (A LoRA file or single-file
-    checkpoint changed in place is rebuilt in the same folder: the build key holds its sha256.)"""
+    configs, ``--vae`` (by path), backend (onnxruntime or openvino) and build shape:
+    ``<cache>/engines/<name>-<hash>-...``. (A LoRA file or single-file checkpoint changed in place
+    is rebuilt in the same folder: the build key holds its sha256.)"""
     from answer_trt.models.source import BUILT_IN_MODELS
 
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(model).name or model)[:40]
@@ -314,6 +323,8 @@ def cached_engines_folder(model: str, height: int | None, width: int | None, max
         where += f"\0config={local_config.resolve() if local_config.is_dir() else config}"
     if vae is not None:
         where += f"\0vae={Path(vae).expanduser().resolve()}"
+    if backend != "onnxruntime":  # in the name only there: ONNX Runtime's folders keep theirs
+        where += f"\0backend={backend}"
     tag = hashlib.sha256(where.encode()).hexdigest()[:10]
     size = f"{height or 'default'}x{width or 'default'}"
     return cache_root() / "engines" / f"{slug}-{tag}-{size}-b{max_batch}"
@@ -323,20 +334,21 @@ def build_cached(
     model: str, height: int | None = None, width: int | None = None, batch: int = 1, log: Any = None,
     variant: str | None = None, loras: tuple[LoraSpec, ...] = (), config: str | None = None,
     vae: str | None = None,
+    backend: str = "onnxruntime",
 ) -> Path:
-    """Build (or reuse) ONNX Runtime engines for ``model`` (its weights ``variant``, with
-    ``loras`` fused; a single file with the configs of ``config``) in the cache; returns the
-    folder. ``batch`` images of ``height`` x ``width`` are sized against the memory limit
-    first, so an absurd request never starts a build."""
+    """Build (or reuse) ONNX Runtime (``backend="openvino"``: OpenVINO, fp32) engines for ``model``
+    (its weights ``variant``, with ``loras`` fused; a single file with the configs of ``config``)
+    in the cache; returns the folder. ``batch`` images of ``height`` x ``width`` are sized
+    against the memory limit first, so an absurd request never starts a build."""
     default = check_cached_request(model, height, width, batch, variant, config)
     # The model's default size asked for by number (a replayed PNG records it) is the default
     # build: one cache folder, not a second build of the same engines.
     height, width = (None if side == default else side for side in (height, width))
     max_batch = max(DEFAULT_MAX_BATCH, batch)
-    folder = cached_engines_folder(model, height, width, max_batch, variant, loras, config, vae)
+    folder = cached_engines_folder(model, height, width, max_batch, variant, loras, config, vae, backend)
     vae_argument = None if vae is None else str(Path(vae).expanduser().resolve())
     request = BuildConfig(model=model, out=folder, max_batch=max_batch, height=height, width=width, variant=variant,
-                          loras=loras, model_config=config, vae=vae_argument)
+                          loras=loras, model_config=config, vae=vae_argument, backend=backend)
     build_engines(request, log=log or (lambda _msg: None))
     return folder
 

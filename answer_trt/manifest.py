@@ -330,13 +330,17 @@ class GraphOptimization:
 
 @pydantic_dataclass(frozen=True, config=_RECORD)
 class SessionChoice:
-    """ONNX Runtime session settings the build chose by measuring the UNet (CPU provider)."""
+    """ONNX Runtime session settings (or OpenVINO's threads and shape policy) the build chose by
+    measuring the UNet on the CPU."""
 
     # 0: ONNX Runtime's own choice (one per physical core)
     intra_op_threads: Annotated[int, Strict(), Field(ge=0, le=1024)]
     unet_call_ms: dict[Text, Number]  # candidate thread count -> fastest measured UNet call
     # os.cpu_count() of the machine that measured; None: not recorded
     cpus: Annotated[int, Strict(), Field(ge=1, le=1 << 20)] | None = None
+    # openvino: compile one static-shape model per call shape (measured faster than dynamic shapes
+    # at build, ``unet_call_ms["static"]``); None: not measured (onnxruntime)
+    static_shapes: Annotated[bool, Strict()] | None = None
 
     def threads_here(self, cpus: int | None) -> int:
         """The thread count to run with on a machine with ``cpus`` CPUs: the measured one
@@ -723,6 +727,8 @@ def loaded_files(folder: Path, manifest: Manifest) -> Iterator[tuple[str, str]]:
         data = external_data_name(entry.file)
         if (folder / data).exists() or (folder / data).is_symlink() or data in manifest.files:
             yield data, f"component {name}'s external data"
+        if entry.file.endswith(".xml"):  # OpenVINO IR: its weights beside it
+            yield entry.file[:-len(".xml")] + ".bin", f"component {name}'s weights"
         if entry.file.endswith(".onnx") and (folder / entry.file).is_file():
             yield from _graph_data_files(folder, entry.file, name, skip=data)
     yield SCHEDULER_CONFIG, "the scheduler"

@@ -33,16 +33,20 @@ from answer_trt.iospec import MAX_BRANCHES, ModelDims, SizeRange
 
 # What `answer-trt build` makes: the backend of an engines folder (and its manifest).
 # inductor: AOTInductor packages (`.pt2`), compiled for the CPU or a CUDA GPU (`--device`).
-BUILD_BACKENDS = ("onnxruntime", "tensorrt", "inductor")
-# How `load()` / `generate --model` runs a MODEL: ONNX Runtime engines built into the
-# cache, or eager PyTorch (the reference).
-LOAD_BACKENDS = ("onnxruntime", "torch")
+# openvino: OpenVINO IR (`.xml` + `.bin`) converted from the ONNX graphs, compiled for the CPU at load.
+BUILD_BACKENDS = ("onnxruntime", "tensorrt", "inductor", "openvino")
+# How `load()` / `generate --model` runs a MODEL: ONNX Runtime or OpenVINO engines built into
+# the cache, or eager PyTorch (the reference).
+LOAD_BACKENDS = ("onnxruntime", "openvino", "torch")
 PRECISIONS = ("fp32", "fp16", "bf16")
 # Without --precision: fp32 on ONNX Runtime (CPU), fp16 on TensorRT; inductor: fp32 on the
 # CPU, fp16 on CUDA (``default_precision``).
-DEFAULT_PRECISION = {"onnxruntime": "fp32", "tensorrt": "fp16", "inductor": "fp32"}
-# bf16 builds need TensorRT or inductor: ONNX Runtime's CPU provider has no bf16 kernels.
-BF16_BACKENDS = ("tensorrt", "inductor")
+# openvino: fp32 until bf16 passes the quality gate of issue 35 (bf16 measured ~1.8-2.2x faster on
+# a CPU with native bf16, benchmarks/README.md; its image quality is not yet measured).
+DEFAULT_PRECISION = {"onnxruntime": "fp32", "tensorrt": "fp16", "inductor": "fp32", "openvino": "fp32"}
+# bf16 builds need TensorRT, inductor or OpenVINO (on a CPU with native bf16): ONNX Runtime's
+# CPU provider has no bf16 kernels.
+BF16_BACKENDS = ("tensorrt", "inductor", "openvino")
 DEVICES = ("cpu", "cuda")
 DEFAULT_MAX_BATCH = 4
 # Every image side is a multiple of this before a model is known (the VAE's 8x

@@ -45,8 +45,9 @@ class Tolerance:
 #         atol 5e-2 leaves 20x, room for full-size models' longer fp16 accumulations.
 # The maximum relative errors (up to 0.016 in fp32 and 1.95 in fp16) come from reference
 # values near zero; an element passes on either bound, so rtol only lets large values err
-# more in absolute terms. bf16 (TensorRT only; 7 mantissa bits against fp16's 10) is
-# unmeasured: 8x the fp16 tolerances.
+# more in absolute terms. bf16 (7 mantissa bits against fp16's 10): 8x the fp16 tolerances;
+# measured with OpenVINO on the CPU (`tiny`, bf16 inference precision): unet 1.9e-2, vae_decoder
+# 2.4e-2, a margin of 16x (TensorRT's bf16 is unmeasured).
 # The VAE encoder (mean and log-variance out) takes the decoder's tolerances.
 _BY_PRECISION = {"fp32": Tolerance(1e-4, 1e-3), "fp16": Tolerance(5e-2, 5e-2), "bf16": Tolerance(0.4, 0.4)}
 TOLERANCES: dict[str, dict[str, Tolerance]] = {
@@ -120,6 +121,37 @@ def package_runner(path: Path, spec: ComponentSpec, binding: Mapping[str, int], 
     for tensor in spec.inputs:
         metadata.add(tensor.name, np.dtype(tensor.dtype), tensor.bind(binding))
     return PackageRunner(None, metadata, spec.output_names, name=f"inductor:{path.name}")
+
+
+def openvino_runner(path: Path, spec: ComponentSpec, binding: Mapping[str, int], hint: str) -> Any:
+    """Polygraphy's PyTorch runner over an OpenVINO IR, compiled on activation with the
+    inference precision ``hint`` the runtime gives it (``OpenVinoEngine``)."""
+    import numpy as np
+    import torch
+    from polygraphy import util
+    from polygraphy.backend.pyt import PytRunner
+    from polygraphy.common import TensorMetadata
+
+    from answer_trt.backends.openvino import OpenVinoEngine
+
+    class IrRunner(PytRunner):
+        @util.check_called_by("activate")
+        def activate_impl(self) -> None:
+            profile = {symbol: (value, value, value) for symbol, value in binding.items()}
+            self.model = OpenVinoEngine(path, spec, profile, hint)
+
+        @util.check_called_by("infer")
+        def infer_impl(self, feed_dict: Mapping[str, Any]) -> OrderedDict[str, Any]:
+            feeds = {name: torch.from_numpy(np.ascontiguousarray(value)) for name, value in feed_dict.items()}
+            start = time.perf_counter()
+            outputs = self.model.run(feeds)
+            self.inference_time = time.perf_counter() - start
+            return OrderedDict((name, outputs[name].float().numpy()) for name in spec.output_names)
+
+    metadata = TensorMetadata()
+    for tensor in spec.inputs:
+        metadata.add(tensor.name, np.dtype(tensor.dtype), tensor.bind(binding))
+    return IrRunner(None, metadata, spec.output_names, name=f"openvino:{path.name}")
 
 
 def reference_runner(module: Any, spec: ComponentSpec, binding: Mapping[str, int]) -> Any:
@@ -216,18 +248,27 @@ def _error(result: Any, stat: str) -> float:
 
 def check_components(
     folder: Path, components: Mapping[str, ComponentEntry], modules: Mapping[str, Any], backend: str,
-    precision: str, log: Callable[[str], None], device: str = "cpu",
+    precision: str, log: Callable[[str], None], device: str = "cpu", force_upcast: bool = False,
 ) -> AccuracyCheck:
     """Check every built component in ``folder`` (the staging folder) against its float32
-    reference module; log one line per component. Raises ``UserInputError`` (one line,
+    reference module; log one line per component. ``force_upcast``: the VAE's (an OpenVINO
+    bf16 build compiles it in f32 then, by the precision rule). Raises ``UserInputError`` (one line,
     naming each failing component and its errors) when any exceeds its tolerance."""
     results = []
     for name, entry in components.items():
         spec, binding = entry.spec, check_binding(entry.profile)
         arith = arithmetic_precision(backend, precision, spec)
+        if backend == "openvino":  # float32 graphs, compiled in the precision rule's dtype
+            from answer_trt.backends.openvino import inference_precision
+
+            hint = inference_precision(name, precision, force_upcast)
+            arith = "bf16" if hint == "bf16" else "fp32"
+            artifact = openvino_runner(folder / entry.file, spec, binding, hint)
+        elif backend == "inductor":
+            artifact = package_runner(folder / entry.file, spec, binding, device)
+        else:
+            artifact = artifact_runner(folder / entry.file, backend)
         tolerance = TOLERANCES[arith][name]
-        artifact = (package_runner(folder / entry.file, spec, binding, device) if backend == "inductor"
-                    else artifact_runner(folder / entry.file, backend))
         result = compare_component(reference_runner(modules[name], spec, binding), artifact, spec, binding, arith,
                                    tolerance)
         log(f"accuracy check {name} ({arith}) vs {REFERENCE}: {result.describe()}: "

@@ -119,6 +119,10 @@ class BuildPlan:
         }
         if self.config.backend == "inductor":  # in the key only there: other builds keep their keys
             inputs["device"] = self.config.device
+        if self.config.backend == "openvino":
+            from answer_trt.backends.openvino import openvino_version
+
+            inputs["openvino"] = openvino_version()
         # In the key only when set: plain builds keep their keys.
         if self.source.variant is not None:
             inputs["variant"] = self.source.variant
@@ -143,6 +147,11 @@ def build(config: BuildConfig, log: Callable[[str], None] = print) -> BuildResul
         from answer_trt.export.inductor_build import check_can_compile
 
         check_can_compile(config.device)
+    if config.backend == "openvino":  # one line where OpenVINO or the CPU's bf16 is missing
+        from answer_trt.backends.openvino import check_precision_here, require_openvino
+
+        require_openvino()
+        check_precision_here(str(config.precision))
     plan = _plan(config)  # every check of the model and the flags, before any folder or lock is made
     out = config.out.resolve()
     created = make_folders(out.parent)
@@ -260,7 +269,9 @@ def _export_all(plan: BuildPlan, model: LoadedModel, staging: Path, log: Callabl
     # Builds are strongly typed: each graph is exported in the dtype it runs in (fp16 / bf16
     # UNet and VAE, fp32 text encoder and upcast VAE: answer_trt/precision.py).
     wanted = COMPONENT_SETS[config.components]
-    dtypes = {name: component_dtype(name, str(config.precision), plan.info.vae_force_upcast) for name in wanted}
+    # OpenVINO converts float32 graphs and chooses its precision when it compiles them.
+    graph_precision = "fp32" if config.backend == "openvino" else str(config.precision)
+    dtypes = {name: component_dtype(name, graph_precision, plan.info.vae_force_upcast) for name in wanted}
     specs = {
         name: spec.with_dtype(dtypes[name]) if dtypes[name] != "float32" else spec
         for name, spec in component_specs(dims).items() if name in wanted
@@ -284,6 +295,10 @@ def _export_all(plan: BuildPlan, model: LoadedModel, staging: Path, log: Callabl
         export_onnx(module, specs[name], dims, staging / file)
         if config.backend == "tensorrt":
             file = _build_tensorrt_plan(staging / file, specs[name], profiles[name], config.precision, log)
+        if config.backend == "openvino":
+            from answer_trt.export.openvino_build import convert_component
+
+            file = convert_component(staging / file, log)
         components[name] = ComponentEntry(file, specs[name], profiles[name])
     optimization = None
     if config.optimizes_graphs:
@@ -291,10 +306,18 @@ def _export_all(plan: BuildPlan, model: LoadedModel, staging: Path, log: Callabl
 
         optimization = optimize_components(staging, components, log)
     session = None
+    versions = library_versions()
     if config.backend == "onnxruntime":
         from answer_trt.export.session_tune import choose_session
 
         session = choose_session(staging, components[UNET], log)
+    if config.backend == "openvino":
+        from answer_trt.backends.openvino import inference_precision, openvino_version
+        from answer_trt.export.openvino_build import choose_threads
+
+        hint = inference_precision(UNET, str(config.precision), plan.info.vae_force_upcast)
+        session = choose_threads(staging, components[UNET], hint, log)
+        versions["openvino"] = openvino_version()
     for sub in MODEL_FILES:
         if (plan.source.path / sub).is_dir():
             shutil.copytree(plan.source.path / sub, staging / sub)
@@ -319,7 +342,7 @@ def _export_all(plan: BuildPlan, model: LoadedModel, staging: Path, log: Callabl
         info=plan.info,
         components=components,
         files=files,
-        versions=library_versions(),
+        versions=versions,
         gpu_capability=gpu_capability() if config.compiles_for_gpu else None,
         graph_optimization=optimization,
         session=session,
@@ -347,7 +370,8 @@ def _check_accuracy(plan: BuildPlan, model: LoadedModel, staging: Path, manifest
 
     log("checking the built components against the torch reference (Polygraphy)")
     check = check_components(staging, manifest.components, component_modules(model), plan.config.backend,
-                             str(plan.config.precision), log, device=plan.config.device)
+                             str(plan.config.precision), log, device=plan.config.device,
+                             force_upcast=plan.info.vae_force_upcast)
     return replace(manifest, accuracy=check)
 
 

@@ -45,7 +45,8 @@ MODEL_FILES = (*TOKENIZER_FOLDERS, "scheduler")
 # of these names is never overwritten (the build is refused instead), and only these names
 # and MODEL_FILES' folders can be the build's own in an existing folder.
 OUTPUT_NAMES = frozenset(
-    name for c in COMPONENTS for name in (f"{c}.onnx", external_data_name(f"{c}.onnx"), f"{c}.plan", f"{c}.pt2")
+    name for c in COMPONENTS
+    for name in (f"{c}.onnx", external_data_name(f"{c}.onnx"), f"{c}.plan", f"{c}.pt2", f"{c}.xml", f"{c}.bin")
 )
 # Names of the staging folders (and their lock files) beside --out: `.NAME` + tag + random.
 STAGING_TAG = ".answer-trt-staging-"
