@@ -17,6 +17,7 @@ from pathlib import Path
 
 from answer_trt.errors import UserInputError
 from answer_trt.iospec import COMPONENT_SETS, SizeRange
+from answer_trt.models.controlnet import MAX_CONTROLNETS, ControlNetSpec
 from answer_trt.rules import (
     BF16_BACKENDS,
     BUILD_BACKENDS,
@@ -126,11 +127,22 @@ class BuildConfig:
     # Which components to build (``iospec.COMPONENT_SETS``): ``all`` (default) adds the VAE
     # encoder that img2img and inpainting need to the text-to-image three (``txt2img``).
     components: str = "all"
+    # ControlNets exported beside the UNet, which then takes their residuals (models/controlnet.py).
+    controlnets: tuple[ControlNetSpec, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "loras", tuple(self.loras))
         if not all(isinstance(lora, LoraSpec) for lora in self.loras):
             raise UserInputError("loras must be LoraSpec values (LoraSpec.parse('FILE:SCALE'))")
+        object.__setattr__(self, "controlnets", tuple(self.controlnets))
+        if not all(isinstance(c, ControlNetSpec) for c in self.controlnets):
+            raise UserInputError("controlnets must be ControlNetSpec values (ControlNetSpec.parse('DIR:SCALE'))")
+        if len(self.controlnets) > MAX_CONTROLNETS:
+            raise UserInputError(f"{len(self.controlnets)} --controlnet folders: one build takes at most "
+                                 f"{MAX_CONTROLNETS}")
+        if self.controlnets and self.backend == "inductor":
+            raise UserInputError("--controlnet builds tensorrt or onnxruntime engines: use --backend tensorrt or "
+                                 "onnxruntime")
         check_choice("backend", self.backend, BUILD_BACKENDS)
         check_choice("device", self.device, DEVICES)
         check_choice("components", self.components, tuple(COMPONENT_SETS))
@@ -189,6 +201,8 @@ class BuildConfig:
             words += ["--config", self.model_config]
         for lora in self.loras:
             words += ["--lora", lora.argument()]
+        for controlnet in self.controlnets:
+            words += ["--controlnet", controlnet.argument()]
         for side in ("height", "width"):
             value = getattr(self, side)
             if value is not None:

@@ -117,7 +117,8 @@ def from_engines(folder: Path, verify: bool = True, session: Any = None, expect_
         tokenizers=load_engine_tokenizers(folder, manifest.files),
         # A single file's PNGs name the file's own sha256, whose first 10 digits are A1111's "Model hash".
         weights=BuiltWeights(manifest.variant, tuple(lora_tag(e.name, e.sha256, e.scale) for e in manifest.loras),
-                             manifest.single_file.sha256 if manifest.single_file else manifest.model_hash),
+                             manifest.single_file.sha256 if manifest.single_file else manifest.model_hash,
+                             tuple(e.tag for e in manifest.controlnets), tuple(e.scale for e in manifest.controlnets)),
         engines=engines,
         scheduler_config=_scheduler_config(folder, manifest),
         info=manifest.info,

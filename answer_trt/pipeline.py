@@ -13,17 +13,26 @@ from typing import Any
 import torch
 from PIL import Image
 
-from answer_trt.backends.base import Engine, EngineDenoiser
+from answer_trt.backends.base import Engine
 from answer_trt.build_config import BuildConfig
 from answer_trt.clock import StageClock
 from answer_trt.conditioning import TextCondition
+from answer_trt.controlnet import (
+    ControlImages,
+    attach_control,
+    check_control,
+    control_windows,
+    controlnet_engines,
+    load_control_images,
+    make_denoiser,
+)
 from answer_trt.config import SamplingConfig
 from answer_trt.errors import NonFiniteImageError, UserInputError
 from answer_trt.graphed import CudaGraphCapturer, GraphCache, refusal, sample_graphed
 from answer_trt.guiders import make_guider
 from answer_trt.images import save_pngs, to_pil
 from answer_trt.img2img import ImageStart, InitImage, check_init, load_init_image, started
-from answer_trt.iospec import TEXT_ENCODER, UNET, VAE_DECODER, VAE_ENCODER, SizeRange
+from answer_trt.iospec import TEXT_ENCODER, VAE_DECODER, VAE_ENCODER, SizeRange
 from answer_trt.models.info import ModelInfo
 from answer_trt.models.lora import lora_tag_keys
 from answer_trt.rules import check_int, check_memory, check_size
@@ -77,6 +86,10 @@ class BuiltWeights:
     variant: str | None = None
     loras: tuple[str, ...] = ()
     model_hash: str | None = None
+    # ControlNets the folder was built with (``answer_trt.controlnet``): ``name:sha256-prefix:scale`` tags and
+    # the scales, in --controlnet order.
+    controlnets: tuple[str, ...] = ()
+    control_scales: tuple[float, ...] = ()
 
     def parameters(self) -> dict[str, str]:
         """The PNG metadata entries (none for the plain weights without LoRAs, run eagerly)."""
@@ -85,6 +98,8 @@ class BuiltWeights:
             entries["model_hash"] = self.model_hash[:16]
         if self.loras:
             entries["loras"] = ", ".join(self.loras)
+        if self.controlnets:
+            entries["controlnets"] = ", ".join(self.controlnets)
         return entries
 
     def check_replay(self, recorded: Mapping[str, Any], image: str) -> None:
@@ -193,7 +208,7 @@ class Pipeline:
         self.weights = weights
         self.text = PromptEncoder(tokenizers, engines[TEXT_ENCODER], info.dims.text_max_length,
                                   info.zero_empty_negative)
-        self.denoiser: Denoiser = EngineDenoiser(engines[UNET])
+        self.denoiser: Denoiser = make_denoiser(engines)
         self.scheduler_config = scheduler_config
         self.info = info
         self.dims = info.dims
@@ -250,6 +265,7 @@ class Pipeline:
         callback: StepCallback | None = None,
         image: Any = None,
         mask_image: Any = None,
+        control_image: Any = None,
         **fields: Any,
     ) -> Generation:
         """Generate ``batch`` images for ``prompt``. ``fields`` are the request schema's
@@ -261,7 +277,8 @@ class Pipeline:
         replays each step as a CUDA graph. ``image`` (a path, PIL image or ``[H, W, 3]`` array)
         makes it img2img with ``strength`` (``answer_trt.img2img``): the image's size is the
         output's, unless ``height``/``width`` resize it. ``mask_image`` (diffusers' keyword; white:
-        repaint) with it makes it inpainting (``answer_trt.inpaint``; ``mask_blur``)."""
+        repaint) with it makes it inpainting (``answer_trt.inpaint``; ``mask_blur``). ``control_image`` (one
+        image, or one per ControlNet) drives the folder's ControlNets (``answer_trt.controlnet``)."""
         init = None
         if image is not None:
             init = load_init_image(image, fields.get("height"), fields.get("width"))
@@ -274,23 +291,32 @@ class Pipeline:
                 fields["mask_sha256"] = fields.get("mask_sha256") or init.mask_sha256
         elif mask_image is not None:
             raise UserInputError("mask_image is inpainting's: pass the image to repaint too (image=...)")
+        control = None
+        if control_image is not None:
+            height, width = fields.get("height") or self.default_size[0], fields.get("width") or self.default_size[1]
+            control = load_control_images(control_image, len(controlnet_engines(self.engines)), height, width)
+            fields = {**fields, "control_image_sha256": fields.get("control_image_sha256") or control.sha256}
         return self.run(make_request(prompt, fields), fused=fused, cuda_graph=cuda_graph, callback=callback,
-                        init=init)
+                        init=init, control=control)
 
     def run(
         self, request: GenerateRequest, *, fused: bool = True, cuda_graph: bool = False,
-        callback: StepCallback | None = None, init: InitImage | None = None,
+        callback: StepCallback | None = None, init: InitImage | None = None, control: ControlImages | None = None,
     ) -> Generation:
         """``generate`` for a ready ``GenerateRequest`` (what serving and replay hold): the
         steps every request goes through, ``plan`` -> ``prepare`` -> ``program`` (run here one
         call at a time; the serving batcher runs many together) -> ``vae_decode`` -> ``finish``.
-        ``init``: img2img's input image (``request.image_sha256`` names it)."""
+        ``init``: img2img's input image (``request.image_sha256`` names it); ``control``: the
+        ControlNets' images (``request.control_image_sha256``)."""
         if callback is not None and not callable(callback):
             raise UserInputError(f"callback must be a function of (step index, number of steps), got "
                                  f"{type(callback).__name__}")
         plan = self.plan(request, init)
+        check_control(request, control, plan.config.height or 0, plan.config.width or 0)
         if cuda_graph:
             self._check_graphable(plan)
+            if control is not None:
+                raise UserInputError("--cuda-graph runs without a control image: drop --cuda-graph for ControlNet")
         with self.on_stream():
             started = self.clock()
             cond, noise = self.prepare(request.prompt, request.negative_prompt, plan.config)
@@ -298,6 +324,11 @@ class Pipeline:
             if init is not None and plan.start is not None:
                 start = self.image_start(plan, init)
                 noise, cond = start.latents, start.condition(cond)
+            if control is not None:
+                windows = control_windows(plan.rule.timesteps, request.control_guidance_start,
+                                          request.control_guidance_end, len(self.weights.control_scales))
+                cond = attach_control(cond, control, self.weights.control_scales, windows, plan.config.batch,
+                                      self.device)
             text_done = self.clock()
             if cuda_graph:
                 latents = self._sample_graphed(noise, cond, plan, callback)

@@ -38,6 +38,7 @@ from answer_trt.export.publish import (
 from answer_trt.files import sha256_file
 from answer_trt.iospec import (
     COMPONENT_SETS,
+    CONTROLNETS,
     UNET,
     ComponentSpec,
     ModelDims,
@@ -53,6 +54,7 @@ from answer_trt.manifest import (
     TOKENIZER_FOLDERS,
     BuildResult,
     ComponentEntry,
+    ControlNetEntry,
     LoraEntry,
     Manifest,
     SingleFileEntry,
@@ -62,6 +64,7 @@ from answer_trt.manifest import (
 )
 from answer_trt.models.fast_tokenizer import write_fast_tokenizer
 from answer_trt.models.info import ModelInfo, read_json_object, read_model_info, scheduler_config
+from answer_trt.models.controlnet import ControlNetFolder, check_controlnet, load_controlnet, residual_layout
 from answer_trt.models.lora import LoraFile, check_lora
 from answer_trt.models.source import (
     LoadedModel,
@@ -92,6 +95,7 @@ class BuildPlan:
     height: SizeRange
     width: SizeRange
     loras: tuple[LoraFile, ...] = ()  # checked and hashed (models/lora.py), fused in this order
+    controlnets: tuple[ControlNetFolder, ...] = ()  # checked and hashed (models/controlnet.py), in this order
 
     @cached_property
     def key(self) -> str:
@@ -119,6 +123,8 @@ class BuildPlan:
             inputs["variant"] = self.source.variant
         if self.loras:
             inputs["loras"] = [[lora.sha256, lora.scale] for lora in self.loras]
+        if self.controlnets:
+            inputs["controlnets"] = [[c.sha256, c.scale] for c in self.controlnets]
         return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
 
 
@@ -168,7 +174,13 @@ def _plan(config: BuildConfig) -> BuildPlan:
     loras = tuple(check_lora(spec) for spec in config.loras)  # before any model is loaded
     for lora in loras:
         check_manifest_text(str(lora.path), "--lora")
-    return BuildPlan(config, source, source.content_hash(), info, height, width, loras)
+    controlnets = tuple(check_controlnet(spec, source.path) for spec in config.controlnets)
+    for controlnet in controlnets:
+        check_manifest_text(str(controlnet.path), "--controlnet")
+    if controlnets:  # the UNet takes their residuals, and each is a component (iospec.CONTROLNETS)
+        residuals = residual_layout(read_json_object(source.path / "unet" / "config.json"), source.path / "unet")
+        info = replace(info, dims=replace(info.dims, controlnets=len(controlnets), control_residuals=residuals))
+    return BuildPlan(config, source, source.content_hash(), info, height, width, loras, controlnets)
 
 
 def _build_locked(plan: BuildPlan, log: Callable[[str], None], created: list[Path]) -> BuildResult:
@@ -242,20 +254,19 @@ def _up_to_date(out: Path, key: str) -> bool:
 def _export_all(plan: BuildPlan, model: LoadedModel, staging: Path, log: Callable[[str], None]) -> Manifest:
     import torch
 
-    from answer_trt.backends.torch_modules import component_modules
     from answer_trt.export.onnx_export import export_onnx
 
     config, dims = plan.config, plan.info.dims
     # Builds are strongly typed: each graph is exported in the dtype it runs in (fp16 / bf16
     # UNet and VAE, fp32 text encoder and upcast VAE: answer_trt/precision.py).
-    wanted = COMPONENT_SETS[config.components]
+    wanted = (*COMPONENT_SETS[config.components], *CONTROLNETS[:len(plan.controlnets)])
     dtypes = {name: component_dtype(name, str(config.precision), plan.info.vae_force_upcast) for name in wanted}
     specs = {
         name: spec.with_dtype(dtypes[name]) if dtypes[name] != "float32" else spec
         for name, spec in component_specs(dims).items() if name in wanted
     }
     profiles = component_profiles(dims, config.max_batch, plan.height, plan.width)
-    modules = {name: module for name, module in component_modules(model).items() if name in wanted}
+    modules = {name: module for name, module in _modules(plan, model).items() if name in wanted}
     components = {}
     for name, module in modules.items():
         if dtypes[name] != "float32":
@@ -316,7 +327,19 @@ def _export_all(plan: BuildPlan, model: LoadedModel, staging: Path, log: Callabl
         loras=tuple(LoraEntry(str(lora.path), lora.sha256, lora.scale) for lora in plan.loras),
         device=config.device if config.backend == "inductor" else None,
         single_file=_single_file_entry(plan.source),
+        controlnets=tuple(ControlNetEntry(str(c.path), c.sha256, c.scale) for c in plan.controlnets),
     )
+
+
+def _modules(plan: BuildPlan, model: LoadedModel) -> dict[str, Any]:
+    """The spec-shaped torch modules of ``model``, with the plan's ControlNets where it has any."""
+    from answer_trt.backends.torch_controlnet import with_controlnets
+    from answer_trt.backends.torch_modules import component_modules
+
+    controlnets = [load_controlnet(c) for c in plan.controlnets]
+    dims = plan.info.dims
+    return with_controlnets(component_modules(model), controlnets, len(dims.control_residuals),
+                            bool(dims.pooled_size))
 
 
 def _single_file_entry(source: ModelSource) -> SingleFileEntry | None:
@@ -330,11 +353,10 @@ def _check_accuracy(plan: BuildPlan, model: LoadedModel, staging: Path, manifest
     """Compare the staged components with the float32 torch modules of ``model`` (``answer_trt.export.accuracy``),
     before anything is published; a failure raises ``UserInputError``, and the staging
     folder goes with it. Returns the manifest with the check's record."""
-    from answer_trt.backends.torch_modules import component_modules
     from answer_trt.export.accuracy import check_components
 
     log("checking the built components against the torch reference (Polygraphy)")
-    check = check_components(staging, manifest.components, component_modules(model), plan.config.backend,
+    check = check_components(staging, manifest.components, _modules(plan, model), plan.config.backend,
                              str(plan.config.precision), log, device=plan.config.device)
     return replace(manifest, accuracy=check)
 
