@@ -24,6 +24,7 @@ from answer_trt.errors import NonFiniteImageError, UserInputError, printable
 from answer_trt.files import MAX_PNG_BYTES, check_writable_file, numbered_paths, read_bounded
 from answer_trt.infotext import RECORD, parse_infotext
 from answer_trt.iospec import COMPONENT_SETS
+from answer_trt.models.controlnet import ControlNetSpec
 from answer_trt.rules import (
     BUILD_BACKENDS,
     DEFAULT_MAX_BATCH,
@@ -102,6 +103,7 @@ def _parse_seed(text: str) -> int:
 _seed = _argument(_parse_seed, "seed")
 _variant = _argument(check_variant, "variant")
 _lora = _argument(LoraSpec.parse, "FILE[:SCALE]")
+_controlnet = _argument(ControlNetSpec.parse, "DIR[:SCALE]")
 
 
 def _exact(bound: float | None) -> str:
@@ -180,10 +182,17 @@ def add_weights_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lora", action="append", type=_lora, metavar="FILE[:SCALE]",
                         help="fuse this LoRA adapter (.safetensors in diffusers', peft's or kohya's format) into the "
                              "UNet and text encoders before export, scaled by SCALE (default 1); repeat for more")
+    parser.add_argument("--controlnet", action="append", type=_controlnet, metavar="DIR[:SCALE]",
+                        help="build this diffusers ControlNet folder beside the UNet, its residuals times SCALE (0..2, "
+                             "default 1); repeat for more (their residuals are summed); generate takes --control-image")
 
 
 def _loras(args: argparse.Namespace) -> tuple[LoraSpec, ...]:
     return tuple(args.lora or ())
+
+
+def _controlnets(args: argparse.Namespace) -> tuple[ControlNetSpec, ...]:
+    return tuple(getattr(args, "controlnet", None) or ())
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -234,6 +243,9 @@ def make_parser() -> argparse.ArgumentParser:
                    "unless --height/--width resize it, Lanczos); --strength sets how much")
     g.add_argument("--mask", type=Path, help="inpainting: repaint --image where this greyscale mask of its size is "
                    "white, keep it where black (--mask-blur blurs it first)")
+    g.add_argument("--control-image", type=Path, action="append", metavar="FILE",
+                   help="ControlNet: the control image (resized to the output size, Lanczos); one for all "
+                        "--controlnet folders, or one each in their order")
     g.add_argument("--cuda-graph", action="store_true",
                    help="replay each denoising step as a CUDA graph (GPU engines, ddim/euler, parallel mode)")
     g.add_argument("-o", "--output", type=Path, default=Path("answer.png"), help="PNG path (default answer.png)")
@@ -384,7 +396,7 @@ def _build(args: argparse.Namespace) -> int:
         max_batch=args.max_batch, height=args.height, width=args.width, force=args.force,
         check=args.check, optimize=args.optimize, variant=args.variant, loras=_loras(args), device=args.device,
         model_config=args.config,
-        components=args.components,
+        components=args.components, controlnets=_controlnets(args),
     )
     build_engines(config, log=lambda msg: print(msg, file=sys.stderr))
     print(f"answer-trt: build finished in {time.perf_counter() - started:.1f} s", file=sys.stderr)
@@ -442,9 +454,11 @@ def _load_pipeline(
                              "TensorRT engines for the GPU")
     model, variant, loras = "tiny" if args.model is None else args.model, args.variant, _loras(args)
     if args.backend == "torch":
+        if _controlnets(args):
+            raise UserInputError("--controlnet builds engines: drop --backend torch")
         return from_model_eager(model, args.device, variant=variant, loras=loras, config=args.config)
     return from_engines(build_cached(model, height, width, batch, log=log, variant=variant, loras=loras,
-                                     config=args.config), verify=False)
+                                     config=args.config, controlnets=_controlnets(args)), verify=False)
 
 
 def _check_output(path: Path, batch: int) -> None:
@@ -476,10 +490,14 @@ def _generate(args: argparse.Namespace) -> int:
     loaded = time.perf_counter()
     if recorded is not None:  # a replay: with the LoRAs the image was drawn with
         pipe.weights.check_replay(recorded, f"--from-png {args.from_png}")
+    control = _control_images(args, request, pipe)
+    if control is not None and not request.control_image_sha256:  # a replay's is checked against the images
+        request = request.replace(control_image_sha256=control.sha256)
 
     progress = _progress_bar(request.steps)
     try:
-        result = pipe.run(request, cuda_graph=args.cuda_graph, callback=_step_callback(progress), init=init)
+        result = pipe.run(request, cuda_graph=args.cuda_graph, callback=_step_callback(progress), init=init,
+                          control=control)
     finally:
         if progress:
             progress.close()
@@ -492,6 +510,23 @@ def _generate(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+def _control_images(args: argparse.Namespace, request: GenerateRequest, pipe: Pipeline) -> Any:
+    """ControlNet: ``--control-image`` read at the output size (``answer_trt.controlnet``); a replay
+    of an image drawn with control needs the same images (``control_image_sha256``), checked by the run."""
+    if not args.control_image:
+        if request.control_image_sha256:
+            raise UserInputError(f"--from-png {args.from_png} was drawn with control image(s) (sha256 "
+                                 f"{request.control_image_sha256[:16]}...): pass them with --control-image FILE")
+        return None
+    from answer_trt.controlnet import controlnet_engines, load_control_images
+
+    if request.control_image_sha256 is None and args.from_png is not None:
+        raise UserInputError(f"--from-png {args.from_png} was drawn without a control image: drop --control-image")
+    height, width = request.height or pipe.default_size[0], request.width or pipe.default_size[1]
+    images = [Path(p) for p in args.control_image]
+    return load_control_images(images, len(controlnet_engines(pipe.engines)), height, width)
 
 
 def _input_image(args: argparse.Namespace, request: GenerateRequest, replay: bool) -> tuple[GenerateRequest, Any]:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from answer_trt.build_config import BuildConfig, LoraSpec, lora_specs
+from answer_trt.models.controlnet import ControlNetSpec
 from answer_trt.cache import cache_root
 from answer_trt.errors import UserInputError
 from answer_trt.files import read_bounded
@@ -229,7 +230,7 @@ def from_model_eager(model: str, device: str = "cpu", variant: str | None = None
 
 def cached_engines_folder(model: str, height: int | None, width: int | None, max_batch: int,
                           variant: str | None = None, loras: tuple[LoraSpec, ...] = (),
-                          config: str | None = None) -> Path:
+                          config: str | None = None, controlnets: tuple[ControlNetSpec, ...] = ()) -> Path:
     """One cache folder per model, weights variant, LoRAs (files by path, and scales), single-file
     configs and build shape: ``<cache>/engines/<name>-<hash>-...``. (A LoRA file or single-file
     checkpoint changed in place is rebuilt in the same folder: the build key holds its sha256.)"""
@@ -242,6 +243,8 @@ def cached_engines_folder(model: str, height: int | None, width: int | None, max
         where += f"\0variant={variant}"
     for lora in loras:
         where += f"\0lora={lora.path.expanduser().resolve()}:{lora.scale!r}"
+    for controlnet in controlnets:
+        where += f"\0controlnet={controlnet.path.expanduser().resolve()}:{controlnet.scale!r}"
     if config is not None:
         local_config = Path(config).expanduser()
         where += f"\0config={local_config.resolve() if local_config.is_dir() else config}"
@@ -253,6 +256,7 @@ def cached_engines_folder(model: str, height: int | None, width: int | None, max
 def build_cached(
     model: str, height: int | None = None, width: int | None = None, batch: int = 1, log: Any = None,
     variant: str | None = None, loras: tuple[LoraSpec, ...] = (), config: str | None = None,
+    controlnets: tuple[ControlNetSpec, ...] = (),
 ) -> Path:
     """Build (or reuse) ONNX Runtime engines for ``model`` (its weights ``variant``, with
     ``loras`` fused; a single file with the configs of ``config``) in the cache; returns the
@@ -263,9 +267,9 @@ def build_cached(
     # build: one cache folder, not a second build of the same engines.
     height, width = (None if side == default else side for side in (height, width))
     max_batch = max(DEFAULT_MAX_BATCH, batch)
-    folder = cached_engines_folder(model, height, width, max_batch, variant, loras, config)
+    folder = cached_engines_folder(model, height, width, max_batch, variant, loras, config, controlnets)
     request = BuildConfig(model=model, out=folder, max_batch=max_batch, height=height, width=width, variant=variant,
-                          loras=loras, model_config=config)
+                          loras=loras, model_config=config, controlnets=controlnets)
     build_engines(request, log=log or (lambda _msg: None))
     return folder
 
