@@ -17,7 +17,6 @@ from pathlib import Path
 
 from answer_trt.errors import UserInputError
 from answer_trt.iospec import COMPONENT_SETS, SizeRange
-from answer_trt.models.controlnet import MAX_CONTROLNETS, ControlNetSpec
 from answer_trt.rules import (
     BF16_BACKENDS,
     BUILD_BACKENDS,
@@ -69,6 +68,48 @@ class LoraSpec:
 
     def argument(self) -> str:
         """The ``--lora`` value that gives this adapter again (``FILE:SCALE``)."""
+        return f"{self.path}:{self.scale!r}"
+
+
+# --controlnet DIR:SCALE: diffusers' controlnet_conditioning_scale, bounded as the issue asks.
+MAX_CONTROLNET_SCALE = 2.0
+# The most ControlNets one folder is built with (``iospec.CONTROLNETS``).
+MAX_CONTROLNETS = 4
+
+@dataclass(frozen=True)
+class ControlNetSpec:
+    """One ``--controlnet DIR[:SCALE]``: a diffusers ControlNet folder and its conditioning
+    scale (diffusers' ``controlnet_conditioning_scale``, 0..2). Validated on construction."""
+
+    path: Path
+    scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
+        if isinstance(self.scale, bool) or not isinstance(self.scale, (int, float)):
+            raise UserInputError(f"--controlnet {self.path}: the scale must be a number, got "
+                                 f"{type(self.scale).__name__}")
+        scale = float(self.scale)
+        if not math.isfinite(scale) or not 0.0 <= scale <= MAX_CONTROLNET_SCALE:
+            raise UserInputError(f"--controlnet {self.path}:{self.scale}: SCALE must be a number in 0 .. "
+                                 f"{MAX_CONTROLNET_SCALE:g} (1: the residuals as trained)")
+        object.__setattr__(self, "scale", scale)
+
+    @classmethod
+    def parse(cls, text: str) -> ControlNetSpec:
+        """``DIR`` or ``DIR:SCALE`` (the last ``:`` splits them unless ``text`` is an existing folder)."""
+        head, colon, tail = text.rpartition(":")
+        if not colon or not head or "/" in tail or "\\" in tail or Path(text).is_dir():
+            return cls(Path(text))
+        try:
+            scale = float(tail)
+        except ValueError:
+            raise UserInputError(f"--controlnet {text}: SCALE {tail!r} is not a number: write DIR or DIR:SCALE, "
+                                 f"e.g. --controlnet {head}:0.8") from None
+        return cls(Path(head), scale)
+
+    def argument(self) -> str:
+        """The ``--controlnet`` value that gives this ControlNet again (``DIR:SCALE``)."""
         return f"{self.path}:{self.scale!r}"
 
 

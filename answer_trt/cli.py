@@ -18,13 +18,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from answer_trt.build_config import LoraSpec
+from answer_trt.build_config import ControlNetSpec, LoraSpec
 from answer_trt.config import METHODS
 from answer_trt.errors import NonFiniteImageError, UserInputError, printable
 from answer_trt.files import MAX_PNG_BYTES, check_writable_file, numbered_paths, read_bounded
 from answer_trt.infotext import RECORD, parse_infotext
 from answer_trt.iospec import COMPONENT_SETS
-from answer_trt.models.controlnet import ControlNetSpec
 from answer_trt.rules import (
     BUILD_BACKENDS,
     DEFAULT_MAX_BATCH,

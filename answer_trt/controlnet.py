@@ -151,7 +151,7 @@ class ControlledDenoiser:
         if cond.control is None or cond.control_scale is None or cond.control_window is None:
             rows, side = latents.shape[0], (latents.shape[2], latents.shape[3])
             for spec in self.residuals:
-                shape = (rows, spec.shape[1], _side(str(spec.shape[2]), side), _side(str(spec.shape[3]), side))
+                shape = (rows, int(spec.shape[1]), _side(str(spec.shape[2]), side), _side(str(spec.shape[3]), side))
                 feeds[spec.name] = latents.new_zeros(shape)
             return self.unet.run(feeds)[self.base.output_name]
         text = {name: feeds[name] for name in (HIDDEN, POOLED, TIME_IDS) if name in feeds}

@@ -17,8 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from answer_trt.build_config import BuildConfig, LoraSpec, lora_specs
-from answer_trt.models.controlnet import ControlNetSpec
+from answer_trt.build_config import BuildConfig, ControlNetSpec, LoraSpec, lora_specs
 from answer_trt.cache import cache_root
 from answer_trt.errors import UserInputError
 from answer_trt.files import read_bounded

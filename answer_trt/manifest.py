@@ -25,8 +25,7 @@ from typing import Annotated, Any, NoReturn
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, Strict, ValidationError, create_model
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
-from answer_trt.build_config import MAX_LORA_SCALE, BuildConfig, LoraSpec
-from answer_trt.models.controlnet import MAX_CONTROLNET_SCALE, ControlNetSpec
+from answer_trt.build_config import MAX_CONTROLNET_SCALE, MAX_LORA_SCALE, BuildConfig, ControlNetSpec, LoraSpec
 from answer_trt.errors import UserInputError
 from answer_trt.files import sha256_file, write_text_atomic
 from answer_trt.iospec import (
@@ -556,7 +555,8 @@ def _check_specs(components: dict[str, ComponentEntry], dims: ModelDims) -> None
     expected_specs = component_specs(dims)
     extra = [name for name in components if name not in expected_specs]
     if extra:
-        _fail(f"components.{extra[0]}", f"is not a component of this build (info.dims.controlnets is {dims.controlnets})")
+        _fail(f"components.{extra[0]}",
+              f"is not a component of this build (info.dims.controlnets is {dims.controlnets})")
     for name, expected in expected_specs.items():
         allowed = (expected, expected.with_dtype("float16"), expected.with_dtype("bfloat16"))
         if name in components and components[name].spec not in allowed:

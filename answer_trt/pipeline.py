@@ -17,6 +17,7 @@ from answer_trt.backends.base import Engine
 from answer_trt.build_config import BuildConfig
 from answer_trt.clock import StageClock
 from answer_trt.conditioning import TextCondition
+from answer_trt.config import SamplingConfig
 from answer_trt.controlnet import (
     ControlImages,
     attach_control,
@@ -26,7 +27,6 @@ from answer_trt.controlnet import (
     load_control_images,
     make_denoiser,
 )
-from answer_trt.config import SamplingConfig
 from answer_trt.errors import NonFiniteImageError, UserInputError
 from answer_trt.graphed import CudaGraphCapturer, GraphCache, refusal, sample_graphed
 from answer_trt.guiders import make_guider

@@ -62,9 +62,9 @@ from answer_trt.manifest import (
     mismatched_files,
     read_manifest,
 )
+from answer_trt.models.controlnet import ControlNetFolder, check_controlnet, load_controlnet, residual_layout
 from answer_trt.models.fast_tokenizer import write_fast_tokenizer
 from answer_trt.models.info import ModelInfo, read_json_object, read_model_info, scheduler_config
-from answer_trt.models.controlnet import ControlNetFolder, check_controlnet, load_controlnet, residual_layout
 from answer_trt.models.lora import LoraFile, check_lora
 from answer_trt.models.source import (
     LoadedModel,

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 import answer_trt
-from answer_trt.build_config import BuildConfig
+from answer_trt.build_config import BuildConfig, ControlNetSpec
 from answer_trt.cli import main
 from answer_trt.controlnet import control_windows
 from answer_trt.errors import UserInputError
@@ -24,11 +24,13 @@ from answer_trt.export.build import build
 from answer_trt.infotext import RECORD
 from answer_trt.iospec import CONTROLNETS, UNET
 from answer_trt.manifest import read_manifest
-from answer_trt.models.controlnet import ControlNetSpec, residual_layout
+from answer_trt.models.controlnet import residual_layout
 from answer_trt.models.source import resolve_model
 
 STEPS = 6
 MODEL = "tiny-random"
+# A ControlNet's zero convolutions: its residual heads and the conditioning embedding's last conv.
+HEADS = ("controlnet_down_blocks", "controlnet_mid_block", "controlnet_cond_embedding.conv_out")
 
 
 def make_controlnet(model: str, out: Path, seed: int) -> Path:
@@ -41,7 +43,7 @@ def make_controlnet(model: str, out: Path, seed: int) -> Path:
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, parameter in controlnet.named_parameters():
-            if name.startswith(("controlnet_down_blocks", "controlnet_mid_block", "controlnet_cond_embedding.conv_out")):
+            if name.startswith(HEADS):
                 parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.3)
     controlnet.save_pretrained(out)
     return out
@@ -246,3 +248,10 @@ def test_cli_generate_with_control_image_and_replay(world, tmp_path, capsys):
     assert run_cli("generate", "--from-png", out, "--engines", world["folders"]["one"], "--control-image", other,
                    "-o", again) == 2
     assert "not the ones the request was drawn with" in capsys.readouterr().err
+
+
+def test_a_controlnet_folder_without_a_control_image_draws_as_the_plain_model(world):
+    """Zero residuals: the UNet as built without ControlNets."""
+    plain = as_levels(world["pipes"]["plain"]("a cat", steps=3, seed=2))
+    for key in ("one", "two"):
+        assert np.abs(as_levels(world["pipes"][key]("a cat", steps=3, seed=2)) - plain).max() <= 1
