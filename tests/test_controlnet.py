@@ -255,3 +255,31 @@ def test_a_controlnet_folder_without_a_control_image_draws_as_the_plain_model(wo
     plain = as_levels(world["pipes"]["plain"]("a cat", steps=3, seed=2))
     for key in ("one", "two"):
         assert np.abs(as_levels(world["pipes"][key]("a cat", steps=3, seed=2)) - plain).max() <= 1
+
+
+def test_sdxl_cfg_with_a_controlnet_reproduces_diffusers(tmp_path):
+    """SDXL: the ControlNet takes the pooled text embeddings and time ids too
+    (StableDiffusionXLControlNetPipeline)."""
+    from diffusers import ControlNetModel, StableDiffusionXLControlNetPipeline
+
+    controlnet = make_controlnet("tiny-sdxl", tmp_path / "cn-xl", 3)
+    folder = tmp_path / "engines"
+    build(BuildConfig(model="tiny-sdxl", out=folder, max_batch=1, controlnets=(ControlNetSpec(controlnet),)),
+          log=lambda _m: None)
+    ours = answer_trt.load(folder)
+    pipe = StableDiffusionXLControlNetPipeline.from_pretrained(
+        resolve_model("tiny-sdxl").path, controlnet=ControlNetModel.from_pretrained(controlnet))
+    pipe.set_progress_bar_config(disable=True)
+    control = picture(ours.default_size, 12)
+    expected = pipe("a cat", image=control, num_inference_steps=STEPS, guidance_scale=6.0,
+                    generator=torch.Generator().manual_seed(7), output_type="np").images
+    expected = (expected * 255).round().astype(np.int16)
+    got = as_levels(ours("a cat", control_image=control, method="cfg", steps=STEPS, guidance_scale=6.0, seed=7))
+    without = as_levels(ours("a cat", method="cfg", steps=STEPS, guidance_scale=6.0, seed=7))
+    assert np.abs(got - expected).max() <= 2
+    assert np.abs(without - expected).max() > 20
+    # An SD-1.x ControlNet on this SDXL model is refused before any build.
+    sd = make_controlnet(MODEL, tmp_path / "cn-sd", 4)
+    with pytest.raises(UserInputError, match="a SD-1.x/2.x ControlNet .* for a SDXL model"):
+        build(BuildConfig(model="tiny-sdxl", out=tmp_path / "never", controlnets=(ControlNetSpec(sd),)),
+              log=lambda _m: None)
