@@ -283,3 +283,21 @@ def test_sdxl_cfg_with_a_controlnet_reproduces_diffusers(tmp_path):
     with pytest.raises(UserInputError, match="a SD-1.x/2.x ControlNet .* for a SDXL model"):
         build(BuildConfig(model="tiny-sdxl", out=tmp_path / "never", controlnets=(ControlNetSpec(sd),)),
               log=lambda _m: None)
+
+
+def test_img2img_with_a_controlnet_reproduces_diffusers(world):
+    from diffusers import ControlNetModel, StableDiffusionControlNetImg2ImgPipeline
+
+    ours = world["pipes"]["one"]
+    pipe = StableDiffusionControlNetImg2ImgPipeline.from_pretrained(
+        resolve_model(MODEL).path, controlnet=ControlNetModel.from_pretrained(world["controlnets"][0]),
+        safety_checker=None)
+    pipe.set_progress_bar_config(disable=True)
+    init, control = picture(ours.default_size, 13), picture(ours.default_size, 14)
+    expected = pipe("a cat", image=init, control_image=control, strength=0.6, num_inference_steps=STEPS,
+                    guidance_scale=6.0, controlnet_conditioning_scale=0.8, generator=torch.Generator().manual_seed(7),
+                    output_type="np").images
+    expected = (expected * 255).round().astype(np.int16)
+    got = as_levels(ours("a cat", image=init, strength=0.6, control_image=control, method="cfg", steps=STEPS,
+                         guidance_scale=6.0, seed=7))
+    assert np.abs(got - expected).max() <= 2
