@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from answer_trt.backends.base import Engine, EngineDenoiser
+from answer_trt.build_config import MAX_CONTROLNET_SCALE
 from answer_trt.conditioning import Conditioning, TextCondition
 from answer_trt.errors import UserInputError
 from answer_trt.iospec import CONDITIONING_SCALE, CONTROL_IMAGE, CONTROLNETS, HIDDEN, POOLED, TIME_IDS, UNET
@@ -79,8 +80,15 @@ def load_control_images(value: Any, count: int, height: int, width: int) -> Cont
     return ControlImages(torch.stack(pixels)[None], tuple(hashes))
 
 
+def _check_number(name: str, value: Any, high: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= high:
+        raise UserInputError(f"{name} must be a number in 0 .. {high:g}, got {value!r}")
+
+
 def check_guidance_window(start: float, end: float) -> None:
-    """diffusers' rule: ``control_guidance_start < control_guidance_end``."""
+    """Both in [0, 1], and diffusers' rule: ``control_guidance_start < control_guidance_end``."""
+    _check_number("control_guidance_start", start, 1.0)
+    _check_number("control_guidance_end", end, 1.0)
     if start >= end:
         raise UserInputError(f"control_guidance_start {start} must be below control_guidance_end {end}")
 
@@ -90,6 +98,8 @@ def check_control(request: Any, control: ControlImages | None, height: int, widt
     names (``control_image_sha256``: a replay needs the same pixels), are not at the output size
     ``height`` x ``width``, or whose guidance window is empty."""
     check_guidance_window(request.control_guidance_start, request.control_guidance_end)
+    if request.controlnet_conditioning_scale is not None:
+        _check_number("controlnet_conditioning_scale", request.controlnet_conditioning_scale, MAX_CONTROLNET_SCALE)
     named = request.control_image_sha256
     if control is None:
         if named:

@@ -291,6 +291,9 @@ class Pipeline:
                 fields["mask_sha256"] = fields.get("mask_sha256") or init.mask_sha256
         elif mask_image is not None:
             raise UserInputError("mask_image is inpainting's: pass the image to repaint too (image=...)")
+        if fields.get("guess_mode"):
+            raise UserInputError("guess_mode is not supported yet: drop it (the ControlNets run on every branch)")
+        fields.pop("guess_mode", None)
         control = None
         if control_image is not None:
             height, width = fields.get("height") or self.default_size[0], fields.get("width") or self.default_size[1]
@@ -327,8 +330,9 @@ class Pipeline:
             if control is not None:
                 windows = control_windows(plan.rule.timesteps, request.control_guidance_start,
                                           request.control_guidance_end, len(self.weights.control_scales))
-                cond = attach_control(cond, control, self.weights.control_scales, windows, plan.config.batch,
-                                      self.device)
+                scale = request.controlnet_conditioning_scale
+                scales = self.weights.control_scales if scale is None else (scale,) * len(self.weights.control_scales)
+                cond = attach_control(cond, control, scales, windows, plan.config.batch, self.device)
             text_done = self.clock()
             if cuda_graph:
                 latents = self._sample_graphed(noise, cond, plan, callback)

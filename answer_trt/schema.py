@@ -146,6 +146,9 @@ class GenerateRequest:
     # ControlNet (answer_trt/controlnet.py): the control image(s) travel beside the request, named by hash.
     control_image_sha256: str | None = _field(None, FieldInfo(
         "str", "ControlNet: the sha256 of each control image's pixels, comma-separated", nullable=True, cli=False))
+    controlnet_conditioning_scale: float | None = _field(None, FieldInfo(
+        "float", "ControlNet: the residuals' scale for every ControlNet (diffusers' controlnet_conditioning_scale, "
+        "A1111's weight); default: each one's build --controlnet DIR:SCALE", nullable=True, low=0.0, high=2.0))
     control_guidance_start: float = _field(0.0, FieldInfo(
         "float", "ControlNet: the share of the steps before the control starts (diffusers' control_guidance_start)",
         low=0.0, high=1.0))

@@ -209,6 +209,10 @@ def test_bad_control_input_is_refused_in_one_line(world, tmp_path):
         ours("a cat", control_image=picture(size), steps=2, control_guidance_start=0.6, control_guidance_end=0.5)
     with pytest.raises(UserInputError, match="SCALE must be a number in 0 .. 2"):
         ControlNetSpec.parse("some/dir:3")
+    with pytest.raises(UserInputError, match="guess_mode is not supported yet"):
+        ours("a cat", control_image=picture(size), steps=2, guess_mode=True)
+    with pytest.raises(UserInputError, match="controlnet_conditioning_scale"):
+        ours("a cat", control_image=picture(size), steps=2, controlnet_conditioning_scale=2.5)
 
 
 def test_a_controlnet_for_another_family_is_refused_before_any_build(world, tmp_path):
@@ -301,3 +305,17 @@ def test_img2img_with_a_controlnet_reproduces_diffusers(world):
     got = as_levels(ours("a cat", image=init, strength=0.6, control_image=control, method="cfg", steps=STEPS,
                          guidance_scale=6.0, seed=7))
     assert np.abs(got - expected).max() <= 2
+
+
+def test_a_request_scale_overrides_the_built_one_as_diffusers_controlnet_conditioning_scale(world):
+    ours = world["pipes"]["one"]  # built at 0.8
+    pipe = reference(world, [0])
+    control = picture(ours.default_size, 15)
+    expected = pipe("a dog", image=control, num_inference_steps=STEPS, guidance_scale=6.0,
+                    controlnet_conditioning_scale=0.3, generator=torch.Generator().manual_seed(5),
+                    output_type="np").images
+    expected = (expected * 255).round().astype(np.int16)
+    got = ours("a dog", control_image=control, method="cfg", steps=STEPS, guidance_scale=6.0, seed=5,
+               controlnet_conditioning_scale=0.3)
+    assert np.abs(as_levels(got) - expected).max() <= 2
+    assert json.loads(got[0].info[RECORD])["controlnet_conditioning_scale"] == 0.3
