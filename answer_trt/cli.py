@@ -570,6 +570,9 @@ def _check_before_load(args: argparse.Namespace, request: GenerateRequest) -> No
     cross-field rules (``GenerateRequest.sampling_config``), and ``--cuda-graph`` where the
     engines will not be on a CUDA GPU."""
     request.sampling_config()
+    from answer_trt.controlnet import check_control_fields
+
+    check_control_fields(request)
     if not args.cuda_graph:
         return
     if args.engines is not None:

@@ -93,13 +93,18 @@ def check_guidance_window(start: float, end: float) -> None:
         raise UserInputError(f"control_guidance_start {start} must be below control_guidance_end {end}")
 
 
+def check_control_fields(request: Any) -> None:
+    """The request's ControlNet fields in their bounds (what the CLI refuses before any build)."""
+    check_guidance_window(request.control_guidance_start, request.control_guidance_end)
+    if request.controlnet_conditioning_scale is not None:
+        _check_number("controlnet_conditioning_scale", request.controlnet_conditioning_scale, MAX_CONTROLNET_SCALE)
+
+
 def check_control(request: Any, control: ControlImages | None, height: int, width: int) -> None:
     """Refuse, in one line, a request whose control images are missing or are not the ones it
     names (``control_image_sha256``: a replay needs the same pixels), are not at the output size
     ``height`` x ``width``, or whose guidance window is empty."""
-    check_guidance_window(request.control_guidance_start, request.control_guidance_end)
-    if request.controlnet_conditioning_scale is not None:
-        _check_number("controlnet_conditioning_scale", request.controlnet_conditioning_scale, MAX_CONTROLNET_SCALE)
+    check_control_fields(request)
     named = request.control_image_sha256
     if control is None:
         if named:
