@@ -16,7 +16,7 @@ from os import PathLike
 from pathlib import Path
 
 from answer_trt.errors import UserInputError
-from answer_trt.iospec import COMPONENT_SETS, SizeRange
+from answer_trt.iospec import COMPONENT_SETS, DEFAULT_PROMPT_CHUNKS, SizeRange
 from answer_trt.rules import (
     BF16_BACKENDS,
     BUILD_BACKENDS,
@@ -31,6 +31,7 @@ from answer_trt.rules import (
     default_precision,
 )
 
+MAX_PROMPT_CHUNKS = 32  # --max-prompt-chunks: 2400 tokens of CLIP, beyond any prompt written by hand
 MAX_LORA_SCALE = 10.0  # |SCALE| of one --lora; 0..1.5 is usual, negative scales invert an adapter
 
 
@@ -170,6 +171,9 @@ class BuildConfig:
     components: str = "all"
     # ControlNets exported beside the UNet, which then takes their residuals (models/controlnet.py).
     controlnets: tuple[ControlNetSpec, ...] = ()
+    # Chunks of the text encoder's length (75 tokens + start and end for CLIP) the UNet's text axis
+    # takes: A1111's long prompts (prompt_syntax a1111) up to this many chunks.
+    max_prompt_chunks: int = DEFAULT_PROMPT_CHUNKS
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "loras", tuple(self.loras))
@@ -198,6 +202,10 @@ class BuildConfig:
             raise UserInputError("--precision bf16 needs --backend tensorrt or inductor; use fp32 or fp16 with "
                                  "onnxruntime")
         check_int("--max-batch", self.max_batch)
+        check_int("--max-prompt-chunks", self.max_prompt_chunks)
+        if self.max_prompt_chunks > MAX_PROMPT_CHUNKS:
+            raise UserInputError(f"--max-prompt-chunks {self.max_prompt_chunks}: at most {MAX_PROMPT_CHUNKS} chunks "
+                                 f"({MAX_PROMPT_CHUNKS * 75} tokens of CLIP) are built")
         if self.variant is not None:
             check_variant(self.variant)
         if self.optimize and self.backend != "onnxruntime":
@@ -236,6 +244,8 @@ class BuildConfig:
             words += ["--device", self.device]
         if self.components != "all":
             words += ["--components", self.components]
+        if self.max_prompt_chunks != DEFAULT_PROMPT_CHUNKS:
+            words += ["--max-prompt-chunks", str(self.max_prompt_chunks)]
         if self.variant is not None:
             words += ["--variant", self.variant]
         if self.model_config is not None:

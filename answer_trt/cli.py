@@ -23,7 +23,7 @@ from answer_trt.config import METHODS
 from answer_trt.errors import NonFiniteImageError, UserInputError, printable
 from answer_trt.files import MAX_PNG_BYTES, check_writable_file, numbered_paths, read_bounded
 from answer_trt.infotext import RECORD, parse_infotext
-from answer_trt.iospec import COMPONENT_SETS
+from answer_trt.iospec import COMPONENT_SETS, DEFAULT_PROMPT_CHUNKS
 from answer_trt.rules import (
     BUILD_BACKENDS,
     DEFAULT_MAX_BATCH,
@@ -212,6 +212,9 @@ def make_parser() -> argparse.ArgumentParser:
                    help="--backend inductor: compile for the CPU (default) or this machine's CUDA GPU")
     b.add_argument("--max-batch", type=_at_least_1, default=DEFAULT_MAX_BATCH,
                    help=f"most images per call (default {DEFAULT_MAX_BATCH})")
+    b.add_argument("--max-prompt-chunks", type=_at_least_1, default=DEFAULT_PROMPT_CHUNKS,
+                   help=f"longest A1111-syntax prompt, in chunks of 75 tokens (default {DEFAULT_PROMPT_CHUNKS}: 225 "
+                        "tokens)")
     b.add_argument("--height", type=_size_or_range, help="image height H or range MIN:MAX (default: the model's)")
     b.add_argument("--width", type=_size_or_range, help="image width W or range MIN:MAX (default: the model's)")
     b.add_argument("--components", choices=tuple(COMPONENT_SETS), default="all",
@@ -396,6 +399,7 @@ def _build(args: argparse.Namespace) -> int:
         check=args.check, optimize=args.optimize, variant=args.variant, loras=_loras(args), device=args.device,
         model_config=args.config,
         components=args.components, controlnets=_controlnets(args),
+        max_prompt_chunks=args.max_prompt_chunks,
     )
     build_engines(config, log=lambda msg: print(msg, file=sys.stderr))
     print(f"answer-trt: build finished in {time.perf_counter() - started:.1f} s", file=sys.stderr)
@@ -616,6 +620,7 @@ def _request(args: argparse.Namespace) -> tuple[GenerateRequest, int | None, dic
             recorded = json.loads(text)
         elif isinstance(text, str):  # A1111's infotext: what answer-trt supports of it
             recorded, ignored = parse_infotext(text, field_kinds())
+            recorded.setdefault("prompt_syntax", "a1111")  # A1111 read its prompt in its own syntax
             if ignored:
                 _say(f"answer-trt: --from-png {args.from_png}: redrawn without what answer-trt does not have: "
                      f"{', '.join(ignored)}")
@@ -709,7 +714,8 @@ def _info(args: argparse.Namespace) -> int:
         + (f", compiled for {manifest.device}" if manifest.device else "")
         + (f" (GPU compute capability {manifest.gpu_capability})" if manifest.gpu_capability else ""),
         f"built for:  batch <= {manifest.max_batch}, width {manifest.width} x height {manifest.height} px, "
-        f"prediction {manifest.info.prediction_type}",
+        f"prompts <= {manifest.max_prompt_chunks} chunks of {manifest.info.dims.text_max_length - 2} tokens "
+        f"(A1111 syntax), prediction {manifest.info.prediction_type}",
         f"key:        {manifest.key}",
         f"versions:   {', '.join(f'{k} {v}' for k, v in sorted(manifest.versions.items()))}",
         "components:",

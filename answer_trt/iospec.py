@@ -2,8 +2,9 @@
 
 Dynamic axes, sample inputs, optimization profiles, runtime feed names and shape
 checks are all derived from it. Shapes mix fixed sizes (ints) with symbols (str)
-that a request binds: ``batch``, ``latent_height``/``latent_width`` and
-``image_height``/``image_width``.
+that a request binds: ``batch``, ``latent_height``/``latent_width``,
+``image_height``/``image_width`` and ``text_length`` (the UNet's text tokens: the text
+encoder's length times the prompt's chunks, A1111's long prompts).
 
 The runtime owns this contract: its engines feed and check tensors by it, and the
 export stage (``export/``) builds graphs and plans to it. It imports nothing heavy.
@@ -35,6 +36,11 @@ REQUIRED_COMPONENTS = COMPONENT_SETS["txt2img"]
 MAX_BRANCHES = 3
 # Text encoder calls encode the prompt and the negative (or empty) prompt together.
 TEXT_BRANCHES = 2
+# Chunks of text_max_length tokens the UNet's text axis takes by default (A1111's long prompts:
+# 3 x 75 = 225 tokens); ``answer-trt build --max-prompt-chunks`` sets it.
+DEFAULT_PROMPT_CHUNKS = 3
+# The symbol of the UNet's text axis (encoder_hidden_states' tokens): a multiple of text_max_length.
+TEXT_LENGTH = "text_length"
 
 
 @dataclass(frozen=True)
@@ -127,6 +133,16 @@ class ModelDims:
     # residual they add (the down blocks', then the mid block's; models/controlnet.residual_layout).
     controlnets: int = 0
     control_residuals: tuple[tuple[int, int], ...] = ()
+    # SDXL: the first text encoder's share of text_hidden_size (the condition is both encoders'
+    # states side by side; A1111's emphasis rescales each encoder's on its own). 0: one encoder,
+    # or a manifest written before it was recorded.
+    first_text_hidden_size: int = 0
+
+    @property
+    def text_hidden_sizes(self) -> tuple[int, ...]:
+        """The widths of each text encoder's part of the condition's last axis."""
+        first = self.first_text_hidden_size
+        return (first, self.text_hidden_size - first) if 0 < first < self.text_hidden_size else (self.text_hidden_size,)
 
     @property
     def max_clip_skip(self) -> int:
@@ -150,11 +166,12 @@ class ModelDims:
     def default_image_size(self) -> int:
         return self.default_latent_size * self.vae_scale_factor
 
-    def bind(self, batch: int, height: int, width: int) -> dict[str, int]:
-        """Values of every symbol for ``batch`` images of ``height`` x ``width`` pixels."""
+    def bind(self, batch: int, height: int, width: int, chunks: int = 1) -> dict[str, int]:
+        """Values of every symbol for ``batch`` images of ``height`` x ``width`` pixels, with
+        text conditions of ``chunks`` chunks."""
         latent_height, latent_width = height // self.vae_scale_factor, width // self.vae_scale_factor
         bound = {"batch": batch, "image_height": height, "image_width": width, "latent_height": latent_height,
-                 "latent_width": latent_width}
+                 "latent_width": latent_width, TEXT_LENGTH: self.text_max_length * chunks}
         for factor in {f for _, f in self.control_residuals if f > 1}:  # ControlNet residuals' sides
             bound[f"latent_height_{factor}"], bound[f"latent_width_{factor}"] = (latent_height // factor,
                                                                                 latent_width // factor)
@@ -202,6 +219,7 @@ def component_specs(dims: ModelDims) -> dict[str, ComponentSpec]:
     latent = ("batch", dims.latent_channels, "latent_height", "latent_width")
     text = ("batch", dims.text_max_length, dims.text_hidden_size)
     text_outputs = [TensorSpec(TEXT_EMBEDDINGS, text, "float32")]
+    unet_text = ("batch", TEXT_LENGTH, dims.text_hidden_size)  # the chunks of a long prompt, concatenated
     added_unet_inputs = []
     inpaint_inputs = []
     if dims.inpaint_unet:
@@ -228,7 +246,7 @@ def component_specs(dims: ModelDims) -> dict[str, ComponentSpec]:
             inputs=(
                 TensorSpec("sample", latent, "float32"),
                 TensorSpec("timestep", ("batch",), "float32"),
-                TensorSpec(HIDDEN, text, "float32"),
+                TensorSpec(HIDDEN, unet_text, "float32"),
                 *added_unet_inputs,
                 *inpaint_inputs,
                 *(control_residual_specs(dims) if dims.controlnets else ()),
@@ -247,7 +265,7 @@ def component_specs(dims: ModelDims) -> dict[str, ComponentSpec]:
         ),
         **{name: ComponentSpec(name, inputs=(
             TensorSpec("sample", latent, "float32"), TensorSpec("timestep", ("batch",), "float32"),
-            TensorSpec(HIDDEN, text, "float32"), *added_unet_inputs,
+            TensorSpec(HIDDEN, unet_text, "float32"), *added_unet_inputs,
             TensorSpec(CONTROL_IMAGE, ("batch", 3, "image_height", "image_width"), "float32"),
             TensorSpec(CONDITIONING_SCALE, ("batch",), "float32"),
         ), outputs=control_residual_specs(dims)) for name in CONTROLNETS[:dims.controlnets]},
@@ -276,10 +294,12 @@ class SizeRange:
 
 
 def component_profiles(
-    dims: ModelDims, max_batch: int, height: SizeRange | int, width: SizeRange | int
+    dims: ModelDims, max_batch: int, height: SizeRange | int, width: SizeRange | int,
+    max_prompt_chunks: int = DEFAULT_PROMPT_CHUNKS,
 ) -> dict[str, Profile]:
     """Optimization profiles per component: batch from 1 to multiplier x max_batch
-    (opt at max_batch images); each spatial symbol over the built size range."""
+    (opt at max_batch images); each spatial symbol over the built size range; the UNet's
+    text axis from one chunk (opt) to ``max_prompt_chunks``."""
     h = height if isinstance(height, SizeRange) else SizeRange.fixed(height)
     w = width if isinstance(width, SizeRange) else SizeRange.fixed(width)
     low, opt, high = dims.bind(1, h.low, w.low), dims.bind(1, h.opt, w.opt), dims.bind(1, h.high, w.high)
@@ -290,6 +310,9 @@ def component_profiles(
         for symbol in spec.symbols:
             if symbol == "batch":
                 profile[symbol] = (1, multiplier * max_batch, multiplier * max_batch)
+            elif symbol == TEXT_LENGTH:
+                length = dims.text_max_length
+                profile[symbol] = (length, length, length * max_prompt_chunks)
             else:
                 profile[symbol] = (low[symbol], opt[symbol], high[symbol])
         profiles[name] = profile
@@ -303,6 +326,7 @@ BUILD_FLAG = {
     "image_height": "--height",
     "latent_width": "--width",
     "image_width": "--width",
+    TEXT_LENGTH: "--max-prompt-chunks",
 }
 
 

@@ -152,7 +152,8 @@ def check_built_weights(folder: Path, manifest: Manifest, variant: str | None,
 
 def engine_limits(folder: Path, manifest: Manifest) -> Limits:
     """What the engines in ``folder`` were built for, and the build that replays them."""
-    return Limits(manifest.max_batch, manifest.height, manifest.width, manifest.build_config(folder))
+    return Limits(manifest.max_batch, manifest.height, manifest.width, manifest.build_config(folder),
+                  manifest.max_prompt_chunks)
 
 
 def _scheduler_config(folder: Path, manifest: Manifest) -> dict[str, Any]:

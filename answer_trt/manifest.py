@@ -32,7 +32,10 @@ from answer_trt.iospec import (
     COMPONENT_SETS,
     COMPONENTS,
     CONTROLNETS,
+    DEFAULT_PROMPT_CHUNKS,
     REQUIRED_COMPONENTS,
+    TEXT_LENGTH,
+    UNET,
     ComponentSpec,
     Dim,
     ModelDims,
@@ -153,13 +156,24 @@ class Manifest:
                            loras=tuple(LoraSpec(Path(entry.path), entry.scale) for entry in self.loras),
                            device=self.device or "cpu", components=self.component_set,
                            controlnets=tuple(ControlNetSpec(Path(e.path), e.scale) for e in self.controlnets),
-                           model_config=self.single_file.config if self.single_file is not None else None)
+                           model_config=self.single_file.config if self.single_file is not None else None,
+                           max_prompt_chunks=self.max_prompt_chunks)
 
     @property
     def component_set(self) -> str:
         """The ``--components`` choice the folder was built with (``iospec.COMPONENT_SETS``)."""
         built = set(self.components) - set(CONTROLNETS)
         return next(name for name, members in COMPONENT_SETS.items() if set(members) == built)
+
+    @property
+    def max_prompt_chunks(self) -> int:
+        """The chunks of ``text_max_length`` tokens the UNet's text axis was built for (its
+        profile's ``text_length``; 1 where the axis is fixed; the default without a UNet entry)."""
+        unet = self.components.get(UNET)
+        if unet is None:
+            return DEFAULT_PROMPT_CHUNKS
+        bounds = unet.profile.get(TEXT_LENGTH)
+        return max(bounds[2] // self.info.dims.text_max_length, 1) if bounds else 1
 
     def build_command(self, folder: Path) -> str:
         """``answer-trt build ...`` replaying ``build_config``: what every rebuild hint says."""
@@ -402,6 +416,7 @@ class _DimsDoc(_Document):
     inpaint_unet: bool = False  # likewise (a 9-channel inpainting UNet)
     controlnets: Annotated[int, Strict(), Field(ge=0, le=len(CONTROLNETS))] = 0  # built with --controlnet
     control_residuals: list[Annotated[list[Count], Field(min_length=2, max_length=2)]] = []
+    first_text_hidden_size: Size = 0  # likewise
 
 
 class _InfoDoc(_Document):

@@ -35,6 +35,8 @@ from answer_trt.img2img import ImageStart, InitImage, check_init, load_init_imag
 from answer_trt.iospec import TEXT_ENCODER, VAE_DECODER, VAE_ENCODER, SizeRange
 from answer_trt.models.info import ModelInfo
 from answer_trt.models.lora import lora_tag_keys
+from answer_trt.prompts.embeds import EMBED_KEYWORDS, PromptEmbeds, check_prompt_embeds
+from answer_trt.prompts.loras import check_lora_tags
 from answer_trt.rules import check_int, check_memory, check_size
 from answer_trt.sampler import (
     BranchEvaluator,
@@ -63,6 +65,7 @@ class Limits:
     height: SizeRange | None = None
     width: SizeRange | None = None
     build: BuildConfig | None = None
+    prompt_chunks: int | None = None  # the UNet's text axis, in chunks (``--max-prompt-chunks``)
 
     def __post_init__(self) -> None:
         if self.max_batch is not None:
@@ -145,6 +148,7 @@ class RequestPlan:
     params: dict[str, str]
     start: int | None = None  # img2img: the schedule's timestep index it begins at (None: text to image)
     strength: float | None = None  # img2img's and inpainting's, resolved
+    text_chunks: int = 1  # the chunks of the text conditions (A1111's long prompts), for both of them
 
     @property
     def denoising_steps(self) -> int:
@@ -207,7 +211,7 @@ class Pipeline:
         self.engines = engines
         self.weights = weights
         self.text = PromptEncoder(tokenizers, engines[TEXT_ENCODER], info.dims.text_max_length,
-                                  info.zero_empty_negative)
+                                  info.zero_empty_negative, info.dims.text_hidden_sizes)
         self.denoiser: Denoiser = make_denoiser(engines)
         self.scheduler_config = scheduler_config
         self.info = info
@@ -230,13 +234,25 @@ class Pipeline:
         height, width = self.limits.height, self.limits.width
         return (height.opt if height else size, width.opt if width else size)
 
-    def __call__(self, prompt: str, *, output_type: str = "pil", **kwargs: Any) -> Any:
+    def __call__(self, prompt: str | None = None, *, output_type: str = "pil", **kwargs: Any) -> Any:
         """diffusers' calling convention: ``pipe(prompt, num_inference_steps=..., generator=...,
         num_images_per_prompt=..., guidance_scale=..., negative_prompt=..., height=...,
         width=..., clip_skip=...)`` (our field names work too) returns an object with ``.images``:
         PIL images (``output_type="pil"``, each carrying its metadata) or a float array
         ``[B, H, W, 3]`` in [0, 1] (``"np"``). ``clip_skip`` has diffusers' meaning here (layers
-        skipped: 1 is A1111's and ``generate``'s 2; None or 0: none)."""
+        skipped: 1 is A1111's and ``generate``'s 2; None or 0: none). ``prompt_embeds=`` (with
+        ``negative_prompt_embeds``, and SDXL's ``pooled_prompt_embeds`` and
+        ``negative_pooled_prompt_embeds``), as diffusers names them, replace the prompts: the text
+        engine is skipped (``answer_trt.prompts.embeds``; the images' metadata cannot replay them)."""
+        embeds = None
+        if any(kwargs.get(name) is not None for name in EMBED_KEYWORDS):
+            if prompt or kwargs.get("negative_prompt"):
+                raise UserInputError("pass a prompt or prompt_embeds (and a negative prompt or "
+                                     "negative_prompt_embeds), not both")
+            embeds = check_prompt_embeds(self.dims, self.limits.prompt_chunks,
+                                         {name: kwargs.pop(name, None) for name in EMBED_KEYWORDS})
+        for name in EMBED_KEYWORDS:
+            kwargs.pop(name, None)  # given as None: as diffusers, nothing
         if "clip_skip" in kwargs:
             skipped = kwargs.pop("clip_skip")
             if skipped is not None:
@@ -244,7 +260,7 @@ class Pipeline:
                     raise UserInputError(f"clip_skip (diffusers' meaning: layers skipped) must be an integer >= 0, "
                                          f"got {skipped!r}")
                 kwargs["clip_skip"] = skipped + 1
-        result = self.generate(prompt, **kwargs)
+        result = self.generate(prompt or "", embeds=embeds, **kwargs)
         if output_type == "pil":
             return result
         if output_type == "np":
@@ -266,6 +282,7 @@ class Pipeline:
         image: Any = None,
         mask_image: Any = None,
         control_image: Any = None,
+        embeds: PromptEmbeds | None = None,
         **fields: Any,
     ) -> Generation:
         """Generate ``batch`` images for ``prompt``. ``fields`` are the request schema's
@@ -278,7 +295,8 @@ class Pipeline:
         makes it img2img with ``strength`` (``answer_trt.img2img``): the image's size is the
         output's, unless ``height``/``width`` resize it. ``mask_image`` (diffusers' keyword; white:
         repaint) with it makes it inpainting (``answer_trt.inpaint``; ``mask_blur``). ``control_image`` (one
-        image, or one per ControlNet) drives the folder's ControlNets (``answer_trt.controlnet``)."""
+        image, or one per ControlNet) drives the folder's ControlNets (``answer_trt.controlnet``). ``embeds``:
+        given text conditions (``__call__``'s ``prompt_embeds``) instead of the prompts'."""
         init = None
         if image is not None:
             init = load_init_image(image, fields.get("height"), fields.get("width"))
@@ -300,11 +318,12 @@ class Pipeline:
             control = load_control_images(control_image, len(controlnet_engines(self.engines)), height, width)
             fields = {**fields, "control_image_sha256": fields.get("control_image_sha256") or control.sha256}
         return self.run(make_request(prompt, fields), fused=fused, cuda_graph=cuda_graph, callback=callback,
-                        init=init, control=control)
+                        init=init, embeds=embeds, control=control)
 
     def run(
         self, request: GenerateRequest, *, fused: bool = True, cuda_graph: bool = False,
-        callback: StepCallback | None = None, init: InitImage | None = None, control: ControlImages | None = None,
+        callback: StepCallback | None = None, init: InitImage | None = None, embeds: PromptEmbeds | None = None,
+        control: ControlImages | None = None,
     ) -> Generation:
         """``generate`` for a ready ``GenerateRequest`` (what serving and replay hold): the
         steps every request goes through, ``plan`` -> ``prepare`` -> ``program`` (run here one
@@ -314,7 +333,7 @@ class Pipeline:
         if callback is not None and not callable(callback):
             raise UserInputError(f"callback must be a function of (step index, number of steps), got "
                                  f"{type(callback).__name__}")
-        plan = self.plan(request, init)
+        plan = self.plan(request, init, embeds)
         check_control(request, control, plan.config.height or 0, plan.config.width or 0)
         if cuda_graph:
             self._check_graphable(plan)
@@ -322,7 +341,8 @@ class Pipeline:
                 raise UserInputError("--cuda-graph runs without a control image: drop --cuda-graph for ControlNet")
         with self.on_stream():
             started = self.clock()
-            cond, noise = self.prepare(request.prompt, request.negative_prompt, plan.config)
+            cond, noise = self.prepare(request.prompt, request.negative_prompt, plan.config, request.prompt_syntax,
+                                       embeds)
             start = None
             if init is not None and plan.start is not None:
                 start = self.image_start(plan, init)
@@ -345,11 +365,12 @@ class Pipeline:
                               plan.denoising_steps)
         return Generation(images, plan.params, timings, plan.config)
 
-    def plan(self, request: GenerateRequest, init: InitImage | None = None) -> RequestPlan:
+    def plan(self, request: GenerateRequest, init: InitImage | None = None,
+             embeds: PromptEmbeds | None = None) -> RequestPlan:
         """Check ``request`` against these engines (``check_request``; img2img's ``init`` image
-        against it, ``answer_trt.img2img.check_init``) and make its scheduler and step rule; no engine
-        work. Raises ``UserInputError`` with the CLI's messages. Warns when a negative prompt is
-        ignored (guidance off at w <= 1)."""
+        against it, ``answer_trt.img2img.check_init``; given ``embeds``' shapes) and make its scheduler
+        and step rule; no engine work. Raises ``UserInputError`` with the CLI's messages. Warns when a
+        negative prompt is ignored (guidance off at w <= 1)."""
         strength = check_init(request, init, has_encoder=VAE_ENCODER in self.engines,
                               rebuild_command=self.limits.rebuild_command(components="all"),
                               sdxl=bool(self.dims.pooled_size), multiple=self.dims.size_multiple,
@@ -359,13 +380,39 @@ class Pipeline:
             logger.warning("the negative prompt is ignored: at guidance_scale %g <= 1 guidance is off and only the "
                            "prompt's prediction is used (as in diffusers); pass a guidance_scale above 1 to use it",
                            config.guidance.guidance_scale)
+        if embeds is not None:
+            chunks = embeds.chunks
+        else:
+            chunks = self.check_prompts(request) if request.prompt_syntax == "a1111" else 1
         scheduler = make_scheduler(self.scheduler_config, config.scheduler)
         rule = make_step_rule(scheduler, config.steps)  # e.g. too many steps for the scheduler fails here
         start = None
         if strength is not None:
             rule, start = started(scheduler, rule, config.steps, strength)
+        extra = {"prompt_embeds": "given (not recorded)"} if embeds is not None else {}
         return RequestPlan(request, config, scheduler, rule,
-                           self.parameters(request, config, type(scheduler).__name__, strength), start, strength)
+                           self.parameters(request, config, type(scheduler).__name__, strength, extra),
+                           start=start, strength=strength, text_chunks=chunks)
+
+    def check_prompts(self, request: GenerateRequest) -> int:
+        """Check a request's prompts in A1111's syntax before anything runs: what is not
+        supported, ``<lora:...>`` tags against the LoRAs built in (``prompts.loras``), and
+        their chunks against the UNet's text axis. Returns the chunks both conditions take."""
+        chunks = 1
+        for which, text in (("prompt", request.prompt), ("negative prompt", request.negative_prompt)):
+            if text is None:
+                continue
+            tokenized = self.text.tokenize_a1111(text)
+            check_lora_tags(tokenized.parsed.networks, self.weights.loras, self.limits.rebuild_command())
+            built = self.limits.prompt_chunks
+            if built is not None and tokenized.chunks > built:
+                length = self.dims.text_max_length - 2
+                raise UserInputError(
+                    f"the {which} is {tokenized.chunks} chunks of {length} tokens (A1111 syntax, BREAK included), "
+                    f"beyond the {built} these engines were built for: shorten it, or rebuild with "
+                    f"`{self.limits.rebuild_command(max_prompt_chunks=tokenized.chunks)}`")
+            chunks = max(chunks, tokenized.chunks)
+        return chunks
 
     def program(
         self, plan: RequestPlan, cond: Conditioning, noise: torch.Tensor, callback: StepCallback | None = None,
@@ -408,13 +455,18 @@ class Pipeline:
         return self.check_request(make_request(prompt, fields).sampling_config(), prompt)
 
     def prepare(
-        self, prompt: str, negative_prompt: str | None, config: SamplingConfig
+        self, prompt: str, negative_prompt: str | None, config: SamplingConfig, syntax: str = "plain",
+        embeds: PromptEmbeds | None = None,
     ) -> tuple[Conditioning, torch.Tensor]:
         """The text conditions of ``config.batch`` images (c_p, and c_0 or the negative
-        prompt's; SDXL time ids added) and their initial noise, drawn from the seed (or from
-        each image's own seed)."""
+        prompt's; SDXL time ids added; ``syntax``: the request's ``prompt_syntax``) and their
+        initial noise, drawn from the seed (or from each image's own seed). ``embeds``: given
+        conditions instead of the prompts' (``__call__``'s ``prompt_embeds``)."""
         assert config.height is not None and config.width is not None  # resolved by check_request
-        c_p, c_neg = self.text.encode(prompt, negative_prompt, config.clip_skip)
+        if embeds is not None:
+            c_p, c_neg = self.text.with_negative(embeds.positive, embeds.negative, config.clip_skip)
+        else:
+            c_p, c_neg = self.text.encode(prompt, negative_prompt, config.clip_skip, syntax)
         if self.dims.time_ids_size:
             c_p, c_neg = (self.with_time_ids(c, config.height, config.width) for c in (c_p, c_neg))
         # On the device once (SDXL's time ids are made on the host): no copy per UNet call.
@@ -514,12 +566,12 @@ class Pipeline:
         return config
 
     def parameters(self, request: GenerateRequest, config: SamplingConfig, scheduler_class: str,
-                   strength: float | None = None) -> dict[str, str]:
+                   strength: float | None = None, extra: Mapping[str, str] | None = None) -> dict[str, str]:
         """The PNG text chunks of the request's images (``schema.parameters``): its fields as
-        resolved for these engines (size, wn), the scheduler class that ran, model, backend,
-        precision, and the weights variant and LoRAs where there are any."""
+        resolved for these engines (size, wn, img2img's strength), the scheduler class that ran, model,
+        backend, precision, and the weights variant and LoRAs where there are any; then ``extra``."""
         resolved = {"negative_scale": config.guidance.wn, "height": config.height, "width": config.width,
                     "strength": strength}
-        extra = {"scheduler_class": scheduler_class, "model": self.model_name, "backend": self.backend,
-                 "precision": self.precision, **self.weights.parameters()}
-        return schema_parameters(request, resolved, extra)
+        entries = {"scheduler_class": scheduler_class, "model": self.model_name, "backend": self.backend,
+                   "precision": self.precision, **self.weights.parameters(), **(extra or {})}
+        return schema_parameters(request, resolved, entries)

@@ -44,6 +44,8 @@ from answer_trt.rules import check_choice
 from answer_trt.samplers import SCHEDULER_NAMES
 
 _GUIDANCE_DEFAULTS = {f.name: f.default for f in fields(GuidanceConfig)}
+# How a prompt is read (answer_trt.text): diffusers' plain text, or AUTOMATIC1111's syntax.
+PROMPT_SYNTAXES = ("plain", "a1111")
 
 
 @dataclass(frozen=True)
@@ -132,6 +134,10 @@ class GenerateRequest:
         "int", "A1111's clip skip: the text condition from the Nth CLIP layer from the end (1: the last, no skip; "
         "2: the penultimate, through the final layer norm); diffusers' clip_skip keyword counts one less",
         low=1, high=MAX_CLIP_SKIP))
+    prompt_syntax: str = _field("plain", FieldInfo(
+        "str", "how the prompts are read: plain (diffusers': the text as it is, cut at the tokenizer's 77 tokens) or "
+        "a1111 (AUTOMATIC1111's: (word:1.2) emphasis, [word], BREAK, prompts longer than 75 tokens in chunks, "
+        "<lora:name:w> tags of the LoRAs the engines were built with)", choices=PROMPT_SYNTAXES))
     # img2img (answer_trt/img2img.py): the input image travels beside the request, named here by its hash.
     strength: float | None = _field(None, FieldInfo(
         "float", "img2img: the share of the steps that redraw --image (diffusers' strength; default 0.8, SDXL 0.3)",
@@ -179,6 +185,7 @@ class GenerateRequest:
                                      "send UTF-8 text") from None
         if self.scheduler is not None:
             check_choice("scheduler", self.scheduler, SCHEDULER_NAMES)
+        check_choice("prompt_syntax", self.prompt_syntax, PROMPT_SYNTAXES)
         return SamplingConfig(
             guidance=GuidanceConfig(**{f.name: getattr(self, f.name) for f in fields(GuidanceConfig)}),
             steps=self.steps, scheduler=self.scheduler, seed=self.seed, height=self.height, width=self.width,

@@ -80,7 +80,8 @@ from answer_trt.versions import gpu_capability, library_versions
 # The layout of what a build writes beside the graphs; raised when it changes, so that the
 # key changes and an older folder is rebuilt (2: the tokenizers' `tokenizers` files).
 # 3: the manifest records the UNet's up factor (ModelDims.size_multiple); 4: the text encoder
-# takes clip_skip; 5: the VAE encoder (``--components``).
+# takes clip_skip; 5: the VAE encoder (``--components``) and the UNet's dynamic text axis (text_length:
+# A1111's long prompts).
 ARTIFACT_LAYOUT = 5
 
 
@@ -107,6 +108,7 @@ class BuildPlan:
             "backend": self.config.backend,
             "precision": self.config.precision,
             "max_batch": self.config.max_batch,
+            "max_prompt_chunks": self.config.max_prompt_chunks,
             "height": asdict(self.height),
             "width": asdict(self.width),
             "opset": OPSET,
@@ -265,7 +267,7 @@ def _export_all(plan: BuildPlan, model: LoadedModel, staging: Path, log: Callabl
         name: spec.with_dtype(dtypes[name]) if dtypes[name] != "float32" else spec
         for name, spec in component_specs(dims).items() if name in wanted
     }
-    profiles = component_profiles(dims, config.max_batch, plan.height, plan.width)
+    profiles = component_profiles(dims, config.max_batch, plan.height, plan.width, config.max_prompt_chunks)
     modules = {name: module for name, module in _modules(plan, model).items() if name in wanted}
     components = {}
     for name, module in modules.items():

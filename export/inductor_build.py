@@ -29,7 +29,7 @@ from torch import nn
 
 from answer_trt.errors import UserInputError
 from answer_trt.export.sample_inputs import sample_inputs
-from answer_trt.iospec import ComponentSpec, ModelDims, Profile
+from answer_trt.iospec import TEXT_LENGTH, ComponentSpec, ModelDims, Profile
 
 TRACE_BATCH = 2
 # The symbols of the IO spec that follow the image size; each is a multiple of its step.
@@ -53,7 +53,10 @@ def check_can_compile(device: str) -> None:
 
 def dim_step(symbol: str, dims: ModelDims) -> int:
     """The multiple every value of a spatial ``symbol`` is: the UNet's up factor for a latent
-    side, that times the VAE factor for an image side (``ModelDims.size_multiple``)."""
+    side, that times the VAE factor for an image side (``ModelDims.size_multiple``); the text
+    encoder's length for the UNet's text axis (whole chunks)."""
+    if symbol == TEXT_LENGTH:
+        return dims.text_max_length
     step = max(dims.unet_overall_up_factor, 1)
     return step * dims.vae_scale_factor if symbol.startswith("image_") else step
 
@@ -69,7 +72,7 @@ def dynamic_shapes(spec: ComponentSpec, profile: Profile, dims: ModelDims) -> di
     def dim(symbol: str) -> Any:
         if symbol not in made:
             low, _opt, high = profile[symbol]
-            if symbol in SPATIAL:
+            if symbol in SPATIAL or symbol == TEXT_LENGTH:
                 step = dim_step(symbol, dims)
                 made[symbol] = step * Dim(f"{symbol}_units", min=max(low // step, 1), max=high // step)
             else:
@@ -91,11 +94,16 @@ def _is_dynamic(bounds: tuple[int, int, int]) -> bool:
 
 
 def trace_binding(spec: ComponentSpec, profile: Profile) -> dict[str, int]:
-    """Symbol values of the trace inputs: batch ``TRACE_BATCH`` (within the profile), every
-    other symbol at the profile's opt."""
+    """Symbol values of the trace inputs: batch ``TRACE_BATCH`` (within the profile), the
+    text axis at two chunks where the profile takes them, every other symbol at the profile's opt."""
     binding = {}
     for symbol, (low, opt, high) in profile.items():
-        binding[symbol] = min(max(TRACE_BATCH, low), high) if symbol == "batch" else opt
+        if symbol == "batch":
+            binding[symbol] = min(max(TRACE_BATCH, low), high)
+        elif symbol == TEXT_LENGTH:
+            binding[symbol] = min(2 * low, high)
+        else:
+            binding[symbol] = opt
     return binding
 
 

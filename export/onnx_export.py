@@ -22,11 +22,13 @@ OPSET = 17
 # in fp16 on a CPU takes many minutes, at 8x8 seconds.
 TRACE_BATCH = 2
 TRACE_LATENT = 8
+# The UNet's text axis is traced at two chunks, so that no length of one chunk is taken for a constant.
+TRACE_CHUNKS = 2
 
 
 def trace_binding(dims: ModelDims) -> dict[str, int]:
     size = TRACE_LATENT * dims.vae_scale_factor
-    return dims.bind(TRACE_BATCH, size, size)
+    return dims.bind(TRACE_BATCH, size, size, TRACE_CHUNKS)
 
 
 # Weights of a larger component go to one external-data file beside the graph

@@ -50,7 +50,7 @@ def test_full_size_sd15_unet_exports_in_fp16_with_external_data(tmp_path):
     inputs = {i.name: i for i in graph.input}
     assert list(inputs) == spec.input_names
     assert dims(inputs["sample"]) == ["batch", 4, "latent_height", "latent_width"]
-    assert dims(inputs["encoder_hidden_states"]) == ["batch", 77, 768]
+    assert dims(inputs["encoder_hidden_states"]) == ["batch", "text_length", 768]  # chunks of 77: long prompts
     assert inputs["sample"].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
     (output,) = graph.output
     assert output.name == "noise_pred" and dims(output) == ["batch", 4, "latent_height", "latent_width"]
@@ -58,10 +58,11 @@ def test_full_size_sd15_unet_exports_in_fp16_with_external_data(tmp_path):
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(files[0]), providers=["CPUExecutionProvider"])
-    feeds = {
-        "sample": np.random.default_rng(0).standard_normal((1, 4, 8, 8)).astype(np.float16),
-        "timestep": np.array([500], dtype=np.float16),
-        "encoder_hidden_states": np.random.default_rng(1).standard_normal((1, 77, 768)).astype(np.float16),
-    }
-    (noise_pred,) = session.run(None, feeds)
-    assert noise_pred.shape == (1, 4, 8, 8) and np.isfinite(noise_pred).all()
+    for tokens in (77, 3 * 77):  # one chunk, and A1111's three (225 tokens)
+        feeds = {
+            "sample": np.random.default_rng(0).standard_normal((1, 4, 8, 8)).astype(np.float16),
+            "timestep": np.array([500], dtype=np.float16),
+            "encoder_hidden_states": np.random.default_rng(1).standard_normal((1, tokens, 768)).astype(np.float16),
+        }
+        (noise_pred,) = session.run(None, feeds)
+        assert noise_pred.shape == (1, 4, 8, 8) and np.isfinite(noise_pred).all()

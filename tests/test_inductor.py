@@ -77,6 +77,26 @@ def test_the_one_row_call_of_guidance_off_runs_on_the_dynamic_batch(inductor_eng
     assert 1 in rows and 12 in rows
 
 
+def test_the_text_axis_takes_one_to_three_chunks(inductor_engines):
+    """A1111's long prompts: traced at two chunks, the UNet package takes one and three (the
+    built --max-prompt-chunks) and draws onnxruntime's image."""
+    import answer_trt
+    from answer_trt.loaders import from_engines
+
+    pipe = from_engines(inductor_engines[0])
+    reference = answer_trt.load("tiny")
+    three = " BREAK ".join(["a red circle", "a blue square", "a green triangle"])
+    lengths = []
+    run = pipe.engines["unet"].run
+    pipe.engines["unet"].run = lambda feeds: lengths.append(feeds["encoder_hidden_states"].shape[1]) or run(feeds)  # type: ignore
+    for prompt in (three, "a red circle"):
+        got = pipe.generate(prompt, prompt_syntax="a1111", steps=4, seed=1)
+        ref = reference.generate(prompt, prompt_syntax="a1111", steps=4, seed=1)
+        assert np.abs(_pixels(got) - _pixels(ref)).max() <= 2, prompt
+    length = pipe.dims.text_max_length
+    assert set(lengths) == {3 * length, length}
+
+
 def test_a_second_load_does_not_compile(inductor_engines):
     from answer_trt.loaders import from_engines
 

@@ -16,7 +16,7 @@ def test_dynamic_axes_are_every_symbolic_dim():
     assert unet.dynamic_axes() == {
         "sample": {0: "batch", 2: "latent_height", 3: "latent_width"},
         "timestep": {0: "batch"},
-        "encoder_hidden_states": {0: "batch"},
+        "encoder_hidden_states": {0: "batch", 1: "text_length"},
         "noise_pred": {0: "batch", 2: "latent_height", 3: "latent_width"},
     }
 
@@ -56,3 +56,18 @@ def test_check_shapes_names_profile_and_build_flag():
         check_shapes(spec, profile, {**ok, "timestep": (2,)})
     with pytest.raises(UserInputError, match="needs 768"):
         check_shapes(spec, profile, {**ok, "encoder_hidden_states": (3, 77, 1024)})
+
+
+def test_the_unets_text_axis_takes_whole_chunks_up_to_the_built_maximum():
+    """A1111's long prompts: the UNet's text axis is text_length (77 per chunk), one chunk at opt,
+    --max-prompt-chunks at most; a longer condition is refused naming that flag."""
+    profile = component_profiles(DIMS, max_batch=1, height=512, width=512, max_prompt_chunks=3)
+    assert profile["unet"]["text_length"] == (77, 77, 231)
+    assert "text_length" not in profile["text_encoder"]  # the text encoder still sees one chunk per row
+    assert DIMS.bind(1, 512, 512, chunks=2)["text_length"] == 154
+    spec = component_specs(DIMS)["unet"]
+    ok = {"sample": (3, 4, 64, 64), "timestep": (3,), "encoder_hidden_states": (3, 231, 768)}
+    check_shapes(spec, profile["unet"], ok)
+    with pytest.raises(UserInputError, match=r"text_length=308 is outside the built profile \[77, 231\].*"
+                                             "--max-prompt-chunks"):
+        check_shapes(spec, profile["unet"], {**ok, "encoder_hidden_states": (3, 308, 768)})

@@ -29,7 +29,7 @@ OTHER = {
     "guidance_scale": 5.0, "negative_scale": 2.0, "dns_steps": 2, "mode": "parallel", "chain_min_sigma": 0.25,
     "drift_tau": 0.3, "guidance_rescale": 0.5, "guidance_min_sigma": 0.2, "scheduler": "euler", "seed": 7,
     "height": 40, "width": 48,
-    "batch": 2, "seeds": (3, 4), "clip_skip": 2,
+    "batch": 2, "seeds": (3, 4), "clip_skip": 2, "prompt_syntax": "a1111",
     "strength": 0.5, "image_sha256": image_sha256(np.asarray(INPUT)),
     "mask_sha256": image_sha256(np.asarray(MASK)[..., None]), "mask_blur": 2,
     "controlnet_conditioning_scale": 0.5, "control_guidance_start": 0.1, "control_guidance_end": 0.9,

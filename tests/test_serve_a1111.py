@@ -475,3 +475,17 @@ def test_clip_skip_by_setting_or_field_equals_the_schemas_clip_skip(app, pipe):
     own_pixels = np.asarray(own.images[0].convert("RGB"), dtype=np.int16)
     assert (pixels(by_setting["images"][0]) == own_pixels).all() and (pixels(by_field["images"][0]) == own_pixels).all()
     assert np.abs(pixels(plain["images"][0]) - own_pixels).max() > 0
+
+
+def test_the_prompt_is_read_in_a1111s_syntax(app, pipe):
+    """txt2img reads A1111's syntax (emphasis here) by default, as A1111 does, and records it;
+    prompt_syntax "plain" reads the brackets as text."""
+    status, a1111 = txt2img(app, prompt="a (red:1.6) circle", seed=4)
+    assert status == 200, a1111
+    record = json.loads(Image.open(io.BytesIO(base64.b64decode(a1111["images"][0]))).info["answer-trt"])
+    assert record["prompt_syntax"] == "a1111"
+    expected = pipe.generate("a (red:1.6) circle", prompt_syntax="a1111", steps=3, seed=4, **SIZE)
+    assert np.abs(pixels(a1111["images"][0]) - np.asarray(expected.images[0], dtype=np.int16)).max() <= 1
+    status, plain = txt2img(app, prompt="a (red:1.6) circle", seed=4, prompt_syntax="plain")
+    assert status == 200 and np.abs(pixels(plain["images"][0]) - pixels(a1111["images"][0])).max() > 0
+    assert "prompt editing" in refusal(app, prompt="a [cat:dog:0.5]")

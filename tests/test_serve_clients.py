@@ -226,3 +226,71 @@ def test_webuiapi_samplers_models_and_refusals(webui):
     with pytest.raises(RuntimeError) as refused:
         webui.txt2img(prompt="a", width=32, height=32, sampler_name="Euler", enable_hr=True)
     assert refused.value.args[0] == 400 and "enable_hr is not supported" in refused.value.args[1]
+
+
+# ---- image inputs through the same clients (issue 33, item 4) -------------------------------
+
+def _shapes_png(tmp_path: Path, transparent_box: bool = False) -> Path:
+    """A 32x32 picture to edit (a red disc on grey); optionally with a transparent square
+    (OpenAI's rule: transparent pixels are repainted)."""
+    yy, xx = np.mgrid[0:32, 0:32]
+    rgba = np.zeros((32, 32, 4), np.uint8)
+    rgba[...] = (128, 128, 128, 255)
+    rgba[(yy - 16) ** 2 + (xx - 12) ** 2 < 40] = (220, 30, 30, 255)
+    if transparent_box:
+        rgba[8:24, 18:30, 3] = 0
+    path = tmp_path / ("edit.png" if transparent_box else "init.png")
+    Image.fromarray(rgba, "RGBA" if transparent_box else "RGBA").save(path)
+    return path
+
+
+def test_the_openai_client_edits_an_image_as_the_cli_inpaints_it(openai_client, tmp_path):
+    """openai's ``images.edit`` (multipart) on `serve`: the transparent area is repainted; the
+    picture equals the CLI's inpainting with that area as the mask, at strength 1."""
+    edit = _shapes_png(tmp_path, transparent_box=True)
+    with edit.open("rb") as image:
+        result = openai_client.images.edit(image=image, prompt="a blue square", n=1, size="32x32",
+                                           extra_body={"seed": 4, "steps": 6, "method": "cfg"})
+    (item,) = result.data
+    got = Image.open(io.BytesIO(base64.b64decode(item.b64_json)))
+    assert got.size == (32, 32) and json.loads(got.info["answer-trt"])["image_sha256"]
+    alpha = np.asarray(Image.open(edit))[..., 3]
+    mask = tmp_path / "mask.png"
+    Image.fromarray(np.where(alpha == 0, 255, 0).astype(np.uint8)).save(mask)
+    rgb = tmp_path / "edit-rgb.png"
+    Image.open(edit).convert("RGB").save(rgb)
+    (cli,) = cli_pixels(tmp_path, "a blue square", "--image", str(rgb), "--mask", str(mask), "--strength", "1",
+                        "--seed", "4", "--steps", "6", "--method", "cfg")
+    assert np.abs(pixels(got) - cli).max() <= 1
+    kept = alpha == 255  # outside the mask the picture is (nearly) the original
+    assert np.abs(pixels(got)[kept] - pixels(Image.open(rgb))[kept]).mean() < np.abs(
+        pixels(got)[~kept] - pixels(Image.open(rgb))[~kept]).mean()
+
+
+def test_webuiapi_img2img_gets_the_clis_image(webui, tmp_path):
+    init = _shapes_png(tmp_path)
+    result = webui.img2img(images=[Image.open(init).convert("RGB")], prompt="a red circle", seed=9, cfg_scale=5.0,
+                           width=32, height=32, steps=6, sampler_name="Euler", denoising_strength=0.6)
+    assert len(result.images) == 1 and result.info["seed"] == 9
+    (cli,) = cli_pixels(tmp_path, "a red circle", "--image", str(init), "--strength", "0.6", "--seed", "9",
+                        "--guidance-scale", "5", "--steps", "6", "--scheduler", "euler")
+    assert np.abs(pixels(result.images[0]) - cli).max() <= 1
+
+
+def test_webuiapi_inpainting_names_what_to_set_then_draws(webui, tmp_path):
+    """webuiapi sends A1111's inpainting defaults (masked content "fill", "only masked" region),
+    whose pictures answer-trt does not draw: refused naming them; with inpainting_fill 1
+    ("original") and the whole picture, it inpaints."""
+    init = Image.open(_shapes_png(tmp_path)).convert("RGB")
+    mask = Image.new("L", (32, 32), 0)
+    mask.paste(255, (16, 8, 30, 24))
+    with pytest.raises(RuntimeError) as refused:
+        webui.img2img(images=[init], mask_image=mask, prompt="a blue square", width=32, height=32, steps=4)
+    status, text = refused.value.args
+    assert status == 400 and "\n" not in json.loads(text)["error"]
+    assert "inpainting_fill" in text or "inpaint_full_res" in text
+    result = webui.img2img(images=[init], mask_image=mask, prompt="a blue square", width=32, height=32, steps=4,
+                           seed=2, inpainting_fill=1, inpaint_full_res=False, denoising_strength=1.0, mask_blur=0)
+    got = pixels(result.images[0])
+    outside = np.asarray(mask) == 0
+    assert np.abs(got[outside] - pixels(init)[outside]).mean() < np.abs(got[~outside] - pixels(init)[~outside]).mean()

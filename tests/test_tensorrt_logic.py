@@ -30,7 +30,8 @@ def test_profile_shapes_follow_the_io_spec():
     shapes = profile_shapes(component_specs(DIMS)["unet"], profiles["unet"])
     assert shapes["sample"] == ((1, 4, 96, 128), (6, 4, 128, 128), (6, 4, 128, 128))
     assert shapes["timestep"] == ((1,), (6,), (6,))
-    assert shapes["encoder_hidden_states"] == ((1, 77, 2048), (6, 77, 2048), (6, 77, 2048))
+    # the text axis: one chunk at opt, three (--max-prompt-chunks 3, the default) at most
+    assert shapes["encoder_hidden_states"] == ((1, 77, 2048), (6, 77, 2048), (6, 231, 2048))
     assert shapes["text_embeds"] == ((1, 1280), (6, 1280), (6, 1280))
     assert shapes["time_ids"] == ((1, 6), (6, 6), (6, 6))
     text = profile_shapes(component_specs(DIMS)["text_encoder"], profiles["text_encoder"])

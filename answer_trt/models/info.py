@@ -145,6 +145,7 @@ def read_model_info(path: Path) -> ModelInfo:
         unet_overall_up_factor=2 ** (_block_count(unet, unet_file) - 1),
         text_layers=config_int(text, "num_hidden_layers", text_file),
         inpaint_unet=inpaint_unet,
+        first_text_hidden_size=config_int(text, "hidden_size", text_file) if pooled else 0,
     )
     return ModelInfo(
         dims=dims,

@@ -6,18 +6,19 @@ rows of an ANSWER step of request A, the two CFG rows of request B and the rows 
 which has just arrived, go through the engine together (iteration-level scheduling,
 as LLM servers do it, with diffusion steps as the iterations).
 
-Each request runs the sampler's own loop (``answer_trt.sampler.sampling_program``),
-which yields the rows of each call instead of making it; the batcher answers many
-programs with one call per group, so a request's latents are those of
-``Pipeline.generate`` for the same request and seed (up to the engine's batch-size
-rounding). Requests join a running set when the engine's batch axis has room for the
-rows the set's steps need now, the newcomer's first call included (strictly oldest first,
-so nothing starves): an ANSWER request's re-anchor steps, and those below its chain's
+Each request runs the sampler's own loop (``answer_trt.sampler.sampling_program``), which
+yields the rows of each call instead of making it; the batcher answers many programs with
+one call per group, so a request's latents are those of ``Pipeline.generate`` for the same
+request and seed (up to the engine's batch-size rounding). Rows of one call share the latent
+size and the text conditions' length (a long prompt in A1111's syntax takes more chunks: it
+is grouped with its like). Requests join a running set when the engine's batch axis has room
+for the rows the set's steps need now, the newcomer's first call included (strictly oldest
+first, so nothing starves): an ANSWER request's re-anchor steps, and those below its chain's
 interval, take 2 rows, its other steps 3, as its guider says (not its peak of 3 throughout).
-Each iteration makes one UNet call per latent shape, filled oldest first with the requests
+Each iteration makes one UNet call per key (latent shape, text length), filled oldest first with the requests
 whose next call fits; when the set's steps have grown past the axis (2-row steps turning
-into 3-row ones), the requests left out wait an iteration rather than add a part-empty
-call. Finished requests are decoded together.
+into 3-row ones), the requests left out wait an iteration rather than add a part-empty call.
+Finished requests are decoded together.
 
 Parts: the pure decisions (who joins, which rows make a call) are
 ``answer_trt.serving.admission``; tickets, deadlines and cancellation are
@@ -194,7 +195,7 @@ class StepBatcher:
                                      self._stats.retry_after(len(self._active), len(self._waiting)))
             ticket = Ticket(request, None if deadline_s is None else time.monotonic() + deadline_s, self._wake)
             ends = tuple(itertools.accumulate(step_calls(plan.config, plan.rule)))
-            self._waiting.append(_Waiting(ticket, plan, self._key(plan.config), call_rows(plan.config, plan.rule)[0],
+            self._waiting.append(_Waiting(ticket, plan, self._key(plan), call_rows(plan.config, plan.rule)[0],
                                           ends, init))
             self._wake.notify_all()
         return ticket
@@ -281,10 +282,14 @@ class StepBatcher:
         taken = admit(now, [(w.key, w.first_rows) for w in self._waiting], self.max_rows if self.batching else 0)
         return [self._waiting.popleft() for _ in range(taken)]
 
-    def _key(self, config: SamplingConfig) -> tuple[int, ...]:
+    def _key(self, plan: RequestPlan) -> tuple[int, ...]:
+        """What requests sharing a UNet call must agree on: the latent size, and the text
+        conditions' chunks (A1111's long prompts: rows of other text lengths cannot be stacked;
+        padding them with empty chunks would change their images from ``generate``'s)."""
+        config = plan.config
         assert config.height is not None and config.width is not None  # resolved by Pipeline.plan
         factor = self.pipeline.dims.vae_scale_factor
-        return (config.height // factor, config.width // factor)
+        return (config.height // factor, config.width // factor, plan.text_chunks)
 
     def _iterate(self, joining: list[_Waiting]) -> None:
         for waiting in joining:
@@ -300,14 +305,15 @@ class StepBatcher:
         if finished:
             with self._wake:
                 self._active = [job for job in self._active if job.latents is None]
-            for indices in group([job.waiting.key for job in finished]):
+            for indices in group([job.waiting.key[:2] for job in finished]):  # the latent size alone
                 self._decode([finished[i] for i in indices])
 
     def _join(self, waiting: _Waiting) -> None:
         request, plan = waiting.ticket.request, waiting.plan
         started = time.monotonic()
         try:
-            cond, noise = self.pipeline.prepare(request.prompt, request.negative_prompt, plan.config)
+            cond, noise = self.pipeline.prepare(request.prompt, request.negative_prompt, plan.config,
+                                                request.prompt_syntax)
             start = None
             if waiting.init is not None and plan.start is not None:
                 start = self.pipeline.image_start(plan, waiting.init)

@@ -230,6 +230,7 @@ def a1111_requests(body: BaseModel, seed: int, model_name: str,
                              "smaller seed")
     extras = _schema_extras(body, A1111_TAKEN if image_fields is None else A1111_TAKEN + IMAGE_FIELDS)
     extras.update(image_fields or {})
+    extras.setdefault("prompt_syntax", "a1111")  # A1111's clients write A1111's syntax
     stop_at = (fields["override_settings"] or {}).get("CLIP_stop_at_last_layers")
     if stop_at is not None:  # A1111's setting is clip_skip by another name (checked by check_a1111_fields)
         if extras.get("clip_skip", stop_at) != stop_at:

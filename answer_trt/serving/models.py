@@ -318,7 +318,8 @@ Txt2ImgBody: type[BaseModel] = create_model(  # type: ignore[call-overload]
     **{**_A1111_OWN,
        **{name: (_strict(f.annotation) | None, Field(None, description=_a1111_description(name)))
           for name, f in A1111_FIELDS.items() if name not in _A1111_OWN},
-       **schema_fields(exclude=A1111_TAKEN)},  # a schema field (e.g. a future clip_skip) is the schema's
+       **schema_fields(exclude=A1111_TAKEN),  # a schema field (e.g. a future clip_skip) is the schema's
+       "prompt_syntax": schema_field(_FIELDS["prompt_syntax"], default="a1111")},  # A1111's clients write its syntax
 )
 
 

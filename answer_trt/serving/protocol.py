@@ -28,7 +28,8 @@ from answer_trt.schema import FieldInfo, GenerateRequest, request_fields
 from answer_trt.schema import info as schema_info
 
 RESPONSE_FORMATS = ("png", "json")
-# A prompt is cut at the tokenizer's 77 tokens anyway; a larger body is a mistake or abuse.
+# A prompt is at most 77 tokens (plain) or --max-prompt-chunks x 75 (A1111 syntax), a few KiB of
+# text; a larger body is a mistake or abuse.
 MAX_BODY_BYTES = 64 * 1024
 EXAMPLE = '{"prompt": "a red circle and a blue square"}'
 
