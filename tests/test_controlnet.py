@@ -319,3 +319,13 @@ def test_a_request_scale_overrides_the_built_one_as_diffusers_controlnet_conditi
                controlnet_conditioning_scale=0.3)
     assert np.abs(as_levels(got) - expected).max() <= 2
     assert json.loads(got[0].info[RECORD])["controlnet_conditioning_scale"] == 0.3
+
+
+def test_a_long_a1111_prompt_runs_with_control(world):
+    """The ControlNets take the UNet's text axis: chunks of a long prompt (prompt_syntax a1111)."""
+    ours = world["pipes"]["one"]
+    prompt = " ".join(["a (red:1.3) circle and a blue square"] * 12)
+    control = picture(ours.default_size, 16)
+    with_control = as_levels(ours(prompt, control_image=control, steps=2, seed=1, prompt_syntax="a1111"))
+    without = as_levels(ours(prompt, steps=2, seed=1, prompt_syntax="a1111"))
+    assert np.abs(with_control - without).max() > 5
