@@ -451,7 +451,14 @@ def _load_pipeline(
         if args.config is not None:
             raise UserInputError("--config gives a single-file --model its configs; an --engines folder was built "
                                  "with them already: drop --config")
-        return from_engines(args.engines, expect_variant=args.variant, expect_loras=_loras(args) if args.lora else None)
+        pipe = from_engines(args.engines, expect_variant=args.variant,
+                            expect_loras=_loras(args) if args.lora else None)
+        if _controlnets(args):
+            from answer_trt.loaders import check_built_controlnets
+            from answer_trt.manifest import read_manifest
+
+            check_built_controlnets(args.engines, read_manifest(args.engines), _controlnets(args))
+        return pipe
     if args.device != DEVICES[0] and args.backend != "torch":
         raise UserInputError(f"--device {args.device} applies to --backend torch: add --backend torch, or build "
                              "TensorRT engines for the GPU")

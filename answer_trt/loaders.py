@@ -37,7 +37,7 @@ from answer_trt.rules import (
 
 def load(
     source: str | Path = "tiny", *, backend: str | None = None, device: str = "cpu", build_log: Any = None,
-    variant: str | None = None, loras: Any = None, config: str | Path | None = None,
+    variant: str | None = None, loras: Any = None, config: str | Path | None = None, controlnets: Any = None,
 ) -> Pipeline:
     """``source``: an engines folder (has manifest.json), or a MODEL (``tiny``, a
     diffusers folder, a single-file ``.safetensors`` checkpoint, a hub id). A model is built
@@ -52,7 +52,10 @@ def load(
     With an engines folder, both must be what the folder was built with.
     ``config``: for a single-file checkpoint (``"model.safetensors"``), the diffusers folder or
     hub id whose configs and tokenizer it is converted with (default: diffusers' own choice for
-    its family, from the hub or the Hugging Face cache; ``answer_trt.models.single_file``)."""
+    its family, from the hub or the Hugging Face cache; ``answer_trt.models.single_file``).
+    ``controlnets``: diffusers ControlNet folders built beside the UNet, ``["canny-dir:0.8"]``
+    (``"DIR[:SCALE]"`` strings or ``ControlNetSpec``; ``answer_trt.controlnet``); with an engines
+    folder, what it was built with."""
     if not isinstance(source, (str, os.PathLike)) or isinstance(source, bytes):
         raise UserInputError(f"load() takes a model name, a model folder or an engines folder as a str or path, "
                              f"got {type(source).__name__}: e.g. load('tiny')")
@@ -65,15 +68,58 @@ def load(
     if config is not None and (not isinstance(config, (str, os.PathLike)) or isinstance(config, bytes)):
         raise UserInputError(f"config takes a diffusers folder or hub id as a str or path, got {type(config).__name__}")
     model_config = None if config is None else os.fspath(config)
+    controls = controlnet_specs(controlnets)
     if backend == "torch":
+        if controls:
+            raise UserInputError("controlnets build engines: leave backend='torch' out")
         return from_model_eager(str(source), device, variant=variant, loras=specs, config=model_config)
     if device != "cpu":
         raise UserInputError(f"device {device!r} applies to backend='torch' (engines choose their own device): "
                              f"pass backend='torch', or build TensorRT engines for the GPU")
     if (Path(source) / MANIFEST_NAME).is_file():
-        return from_engines(Path(source), expect_variant=variant, expect_loras=specs if loras is not None else None)
-    return from_engines(build_cached(str(source), log=build_log, variant=variant, loras=specs, config=model_config),
-                        verify=False)
+        pipe = from_engines(Path(source), expect_variant=variant, expect_loras=specs if loras is not None else None)
+        if controlnets is not None:
+            check_built_controlnets(Path(source), read_manifest(Path(source)), controls)
+        return pipe
+    return from_engines(build_cached(str(source), log=build_log, variant=variant, loras=specs, config=model_config,
+                                     controlnets=controls), verify=False)
+
+
+def controlnet_specs(controlnets: Any) -> tuple[ControlNetSpec, ...]:
+    """The Python API's ``controlnets=``: ``"DIR[:SCALE]"`` strings, paths or ``ControlNetSpec``
+    values (one alone is a list of one); None: none."""
+    if controlnets is None:
+        return ()
+    if isinstance(controlnets, (str, os.PathLike, ControlNetSpec)):
+        controlnets = [controlnets]
+    if not isinstance(controlnets, (list, tuple)):
+        raise UserInputError(f"controlnets takes a list of 'DIR[:SCALE]' strings, got {type(controlnets).__name__}")
+    specs = []
+    for item in controlnets:
+        if isinstance(item, ControlNetSpec):
+            specs.append(item)
+        elif isinstance(item, (str, os.PathLike)):
+            specs.append(ControlNetSpec.parse(os.fspath(item)))
+        else:
+            raise UserInputError(f"controlnets: {item!r} is not a 'DIR[:SCALE]' string or path")
+    return tuple(specs)
+
+
+def check_built_controlnets(folder: Path, manifest: Manifest, controlnets: tuple[ControlNetSpec, ...]) -> None:
+    """Refuse, in one line with the build command that would make it, a folder built with other
+    ControlNets than ``controlnets`` (compared by content sha256 and scale, in order)."""
+    from answer_trt.files import tree_sha256
+
+    wanted = []
+    for spec in controlnets:
+        if not spec.path.expanduser().is_dir():
+            raise UserInputError(f"--controlnet {spec.path}: no such folder")
+        wanted.append((tree_sha256(spec.path.expanduser()), spec.scale))
+    if wanted != [(e.sha256, e.scale) for e in manifest.controlnets]:
+        built = ", ".join(f"{e.name} (sha256 {e.sha256[:12]}) at {e.scale!r}" for e in manifest.controlnets) or "none"
+        raise UserInputError(f"{folder} was built with the ControlNets {built}, not the ones asked for: leave "
+                             f"--controlnet out, or build it with "
+                             f"`{replace(manifest.build_config(folder), controlnets=controlnets).command()}`")
 
 
 def from_engines(folder: Path, verify: bool = True, session: Any = None, expect_variant: str | None = None,

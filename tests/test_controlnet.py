@@ -329,3 +329,18 @@ def test_a_long_a1111_prompt_runs_with_control(world):
     with_control = as_levels(ours(prompt, control_image=control, steps=2, seed=1, prompt_syntax="a1111"))
     without = as_levels(ours(prompt, steps=2, seed=1, prompt_syntax="a1111"))
     assert np.abs(with_control - without).max() > 5
+
+
+def test_load_builds_controlnets_into_the_cache_and_an_engines_folder_is_checked(world, capsys):
+    first, second = world["controlnets"]
+    built = answer_trt.load(MODEL, controlnets=[f"{first}:0.8"])
+    assert [Path(e.split(":")[0]).name for e in built.weights.controlnets] == [first.name]
+    control = picture(built.default_size, 17)
+    assert np.array_equal(as_levels(built("a cat", control_image=control, steps=2, seed=1)),
+                          as_levels(world["pipes"]["one"]("a cat", control_image=control, steps=2, seed=1)))
+    answer_trt.load(world["folders"]["one"], controlnets=[f"{first}:0.8"])  # what it was built with
+    with pytest.raises(UserInputError, match="was built with the ControlNets .* --controlnet"):
+        answer_trt.load(world["folders"]["one"], controlnets=[f"{second}:0.8"])
+    assert run_cli("generate", "a cat", "--engines", world["folders"]["one"], "--controlnet", f"{first}:0.5",
+                   "--steps", 1) == 2
+    assert "not the ones asked for" in capsys.readouterr().err
