@@ -464,9 +464,8 @@ def _load_pipeline(
                              "TensorRT engines for the GPU")
     model, variant, loras = "tiny" if args.model is None else args.model, args.variant, _loras(args)
     if args.backend == "torch":
-        if _controlnets(args):
-            raise UserInputError("--controlnet builds engines: drop --backend torch")
-        return from_model_eager(model, args.device, variant=variant, loras=loras, config=args.config)
+        return from_model_eager(model, args.device, variant=variant, loras=loras, config=args.config,
+                                controlnets=_controlnets(args))
     return from_engines(build_cached(model, height, width, batch, log=log, variant=variant, loras=loras,
                                      config=args.config, controlnets=_controlnets(args)), verify=False)
 

@@ -70,9 +70,8 @@ def load(
     model_config = None if config is None else os.fspath(config)
     controls = controlnet_specs(controlnets)
     if backend == "torch":
-        if controls:
-            raise UserInputError("controlnets build engines: leave backend='torch' out")
-        return from_model_eager(str(source), device, variant=variant, loras=specs, config=model_config)
+        return from_model_eager(str(source), device, variant=variant, loras=specs, config=model_config,
+                                controlnets=controls)
     if device != "cpu":
         raise UserInputError(f"device {device!r} applies to backend='torch' (engines choose their own device): "
                              f"pass backend='torch', or build TensorRT engines for the GPU")
@@ -236,14 +235,18 @@ def _tensorrt_engines(folder: Path, manifest: Manifest) -> tuple[dict[str, Any],
 
 
 def from_model_eager(model: str, device: str = "cpu", variant: str | None = None,
-                     loras: tuple[LoraSpec, ...] = (), config: str | None = None) -> Pipeline:
+                     loras: tuple[LoraSpec, ...] = (), config: str | None = None,
+                     controlnets: tuple[ControlNetSpec, ...] = ()) -> Pipeline:
     """``model`` (its weights ``variant``, with ``loras`` fused; a single file with the
-    configs of ``config``) run eagerly in torch (``load(..., backend="torch")``)."""
+    configs of ``config``; ``controlnets`` beside its UNet) run eagerly in torch
+    (``load(..., backend="torch")``)."""
     import torch
 
+    from answer_trt.backends.torch_controlnet import with_controlnets
     from answer_trt.backends.torch_eager import TorchEngine
     from answer_trt.backends.torch_modules import component_modules
     from answer_trt.iospec import component_specs
+    from answer_trt.models.controlnet import check_controlnet, controlled_info, load_controlnet
     from answer_trt.models.info import read_model_info
     from answer_trt.models.source import load_model, resolve_model
     from answer_trt.precision import torch_dtype
@@ -254,16 +257,20 @@ def from_model_eager(model: str, device: str = "cpu", variant: str | None = None
     source = resolve_model(model, variant, config)
     info = read_model_info(source.path)  # first: its messages name a broken config file
     checked = tuple(check_lora(spec) for spec in loras)
+    controls = tuple(check_controlnet(spec, source.path) for spec in controlnets)
+    info = controlled_info(info, source.path, len(controls))
     loaded = load_model(source.path, source.variant, checked)
     specs = component_specs(info.dims)
     precision = "fp16" if device == "cuda" else "fp32"
     engines = {
         name: TorchEngine(module, specs[name], torch_dtype(name, precision, info.vae_force_upcast), device)
-        for name, module in component_modules(loaded).items()
+        for name, module in with_controlnets(component_modules(loaded), [load_controlnet(c) for c in controls],
+                                             len(info.dims.control_residuals), bool(info.dims.pooled_size)).items()
     }
     return Pipeline(
         tokenizers=loaded.tokenizers,
-        weights=BuiltWeights(source.variant, tuple(lora.tag for lora in checked)),
+        weights=BuiltWeights(source.variant, tuple(lora.tag for lora in checked), None,
+                             tuple(c.tag for c in controls), tuple(c.scale for c in controls)),
         engines=engines,  # type: ignore[arg-type]
         scheduler_config=loaded.scheduler_config,
         info=info,

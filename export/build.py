@@ -62,7 +62,7 @@ from answer_trt.manifest import (
     mismatched_files,
     read_manifest,
 )
-from answer_trt.models.controlnet import ControlNetFolder, check_controlnet, load_controlnet, residual_layout
+from answer_trt.models.controlnet import ControlNetFolder, check_controlnet, controlled_info, load_controlnet
 from answer_trt.models.fast_tokenizer import write_fast_tokenizer
 from answer_trt.models.info import ModelInfo, read_json_object, read_model_info, scheduler_config
 from answer_trt.models.lora import LoraFile, check_lora
@@ -179,9 +179,7 @@ def _plan(config: BuildConfig) -> BuildPlan:
     controlnets = tuple(check_controlnet(spec, source.path) for spec in config.controlnets)
     for controlnet in controlnets:
         check_manifest_text(str(controlnet.path), "--controlnet")
-    if controlnets:  # the UNet takes their residuals, and each is a component (iospec.CONTROLNETS)
-        residuals = residual_layout(read_json_object(source.path / "unet" / "config.json"), source.path / "unet")
-        info = replace(info, dims=replace(info.dims, controlnets=len(controlnets), control_residuals=residuals))
+    info = controlled_info(info, source.path, len(controlnets))  # the UNet takes their residuals
     return BuildPlan(config, source, source.content_hash(), info, height, width, loras, controlnets)
 
 

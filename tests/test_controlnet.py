@@ -344,3 +344,12 @@ def test_load_builds_controlnets_into_the_cache_and_an_engines_folder_is_checked
     assert run_cli("generate", "a cat", "--engines", world["folders"]["one"], "--controlnet", f"{first}:0.5",
                    "--steps", 1) == 2
     assert "not the ones asked for" in capsys.readouterr().err
+
+
+def test_the_torch_backend_runs_controlnets_equal_to_the_engines(world):
+    first = world["controlnets"][0]
+    eager = answer_trt.load(MODEL, backend="torch", controlnets=[f"{first}:0.8"])
+    control = picture(eager.default_size, 18)
+    got = as_levels(eager("a cat", control_image=control, steps=3, seed=2, method="cfg"))
+    engines = as_levels(world["pipes"]["one"]("a cat", control_image=control, steps=3, seed=2, method="cfg"))
+    assert np.abs(got - engines).max() <= 1

@@ -13,14 +13,14 @@ embedding agree (``check_controlnet``); anything else is refused in one line bef
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from answer_trt.build_config import ControlNetSpec
 from answer_trt.errors import UserInputError
 from answer_trt.files import tree_sha256
-from answer_trt.models.info import config_json, read_json_object
+from answer_trt.models.info import ModelInfo, config_json, read_json_object
 
 Residuals = tuple[tuple[int, int], ...]
 
@@ -105,3 +105,13 @@ def load_controlnet(folder: ControlNetFolder) -> Any:
 
     quiet_libraries()
     return ControlNetModel.from_pretrained(folder.path).float().eval()
+
+
+def controlled_info(info: ModelInfo, model_path: Path, count: int) -> ModelInfo:
+    """``info`` of the model at ``model_path`` built with ``count`` ControlNets: its dims name them
+    and the residuals its UNet takes (``iospec.control_residual_specs``); ``info`` itself for none."""
+    if not count:
+        return info
+    file = model_path / "unet" / "config.json"
+    residuals = residual_layout(read_json_object(file), file)
+    return replace(info, dims=replace(info.dims, controlnets=count, control_residuals=residuals))
