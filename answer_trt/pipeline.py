@@ -333,8 +333,7 @@ class Pipeline:
         if callback is not None and not callable(callback):
             raise UserInputError(f"callback must be a function of (step index, number of steps), got "
                                  f"{type(callback).__name__}")
-        plan = self.plan(request, init, embeds)
-        check_control(request, control, plan.config.height or 0, plan.config.width or 0)
+        plan = self.plan(request, init, embeds, control)
         if cuda_graph:
             self._check_graphable(plan)
             if control is not None:
@@ -366,7 +365,7 @@ class Pipeline:
         return Generation(images, plan.params, timings, plan.config)
 
     def plan(self, request: GenerateRequest, init: InitImage | None = None,
-             embeds: PromptEmbeds | None = None) -> RequestPlan:
+             embeds: PromptEmbeds | None = None, control: ControlImages | None = None) -> RequestPlan:
         """Check ``request`` against these engines (``check_request``; img2img's ``init`` image
         against it, ``answer_trt.img2img.check_init``; given ``embeds``' shapes) and make its scheduler
         and step rule; no engine work. Raises ``UserInputError`` with the CLI's messages. Warns when a
@@ -376,6 +375,8 @@ class Pipeline:
                               sdxl=bool(self.dims.pooled_size), multiple=self.dims.size_multiple,
                               height=self.limits.height, width=self.limits.width, inpaint_unet=self.dims.inpaint_unet)
         config = self.check_request(request.sampling_config(), request.prompt)
+        # ControlNet's images (a request naming some needs them: the serving batcher runs none yet).
+        check_control(request, control, config.height or 0, config.width or 0)
         if request.negative_prompt and not make_guider(config.guidance).reads_negative:
             logger.warning("the negative prompt is ignored: at guidance_scale %g <= 1 guidance is off and only the "
                            "prompt's prediction is used (as in diffusers); pass a guidance_scale above 1 to use it",

@@ -353,3 +353,16 @@ def test_the_torch_backend_runs_controlnets_equal_to_the_engines(world):
     got = as_levels(eager("a cat", control_image=control, steps=3, seed=2, method="cfg"))
     engines = as_levels(world["pipes"]["one"]("a cat", control_image=control, steps=3, seed=2, method="cfg"))
     assert np.abs(got - engines).max() <= 1
+
+
+def test_the_batcher_refuses_a_request_naming_control_images(world):
+    """serve has no control images yet: a request that names some is refused, not drawn without."""
+    from answer_trt.schema import make_request
+    from answer_trt.serving.batcher import StepBatcher
+
+    batcher = StepBatcher(world["pipes"]["one"])
+    try:
+        with pytest.raises(UserInputError, match="drawn with control image"):
+            batcher.submit(make_request("a cat", {"steps": 2, "control_image_sha256": "ab" * 32}))
+    finally:
+        batcher.close()
