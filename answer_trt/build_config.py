@@ -72,6 +72,48 @@ class LoraSpec:
         return f"{self.path}:{self.scale!r}"
 
 
+# --controlnet DIR:SCALE: diffusers' controlnet_conditioning_scale, bounded as the issue asks.
+MAX_CONTROLNET_SCALE = 2.0
+# The most ControlNets one folder is built with (``iospec.CONTROLNETS``).
+MAX_CONTROLNETS = 4
+
+@dataclass(frozen=True)
+class ControlNetSpec:
+    """One ``--controlnet DIR[:SCALE]``: a diffusers ControlNet folder and its conditioning
+    scale (diffusers' ``controlnet_conditioning_scale``, 0..2). Validated on construction."""
+
+    path: Path
+    scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
+        if isinstance(self.scale, bool) or not isinstance(self.scale, (int, float)):
+            raise UserInputError(f"--controlnet {self.path}: the scale must be a number, got "
+                                 f"{type(self.scale).__name__}")
+        scale = float(self.scale)
+        if not math.isfinite(scale) or not 0.0 <= scale <= MAX_CONTROLNET_SCALE:
+            raise UserInputError(f"--controlnet {self.path}:{self.scale}: SCALE must be a number in 0 .. "
+                                 f"{MAX_CONTROLNET_SCALE:g} (1: the residuals as trained)")
+        object.__setattr__(self, "scale", scale)
+
+    @classmethod
+    def parse(cls, text: str) -> ControlNetSpec:
+        """``DIR`` or ``DIR:SCALE`` (the last ``:`` splits them unless ``text`` is an existing folder)."""
+        head, colon, tail = text.rpartition(":")
+        if not colon or not head or "/" in tail or "\\" in tail or Path(text).is_dir():
+            return cls(Path(text))
+        try:
+            scale = float(tail)
+        except ValueError:
+            raise UserInputError(f"--controlnet {text}: SCALE {tail!r} is not a number: write DIR or DIR:SCALE, "
+                                 f"e.g. --controlnet {head}:0.8") from None
+        return cls(Path(head), scale)
+
+    def argument(self) -> str:
+        """The ``--controlnet`` value that gives this ControlNet again (``DIR:SCALE``)."""
+        return f"{self.path}:{self.scale!r}"
+
+
 def lora_specs(loras: object) -> tuple[LoraSpec, ...]:
     """The Python API's ``loras=``: a list of ``"FILE[:SCALE]"`` strings, paths, ``(path, scale)``
     pairs or ``LoraSpec`` values (one alone is taken as a list of one); None: none."""
@@ -127,6 +169,8 @@ class BuildConfig:
     # Which components to build (``iospec.COMPONENT_SETS``): ``all`` (default) adds the VAE
     # encoder that img2img and inpainting need to the text-to-image three (``txt2img``).
     components: str = "all"
+    # ControlNets exported beside the UNet, which then takes their residuals (models/controlnet.py).
+    controlnets: tuple[ControlNetSpec, ...] = ()
     # Chunks of the text encoder's length (75 tokens + start and end for CLIP) the UNet's text axis
     # takes: A1111's long prompts (prompt_syntax a1111) up to this many chunks.
     max_prompt_chunks: int = DEFAULT_PROMPT_CHUNKS
@@ -137,6 +181,15 @@ class BuildConfig:
         object.__setattr__(self, "loras", tuple(self.loras))
         if not all(isinstance(lora, LoraSpec) for lora in self.loras):
             raise UserInputError("loras must be LoraSpec values (LoraSpec.parse('FILE:SCALE'))")
+        object.__setattr__(self, "controlnets", tuple(self.controlnets))
+        if not all(isinstance(c, ControlNetSpec) for c in self.controlnets):
+            raise UserInputError("controlnets must be ControlNetSpec values (ControlNetSpec.parse('DIR:SCALE'))")
+        if len(self.controlnets) > MAX_CONTROLNETS:
+            raise UserInputError(f"{len(self.controlnets)} --controlnet folders: one build takes at most "
+                                 f"{MAX_CONTROLNETS}")
+        if self.controlnets and self.backend == "inductor":
+            raise UserInputError("--controlnet builds tensorrt or onnxruntime engines: use --backend tensorrt or "
+                                 "onnxruntime")
         check_choice("backend", self.backend, BUILD_BACKENDS)
         check_choice("device", self.device, DEVICES)
         check_choice("components", self.components, tuple(COMPONENT_SETS))
@@ -205,6 +258,8 @@ class BuildConfig:
             words += ["--lora", lora.argument()]
         if self.vae is not None:
             words += ["--vae", self.vae]
+        for controlnet in self.controlnets:
+            words += ["--controlnet", controlnet.argument()]
         for side in ("height", "width"):
             value = getattr(self, side)
             if value is not None:

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from answer_trt.build_config import LoraSpec
+from answer_trt.build_config import ControlNetSpec, LoraSpec
 from answer_trt.config import METHODS
 from answer_trt.errors import NonFiniteImageError, UserInputError, printable
 from answer_trt.files import MAX_PNG_BYTES, check_writable_file, numbered_paths, read_bounded
@@ -102,6 +102,7 @@ def _parse_seed(text: str) -> int:
 _seed = _argument(_parse_seed, "seed")
 _variant = _argument(check_variant, "variant")
 _lora = _argument(LoraSpec.parse, "FILE[:SCALE]")
+_controlnet = _argument(ControlNetSpec.parse, "DIR[:SCALE]")
 
 
 def _exact(bound: float | None) -> str:
@@ -183,10 +184,17 @@ def add_weights_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vae", metavar="FILE_OR_DIR",
                         help="replace the model's VAE: a .safetensors VAE file (A1111's models/VAE, original or "
                              "diffusers keys) or a diffusers AutoencoderKL folder")
+    parser.add_argument("--controlnet", action="append", type=_controlnet, metavar="DIR[:SCALE]",
+                        help="build this diffusers ControlNet folder beside the UNet, its residuals times SCALE (0..2, "
+                             "default 1); repeat for more (their residuals are summed); generate takes --control-image")
 
 
 def _loras(args: argparse.Namespace) -> tuple[LoraSpec, ...]:
     return tuple(args.lora or ())
+
+
+def _controlnets(args: argparse.Namespace) -> tuple[ControlNetSpec, ...]:
+    return tuple(getattr(args, "controlnet", None) or ())
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -244,6 +252,9 @@ def make_parser() -> argparse.ArgumentParser:
                    "unless --height/--width resize it, Lanczos); --strength sets how much")
     g.add_argument("--mask", type=Path, help="inpainting: repaint --image where this greyscale mask of its size is "
                    "white, keep it where black (--mask-blur blurs it first)")
+    g.add_argument("--control-image", type=Path, action="append", metavar="FILE",
+                   help="ControlNet: the control image (resized to the output size, Lanczos); one for all "
+                        "--controlnet folders, or one each in their order")
     g.add_argument("--cuda-graph", action="store_true",
                    help="replay each denoising step as a CUDA graph (GPU engines, ddim/euler, parallel mode)")
     g.add_argument("-o", "--output", type=Path, default=Path("answer.png"), help="PNG path (default answer.png)")
@@ -394,7 +405,7 @@ def _build(args: argparse.Namespace) -> int:
         max_batch=args.max_batch, height=args.height, width=args.width, force=args.force,
         check=args.check, optimize=args.optimize, variant=args.variant, loras=_loras(args), device=args.device,
         model_config=args.config, vae=args.vae,
-        components=args.components,
+        components=args.components, controlnets=_controlnets(args),
         max_prompt_chunks=args.max_prompt_chunks,
     )
     build_engines(config, log=lambda msg: print(msg, file=sys.stderr))
@@ -447,16 +458,24 @@ def _load_pipeline(
         if args.config is not None:
             raise UserInputError("--config gives a single-file --model its configs; an --engines folder was built "
                                  "with them already: drop --config")
-        return from_engines(args.engines, expect_variant=args.variant, expect_loras=_loras(args) if args.lora else None,
-                            expect_vae=args.vae)
+        pipe = from_engines(args.engines, expect_variant=args.variant,
+                            expect_loras=_loras(args) if args.lora else None, expect_vae=args.vae)
+        if _controlnets(args):
+            from answer_trt.loaders import check_built_controlnets
+            from answer_trt.manifest import read_manifest
+
+            check_built_controlnets(args.engines, read_manifest(args.engines), _controlnets(args))
+        return pipe
     if args.device != DEVICES[0] and args.backend != "torch":
         raise UserInputError(f"--device {args.device} applies to --backend torch: add --backend torch, or build "
                              "TensorRT engines for the GPU")
     model, variant, loras = "tiny" if args.model is None else args.model, args.variant, _loras(args)
     if args.backend == "torch":
-        return from_model_eager(model, args.device, variant=variant, loras=loras, config=args.config, vae=args.vae)
+        return from_model_eager(model, args.device, variant=variant, loras=loras, config=args.config, vae=args.vae,
+                                controlnets=_controlnets(args))
     return from_engines(build_cached(model, height, width, batch, log=log, variant=variant, loras=loras,
-                                     config=args.config, vae=args.vae, backend=args.backend or "onnxruntime"),
+                                     config=args.config, vae=args.vae, backend=args.backend or "onnxruntime",
+                                     controlnets=_controlnets(args)),
                         verify=False)
 
 
@@ -503,10 +522,14 @@ def _generate(args: argparse.Namespace) -> int:
     loaded = time.perf_counter()
     if recorded is not None:  # a replay: with the LoRAs the image was drawn with
         pipe.weights.check_replay(recorded, f"--from-png {args.from_png}")
+    control = _control_images(args, request, pipe)
+    if control is not None and not request.control_image_sha256:  # a replay's is checked against the images
+        request = request.replace(control_image_sha256=control.sha256)
 
     progress = _progress_bar(request.steps)
     try:
-        result = pipe.run(request, cuda_graph=args.cuda_graph, callback=_step_callback(progress), init=init)
+        result = pipe.run(request, cuda_graph=args.cuda_graph, callback=_step_callback(progress), init=init,
+                          control=control)
     finally:
         if progress:
             progress.close()
@@ -519,6 +542,23 @@ def _generate(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+def _control_images(args: argparse.Namespace, request: GenerateRequest, pipe: Pipeline) -> Any:
+    """ControlNet: ``--control-image`` read at the output size (``answer_trt.controlnet``); a replay
+    of an image drawn with control needs the same images (``control_image_sha256``), checked by the run."""
+    if not args.control_image:
+        if request.control_image_sha256:
+            raise UserInputError(f"--from-png {args.from_png} was drawn with control image(s) (sha256 "
+                                 f"{request.control_image_sha256[:16]}...): pass them with --control-image FILE")
+        return None
+    from answer_trt.controlnet import controlnet_engines, load_control_images
+
+    if request.control_image_sha256 is None and args.from_png is not None:
+        raise UserInputError(f"--from-png {args.from_png} was drawn without a control image: drop --control-image")
+    height, width = request.height or pipe.default_size[0], request.width or pipe.default_size[1]
+    images = [Path(p) for p in args.control_image]
+    return load_control_images(images, len(controlnet_engines(pipe.engines)), height, width)
 
 
 def _input_image(args: argparse.Namespace, request: GenerateRequest, replay: bool) -> tuple[GenerateRequest, Any]:
@@ -563,6 +603,9 @@ def _check_before_load(args: argparse.Namespace, request: GenerateRequest) -> No
     cross-field rules (``GenerateRequest.sampling_config``), and ``--cuda-graph`` where the
     engines will not be on a CUDA GPU."""
     request.sampling_config()
+    from answer_trt.controlnet import check_control_fields
+
+    check_control_fields(request)
     if not args.cuda_graph:
         return
     if args.engines is not None:

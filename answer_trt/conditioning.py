@@ -23,6 +23,12 @@ class TextCondition:
     time_ids: Tensor | None = None
     mask: Tensor | None = None
     masked_image_latents: Tensor | None = None
+    # ControlNets (``answer_trt.controlnet``): per row, the control images ``[B, K, 3, H, W]`` in
+    # [0, 1], the K conditioning scales ``[B, K]`` and the timestep windows ``[B, K, 2]`` (low, high)
+    # they apply in; read by the ControlNets, not fed to the UNet.
+    control: Tensor | None = None
+    control_scale: Tensor | None = None
+    control_window: Tensor | None = None
 
     @property
     def batch(self) -> int:
@@ -35,7 +41,8 @@ class TextCondition:
             return None if t is None else t.expand(batch, *t.shape[1:])
 
         return TextCondition(grow(self.hidden), grow(self.pooled), grow(self.time_ids),  # type: ignore[arg-type]
-                             grow(self.mask), grow(self.masked_image_latents))
+                             grow(self.mask), grow(self.masked_image_latents), grow(self.control),
+                             grow(self.control_scale), grow(self.control_window))
 
     def to(self, device: torch.device) -> TextCondition:
         """The same condition on ``device`` (tensors already there are kept, not copied)."""
@@ -44,7 +51,8 @@ class TextCondition:
             return None if t is None else t.to(device)
 
         return TextCondition(self.hidden.to(device), move(self.pooled), move(self.time_ids), move(self.mask),
-                             move(self.masked_image_latents))
+                             move(self.masked_image_latents), move(self.control), move(self.control_scale),
+                             move(self.control_window))
 
     def feeds(self) -> dict[str, Tensor]:
         """The UNet inputs this condition fills, by IO-spec name."""
@@ -79,4 +87,6 @@ def cat_conditions(conds: Sequence[TextCondition]) -> TextCondition:
 
     hidden = torch.cat([c.hidden for c in conds])
     return TextCondition(hidden, cat([c.pooled for c in conds]), cat([c.time_ids for c in conds]),
-                         cat([c.mask for c in conds]), cat([c.masked_image_latents for c in conds]))
+                         cat([c.mask for c in conds]), cat([c.masked_image_latents for c in conds]),
+                         cat([c.control for c in conds]), cat([c.control_scale for c in conds]),
+                         cat([c.control_window for c in conds]))

@@ -24,9 +24,12 @@ Profile = dict[str, tuple[int, int, int]]  # symbol -> (min, opt, max)
 TEXT_ENCODER, UNET, VAE_DECODER = "text_encoder", "unet", "vae_decoder"
 # The VAE encoder (img2img, inpainting): optional in a folder (``answer-trt build --components``).
 VAE_ENCODER = "vae_encoder"
-COMPONENTS = (TEXT_ENCODER, UNET, VAE_DECODER, VAE_ENCODER)
+# ControlNets (``--controlnet``, answer_trt/controlnet.py): one component each, in the folder only
+# where built with them (``ModelDims.controlnets``), whose UNet then takes their residuals.
+CONTROLNETS = tuple(f"controlnet_{i}" for i in range(4))
+COMPONENTS = (TEXT_ENCODER, UNET, VAE_DECODER, VAE_ENCODER, *CONTROLNETS)
 # What each ``--components`` choice builds; every folder has the text-to-image three.
-COMPONENT_SETS = {"txt2img": (TEXT_ENCODER, UNET, VAE_DECODER), "all": COMPONENTS}
+COMPONENT_SETS = {"txt2img": (TEXT_ENCODER, UNET, VAE_DECODER), "all": COMPONENTS[:4]}
 REQUIRED_COMPONENTS = COMPONENT_SETS["txt2img"]
 
 # Branches stacked in one UNet call: ANSWER parallel sends (x,c_p), (z,c_p), (z,c_0).
@@ -126,6 +129,10 @@ class ModelDims:
     # the masked image's latents (latent_channels) beside the latents (``MASK``,
     # ``MASKED_IMAGE_LATENTS``); detected from the UNet config (in_channels > out_channels).
     inpaint_unet: bool = False
+    # Built with ``--controlnet``: how many ControlNets, and ``(channels, down factor)`` of each
+    # residual they add (the down blocks', then the mid block's; models/controlnet.residual_layout).
+    controlnets: int = 0
+    control_residuals: tuple[tuple[int, int], ...] = ()
     # SDXL: the first text encoder's share of text_hidden_size (the condition is both encoders'
     # states side by side; A1111's emphasis rescales each encoder's on its own). 0: one encoder,
     # or a manifest written before it was recorded.
@@ -162,14 +169,13 @@ class ModelDims:
     def bind(self, batch: int, height: int, width: int, chunks: int = 1) -> dict[str, int]:
         """Values of every symbol for ``batch`` images of ``height`` x ``width`` pixels, with
         text conditions of ``chunks`` chunks."""
-        return {
-            "batch": batch,
-            "image_height": height,
-            "image_width": width,
-            "latent_height": height // self.vae_scale_factor,
-            "latent_width": width // self.vae_scale_factor,
-            TEXT_LENGTH: self.text_max_length * chunks,
-        }
+        latent_height, latent_width = height // self.vae_scale_factor, width // self.vae_scale_factor
+        bound = {"batch": batch, "image_height": height, "image_width": width, "latent_height": latent_height,
+                 "latent_width": latent_width, TEXT_LENGTH: self.text_max_length * chunks}
+        for factor in {f for _, f in self.control_residuals if f > 1}:  # ControlNet residuals' sides
+            bound[f"latent_height_{factor}"], bound[f"latent_width_{factor}"] = (latent_height // factor,
+                                                                                latent_width // factor)
+        return bound
 
 
 # Names of the text-condition inputs of the UNet, per field of ``TextCondition``.
@@ -184,6 +190,10 @@ MASK, MASKED_IMAGE_LATENTS = "mask", "masked_image_latents"
 # samples ``mean + std * noise`` with the request's generator (``answer_trt.img2img``), as
 # diffusers' ``retrieve_latents`` does.
 LATENT_MEAN, LATENT_STD = "latent_mean", "latent_std"
+# A ControlNet's control image ``[B, 3, H, W]`` in [0, 1] and per-row conditioning scale ``[B]``
+# (0 outside control_guidance_start/end); its outputs, the UNet's further inputs: one residual per
+# down-block output (``down_block_res_{i}``) and the mid block's.
+CONTROL_IMAGE, CONDITIONING_SCALE, MID_RESIDUAL = "controlnet_cond", "conditioning_scale", "mid_block_res"
 # Names of the text encoder's outputs.
 TEXT_EMBEDDINGS, POOLED_EMBEDDINGS = "text_embeddings", "pooled_embeddings"
 # The text encoder's per-row clip skip (A1111's meaning; 1: the last layer).
@@ -193,6 +203,16 @@ CLIP_SKIP = "clip_skip"
 def input_ids_name(index: int) -> str:
     """``input_ids`` for the first tokenizer, ``input_ids_2`` for SDXL's second."""
     return "input_ids" if index == 0 else f"input_ids_{index + 1}"
+
+
+def control_residual_specs(dims: ModelDims) -> tuple[TensorSpec, ...]:
+    """The residuals a ControlNet gives and its UNet takes (``ModelDims.control_residuals``)."""
+    def side(axis: str, factor: int) -> str:
+        return axis if factor == 1 else f"{axis}_{factor}"
+
+    names = [f"down_block_res_{i}" for i in range(len(dims.control_residuals) - 1)] + [MID_RESIDUAL]
+    return tuple(TensorSpec(name, ("batch", channels, side("latent_height", f), side("latent_width", f)), "float32")
+                 for name, (channels, f) in zip(names, dims.control_residuals))
 
 
 def component_specs(dims: ModelDims) -> dict[str, ComponentSpec]:
@@ -229,6 +249,7 @@ def component_specs(dims: ModelDims) -> dict[str, ComponentSpec]:
                 TensorSpec(HIDDEN, unet_text, "float32"),
                 *added_unet_inputs,
                 *inpaint_inputs,
+                *(control_residual_specs(dims) if dims.controlnets else ()),
             ),
             outputs=(TensorSpec("noise_pred", latent, "float32"),),
         ),
@@ -242,11 +263,18 @@ def component_specs(dims: ModelDims) -> dict[str, ComponentSpec]:
             inputs=(TensorSpec("images", ("batch", 3, "image_height", "image_width"), "float32"),),
             outputs=(TensorSpec(LATENT_MEAN, latent, "float32"), TensorSpec(LATENT_STD, latent, "float32")),
         ),
+        **{name: ComponentSpec(name, inputs=(
+            TensorSpec("sample", latent, "float32"), TensorSpec("timestep", ("batch",), "float32"),
+            TensorSpec(HIDDEN, unet_text, "float32"), *added_unet_inputs,
+            TensorSpec(CONTROL_IMAGE, ("batch", 3, "image_height", "image_width"), "float32"),
+            TensorSpec(CONDITIONING_SCALE, ("batch",), "float32"),
+        ), outputs=control_residual_specs(dims)) for name in CONTROLNETS[:dims.controlnets]},
     }
 
 
 # How many stacked rows one image adds to each component's batch axis.
-BATCH_MULTIPLIER = {TEXT_ENCODER: TEXT_BRANCHES, UNET: MAX_BRANCHES, VAE_DECODER: 1, VAE_ENCODER: 1}
+BATCH_MULTIPLIER = {TEXT_ENCODER: TEXT_BRANCHES, UNET: MAX_BRANCHES, VAE_DECODER: 1, VAE_ENCODER: 1,
+                    **dict.fromkeys(CONTROLNETS, MAX_BRANCHES)}
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from answer_trt.build_config import BuildConfig, LoraSpec, lora_specs
+from answer_trt.build_config import BuildConfig, ControlNetSpec, LoraSpec, lora_specs
 from answer_trt.cache import cache_root
 from answer_trt.errors import UserInputError
 from answer_trt.files import read_bounded
@@ -38,7 +38,7 @@ from answer_trt.rules import (
 def load(
     source: str | Path = "tiny", *, backend: str | None = None, device: str = "cpu", build_log: Any = None,
     variant: str | None = None, loras: Any = None, config: str | Path | None = None,
-    lora_dir: str | Path | None = None, vae: str | Path | None = None,
+    lora_dir: str | Path | None = None, vae: str | Path | None = None, controlnets: Any = None,
 ) -> Any:
     """``source``: an engines folder (has manifest.json), or a MODEL (``tiny``, a
     diffusers folder, a single-file ``.safetensors`` checkpoint, a hub id). A model is built
@@ -59,7 +59,10 @@ def load(
     fused at SCALE (after ``loras``), built into the cache once per set; a MODEL only.
     ``vae``: a VAE in place of the model's own: a diffusers AutoencoderKL folder or a ``.safetensors``
     VAE file (A1111's models/VAE; ``answer_trt.models.vae_file``); with an engines folder, the one
-    it was built with."""
+    it was built with.
+    ``controlnets``: diffusers ControlNet folders built beside the UNet, ``["canny-dir:0.8"]``
+    (``"DIR[:SCALE]"`` strings or ``ControlNetSpec``; ``answer_trt.controlnet``); with an engines
+    folder, what it was built with."""
     if not isinstance(source, (str, os.PathLike)) or isinstance(source, bytes):
         raise UserInputError(f"load() takes a model name, a model folder or an engines folder as a str or path, "
                              f"got {type(source).__name__}: e.g. load('tiny')")
@@ -82,19 +85,25 @@ def load(
             raise UserInputError(f"lora_dir chooses engines built into the cache for the tags' LoRAs; {source} was "
                                  "built with its own: pass a MODEL with lora_dir, or drop lora_dir")
         return LoraDirPipeline(lambda chosen: load(source, backend=backend, device=device, build_log=build_log,
-                                                   variant=variant, loras=chosen, config=config, vae=vae),
+                                                   variant=variant, loras=chosen, config=config, vae=vae,
+                                                   controlnets=controlnets),
                                check_lora_dir(lora_dir), specs)
+    controls = controlnet_specs(controlnets)
     if backend == "torch":
-        return from_model_eager(str(source), device, variant=variant, loras=specs, config=model_config, vae=vae_path)
+        return from_model_eager(str(source), device, variant=variant, loras=specs, config=model_config, vae=vae_path,
+                                controlnets=controls)
     if device != "cpu":
         raise UserInputError(f"device {device!r} applies to backend='torch' (engines choose their own device): "
                              f"pass backend='torch', or build TensorRT engines for the GPU")
     if (Path(source) / MANIFEST_NAME).is_file():
-        return from_engines(Path(source), expect_variant=variant, expect_loras=specs if loras is not None else None,
+        pipe = from_engines(Path(source), expect_variant=variant, expect_loras=specs if loras is not None else None,
                             expect_vae=vae_path)
+        if controlnets is not None:
+            check_built_controlnets(Path(source), read_manifest(Path(source)), controls)
+        return pipe
     return from_engines(build_cached(str(source), log=build_log, variant=variant, loras=specs, config=model_config,
-                                     vae=vae_path, backend=backend or "onnxruntime"), verify=False)
-
+                                     vae=vae_path, backend=backend or "onnxruntime", controlnets=controls),
+                        verify=False)
 
 class LoraDirPipeline:
     """``load(MODEL, lora_dir=DIR)``: each call's ``<lora:NAME:SCALE>`` tags (A1111's prompt syntax,
@@ -126,6 +135,43 @@ class LoraDirPipeline:
         kwargs.setdefault("prompt_syntax", "a1111")
         return self.pipeline_for(prompt, kwargs.get("negative_prompt"), kwargs["prompt_syntax"]).generate(
             prompt, **kwargs)
+
+
+def controlnet_specs(controlnets: Any) -> tuple[ControlNetSpec, ...]:
+    """The Python API's ``controlnets=``: ``"DIR[:SCALE]"`` strings, paths or ``ControlNetSpec``
+    values (one alone is a list of one); None: none."""
+    if controlnets is None:
+        return ()
+    if isinstance(controlnets, (str, os.PathLike, ControlNetSpec)):
+        controlnets = [controlnets]
+    if not isinstance(controlnets, (list, tuple)):
+        raise UserInputError(f"controlnets takes a list of 'DIR[:SCALE]' strings, got {type(controlnets).__name__}")
+    specs = []
+    for item in controlnets:
+        if isinstance(item, ControlNetSpec):
+            specs.append(item)
+        elif isinstance(item, (str, os.PathLike)):
+            specs.append(ControlNetSpec.parse(os.fspath(item)))
+        else:
+            raise UserInputError(f"controlnets: {item!r} is not a 'DIR[:SCALE]' string or path")
+    return tuple(specs)
+
+
+def check_built_controlnets(folder: Path, manifest: Manifest, controlnets: tuple[ControlNetSpec, ...]) -> None:
+    """Refuse, in one line with the build command that would make it, a folder built with other
+    ControlNets than ``controlnets`` (compared by content sha256 and scale, in order)."""
+    from answer_trt.files import tree_sha256
+
+    wanted = []
+    for spec in controlnets:
+        if not spec.path.expanduser().is_dir():
+            raise UserInputError(f"--controlnet {spec.path}: no such folder")
+        wanted.append((tree_sha256(spec.path.expanduser()), spec.scale))
+    if wanted != [(e.sha256, e.scale) for e in manifest.controlnets]:
+        built = ", ".join(f"{e.name} (sha256 {e.sha256[:12]}) at {e.scale!r}" for e in manifest.controlnets) or "none"
+        raise UserInputError(f"{folder} was built with the ControlNets {built}, not the ones asked for: leave "
+                             f"--controlnet out, or build it with "
+                             f"`{replace(manifest.build_config(folder), controlnets=controlnets).command()}`")
 
 
 def from_engines(folder: Path, verify: bool = True, session: Any = None, expect_variant: str | None = None,
@@ -179,7 +225,8 @@ def from_engines(folder: Path, verify: bool = True, session: Any = None, expect_
         weights=BuiltWeights(manifest.variant, tuple(lora_tag(e.name, e.sha256, e.scale) for e in manifest.loras),
                              manifest.single_file.sha256 if manifest.single_file else manifest.model_hash,
                              manifest.vae.sha256 if manifest.vae else None,
-                             manifest.vae.name if manifest.vae else None),
+                             manifest.vae.name if manifest.vae else None,
+                             tuple(e.tag for e in manifest.controlnets), tuple(e.scale for e in manifest.controlnets)),
         engines=engines,
         scheduler_config=_scheduler_config(folder, manifest),
         info=manifest.info,
@@ -261,14 +308,18 @@ def _tensorrt_engines(folder: Path, manifest: Manifest) -> tuple[dict[str, Any],
 
 
 def from_model_eager(model: str, device: str = "cpu", variant: str | None = None,
-                     loras: tuple[LoraSpec, ...] = (), config: str | None = None, vae: str | None = None) -> Pipeline:
+                     loras: tuple[LoraSpec, ...] = (), config: str | None = None, vae: str | None = None,
+                     controlnets: tuple[ControlNetSpec, ...] = ()) -> Pipeline:
     """``model`` (its weights ``variant``, with ``loras`` fused; a single file with the
-    configs of ``config``; ``vae`` in place of its VAE) run eagerly in torch (``load(..., backend="torch")``)."""
+    configs of ``config``; ``vae`` in place of its VAE; ``controlnets`` beside its UNet) run
+    eagerly in torch (``load(..., backend="torch")``)."""
     import torch
 
+    from answer_trt.backends.torch_controlnet import with_controlnets
     from answer_trt.backends.torch_eager import TorchEngine
     from answer_trt.backends.torch_modules import component_modules
     from answer_trt.iospec import component_specs
+    from answer_trt.models.controlnet import check_controlnet, controlled_info, load_controlnet
     from answer_trt.models.info import read_model_info
     from answer_trt.models.source import load_model, resolve_model
     from answer_trt.models.vae_file import check_vae
@@ -281,17 +332,21 @@ def from_model_eager(model: str, device: str = "cpu", variant: str | None = None
     info = read_model_info(source.path)  # first: its messages name a broken config file
     checked = tuple(check_lora(spec) for spec in loras)
     vae_file = check_vae(vae, source.path) if vae is not None else None
+    controls = tuple(check_controlnet(spec, source.path) for spec in controlnets)
+    info = controlled_info(info, source.path, len(controls))
     loaded = load_model(source.path, source.variant, checked, vae_file)
     specs = component_specs(info.dims)
     precision = "fp16" if device == "cuda" else "fp32"
     engines = {
         name: TorchEngine(module, specs[name], torch_dtype(name, precision, info.vae_force_upcast), device)
-        for name, module in component_modules(loaded).items()
+        for name, module in with_controlnets(component_modules(loaded), [load_controlnet(c) for c in controls],
+                                             len(info.dims.control_residuals), bool(info.dims.pooled_size)).items()
     }
     return Pipeline(
         tokenizers=loaded.tokenizers,
         weights=BuiltWeights(source.variant, tuple(lora.tag for lora in checked), None,
-                             vae_file.sha256 if vae_file else None, vae_file.name if vae_file else None),
+                             vae_file.sha256 if vae_file else None, vae_file.name if vae_file else None,
+                             tuple(c.tag for c in controls), tuple(c.scale for c in controls)),
         engines=engines,  # type: ignore[arg-type]
         scheduler_config=loaded.scheduler_config,
         info=info,
@@ -304,7 +359,8 @@ def from_model_eager(model: str, device: str = "cpu", variant: str | None = None
 
 def cached_engines_folder(model: str, height: int | None, width: int | None, max_batch: int,
                           variant: str | None = None, loras: tuple[LoraSpec, ...] = (),
-                          config: str | None = None, vae: str | None = None, backend: str = "onnxruntime") -> Path:
+                          config: str | None = None, vae: str | None = None, backend: str = "onnxruntime",
+                          controlnets: tuple[ControlNetSpec, ...] = ()) -> Path:
     """One cache folder per model, weights variant, LoRAs (files by path, and scales), single-file
     configs, ``--vae`` (by path), backend (onnxruntime or openvino) and build shape:
     ``<cache>/engines/<name>-<hash>-...``. (A LoRA file or single-file checkpoint changed in place
@@ -318,6 +374,8 @@ def cached_engines_folder(model: str, height: int | None, width: int | None, max
         where += f"\0variant={variant}"
     for lora in loras:
         where += f"\0lora={lora.path.expanduser().resolve()}:{lora.scale!r}"
+    for controlnet in controlnets:
+        where += f"\0controlnet={controlnet.path.expanduser().resolve()}:{controlnet.scale!r}"
     if config is not None:
         local_config = Path(config).expanduser()
         where += f"\0config={local_config.resolve() if local_config.is_dir() else config}"
@@ -335,6 +393,7 @@ def build_cached(
     variant: str | None = None, loras: tuple[LoraSpec, ...] = (), config: str | None = None,
     vae: str | None = None,
     backend: str = "onnxruntime",
+    controlnets: tuple[ControlNetSpec, ...] = (),
 ) -> Path:
     """Build (or reuse) ONNX Runtime (``backend="openvino"``: OpenVINO, fp32) engines for ``model``
     (its weights ``variant``, with ``loras`` fused; a single file with the configs of ``config``)
@@ -345,10 +404,10 @@ def build_cached(
     # build: one cache folder, not a second build of the same engines.
     height, width = (None if side == default else side for side in (height, width))
     max_batch = max(DEFAULT_MAX_BATCH, batch)
-    folder = cached_engines_folder(model, height, width, max_batch, variant, loras, config, vae, backend)
+    folder = cached_engines_folder(model, height, width, max_batch, variant, loras, config, vae, backend, controlnets)
     vae_argument = None if vae is None else str(Path(vae).expanduser().resolve())
     request = BuildConfig(model=model, out=folder, max_batch=max_batch, height=height, width=width, variant=variant,
-                          loras=loras, model_config=config, vae=vae_argument, backend=backend)
+                          loras=loras, model_config=config, vae=vae_argument, backend=backend, controlnets=controlnets)
     build_engines(request, log=log or (lambda _msg: None))
     return folder
 

@@ -25,12 +25,13 @@ from typing import Annotated, Any, NoReturn
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, Strict, ValidationError, create_model
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
-from answer_trt.build_config import MAX_LORA_SCALE, BuildConfig, LoraSpec
+from answer_trt.build_config import MAX_CONTROLNET_SCALE, MAX_LORA_SCALE, BuildConfig, ControlNetSpec, LoraSpec
 from answer_trt.errors import UserInputError
 from answer_trt.files import sha256_file, write_text_atomic
 from answer_trt.iospec import (
     COMPONENT_SETS,
     COMPONENTS,
+    CONTROLNETS,
     DEFAULT_PROMPT_CHUNKS,
     REQUIRED_COMPONENTS,
     TEXT_LENGTH,
@@ -111,6 +112,7 @@ class Manifest:
     device: str | None = None  # inductor: the device its packages were compiled for (None: other backends)
     single_file: SingleFileEntry | None = None  # --model was a single-file checkpoint (None: a folder)
     vae: VaeEntry | None = None  # built with --vae (None: the model's own VAE)
+    controlnets: tuple[ControlNetEntry, ...] = ()  # --controlnet: exported as controlnet_0.., in order
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -122,6 +124,10 @@ class Manifest:
             del data["loras"]
         else:
             data["loras"] = [asdict(entry) for entry in self.loras]
+        if not self.controlnets:
+            del data["controlnets"]
+        else:
+            data["controlnets"] = [asdict(entry) for entry in self.controlnets]
         data["components"] = {
             name: {"file": e.file, "spec": e.spec.to_json(), "profile": {k: list(v) for k, v in e.profile.items()}}
             for name, e in self.components.items()
@@ -150,13 +156,14 @@ class Manifest:
                            optimize=True if self.graph_optimization is not None else None, variant=self.variant,
                            loras=tuple(LoraSpec(Path(entry.path), entry.scale) for entry in self.loras),
                            device=self.device or "cpu", components=self.component_set,
+                           controlnets=tuple(ControlNetSpec(Path(e.path), e.scale) for e in self.controlnets),
                            model_config=self.single_file.config if self.single_file is not None else None,
                            max_prompt_chunks=self.max_prompt_chunks, vae=self.vae.path if self.vae else None)
 
     @property
     def component_set(self) -> str:
         """The ``--components`` choice the folder was built with (``iospec.COMPONENT_SETS``)."""
-        built = set(self.components)
+        built = set(self.components) - set(CONTROLNETS)
         txt2img_only = set(COMPONENT_SETS["txt2img"]) <= built and not set(COMPONENT_SETS["all"]) <= built
         return "txt2img" if txt2img_only else "all"
 
@@ -363,6 +370,25 @@ class LoraEntry:
 
 
 @pydantic_dataclass(frozen=True, config=_RECORD)
+class ControlNetEntry:
+    """A ControlNet exported beside the UNet (``answer-trt build --controlnet``,
+    ``models/controlnet.py``): its folder, content sha256 and conditioning scale."""
+
+    path: Text
+    sha256: Digest
+    scale: Annotated[float, Strict(), Field(ge=0.0, le=MAX_CONTROLNET_SCALE, allow_inf_nan=False)]
+
+    @property
+    def name(self) -> str:
+        return PurePosixPath(self.path.replace("\\", "/")).name
+
+    @property
+    def tag(self) -> str:
+        """``name:sha256-prefix:scale`` (``models.controlnet.ControlNetFolder.tag``)."""
+        return f"{self.name}:{self.sha256[:12]}:{self.scale!r}"
+
+
+@pydantic_dataclass(frozen=True, config=_RECORD)
 class SingleFileEntry:
     """The single-file checkpoint a folder was built from (``--model FILE.safetensors``):
     the file's sha256, its family as users name it (``SD 1.x``, ``SD 2.x``, ``SDXL``) and the
@@ -408,6 +434,8 @@ class _DimsDoc(_Document):
     unet_overall_up_factor: Count = 1  # absent from manifests written before it was recorded
     text_layers: Size = 0  # likewise
     inpaint_unet: bool = False  # likewise (a 9-channel inpainting UNet)
+    controlnets: Annotated[int, Strict(), Field(ge=0, le=len(CONTROLNETS))] = 0  # built with --controlnet
+    control_residuals: list[Annotated[list[Count], Field(min_length=2, max_length=2)]] = []
     first_text_hidden_size: Size = 0  # likewise
 
 
@@ -467,6 +495,7 @@ class _ManifestDoc(_Document):
     device: Annotated[str, Strict(), _one_of(DEVICES)] | None = None
     single_file: SingleFileEntry | None = None
     vae: VaeEntry | None = None
+    controlnets: Annotated[list[ControlNetEntry], Field(max_length=len(CONTROLNETS))] = []
 
 
 def _where(loc: tuple[int | str, ...]) -> str:
@@ -514,7 +543,9 @@ def _manifest(data: Any) -> Manifest:
         doc = _ManifestDoc.model_validate(data)
     except ValidationError as exc:
         raise ManifestError(_error_text(exc.errors(include_url=False)[0])) from None
-    info = ModelInfo(dims=ModelDims(**doc.info.dims.model_dump()), prediction_type=doc.info.prediction_type,
+    dims = doc.info.dims.model_dump()
+    dims["control_residuals"] = tuple(tuple(pair) for pair in dims["control_residuals"])
+    info = ModelInfo(dims=ModelDims(**dims), prediction_type=doc.info.prediction_type,
                      zero_empty_negative=doc.info.zero_empty_negative, vae_force_upcast=doc.info.vae_force_upcast)
     components = {name: _component(getattr(doc.components, name), name) for name in COMPONENTS
                   if getattr(doc.components, name) is not None}
@@ -528,6 +559,7 @@ def _manifest(data: Any) -> Manifest:
         versions=dict(doc.versions), gpu_capability=doc.gpu_capability, accuracy=doc.accuracy,
         graph_optimization=doc.graph_optimization, session=doc.session, variant=doc.variant,
         loras=tuple(doc.loras), device=doc.device, single_file=doc.single_file, vae=doc.vae,
+        controlnets=tuple(doc.controlnets),
     )
 
 
@@ -557,7 +589,12 @@ def _component(doc: _ComponentDoc, name: str) -> ComponentEntry:
 def _check_specs(components: dict[str, ComponentEntry], dims: ModelDims) -> None:
     """Each component's spec is the one the IO spec derives from the model's dims, in
     float32 or (a half-precision build) float16 or bfloat16: what the runtime will feed it."""
-    for name, expected in component_specs(dims).items():
+    expected_specs = component_specs(dims)
+    extra = [name for name in components if name not in expected_specs]
+    if extra:
+        _fail(f"components.{extra[0]}",
+              f"is not a component of this build (info.dims.controlnets is {dims.controlnets})")
+    for name, expected in expected_specs.items():
         allowed = (expected, expected.with_dtype("float16"), expected.with_dtype("bfloat16"))
         if name in components and components[name].spec not in allowed:
             _fail(f"components.{name}.spec", "does not match the model's dims in info (tensor names, shapes or "

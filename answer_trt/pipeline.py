@@ -13,17 +13,26 @@ from typing import Any
 import torch
 from PIL import Image
 
-from answer_trt.backends.base import Engine, EngineDenoiser
+from answer_trt.backends.base import Engine
 from answer_trt.build_config import MAX_PROMPT_CHUNKS, BuildConfig
 from answer_trt.clock import StageClock
 from answer_trt.conditioning import TextCondition
 from answer_trt.config import SamplingConfig
+from answer_trt.controlnet import (
+    ControlImages,
+    attach_control,
+    check_control,
+    control_windows,
+    controlnet_engines,
+    load_control_images,
+    make_denoiser,
+)
 from answer_trt.errors import NonFiniteImageError, UserInputError
 from answer_trt.graphed import CudaGraphCapturer, GraphCache, refusal, sample_graphed
 from answer_trt.guiders import make_guider
 from answer_trt.images import save_pngs, to_pil
 from answer_trt.img2img import ImageStart, InitImage, check_init, load_init_image, started
-from answer_trt.iospec import TEXT_ENCODER, UNET, VAE_DECODER, VAE_ENCODER, SizeRange
+from answer_trt.iospec import TEXT_ENCODER, VAE_DECODER, VAE_ENCODER, SizeRange
 from answer_trt.models.info import ModelInfo
 from answer_trt.models.lora import lora_tag_keys
 from answer_trt.prompts.embeds import EMBED_KEYWORDS, PromptEmbeds, check_prompt_embeds
@@ -82,6 +91,10 @@ class BuiltWeights:
     model_hash: str | None = None
     vae_hash: str | None = None  # --vae: the replacing VAE's sha256 (None: the model's own VAE)
     vae_name: str | None = None  # its file or folder name (A1111's infotext "VAE")
+    # ControlNets the folder was built with (``answer_trt.controlnet``): ``name:sha256-prefix:scale`` tags and
+    # the scales, in --controlnet order.
+    controlnets: tuple[str, ...] = ()
+    control_scales: tuple[float, ...] = ()
 
     def parameters(self) -> dict[str, str]:
         """The PNG metadata entries (none for the plain weights without LoRAs, run eagerly)."""
@@ -93,6 +106,8 @@ class BuiltWeights:
         if self.vae_hash:
             entries["vae_hash"] = self.vae_hash[:16]
             entries["vae"] = self.vae_name or ""
+        if self.controlnets:
+            entries["controlnets"] = ", ".join(self.controlnets)
         return entries
 
     def check_replay(self, recorded: Mapping[str, Any], image: str) -> None:
@@ -209,7 +224,7 @@ class Pipeline:
         self.weights = weights
         self.text = PromptEncoder(tokenizers, engines[TEXT_ENCODER], info.dims.text_max_length,
                                   info.zero_empty_negative, info.dims.text_hidden_sizes)
-        self.denoiser: Denoiser = EngineDenoiser(engines[UNET])
+        self.denoiser: Denoiser = make_denoiser(engines)
         self.scheduler_config = scheduler_config
         self.info = info
         self.dims = info.dims
@@ -278,6 +293,7 @@ class Pipeline:
         callback: StepCallback | None = None,
         image: Any = None,
         mask_image: Any = None,
+        control_image: Any = None,
         embeds: PromptEmbeds | None = None,
         **fields: Any,
     ) -> Generation:
@@ -290,7 +306,8 @@ class Pipeline:
         replays each step as a CUDA graph. ``image`` (a path, PIL image or ``[H, W, 3]`` array)
         makes it img2img with ``strength`` (``answer_trt.img2img``): the image's size is the
         output's, unless ``height``/``width`` resize it. ``mask_image`` (diffusers' keyword; white:
-        repaint) with it makes it inpainting (``answer_trt.inpaint``; ``mask_blur``). ``embeds``:
+        repaint) with it makes it inpainting (``answer_trt.inpaint``; ``mask_blur``). ``control_image`` (one
+        image, or one per ControlNet) drives the folder's ControlNets (``answer_trt.controlnet``). ``embeds``:
         given text conditions (``__call__``'s ``prompt_embeds``) instead of the prompts'."""
         init = None
         if image is not None:
@@ -304,23 +321,35 @@ class Pipeline:
                 fields["mask_sha256"] = fields.get("mask_sha256") or init.mask_sha256
         elif mask_image is not None:
             raise UserInputError("mask_image is inpainting's: pass the image to repaint too (image=...)")
+        if fields.get("guess_mode"):
+            raise UserInputError("guess_mode is not supported yet: drop it (the ControlNets run on every branch)")
+        fields.pop("guess_mode", None)
+        control = None
+        if control_image is not None:
+            height, width = fields.get("height") or self.default_size[0], fields.get("width") or self.default_size[1]
+            control = load_control_images(control_image, len(controlnet_engines(self.engines)), height, width)
+            fields = {**fields, "control_image_sha256": fields.get("control_image_sha256") or control.sha256}
         return self.run(make_request(prompt, fields), fused=fused, cuda_graph=cuda_graph, callback=callback,
-                        init=init, embeds=embeds)
+                        init=init, embeds=embeds, control=control)
 
     def run(
         self, request: GenerateRequest, *, fused: bool = True, cuda_graph: bool = False,
         callback: StepCallback | None = None, init: InitImage | None = None, embeds: PromptEmbeds | None = None,
+        control: ControlImages | None = None,
     ) -> Generation:
         """``generate`` for a ready ``GenerateRequest`` (what serving and replay hold): the
         steps every request goes through, ``plan`` -> ``prepare`` -> ``program`` (run here one
         call at a time; the serving batcher runs many together) -> ``vae_decode`` -> ``finish``.
-        ``init``: img2img's input image (``request.image_sha256`` names it)."""
+        ``init``: img2img's input image (``request.image_sha256`` names it); ``control``: the
+        ControlNets' images (``request.control_image_sha256``)."""
         if callback is not None and not callable(callback):
             raise UserInputError(f"callback must be a function of (step index, number of steps), got "
                                  f"{type(callback).__name__}")
-        plan = self.plan(request, init, embeds)
+        plan = self.plan(request, init, embeds, control)
         if cuda_graph:
             self._check_graphable(plan)
+            if control is not None:
+                raise UserInputError("--cuda-graph runs without a control image: drop --cuda-graph for ControlNet")
         with self.on_stream():
             started = self.clock()
             cond, noise = self.prepare(request.prompt, request.negative_prompt, plan.config, request.prompt_syntax,
@@ -329,6 +358,12 @@ class Pipeline:
             if init is not None and plan.start is not None:
                 start = self.image_start(plan, init)
                 noise, cond = start.latents, start.condition(cond)
+            if control is not None:
+                windows = control_windows(plan.rule.timesteps, request.control_guidance_start,
+                                          request.control_guidance_end, len(self.weights.control_scales))
+                scale = request.controlnet_conditioning_scale
+                scales = self.weights.control_scales if scale is None else (scale,) * len(self.weights.control_scales)
+                cond = attach_control(cond, control, scales, windows, plan.config.batch, self.device)
             text_done = self.clock()
             if cuda_graph:
                 latents = self._sample_graphed(noise, cond, plan, callback)
@@ -342,7 +377,7 @@ class Pipeline:
         return Generation(images, plan.params, timings, plan.config)
 
     def plan(self, request: GenerateRequest, init: InitImage | None = None,
-             embeds: PromptEmbeds | None = None) -> RequestPlan:
+             embeds: PromptEmbeds | None = None, control: ControlImages | None = None) -> RequestPlan:
         """Check ``request`` against these engines (``check_request``; img2img's ``init`` image
         against it, ``answer_trt.img2img.check_init``; given ``embeds``' shapes) and make its scheduler
         and step rule; no engine work. Raises ``UserInputError`` with the CLI's messages. Warns when a
@@ -352,6 +387,8 @@ class Pipeline:
                               sdxl=bool(self.dims.pooled_size), multiple=self.dims.size_multiple,
                               height=self.limits.height, width=self.limits.width, inpaint_unet=self.dims.inpaint_unet)
         config = self.check_request(request.sampling_config(), request.prompt)
+        # ControlNet's images (a request naming some needs them: the serving batcher runs none yet).
+        check_control(request, control, config.height or 0, config.width or 0)
         if request.negative_prompt and not make_guider(config.guidance).reads_negative:
             logger.warning("the negative prompt is ignored: at guidance_scale %g <= 1 guidance is off and only the "
                            "prompt's prediction is used (as in diffusers); pass a guidance_scale above 1 to use it",

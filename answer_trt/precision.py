@@ -23,10 +23,10 @@ from __future__ import annotations
 
 import torch
 
-from answer_trt.iospec import UNET, VAE_DECODER, VAE_ENCODER
+from answer_trt.iospec import CONTROLNETS, UNET, VAE_DECODER, VAE_ENCODER
 
-# Components that an fp16 or bf16 build exports in that half type.
-REDUCED_PRECISION_COMPONENTS = (UNET, VAE_DECODER, VAE_ENCODER)
+# Components that an fp16 or bf16 build exports in that half type (ControlNets as the UNet).
+REDUCED_PRECISION_COMPONENTS = (UNET, VAE_DECODER, VAE_ENCODER, *CONTROLNETS)
 VAE_COMPONENTS = (VAE_DECODER, VAE_ENCODER)  # the VAE's halves: force_upcast keeps both float32
 HALF_DTYPES = {"fp16": "float16", "bf16": "bfloat16"}
 

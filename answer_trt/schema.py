@@ -149,6 +149,18 @@ class GenerateRequest:
         "str", "inpainting: the sha256 of the mask's pixels (answer_trt.inpaint.load_mask)", nullable=True, cli=False))
     mask_blur: int = _field(0, FieldInfo("int", "inpainting: blur the mask by this Gaussian radius in pixels first",
                                          low=0, high=64))
+    # ControlNet (answer_trt/controlnet.py): the control image(s) travel beside the request, named by hash.
+    control_image_sha256: str | None = _field(None, FieldInfo(
+        "str", "ControlNet: the sha256 of each control image's pixels, comma-separated", nullable=True, cli=False))
+    controlnet_conditioning_scale: float | None = _field(None, FieldInfo(
+        "float", "ControlNet: the residuals' scale for every ControlNet (diffusers' controlnet_conditioning_scale, "
+        "A1111's weight); default: each one's build --controlnet DIR:SCALE", nullable=True, low=0.0, high=2.0))
+    control_guidance_start: float = _field(0.0, FieldInfo(
+        "float", "ControlNet: the share of the steps before the control starts (diffusers' control_guidance_start)",
+        low=0.0, high=1.0))
+    control_guidance_end: float = _field(1.0, FieldInfo(
+        "float", "ControlNet: the share of the steps after which the control stops (diffusers' control_guidance_end)",
+        low=0.0, high=1.0))
 
     def __post_init__(self) -> None:
         # Per-image seeds give the batch its size (a list from JSON becomes a tuple). Nothing

@@ -38,6 +38,7 @@ from answer_trt.export.publish import (
 from answer_trt.files import sha256_file
 from answer_trt.iospec import (
     COMPONENT_SETS,
+    CONTROLNETS,
     UNET,
     ComponentSpec,
     ModelDims,
@@ -53,6 +54,7 @@ from answer_trt.manifest import (
     TOKENIZER_FOLDERS,
     BuildResult,
     ComponentEntry,
+    ControlNetEntry,
     LoraEntry,
     Manifest,
     SingleFileEntry,
@@ -61,6 +63,7 @@ from answer_trt.manifest import (
     mismatched_files,
     read_manifest,
 )
+from answer_trt.models.controlnet import ControlNetFolder, check_controlnet, controlled_info, load_controlnet
 from answer_trt.models.fast_tokenizer import write_fast_tokenizer
 from answer_trt.models.info import ModelInfo, read_json_object, read_model_info, scheduler_config
 from answer_trt.models.lora import LoraFile, check_lora
@@ -96,6 +99,7 @@ class BuildPlan:
     width: SizeRange
     loras: tuple[LoraFile, ...] = ()  # checked and hashed (models/lora.py), fused in this order
     vae: VaeFile | None = None  # --vae, checked and hashed (models/vae_file.py)
+    controlnets: tuple[ControlNetFolder, ...] = ()  # checked and hashed (models/controlnet.py), in this order
 
     @cached_property
     def key(self) -> str:
@@ -130,6 +134,8 @@ class BuildPlan:
             inputs["loras"] = [[lora.sha256, lora.scale] for lora in self.loras]
         if self.vae is not None:
             inputs["vae"] = self.vae.sha256
+        if self.controlnets:
+            inputs["controlnets"] = [[c.sha256, c.scale] for c in self.controlnets]
         return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
 
 
@@ -188,7 +194,11 @@ def _plan(config: BuildConfig) -> BuildPlan:
     if config.vae is not None:
         vae = check_vae(config.vae, source.path)
         check_manifest_text(str(vae.path), "--vae")
-    return BuildPlan(config, source, source.content_hash(), info, height, width, loras, vae)
+    controlnets = tuple(check_controlnet(spec, source.path) for spec in config.controlnets)
+    for controlnet in controlnets:
+        check_manifest_text(str(controlnet.path), "--controlnet")
+    info = controlled_info(info, source.path, len(controlnets))  # the UNet takes their residuals
+    return BuildPlan(config, source, source.content_hash(), info, height, width, loras, vae, controlnets)
 
 
 def _build_locked(plan: BuildPlan, log: Callable[[str], None], created: list[Path]) -> BuildResult:
@@ -262,13 +272,12 @@ def _up_to_date(out: Path, key: str) -> bool:
 def _export_all(plan: BuildPlan, model: LoadedModel, staging: Path, log: Callable[[str], None]) -> Manifest:
     import torch
 
-    from answer_trt.backends.torch_modules import component_modules
     from answer_trt.export.onnx_export import export_onnx
 
     config, dims = plan.config, plan.info.dims
     # Builds are strongly typed: each graph is exported in the dtype it runs in (fp16 / bf16
     # UNet and VAE, fp32 text encoder and upcast VAE: answer_trt/precision.py).
-    wanted = COMPONENT_SETS[config.components]
+    wanted = (*COMPONENT_SETS[config.components], *CONTROLNETS[:len(plan.controlnets)])
     # OpenVINO converts float32 graphs and chooses its precision when it compiles them.
     graph_precision = "fp32" if config.backend == "openvino" else str(config.precision)
     dtypes = {name: component_dtype(name, graph_precision, plan.info.vae_force_upcast) for name in wanted}
@@ -277,7 +286,7 @@ def _export_all(plan: BuildPlan, model: LoadedModel, staging: Path, log: Callabl
         for name, spec in component_specs(dims).items() if name in wanted
     }
     profiles = component_profiles(dims, config.max_batch, plan.height, plan.width, config.max_prompt_chunks)
-    modules = {name: module for name, module in component_modules(model).items() if name in wanted}
+    modules = {name: module for name, module in _modules(plan, model).items() if name in wanted}
     components = {}
     for name, module in modules.items():
         if dtypes[name] != "float32":
@@ -351,7 +360,19 @@ def _export_all(plan: BuildPlan, model: LoadedModel, staging: Path, log: Callabl
         device=config.device if config.backend == "inductor" else None,
         single_file=_single_file_entry(plan.source),
         vae=VaeEntry(str(plan.vae.path), plan.vae.sha256, plan.vae.layout) if plan.vae is not None else None,
+        controlnets=tuple(ControlNetEntry(str(c.path), c.sha256, c.scale) for c in plan.controlnets),
     )
+
+
+def _modules(plan: BuildPlan, model: LoadedModel) -> dict[str, Any]:
+    """The spec-shaped torch modules of ``model``, with the plan's ControlNets where it has any."""
+    from answer_trt.backends.torch_controlnet import with_controlnets
+    from answer_trt.backends.torch_modules import component_modules
+
+    controlnets = [load_controlnet(c) for c in plan.controlnets]
+    dims = plan.info.dims
+    return with_controlnets(component_modules(model), controlnets, len(dims.control_residuals),
+                            bool(dims.pooled_size))
 
 
 def _single_file_entry(source: ModelSource) -> SingleFileEntry | None:
@@ -365,11 +386,10 @@ def _check_accuracy(plan: BuildPlan, model: LoadedModel, staging: Path, manifest
     """Compare the staged components with the float32 torch modules of ``model`` (``answer_trt.export.accuracy``),
     before anything is published; a failure raises ``UserInputError``, and the staging
     folder goes with it. Returns the manifest with the check's record."""
-    from answer_trt.backends.torch_modules import component_modules
     from answer_trt.export.accuracy import check_components
 
     log("checking the built components against the torch reference (Polygraphy)")
-    check = check_components(staging, manifest.components, component_modules(model), plan.config.backend,
+    check = check_components(staging, manifest.components, _modules(plan, model), plan.config.backend,
                              str(plan.config.precision), log, device=plan.config.device,
                              force_upcast=plan.info.vae_force_upcast)
     return replace(manifest, accuracy=check)

@@ -22,7 +22,7 @@ from answer_trt.serving.protocol import REQUEST_FIELDS, parse_generate
 INPUT = Image.fromarray((np.random.default_rng(0).random((40, 48, 3)) * 255).astype(np.uint8))
 MASK = Image.fromarray(np.pad(np.full((16, 16), 255, np.uint8), ((8, 16), (20, 12))))
 # Fields that name what travels beside the request (not CLI flags: --image and --mask give the files).
-SIDE_FIELDS = {"image_sha256", "mask_sha256"}
+SIDE_FIELDS = {"image_sha256", "mask_sha256", "control_image_sha256"}
 # A valid value other than the default for every field; a new field must be added here.
 OTHER = {
     "prompt": "a red circle", "negative_prompt": "a blue square", "method": "dns", "steps": 3,
@@ -32,7 +32,11 @@ OTHER = {
     "batch": 2, "seeds": (3, 4), "clip_skip": 2, "prompt_syntax": "a1111",
     "strength": 0.5, "image_sha256": image_sha256(np.asarray(INPUT)),
     "mask_sha256": image_sha256(np.asarray(MASK)[..., None]), "mask_blur": 2,
+    "controlnet_conditioning_scale": 0.5, "control_guidance_start": 0.1, "control_guidance_end": 0.9,
+    "control_image_sha256": image_sha256(np.asarray(INPUT)),
 }
+# Needs a folder built with --controlnet (tests/test_controlnet.py replays one): not the torch model here.
+CONTROL_ONLY = {"control_image_sha256"}
 ANSWER_INNER = {"method": "answer", "mode": "inner", "drift_tau": None}  # the other mode (drift_tau is parallel-only)
 
 
@@ -74,7 +78,7 @@ def pipe():
 
 @pytest.mark.parametrize("changes", [{}, ANSWER_INNER], ids=["parallel", "inner"])
 def test_the_api_takes_every_field_and_the_png_replays_to_the_same_pixels(pipe, changes):
-    fields = {**OTHER, **changes}
+    fields = {key: value for key, value in {**OTHER, **changes}.items() if key not in CONTROL_ONLY}
     prompt = fields.pop("prompt")
     result = pipe.generate(prompt, image=INPUT, mask_image=MASK, **fields)
     assert len(result.images) == 2 and result.images[0].size == (48, 40)

@@ -134,6 +134,19 @@ def _fusion(fused: bool) -> str:
     return "fused" if fused else "unfused"
 
 
+def control_keywords(pipe: Pipeline) -> dict[str, Any]:
+    """Engines with ControlNets are timed with them at work: a mid-grey control image of the
+    default size (``answer_trt.controlnet``); none otherwise (and not under --cuda-graph)."""
+    from answer_trt.controlnet import controlnet_engines
+
+    if not controlnet_engines(pipe.engines):
+        return {}
+    from PIL import Image
+
+    height, width = pipe.default_size
+    return {"control_image": Image.new("RGB", (width, height), (128, 128, 128))}
+
+
 def _time_variants(pipe: Pipeline, config: BenchConfig, variants: list[tuple[str, bool]]) -> list[MethodResult]:
     """Round-robin over the variants, run by run, so that a slow spell of a noisy machine
     falls on every variant alike and the ratios stay fair."""
@@ -141,6 +154,7 @@ def _time_variants(pipe: Pipeline, config: BenchConfig, variants: list[tuple[str
         v: {"text": [], "denoise": [], "decode": [], "total": []} for v in variants
     }
     calls = {v: 0 for v in variants}
+    control = control_keywords(pipe)
     for run in range(config.warmup + config.runs):
         for method, fused in variants:
             graphed = config.cuda_graph and fused
@@ -148,7 +162,8 @@ def _time_variants(pipe: Pipeline, config: BenchConfig, variants: list[tuple[str
             # the graph cache keys on the denoiser (every run would capture again).
             with contextlib.nullcontext(None) if graphed else counting_unet_calls(pipe) as counter:
                 result = pipe.generate(PROMPT, method=method, steps=config.steps, batch=config.batch, seed=run,
-                                       fused=fused, scheduler=config.scheduler, cuda_graph=graphed)
+                                       fused=fused, scheduler=config.scheduler, cuda_graph=graphed,
+                                       **({} if graphed else control))
             if run < config.warmup:
                 continue
             t, into = result.timings, samples[(method, fused)]

@@ -75,7 +75,8 @@ def serve_config(args: argparse.Namespace, **overrides: Any) -> Any:
     else:
         model = "tiny" if args.model is None else args.model
         engines = build_cached(model, log=lambda msg: print(msg, file=sys.stderr), variant=variant,
-                               loras=tuple(loras or ()), config=model_config, vae=getattr(args, "vae", None))
+                               loras=tuple(loras or ()), config=model_config, vae=getattr(args, "vae", None),
+                               controlnets=tuple(getattr(args, "controlnet", None) or ()))
         manifest = read_manifest(engines)
     check_max_rows(fields["max_rows"], engine_limits(engines, manifest))  # here, before a replica starts
     gpus = getattr(args, "gpus_per_replica", None)
