@@ -298,7 +298,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1000, help="prompt set seed (not the dataset's training seed)")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--guidance-scales", default="7.5", help="comma-separated w values (default 7.5)")
-    parser.add_argument("--families", default="pair", help=f"comma-separated of {', '.join(FAMILIES)}, or `all`")
+    parser.add_argument("--families", default="pair", help=f"comma-separated of {', '.join(FAMILIES)}, or `all`; "
+                        "`inpaint` (not in all): repaint the right object as a green triangle "
+                        "(answer_trt.synthetic.inpaint_family)")
     parser.add_argument("--methods", default="all", help="comma-separated labels (spaces as -), or `all`; "
                         "cfg is always run first")
     parser.add_argument("--batch", type=int, default=32, help="prompts per engine call (default 32)")
@@ -352,12 +354,19 @@ def _run(args: argparse.Namespace) -> int:
     if args.json is not None and not args.json.parent.is_dir():
         raise UserInputError(f"--json {args.json}: folder {args.json.parent} does not exist")
     methods = select_methods(args.methods)
-    families = _parse_list(args.families, "families", FAMILIES)
+    from answer_trt.synthetic import inpaint_family
+
+    families = _parse_list(args.families, "families", (*FAMILIES, inpaint_family.FAMILY))
+    if families == [*FAMILIES, inpaint_family.FAMILY]:  # `all`: the text-to-image families
+        families = list(FAMILIES)
+    inpaints = {f: [inpaint_family.inpaint_example(args.seed, i) for i in range(args.prompts)]
+                for f in families if f == inpaint_family.FAMILY}
     try:
         scales = [float(w) for w in _parse_list(args.guidance_scales, "guidance-scales")]
     except ValueError:
         raise UserInputError(f"--guidance-scales {args.guidance_scales!r}: give numbers such as 3,5,7.5") from None
-    examples = {f: [family_example(f, args.seed, i) for i in range(args.prompts)] for f in families}
+    examples = {f: [e.ground_truth() for e in inpaints[f]] if f in inpaints else
+                [family_example(f, args.seed, i) for i in range(args.prompts)] for f in families}
     checker = {f: checker_accuracy(e) for f, e in examples.items()}
     for f, c in checker.items():
         print(f"checker on the ground truth of {f} ({c['objects']} objects): "
@@ -378,7 +387,12 @@ def _run(args: argparse.Namespace) -> int:
                 print(f"{family} w={w:g}: {done}/{total} prompts, {time.perf_counter() - started:.0f} s",
                       file=sys.stderr, flush=True)
 
-            cell = Cell(family, w, len(prompts), run_compliance(draw, methods, prompts, w, args.batch, progress))
+            if family in inpaints:
+                results = inpaint_family.run_inpaint_compliance(inpaint_family.inpaint_draw(pipe, args.steps),
+                                                                methods, inpaints[family], w, args.batch, progress)
+            else:
+                results = run_compliance(draw, methods, prompts, w, args.batch, progress)
+            cell = Cell(family, w, len(prompts), results)
             print(format_table(cell), flush=True)
             cells.append(cell)
     if args.json is not None:
