@@ -280,6 +280,35 @@ def run_compliance(draw: Draw, methods: Sequence[MethodSpec], prompts: Sequence[
     return results
 
 
+def run_inpaint_compliance(draw: Callable[..., tuple[list[np.ndarray], float]], methods: Sequence[MethodSpec],
+                           examples: Sequence[Any], guidance_scale: float = 7.5, batch: int = 16,
+                           progress: Callable[[int], None] = lambda _i: None) -> list[MethodResult]:
+    """``run_compliance`` for the inpainting family (``inpaint_family.InpaintExample``s, drawn by
+    ``inpaint_family.inpaint_draw``): every method on every example (example i
+    with seed i), methods interleaved per ``batch``; the checker's metrics against the target
+    objects, bootstrap intervals and paired differences to CFG (the first method), and
+    ``left_levels``: the mean level difference of the kept left half to the input."""
+    from answer_trt.synthetic.inpaint_family import left_kept
+
+    if not methods or methods[0] != CFG:
+        raise UserInputError("the first method must be plain cfg: the others are compared with it")
+    rows = np.zeros((len(methods), len(examples), len(METRICS) + 1))
+    seconds = np.zeros(len(methods))
+    for first in range(0, len(examples), batch):
+        chunk = range(first, min(first + batch, len(examples)))
+        for m, spec in enumerate(methods):
+            images, elapsed = draw([examples[i] for i in chunk], spec, list(chunk), guidance_scale)
+            for i, image in zip(chunk, images):
+                rows[m, i, :-1] = prompt_scores(image, examples[i].target)
+                rows[m, i, -1] = left_kept(image, examples[i])
+            seconds[m] += elapsed
+        progress(chunk.stop)
+    names = (*METRICS, "left_levels")
+    return [MethodResult(spec.label, asdict(spec), dict(zip(names, bootstrap_mean(rows[m]))),
+                         dict(zip(names, bootstrap_mean(rows[m] - rows[0]))), float(seconds[m] / len(examples)))
+            for m, spec in enumerate(methods)]
+
+
 def format_table(cell: Cell) -> str:
     head = (f"{'method':<48} {'all three':>22} {'count':>22} {'correct':>22} {'correct - CFG':>24} "
             f"{'s/image':>8}")
@@ -388,8 +417,8 @@ def _run(args: argparse.Namespace) -> int:
                       file=sys.stderr, flush=True)
 
             if family in inpaints:
-                results = inpaint_family.run_inpaint_compliance(inpaint_family.inpaint_draw(pipe, args.steps),
-                                                                methods, inpaints[family], w, args.batch, progress)
+                results = run_inpaint_compliance(inpaint_family.inpaint_draw(pipe, args.steps), methods,
+                                                 inpaints[family], w, args.batch, progress)
             else:
                 results = run_compliance(draw, methods, prompts, w, args.batch, progress)
             cell = Cell(family, w, len(prompts), results)

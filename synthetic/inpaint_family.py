@@ -98,33 +98,3 @@ def left_kept(image: np.ndarray, example: InpaintExample) -> float:
     half = image.shape[1] // 2
     return float(np.abs(image[:, :half].astype(np.int16) - example.image[:, :half].astype(np.int16)).mean())
 
-
-def run_inpaint_compliance(draw: Callable[..., tuple[list[np.ndarray], float]], methods: Sequence[Any],
-                           examples: Sequence[InpaintExample], guidance_scale: float = 7.5, batch: int = 16,
-                           progress: Callable[[int], None] = lambda _i: None) -> list[Any]:
-    """``compliance.run_compliance`` for this family: every method on every example (example i
-    with seed i), methods interleaved per ``batch``; the checker's metrics against the target
-    objects, bootstrap intervals and paired differences to CFG (the first method), and
-    ``left_levels``: the mean level difference of the kept left half to the input."""
-    from dataclasses import asdict
-
-    from answer_trt.errors import UserInputError
-    from answer_trt.synthetic.compliance import CFG, METRICS, MethodResult, bootstrap_mean, prompt_scores
-
-    if not methods or methods[0].label != CFG.label:  # by label: `python -m ...compliance` is another module
-        raise UserInputError("the first method must be plain cfg: the others are compared with it")
-    rows = np.zeros((len(methods), len(examples), len(METRICS) + 1))
-    seconds = np.zeros(len(methods))
-    for first in range(0, len(examples), batch):
-        chunk = range(first, min(first + batch, len(examples)))
-        for m, spec in enumerate(methods):
-            images, elapsed = draw([examples[i] for i in chunk], spec, list(chunk), guidance_scale)
-            for i, image in zip(chunk, images):
-                rows[m, i, :-1] = prompt_scores(image, examples[i].target)
-                rows[m, i, -1] = left_kept(image, examples[i])
-            seconds[m] += elapsed
-        progress(chunk.stop)
-    names = (*METRICS, "left_levels")
-    return [MethodResult(spec.label, asdict(spec), dict(zip(names, bootstrap_mean(rows[m]))),
-                         dict(zip(names, bootstrap_mean(rows[m] - rows[0]))), float(seconds[m] / len(examples)))
-            for m, spec in enumerate(methods)]

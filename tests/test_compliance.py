@@ -282,7 +282,8 @@ def test_inpaint_family_asks_to_repaint_the_right_object_as_a_green_triangle():
     the target keeps the left object and makes the right one a green triangle; the checker
     reads the target as correct and the unchanged input as not."""
     from answer_trt.synthetic import checker
-    from answer_trt.synthetic.inpaint_family import inpaint_example, run_inpaint_compliance
+    from answer_trt.synthetic.compliance import run_inpaint_compliance
+    from answer_trt.synthetic.inpaint_family import inpaint_example
 
     examples = [inpaint_example(PROMPT_SEED, i) for i in range(24)]
     for e in examples:
