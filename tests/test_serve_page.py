@@ -204,3 +204,40 @@ def server_folder() -> Path:
     from answer_trt.loaders import build_cached
 
     return build_cached("tiny")
+
+
+def test_the_page_sends_an_uploaded_mask_as_given_and_refuses_one_of_another_size(server, tmp_path):
+    """The mask upload: one of the image's size is sent as it was (white = repaint); one of
+    another size is refused on the page, in one line, before any request."""
+    from answer_trt.synthetic.dataset import family_example
+
+    source, mask, small = tmp_path / "input.png", tmp_path / "mask.png", tmp_path / "small.png"
+    Image.fromarray(family_example("pair", 7, 1).image).save(source)
+    values = np.zeros((32, 32), np.uint8)
+    values[4:28, 18:30] = 255
+    Image.fromarray(values).save(mask)
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(small)
+    bodies: list[dict[str, Any]] = []
+    with sync_api.sync_playwright() as playwright:
+        browser = open_browser(playwright, tmp_path / "profile")
+        try:
+            page = browser.new_page()
+            page.on("request", lambda r: bodies.append(json.loads(r.post_data or "{}"))
+                    if r.url.endswith("/sdapi/v1/img2img") else None)
+            page.goto(server + "/", timeout=WAIT_MS)
+            page.set_input_files("#image", str(source))
+            page.wait_for_selector("#view:not(.empty)", timeout=WAIT_MS)
+            page.set_input_files("#mask-file", str(small))
+            page.wait_for_function("document.getElementById('image-hint').textContent.includes('16x16')",
+                                   timeout=WAIT_MS)
+            assert "choose a mask of the image's size" in page.inner_text("#image-hint")
+            page.set_input_files("#mask-file", str(mask))
+            page.uncheck("input[name=method][value=answer]")
+            page.fill("#steps", "4")
+            page.click("#generate")
+            page.wait_for_selector(".result[data-method=cfg] img", timeout=WAIT_MS)
+        finally:
+            browser.close()
+    assert len(bodies) == 1 and bodies[0]["method"] == "cfg" and bodies[0]["denoising_strength"] == 0.75
+    sent = pixels(base64.b64decode(bodies[0]["mask"].split(",", 1)[1]))
+    assert np.array_equal(sent[..., 0], values) and np.array_equal(sent[..., 1], values)
