@@ -279,6 +279,12 @@ def make_parser() -> argparse.ArgumentParser:
                        help="with --backend torch: cuda runs the model on the GPU (fp16 rule)")
     bench.add_argument("--cuda-graph", action="store_true",
                        help="fused variants replay each step as a CUDA graph (unfused ANSWER stays eager)")
+    bench.add_argument("--image", type=Path, help="also time img2img from this image (resized to the engines' "
+                       "default size): its encoder call and int(steps x strength) steps, beside txt2img")
+    bench.add_argument("--strength", type=float, default=None, help="with --image (default: diffusers', 0.8; "
+                       "inpainting 1.0)")
+    bench.add_argument("--mask", type=Path, help="with --image: time inpainting with this mask (white: repaint)")
+    bench.add_argument("--mask-blur", type=_int, default=0, help="with --mask: blur radius in pixels (default 0)")
 
     i = sub.add_parser("info", help="print an engines folder's manifest")
     i.add_argument("folder", type=Path)
@@ -421,7 +427,8 @@ def _bench(args: argparse.Namespace) -> int:
     config = BenchConfig(
         methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()), steps=args.steps,
         batch=args.batch, runs=args.runs, warmup=args.warmup, baseline=args.baseline, scheduler=args.scheduler,
-        cuda_graph=args.cuda_graph,
+        cuda_graph=args.cuda_graph, image=None if args.image is None else str(args.image), strength=args.strength,
+        mask=None if args.mask is None else str(args.mask), mask_blur=args.mask_blur,
     )
     if args.json is not None:
         check_writable_file("--json", args.json)

@@ -133,15 +133,17 @@ class Timings:
     text_s: float
     denoise_s: float
     decode_s: float
-    steps: int
+    steps: int  # the denoising steps run (img2img: int(steps x strength))
+    encode_s: float = 0.0  # img2img / inpainting: the input image's VAE encoder call(s) and noising
 
     @property
     def total_s(self) -> float:
-        return self.text_s + self.denoise_s + self.decode_s
+        return self.text_s + self.encode_s + self.denoise_s + self.decode_s
 
     def summary(self, images: int, height: int, width: int) -> str:
+        encode = f"encode {self.encode_s * 1e3:.0f} ms, " if self.encode_s else ""
         return (
-            f"{images} image(s) {width}x{height} in {self.total_s:.2f} s: text {self.text_s * 1e3:.0f} ms, "
+            f"{images} image(s) {width}x{height} in {self.total_s:.2f} s: text {self.text_s * 1e3:.0f} ms, {encode}"
             f"denoise {self.denoise_s:.2f} s ({self.denoise_s / self.steps * 1e3:.1f} ms/step x {self.steps}), "
             f"decode {self.decode_s * 1e3:.0f} ms"
         )
@@ -354,10 +356,12 @@ class Pipeline:
             started = self.clock()
             cond, noise = self.prepare(request.prompt, request.negative_prompt, plan.config, request.prompt_syntax,
                                        embeds)
-            start = None
+            start, encode_s = None, 0.0
             if init is not None and plan.start is not None:
+                encode_started = self.clock()
                 start = self.image_start(plan, init)
                 noise, cond = start.latents, start.condition(cond)
+                encode_s = self.clock() - encode_started
             if control is not None:
                 windows = control_windows(plan.rule.timesteps, request.control_guidance_start,
                                           request.control_guidance_end, len(self.weights.control_scales))
@@ -372,8 +376,8 @@ class Pipeline:
                                       BranchEvaluator(self.denoiser, fused))
             denoise_done = self.clock()
             images = self.finish(latents, self.vae_decode(latents), plan.params)
-            timings = Timings(text_done - started, denoise_done - text_done, self.clock() - denoise_done,
-                              plan.denoising_steps)
+            timings = Timings(text_done - started - encode_s, denoise_done - text_done, self.clock() - denoise_done,
+                              plan.denoising_steps, encode_s)
         return Generation(images, plan.params, timings, plan.config)
 
     def plan(self, request: GenerateRequest, init: InitImage | None = None,

@@ -280,6 +280,35 @@ def run_compliance(draw: Draw, methods: Sequence[MethodSpec], prompts: Sequence[
     return results
 
 
+def run_inpaint_compliance(draw: Callable[..., tuple[list[np.ndarray], float]], methods: Sequence[MethodSpec],
+                           examples: Sequence[Any], guidance_scale: float = 7.5, batch: int = 16,
+                           progress: Callable[[int], None] = lambda _i: None) -> list[MethodResult]:
+    """``run_compliance`` for the inpainting family (``inpaint_family.InpaintExample``s, drawn by
+    ``inpaint_family.inpaint_draw``): every method on every example (example i
+    with seed i), methods interleaved per ``batch``; the checker's metrics against the target
+    objects, bootstrap intervals and paired differences to CFG (the first method), and
+    ``left_levels``: the mean level difference of the kept left half to the input."""
+    from answer_trt.synthetic.inpaint_family import left_kept
+
+    if not methods or methods[0] != CFG:
+        raise UserInputError("the first method must be plain cfg: the others are compared with it")
+    rows = np.zeros((len(methods), len(examples), len(METRICS) + 1))
+    seconds = np.zeros(len(methods))
+    for first in range(0, len(examples), batch):
+        chunk = range(first, min(first + batch, len(examples)))
+        for m, spec in enumerate(methods):
+            images, elapsed = draw([examples[i] for i in chunk], spec, list(chunk), guidance_scale)
+            for i, image in zip(chunk, images):
+                rows[m, i, :-1] = prompt_scores(image, examples[i].target)
+                rows[m, i, -1] = left_kept(image, examples[i])
+            seconds[m] += elapsed
+        progress(chunk.stop)
+    names = (*METRICS, "left_levels")
+    return [MethodResult(spec.label, asdict(spec), dict(zip(names, bootstrap_mean(rows[m]))),
+                         dict(zip(names, bootstrap_mean(rows[m] - rows[0]))), float(seconds[m] / len(examples)))
+            for m, spec in enumerate(methods)]
+
+
 def format_table(cell: Cell) -> str:
     head = (f"{'method':<48} {'all three':>22} {'count':>22} {'correct':>22} {'correct - CFG':>24} "
             f"{'s/image':>8}")
@@ -298,7 +327,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1000, help="prompt set seed (not the dataset's training seed)")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--guidance-scales", default="7.5", help="comma-separated w values (default 7.5)")
-    parser.add_argument("--families", default="pair", help=f"comma-separated of {', '.join(FAMILIES)}, or `all`")
+    parser.add_argument("--families", default="pair", help=f"comma-separated of {', '.join(FAMILIES)}, or `all`; "
+                        "`inpaint` (not in all): repaint the right object as a green triangle "
+                        "(answer_trt.synthetic.inpaint_family)")
     parser.add_argument("--methods", default="all", help="comma-separated labels (spaces as -), or `all`; "
                         "cfg is always run first")
     parser.add_argument("--batch", type=int, default=32, help="prompts per engine call (default 32)")
@@ -352,12 +383,19 @@ def _run(args: argparse.Namespace) -> int:
     if args.json is not None and not args.json.parent.is_dir():
         raise UserInputError(f"--json {args.json}: folder {args.json.parent} does not exist")
     methods = select_methods(args.methods)
-    families = _parse_list(args.families, "families", FAMILIES)
+    from answer_trt.synthetic import inpaint_family
+
+    families = _parse_list(args.families, "families", (*FAMILIES, inpaint_family.FAMILY))
+    if families == [*FAMILIES, inpaint_family.FAMILY]:  # `all`: the text-to-image families
+        families = list(FAMILIES)
+    inpaints = {f: [inpaint_family.inpaint_example(args.seed, i) for i in range(args.prompts)]
+                for f in families if f == inpaint_family.FAMILY}
     try:
         scales = [float(w) for w in _parse_list(args.guidance_scales, "guidance-scales")]
     except ValueError:
         raise UserInputError(f"--guidance-scales {args.guidance_scales!r}: give numbers such as 3,5,7.5") from None
-    examples = {f: [family_example(f, args.seed, i) for i in range(args.prompts)] for f in families}
+    examples = {f: [e.ground_truth() for e in inpaints[f]] if f in inpaints else
+                [family_example(f, args.seed, i) for i in range(args.prompts)] for f in families}
     checker = {f: checker_accuracy(e) for f, e in examples.items()}
     for f, c in checker.items():
         print(f"checker on the ground truth of {f} ({c['objects']} objects): "
@@ -378,7 +416,12 @@ def _run(args: argparse.Namespace) -> int:
                 print(f"{family} w={w:g}: {done}/{total} prompts, {time.perf_counter() - started:.0f} s",
                       file=sys.stderr, flush=True)
 
-            cell = Cell(family, w, len(prompts), run_compliance(draw, methods, prompts, w, args.batch, progress))
+            if family in inpaints:
+                results = run_inpaint_compliance(inpaint_family.inpaint_draw(pipe, args.steps), methods,
+                                                 inpaints[family], w, args.batch, progress)
+            else:
+                results = run_compliance(draw, methods, prompts, w, args.batch, progress)
+            cell = Cell(family, w, len(prompts), results)
             print(format_table(cell), flush=True)
             cells.append(cell)
     if args.json is not None:

@@ -64,3 +64,43 @@ def test_bad_bench_requests(engines_dir, tmp_path, capsys):
     assert main(["bench", "--engines", str(engines_dir), "--methods", "nope"]) == 2
     assert main(["bench", "--engines", str(engines_dir), "--json", str(tmp_path / "no" / "x.json")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_bench_times_img2img_and_inpainting_beside_txt2img(engines_dir, tmp_path, capsys):
+    """Issue 33: `bench --image --strength [--mask]` times the encoder call and the shorter loop:
+    int(steps x strength) steps, one fused UNet call each, the encode stage only from an image."""
+    import numpy as np
+    from PIL import Image
+
+    from answer_trt.loaders import from_engines
+
+    height, width = from_engines(engines_dir, verify=False).default_size
+    image, mask = tmp_path / "in.png", tmp_path / "mask.png"
+    rng = np.random.default_rng(0)
+    Image.fromarray((rng.random((height, width, 3)) * 255).astype(np.uint8)).save(image)
+    values = np.zeros((height, width), np.uint8)
+    values[:, width // 2:] = 255
+    Image.fromarray(values).save(mask)
+    for extra, workflow in (([], "img2img"), (["--mask", str(mask)], "inpaint")):
+        out = tmp_path / f"{workflow}.json"
+        assert main(["bench", "--engines", str(engines_dir), "--methods", "answer,cfg", "--steps", "10", "--runs",
+                     "1", "--warmup", "0", "--image", str(image), "--strength", "0.6", *extra,
+                     "--json", str(out)]) == 0
+        table = capsys.readouterr().out
+        assert f"answer {workflow}: encode (VAE encoder + noising)" in table and "6 of 10 steps" in table
+        data = json.loads(out.read_text())
+        assert validate_report_json(data) == []
+        by = {(r["method"], r["workflow"]): r for r in data["results"]}
+        assert set(by) == {("answer", "txt2img"), ("cfg", "txt2img"), ("answer", workflow), ("cfg", workflow)}
+        for method in ("answer", "cfg"):
+            assert by[(method, "txt2img")]["encode_ms"] is None and by[(method, "txt2img")]["denoising_steps"] == 10
+            assert by[(method, workflow)]["encode_ms"]["median"] > 0
+            assert by[(method, workflow)]["denoising_steps"] == 6
+            assert by[(method, workflow)]["unet_calls_per_step"] == 1.0
+            assert data["ratios"][f"{workflow}_over_txt2img_denoise_{method}"] > 0
+    from answer_trt.bench.suite import BenchConfig
+
+    with pytest.raises(UserInputError, match="--image"):
+        BenchConfig(strength=0.6)
+    assert main(["bench", "--engines", str(engines_dir), "--image", str(tmp_path / "none.png")]) == 2
+

@@ -275,3 +275,57 @@ def test_default_spec_is_what_generate_runs_without_guidance_flags():
         if name != "negative_scale":  # None in the default: wn resolved from the method
             assert getattr(guidance, name) == getattr(DEFAULT_GUIDANCE, name), name
     assert guidance.wn == DEFAULT_GUIDANCE.wn and not spec.negative
+
+
+def test_inpaint_family_asks_to_repaint_the_right_object_as_a_green_triangle():
+    """Issue 33: the input holds two objects, the mask covers the right one (the right half),
+    the target keeps the left object and makes the right one a green triangle; the checker
+    reads the target as correct and the unchanged input as not."""
+    from answer_trt.synthetic import checker
+    from answer_trt.synthetic.compliance import run_inpaint_compliance
+    from answer_trt.synthetic.inpaint_family import inpaint_example
+
+    examples = [inpaint_example(PROMPT_SEED, i) for i in range(24)]
+    for e in examples:
+        left, right = e.before
+        assert e.target[0] == left and (e.target[1].colour, e.target[1].shape) == ("green", "triangle")
+        assert (right.colour, right.shape) != ("green", "triangle") and e.target[1].cx == right.cx
+        assert e.caption == f"a {left.colour} {left.shape} and a green triangle"
+        assert (e.mask[:, 16:] == 255).all() and (e.mask[:, :16] == 0).all()
+        assert (e.image[:, 16:] != BACKGROUND).any(axis=-1).any()  # the right object lies under the mask
+        assert (e.image[:, :16] == e.ground_truth().image[:, :16]).all()  # the left half is kept as it is
+        assert all(s.colour and s.shape and s.side for s in checker.score(e.ground_truth().image, e.target))
+
+    def draw(chunk, spec, seeds, w):  # CFG leaves the input as it is; the other draws the target
+        return [e.image if spec.method == "cfg" else e.ground_truth().image for e in chunk], 0.1
+
+    cfg, other = run_inpaint_compliance(draw, [CFG, DNS], examples, batch=5)
+    assert cfg.rates["correct"].value == 0.0 and other.rates["correct"].value == 1.0
+    assert other.vs_cfg["correct"].low == 1.0 and cfg.rates["left_levels"].value == 0.0
+    with pytest.raises(UserInputError, match="first method"):
+        run_inpaint_compliance(draw, [DNS], examples)
+
+
+def test_inpaint_family_draw_is_pipeline_inpainting_and_runs_from_the_command_line(tmp_path, tiny_model_dir):
+    from PIL import Image
+
+    from answer_trt.loaders import build_cached, from_engines
+    from answer_trt.synthetic.inpaint_family import inpaint_draw, inpaint_example
+
+    pipe = from_engines(build_cached("tiny-random"), verify=False)
+    example = inpaint_example(PROMPT_SEED, 0)
+    spec = MethodSpec("answer", 2, chain_min_sigma=0.5)
+    (image,), seconds = inpaint_draw(pipe, 3)([example], spec, [5], 5.0)
+    g = spec.guidance(5.0)
+    assert pipe.default_size == (64, 64)  # tiny-random: drawn at 64x64, scored at the examples' 32x32
+    alone = pipe.generate(example.caption, image=Image.fromarray(example.image),
+                          mask_image=Image.fromarray(example.mask), strength=1.0, steps=3, seed=5, height=64, width=64,
+                          guidance_scale=5.0, negative_scale=g.negative_scale, dns_steps=2, chain_min_sigma=0.5)
+    back = alone.images[0].resize((32, 32), Image.Resampling.NEAREST)
+    assert seconds > 0 and image.shape == (32, 32, 3) and np.array_equal(np.asarray(back), image)
+    out = tmp_path / "inpaint.json"
+    assert compliance.main(["--model", "tiny-random", "--prompts", "3", "--steps", "2", "--families", "inpaint",
+                            "--methods", "answer-K=2-inner", "--batch", "2", "--json", str(out)]) == 0
+    cell = json.loads(out.read_text())["cells"][0]
+    assert cell["family"] == "inpaint" and [m["label"] for m in cell["methods"]] == ["cfg", "answer K=2 inner"]
+    assert "left_levels" in cell["methods"][1]["rates"]

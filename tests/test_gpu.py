@@ -148,6 +148,33 @@ def test_the_gpu_run_dry_run_on_the_cpu(tmp_path):
         pytest.skip("a GPU is present: run.sh runs the real stages there")
 
 
+def test_the_gpu_run_dry_run_times_img2img_and_inpainting(tmp_path):
+    """Issue 33: the GPU run's img2img stages on the CPU (their own run, so the other stages'
+    budget is theirs): ``img2img_tiny`` times the encoder and the img2img / inpainting loops, 3
+    of 5 steps at strength 0.6, beside txt2img; ``img2img_sd15`` needs CUDA and is skipped."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: run.sh runs the real stages there")
+    env = dict(os.environ, WHEELS=str(tmp_path / "no-wheels"), PYTHON=sys.executable)
+    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu" / "run.sh"), "--device", "cpu", "--out",
+                           str(tmp_path / "out"), "--only", "imports,img2img_tiny,img2img_sd15"], env=env,
+                          capture_output=True, text=True, timeout=600)
+    stages = json.loads((tmp_path / "out" / "gpu_run.json").read_text())["stages"]
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert stages["img2img_sd15"]["status"] == "skipped"
+    image = stages["img2img_tiny"]
+    assert image["status"] == "ok", image.get("error")
+    for workflow in ("img2img", "inpaint"):
+        runs = image[workflow]["results"]
+        assert runs[f"answer {workflow}"]["steps"] == 3 and runs["answer txt2img"]["steps"] == 5
+        assert runs[f"cfg {workflow}"]["encode_ms"] > 0 and runs["cfg txt2img"]["encode_ms"] is None
+        assert image[workflow]["ratios"][f"{workflow}_over_txt2img_denoise_answer"] > 0
+
+
 # ---------------------------------------------------------------- on a CUDA GPU
 
 

@@ -4,7 +4,9 @@ browser download cannot work here), a new empty profile, 127.0.0.1 only. The tes
 prompt, clicks, waits for the CFG and ANSWER images, checks they are PNGs of the requested
 size with their parameters, that the CFG one equals `answer-trt generate`'s image for the
 same seed (0 levels), that it downloads as that PNG, and that the page loaded nothing from
-elsewhere; a screenshot is saved under the test's tmp folder. .ci/run installs chromium."""
+elsewhere; a screenshot is saved under the test's tmp folder. Issue 33: an image uploaded, a mask
+drawn on it with the mouse, the page inpaints through A1111's img2img route (docs/page-inpainting.png
+is that test's screenshot). .ci/run installs chromium."""
 
 from __future__ import annotations
 
@@ -117,3 +119,125 @@ def test_the_page_shows_cfg_and_answer_side_by_side_and_cfg_is_the_clis_image(se
     assert (tmp_path / "page.png").stat().st_size > 0
     # nothing but the server itself (and the images' data: URLs)
     assert requested and all(url.startswith((server + "/", "data:")) for url in requested), requested
+
+
+def test_the_page_inpaints_an_uploaded_image_where_the_mask_is_drawn(server, tmp_path):
+    """Issue 33: upload an image, draw the mask with the mouse, generate: the page calls A1111's
+    img2img route with the image and the drawn mask, and each method's image keeps the input
+    outside the mask and repaints inside it; CFG's equals the Python API's inpainting with the
+    mask the request carried."""
+    from answer_trt.synthetic.dataset import family_example
+
+    example = family_example("pair", 7, 0)  # a yellow circle (left) and a green triangle (right), 32x32
+    source = tmp_path / "input.png"
+    Image.fromarray(example.image).save(source)
+    prompt, seed, steps, strength = "a yellow circle and a red square", 3, 12, "1"
+    bodies: list[dict[str, Any]] = []
+    with sync_api.sync_playwright() as playwright:
+        browser = open_browser(playwright, tmp_path / "profile")
+        try:
+            page = browser.new_page()
+            page.on("request", lambda r: bodies.append(json.loads(r.post_data or "{}"))
+                    if r.url.endswith("/sdapi/v1/img2img") else None)
+            page.goto(server + "/", timeout=WAIT_MS)
+            page.set_input_files("#image", str(source))
+            page.wait_for_selector("#view:not(.empty)", timeout=WAIT_MS)
+            page.fill("#prompt", prompt)
+            page.fill("#seed", str(seed))
+            page.fill("#steps", str(steps))
+            page.fill("#strength", strength)
+            assert page.input_value("#strength-value") == strength
+            page.fill("#brush", "8")
+            page.fill("#mask-blur", "0")
+            box = page.locator("#view").bounding_box()
+            assert box is not None
+            # the right third of the image, in strokes of an 8-pixel brush (the view is 8x the image)
+            x0, x1 = box["x"] + box["width"] * 0.72, box["x"] + box["width"] * 0.9
+            page.mouse.move(x0, box["y"] + 4)
+            page.mouse.down()
+            for k, y in enumerate(np.linspace(box["y"] + 4, box["y"] + box["height"] - 4, 9)):
+                page.mouse.move(x1 if k % 2 else x0, float(y), steps=4)
+                page.mouse.move(x0 if k % 2 else x1, float(y), steps=4)
+            page.mouse.up()
+            page.click("#generate")
+            shown = {}
+            for method in ("cfg", "answer"):
+                card = f".result[data-method={method}]"
+                page.wait_for_selector(f"{card} img", timeout=WAIT_MS)
+                shown[method] = decode(page.get_attribute(f"{card} img", "src") or "")
+                params = json.loads(page.inner_text(f"{card} .params"))
+                assert params["method"] == method and params["inpainting"] is True and params["strength"] == 1
+            page.screenshot(path=str(tmp_path / "page-inpainting.png"), full_page=True)
+        finally:
+            browser.close()
+
+    # the requests carried the image and the drawn mask: white over the right part only
+    assert sorted(b["method"] for b in bodies) == ["answer", "cfg"]
+    body = bodies[0]
+    assert base64.b64decode(body["init_images"][0].split(",", 1)[1]) == source.read_bytes()
+    mask = pixels(base64.b64decode(body["mask"].split(",", 1)[1]))
+    assert mask.shape == (32, 32, 3) and (mask[..., 0] == mask[..., 2]).all()
+    white = mask[..., 0] >= 128
+    assert white[:, 24:28].all() and not white[:, :18].any(), white.astype(int)
+    assert body["denoising_strength"] == 1 and body["mask_blur"] == 0 and body["inpainting_fill"] == 1
+
+    original = example.image.astype(np.int16)
+    inside, outside = white, ~np.convolve(white.any(axis=0), np.ones(9), "same").astype(bool)[None].repeat(32, 0)
+    for method, png in shown.items():
+        image = pixels(png)
+        assert image.shape == (32, 32, 3), method
+        kept = np.abs(image - original)[outside].mean()
+        changed = np.abs(image - original)[inside].mean()
+        assert kept < 12 and changed > 3 * kept, (method, kept, changed)  # outside kept, inside repainted
+    assert not np.array_equal(pixels(shown["cfg"]), pixels(shown["answer"]))
+
+    from answer_trt.loaders import from_engines
+
+    pipe = from_engines(server_folder(), verify=False)
+    alone = pipe(prompt, image=source, mask_image=Image.fromarray(mask[..., 0].astype(np.uint8)), mask_blur=0,
+                 strength=1.0, steps=steps, seed=seed, guidance_scale=7.5, method="cfg", prompt_syntax="a1111")
+    assert np.abs(pixels(shown["cfg"]) - np.asarray(alone.images[0], dtype=np.int16)).max() <= 1
+    assert (tmp_path / "page-inpainting.png").stat().st_size > 0
+
+
+def server_folder() -> Path:
+    from answer_trt.loaders import build_cached
+
+    return build_cached("tiny")
+
+
+def test_the_page_sends_an_uploaded_mask_as_given_and_refuses_one_of_another_size(server, tmp_path):
+    """The mask upload: one of the image's size is sent as it was (white = repaint); one of
+    another size is refused on the page, in one line, before any request."""
+    from answer_trt.synthetic.dataset import family_example
+
+    source, mask, small = tmp_path / "input.png", tmp_path / "mask.png", tmp_path / "small.png"
+    Image.fromarray(family_example("pair", 7, 1).image).save(source)
+    values = np.zeros((32, 32), np.uint8)
+    values[4:28, 18:30] = 255
+    Image.fromarray(values).save(mask)
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(small)
+    bodies: list[dict[str, Any]] = []
+    with sync_api.sync_playwright() as playwright:
+        browser = open_browser(playwright, tmp_path / "profile")
+        try:
+            page = browser.new_page()
+            page.on("request", lambda r: bodies.append(json.loads(r.post_data or "{}"))
+                    if r.url.endswith("/sdapi/v1/img2img") else None)
+            page.goto(server + "/", timeout=WAIT_MS)
+            page.set_input_files("#image", str(source))
+            page.wait_for_selector("#view:not(.empty)", timeout=WAIT_MS)
+            page.set_input_files("#mask-file", str(small))
+            page.wait_for_function("document.getElementById('image-hint').textContent.includes('16x16')",
+                                   timeout=WAIT_MS)
+            assert "choose a mask of the image's size" in page.inner_text("#image-hint")
+            page.set_input_files("#mask-file", str(mask))
+            page.uncheck("input[name=method][value=answer]")
+            page.fill("#steps", "4")
+            page.click("#generate")
+            page.wait_for_selector(".result[data-method=cfg] img", timeout=WAIT_MS)
+        finally:
+            browser.close()
+    assert len(bodies) == 1 and bodies[0]["method"] == "cfg" and bodies[0]["denoising_strength"] == 0.75
+    sent = pixels(base64.b64decode(bodies[0]["mask"].split(",", 1)[1]))
+    assert np.array_equal(sent[..., 0], values) and np.array_equal(sent[..., 1], values)

@@ -20,11 +20,19 @@ def format_table(report: BenchReport) -> str:
         f"{'method':<16}{'calls/step':>10}" + "".join(f"{s[:-3]:>22}" for s in STAGES) + f"{'img/s':>9}",
     ]
     for r in report.results:
-        name = r.method + ("" if r.fused else " (unfused)") + (" (graph)" if r.graphed else "")
+        name = (r.method + ("" if r.fused else " (unfused)") + (" (graph)" if r.graphed else "")
+                + ("" if r.workflow == "txt2img" else f" {r.workflow}"))
         cells = "".join(
             f"{getattr(r, s).median:>8.2f}/{getattr(r, s).p90:>6.2f}/{getattr(r, s).min:>6.2f}" for s in STAGES
         )
         lines.append(f"{name:<16}{r.unet_calls_per_step:>10.2f}{cells}{r.images_per_s:>9.2f}")
+    for r in report.results:  # img2img / inpainting: the encoder's time and the shorter loop
+        if r.encode_ms is not None:
+            e = r.encode_ms
+            lines.append(f"{r.method} {r.workflow}: encode (VAE encoder + noising) {e.median:.2f}/{e.p90:.2f}/"
+                         f"{e.min:.2f} ms; {r.denoising_steps} of {c.steps} steps (strength "
+                         f"{'default' if c.strength is None else f'{c.strength:g}'}: expected denoise share "
+                         f"{r.denoising_steps / c.steps:.2f})")
     if report.baseline_step_ms is not None:
         b = report.baseline_step_ms
         lines.append(f"{'plain torch':<16}{3.0:>10.2f}{'':>22}{'':>22}"

@@ -29,6 +29,7 @@ from answer_trt.pipeline import Pipeline
 from answer_trt.rules import check_int
 from answer_trt.sampler import Conditioning, Denoiser, sample
 from answer_trt.schedulers import make_diffusers_scheduler, make_scheduler
+from answer_trt.schema import make_request
 from answer_trt.versions import library_versions
 
 PROMPT = "a cat and a dog"
@@ -47,8 +48,17 @@ class BenchConfig:
     baseline: str | None = None  # "torch": also time the plain PyTorch loop
     scheduler: str | None = None  # None: the model's own
     cuda_graph: bool = False  # fused variants replay each step as a CUDA graph (unfused ANSWER stays eager)
+    # img2img / inpainting (``--image``, ``--strength``, ``--mask``): each method is timed from the
+    # image (its encoder call and its int(steps x strength) steps) beside txt2img, fused only.
+    image: str | None = None
+    strength: float | None = None  # None: diffusers' default (img2img 0.8, inpainting 1.0)
+    mask: str | None = None
+    mask_blur: int = 0
 
     def __post_init__(self) -> None:
+        if self.image is None and (self.strength is not None or self.mask is not None):
+            raise UserInputError("--strength and --mask time img2img / inpainting: give the input image too "
+                                 "(--image IN.png)")
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown or not self.methods:
             raise UserInputError(f"--methods {','.join(self.methods)}: choose from {','.join(METHODS)}")
@@ -73,6 +83,9 @@ class MethodResult:
     images_per_s: float
     unet_calls_per_step: float
     graphed: bool = False
+    workflow: str = "txt2img"  # or "img2img", "inpaint" (BenchConfig.image)
+    encode_ms: Summary | None = None  # img2img / inpainting: the input image's encoder call and noising
+    denoising_steps: int = 0  # the steps run (img2img: int(steps x strength))
 
 
 @dataclass
@@ -87,8 +100,9 @@ class BenchReport:
     ratios: dict[str, float] = field(default_factory=dict)
     peak_memory_mb: dict[str, float | None] = field(default_factory=dict)
 
-    def result(self, method: str, fused: bool = True) -> MethodResult | None:
-        return next((r for r in self.results if r.method == method and r.fused == fused), None)
+    def result(self, method: str, fused: bool = True, workflow: str = "txt2img") -> MethodResult | None:
+        return next((r for r in self.results if r.method == method and r.fused == fused
+                     and r.workflow == workflow), None)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -111,11 +125,15 @@ def run_bench(
         "latent_shape": [config.batch, pipe.dims.latent_channels, height // pipe.dims.vae_scale_factor,
                          width // pipe.dims.vae_scale_factor],
     })
-    variants = [(m, True) for m in config.methods]
-    # Unfused as well where fusing joins the most branches (ANSWER's 3 rows): the fused speed-up.
-    variants += [(m, False) for m in config.methods
-                 if make_guider(GuidanceConfig(method=m)).peak_rows_per_image == MAX_BRANCHES]
-    log(f"timing {', '.join(f'{m} ({_fusion(f)})' for m, f in variants)}, interleaved run by run")
+    variants: list[Variant] = [(m, True, None) for m in config.methods]
+    if config.image is not None:  # beside txt2img, from the image: the encoder and the shorter loop
+        init = bench_init_image(pipe, config)
+        variants += [(m, True, init) for m in config.methods]
+    else:
+        # Unfused as well where fusing joins the most branches (ANSWER's 3 rows): the fused speed-up.
+        variants += [(m, False, None) for m in config.methods
+                     if make_guider(GuidanceConfig(method=m)).peak_rows_per_image == MAX_BRANCHES]
+    log(f"timing {', '.join(_variant_name(v) for v in variants)}, interleaved run by run")
     report.results = _time_variants(pipe, config, variants)
     if config.baseline == "torch":
         if eager_unet is None:
@@ -130,62 +148,102 @@ def run_bench(
     return report
 
 
+# (method, fused, the input image of an img2img / inpainting variant or None for txt2img)
+Variant = tuple[str, bool, Any]
+
+
 def _fusion(fused: bool) -> str:
     return "fused" if fused else "unfused"
 
 
-def control_keywords(pipe: Pipeline) -> dict[str, Any]:
+def bench_control(pipe: Pipeline) -> Any:
     """Engines with ControlNets are timed with them at work: a mid-grey control image of the
-    default size (``answer_trt.controlnet``); none otherwise (and not under --cuda-graph)."""
-    from answer_trt.controlnet import controlnet_engines
+    default size (``answer_trt.controlnet``), as ``ControlImages``; None otherwise."""
+    from answer_trt.controlnet import controlnet_engines, load_control_images
 
-    if not controlnet_engines(pipe.engines):
-        return {}
+    count = len(controlnet_engines(pipe.engines))
+    if not count:
+        return None
     from PIL import Image
 
     height, width = pipe.default_size
-    return {"control_image": Image.new("RGB", (width, height), (128, 128, 128))}
+    return load_control_images(Image.new("RGB", (width, height), (128, 128, 128)), count, height, width)
 
 
-def _time_variants(pipe: Pipeline, config: BenchConfig, variants: list[tuple[str, bool]]) -> list[MethodResult]:
+def _workflow(init: Any) -> str:
+    return "txt2img" if init is None else ("img2img" if init.mask is None else "inpaint")
+
+
+def _variant_name(variant: Variant) -> str:
+    method, fused, init = variant
+    return f"{method} ({_fusion(fused)}{'' if init is None else ', ' + _workflow(init)})"
+
+
+def bench_init_image(pipe: Pipeline, config: BenchConfig) -> Any:
+    """``config.image`` (and its mask) as an ``InitImage`` at the engines' default size (resized
+    as ``generate --height/--width`` would: Lanczos), so the img2img runs match the txt2img ones.
+    Raises ``UserInputError`` in one line for an unreadable image or mask."""
+    from answer_trt.img2img import load_init_image
+    from answer_trt.inpaint import with_mask
+
+    height, width = pipe.default_size
+    init = load_init_image(config.image, height, width, what="--image")
+    return init if config.mask is None else with_mask(init, config.mask, config.mask_blur, what="--mask")
+
+
+def _time_variants(pipe: Pipeline, config: BenchConfig, variants: list[Variant]) -> list[MethodResult]:
     """Round-robin over the variants, run by run, so that a slow spell of a noisy machine
     falls on every variant alike and the ratios stay fair."""
-    samples: dict[tuple[str, bool], dict[str, list[float]]] = {
-        v: {"text": [], "denoise": [], "decode": [], "total": []} for v in variants
+    samples: dict[int, dict[str, list[float]]] = {
+        k: {"text": [], "encode": [], "denoise": [], "decode": [], "total": []} for k in range(len(variants))
     }
-    calls = {v: 0 for v in variants}
-    control = control_keywords(pipe)
+    calls = dict.fromkeys(range(len(variants)), 0)
+    steps_run = dict.fromkeys(range(len(variants)), config.steps)
+    control = bench_control(pipe)
     for run in range(config.warmup + config.runs):
-        for method, fused in variants:
+        for k, (method, fused, init) in enumerate(variants):
             graphed = config.cuda_graph and fused
+            fields = dict(method=method, steps=config.steps, batch=config.batch, seed=run, scheduler=config.scheduler)
+            if init is not None:  # the image loaded once (bench_init_image): its hashes name it
+                fields.update(strength=config.strength, image_sha256=init.sha256, height=init.height,
+                              width=init.width, mask_sha256=init.mask_sha256,
+                              mask_blur=config.mask_blur if init.mask is not None else None)
+            if control is not None and not graphed:
+                fields["control_image_sha256"] = control.sha256
+            request = make_request(PROMPT, {k: v for k, v in fields.items() if v is not None})
             # A graphed step is one fused call; counting would wrap the denoiser anew each run, and
             # the graph cache keys on the denoiser (every run would capture again).
             with contextlib.nullcontext(None) if graphed else counting_unet_calls(pipe) as counter:
-                result = pipe.generate(PROMPT, method=method, steps=config.steps, batch=config.batch, seed=run,
-                                       fused=fused, scheduler=config.scheduler, cuda_graph=graphed,
-                                       **({} if graphed else control))
+                result = pipe.run(request, fused=fused, cuda_graph=graphed, init=init,
+                                  control=None if graphed else control)
             if run < config.warmup:
                 continue
-            t, into = result.timings, samples[(method, fused)]
+            t, into = result.timings, samples[k]
             into["text"].append(t.text_s * 1e3)
+            into["encode"].append(t.encode_s * 1e3)
             into["denoise"].append(t.denoise_s * 1e3)
             into["decode"].append(t.decode_s * 1e3)
             into["total"].append(t.total_s * 1e3)
-            calls[(method, fused)] = config.steps if counter is None else counter.calls
+            steps_run[k] = t.steps
+            calls[k] = t.steps if counter is None else counter.calls
     results = []
-    for (method, fused), into in samples.items():
+    for k, (method, fused, init) in enumerate(variants):
+        into = samples[k]
         denoise, total = summarize(into["denoise"]), summarize(into["total"])
         results.append(MethodResult(
             method=method,
             fused=fused,
             text_ms=summarize(into["text"]),
             denoise_ms=denoise,
-            step_ms=denoise.scaled(1.0 / config.steps),
+            step_ms=denoise.scaled(1.0 / steps_run[k]),
             decode_ms=summarize(into["decode"]),
             total_ms=total,
             images_per_s=config.batch / (total.median / 1e3),
-            unet_calls_per_step=calls[(method, fused)] / config.steps,
+            unet_calls_per_step=calls[k] / steps_run[k],
             graphed=config.cuda_graph and fused,
+            workflow=_workflow(init),
+            encode_ms=None if init is None else summarize(into["encode"]),
+            denoising_steps=steps_run[k],
         ))
     return results
 
@@ -270,6 +328,11 @@ def ratios(report: BenchReport) -> dict[str, float]:
         out["fused_speedup_over_unfused"] = unfused.step_ms.median / answer.step_ms.median
     if answer and report.baseline_step_ms:
         out["speedup_over_plain_torch"] = report.baseline_step_ms.median / answer.step_ms.median
+    for image in report.results:  # img2img / inpainting's loop against txt2img's (expected: its share of the steps)
+        text = report.result(image.method) if image.workflow != "txt2img" else None
+        if text is not None:
+            out[f"{image.workflow}_over_txt2img_denoise_{image.method}"] = (image.denoise_ms.median
+                                                                            / text.denoise_ms.median)
     return out
 
 

@@ -20,6 +20,8 @@ measured. Stages, in order of what matters most:
 - ``inductor_tiny``, ``inductor_sd15``, ``inductor_sdxl``, ``sdxl_rows``: AOTInductor
   engines (``--backend inductor``) built, loaded and timed, and the SDXL row-count puzzle
   (``inductor_stages.py``).
+- ``img2img_tiny``, ``img2img_sd15``: the VAE encoder call and the img2img and inpainting loops
+  at strength 0.6 timed beside txt2img (``image_stages.py``; tiny runs in the dry run too).
 - ``tests``: on the GPU, the whole test suite under the machine's torch (pytest-xdist
   across its cores; test files whose libraries the machine lacks are reported, not run).
 
@@ -65,6 +67,8 @@ STAGES: dict[str, tuple[float, bool]] = {
     "sdxl": (150, True),
     "unet": (60, True),
     "compile": (90, True),
+    "img2img_tiny": (60, False),
+    "img2img_sd15": (120, True),
 }
 TOTAL_S = 460.0
 
@@ -352,10 +356,20 @@ def _inductor_stage(name: str) -> Callable[[str, Path], dict[str, Any]]:
     return run
 
 
+def _image_stage(name: str) -> Callable[[str, Path], dict[str, Any]]:
+    def run(device: str, work: Path) -> dict[str, Any]:
+        import image_stages
+
+        return getattr(image_stages, f"stage_{name}")(device, work)  # type: ignore[no-any-return]
+
+    return run
+
+
 STAGE_FUNCTIONS: dict[str, Callable[[str, Path], dict[str, Any]]] = {
     "imports": stage_imports, "smoke": stage_smoke, "tiny": stage_tiny, "sd15": stage_sd15, "sdxl": stage_sdxl,
     "tests": stage_tests, "unet": stage_unet, "compile": stage_compile,
     **{name: _inductor_stage(name) for name in ("inductor_tiny", "inductor_sd15", "inductor_sdxl", "sdxl_rows")},
+    **{name: _image_stage(name) for name in ("img2img_tiny", "img2img_sd15")},
 }
 
 
