@@ -17,7 +17,16 @@ from answer_trt.errors import UserInputError
 from answer_trt.export import accuracy
 from answer_trt.export.build import build
 from answer_trt.export.publish import STAGING_TAG
-from answer_trt.iospec import COMPONENTS, TEXT_ENCODER, UNET, VAE_DECODER, VAE_ENCODER, ComponentSpec, TensorSpec
+from answer_trt.iospec import (
+    COMPONENT_SETS,
+    COMPONENTS,
+    TEXT_ENCODER,
+    UNET,
+    VAE_DECODER,
+    VAE_ENCODER,
+    ComponentSpec,
+    TensorSpec,
+)
 from answer_trt.manifest import MANIFEST_NAME, Manifest, ManifestError, read_manifest
 from tests.test_cli import run_cli
 
@@ -40,7 +49,7 @@ def test_fp32_check_passes_and_is_recorded_in_the_manifest(tiny_model_dir, tmp_p
     check = read_manifest(out).accuracy
     assert check is not None and check == manifest.accuracy  # written, and read back the same
     assert check.tool.startswith("polygraphy ") and "torch float32" in check.reference
-    assert set(check.components) == set(COMPONENTS)
+    assert set(check.components) == set(COMPONENT_SETS["all"])  # what a build without ControlNets has
     for name, entry in check.components.items():
         assert entry.precision == "fp32"
         assert (entry.atol, entry.rtol) == (accuracy.TOLERANCES["fp32"][name].atol,

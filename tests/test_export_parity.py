@@ -12,11 +12,12 @@ from answer_trt.backends.torch_modules import component_modules
 from answer_trt.build_config import BuildConfig
 from answer_trt.export.build import build
 from answer_trt.export.sample_inputs import sample_inputs
-from answer_trt.iospec import BATCH_MULTIPLIER, COMPONENTS
+from answer_trt.iospec import BATCH_MULTIPLIER, COMPONENT_SETS
 from answer_trt.manifest import read_manifest
 from answer_trt.models.source import load_model, resolve_model
 
 FAMILIES = ["tiny-random", "tiny-sd21", "tiny-sdxl"]
+COMPONENTS = COMPONENT_SETS["all"]  # a model's own (ControlNets: tests/test_controlnet.py)
 
 
 @pytest.fixture(scope="module", params=FAMILIES)

@@ -18,7 +18,7 @@ from answer_trt.errors import UserInputError
 from answer_trt.export import graph_optimize
 from answer_trt.export.build import build
 from answer_trt.files import sha256_file
-from answer_trt.iospec import COMPONENTS, TEXT_ENCODER, VAE_DECODER
+from answer_trt.iospec import COMPONENT_SETS, TEXT_ENCODER, VAE_DECODER
 from answer_trt.manifest import MANIFEST_NAME, Manifest, ManifestError, read_manifest
 from tests.test_cli import run_cli
 
@@ -36,7 +36,7 @@ def test_optimized_build_records_each_component_and_runs(optimized):
     manifest = read_manifest(out)
     record = manifest.graph_optimization
     assert record is not None and record.tool.startswith("onnxruntime.transformers.optimizer ")
-    assert set(record.components) == set(COMPONENTS)
+    assert set(record.components) == set(COMPONENT_SETS["all"])  # what a build without ControlNets has
     text = record.components[TEXT_ENCODER]
     assert text.fusions.get("SkipLayerNormalization", 0) > 0  # CLIP's residual + LayerNorm pairs fuse on the CPU
     assert text.max_abs_error is not None and text.atol is not None and text.max_abs_error <= text.atol
