@@ -204,11 +204,14 @@ class GenerateRequest:
         blur = self.mask_blur
         if isinstance(blur, bool) or not isinstance(blur, int) or not 0 <= blur <= 64:
             raise UserInputError(f"mask_blur must be an integer in 0 .. 64 (pixels), got {blur!r}")
-        for name in ("image_sha256", "mask_sha256"):
+        for name in ("image_sha256", "mask_sha256", "control_image_sha256"):
             value = getattr(self, name)
-            if value is not None and not (isinstance(value, str) and len(value) == 64
-                                          and all(c in "0123456789abcdef" for c in value)):
-                raise UserInputError(f"{name} must be 64 lowercase hex digits (a sha256), got {str(value)[:80]!r}")
+            # several ControlNets' images: their hashes, comma-separated (answer_trt.controlnet.ControlImages)
+            parts = value.split(",") if isinstance(value, str) and name == "control_image_sha256" else [value]
+            if value is not None and not all(isinstance(part, str) and len(part) == 64
+                                             and all(c in "0123456789abcdef" for c in part) for part in parts):
+                raise UserInputError(f"{name} must be 64 lowercase hex digits (a sha256; ControlNets' images: "
+                                     f"comma-separated), got {str(value)[:80]!r}")
 
     def replace(self, **changes: Any) -> GenerateRequest:
         return dataclasses.replace(self, **changes)

@@ -377,3 +377,18 @@ def test_every_flag_refuses_its_bad_values_before_any_work(tmp_path, monkeypatch
             assert not (tmp_path / "x.png").exists()
             tried += 1
     assert tried >= 40
+
+
+@pytest.mark.parametrize("name", ["image_sha256", "mask_sha256", "control_image_sha256"])
+@pytest.mark.parametrize("value", [5, [], {"a": 1}, "x" * 64, "A" * 64, "a" * 63])
+def test_the_image_hashes_of_a_request_are_sha256_text_or_refused_in_one_line(name, value):
+    """The hostile probe's walk: a hash field given a number, a list or a dict was a TypeError
+    deep in the pipeline (control_image_sha256) or accepted ([])."""
+    with pytest.raises(UserInputError, match=f"{name} must be 64 lowercase hex digits"):
+        GenerateRequest("a", **{name: value}).sampling_config()
+    two = ",".join(["a" * 64, "b" * 64])
+    if name == "control_image_sha256":  # two ControlNets' images
+        GenerateRequest("a", control_image_sha256=two).sampling_config()
+    else:
+        with pytest.raises(UserInputError):
+            GenerateRequest("a", **{name: two}).sampling_config()
