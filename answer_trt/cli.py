@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import errno
 import io
@@ -321,10 +322,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="answer-trt: %(levelname)s: %(message)s", stream=sys.stderr)
     logging.getLogger("answer_trt").setLevel(logging.INFO)
     try:
-        return _run(args, own_process=argv is None)
+        code = _run(args, own_process=argv is None)
     finally:
         if argv is None:  # the process's own command: its exit code is decided, a second Ctrl-C must not undo it
             _ignore_ctrl_c()
+    if argv is None and code == EXIT_INTERRUPTED:
+        # Exit now, with 130: a Ctrl-C that arrived inside a C extension's import (onnxruntime's) can leave
+        # the interpreter to end the process by SIGINT itself at shutdown (exit -2; seen by the hostile probe).
+        # Everything of ours is closed or removed by now (PNGs and builds are staged).
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(EXIT_INTERRUPTED)
+    return code
 
 
 def _set_ctrl_c(handler: Any) -> None:
