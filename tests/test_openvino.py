@@ -71,7 +71,8 @@ def test_the_build_writes_checksummed_ir_and_records_openvino(fp32_engines):
 
     manifest = read_manifest(fp32_engines)
     assert manifest.backend == "openvino" and manifest.precision == "fp32"
-    assert {e.file for e in manifest.components.values()} == {"text_encoder.xml", "unet.xml", "vae_decoder.xml"}
+    assert {e.file for e in manifest.components.values()} == {"text_encoder.xml", "unet.xml", "vae_decoder.xml",
+                                                               "vae_encoder.xml"}
     for entry in manifest.components.values():  # the IR and its weights are checksummed; no ONNX is left
         assert entry.file in manifest.files and entry.file.replace(".xml", ".bin") in manifest.files
     assert not list(fp32_engines.glob("*.onnx*"))
