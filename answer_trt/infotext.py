@@ -70,6 +70,9 @@ def infotext(record: Mapping[str, Any]) -> str:
             values[hashed] = values[hashed][:A1111_HASH_DIGITS]
     if values.get("mask_blur") == 0:  # A1111 writes it only for a mask
         values.pop("mask_blur")
+    if values.get("control_guidance_start") == 0.0 and values.get("control_guidance_end") == 1.0:
+        values.pop("control_guidance_start")  # the whole schedule: nothing to say (no ControlNet, or all steps)
+        values.pop("control_guidance_end")
     if values.get("batch") == 1:
         values.pop("batch")
         values.pop("batch_index", None)

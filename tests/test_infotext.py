@@ -28,6 +28,10 @@ def test_infotext_is_a1111s_three_lines():
     # A1111's "Model hash" is the checkpoint's short hash (10 hex digits), before "Model"
     hashed = infotext({**record, "model_hash": "6ce0161689b3853a"}).splitlines()[-1]
     assert "Clip skip: 2, Model hash: 6ce0161689, Model: tiny" in hashed
+    # ControlNet's guidance window is written only where it is not the whole schedule
+    window = {**record, "control_guidance_start": 0.0, "control_guidance_end": 1.0}
+    assert "Control guidance" not in infotext(window)
+    assert "Control guidance end: 0.5" in infotext({**window, "control_guidance_end": 0.5})
 
 
 def test_parse_reads_a1111s_infotext_and_names_what_it_cannot_honour():
