@@ -92,66 +92,50 @@ def artifact_runner(path: Path, backend: str) -> Any:
     raise ValueError(f"no accuracy-check runner for backend {backend!r}")
 
 
-def package_runner(path: Path, spec: ComponentSpec, binding: Mapping[str, int], device: str) -> Any:
-    """Polygraphy's PyTorch runner over an AOTInductor package, loaded on activation and run
-    on the device it was compiled for (``InductorEngine``: inputs cast to the spec's dtypes)."""
+def engine_runner(make_engine: Any, spec: ComponentSpec, binding: Mapping[str, int], name: str) -> Any:
+    """Polygraphy's PyTorch runner over one of our engines (``make_engine(profile)``, made on
+    activation with ``binding`` as a fixed profile): feeds as torch tensors, outputs as float32."""
     import numpy as np
     import torch
     from polygraphy import util
     from polygraphy.backend.pyt import PytRunner
     from polygraphy.common import TensorMetadata
 
-    from answer_trt.backends.inductor import InductorEngine
-
-    class PackageRunner(PytRunner):
+    class EngineRunner(PytRunner):
         @util.check_called_by("activate")
         def activate_impl(self) -> None:
-            profile = {symbol: (value, value, value) for symbol, value in binding.items()}
-            self.model = InductorEngine(path, spec, profile, device)
+            self.model = make_engine({symbol: (value, value, value) for symbol, value in binding.items()})
 
         @util.check_called_by("infer")
         def infer_impl(self, feed_dict: Mapping[str, Any]) -> OrderedDict[str, Any]:
-            feeds = {name: torch.from_numpy(np.ascontiguousarray(value)) for name, value in feed_dict.items()}
+            feeds = {key: torch.from_numpy(np.ascontiguousarray(value)) for key, value in feed_dict.items()}
             start = time.perf_counter()
             outputs = self.model.run(feeds)
             self.inference_time = time.perf_counter() - start
-            return OrderedDict((name, outputs[name].float().cpu().numpy()) for name in spec.output_names)
+            return OrderedDict((key, outputs[key].float().cpu().numpy()) for key in spec.output_names)
 
     metadata = TensorMetadata()
     for tensor in spec.inputs:
         metadata.add(tensor.name, np.dtype(tensor.dtype), tensor.bind(binding))
-    return PackageRunner(None, metadata, spec.output_names, name=f"inductor:{path.name}")
+    return EngineRunner(None, metadata, spec.output_names, name=name)
+
+
+def package_runner(path: Path, spec: ComponentSpec, binding: Mapping[str, int], device: str) -> Any:
+    """Polygraphy's runner over an AOTInductor package, run on the device it was compiled for
+    (``InductorEngine``: inputs cast to the spec's dtypes)."""
+    from answer_trt.backends.inductor import InductorEngine
+
+    return engine_runner(lambda profile: InductorEngine(path, spec, profile, device), spec, binding,
+                         f"inductor:{path.name}")
 
 
 def openvino_runner(path: Path, spec: ComponentSpec, binding: Mapping[str, int], hint: str) -> Any:
-    """Polygraphy's PyTorch runner over an OpenVINO IR, compiled on activation with the
-    inference precision ``hint`` the runtime gives it (``OpenVinoEngine``)."""
-    import numpy as np
-    import torch
-    from polygraphy import util
-    from polygraphy.backend.pyt import PytRunner
-    from polygraphy.common import TensorMetadata
-
+    """Polygraphy's runner over an OpenVINO IR, compiled on activation with the inference
+    precision ``hint`` the runtime gives it (``OpenVinoEngine``)."""
     from answer_trt.backends.openvino import OpenVinoEngine
 
-    class IrRunner(PytRunner):
-        @util.check_called_by("activate")
-        def activate_impl(self) -> None:
-            profile = {symbol: (value, value, value) for symbol, value in binding.items()}
-            self.model = OpenVinoEngine(path, spec, profile, hint)
-
-        @util.check_called_by("infer")
-        def infer_impl(self, feed_dict: Mapping[str, Any]) -> OrderedDict[str, Any]:
-            feeds = {name: torch.from_numpy(np.ascontiguousarray(value)) for name, value in feed_dict.items()}
-            start = time.perf_counter()
-            outputs = self.model.run(feeds)
-            self.inference_time = time.perf_counter() - start
-            return OrderedDict((name, outputs[name].float().numpy()) for name in spec.output_names)
-
-    metadata = TensorMetadata()
-    for tensor in spec.inputs:
-        metadata.add(tensor.name, np.dtype(tensor.dtype), tensor.bind(binding))
-    return IrRunner(None, metadata, spec.output_names, name=f"openvino:{path.name}")
+    return engine_runner(lambda profile: OpenVinoEngine(path, spec, profile, hint), spec, binding,
+                         f"openvino:{path.name}")
 
 
 def reference_runner(module: Any, spec: ComponentSpec, binding: Mapping[str, int]) -> Any:
