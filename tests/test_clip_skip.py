@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from answer_trt.errors import UserInputError
+from tests.cli_run import generation_pixels as _pixels
 
 
 @pytest.fixture(scope="module")
@@ -16,10 +17,6 @@ def eager():
     import answer_trt
 
     return answer_trt.load("tiny-random", backend="torch")
-
-
-def _pixels(generation) -> np.ndarray:
-    return np.stack([np.asarray(im).astype(np.int16) for im in generation.images])
 
 
 def test_each_clip_skip_is_a1111s_layer_through_the_final_layer_norm(eager):

@@ -14,6 +14,7 @@ import torch
 
 from answer_trt.build_config import BuildConfig
 from answer_trt.errors import UserInputError
+from tests.cli_run import generation_pixels as _pixels
 
 PROMPT = "a red circle and a blue square"
 # AOTInductor compiles C++: a machine without a compiler gets the one-line refusal instead
@@ -31,10 +32,6 @@ def inductor_engines(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, fl
     started = time.perf_counter()
     assert main(["build", "--model", "tiny", "--out", str(out), "--backend", "inductor", "--check"]) == 0
     return out, time.perf_counter() - started
-
-
-def _pixels(generation) -> np.ndarray:
-    return np.stack([np.asarray(im).astype(np.int16) for im in generation.images])
 
 
 def test_the_build_writes_checksummed_packages_and_records_torch_and_device(inductor_engines):

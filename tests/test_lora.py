@@ -24,28 +24,14 @@ from answer_trt.manifest import read_manifest
 from answer_trt.models.lora import check_lora
 from answer_trt.models.source import ensure_tiny_model, load_model, resolve_model
 from answer_trt.schema import from_parameters
+from tests.cli_run import refused_in_one_line as _refused
+from tests.cli_run import run_cli as _cli
 from tests.lora_files import foreign_lora, make_lora, to_kohya
 
 pytest.importorskip("peft")
 
 STEPS = 4
 PROMPT = "a red circle"
-
-
-def _cli(*args: object) -> int:
-    try:
-        return main([str(a) for a in args])
-    except SystemExit as exit_:  # argparse's own refusals
-        return int(exit_.code or 0)
-
-
-def _refused(capsys, code: int, *needles: str) -> str:
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
-    for needle in needles:
-        assert needle in err, err
-    return err
 
 
 def _levels(images) -> np.ndarray:

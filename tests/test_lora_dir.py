@@ -16,32 +16,15 @@ from safetensors.torch import load_file, save_file
 
 from answer_trt.cli import main
 from answer_trt.models.source import resolve_model
+from tests.cli_run import file_pixels as _pixels
+from tests.cli_run import refused_in_one_line as _refused
+from tests.cli_run import run_cli as _cli
 from tests.lora_files import make_lora
 
 pytest.importorskip("peft")
 
 PROMPT = "a red circle"
 RUN = ("--steps", "2", "--method", "cfg", "--seed", "5", "--prompt-syntax", "a1111")
-
-
-def _cli(*args: object) -> int:
-    try:
-        return main([str(a) for a in args])
-    except SystemExit as exit_:  # argparse's own refusals
-        return int(exit_.code or 0)
-
-
-def _refused(capsys, code: int, *needles: str) -> str:
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
-    for needle in needles:
-        assert needle in err, err
-    return err
-
-
-def _pixels(path: Path) -> np.ndarray:
-    return np.asarray(Image.open(path).convert("RGB"), dtype=np.int16)
 
 
 @pytest.fixture(scope="module")

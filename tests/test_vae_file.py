@@ -22,31 +22,14 @@ from answer_trt.errors import UserInputError
 from answer_trt.manifest import read_manifest
 from answer_trt.models.source import resolve_model
 from answer_trt.models.vae_file import check_vae
+from tests.cli_run import file_pixels as _pixels
+from tests.cli_run import refused_in_one_line as _refused
+from tests.cli_run import run_cli as _cli
 from tests.ldm_files import vae_to_ldm, write_ldm_checkpoint
 
 PROMPT = "a red circle"
 STEPS = 3
 RUN = ("--steps", str(STEPS), "--method", "cfg", "--guidance-scale", "6", "--seed", "3")
-
-
-def _cli(*args: object) -> int:
-    try:
-        return main([str(a) for a in args])
-    except SystemExit as exit_:
-        return int(exit_.code or 0)
-
-
-def _refused(capsys, code: int, *needles: str) -> str:
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
-    for needle in needles:
-        assert needle in err, err
-    return err
-
-
-def _pixels(path: Path) -> np.ndarray:
-    return np.asarray(Image.open(path).convert("RGB"), dtype=np.int16)
 
 
 def _perturbed_vae(seed: int, **config: object):
