@@ -36,6 +36,10 @@ MAX_SCALE = 100.0
 
 # ANSWER's default wn and interval, chosen by the compliance suite (docs/ANSWER.md, "Defaults").
 ANSWER_NEGATIVE_SCALE = 1.0
+# Guidance off below this sigma_t, per method (variant "guidance interval"): CFG and DNS keep
+# diffusers' behaviour (0, guided at every step) whatever ANSWER's is. ANSWER's stays 0 until
+# the confirmation on fresh prompts (issue 37, docs/ANSWER.md "Defaults") says otherwise.
+ANSWER_GUIDANCE_MIN_SIGMA = 0.0
 
 
 @dataclass(frozen=True)
@@ -49,7 +53,8 @@ class GuidanceConfig:
     ``drift_tau`` fades the chain's drift term (parallel mode); ``guidance_rescale`` (phi)
     rescales the guided noise of CFG and ANSWER to the positive branch's deviation;
     ``guidance_min_sigma`` turns guidance off (the conditional prediction alone, one row)
-    at steps whose sigma_t is below it (0: guided everywhere).
+    at steps whose sigma_t is below it (0: guided everywhere); left as None it resolves per
+    method (``interval_min_sigma``: ``ANSWER_GUIDANCE_MIN_SIGMA`` for ANSWER, 0 for CFG and DNS).
     """
 
     method: str = "answer"
@@ -60,7 +65,7 @@ class GuidanceConfig:
     chain_min_sigma: float = 0.5
     drift_tau: float | None = None
     guidance_rescale: float = 0.0
-    guidance_min_sigma: float = 0.0
+    guidance_min_sigma: float | None = None
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -90,16 +95,26 @@ class GuidanceConfig:
         _check_number("guidance-rescale", self.guidance_rescale)
         if not 0.0 <= self.guidance_rescale <= 1.0:
             raise UserInputError(f"guidance-rescale must be in [0, 1], got {self.guidance_rescale}")
-        _check_number("guidance-min-sigma", self.guidance_min_sigma)
-        if not 0.0 <= self.guidance_min_sigma < 1.0:
-            raise UserInputError(
-                f"guidance-min-sigma must be in [0, 1) (a noise level sigma_t), got {self.guidance_min_sigma}")
+        if self.guidance_min_sigma is not None:
+            _check_number("guidance-min-sigma", self.guidance_min_sigma)
+            if not 0.0 <= self.guidance_min_sigma < 1.0:
+                raise UserInputError(
+                    f"guidance-min-sigma must be in [0, 1) (a noise level sigma_t), got {self.guidance_min_sigma}")
 
     @property
     def wn(self) -> float:
         if self.negative_scale is not None:
             return self.negative_scale
         return ANSWER_NEGATIVE_SCALE if self.method == "answer" else self.guidance_scale
+
+    @property
+    def interval_min_sigma(self) -> float:
+        """The noise level sigma_t below which guidance is off: ``guidance_min_sigma`` where
+        given, else the method's default (``ANSWER_GUIDANCE_MIN_SIGMA`` for ANSWER; 0, diffusers'
+        CFG, for CFG and DNS)."""
+        if self.guidance_min_sigma is not None:
+            return self.guidance_min_sigma
+        return ANSWER_GUIDANCE_MIN_SIGMA if self.method == "answer" else 0.0
 
 
 def _check_scale(name: str, value: object) -> None:

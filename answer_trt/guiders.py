@@ -189,7 +189,7 @@ class Guider(ABC):
         """Whether a step at noise level ``sigma`` (sigma_t) is guided: always, unless it is
         below ``guidance_min_sigma`` (variant "guidance interval"), where every method runs
         the conditional prediction alone (one row, ``Conditional``'s step)."""
-        return sigma >= self.config.guidance_min_sigma
+        return sigma >= self.config.interval_min_sigma
 
     def calls(self, sigmas: Sequence[float]) -> list[tuple[int, ...]]:
         """For each step (``sigmas``: its noise levels sigma_t), the rows per image of each of
@@ -201,7 +201,7 @@ class Guider(ABC):
         """The step program of one sampling run (a guider with state across steps keeps it
         in the returned program). ``probing``: also return what ``sample``'s probe shows."""
         guided = self.guided_start(context, probing)
-        if self.config.guidance_min_sigma <= 0.0:
+        if self.config.interval_min_sigma <= 0.0:
             return guided
         sigmas = [context.rule.levels(i)[1] for i in range(len(context.rule.timesteps))]
 

@@ -589,10 +589,11 @@ class Pipeline:
     def parameters(self, request: GenerateRequest, config: SamplingConfig, scheduler_class: str,
                    strength: float | None = None, extra: Mapping[str, str] | None = None) -> dict[str, str]:
         """The PNG text chunks of the request's images (``schema.parameters``): its fields as
-        resolved for these engines (size, wn, img2img's strength), the scheduler class that ran, model,
-        backend, precision, and the weights variant and LoRAs where there are any; then ``extra``."""
-        resolved = {"negative_scale": config.guidance.wn, "height": config.height, "width": config.width,
-                    "strength": strength}
+        resolved for these engines (size, wn, the guidance interval, img2img's strength), the scheduler
+        class that ran, model, backend, precision, and the weights variant and LoRAs where there are
+        any; then ``extra``."""
+        resolved = {"negative_scale": config.guidance.wn, "guidance_min_sigma": config.guidance.interval_min_sigma,
+                    "height": config.height, "width": config.width, "strength": strength}
         entries = {"scheduler_class": scheduler_class, "model": self.model_name, "backend": self.backend,
                    "precision": self.precision, **self.weights.parameters(), **(extra or {})}
         return schema_parameters(request, resolved, entries)

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from answer_trt.config import (
+    ANSWER_GUIDANCE_MIN_SIGMA,
     MAX_CLIP_SKIP,
     MAX_DNS_STEPS,
     MAX_IMAGES,
@@ -110,9 +111,10 @@ class GenerateRequest:
     chain_min_sigma: float = _guidance("chain_min_sigma", FieldInfo(
         "float", "run the negative chain only while sigma_t >= this; CFG below (variant `interval`)",
         low=0.0, high=1.0))
-    guidance_min_sigma: float = _guidance("guidance_min_sigma", FieldInfo(
+    guidance_min_sigma: float | None = _guidance("guidance_min_sigma", FieldInfo(
         "float", "guidance off (the prompt's prediction alone, one UNet row) at steps with sigma_t below this "
-        "(variant `guidance interval`; 0: guided at every step)", low=0.0, high=1.0))
+        f"(variant `guidance interval`; 0: guided at every step; default: {ANSWER_GUIDANCE_MIN_SIGMA:g} for answer, "
+        "0 for cfg and dns)", nullable=True, low=0.0, high=1.0))
     drift_tau: float | None = _guidance("drift_tau", FieldInfo(
         "float", "fade the parallel chain's drift term below noise level ~tau (variant `fade`; default off)",
         nullable=True))

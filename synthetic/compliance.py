@@ -117,7 +117,7 @@ def default_spec() -> MethodSpec:
     from answer_trt.config import DEFAULT_GUIDANCE as default
 
     return MethodSpec(default.method, default.dns_steps, default.mode, default.wn, default.chain_min_sigma,
-                      default.drift_tau, default.guidance_rescale, default.guidance_min_sigma)
+                      default.drift_tau, default.guidance_rescale, default.interval_min_sigma)
 CANDIDATES = (
     CFG,
     MethodSpec("answer", 4),  # ANSWER.md's reconstruction as first adopted
