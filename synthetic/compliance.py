@@ -334,6 +334,8 @@ def main(argv: list[str] | None = None) -> int:
                         "cfg is always run first")
     parser.add_argument("--batch", type=int, default=32, help="prompts per engine call (default 32)")
     parser.add_argument("--backend", choices=("onnxruntime", "torch"), default="onnxruntime")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="where --backend torch runs (cuda: the GPU machine's way to run the suite in minutes)")
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args(argv)
     args.command = "python -m answer_trt.synthetic.compliance " + " ".join(sys.argv[1:] if argv is None else argv)
@@ -402,8 +404,10 @@ def _run(args: argparse.Namespace) -> int:
               + ", ".join(f"{m} {c[m]:.3f}" for m in METRICS), flush=True)
         if min(c[m] for m in METRICS) < CHECKER_BAR:
             raise UserInputError(f"the checker reads under {CHECKER_BAR:.0%} of the {f} ground truth right: fix it")
+    if args.device != "cpu" and args.backend != "torch":
+        raise UserInputError(f"--device {args.device} runs --backend torch only: add --backend torch")
     if args.backend == "torch":
-        pipe = answer_trt.load(args.model, backend="torch")
+        pipe = answer_trt.load(args.model, backend="torch", device=args.device)
     else:
         pipe = from_engines(build_cached(args.model, batch=args.batch), verify=False)
     draw = pipeline_draw(pipe, args.steps)
@@ -430,7 +434,7 @@ def _run(args: argparse.Namespace) -> int:
             "model": {"name": args.model, "sha256": model.content_hash()},
             "prompts_per_family": args.prompts, "prompt_seed": args.seed, "steps": args.steps,
             "scheduler": pipe.scheduler_config.get("_class_name", "?"),
-            "backend": pipe.backend, "precision": pipe.precision, "batch": args.batch,
+            "backend": pipe.backend, "device": args.device, "precision": pipe.precision, "batch": args.batch,
             "checker_on_ground_truth": checker,
             "cells": [asdict(c) for c in cells],
             "seconds": time.perf_counter() - started,

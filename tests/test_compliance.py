@@ -215,6 +215,8 @@ def test_command_line_writes_json_and_refuses_unknown_methods(tmp_path, tiny_mod
     assert compliance.main(["--families", "triples"]) == 2
     assert "unknown --families triples" in capsys.readouterr().err
     assert compliance.main(["--guidance-scales", "3,x"]) == 2
+    assert compliance.main(["--model", "tiny-random", "--prompts", "3", "--device", "cuda"]) == 2
+    assert "--device cuda runs --backend torch only" in capsys.readouterr().err
 
 
 def test_batched_draw_equals_pipeline_generate(tiny_model_dir):
@@ -272,9 +274,10 @@ def test_default_spec_is_what_generate_runs_without_guidance_flags():
     spec = compliance.default_spec()
     guidance = spec.guidance(DEFAULT_GUIDANCE.guidance_scale)
     for name in spec.guidance_kwargs():
-        if name != "negative_scale":  # None in the default: wn resolved from the method
+        if name not in ("negative_scale", "guidance_min_sigma"):  # None in the default: resolved from the method
             assert getattr(guidance, name) == getattr(DEFAULT_GUIDANCE, name), name
     assert guidance.wn == DEFAULT_GUIDANCE.wn and not spec.negative
+    assert guidance.interval_min_sigma == DEFAULT_GUIDANCE.interval_min_sigma
 
 
 def test_inpaint_family_asks_to_repaint_the_right_object_as_a_green_triangle():

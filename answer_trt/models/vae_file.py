@@ -194,9 +194,11 @@ def load_vae(vae: VaeFile, model_path: Path) -> Any:
                                                         output_loading_info=True)
             missing = list(info.get("missing_keys") or []) + list(info.get("mismatched_keys") or [])
         else:
-            model = AutoencoderKL.from_single_file(str(vae.path), config=str(model_path), subfolder="vae",
-                                                   local_files_only=True, torch_dtype=torch.float32,
-                                                   low_cpu_mem_usage=True)
+            model = _load_in_diffusers_names(vae, model_path) if vae.layout == "diffusers" else None
+            if model is None:
+                model = AutoencoderKL.from_single_file(str(vae.path), config=str(model_path), subfolder="vae",
+                                                       local_files_only=True, torch_dtype=torch.float32,
+                                                       low_cpu_mem_usage=True)
             missing = [name for name, p in [*model.named_parameters(), *model.named_buffers()] if p.is_meta]
     except MemoryError:
         raise
@@ -208,3 +210,21 @@ def load_vae(vae: VaeFile, model_path: Path) -> Any:
         raise UserInputError(f"--vae {vae.path} lacks {len(missing)} tensor(s) of the VAE (first {missing[0]!r}): it "
                              "is incomplete or made for another architecture")
     return model.eval()
+
+
+def _load_in_diffusers_names(vae: VaeFile, model_path: Path) -> Any:
+    """A file already in diffusers' names that fits the model's VAE config tensor for tensor,
+    loaded as is (diffusers before 0.31 read such a file through its LDM converter and kept
+    none of it); None where it does not fit exactly (older attention names or conv-shaped
+    attention weights), for ``from_single_file`` to convert."""
+    import torch
+    from diffusers import AutoencoderKL
+    from safetensors.torch import load_file
+
+    model = AutoencoderKL.from_config(AutoencoderKL.load_config(model_path / "vae"))
+    state = {_strip(key): tensor for key, tensor in load_file(str(vae.path)).items()}
+    expected = model.state_dict()
+    if set(state) != set(expected) or any(state[key].shape != expected[key].shape for key in expected):
+        return None
+    model.load_state_dict({key: tensor.to(torch.float32) for key, tensor in state.items()})
+    return model
