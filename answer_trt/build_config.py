@@ -35,6 +35,21 @@ MAX_PROMPT_CHUNKS = 32  # --max-prompt-chunks: 2400 tokens of CLIP, beyond any p
 MAX_LORA_SCALE = 10.0  # |SCALE| of one --lora; 0..1.5 is usual, negative scales invert an adapter
 
 
+def split_scale(text: str, flag: str, what: str, exists: bool) -> tuple[Path, float | None]:
+    """``PATH`` or ``PATH:SCALE`` of a ``flag`` (``--lora FILE:0.8``): the last ``:`` splits them,
+    unless the whole ``text`` names an existing path (``exists``) or what follows the ``:`` is a
+    path, as in ``C:\\loras\\a.safetensors``. Scale None: none given. ``UserInputError`` where
+    the scale is not a number."""
+    head, colon, tail = text.rpartition(":")
+    if not colon or not head or "/" in tail or "\\" in tail or exists:
+        return Path(text), None
+    try:
+        return Path(head), float(tail)
+    except ValueError:
+        raise UserInputError(f"{flag} {text}: SCALE {tail!r} is not a number: write {what} or {what}:SCALE, "
+                             f"e.g. {flag} {head}:0.8") from None
+
+
 @dataclass(frozen=True)
 class LoraSpec:
     """One ``--lora FILE[:SCALE]``: a LoRA adapter file, fused into the weights with ``scale``
@@ -57,15 +72,8 @@ class LoraSpec:
     def parse(cls, text: str) -> LoraSpec:
         """``FILE`` or ``FILE:SCALE`` (the last ``:`` splits them, unless ``text`` names an
         existing file or what follows it is a path, as in ``C:\\loras\\a.safetensors``)."""
-        head, colon, tail = text.rpartition(":")
-        if not colon or not head or "/" in tail or "\\" in tail or Path(text).is_file():
-            return cls(Path(text))
-        try:
-            scale = float(tail)
-        except ValueError:
-            raise UserInputError(f"--lora {text}: SCALE {tail!r} is not a number: write FILE or FILE:SCALE, "
-                                 f"e.g. --lora {head}:0.8") from None
-        return cls(Path(head), scale)
+        path, scale = split_scale(text, "--lora", "FILE", Path(text).is_file())
+        return cls(path) if scale is None else cls(path, scale)
 
     def argument(self) -> str:
         """The ``--lora`` value that gives this adapter again (``FILE:SCALE``)."""
@@ -99,15 +107,8 @@ class ControlNetSpec:
     @classmethod
     def parse(cls, text: str) -> ControlNetSpec:
         """``DIR`` or ``DIR:SCALE`` (the last ``:`` splits them unless ``text`` is an existing folder)."""
-        head, colon, tail = text.rpartition(":")
-        if not colon or not head or "/" in tail or "\\" in tail or Path(text).is_dir():
-            return cls(Path(text))
-        try:
-            scale = float(tail)
-        except ValueError:
-            raise UserInputError(f"--controlnet {text}: SCALE {tail!r} is not a number: write DIR or DIR:SCALE, "
-                                 f"e.g. --controlnet {head}:0.8") from None
-        return cls(Path(head), scale)
+        path, scale = split_scale(text, "--controlnet", "DIR", Path(text).is_dir())
+        return cls(path) if scale is None else cls(path, scale)
 
     def argument(self) -> str:
         """The ``--controlnet`` value that gives this ControlNet again (``DIR:SCALE``)."""
