@@ -234,3 +234,26 @@ def test_a_cuda_request_for_engines_without_the_torch_backend_says_what_to_add()
     assert main(["generate", "x", "--device", "cuda", "-o", "/tmp/x.png"]) == 2
     with pytest.raises(UserInputError):
         answer_trt.load("tiny", backend="nonsense")
+
+
+def test_the_gpu_run_dry_run_draws_issue_37s_sweep_small(tmp_path):
+    """Issue 37's sweep as a GPU stage (``compliance``): on the CPU, 4 prompts of one family per
+    trained model, both reports back whole in gpu_run.json with CFG and the candidate scored."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: run.sh runs the real stages there")
+    env = dict(os.environ, WHEELS=str(tmp_path / "no-wheels"), PYTHON=sys.executable)
+    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu" / "run.sh"), "--device", "cpu", "--out",
+                           str(tmp_path / "out"), "--only", "imports,compliance"], env=env,
+                          capture_output=True, text=True, timeout=900)
+    stage = json.loads((tmp_path / "out" / "gpu_run.json").read_text())["stages"]["compliance"]
+    assert proc.returncode == 0 and stage["status"] == "ok", proc.stdout[-3000:]
+    for model in ("tiny", "benchmarks/models/tiny-biased"):
+        report = stage["reports"][model]["report"]
+        assert report["prompt_seed"] == 6000 and report["device"] == "cpu" and report["backend"] == "torch"
+        labels = [m["label"] for m in report["cells"][0]["methods"]]
+        assert labels == ["cfg", "answer K=4 parallel min-sigma=0.5 wn=1 gmin=0.5"]

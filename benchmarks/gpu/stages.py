@@ -24,6 +24,12 @@ measured. Stages, in order of what matters most:
   at strength 0.6 timed beside txt2img (``image_stages.py``; tiny runs in the dry run too).
 - ``tests``: on the GPU, the whole test suite under the machine's torch (pytest-xdist
   across its cores; test files whose libraries the machine lacks are reported, not run).
+- ``compliance``: issue 37's confirmation of ANSWER's default on fresh prompts (seed 6000):
+  both trained models, every family, w = 3, 5, 7.5, 256 prompts, CFG with and without the
+  interval, today's default and the interval swept at 0.3, 0.5, 0.7
+  (``answer_trt.synthetic.compliance --backend torch --device cuda``; minutes on a GPU, hours
+  on our 2 cores). Its reports come back whole in gpu_run.json. Run it alone:
+  ``--only imports,compliance``. The dry run draws 4 prompts of one family in 4 steps.
 
 ``--device cpu`` is the dry run CI runs: ``tiny`` only, CUDA-only stages and parts
 recorded as ``skipped``.
@@ -69,6 +75,7 @@ STAGES: dict[str, tuple[float, bool]] = {
     "compile": (90, True),
     "img2img_tiny": (60, False),
     "img2img_sd15": (120, True),
+    "compliance": (420, False),
 }
 TOTAL_S = 460.0
 
@@ -365,9 +372,39 @@ def _image_stage(name: str) -> Callable[[str, Path], dict[str, Any]]:
     return run
 
 
+# Issue 37's sweep: the candidates beside CFG (always run first) and today's default.
+COMPLIANCE_METHODS = ("cfg-gmin=0.5,answer-K=4-parallel-min-sigma=0.5-wn=1,"
+                      "answer-K=4-parallel-min-sigma=0.5-wn=1-gmin=0.3,answer-K=4-parallel-min-sigma=0.5-wn=1-gmin=0.5,"
+                      "answer-K=4-parallel-min-sigma=0.5-wn=1-gmin=0.7")
+COMPLIANCE_MODELS = ("tiny", "benchmarks/models/tiny-biased")
+
+
+def stage_compliance(device: str, work: Path) -> dict[str, Any]:
+    """Issue 37's sweep (see the module docstring), one compliance run per trained model, each
+    within its share of the stage's budget; the reports whole in the result."""
+    cuda = device == "cuda"
+    reports: dict[str, Any] = {}
+    for i, model in enumerate(COMPLIANCE_MODELS):
+        out = work / f"compliance-{Path(model).name}.json"
+        args = ["--model", str(ROOT / model) if "/" in model else model, "--backend", "torch", "--device", device,
+                "--seed", "6000", "--steps", "30" if cuda else "4", "--prompts", "256" if cuda else "4",
+                "--batch", "256" if cuda else "4",
+                "--families", "all" if cuda else "pair", "--guidance-scales", "3,5,7.5" if cuda else "7.5",
+                "--methods", COMPLIANCE_METHODS if cuda else "answer-K=4-parallel-min-sigma=0.5-wn=1-gmin=0.5",
+                "--json", str(out)]
+        started = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "answer_trt.synthetic.compliance", *args], capture_output=True,
+                              text=True, timeout=stage_budget("compliance") / (len(COMPLIANCE_MODELS) - i) - 5,
+                              cwd=ROOT)
+        reports[model] = {"rc": proc.returncode, "seconds": round(time.perf_counter() - started, 1),
+                          "report": json.loads(out.read_text()) if out.is_file() else None,
+                          "tail": (proc.stdout[-2000:] + proc.stderr[-1500:]) if proc.returncode else ""}
+    return {"ok": all(r["rc"] == 0 and r["report"] for r in reports.values()), "reports": reports}
+
+
 STAGE_FUNCTIONS: dict[str, Callable[[str, Path], dict[str, Any]]] = {
     "imports": stage_imports, "smoke": stage_smoke, "tiny": stage_tiny, "sd15": stage_sd15, "sdxl": stage_sdxl,
-    "tests": stage_tests, "unet": stage_unet, "compile": stage_compile,
+    "tests": stage_tests, "unet": stage_unet, "compile": stage_compile, "compliance": stage_compliance,
     **{name: _inductor_stage(name) for name in ("inductor_tiny", "inductor_sd15", "inductor_sdxl", "sdxl_rows")},
     **{name: _image_stage(name) for name in ("img2img_tiny", "img2img_sd15")},
 }
