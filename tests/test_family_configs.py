@@ -167,22 +167,11 @@ def test_each_family_has_the_published_sizes_and_diffusers_converts_every_tensor
         assert not wrong, (sub, wrong[:5])
 
 
-def test_package_data_ships_every_family_file():
-    """pyproject's package-data patterns cover every shipped file (a wheel install has them)."""
-    import fnmatch
-    import tomllib
-
-    root = Path(__file__).resolve().parents[1]
-    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"][
-        "answer_trt.models"]
-    models = FAMILIES_DIR.parent
-    shipped = [p.relative_to(models).as_posix() for p in FAMILIES_DIR.rglob("*") if p.is_file()]
-    assert len(shipped) >= 30
-    uncovered = [f for f in shipped if not any(fnmatch.fnmatch(f, pat) and f.count("/") == pat.count("/")
-                                               for pat in patterns)]
-    assert not uncovered
-    total = sum((models / f).stat().st_size for f in shipped)
-    assert total < 400_000  # the merges (208 KB) and small JSON files; the vocabularies are derived
+def test_the_shipped_data_is_small():
+    """The merges (208 KB) and small JSON files; the vocabularies (1.6 MB a tokenizer) are derived
+    at first use. tests/test_packaging.py checks the wheel holds every file."""
+    files = [p for p in FAMILIES_DIR.rglob("*") if p.is_file()]
+    assert len(files) >= 30 and sum(p.stat().st_size for p in files) < 400_000
 
 
 def _offline(monkeypatch, tmp_path: Path) -> None:
