@@ -438,3 +438,47 @@ def test_a_killed_conversions_staging_folder_is_removed_later_and_nothing_else(t
         os.utime(folder, (0, 0))  # untouched since 1970
     assert remove_stale_staging(tmp_path) == [old]
     assert not old.exists() and fresh.exists() and other.exists()
+
+
+@pytest.mark.slow
+def test_a_full_size_sd2_single_file_is_told_v_prediction_and_converts_offline(tmp_path, monkeypatch):
+    """SD 2.x's real shapes (OpenCLIP-H text encoder, 1.3 G parameters, fp16) with no --config, no
+    network and an empty Hugging Face cache: A1111's probe runs on the file's UNet (whose output
+    layer is set to give -2 everywhere: v-prediction by the probe's rule), the shipped 768-v
+    configs convert it, bit for bit, and the answer is kept for the file. About 2.5 minutes and
+    7 GB of memory."""
+    import huggingface_hub.constants as hub
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    from answer_trt.cache import cache_root
+    from answer_trt.models.family_configs import family_folder
+    from answer_trt.models.single_file import PREDICTION_FOLDER
+
+    shipped = family_folder("sd2")
+    folder = tmp_path / "sd2"
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(shipped / "unet")).half()
+    with torch.no_grad():
+        unet.conv_out.weight.zero_()
+        unet.conv_out.bias.fill_(-2.0)
+    StableDiffusionPipeline(
+        vae=AutoencoderKL.from_config(AutoencoderKL.load_config(shipped / "vae")).half(),
+        text_encoder=CLIPTextModel(CLIPTextConfig.from_pretrained(shipped / "text_encoder")).half(),
+        tokenizer=CLIPTokenizer.from_pretrained(shipped / "tokenizer"), unet=unet,
+        scheduler=DDIMScheduler.from_pretrained(shipped / "scheduler"),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    ).save_pretrained(folder, safe_serialization=True)
+    del unet
+    file = write_ldm_checkpoint(folder, tmp_path / "sd2.safetensors", open_clip=True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "empty-hf-cache"))
+    source = resolve_model(str(file))
+    assert source.checkpoint is not None and source.checkpoint.config == "answer-trt:sd2"
+    kept = cache_root() / "models" / "single-file" / PREDICTION_FOLDER
+    assert json.loads((kept / f"{source.checkpoint.sha256}.json").read_text()) == {"prediction_type": "v_prediction"}
+    scheduler = json.loads((source.path / "scheduler" / "scheduler_config.json").read_text())
+    assert scheduler["prediction_type"] == "v_prediction"
+    for sub in ("unet", "vae", "text_encoder"):
+        _assert_same_weights(folder_weights(folder, sub), folder_weights(source.path, sub), sub)
