@@ -239,3 +239,21 @@ def test_the_v_prediction_probe_is_a1111s_mean_output():
             unet.conv_out.bias.fill_(bias)
             probe = v_prediction_probe(unet)  # out is the bias everywhere; x is 0.5
             assert probe == pytest.approx(bias - 0.5) and (probe < -1) is below
+
+
+def test_a_killed_expansion_is_cleaned_up_and_a_finished_one_reused(private_cache):
+    import os
+
+    from answer_trt.models.family_configs import EXPANDED_FOLDER, STAGING_PREFIX
+
+    first = family_folder("sd1")
+    parent = private_cache / "models" / EXPANDED_FOLDER
+    old, fresh = parent / f"{STAGING_PREFIX}old", parent / f"{STAGING_PREFIX}fresh"
+    for folder in (old, fresh):
+        (folder / "unet").mkdir(parents=True)
+    os.utime(old, (0, 0))
+    (first / "model_index.json").unlink()  # an unfinished folder is expanded again
+    assert family_folder("sd1") == first and (first / "tokenizer" / "merges.txt").is_file()
+    assert not old.exists() and fresh.exists()
+    stamp = (first / "tokenizer" / "vocab.json").stat().st_mtime_ns
+    assert family_folder("sd1") == first and (first / "tokenizer" / "vocab.json").stat().st_mtime_ns == stamp

@@ -32,10 +32,11 @@ import gzip
 import hashlib
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 from answer_trt.cache import cache_root
-from answer_trt.files import sha256_file
+from answer_trt.files import STALE_TEMPORARY_S, sha256_file
 from answer_trt.models.tokenizer_files import write_clip_bpe
 
 FAMILIES_DIR = Path(__file__).resolve().parent / "families"
@@ -45,6 +46,7 @@ SHIPPED = ("sd1", "sd2", "sd2-base", "sdxl")
 SHIPPED_PREFIX = "answer-trt:"
 EXPANDED_FOLDER = "family-configs"  # under <cache>/models/
 TOKENIZER_FOLDERS = ("tokenizer", "tokenizer_2")
+STAGING_PREFIX = ".expanding-"
 
 
 def shipped_name(value: str) -> str | None:
@@ -86,13 +88,16 @@ def family_folder(name: str) -> Path:
     if (target / "model_index.json").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".expanding-", dir=target.parent))
+    _remove_stale_staging(target.parent)
+    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=target.parent))
     try:
         shutil.copytree(FAMILIES_DIR / name, staging, dirs_exist_ok=True)
         merges = clip_merges()
         for sub in TOKENIZER_FOLDERS:
             if (staging / sub).is_dir():
                 write_clip_bpe(staging / sub, merges)
+        if target.exists():  # damaged (folders appear whole, by one rename): replace it
+            shutil.rmtree(target, ignore_errors=True)
         try:
             staging.rename(target)
         except OSError:  # another process finished first
@@ -101,3 +106,15 @@ def family_folder(name: str) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def _remove_stale_staging(parent: Path) -> None:
+    """Remove what a killed expansion left in ``parent`` (answer-trt's own folder): staging
+    folders untouched for ``STALE_TEMPORARY_S``."""
+    now = time.time()
+    for leftover in parent.glob(STAGING_PREFIX + "*"):
+        try:
+            if leftover.is_dir() and not leftover.is_symlink() and now - leftover.stat().st_mtime > STALE_TEMPORARY_S:
+                shutil.rmtree(leftover)
+        except OSError:
+            continue
