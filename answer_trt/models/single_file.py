@@ -259,9 +259,9 @@ def resolve_config(config: str | None, family: Family, file: Path, default: str 
     if shipped is not None and not path.is_dir():
         fits = family_shipped_names(family)
         if shipped not in fits:
-            raise UserInputError(f"--config {name} holds other configs than an {family.label} checkpoint's, and "
-                                 f"{file.name} is one: give {' or '.join(SHIPPED_PREFIX + f for f in fits)}, or "
-                                 "leave --config out")
+            raise UserInputError(f"--config {name} holds the configs of another family, and {file.name} is an "
+                                 f"{family.label} checkpoint: give {' or '.join(SHIPPED_PREFIX + f for f in fits)}, "
+                                 "or leave --config out")
         folder = family_folder(shipped)
     elif name.startswith(SHIPPED_PREFIX) and not path.exists():
         raise UserInputError(f"--config {name}: answer-trt ships no configs of that name: give one of "
