@@ -176,9 +176,9 @@ def add_weights_arguments(parser: argparse.ArgumentParser) -> None:
                         "default: the plain weights, or the one variant a folder holds them as")
     parser.add_argument("--config", metavar="DIR_OR_HUB_ID",
                         help="with a single-file --model (an A1111/CompVis .safetensors checkpoint): the diffusers "
-                             "folder or hub id whose configs, scheduler and tokenizer to convert it with (default: "
-                             "diffusers' choice for its family, e.g. stable-diffusion-v1-5/stable-diffusion-v1-5, from "
-                             "the hub or the Hugging Face cache)")
+                             "folder or hub id whose configs, scheduler and tokenizer to convert it with, or a "
+                             "shipped name (answer-trt:sd1, sd2, sd2-base, sdxl); default: the configs answer-trt "
+                             "ships for its family (offline; SD 2.x: v-prediction or epsilon as its UNet tells)")
     parser.add_argument("--lora", action="append", type=_lora, metavar="FILE[:SCALE]",
                         help="fuse this LoRA adapter (.safetensors in diffusers', peft's or kohya's format) into the "
                              "UNet and text encoders before export, scaled by SCALE (default 1); repeat for more")

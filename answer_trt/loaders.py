@@ -52,8 +52,8 @@ def load(
     (``"FILE[:SCALE]"`` strings, paths or ``(path, scale)`` pairs; ``answer_trt.models.lora``).
     With an engines folder, both must be what the folder was built with.
     ``config``: for a single-file checkpoint (``"model.safetensors"``), the diffusers folder or
-    hub id whose configs and tokenizer it is converted with (default: diffusers' own choice for
-    its family, from the hub or the Hugging Face cache; ``answer_trt.models.single_file``).
+    hub id whose configs and tokenizer it is converted with (default: the configs answer-trt ships
+    for its family, no network; ``answer_trt.models.single_file``).
     ``lora_dir``: A1111's models/Lora folder: returns a ``LoraDirPipeline`` whose calls read
     ``<lora:NAME:SCALE>`` tags (A1111 prompt syntax) and run the model with ``NAME.safetensors``
     fused at SCALE (after ``loras``), built into the cache once per set; a MODEL only.

@@ -64,6 +64,10 @@ def test_the_wheel_installs_answer_trt_and_nothing_else(tmp_path):
     assert not missing, f"not in the wheel (add the subpackage to [tool.setuptools] packages): {sorted(missing)}"
     assert "answer_trt/export/build.py" in names and "answer_trt/synthetic/train.py" in names
     assert any(name.startswith("answer_trt/models/weights/tiny/unet/") for name in names)  # package data
+    families = ROOT / "answer_trt" / "models" / "families"  # the single-file family configs and CLIP's merges
+    shipped = {f"answer_trt/models/families/{p.relative_to(families).as_posix()}" for p in families.rglob("*")
+               if p.is_file() and "__pycache__" not in p.parts}
+    assert len(shipped) >= 30 and not shipped - set(names), sorted(shipped - set(names))
 
 
 def test_the_source_tree_gives_the_installed_names():

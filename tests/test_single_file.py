@@ -150,25 +150,27 @@ def test_the_eager_backend_and_loras_work_on_a_single_file(sd1_file, tiny_model_
     assert np.abs(got - _pixels(plain.generate(PROMPT, **kwargs))).max() > 0  # the LoRA did something
 
 
-def test_without_network_or_cached_config_it_names_config(sd1_file, tmp_path, monkeypatch, capsys):
+def test_a_hub_config_offline_and_not_cached_names_config(sd1_file, tmp_path, monkeypatch, capsys):
     import huggingface_hub.constants as hub
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "empty-hf-cache"))
+    repo = "stable-diffusion-v1-5/stable-diffusion-v1-5"
     with pytest.raises(UserInputError) as exc:
-        resolve_model(str(sd1_file))
+        resolve_model(str(sd1_file), config=repo)
     text = _one_line(exc)
-    assert "stable-diffusion-v1-5/stable-diffusion-v1-5" in text and "--config" in text and "offline" in text
+    assert repo in text and "leave --config out" in text and "offline" in text
+    # Without --config the shipped SD 1.x configs are used, offline; they do not fit the tiny
+    # test file's weights, which is one line naming --config.
     assert main(["build", "--model", str(sd1_file), "--out", str(tmp_path / "e")]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "--config" in err
+    assert len(err.splitlines()) == 1 and "--config" in err and "answer-trt:sd1" in err
 
 
-def test_offline_the_default_config_comes_from_the_hugging_face_cache(sd1_file, tiny_model_dir, tmp_path,
-                                                                      monkeypatch):
-    """No --config, no network: diffusers' default config repo for SD 1.x is read from the HF
-    cache (laid out as huggingface_hub keeps it: refs/main -> snapshots/<commit>/)."""
+def test_offline_a_hub_config_comes_from_the_hugging_face_cache(sd1_file, tiny_model_dir, tmp_path, monkeypatch):
+    """--config with a hub id, no network: the repo is read from the HF cache (laid out as
+    huggingface_hub keeps it: refs/main -> snapshots/<commit>/)."""
     import shutil
 
     import huggingface_hub.constants as hub
@@ -182,7 +184,7 @@ def test_offline_the_default_config_comes_from_the_hugging_face_cache(sd1_file, 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(hub, "HF_HUB_CACHE", str(cache))
-    source = resolve_model(str(sd1_file))
+    source = resolve_model(str(sd1_file), config="stable-diffusion-v1-5/stable-diffusion-v1-5")
     assert source.checkpoint is not None
     assert source.checkpoint.config == "stable-diffusion-v1-5/stable-diffusion-v1-5"
     assert source.checkpoint.config_path == repo / "snapshots" / commit
@@ -380,27 +382,29 @@ def test_serve_builds_a_single_file_with_its_config(sd1_file, tiny_model_dir):
 
 
 @pytest.mark.slow
-def test_a_full_size_sd15_single_file_converts_exactly_and_stays_fp16(tmp_path):
-    """SD 1.5's real shapes (2 layers per block, 4 levels, CLIP-L, random fp16 weights, 2 GB):
-    diffusers' own marker tensors name the family, and the converted folder holds every tensor
-    of the original, bit for bit, in fp16. About a minute and 5 GB of memory."""
+def test_a_full_size_sd15_single_file_converts_exactly_offline_and_stays_fp16(tmp_path, monkeypatch):
+    """SD 1.5's real shapes (2 layers per block, 4 levels, CLIP-L, random fp16 weights, 2 GB),
+    no --config, no network, an empty Hugging Face cache: diffusers' own marker tensors name the
+    family, the shipped SD 1.x configs convert it, and the converted folder holds every tensor
+    of the original, bit for bit, in fp16, with CLIP's tokenizer. About a minute and 5 GB of memory."""
     import time
 
+    import huggingface_hub.constants as hub
     from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+    from answer_trt.models.family_configs import family_folder
     from answer_trt.models.single_file import _diffusers_model_type
     from answer_trt.models.tiny import WORDS
     from answer_trt.models.tokenizer_files import write_clip_tokenizer
 
     folder = tmp_path / "sd15"
     torch.manual_seed(0)
-    tokenizer = write_clip_tokenizer(folder / "tokenizer", WORDS)
-    unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768)  # diffusers' defaults are SD 1.x's
-    vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
-                        up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, sample_size=512)
-    text = CLIPTextModel(CLIPTextConfig(hidden_act="quick_gelu", max_position_embeddings=77, pad_token_id=1,
-                                        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id))
+    tokenizer = write_clip_tokenizer(folder / "tokenizer", WORDS)  # a toy one: the shipped one must replace it
+    shipped = family_folder("sd1")
+    unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(shipped / "unet"))
+    vae = AutoencoderKL.from_config(AutoencoderKL.load_config(shipped / "vae"))
+    text = CLIPTextModel(CLIPTextConfig.from_pretrained(shipped / "text_encoder"))
     StableDiffusionPipeline(
         vae=vae.half(), text_encoder=text.half(), tokenizer=tokenizer, unet=unet.half(),
         scheduler=PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
@@ -412,8 +416,13 @@ def test_a_full_size_sd15_single_file_converts_exactly_and_stays_fp16(tmp_path):
     assert "model.diffusion_model.input_blocks.3.0.op.weight" in load_file(str(file))
     shapes = {k: tuple(v.shape) for k, v in load_file(str(file)).items()}
     assert _diffusers_model_type(shapes) == "v1"  # diffusers' own decision, no fallback of ours
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "empty-hf-cache"))
     started = time.perf_counter()
-    source = resolve_model(str(file), config=str(folder))
+    source = resolve_model(str(file))
+    assert source.checkpoint is not None and source.checkpoint.config == "answer-trt:sd1"
+    assert len(CLIPTokenizer.from_pretrained(source.path / "tokenizer")) == 49_408
     print(f"full-size SD 1.5 single file: hashed and converted in {time.perf_counter() - started:.1f} s")
     for sub in ("unet", "vae", "text_encoder"):
         expected, got = folder_weights(folder, sub), folder_weights(source.path, sub)
@@ -429,3 +438,47 @@ def test_a_killed_conversions_staging_folder_is_removed_later_and_nothing_else(t
         os.utime(folder, (0, 0))  # untouched since 1970
     assert remove_stale_staging(tmp_path) == [old]
     assert not old.exists() and fresh.exists() and other.exists()
+
+
+@pytest.mark.slow
+def test_a_full_size_sd2_single_file_is_told_v_prediction_and_converts_offline(tmp_path, monkeypatch):
+    """SD 2.x's real shapes (OpenCLIP-H text encoder, 1.3 G parameters, fp16) with no --config, no
+    network and an empty Hugging Face cache: A1111's probe runs on the file's UNet (whose output
+    layer is set to give -2 everywhere: v-prediction by the probe's rule), the shipped 768-v
+    configs convert it, bit for bit, and the answer is kept for the file. About 2.5 minutes and
+    7 GB of memory."""
+    import huggingface_hub.constants as hub
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    from answer_trt.cache import cache_root
+    from answer_trt.models.family_configs import family_folder
+    from answer_trt.models.single_file import PREDICTION_FOLDER
+
+    shipped = family_folder("sd2")
+    folder = tmp_path / "sd2"
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(shipped / "unet")).half()
+    with torch.no_grad():
+        unet.conv_out.weight.zero_()
+        unet.conv_out.bias.fill_(-2.0)
+    StableDiffusionPipeline(
+        vae=AutoencoderKL.from_config(AutoencoderKL.load_config(shipped / "vae")).half(),
+        text_encoder=CLIPTextModel(CLIPTextConfig.from_pretrained(shipped / "text_encoder")).half(),
+        tokenizer=CLIPTokenizer.from_pretrained(shipped / "tokenizer"), unet=unet,
+        scheduler=DDIMScheduler.from_pretrained(shipped / "scheduler"),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    ).save_pretrained(folder, safe_serialization=True)
+    del unet
+    file = write_ldm_checkpoint(folder, tmp_path / "sd2.safetensors", open_clip=True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "empty-hf-cache"))
+    source = resolve_model(str(file))
+    assert source.checkpoint is not None and source.checkpoint.config == "answer-trt:sd2"
+    kept = cache_root() / "models" / "single-file" / PREDICTION_FOLDER
+    assert json.loads((kept / f"{source.checkpoint.sha256}.json").read_text()) == {"prediction_type": "v_prediction"}
+    scheduler = json.loads((source.path / "scheduler" / "scheduler_config.json").read_text())
+    assert scheduler["prediction_type"] == "v_prediction"
+    for sub in ("unet", "vae", "text_encoder"):
+        _assert_same_weights(folder_weights(folder, sub), folder_weights(source.path, sub), sub)

@@ -239,3 +239,17 @@ def test_serve_builds_the_model_with_its_vae(vaes, cache):
     args = make_parser().parse_args(["serve", "--model", "tiny", "--vae", str(vaes["ldm"])])
     built = read_manifest(serve_config(args).engines)
     assert built.vae is not None and Path(built.vae.path) == vaes["ldm"].resolve()
+
+
+def test_serve_lists_the_vae_it_was_built_with(vaes, engines):
+    """GET /sdapi/v1/sd-vae names the --vae the served engines hold (A1111's model_name and filename:
+    the file's name, not the server's path), and is empty for the model's own VAE."""
+    from answer_trt.serving.app import GenerateServer, ServeConfig
+    from answer_trt.serving.http import make_api
+    from tests.test_serve_a1111 import call
+
+    for name, listed in (("ldm", [{"model_name": "fixed.safetensors", "filename": "fixed.safetensors"}]),
+                         ("own", [])):
+        server = GenerateServer(ServeConfig(engines=engines[name]))
+        answer = call(make_api(server), "GET", "/sdapi/v1/sd-vae")
+        assert answer.status_code == 200 and answer.json() == listed, name

@@ -13,13 +13,16 @@ folder like any other, so a single file needs no code path of its own. The folde
 configs', so a changed file (or other configs) converts again and an unchanged one is reused.
 
 Configs: a single file holds weights only. The architecture configs, scheduler config and
-tokenizer come from a diffusers folder or hub id (``--config``; by default the one diffusers
-itself picks for the family: ``stable-diffusion-v1-5/stable-diffusion-v1-5`` for SD 1.x,
-``stabilityai/stable-diffusion-2-1`` for SD 2.x, ``stabilityai/stable-diffusion-xl-base-1.0``
-for SDXL), fetched without weights or found in the Hugging Face cache. The scheduler config,
-and so the prediction type (SD 2.x 768 models predict v, the 512 ``-base`` ones epsilon),
-is the config's: give ``--config stabilityai/stable-diffusion-2-1-base`` for an epsilon SD 2.x
-file.
+tokenizer come, by default, from the package: the family's published configs ship inside it
+(``models/family_configs.py``: ``answer-trt:sd1``, ``answer-trt:sd2``, ``answer-trt:sd2-base``,
+``answer-trt:sdxl``), so a single file converts offline, with no model hub and no Hugging Face
+cache. ``--config`` names other ones: a local diffusers folder, a hub id (fetched without
+weights, or found in the Hugging Face cache), or one of the shipped names (e.g.
+``answer-trt:sd2-base`` to say an SD 2.x file predicts epsilon). SD 2.x files come in two
+kinds, the 768 ``v_prediction`` models and the 512 ``-base`` epsilon ones, with the same
+tensors; without ``--config`` the file's UNet tells, as AUTOMATIC1111 tells it
+(``is_using_v_parameterization_for_sd2``: one float32 step on a constant input; a mean output
+below -1 is v-prediction), once per file (the answer is kept in the cache by the file's sha256).
 
 Pickle checkpoints (``.ckpt``, ``.pt``, ``.pth``, ``.bin``) are refused: unpickling can run
 code, and A1111-era ``.ckpt`` files hold training objects that ``torch.load(weights_only=True)``
@@ -47,6 +50,7 @@ from answer_trt.cache import cache_root
 from answer_trt.errors import UserInputError
 from answer_trt.files import STALE_TEMPORARY_S, sha256_file
 from answer_trt.models import quiet_libraries
+from answer_trt.models.family_configs import SHIPPED_PREFIX, family_folder, shipped_name
 from answer_trt.models.weight_files import PICKLE_SUFFIXES, check_safetensors
 
 SINGLE_FILE_SUFFIXES = (".safetensors",)
@@ -62,20 +66,28 @@ CONFIG_SUFFIXES = (".json", ".txt", ".model")
 @dataclass(frozen=True)
 class Family:
     """A model family a single file can hold: diffusers' model type name (``infer_diffusers_model_type``),
-    what users call it, the diffusers pipeline class that converts it, and the hub id of the
-    configs diffusers uses for it by default."""
+    what users call it, the diffusers pipeline class that converts it, and the shipped config
+    folder used for it by default (``family_configs.SHIPPED``)."""
 
     model_type: str
     label: str
     pipeline: str
-    default_config: str
+    shipped: str
+
+    @property
+    def default_config(self) -> str:
+        """The ``--config`` value of the family's shipped configs (``answer-trt:sd1``)."""
+        return SHIPPED_PREFIX + self.shipped
 
 
 FAMILIES = {
-    "v1": Family("v1", "SD 1.x", "StableDiffusionPipeline", "stable-diffusion-v1-5/stable-diffusion-v1-5"),
-    "v2": Family("v2", "SD 2.x", "StableDiffusionPipeline", "stabilityai/stable-diffusion-2-1"),
-    "xl_base": Family("xl_base", "SDXL", "StableDiffusionXLPipeline", "stabilityai/stable-diffusion-xl-base-1.0"),
+    "v1": Family("v1", "SD 1.x", "StableDiffusionPipeline", "sd1"),
+    "v2": Family("v2", "SD 2.x", "StableDiffusionPipeline", "sd2"),
+    "xl_base": Family("xl_base", "SDXL", "StableDiffusionXLPipeline", "sdxl"),
 }
+SD2_EPSILON = "sd2-base"  # the shipped configs of an SD 2.x file whose UNet predicts epsilon
+PREDICTION_FOLDER = "sd2-prediction"  # under <cache>/models/single-file/: one JSON per SD 2.x file
+
 # diffusers' names for families it knows and answer-trt does not run (yet), as users know them.
 UNSUPPORTED_FAMILIES = {
     "inpainting": "an SD 1.x inpainting checkpoint (its UNet takes 9 input channels)",
@@ -96,8 +108,8 @@ TOO_LARGE_HEADER_KEYS = 200_000
 @dataclass(frozen=True)
 class SingleFile:
     """A single-file checkpoint resolved for loading: the ``file``, its ``sha256``, its
-    ``family`` (``FAMILIES``), ``config`` (the ``--config`` value, or the family's default
-    hub id), ``config_path`` (that config as a local folder) and ``config_sha256`` (one
+    ``family`` (``FAMILIES``), ``config`` (the ``--config`` value, or the name of the shipped
+    configs used, ``answer-trt:sd1``), ``config_path`` (that config as a local folder) and ``config_sha256`` (one
     digest over the config folder's config and tokenizer files)."""
 
     file: Path
@@ -225,26 +237,44 @@ def _check_parts(file: Path, keys: list[str]) -> None:
                          "whole checkpoint (UNet, VAE and text encoder in one file); pass one, or a diffusers folder")
 
 
-def resolve_config(config: str | None, family: Family, file: Path) -> tuple[str, Path]:
+def family_shipped_names(family: Family) -> tuple[str, ...]:
+    """The shipped config folders that fit ``family`` (SD 2.x: the v-prediction and the epsilon one)."""
+    return (family.shipped, SD2_EPSILON) if family.model_type == "v2" else (family.shipped,)
+
+
+def resolve_config(config: str | None, family: Family, file: Path, default: str | None = None) -> tuple[str, Path]:
     """The diffusers config folder for a ``family`` checkpoint: ``config`` (a local diffusers
-    folder, or a hub id fetched without weights) or, without one, diffusers' default for the
-    family, fetched from the hub or found in the Hugging Face cache. Returns the config as a
-    rebuild names it (a hub id, or a local folder's absolute path) and its local folder.
-    Refuses a folder that is not a diffusers pipeline folder, a folder of the other family
-    (SDXL vs SD 1.x/2.x), and a hub id that can neither be fetched nor found in the cache
-    (offline: ``HF_HUB_OFFLINE=1``), in one line naming ``--config``."""
-    name = config if config is not None else family.default_config
+    folder, a hub id fetched without weights, or a shipped name, ``answer-trt:sd1``) or, without
+    one, ``default`` (the shipped configs for the family where that is None), which need no
+    network and no Hugging Face cache. Returns the config as a rebuild names it (a hub id, a
+    shipped name, or a local folder's absolute path) and its local folder. Refuses a folder
+    that is not a diffusers pipeline folder, configs of the other family (SDXL vs SD
+    1.x/2.x), and a hub id that can neither be fetched nor found in the cache (offline:
+    ``HF_HUB_OFFLINE=1``), in one line naming ``--config``."""
+    name = config if config is not None else (default or family.default_config)
     if not isinstance(name, str) or not name.strip():
         raise UserInputError(f"--config {name!r} names nothing: give a diffusers folder or a hub id (org/name)")
     path = Path(name).expanduser()
-    if path.is_dir():
+    shipped = shipped_name(name)
+    if shipped is not None and not path.is_dir():
+        fits = family_shipped_names(family)
+        if shipped not in fits:
+            raise UserInputError(f"--config {name} holds the configs of another family, and {file.name} is an "
+                                 f"{family.label} checkpoint: give {' or '.join(SHIPPED_PREFIX + f for f in fits)}, "
+                                 "or leave --config out")
+        folder = family_folder(shipped)
+    elif name.startswith(SHIPPED_PREFIX) and not path.exists():
+        raise UserInputError(f"--config {name}: answer-trt ships no configs of that name: give one of "
+                             f"{', '.join(SHIPPED_PREFIX + f for f in family_shipped_names(family))}, a diffusers "
+                             "folder or a hub id")
+    elif path.is_dir():
         folder = path.resolve()
     elif config is not None and (path.exists() or name.count("/") != 1):
         raise UserInputError(f"--config {name}: not a diffusers folder here and not a hub id (org/name): give the "
                              f"folder (or hub id) of a {family.label} diffusers model whose configs and tokenizer "
                              f"fit {file.name}")
     else:
-        folder = _fetch_config(name, family, file, given=config is not None)
+        folder = _fetch_config(name, family, file)
     if not (folder / "model_index.json").is_file():
         raise UserInputError(f"--config {name}: {folder} has no model_index.json, so it is not a diffusers pipeline "
                              f"folder: give a {family.label} diffusers model folder (saved with save_pretrained) or "
@@ -253,12 +283,12 @@ def resolve_config(config: str | None, family: Family, file: Path) -> tuple[str,
     if sdxl != (family.model_type == "xl_base"):
         held = "SDXL" if sdxl else "SD 1.x/2.x"
         raise UserInputError(f"--config {name} holds the configs of an {held} model, and {file.name} is an "
-                             f"{family.label} checkpoint: give a {family.label} diffusers folder or hub id (default "
-                             f"{family.default_config})")
+                             f"{family.label} checkpoint: give a {family.label} diffusers folder or hub id, or leave "
+                             "--config out (the shipped configs)")
     return (str(folder) if path.is_dir() else name), folder
 
 
-def _fetch_config(repo_id: str, family: Family, file: Path, given: bool) -> Path:
+def _fetch_config(repo_id: str, family: Family, file: Path) -> Path:
     """The local snapshot of the configs and tokenizer of the hub repo ``repo_id`` (no
     weights): fetched, or from the Hugging Face cache when the hub cannot be reached or
     ``HF_HUB_OFFLINE`` is set (huggingface_hub's own fallback)."""
@@ -269,11 +299,11 @@ def _fetch_config(repo_id: str, family: Family, file: Path, given: bool) -> Path
     except Exception as exc:  # noqa: BLE001 - offline, no network, auth, unknown repo: one fix for all
         why = "the hub is offline (HF_HUB_OFFLINE)" if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in (
             "1", "true", "yes", "on") else f"it could not be fetched ({type(exc).__name__})"
-        default = "" if given else f"the default configs for an {family.label} checkpoint, "
         raise UserInputError(
-            f"{file.name} needs {default}{repo_id}, and {why} and it is not in the Hugging Face cache: pass "
-            f"--config with a local {family.label} diffusers folder (its configs and tokenizer are used, not its "
-            "weights), or run once with network access") from None
+            f"--config {repo_id}: {file.name} needs its configs, and {why} and it is not in the Hugging Face cache: "
+            f"leave --config out (answer-trt's own {family.label} configs, no network), pass a local "
+            f"{family.label} diffusers folder (its configs and tokenizer are used, not its weights), or run once "
+            "with network access") from None
 
 
 def config_sha256(folder: Path) -> str:
@@ -291,8 +321,73 @@ def resolve_single_file(path: Path, config: str | None) -> SingleFile:
     checkpoint of a family answer-trt runs) and its configs, and hash both."""
     refuse_pickle(path)
     family = checkpoint_family(path)
-    name, folder = resolve_config(config, family, path)
-    return SingleFile(path.resolve(), file_sha256(path), family, name, folder, config_sha256(folder))
+    sha256 = file_sha256(path)
+    default = None
+    if config is None and family.model_type == "v2":
+        default = SHIPPED_PREFIX + (family.shipped if sd2_predicts_v(path, sha256) else SD2_EPSILON)
+    name, folder = resolve_config(config, family, path, default)
+    return SingleFile(path.resolve(), sha256, family, name, folder, config_sha256(folder))
+
+
+def sd2_predicts_v(file: Path, sha256: str) -> bool:
+    """Whether the SD 2.x checkpoint ``file`` (of content ``sha256``) predicts v (the 768
+    models) rather than epsilon (the 512 ``-base`` ones): AUTOMATIC1111's test
+    (``modules/sd_models_config.py``, ``is_using_v_parameterization_for_sd2``), run on the
+    file's UNet in float32 with the shipped SD 2.x UNet config (``v_prediction_probe``): a
+    mean output below -1 is v. Runs once per file (seconds, the UNet in float32: about 3.5 GB
+    of memory); the answer is kept at ``<cache>/models/single-file/sd2-prediction/<sha256>.json``.
+    A UNet that does not fit the SD 2.x config is one line naming ``--config``."""
+    import json
+
+    record = cache_root() / "models" / CONVERTED_FOLDER / PREDICTION_FOLDER / f"{sha256}.json"
+    try:
+        kept = json.loads(record.read_text())
+        if isinstance(kept, dict) and kept.get("prediction_type") in ("v_prediction", "epsilon"):
+            return bool(kept["prediction_type"] == "v_prediction")
+    except (OSError, ValueError):
+        pass
+    quiet_libraries()
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    try:
+        unet = UNet2DConditionModel.from_single_file(str(file), config=str(family_folder(FAMILIES["v2"].shipped)),
+                                                     subfolder="unet", local_files_only=True,
+                                                     torch_dtype=torch.float32)
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the boundary where a user's file meets diffusers' converter
+        text = str(exc).strip().splitlines()
+        line = f"{type(exc).__name__}: {text[0][:300]}" if text else type(exc).__name__
+        raise UserInputError(f"{file} could not be read as an SD 2.x UNet to tell v-prediction from epsilon "
+                             f"({line}): pass --config {SHIPPED_PREFIX}sd2 (v-prediction, 768) or "
+                             f"{SHIPPED_PREFIX}{SD2_EPSILON} (epsilon, 512), or the diffusers folder of the model "
+                             "it was made from") from None
+    predicts_v = v_prediction_probe(unet) < -1
+    del unet
+    try:
+        record.parent.mkdir(parents=True, exist_ok=True)
+        staging = record.with_name(f".{record.name}.{os.getpid()}")
+        staging.write_text(json.dumps({"prediction_type": "v_prediction" if predicts_v else "epsilon"}))
+        staging.replace(record)
+    except OSError:  # a read-only cache: test again next time
+        pass
+    return predicts_v
+
+
+def v_prediction_probe(unet: Any) -> float:
+    """AUTOMATIC1111's probe of an SD 2.x UNet (a diffusers ``UNet2DConditionModel``): the mean
+    of ``unet(x, 999, context) - x`` for ``x`` a 1x4x8x8 latent of 0.5 and ``context`` two
+    tokens of 0.5 (width: the UNet's ``cross_attention_dim``), in the UNet's own dtype. A
+    trained v-prediction UNet gives below -1, an epsilon one above."""
+    import torch
+
+    param = next(unet.parameters())
+    x = torch.full((1, unet.config.in_channels, 8, 8), 0.5, dtype=param.dtype, device=param.device)
+    context = torch.full((1, 2, unet.config.cross_attention_dim), 0.5, dtype=param.dtype, device=param.device)
+    with torch.no_grad():
+        out = unet(x, torch.tensor([999], device=param.device), encoder_hidden_states=context).sample
+    return float((out - x).float().mean())
 
 
 def converted_folder(checkpoint: SingleFile) -> Path:
@@ -366,10 +461,8 @@ def convert(checkpoint: SingleFile, out: Path) -> None:
     import torch
 
     pipeline_class = getattr(diffusers, checkpoint.family.pipeline)
-    options: dict[str, Any] = {"config": str(checkpoint.config_path), "local_files_only": True,
-                               "torch_dtype": _stored_dtype(checkpoint.file, torch)}
-    if checkpoint.family.pipeline == "StableDiffusionPipeline":
-        options.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    options = from_single_file_options(checkpoint)
+    options["torch_dtype"] = _stored_dtype(checkpoint.file, torch)
     try:
         pipeline = pipeline_class.from_single_file(str(checkpoint.file), **options)
         pipeline.save_pretrained(out, safe_serialization=True)
@@ -381,6 +474,15 @@ def convert(checkpoint: SingleFile, out: Path) -> None:
         raise UserInputError(f"{checkpoint.file} could not be converted with the {checkpoint.family.label} configs of "
                              f"{checkpoint.config} ({line}): pass --config with the diffusers folder or hub id of "
                              "the model this checkpoint was made from, or re-download the file") from None
+
+
+def from_single_file_options(checkpoint: SingleFile) -> dict[str, Any]:
+    """The options ``convert`` passes to diffusers' ``from_single_file`` (besides the dtype):
+    the local config folder and ``local_files_only`` (nothing is fetched), no safety checker."""
+    options: dict[str, Any] = {"config": str(checkpoint.config_path), "local_files_only": True}
+    if checkpoint.family.pipeline == "StableDiffusionPipeline":
+        options.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    return options
 
 
 def _stored_dtype(file: Path, torch: Any) -> Any:

@@ -83,3 +83,25 @@ def write_clip_tokenizer(
         )
     )
     return CLIPTokenizer.from_pretrained(folder)
+
+
+def clip_vocab(merges: list[tuple[str, str]]) -> dict[str, int]:
+    """CLIP's vocabulary from its BPE ``merges``, built as CLIP's simple tokenizer builds it
+    (``clip/simple_tokenizer.py``): the 256 byte symbols, each again with ``</w>``, each merge's
+    joined pair in rank order, then the start and end tokens. With CLIP's 48,894 merges that is
+    49,408 tokens: ``<|startoftext|>`` 49406, ``<|endoftext|>`` 49407. CLIP orders the byte
+    symbols as its ``bytes_to_unicode`` lists them: the 188 printable ones, then the shifted
+    ones (``a`` is 64, ``a</w>`` 320)."""
+    symbols = byte_alphabet()
+    alphabet = [s for s in symbols if ord(s) < 256] + [s for s in symbols if ord(s) >= 256]
+    tokens = alphabet + [a + "</w>" for a in alphabet] + [a + b for a, b in merges] + [BOS, EOS]
+    return {token: i for i, token in enumerate(tokens)}
+
+
+def write_clip_bpe(folder: Path, merges: list[tuple[str, str]]) -> None:
+    """Write ``vocab.json`` and ``merges.txt`` (transformers' CLIPTokenizer files) for ``merges``
+    into ``folder`` (created if missing)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps(clip_vocab(merges), ensure_ascii=False), encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges),
+                                       encoding="utf-8")

@@ -108,6 +108,8 @@ class GenerateServer:
                                    max_queue=config.max_queue)
         self.model_name, self.backend = self.pipeline.model_name, self.pipeline.backend
         self.lora_dir = config.lora_dir
+        # The VAE the engines were built with by --vae (GET /sdapi/v1/sd-vae lists it; None: the model's own).
+        self.vae_name = self.pipeline.weights.vae_name if self.pipeline.weights.vae_hash else None
         self.replica = replica_identity()
         self.health = {"status": "ok", "model": self.pipeline.model_name, "backend": self.pipeline.backend,
                        "batching": config.batching, **self.replica}

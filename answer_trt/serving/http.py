@@ -439,9 +439,12 @@ def _a1111_routes(app: FastAPI, server: Server) -> None:
             raise ApiError(400, str(exc)) from None
 
     @app.get("/sdapi/v1/sd-vae", response_model=list[SDVaeItem],
-             summary="A1111's VAE list: empty, the engines hold the model's own VAE decoder (sd_vae Automatic)")
+             summary="A1111's VAE list: the VAE the engines were built with (serve --vae; its file or folder name), "
+                     "or empty where they hold the model's own VAE decoder; it is built in, not switched per request "
+                     "(sd_vae Automatic)")
     async def sd_vae() -> list[dict[str, Any]]:
-        return []
+        name = getattr(server, "vae_name", None)
+        return [{"model_name": name, "filename": name}] if isinstance(name, str) and name else []
 
     @app.get("/sdapi/v1/upscalers", response_model=list[UpscalerItem],
              summary="A1111's upscaler list: empty, there is no hires fix or upscaling")
