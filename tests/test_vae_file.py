@@ -244,6 +244,7 @@ def test_serve_builds_the_model_with_its_vae(vaes, cache):
 def test_serve_lists_the_vae_it_was_built_with(vaes, engines):
     """GET /sdapi/v1/sd-vae names the --vae the served engines hold (A1111's model_name and filename:
     the file's name, not the server's path), and is empty for the model's own VAE."""
+    pytest.importorskip("fastapi")  # the serve extra (not in the floors' environment)
     from answer_trt.serving.app import GenerateServer, ServeConfig
     from answer_trt.serving.http import make_api
     from tests.test_serve_a1111 import call
