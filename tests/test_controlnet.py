@@ -139,6 +139,78 @@ def test_control_guidance_window_reproduces_diffusers(world):
     assert np.abs(full - got).max() > 2
 
 
+@pytest.mark.parametrize("scheduler", [None, "DPM++ 2M"])
+def test_guess_mode_with_cfg_reproduces_diffusers(world, scheduler):
+    """diffusers' guess_mode with CFG: the ControlNet on the conditional rows only, zero residuals
+    on the unconditional ones, the residuals scaled by logspace(-1, 0) block by block."""
+    ours = world["pipes"]["one"]
+    pipe = with_scheduler(ours, reference(world, [0]), scheduler)
+    control = picture(ours.default_size, 19)
+    expected = pipe("a cat and a dog", image=control, num_inference_steps=STEPS, guidance_scale=4.0,
+                    controlnet_conditioning_scale=0.8, guess_mode=True, generator=torch.Generator().manual_seed(7),
+                    output_type="np").images
+    expected = (expected * 255).round().astype(np.int16)
+    got = ours("a cat and a dog", control_image=control, method="cfg", steps=STEPS, guidance_scale=4.0, seed=7,
+               scheduler=scheduler, guess_mode=True)
+    normal = as_levels(ours("a cat and a dog", control_image=control, method="cfg", steps=STEPS,
+                            guidance_scale=4.0, seed=7, scheduler=scheduler))
+    assert np.abs(as_levels(got) - expected).max() <= 2
+    assert np.abs(normal - expected).max() > 5  # guess mode draws another picture
+    assert json.loads(got[0].info[RECORD])["guess_mode"] is True
+    assert "Guess mode: True" in got[0].info["parameters"]
+
+
+def test_guess_mode_two_controlnets_reproduce_multicontrolnet(world):
+    ours = world["pipes"]["two"]
+    pipe = reference(world, [0, 1])
+    images = [picture(ours.default_size, 20), picture(ours.default_size, 21)]
+    expected = pipe("a red circle", image=images, num_inference_steps=STEPS, guidance_scale=5.0,
+                    controlnet_conditioning_scale=[1.0, 0.5], guess_mode=True,
+                    generator=torch.Generator().manual_seed(2), output_type="np").images
+    expected = (expected * 255).round().astype(np.int16)
+    got = as_levels(ours("a red circle", control_image=images, method="cfg", steps=STEPS, guidance_scale=5.0,
+                         seed=2, guess_mode=True))
+    assert np.abs(got - expected).max() <= 2
+
+
+def test_guess_factors_are_diffusers_guess_mode_scales(world):
+    """ControlNetModel(guess_mode=True) equals its plain residuals times guess_factors' row."""
+    from diffusers import ControlNetModel
+
+    from answer_trt.controlnet import guess_factors
+
+    controlnet = ControlNetModel.from_pretrained(world["controlnets"][0])
+    args = (torch.randn(1, 4, 8, 8), torch.tensor([10.0]))
+    kwargs = {"encoder_hidden_states": torch.randn(1, 77, 32), "controlnet_cond": torch.rand(1, 3, 64, 64),
+              "conditioning_scale": 0.7, "return_dict": False}
+    plain_down, plain_mid = controlnet(*args, **kwargs)
+    guess_down, guess_mid = controlnet(*args, guess_mode=True, **kwargs)
+    factors = guess_factors(torch.tensor([1.0, 0.0]), len(plain_down) + 1)
+    assert factors[1].tolist() == [1.0] * (len(plain_down) + 1)
+    assert factors[0, 0].item() == pytest.approx(0.1) and factors[0, -1].item() == pytest.approx(1.0)
+    for plain, guessed, factor in zip((*plain_down, plain_mid), (*guess_down, guess_mid), factors[0]):
+        torch.testing.assert_close(plain * factor, guessed, rtol=1e-5, atol=1e-6)
+
+
+def test_guess_mode_under_answer_controls_the_prompt_rows_only(world):
+    """ANSWER's rows on c_p (x, and z between anchors) get the control, the c_0 row none."""
+    from answer_trt.conditioning import Conditioning, TextCondition
+    from answer_trt.controlnet import ControlImages, attach_control
+
+    hidden = torch.zeros(1, 77, 32)
+    images = ControlImages(torch.rand(1, 1, 3, 64, 64), ("ab" * 32,))
+    cond = attach_control(Conditioning(TextCondition(hidden), TextCondition(hidden + 1)), images, [0.8],
+                          torch.tensor([[0.0, 1000.0]]), 2, torch.device("cpu"), guess_mode=True)
+    assert cond.positive.control_scale.tolist() == [[pytest.approx(0.8)]] * 2
+    assert cond.negative.control_scale.tolist() == [[0.0], [0.0]]
+    assert cond.positive.control_guess.tolist() == [1.0, 1.0]
+    ours = world["pipes"]["one"]
+    control = picture(ours.default_size, 22)
+    guessed = as_levels(ours("a cat", control_image=control, method="answer", steps=4, seed=1, guess_mode=True))
+    normal = as_levels(ours("a cat", control_image=control, method="answer", steps=4, seed=1))
+    assert np.isfinite(guessed).all() and np.abs(guessed - normal).max() > 2
+
+
 def test_windows_follow_diffusers_controlnet_keep():
     timesteps = torch.tensor([900.0, 700.0, 500.0, 300.0, 100.0])
     # diffusers: keep[i] = not (i / 5 < 0.2 or (i + 1) / 5 > 0.8): steps 1, 2, 3.
@@ -209,8 +281,10 @@ def test_bad_control_input_is_refused_in_one_line(world, tmp_path):
         ours("a cat", control_image=picture(size), steps=2, control_guidance_start=0.6, control_guidance_end=0.5)
     with pytest.raises(UserInputError, match="SCALE must be a number in 0 .. 2"):
         ControlNetSpec.parse("some/dir:3")
-    with pytest.raises(UserInputError, match="guess_mode is not supported yet"):
-        ours("a cat", control_image=picture(size), steps=2, guess_mode=True)
+    with pytest.raises(UserInputError, match="guess_mode is ControlNet's: pass a control image"):
+        ours("a cat", steps=2, guess_mode=True)
+    with pytest.raises(UserInputError, match="guess_mode must be true or false"):
+        ours("a cat", control_image=picture(size), steps=2, guess_mode="yes")
     with pytest.raises(UserInputError, match="controlnet_conditioning_scale"):
         ours("a cat", control_image=picture(size), steps=2, controlnet_conditioning_scale=2.5)
 

@@ -464,6 +464,8 @@ def openai_edit(content_type: str, body: bytes, model_name: str) -> tuple[Genera
             extras[name] = int(text) if kind == "int" else float(text) if kind == "float" else text
         except ValueError:
             raise UserInputError(f"{name} must be a number, got {text!r}") from None
+        if kind == "bool":  # a form field's text
+            extras[name] = {"true": True, "false": False}.get(text.lower(), text)
     try:
         n = int(fields.get("n", "1"))
     except ValueError:

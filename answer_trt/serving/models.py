@@ -24,7 +24,7 @@ from answer_trt.config import MAX_CLIP_SKIP, MAX_IMAGES
 from answer_trt.schema import info as schema_info
 from answer_trt.schema import request_fields
 
-_PYTHON_TYPES: dict[str, type] = {"str": str, "int": int, "float": float}
+_PYTHON_TYPES: dict[str, type] = {"str": str, "int": int, "float": float, "bool": bool}
 
 
 def schema_field(f: dataclasses.Field[Any], *, default: Any = dataclasses.MISSING,

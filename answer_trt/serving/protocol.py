@@ -57,7 +57,7 @@ def _is_number(value: object) -> bool:
 def _kind(info: FieldInfo) -> Kind:
     """A schema field's JSON type."""
     test, name = {"str": (lambda v: isinstance(v, str), "a string"), "int": (_is_int, "an integer"),
-                  "float": (_is_number, "a number"),
+                  "float": (_is_number, "a number"), "bool": (lambda v: isinstance(v, bool), "true or false"),
                   "ints": (lambda v: isinstance(v, list) and all(map(_is_int, v)), "a list of integers")}[info.kind]
     return Kind(name, test, info.nullable)
 
