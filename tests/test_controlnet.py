@@ -430,7 +430,7 @@ def test_the_torch_backend_runs_controlnets_equal_to_the_engines(world):
 
 
 def test_the_batcher_refuses_a_request_naming_control_images(world):
-    """serve has no control images yet: a request that names some is refused, not drawn without."""
+    """A request that names control images is refused without them, not drawn without."""
     from answer_trt.schema import make_request
     from answer_trt.serving.batcher import StepBatcher
 
