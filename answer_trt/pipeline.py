@@ -347,8 +347,6 @@ class Pipeline:
         plan = self.plan(request, init, embeds, control)
         if cuda_graph:
             self._check_graphable(plan)
-            if control is not None:
-                raise UserInputError("--cuda-graph runs without a control image: drop --cuda-graph for ControlNet")
         with self.on_stream():
             started = self.clock()
             cond, noise = self.prepare(request.prompt, request.negative_prompt, plan.config, request.prompt_syntax,

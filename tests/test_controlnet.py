@@ -311,8 +311,9 @@ def test_cli_generate_with_control_image_and_replay(world, tmp_path, capsys):
     picture(ours.default_size, 9).save(control)
     out = tmp_path / "a.png"
     assert run_cli("generate", "a cat", "--engines", world["folders"]["one"], "--control-image", control,
-                   "--steps", 2, "--seed", 4, "-o", out) == 0
-    direct = as_levels(ours("a cat", control_image=control, steps=2, seed=4))
+                   "--steps", 2, "--seed", 4, "--guess-mode", "-o", out) == 0
+    direct = as_levels(ours("a cat", control_image=control, steps=2, seed=4, guess_mode=True))
+    assert json.loads(Image.open(out).info[RECORD])["guess_mode"] is True
     assert np.array_equal(as_levels([Image.open(out)]), direct)
     again = tmp_path / "b.png"
     assert run_cli("generate", "--from-png", out, "--engines", world["folders"]["one"], "--control-image", control,
@@ -440,3 +441,49 @@ def test_the_batcher_refuses_a_request_naming_control_images(world):
             batcher.submit(make_request("a cat", {"steps": 2, "control_image_sha256": "ab" * 32}))
     finally:
         batcher.close()
+
+
+def test_the_graphed_step_holds_the_control_in_static_buffers():
+    """The CUDA-graph buffer plan (answer_trt.graphed): each stacked condition has static control
+    image, scale, window and guess buffers (their addresses in the graph's key), loaded per call."""
+    from answer_trt.conditioning import Conditioning, TextCondition
+    from answer_trt.controlnet import ControlImages, attach_control
+    from answer_trt.graphed import StepBuffers, buffer_signature
+
+    hidden = torch.zeros(1, 77, 32)
+    images = ControlImages(torch.rand(1, 2, 3, 64, 64), ("ab" * 32, "cd" * 32))
+    cond = attach_control(Conditioning(TextCondition(hidden), TextCondition(hidden + 1)), images, [0.8, 0.5],
+                          torch.tensor([[0.0, 1000.0], [10.0, 500.0]]), 2, torch.device("cpu"), guess_mode=True)
+    x = torch.zeros(2, 4, 8, 8)
+    buffers = StepBuffers.like(x, cond)
+    buffers.load(x, cond)
+    assert buffers.three.control.shape == (6, 2, 3, 64, 64) and buffers.two.control_window.shape == (4, 2, 2)
+    assert buffers.three.control_scale[:, 0].tolist() == pytest.approx([0.8, 0.8, 0.8, 0.8, 0.0, 0.0])
+    assert buffers.two.control_guess.tolist() == [1.0] * 4
+    assert torch.equal(buffers.one.control, images.pixels.expand(2, -1, -1, -1, -1))
+    assert buffers.three.control.data_ptr() in buffers.addresses()
+    plain = Conditioning(TextCondition(hidden.expand(2, -1, -1)), TextCondition(hidden.expand(2, -1, -1)))
+    assert buffer_signature(x, cond) != buffer_signature(x, plain)
+
+
+@pytest.mark.parametrize("kw", [{"method": "answer", "dns_steps": 2}, {"method": "cfg", "guess_mode": True}],
+                         ids=["answer", "cfg-guess"])
+def test_graphed_generate_with_control_equals_eager(world, kw):
+    """cuda_graph=True with a control image, the step replayed by the eager capturer on the CPU
+    (no GPU here): equal to the eager loop, and a second control image reuses the captured step."""
+    from answer_trt.graphed import EagerCapturer, GraphCache
+
+    ours = world["pipes"]["one"]
+    ours.graphs = GraphCache(EagerCapturer())
+    first, second = picture(ours.default_size, 23), Image.new("RGB", ours.default_size[::-1], (255, 255, 255))
+    graphed = as_levels(ours("a cat", control_image=first, steps=4, seed=1, scheduler="ddim", cuda_graph=True, **kw))
+    captures = ours.graphs.captures
+    eager = as_levels(ours("a cat", control_image=first, steps=4, seed=1, scheduler="ddim", **kw))
+    assert np.abs(graphed - eager).max() <= 1
+    # Another image and scale: the same captured step, reading them from its buffers.
+    other = as_levels(ours("a cat", control_image=second, steps=4, seed=1, scheduler="ddim", cuda_graph=True,
+                           controlnet_conditioning_scale=0.3, **kw))
+    assert ours.graphs.captures == captures
+    assert np.abs(other - as_levels(ours("a cat", control_image=second, steps=4, seed=1, scheduler="ddim",
+                                         controlnet_conditioning_scale=0.3, **kw))).max() <= 1
+    assert np.abs(other - graphed).max() > 2

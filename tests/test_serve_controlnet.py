@@ -252,3 +252,38 @@ def test_the_batcher_runs_control_requests_with_different_images_in_one_call(wor
                        for i in (0, 2)])
     torch.testing.assert_close(together, alone, rtol=1e-4, atol=1e-4)
     assert (together[:2] - together[2:]).abs().max() > 1e-3  # the two requests' rows differ
+
+
+# ---- a live server (Ray Serve on 127.0.0.1) and the webuiapi client -----------------------------
+
+@pytest.fixture(scope="module")
+def live(world) -> Iterator[str]:
+    pytest.importorskip("ray.serve", reason="Ray Serve is not installed: pip install -c constraints.txt -e '.[serve]'")
+    from tests.serve_process import local_server
+
+    with local_server(world["folder"], "127.0.0.1") as url:
+        yield url
+
+
+def test_webuiapi_controlnet_units_on_a_live_server(live, world):
+    """webuiapi's ControlNetUnit through `alwayson_scripts` (its "ControlNet" key), its model list,
+    and a refused preprocessor as a 400 the client sees."""
+    webuiapi = pytest.importorskip("webuiapi", reason="the webuiapi client is not installed: pip install -e '.[dev]'")
+    import requests
+
+    host, port = live.removeprefix("http://").rsplit(":", 1)
+    webui = webuiapi.WebUIApi(host=host, port=int(port), sampler="Euler", steps=STEPS)
+    models = webui.controlnet_model_list()
+    assert models and models[0].startswith("edges [") and webui.controlnet_module_list() == ["none"]
+    pipe = world["pipe"]
+    control = picture(pipe.default_size, 20)
+    result = webui.txt2img(prompt="a cat", seed=9, cfg_scale=6.0, steps=STEPS, sampler_name="Euler",
+                           controlnet_units=[webuiapi.ControlNetUnit(image=control, model=models[0], weight=0.7,
+                                                                     control_mode=2)])
+    expected = pipe("a cat", control_image=control, steps=STEPS, seed=9, guidance_scale=6.0, scheduler="euler",
+                    prompt_syntax="a1111", controlnet_conditioning_scale=0.7, guess_mode=True)
+    assert np.abs(np.asarray(result.image.convert("RGB"), dtype=np.int16) - own(expected)).max() <= 1
+    body = {"prompt": "a cat", "steps": 2, "alwayson_scripts": {"controlnet": {"args": [
+        {"image": png_b64(control), "module": "canny", "model": models[0]}]}}}
+    answer = requests.post(live + "/sdapi/v1/txt2img", json=body, timeout=60)
+    assert answer.status_code == 400 and "module 'canny': preprocessors are not run here" in answer.json()["error"]
