@@ -12,7 +12,6 @@ import base64
 import io
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -277,7 +276,9 @@ def test_webuiapi_controlnet_units_on_a_live_server(live, world):
     assert models and models[0].startswith("edges [") and webui.controlnet_module_list() == ["none"]
     pipe = world["pipe"]
     control = picture(pipe.default_size, 20)
-    result = webui.txt2img(prompt="a cat", seed=9, cfg_scale=6.0, steps=STEPS, sampler_name="Euler",
+    height, width = pipe.default_size
+    result = webui.txt2img(prompt="a cat", seed=9, cfg_scale=6.0, steps=STEPS, sampler_name="Euler", width=width,
+                           height=height,
                            controlnet_units=[webuiapi.ControlNetUnit(image=control, model=models[0], weight=0.7,
                                                                      control_mode=2)])
     expected = pipe("a cat", control_image=control, steps=STEPS, seed=9, guidance_scale=6.0, scheduler="euler",
@@ -287,3 +288,48 @@ def test_webuiapi_controlnet_units_on_a_live_server(live, world):
         {"image": png_b64(control), "module": "canny", "model": models[0]}]}}}
     answer = requests.post(live + "/sdapi/v1/txt2img", json=body, timeout=60)
     assert answer.status_code == 400 and "module 'canny': preprocessors are not run here" in answer.json()["error"]
+
+
+def test_the_page_hides_the_control_input_until_the_server_lists_controlnets(app):
+    """The served HTML: the ControlNet box starts hidden and is shown from GET controlnet/model_list."""
+    html = call(app, "GET", "/").text
+    assert '<fieldset class="image" id="control-box" hidden>' in html
+    assert 'fetch(base + "controlnet/model_list")' in html and 'id="control-image"' in html
+
+
+def test_the_page_takes_a_control_image_in_chromium(live, world, tmp_path):
+    """Headless Debian chromium (Playwright), 127.0.0.1 only: the ControlNet box is shown for this
+    folder, a control image uploaded, CFG drawn through POST /v1/generate: the Python API's image."""
+    from tests.test_serve_page import CHROMIUM, WAIT_MS, decode, open_browser
+
+    if not CHROMIUM.exists():
+        pytest.skip("Debian's chromium is not installed (apt-get install -y chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed: pip install -e '.[dev]'")
+    pipe = world["pipe"]
+    control = picture(pipe.default_size, 30)
+    control.save(tmp_path / "control.png")
+    with sync_api.sync_playwright() as playwright:
+        browser = open_browser(playwright, tmp_path / "profile")
+        try:
+            page = browser.new_page()
+            page.goto(live + "/", timeout=WAIT_MS)
+            page.wait_for_selector("#control-box:not([hidden])", timeout=WAIT_MS)
+            assert page.inner_text("#control-models").startswith("edges [")
+            page.set_input_files("#control-image", str(tmp_path / "control.png"))
+            page.fill("#control-weight", "0.6")
+            page.uncheck("input[name=method][value=answer]")
+            page.fill("#prompt", "a cat")
+            page.fill("#seed", "4")
+            page.fill("#steps", str(STEPS))
+            page.wait_for_function("() => controlUrl !== null", timeout=WAIT_MS)
+            page.click("#generate")
+            page.wait_for_selector(".result[data-method=cfg] img", timeout=WAIT_MS)
+            shown = decode(page.get_attribute(".result[data-method=cfg] img", "src") or "")
+            page.screenshot(path=str(tmp_path / "page-controlnet.png"), full_page=True)
+        finally:
+            browser.close()
+    expected = pipe("a cat", control_image=control, steps=STEPS, seed=4, method="cfg", guidance_scale=7.5,
+                    controlnet_conditioning_scale=0.6)
+    got = np.asarray(Image.open(io.BytesIO(shown)).convert("RGB"), dtype=np.int16)
+    assert json.loads(Image.open(io.BytesIO(shown)).info[RECORD])["controlnet_conditioning_scale"] == 0.6
+    assert np.abs(got - own(expected)).max() <= 1

@@ -6,20 +6,20 @@ rows of an ANSWER step of request A, the two CFG rows of request B and the rows 
 which has just arrived, go through the engine together (iteration-level scheduling,
 as LLM servers do it, with diffusion steps as the iterations).
 
-Each request runs the sampler's own loop (``answer_trt.sampler.sampling_program``), which
-yields the rows of each call instead of making it; the batcher answers many programs with
-one call per group, so a request's latents are those of ``Pipeline.generate`` for the same
-request and seed (up to the engine's batch-size rounding). Rows of one call share the latent
-size and the text conditions' length (a long prompt in A1111's syntax takes more chunks: it
-is grouped with its like), and requests with ControlNet control images share calls with each
-other alone (each row carries its own control image, scale, window and guess mode). Requests join a running set when the engine's batch axis has room
-for the rows the set's steps need now, the newcomer's first call included (strictly oldest
-first, so nothing starves): an ANSWER request's re-anchor steps, and those below its chain's
-interval, take 2 rows, its other steps 3, as its guider says (not its peak of 3 throughout).
-Each iteration makes one UNet call per key (latent shape, text length), filled oldest first with the requests
-whose next call fits; when the set's steps have grown past the axis (2-row steps turning
-into 3-row ones), the requests left out wait an iteration rather than add a part-empty call.
-Finished requests are decoded together.
+Each request runs the sampler's own loop (``answer_trt.sampler.sampling_program``), which yields
+the rows of each call instead of making it; the batcher answers many programs with one call per
+group, so a request's latents are those of ``Pipeline.generate`` for the same request and seed
+(up to the engine's batch-size rounding). Rows of one call share the latent size and the text
+conditions' length (a long prompt in A1111's syntax takes more chunks: it is grouped with its
+like), and requests with ControlNet control images share calls with each other alone (each row
+carries its own control image, scale, window and guess mode). Requests join a running set when
+the engine's batch axis has room for the rows the set's steps need now, the newcomer's first
+call included (strictly oldest first, so nothing starves): an ANSWER request's re-anchor steps,
+and those below its chain's interval, take 2 rows, its other steps 3, as its guider says (not
+its peak of 3 throughout). Each iteration makes one UNet call per key (latent shape, text
+length), filled oldest first with the requests whose next call fits; when the set's steps have
+grown past the axis (2-row steps turning into 3-row ones), the requests left out wait an
+iteration rather than add a part-empty call. Finished requests are decoded together.
 
 Parts: the pure decisions (who joins, which rows make a call) are
 ``answer_trt.serving.admission``; tickets, deadlines and cancellation are

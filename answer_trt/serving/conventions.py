@@ -264,9 +264,9 @@ def a1111_img2img(body: BaseModel, seed: int, model_name: str,
     """An A1111 img2img body (``Img2ImgBody``) as ``a1111_requests`` and the input image (with
     its mask) they name: ``init_images`` (one), ``denoising_strength`` (absent: A1111's 0.75),
     ``mask`` with ``mask_blur`` (absent: A1111's 4); ``control``: a function of the output's
-    (height, width) giving ControlNet's request fields (``serving.control.a1111_control``). With a mask, ``inpainting_fill`` other than 1
-    (original) and ``inpaint_full_res`` other than false are refused, naming the field (absent, they
-    are A1111's defaults, 0 and true, which draw another picture)."""
+    (height, width) giving ControlNet's request fields (``serving.control.a1111_control``). With a
+    mask, ``inpainting_fill`` other than 1 (original) and ``inpaint_full_res`` other than false are
+    refused, naming the field (absent, they are A1111's defaults, 0 and true, which draw another picture)."""
     from answer_trt.img2img import load_init_image
     from answer_trt.inpaint import with_mask
 

@@ -255,7 +255,8 @@ async def generations(server: Server, requests: list[GenerateRequest], timeout_s
     """Every request's generation, the batcher's errors as ``ApiError``; one that fails (or a
     client that hangs up) cancels the others. ``init``: the input image the requests name;
     ``control``: their ControlNets' images."""
-    images = {**({"init": init} if init is not None else {}), **({"control": control} if control is not None else {})}
+    images: dict[str, Any] = {**({"init": init} if init is not None else {}),
+                              **({"control": control} if control is not None else {})}
     tasks = [asyncio.ensure_future(server.run(request, timeout_s, **images)) for request in requests]
     try:
         return list(await asyncio.gather(*tasks))
