@@ -29,13 +29,16 @@ from answer_trt.models.source import resolve_model
 
 STEPS = 6
 MODEL = "tiny-random"
-# A ControlNet's zero convolutions: its residual heads and the conditioning embedding's last conv.
-HEADS = ("controlnet_down_blocks", "controlnet_mid_block", "controlnet_cond_embedding.conv_out")
+# A ControlNet's zero convolutions (its residual heads) and its whole conditioning embedding: re-drawn
+# so that the residuals depend on the control image's content (with only the embedding's last conv
+# re-drawn they differ by 0.2% between a noise image and a white one, and a test could not tell
+# the images apart; re-drawn whole, by over 100%).
+HEADS = ("controlnet_down_blocks", "controlnet_mid_block", "controlnet_cond_embedding")
 
 
 def make_controlnet(model: str, out: Path, seed: int) -> Path:
-    """``ControlNetModel.from_unet`` of ``model``'s UNet, its zero convolutions (the residual heads
-    and the conditioning embedding's last conv) re-drawn from ``seed`` so the control does something."""
+    """``ControlNetModel.from_unet`` of ``model``'s UNet, its zero convolutions (the residual heads)
+    and its conditioning embedding re-drawn from ``seed`` (``HEADS``) so the control image matters."""
     from diffusers import ControlNetModel, UNet2DConditionModel
 
     unet = UNet2DConditionModel.from_pretrained(resolve_model(model).path / "unet")
@@ -108,6 +111,9 @@ def test_cfg_with_one_controlnet_reproduces_diffusers(world, scheduler):
     assert expected.std() > 5
     assert np.abs(got - expected).max() <= 2
     assert np.abs(without - expected).max() > 20  # the control does something
+    other = as_levels(ours("a cat and a dog", control_image=picture(ours.default_size, 99), method="cfg", steps=STEPS,
+                           guidance_scale=6.0, seed=7, scheduler=scheduler))
+    assert np.abs(other - got).max() > 10  # and its image's content matters
 
 
 @pytest.mark.parametrize("scheduler", [None, "Euler a"])
@@ -122,6 +128,9 @@ def test_two_controlnets_reproduce_multicontrolnet(world, scheduler):
     got = as_levels(ours("a red circle", control_image=images, method="cfg", steps=STEPS, guidance_scale=5.0,
                          batch=2, seed=11, scheduler=scheduler))
     assert np.abs(got - expected).max() <= 2
+    swapped = as_levels(ours("a red circle", control_image=images[::-1], method="cfg", steps=STEPS,
+                             guidance_scale=5.0, batch=2, seed=11, scheduler=scheduler))
+    assert np.abs(swapped - got).max() > 10  # each image goes to its own ControlNet
 
 
 def test_control_guidance_window_reproduces_diffusers(world):
