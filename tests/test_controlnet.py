@@ -308,6 +308,13 @@ def test_a_controlnet_for_another_family_is_refused_before_any_build(world, tmp_
     with pytest.raises(UserInputError, match="a SDXL ControlNet .* for a SD-1.x/2.x model"):
         build(BuildConfig(model=MODEL, out=out, controlnets=(ControlNetSpec(sdxl_like),)), log=lambda _m: None)
     assert not out.exists()
+    pooled = tmp_path / "shuffle-controlnet"
+    pooled.mkdir()
+    config = json.loads((world["controlnets"][0] / "config.json").read_text())
+    (pooled / "config.json").write_text(json.dumps({**config, "global_pool_conditions": True}))
+    with pytest.raises(UserInputError, match="global_pool_conditions"):
+        build(BuildConfig(model=MODEL, out=out, controlnets=(ControlNetSpec(pooled),)), log=lambda _m: None)
+    assert not out.exists()
 
 
 def run_cli(*args: object) -> int:
