@@ -232,6 +232,8 @@ def test_a_refused_field_set_is_a_400_naming_it(app, name):
      "clip_skip 2 and override_settings CLIP_stop_at_last_layers 1 disagree"),
     ({"override_settings": {"CLIP_stop_at_last_layers": 13}}, "override_settings CLIP_stop_at_last_layers 13"),
     ({"alwayson_scripts": {"ADetailer": {"args": [True]}}}, "alwayson_scripts 'ADetailer' is not supported"),
+    ({"alwayson_scripts": {"controlnet": {"args": [{"image": "aGk=", "module": "none"}]}}},
+     "alwayson_scripts controlnet: this server's engines were built without a ControlNet"),
     ({"script_args": [0.5]}, "script_args is not supported"),
     ({"script_name": "x/y/z plot"}, "script_name is not supported"),
     ({"override_settings": {"sd_model_checkpoint": "sd_xl_base_1.0.safetensors"}},

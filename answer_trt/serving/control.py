@@ -183,12 +183,13 @@ def a1111_control(scripts: Any, served: ServedControlNets, height: int,
     args = script.get("args", []) if isinstance(script, dict) else None
     if not isinstance(args, list):
         raise UserInputError('alwayson_scripts controlnet must be {"args": [unit, ...]} (the extension\'s units)')
+    enabled = [unit for unit in args if not (isinstance(unit, dict) and unit.get("enabled", True) is False)]
+    if enabled and not len(served):
+        raise UserInputError("alwayson_scripts controlnet: this server's engines were built without a ControlNet: "
+                             "leave the units out (or send them with enabled false)")
     units = [u for u in (_unit(unit, i, served) for i, unit in enumerate(args)) if u is not None]
     if not units:
         return {}, None
-    if not len(served):
-        raise UserInputError("alwayson_scripts controlnet: this server's engines were built without a ControlNet: "
-                             "leave the units out")
     named = sorted(u.index for u in units)
     if named != list(range(len(served))):
         raise UserInputError(f"alwayson_scripts controlnet: send one enabled unit per served ControlNet, each naming "
