@@ -373,6 +373,12 @@ def test_sdxl_cfg_with_a_controlnet_reproduces_diffusers(tmp_path):
     without = as_levels(ours("a cat", method="cfg", steps=STEPS, guidance_scale=6.0, seed=7))
     assert np.abs(got - expected).max() <= 2
     assert np.abs(without - expected).max() > 20
+    guessed = pipe("a cat", image=control, num_inference_steps=STEPS, guidance_scale=6.0, guess_mode=True,
+                   generator=torch.Generator().manual_seed(7), output_type="np").images
+    guessed = (guessed * 255).round().astype(np.int16)
+    ours_guessed = as_levels(ours("a cat", control_image=control, method="cfg", steps=STEPS, guidance_scale=6.0,
+                                  seed=7, guess_mode=True))
+    assert np.abs(ours_guessed - guessed).max() <= 2 and np.abs(guessed - expected).max() > 2
     # An SD-1.x ControlNet on this SDXL model is refused before any build.
     sd = make_controlnet(MODEL, tmp_path / "cn-sd", 4)
     with pytest.raises(UserInputError, match="a SD-1.x/2.x ControlNet .* for a SDXL model"):
