@@ -14,6 +14,10 @@ from the request schema: ``answer_trt.serving.models``):
   ``/progress`` (the batcher's requests in flight), and the honest empty lists ``/loras``
   (LoRAs are fused at build time), ``/sd-vae``, ``/upscalers``, ``/scripts``; refusals as
   answer-trt's.
+- ControlNet (a replica whose engines have ControlNets): ``POST /v1/generate``'s
+  ``control_image``, the ControlNet extension's units in txt2img's and img2img's
+  ``alwayson_scripts`` and its ``GET /controlnet/model_list`` and ``/module_list``
+  (``answer_trt.serving.control``); those bodies then take ``IMAGE_BODY_BYTES``.
 - ``GET /``: the page that shows CFG and ANSWER side by side (``page.html``, no external assets).
 
 Status codes: 400 the request (FastAPI's 422 included), 404 (an unknown route or OpenAI
