@@ -277,8 +277,10 @@ def test_webuiapi_controlnet_units_on_a_live_server(live, world):
     pipe = world["pipe"]
     control = picture(pipe.default_size, 20)
     height, width = pipe.default_size
+    # alwayson_scripts given: webuiapi puts the units into it, and its default is one dict shared by every
+    # later call in this process (a mutable default argument), which would carry them into other tests.
     result = webui.txt2img(prompt="a cat", seed=9, cfg_scale=6.0, steps=STEPS, sampler_name="Euler", width=width,
-                           height=height,
+                           height=height, alwayson_scripts={},
                            controlnet_units=[webuiapi.ControlNetUnit(image=control, model=models[0], weight=0.7,
                                                                      control_mode=2)])
     expected = pipe("a cat", control_image=control, steps=STEPS, seed=9, guidance_scale=6.0, scheduler="euler",
