@@ -160,6 +160,10 @@ def add_request_arguments(parser: argparse.ArgumentParser) -> None:
         if not field_info.cli:
             continue
         default = "" if f.default is None else f" (default {f.default})"
+        if field_info.kind == "bool":  # a switch: --guess-mode
+            parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, action="store_true",
+                                default=f.default, help=field_info.help)
+            continue
         parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=_request_type(f), default=f.default,
                             choices=field_info.choices, help=field_info.help + default)
 

@@ -25,10 +25,12 @@ class TextCondition:
     masked_image_latents: Tensor | None = None
     # ControlNets (``answer_trt.controlnet``): per row, the control images ``[B, K, 3, H, W]`` in
     # [0, 1], the K conditioning scales ``[B, K]`` and the timestep windows ``[B, K, 2]`` (low, high)
-    # they apply in; read by the ControlNets, not fed to the UNet.
+    # they apply in; read by the ControlNets, not fed to the UNet. ``control_guess`` ``[B]``: 1.0 on
+    # the rows whose residuals take guess mode's per-block scales (``controlnet.guess_factors``), else 0.
     control: Tensor | None = None
     control_scale: Tensor | None = None
     control_window: Tensor | None = None
+    control_guess: Tensor | None = None
 
     @property
     def batch(self) -> int:
@@ -42,7 +44,7 @@ class TextCondition:
 
         return TextCondition(grow(self.hidden), grow(self.pooled), grow(self.time_ids),  # type: ignore[arg-type]
                              grow(self.mask), grow(self.masked_image_latents), grow(self.control),
-                             grow(self.control_scale), grow(self.control_window))
+                             grow(self.control_scale), grow(self.control_window), grow(self.control_guess))
 
     def to(self, device: torch.device) -> TextCondition:
         """The same condition on ``device`` (tensors already there are kept, not copied)."""
@@ -52,7 +54,7 @@ class TextCondition:
 
         return TextCondition(self.hidden.to(device), move(self.pooled), move(self.time_ids), move(self.mask),
                              move(self.masked_image_latents), move(self.control), move(self.control_scale),
-                             move(self.control_window))
+                             move(self.control_window), move(self.control_guess))
 
     def feeds(self) -> dict[str, Tensor]:
         """The UNet inputs this condition fills, by IO-spec name."""
@@ -89,4 +91,4 @@ def cat_conditions(conds: Sequence[TextCondition]) -> TextCondition:
     return TextCondition(hidden, cat([c.pooled for c in conds]), cat([c.time_ids for c in conds]),
                          cat([c.mask for c in conds]), cat([c.masked_image_latents for c in conds]),
                          cat([c.control for c in conds]), cat([c.control_scale for c in conds]),
-                         cat([c.control_window for c in conds]))
+                         cat([c.control_window for c in conds]), cat([c.control_guess for c in conds]))

@@ -13,6 +13,15 @@ conditioning scale at steps inside ``control_guidance_start``/``end`` and times 
 (diffusers' ``controlnet_keep``: step i of n is kept unless ``i / n < start`` or
 ``(i + 1) / n > end``). The rows carry the control (``TextCondition.control*``), so the
 negative and adaptive branches get the same control as the positive one.
+
+Guess mode (diffusers' ``guess_mode``; docs/ANSWER.md, "ControlNet"): with CFG diffusers runs the
+ControlNet on the conditional rows alone and gives the unconditional rows zero residuals, and
+``ControlNetModel`` scales the residuals block by block with ``torch.logspace(-1, 0, n + 1)``
+(0.1 at the first down residual up to 1 at the mid block). Here every row conditioned on the
+prompt (c_p: CFG's and DNS's positive row, ANSWER's x and z rows on c_p) gets the control with
+those factors, and every row on c_0 or a negative prompt gets scale 0 (zero residuals); the
+ControlNets still run on all rows in one call (the zero rows cost the same, the shapes stay
+those of the step).
 """
 
 from __future__ import annotations
@@ -107,6 +116,9 @@ def check_control(request: Any, control: ControlImages | None, height: int, widt
     check_control_fields(request)
     named = request.control_image_sha256
     if control is None:
+        if request.guess_mode is True:
+            raise UserInputError("guess_mode is ControlNet's: pass a control image (control_image=... / "
+                                 "--control-image FILE), or drop guess_mode")
         if named:
             raise UserInputError(f"the request was drawn with control image(s) (sha256 {named[:16]}...): pass them "
                                  "(control_image=... / --control-image FILE)")
@@ -131,16 +143,27 @@ def control_windows(timesteps: Tensor, start: float, end: float, count: int) -> 
 
 
 def attach_control(cond: Conditioning, images: ControlImages, scales: Sequence[float], windows: Tensor,
-                   batch: int, device: torch.device) -> Conditioning:
-    """``cond`` with the control on both conditions, for ``batch`` images each."""
+                   batch: int, device: torch.device, guess_mode: bool = False) -> Conditioning:
+    """``cond`` with the control on both conditions, for ``batch`` images each; in guess mode the
+    negative condition's scale is 0 and both carry the guess flag (the module docstring)."""
     pixels = images.pixels.to(device).expand(batch, *images.pixels.shape[1:])
     scale = torch.tensor([list(scales)], dtype=torch.float32, device=device).expand(batch, -1)
     window = windows.to(device)[None].expand(batch, *windows.shape)
+    guess = torch.full((batch,), float(guess_mode), dtype=torch.float32, device=device)
 
-    def add(c: TextCondition) -> TextCondition:
-        return replace(c, control=pixels, control_scale=scale, control_window=window)
+    def add(c: TextCondition, row_scale: Tensor) -> TextCondition:
+        return replace(c, control=pixels, control_scale=row_scale, control_window=window, control_guess=guess)
 
-    return Conditioning(add(cond.positive), add(cond.negative))
+    return Conditioning(add(cond.positive, scale), add(cond.negative, scale * 0.0 if guess_mode else scale))
+
+
+def guess_factors(guess: Tensor, blocks: int) -> Tensor:
+    """``[B, blocks]`` factors of each row's residuals (down residuals, then the mid block's):
+    diffusers' guess-mode scales ``torch.logspace(-1, 0, blocks)`` on rows whose ``guess`` ``[B]``
+    is 1, and 1 on rows where it is 0."""
+    scales = torch.logspace(-1, 0, blocks, device=guess.device)
+    g = guess.to(torch.float32)[:, None]
+    return g * scales[None] + (1.0 - g)
 
 
 def _side(symbol: str, latent: tuple[int, int]) -> int:
@@ -178,7 +201,19 @@ class ControlledDenoiser:
             out = engine.run({"sample": latents, "timestep": timesteps, **text, CONTROL_IMAGE: cond.control[:, k],
                               CONDITIONING_SCALE: cond.control_scale[:, k] * keep.to(torch.float32)})
             summed = out if not summed else {name: summed[name] + out[name] for name in summed}
+        if cond.control_guess is not None:
+            summed = self.guessed(summed, cond.control_guess)
         return self.unet.run({**feeds, **summed})[self.base.output_name]
+
+    def guessed(self, residuals: dict[str, Tensor], guess: Tensor) -> dict[str, Tensor]:
+        """``residuals`` (by the UNet's input names) times ``guess_factors`` per row and block
+        (the same factor for every ControlNet of a block: applied to their sum)."""
+        names = [spec.name for spec in self.residuals]  # down_block_res_0 .., then mid_block_res
+        factors = guess_factors(guess, len(names))
+        out = dict(residuals)
+        for index, name in enumerate(names):
+            out[name] = residuals[name] * factors[:, index].to(residuals[name].dtype).view(-1, 1, 1, 1)
+        return out
 
 
 def controlnet_engines(engines: Mapping[str, Engine]) -> list[Engine]:

@@ -13,7 +13,10 @@ can be captured (no host synchronization).
 
 A ``GraphCache`` (one per ``Pipeline``) owns the static buffers a step reads and
 writes: the latents x and z, the step row, and the stacked conditions, one set per
-shape, into which each call copies its noise and its prompt's conditions. A graph's
+shape, into which each call copies its noise and its prompt's conditions. With
+ControlNets (``answer_trt.controlnet.ControlledDenoiser``) the conditions' control
+images, scales, guidance windows and guess-mode flags are static buffers too, so the
+ControlNets' calls and the residuals they feed the UNet are inside the captured step. A graph's
 key is everything the captured step reads: its kind, the denoiser, the guidance and
 prediction type (baked into the graph as constants), and every buffer's address. So a
 graph is captured once per shape and configuration and replayed by every later call.
@@ -28,7 +31,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, TypeVar
 
 import torch
@@ -45,6 +48,8 @@ from answer_trt.schedulers import LinearStepRule, is_stochastic, make_step_rule
 ALPHA, SIGMA, INPUT_SCALE, X_COEF, EPS_COEF, TIMESTEP = range(6)
 
 Replay = Callable[[], None]
+# The ControlNets' per-row inputs of a condition (``TextCondition.control*``), read by the denoiser.
+CONTROL_FIELDS = ("control", "control_scale", "control_window", "control_guess")
 
 
 class Capturer(Protocol):
@@ -123,7 +128,9 @@ class StepBuffers:
     def like(cls, x: Tensor, cond: Conditioning) -> StepBuffers:
         def empty(c: TextCondition) -> TextCondition:
             grown = [None if t is None else torch.empty_like(t, device=x.device) for t in (c.pooled, c.time_ids)]
-            return TextCondition(torch.empty_like(c.hidden, device=x.device), *grown)
+            base = TextCondition(torch.empty_like(c.hidden, device=x.device), *grown)
+            return replace(base, **{name: torch.empty_like(t, device=x.device)
+                                    for name, t in control_tensors(c).items()})
 
         row = torch.empty(TIMESTEP + 1, dtype=torch.float32, device=x.device)
         one, two, three = (cat_conditions(stack) for stack in _stacks(cond))
@@ -133,12 +140,22 @@ class StepBuffers:
         """Copy a call's starting latents and conditions into the buffers."""
         self.x.copy_(x)
         for static, stack in zip((self.one, self.two, self.three), _stacks(cond)):
-            for name, tensor in cat_conditions(stack).feeds().items():
-                static.feeds()[name].copy_(tensor)
+            for name, tensor in step_tensors(cat_conditions(stack)).items():
+                step_tensors(static)[name].copy_(tensor)
 
     def addresses(self) -> tuple[int, ...]:
-        conditions = (t for c in (self.one, self.two, self.three) for t in c.feeds().values())
+        conditions = (t for c in (self.one, self.two, self.three) for t in step_tensors(c).values())
         return tuple(t.data_ptr() for t in (self.row, self.x, self.z, *conditions))
+
+
+def control_tensors(c: TextCondition) -> dict[str, Tensor]:
+    """The ControlNets' inputs ``c`` carries (``CONTROL_FIELDS`` that are set), by field name."""
+    return {name: t for name in CONTROL_FIELDS if (t := getattr(c, name)) is not None}
+
+
+def step_tensors(c: TextCondition) -> dict[str, Tensor]:
+    """Every tensor of ``c`` a step reads: the UNet's feeds (by IO name) and the ControlNets' inputs."""
+    return {**c.feeds(), **control_tensors(c)}
 
 
 def _stacks(cond: Conditioning) -> tuple[list[TextCondition], ...]:
@@ -149,7 +166,7 @@ def _stacks(cond: Conditioning) -> tuple[list[TextCondition], ...]:
 
 def buffer_signature(x: Tensor, cond: Conditioning) -> tuple[Any, ...]:
     """Shapes, dtypes and device of the buffers a call needs: equal signatures share buffers."""
-    tensors = (x, *cond.positive.feeds().values(), *cond.negative.feeds().values())
+    tensors = (x, *step_tensors(cond.positive).values(), *step_tensors(cond.negative).values())
     return tuple((tuple(t.shape), t.dtype) for t in tensors) + (str(x.device),)
 
 

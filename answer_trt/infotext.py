@@ -73,6 +73,8 @@ def infotext(record: Mapping[str, Any]) -> str:
     if values.get("control_guidance_start") == 0.0 and values.get("control_guidance_end") == 1.0:
         values.pop("control_guidance_start")  # the whole schedule: nothing to say (no ControlNet, or all steps)
         values.pop("control_guidance_end")
+    if values.get("guess_mode") is False:  # ControlNet's guess mode off: nothing to say
+        values.pop("guess_mode")
     if values.get("batch") == 1:
         values.pop("batch")
         values.pop("batch_index", None)
@@ -126,6 +128,8 @@ def _typed(kind: str, value: Any) -> Any:
     stays text, for the request's own check to refuse in one line."""
     if value in ("", "None"):
         return None
+    if kind == "bool":
+        return {"True": True, "true": True, "False": False, "false": False}.get(value, value)
     try:
         return int(value) if kind == "int" else float(value) if kind == "float" else value
     except ValueError:

@@ -323,9 +323,6 @@ class Pipeline:
                 fields["mask_sha256"] = fields.get("mask_sha256") or init.mask_sha256
         elif mask_image is not None:
             raise UserInputError("mask_image is inpainting's: pass the image to repaint too (image=...)")
-        if fields.get("guess_mode"):
-            raise UserInputError("guess_mode is not supported yet: drop it (the ControlNets run on every branch)")
-        fields.pop("guess_mode", None)
         control = None
         if control_image is not None:
             height, width = fields.get("height") or self.default_size[0], fields.get("width") or self.default_size[1]
@@ -350,8 +347,6 @@ class Pipeline:
         plan = self.plan(request, init, embeds, control)
         if cuda_graph:
             self._check_graphable(plan)
-            if control is not None:
-                raise UserInputError("--cuda-graph runs without a control image: drop --cuda-graph for ControlNet")
         with self.on_stream():
             started = self.clock()
             cond, noise = self.prepare(request.prompt, request.negative_prompt, plan.config, request.prompt_syntax,
@@ -363,11 +358,7 @@ class Pipeline:
                 noise, cond = start.latents, start.condition(cond)
                 encode_s = self.clock() - encode_started
             if control is not None:
-                windows = control_windows(plan.rule.timesteps, request.control_guidance_start,
-                                          request.control_guidance_end, len(self.weights.control_scales))
-                scale = request.controlnet_conditioning_scale
-                scales = self.weights.control_scales if scale is None else (scale,) * len(self.weights.control_scales)
-                cond = attach_control(cond, control, scales, windows, plan.config.batch, self.device)
+                cond = self.attach_control(plan, cond, control)
             text_done = self.clock()
             if cuda_graph:
                 latents = self._sample_graphed(noise, cond, plan, callback)
@@ -379,6 +370,16 @@ class Pipeline:
             timings = Timings(text_done - started - encode_s, denoise_done - text_done, self.clock() - denoise_done,
                               plan.denoising_steps, encode_s)
         return Generation(images, plan.params, timings, plan.config)
+
+    def attach_control(self, plan: RequestPlan, cond: Conditioning, control: ControlImages) -> Conditioning:
+        """``cond`` with the request's control images, scales, guidance window and guess mode on
+        its rows (``answer_trt.controlnet.attach_control``)."""
+        request, count = plan.request, len(self.weights.control_scales)
+        windows = control_windows(plan.rule.timesteps, request.control_guidance_start, request.control_guidance_end,
+                                  count)
+        scale = request.controlnet_conditioning_scale
+        scales = self.weights.control_scales if scale is None else (scale,) * count
+        return attach_control(cond, control, scales, windows, plan.config.batch, self.device, request.guess_mode)
 
     def plan(self, request: GenerateRequest, init: InitImage | None = None,
              embeds: PromptEmbeds | None = None, control: ControlImages | None = None) -> RequestPlan:

@@ -53,7 +53,7 @@ PROMPT_SYNTAXES = ("plain", "a1111")
 class FieldInfo:
     """What the schema says of one request field besides its name, type and default.
 
-    ``kind``: ``"str"``, ``"int"``, ``"float"`` or ``"ints"`` (a list of integers, each within
+    ``kind``: ``"str"``, ``"int"``, ``"float"``, ``"bool"`` or ``"ints"`` (a list of integers, each within
     the bounds; comma-separated on the CLI) (the JSON and CLI type); ``nullable``:
     ``None`` is allowed (and means "the default rule"); ``low``/``high``: inclusive bounds
     for numbers (``None``: unbounded); ``choices``: the allowed strings; ``metadata``:
@@ -163,6 +163,9 @@ class GenerateRequest:
     control_guidance_end: float = _field(1.0, FieldInfo(
         "float", "ControlNet: the share of the steps after which the control stops (diffusers' control_guidance_end)",
         low=0.0, high=1.0))
+    guess_mode: bool = _field(False, FieldInfo(
+        "bool", "ControlNet: diffusers' guess mode: only the prompt's rows get the control (the others zero "
+        "residuals), scaled from 0.1 at the first block to 1 at the mid block (docs/ANSWER.md, ControlNet)"))
 
     def __post_init__(self) -> None:
         # Per-image seeds give the batch its size (a list from JSON becomes a tuple). Nothing
@@ -206,6 +209,8 @@ class GenerateRequest:
         blur = self.mask_blur
         if isinstance(blur, bool) or not isinstance(blur, int) or not 0 <= blur <= 64:
             raise UserInputError(f"mask_blur must be an integer in 0 .. 64 (pixels), got {blur!r}")
+        if not isinstance(self.guess_mode, bool):
+            raise UserInputError(f"guess_mode must be true or false, got {self.guess_mode!r}")
         for name in ("image_sha256", "mask_sha256", "control_image_sha256"):
             value = getattr(self, name)
             # several ControlNets' images: their hashes, comma-separated (answer_trt.controlnet.ControlImages)

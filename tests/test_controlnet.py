@@ -29,13 +29,16 @@ from answer_trt.models.source import resolve_model
 
 STEPS = 6
 MODEL = "tiny-random"
-# A ControlNet's zero convolutions: its residual heads and the conditioning embedding's last conv.
-HEADS = ("controlnet_down_blocks", "controlnet_mid_block", "controlnet_cond_embedding.conv_out")
+# A ControlNet's zero convolutions (its residual heads) and its whole conditioning embedding: re-drawn
+# so that the residuals depend on the control image's content (with only the embedding's last conv
+# re-drawn they differ by 0.2% between a noise image and a white one, and a test could not tell
+# the images apart; re-drawn whole, by over 100%).
+HEADS = ("controlnet_down_blocks", "controlnet_mid_block", "controlnet_cond_embedding")
 
 
 def make_controlnet(model: str, out: Path, seed: int) -> Path:
-    """``ControlNetModel.from_unet`` of ``model``'s UNet, its zero convolutions (the residual heads
-    and the conditioning embedding's last conv) re-drawn from ``seed`` so the control does something."""
+    """``ControlNetModel.from_unet`` of ``model``'s UNet, its zero convolutions (the residual heads)
+    and its conditioning embedding re-drawn from ``seed`` (``HEADS``) so the control image matters."""
     from diffusers import ControlNetModel, UNet2DConditionModel
 
     unet = UNet2DConditionModel.from_pretrained(resolve_model(model).path / "unet")
@@ -108,6 +111,9 @@ def test_cfg_with_one_controlnet_reproduces_diffusers(world, scheduler):
     assert expected.std() > 5
     assert np.abs(got - expected).max() <= 2
     assert np.abs(without - expected).max() > 20  # the control does something
+    other = as_levels(ours("a cat and a dog", control_image=picture(ours.default_size, 99), method="cfg", steps=STEPS,
+                           guidance_scale=6.0, seed=7, scheduler=scheduler))
+    assert np.abs(other - got).max() > 10  # and its image's content matters
 
 
 @pytest.mark.parametrize("scheduler", [None, "Euler a"])
@@ -122,6 +128,9 @@ def test_two_controlnets_reproduce_multicontrolnet(world, scheduler):
     got = as_levels(ours("a red circle", control_image=images, method="cfg", steps=STEPS, guidance_scale=5.0,
                          batch=2, seed=11, scheduler=scheduler))
     assert np.abs(got - expected).max() <= 2
+    swapped = as_levels(ours("a red circle", control_image=images[::-1], method="cfg", steps=STEPS,
+                             guidance_scale=5.0, batch=2, seed=11, scheduler=scheduler))
+    assert np.abs(swapped - got).max() > 10  # each image goes to its own ControlNet
 
 
 def test_control_guidance_window_reproduces_diffusers(world):
@@ -137,6 +146,78 @@ def test_control_guidance_window_reproduces_diffusers(world):
     full = as_levels(ours("a square", control_image=control, method="cfg", steps=STEPS, guidance_scale=6.0, seed=3))
     assert np.abs(got - expected).max() <= 2
     assert np.abs(full - got).max() > 2
+
+
+@pytest.mark.parametrize("scheduler", [None, "DPM++ 2M"])
+def test_guess_mode_with_cfg_reproduces_diffusers(world, scheduler):
+    """diffusers' guess_mode with CFG: the ControlNet on the conditional rows only, zero residuals
+    on the unconditional ones, the residuals scaled by logspace(-1, 0) block by block."""
+    ours = world["pipes"]["one"]
+    pipe = with_scheduler(ours, reference(world, [0]), scheduler)
+    control = picture(ours.default_size, 19)
+    expected = pipe("a cat and a dog", image=control, num_inference_steps=STEPS, guidance_scale=4.0,
+                    controlnet_conditioning_scale=0.8, guess_mode=True, generator=torch.Generator().manual_seed(7),
+                    output_type="np").images
+    expected = (expected * 255).round().astype(np.int16)
+    got = ours("a cat and a dog", control_image=control, method="cfg", steps=STEPS, guidance_scale=4.0, seed=7,
+               scheduler=scheduler, guess_mode=True)
+    normal = as_levels(ours("a cat and a dog", control_image=control, method="cfg", steps=STEPS,
+                            guidance_scale=4.0, seed=7, scheduler=scheduler))
+    assert np.abs(as_levels(got) - expected).max() <= 2
+    assert np.abs(normal - expected).max() > 5  # guess mode draws another picture
+    assert json.loads(got[0].info[RECORD])["guess_mode"] is True
+    assert "Guess mode: True" in got[0].info["parameters"]
+
+
+def test_guess_mode_two_controlnets_reproduce_multicontrolnet(world):
+    ours = world["pipes"]["two"]
+    pipe = reference(world, [0, 1])
+    images = [picture(ours.default_size, 20), picture(ours.default_size, 21)]
+    expected = pipe("a red circle", image=images, num_inference_steps=STEPS, guidance_scale=5.0,
+                    controlnet_conditioning_scale=[1.0, 0.5], guess_mode=True,
+                    generator=torch.Generator().manual_seed(2), output_type="np").images
+    expected = (expected * 255).round().astype(np.int16)
+    got = as_levels(ours("a red circle", control_image=images, method="cfg", steps=STEPS, guidance_scale=5.0,
+                         seed=2, guess_mode=True))
+    assert np.abs(got - expected).max() <= 2
+
+
+def test_guess_factors_are_diffusers_guess_mode_scales(world):
+    """ControlNetModel(guess_mode=True) equals its plain residuals times guess_factors' row."""
+    from diffusers import ControlNetModel
+
+    from answer_trt.controlnet import guess_factors
+
+    controlnet = ControlNetModel.from_pretrained(world["controlnets"][0])
+    args = (torch.randn(1, 4, 8, 8), torch.tensor([10.0]))
+    kwargs = {"encoder_hidden_states": torch.randn(1, 77, 32), "controlnet_cond": torch.rand(1, 3, 64, 64),
+              "conditioning_scale": 0.7, "return_dict": False}
+    plain_down, plain_mid = controlnet(*args, **kwargs)
+    guess_down, guess_mid = controlnet(*args, guess_mode=True, **kwargs)
+    factors = guess_factors(torch.tensor([1.0, 0.0]), len(plain_down) + 1)
+    assert factors[1].tolist() == [1.0] * (len(plain_down) + 1)
+    assert factors[0, 0].item() == pytest.approx(0.1) and factors[0, -1].item() == pytest.approx(1.0)
+    for plain, guessed, factor in zip((*plain_down, plain_mid), (*guess_down, guess_mid), factors[0]):
+        torch.testing.assert_close(plain * factor, guessed, rtol=1e-5, atol=1e-6)
+
+
+def test_guess_mode_under_answer_controls_the_prompt_rows_only(world):
+    """ANSWER's rows on c_p (x, and z between anchors) get the control, the c_0 row none."""
+    from answer_trt.conditioning import Conditioning, TextCondition
+    from answer_trt.controlnet import ControlImages, attach_control
+
+    hidden = torch.zeros(1, 77, 32)
+    images = ControlImages(torch.rand(1, 1, 3, 64, 64), ("ab" * 32,))
+    cond = attach_control(Conditioning(TextCondition(hidden), TextCondition(hidden + 1)), images, [0.8],
+                          torch.tensor([[0.0, 1000.0]]), 2, torch.device("cpu"), guess_mode=True)
+    assert cond.positive.control_scale.tolist() == [[pytest.approx(0.8)]] * 2
+    assert cond.negative.control_scale.tolist() == [[0.0], [0.0]]
+    assert cond.positive.control_guess.tolist() == [1.0, 1.0]
+    ours = world["pipes"]["one"]
+    control = picture(ours.default_size, 22)
+    guessed = as_levels(ours("a cat", control_image=control, method="answer", steps=4, seed=1, guess_mode=True))
+    normal = as_levels(ours("a cat", control_image=control, method="answer", steps=4, seed=1))
+    assert np.isfinite(guessed).all() and np.abs(guessed - normal).max() > 2
 
 
 def test_windows_follow_diffusers_controlnet_keep():
@@ -209,8 +290,10 @@ def test_bad_control_input_is_refused_in_one_line(world, tmp_path):
         ours("a cat", control_image=picture(size), steps=2, control_guidance_start=0.6, control_guidance_end=0.5)
     with pytest.raises(UserInputError, match="SCALE must be a number in 0 .. 2"):
         ControlNetSpec.parse("some/dir:3")
-    with pytest.raises(UserInputError, match="guess_mode is not supported yet"):
-        ours("a cat", control_image=picture(size), steps=2, guess_mode=True)
+    with pytest.raises(UserInputError, match="guess_mode is ControlNet's: pass a control image"):
+        ours("a cat", steps=2, guess_mode=True)
+    with pytest.raises(UserInputError, match="guess_mode must be true or false"):
+        ours("a cat", control_image=picture(size), steps=2, guess_mode="yes")
     with pytest.raises(UserInputError, match="controlnet_conditioning_scale"):
         ours("a cat", control_image=picture(size), steps=2, controlnet_conditioning_scale=2.5)
 
@@ -225,6 +308,13 @@ def test_a_controlnet_for_another_family_is_refused_before_any_build(world, tmp_
     with pytest.raises(UserInputError, match="a SDXL ControlNet .* for a SD-1.x/2.x model"):
         build(BuildConfig(model=MODEL, out=out, controlnets=(ControlNetSpec(sdxl_like),)), log=lambda _m: None)
     assert not out.exists()
+    pooled = tmp_path / "shuffle-controlnet"
+    pooled.mkdir()
+    config = json.loads((world["controlnets"][0] / "config.json").read_text())
+    (pooled / "config.json").write_text(json.dumps({**config, "global_pool_conditions": True}))
+    with pytest.raises(UserInputError, match="global_pool_conditions"):
+        build(BuildConfig(model=MODEL, out=out, controlnets=(ControlNetSpec(pooled),)), log=lambda _m: None)
+    assert not out.exists()
 
 
 def run_cli(*args: object) -> int:
@@ -237,8 +327,9 @@ def test_cli_generate_with_control_image_and_replay(world, tmp_path, capsys):
     picture(ours.default_size, 9).save(control)
     out = tmp_path / "a.png"
     assert run_cli("generate", "a cat", "--engines", world["folders"]["one"], "--control-image", control,
-                   "--steps", 2, "--seed", 4, "-o", out) == 0
-    direct = as_levels(ours("a cat", control_image=control, steps=2, seed=4))
+                   "--steps", 2, "--seed", 4, "--guess-mode", "-o", out) == 0
+    direct = as_levels(ours("a cat", control_image=control, steps=2, seed=4, guess_mode=True))
+    assert json.loads(Image.open(out).info[RECORD])["guess_mode"] is True
     assert np.array_equal(as_levels([Image.open(out)]), direct)
     again = tmp_path / "b.png"
     assert run_cli("generate", "--from-png", out, "--engines", world["folders"]["one"], "--control-image", control,
@@ -282,6 +373,12 @@ def test_sdxl_cfg_with_a_controlnet_reproduces_diffusers(tmp_path):
     without = as_levels(ours("a cat", method="cfg", steps=STEPS, guidance_scale=6.0, seed=7))
     assert np.abs(got - expected).max() <= 2
     assert np.abs(without - expected).max() > 20
+    guessed = pipe("a cat", image=control, num_inference_steps=STEPS, guidance_scale=6.0, guess_mode=True,
+                   generator=torch.Generator().manual_seed(7), output_type="np").images
+    guessed = (guessed * 255).round().astype(np.int16)
+    ours_guessed = as_levels(ours("a cat", control_image=control, method="cfg", steps=STEPS, guidance_scale=6.0,
+                                  seed=7, guess_mode=True))
+    assert np.abs(ours_guessed - guessed).max() <= 2 and np.abs(guessed - expected).max() > 2
     # An SD-1.x ControlNet on this SDXL model is refused before any build.
     sd = make_controlnet(MODEL, tmp_path / "cn-sd", 4)
     with pytest.raises(UserInputError, match="a SD-1.x/2.x ControlNet .* for a SDXL model"):
@@ -356,7 +453,7 @@ def test_the_torch_backend_runs_controlnets_equal_to_the_engines(world):
 
 
 def test_the_batcher_refuses_a_request_naming_control_images(world):
-    """serve has no control images yet: a request that names some is refused, not drawn without."""
+    """A request that names control images is refused without them, not drawn without."""
     from answer_trt.schema import make_request
     from answer_trt.serving.batcher import StepBatcher
 
@@ -366,3 +463,49 @@ def test_the_batcher_refuses_a_request_naming_control_images(world):
             batcher.submit(make_request("a cat", {"steps": 2, "control_image_sha256": "ab" * 32}))
     finally:
         batcher.close()
+
+
+def test_the_graphed_step_holds_the_control_in_static_buffers():
+    """The CUDA-graph buffer plan (answer_trt.graphed): each stacked condition has static control
+    image, scale, window and guess buffers (their addresses in the graph's key), loaded per call."""
+    from answer_trt.conditioning import Conditioning, TextCondition
+    from answer_trt.controlnet import ControlImages, attach_control
+    from answer_trt.graphed import StepBuffers, buffer_signature
+
+    hidden = torch.zeros(1, 77, 32)
+    images = ControlImages(torch.rand(1, 2, 3, 64, 64), ("ab" * 32, "cd" * 32))
+    cond = attach_control(Conditioning(TextCondition(hidden), TextCondition(hidden + 1)), images, [0.8, 0.5],
+                          torch.tensor([[0.0, 1000.0], [10.0, 500.0]]), 2, torch.device("cpu"), guess_mode=True)
+    x = torch.zeros(2, 4, 8, 8)
+    buffers = StepBuffers.like(x, cond)
+    buffers.load(x, cond)
+    assert buffers.three.control.shape == (6, 2, 3, 64, 64) and buffers.two.control_window.shape == (4, 2, 2)
+    assert buffers.three.control_scale[:, 0].tolist() == pytest.approx([0.8, 0.8, 0.8, 0.8, 0.0, 0.0])
+    assert buffers.two.control_guess.tolist() == [1.0] * 4
+    assert torch.equal(buffers.one.control, images.pixels.expand(2, -1, -1, -1, -1))
+    assert buffers.three.control.data_ptr() in buffers.addresses()
+    plain = Conditioning(TextCondition(hidden.expand(2, -1, -1)), TextCondition(hidden.expand(2, -1, -1)))
+    assert buffer_signature(x, cond) != buffer_signature(x, plain)
+
+
+@pytest.mark.parametrize("kw", [{"method": "answer", "dns_steps": 2}, {"method": "cfg", "guess_mode": True}],
+                         ids=["answer", "cfg-guess"])
+def test_graphed_generate_with_control_equals_eager(world, kw):
+    """cuda_graph=True with a control image, the step replayed by the eager capturer on the CPU
+    (no GPU here): equal to the eager loop, and a second control image reuses the captured step."""
+    from answer_trt.graphed import EagerCapturer, GraphCache
+
+    ours = world["pipes"]["one"]
+    ours.graphs = GraphCache(EagerCapturer())
+    first, second = picture(ours.default_size, 23), Image.new("RGB", ours.default_size[::-1], (255, 255, 255))
+    graphed = as_levels(ours("a cat", control_image=first, steps=4, seed=1, scheduler="ddim", cuda_graph=True, **kw))
+    captures = ours.graphs.captures
+    eager = as_levels(ours("a cat", control_image=first, steps=4, seed=1, scheduler="ddim", **kw))
+    assert np.abs(graphed - eager).max() <= 1
+    # Another image and scale: the same captured step, reading them from its buffers.
+    other = as_levels(ours("a cat", control_image=second, steps=4, seed=1, scheduler="ddim", cuda_graph=True,
+                           controlnet_conditioning_scale=0.3, **kw))
+    assert ours.graphs.captures == captures
+    assert np.abs(other - as_levels(ours("a cat", control_image=second, steps=4, seed=1, scheduler="ddim",
+                                         controlnet_conditioning_scale=0.3, **kw))).max() <= 1
+    assert np.abs(other - graphed).max() > 2

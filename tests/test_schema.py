@@ -33,10 +33,10 @@ OTHER = {
     "strength": 0.5, "image_sha256": image_sha256(np.asarray(INPUT)),
     "mask_sha256": image_sha256(np.asarray(MASK)[..., None]), "mask_blur": 2,
     "controlnet_conditioning_scale": 0.5, "control_guidance_start": 0.1, "control_guidance_end": 0.9,
-    "control_image_sha256": image_sha256(np.asarray(INPUT)),
+    "control_image_sha256": image_sha256(np.asarray(INPUT)), "guess_mode": True,
 }
 # Needs a folder built with --controlnet (tests/test_controlnet.py replays one): not the torch model here.
-CONTROL_ONLY = {"control_image_sha256"}
+CONTROL_ONLY = {"control_image_sha256", "guess_mode"}
 ANSWER_INNER = {"method": "answer", "mode": "inner", "drift_tau": None}  # the other mode (drift_tau is parallel-only)
 
 
@@ -54,8 +54,11 @@ def test_the_cli_has_one_flag_per_field_with_the_schema_default():
     assert request_keywords(args) == {f.name: f.default for f in cli_fields}
     argv = ["generate", "x"]
     for f in cli_fields:
-        value = OTHER[f.name]
-        argv += [f"--{f.name.replace('_', '-')}", ",".join(map(str, value)) if isinstance(value, tuple) else str(value)]
+        value, flag = OTHER[f.name], f"--{f.name.replace('_', '-')}"
+        if isinstance(value, bool):  # a switch (--guess-mode)
+            argv += [flag]
+            continue
+        argv += [flag, ",".join(map(str, value)) if isinstance(value, tuple) else str(value)]
     assert request_keywords(make_parser().parse_args(argv)) == {f.name: OTHER[f.name] for f in cli_fields}
 
 

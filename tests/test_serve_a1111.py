@@ -207,7 +207,7 @@ def test_the_table_classifies_every_field_of_a1111s_body_and_the_body_model_decl
     assert set(A1111_FIELDS) <= set(Txt2ImgBody.model_fields)
     document = call(app, "GET", "/openapi.json").json()
     documented = document["components"]["schemas"]["Txt2ImgBody"]["properties"]
-    assert documented["alwayson_scripts"]["description"].startswith("refused unless null or {}")
+    assert documented["alwayson_scripts"]["description"].startswith("honoured: ControlNet's units only")
     assert documented["save_images"]["description"].startswith("harmless")
     uses = {f.use for f in A1111_FIELDS.values()}
     assert uses == {"honoured", "harmless", "refused"}
@@ -231,7 +231,9 @@ def test_a_refused_field_set_is_a_400_naming_it(app, name):
     ({"clip_skip": 2, "override_settings": {"CLIP_stop_at_last_layers": 1}},
      "clip_skip 2 and override_settings CLIP_stop_at_last_layers 1 disagree"),
     ({"override_settings": {"CLIP_stop_at_last_layers": 13}}, "override_settings CLIP_stop_at_last_layers 13"),
-    ({"alwayson_scripts": {"ADetailer": {"args": [True]}}}, "alwayson_scripts is not supported"),
+    ({"alwayson_scripts": {"ADetailer": {"args": [True]}}}, "alwayson_scripts 'ADetailer' is not supported"),
+    ({"alwayson_scripts": {"controlnet": {"args": [{"image": "aGk=", "module": "none"}]}}},
+     "alwayson_scripts controlnet: this server's engines were built without a ControlNet"),
     ({"script_args": [0.5]}, "script_args is not supported"),
     ({"script_name": "x/y/z plot"}, "script_name is not supported"),
     ({"override_settings": {"sd_model_checkpoint": "sd_xl_base_1.0.safetensors"}},

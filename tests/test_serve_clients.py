@@ -80,7 +80,7 @@ def post_json(url: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
 def test_openapi_documents_every_schema_field_with_its_bounds(openapi):
     schemas = openapi["components"]["schemas"]
     body = schemas["GenerateBody"]["properties"]
-    assert set(body) == set(FIELD_NAMES) | {"response", "timeout_s"}
+    assert set(body) == set(FIELD_NAMES) | {"response", "timeout_s", "control_image"}
     for f in request_fields():
         fi = schema_info(f)
         documented = body[f.name]

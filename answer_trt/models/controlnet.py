@@ -81,6 +81,10 @@ def check_controlnet(spec: ControlNetSpec, model_path: Path) -> ControlNetFolder
     if config.get("_class_name") not in ("ControlNetModel", None):
         raise UserInputError(f"--controlnet {spec.path}: {file} describes a {config.get('_class_name')}, not a "
                              "ControlNetModel")
+    if config.get("global_pool_conditions"):
+        raise UserInputError(f"--controlnet {spec.path}: its config sets global_pool_conditions (a shuffle-type "
+                             "ControlNet, which diffusers always runs in guess mode with a per-ControlNet rule these "
+                             "engines do not have): use another ControlNet")
     unet_file = model_path / "unet" / "config.json"
     unet = config_json(model_path, "unet")
     mine, theirs = _family(config), _family(unet)

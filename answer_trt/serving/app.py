@@ -22,6 +22,7 @@ from answer_trt.errors import UserInputError
 from answer_trt.rules import check_int
 
 if TYPE_CHECKING:
+    from answer_trt.controlnet import ControlImages
     from answer_trt.img2img import InitImage
     from answer_trt.pipeline import Generation
     from answer_trt.schema import GenerateRequest
@@ -100,6 +101,7 @@ class GenerateServer:
     def __init__(self, config: ServeConfig) -> None:
         from answer_trt.loaders import from_engines
         from answer_trt.serving.batcher import StepBatcher
+        from answer_trt.serving.control import ServedControlNets
 
         self.pipeline = from_engines(config.engines, verify=config.verify)
         # Refusals name a rebuild command; over HTTP it must not carry the server's paths.
@@ -107,6 +109,8 @@ class GenerateServer:
         self.batcher = StepBatcher(self.pipeline, max_rows=config.max_rows, batching=config.batching,
                                    max_queue=config.max_queue)
         self.model_name, self.backend = self.pipeline.model_name, self.pipeline.backend
+        self.controlnets = ServedControlNets.from_tags(self.pipeline.weights.controlnets)
+        self.default_size = self.pipeline.default_size
         self.lora_dir = config.lora_dir
         # The VAE the engines were built with by --vae (GET /sdapi/v1/sd-vae lists it; None: the model's own).
         self.vae_name = self.pipeline.weights.vae_name if self.pipeline.weights.vae_hash else None
@@ -115,12 +119,12 @@ class GenerateServer:
                        "batching": config.batching, **self.replica}
 
     async def run(self, request: GenerateRequest, timeout_s: float | None = None,
-                  init: InitImage | None = None) -> Generation:
+                  init: InitImage | None = None, control: ControlImages | None = None) -> Generation:
         """The request's generation through this replica's batcher (its errors as raised:
         ``answer_trt.serving.http`` answers each with its status); ``init``: an img2img or
-        inpainting request's input image. A client that hangs up cancels this coroutine, and
-        with it the ticket."""
-        ticket = self.batcher.submit(request, deadline_s=timeout_s, init=init)
+        inpainting request's input image; ``control``: its ControlNets' images. A client that
+        hangs up cancels this coroutine, and with it the ticket."""
+        ticket = self.batcher.submit(request, deadline_s=timeout_s, init=init, control=control)
         try:
             # shield: the ticket is cancelled through the batcher (below), never by asyncio
             # cancelling the batcher's future under it.

@@ -6,19 +6,20 @@ rows of an ANSWER step of request A, the two CFG rows of request B and the rows 
 which has just arrived, go through the engine together (iteration-level scheduling,
 as LLM servers do it, with diffusion steps as the iterations).
 
-Each request runs the sampler's own loop (``answer_trt.sampler.sampling_program``), which
-yields the rows of each call instead of making it; the batcher answers many programs with
-one call per group, so a request's latents are those of ``Pipeline.generate`` for the same
-request and seed (up to the engine's batch-size rounding). Rows of one call share the latent
-size and the text conditions' length (a long prompt in A1111's syntax takes more chunks: it
-is grouped with its like). Requests join a running set when the engine's batch axis has room
-for the rows the set's steps need now, the newcomer's first call included (strictly oldest
-first, so nothing starves): an ANSWER request's re-anchor steps, and those below its chain's
-interval, take 2 rows, its other steps 3, as its guider says (not its peak of 3 throughout).
-Each iteration makes one UNet call per key (latent shape, text length), filled oldest first with the requests
-whose next call fits; when the set's steps have grown past the axis (2-row steps turning
-into 3-row ones), the requests left out wait an iteration rather than add a part-empty call.
-Finished requests are decoded together.
+Each request runs the sampler's own loop (``answer_trt.sampler.sampling_program``), which yields
+the rows of each call instead of making it; the batcher answers many programs with one call per
+group, so a request's latents are those of ``Pipeline.generate`` for the same request and seed
+(up to the engine's batch-size rounding). Rows of one call share the latent size and the text
+conditions' length (a long prompt in A1111's syntax takes more chunks: it is grouped with its
+like), and requests with ControlNet control images share calls with each other alone (each row
+carries its own control image, scale, window and guess mode). Requests join a running set when
+the engine's batch axis has room for the rows the set's steps need now, the newcomer's first
+call included (strictly oldest first, so nothing starves): an ANSWER request's re-anchor steps,
+and those below its chain's interval, take 2 rows, its other steps 3, as its guider says (not
+its peak of 3 throughout). Each iteration makes one UNet call per key (latent shape, text
+length), filled oldest first with the requests whose next call fits; when the set's steps have
+grown past the axis (2-row steps turning into 3-row ones), the requests left out wait an
+iteration rather than add a part-empty call. Finished requests are decoded together.
 
 Parts: the pure decisions (who joins, which rows make a call) are
 ``answer_trt.serving.admission``; tickets, deadlines and cancellation are
@@ -44,6 +45,7 @@ from torch import Tensor
 
 from answer_trt.conditioning import cat_conditions
 from answer_trt.config import SamplingConfig
+from answer_trt.controlnet import ControlImages
 from answer_trt.errors import UserInputError
 from answer_trt.guiders import DenoiserCall, make_guider
 from answer_trt.img2img import InitImage
@@ -77,6 +79,7 @@ class _Waiting:
     first_rows: int
     step_ends: tuple[int, ...]
     init: InitImage | None = None  # img2img / inpainting: the input image (and mask) the request names
+    control: ControlImages | None = None  # ControlNet: the control images the request names
 
 
 @dataclass
@@ -171,15 +174,17 @@ class StepBatcher:
     # -- the caller's side -------------------------------------------------------------
 
     def submit(self, request: GenerateRequest, *, deadline_s: float | None = None,
-               init: InitImage | None = None) -> Ticket:
+               init: InitImage | None = None, control: ControlImages | None = None) -> Ticket:
         """Validate ``request`` (``UserInputError`` with the CLI's messages) and queue it.
         ``deadline_s``: seconds from now by which it must finish, or it ends with
         ``DeadlineExceeded``. ``init``: the input image (and mask) of an img2img or inpainting
         request (``Pipeline.run``'s); its calls share UNet calls with text-to-image requests of
-        the same latent shape. The ticket's future ends with a ``Generation``."""
+        the same latent shape. ``control``: its ControlNets' images (``Pipeline.run``'s); a control
+        request shares UNet calls with control requests alone (``_key``). The ticket's future ends
+        with a ``Generation``."""
         if not isinstance(request, GenerateRequest):
             raise UserInputError(f"expected a GenerateRequest, got {type(request).__name__}")
-        plan = self.pipeline.plan(request, init)
+        plan = self.pipeline.plan(request, init, control=control)
         rows = peak_rows(plan.config)
         if rows > self.max_rows:
             raise UserInputError(f"this request needs {rows} rows per call but the batcher takes "
@@ -195,15 +200,15 @@ class StepBatcher:
                                      self._stats.retry_after(len(self._active), len(self._waiting)))
             ticket = Ticket(request, None if deadline_s is None else time.monotonic() + deadline_s, self._wake)
             ends = tuple(itertools.accumulate(step_calls(plan.config, plan.rule)))
-            self._waiting.append(_Waiting(ticket, plan, self._key(plan), call_rows(plan.config, plan.rule)[0],
-                                          ends, init))
+            self._waiting.append(_Waiting(ticket, plan, self._key(plan, control), call_rows(plan.config, plan.rule)[0],
+                                          ends, init, control))
             self._wake.notify_all()
         return ticket
 
     def generate(self, request: GenerateRequest, timeout: float | None = None,
-                 init: InitImage | None = None) -> Generation:
+                 init: InitImage | None = None, control: ControlImages | None = None) -> Generation:
         """Submit and wait."""
-        result: Generation = self.submit(request, deadline_s=timeout, init=init).result()
+        result: Generation = self.submit(request, deadline_s=timeout, init=init, control=control).result()
         return result
 
     def stats(self) -> BatcherStats:
@@ -282,14 +287,18 @@ class StepBatcher:
         taken = admit(now, [(w.key, w.first_rows) for w in self._waiting], self.max_rows if self.batching else 0)
         return [self._waiting.popleft() for _ in range(taken)]
 
-    def _key(self, plan: RequestPlan) -> tuple[int, ...]:
-        """What requests sharing a UNet call must agree on: the latent size, and the text
+    def _key(self, plan: RequestPlan, control: ControlImages | None = None) -> tuple[int, ...]:
+        """What requests sharing a UNet call must agree on: the latent size, the text
         conditions' chunks (A1111's long prompts: rows of other text lengths cannot be stacked;
-        padding them with empty chunks would change their images from ``generate``'s)."""
+        padding them with empty chunks would change their images from ``generate``'s), and
+        whether they have control images. Control requests share calls whatever their images,
+        scales, guidance windows and guess mode (each row carries its own: ``TextCondition.control*``,
+        read row by row by ``controlnet.ControlledDenoiser``); a request without control does not
+        join them (its rows would need zero residuals, not the ControlNets' call)."""
         config = plan.config
         assert config.height is not None and config.width is not None  # resolved by Pipeline.plan
         factor = self.pipeline.dims.vae_scale_factor
-        return (config.height // factor, config.width // factor, plan.text_chunks)
+        return (config.height // factor, config.width // factor, plan.text_chunks, int(control is not None))
 
     def _iterate(self, joining: list[_Waiting]) -> None:
         for waiting in joining:
@@ -318,6 +327,8 @@ class StepBatcher:
             if waiting.init is not None and plan.start is not None:
                 start = self.pipeline.image_start(plan, waiting.init)
                 noise, cond = start.latents, start.condition(cond)
+            if waiting.control is not None:
+                cond = self.pipeline.attach_control(plan, cond, waiting.control)
             program = self.pipeline.program(plan, cond, noise, start=start)
             job = _Job(waiting, program, started, time.monotonic() - started)
             job.pending = next(program)

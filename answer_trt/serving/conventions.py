@@ -212,10 +212,12 @@ def check_a1111_fields(body: BaseModel, model_name: str, scheduler: str | None,
 
 
 def a1111_requests(body: BaseModel, seed: int, model_name: str,
-                   image_fields: dict[str, Any] | None = None) -> list[GenerateRequest]:
+                   image_fields: dict[str, Any] | None = None,
+                   control_fields: dict[str, Any] | None = None) -> list[GenerateRequest]:
     """One answer-trt request per iteration of an A1111 txt2img body (``Txt2ImgBody``), with
     ``seed`` already drawn for -1; ``model_name``: the served model (``override_settings``).
-    ``image_fields``: img2img's (``a1111_img2img``: the schema's ``IMAGE_FIELDS``)."""
+    ``image_fields``: img2img's (``a1111_img2img``: the schema's ``IMAGE_FIELDS``);
+    ``control_fields``: ControlNet's, from ``alwayson_scripts`` (``serving.control.a1111_control``)."""
     fields: dict[str, Any] = dict(body)
     sampler = fields["sampler_name"] if fields["sampler_name"] is not None else fields["sampler_index"]
     scheduler = a1111_scheduler(fields["scheduler"], sampler)
@@ -230,6 +232,7 @@ def a1111_requests(body: BaseModel, seed: int, model_name: str,
                              "smaller seed")
     extras = _schema_extras(body, A1111_TAKEN if image_fields is None else A1111_TAKEN + IMAGE_FIELDS)
     extras.update(image_fields or {})
+    extras.update(control_fields or {})
     extras.setdefault("prompt_syntax", "a1111")  # A1111's clients write A1111's syntax
     stop_at = (fields["override_settings"] or {}).get("CLIP_stop_at_last_layers")
     if stop_at is not None:  # A1111's setting is clip_skip by another name (checked by check_a1111_fields)
@@ -256,12 +259,14 @@ def _image_bytes(text: Any, name: str) -> bytes:
         raise UserInputError(f"{name} is not base64: send the image file's bytes in base64") from None
 
 
-def a1111_img2img(body: BaseModel, seed: int, model_name: str) -> tuple[list[GenerateRequest], InitImage]:
+def a1111_img2img(body: BaseModel, seed: int, model_name: str,
+                  control: Any = None) -> tuple[list[GenerateRequest], InitImage]:
     """An A1111 img2img body (``Img2ImgBody``) as ``a1111_requests`` and the input image (with
     its mask) they name: ``init_images`` (one), ``denoising_strength`` (absent: A1111's 0.75),
-    ``mask`` with ``mask_blur`` (absent: A1111's 4). With a mask, ``inpainting_fill`` other than 1
-    (original) and ``inpaint_full_res`` other than false are refused, naming the field (absent, they
-    are A1111's defaults, 0 and true, which draw another picture)."""
+    ``mask`` with ``mask_blur`` (absent: A1111's 4); ``control``: a function of the output's
+    (height, width) giving ControlNet's request fields (``serving.control.a1111_control``). With a
+    mask, ``inpainting_fill`` other than 1 (original) and ``inpaint_full_res`` other than false are
+    refused, naming the field (absent, they are A1111's defaults, 0 and true, which draw another picture)."""
     from answer_trt.img2img import load_init_image
     from answer_trt.inpaint import with_mask
 
@@ -283,8 +288,9 @@ def a1111_img2img(body: BaseModel, seed: int, model_name: str) -> tuple[list[Gen
         blur = fields["mask_blur"] if fields["mask_blur"] is not None else 4
         init = with_mask(init, _image_bytes(fields["mask"], "mask"), blur)
         image_fields.update(mask_sha256=init.mask_sha256, mask_blur=blur)
+    control_fields = control(init.height, init.width) if control is not None else None
     requests = [request.replace(height=init.height, width=init.width)
-                for request in a1111_requests(body, seed, model_name, image_fields)]
+                for request in a1111_requests(body, seed, model_name, image_fields, control_fields)]
     return requests, init
 
 
@@ -464,6 +470,8 @@ def openai_edit(content_type: str, body: bytes, model_name: str) -> tuple[Genera
             extras[name] = int(text) if kind == "int" else float(text) if kind == "float" else text
         except ValueError:
             raise UserInputError(f"{name} must be a number, got {text!r}") from None
+        if kind == "bool":  # a form field's text
+            extras[name] = {"true": True, "false": False}.get(text.lower(), text)
     try:
         n = int(fields.get("n", "1"))
     except ValueError:

@@ -14,6 +14,10 @@ from the request schema: ``answer_trt.serving.models``):
   ``/progress`` (the batcher's requests in flight), and the honest empty lists ``/loras``
   (LoRAs are fused at build time), ``/sd-vae``, ``/upscalers``, ``/scripts``; refusals as
   answer-trt's.
+- ControlNet (a replica whose engines have ControlNets): ``POST /v1/generate``'s
+  ``control_image``, the ControlNet extension's units in txt2img's and img2img's
+  ``alwayson_scripts`` and its ``GET /controlnet/model_list`` and ``/module_list``
+  (``answer_trt.serving.control``); those bodies then take ``IMAGE_BODY_BYTES``.
 - ``GET /``: the page that shows CFG and ANSWER side by side (``page.html``, no external assets).
 
 Status codes: 400 the request (FastAPI's 422 included), 404 (an unknown route or OpenAI
@@ -29,6 +33,7 @@ import importlib.resources
 import logging
 import math
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from dataclasses import replace
 from typing import Any, Protocol
 
 from fastapi import FastAPI, Request
@@ -38,14 +43,19 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.routing import Route
 
+from answer_trt.controlnet import ControlImages
 from answer_trt.errors import NonFiniteImageError, UserInputError
 from answer_trt.img2img import InitImage
 from answer_trt.pipeline import Generation
 from answer_trt.prompts.lora_dir import a1111_loras
 from answer_trt.schema import GenerateRequest
 from answer_trt.serving import conventions
+from answer_trt.serving.control import SCRIPT as CONTROLNET_SCRIPT
+from answer_trt.serving.control import ServedControlNets, a1111_control, generate_control
 from answer_trt.serving.models import (
     A1111Options,
+    ControlNetModelList,
+    ControlNetModuleList,
     ErrorResponse,
     GenerateBody,
     GenerateResponse,
@@ -86,9 +96,10 @@ class Server(Protocol):
     health: dict[str, Any]
 
     async def run(self, request: GenerateRequest, timeout_s: float | None = None,
-                  init: InitImage | None = None) -> Generation:
+                  init: InitImage | None = None, control: ControlImages | None = None) -> Generation:
         """The request's generation (the batcher's errors as raised); ``init``: the input image
-        (and mask) of an img2img or inpainting request."""
+        (and mask) of an img2img or inpainting request; ``control``: its ControlNets' images.
+        A replica may also have ``controlnets`` (``ServedControlNets``) and ``default_size``."""
         ...
 
     def stats(self) -> dict[str, Any]:
@@ -110,8 +121,10 @@ class ApiError(Exception):
 
 
 # Routes whose body carries images (base64), and their limit: an input image and a mask of up to
-# img2img.MAX_IMAGE_PIXELS as PNG, with room to spare.
+# img2img.MAX_IMAGE_PIXELS as PNG, with room to spare. On a server with ControlNets the control
+# images travel in txt2img's and /v1/generate's bodies too (``CONTROL_ROUTES``).
 IMAGE_ROUTES = ("/sdapi/v1/img2img", "/v1/images/edits")
+CONTROL_ROUTES = ("/sdapi/v1/txt2img", "/v1/generate")
 IMAGE_BODY_BYTES = 64 * 2**20
 
 
@@ -121,14 +134,15 @@ class BodyLimit:
     limit and answered 413 beyond it, in the route's convention, on every route. The routes
     that take images (``IMAGE_ROUTES``) have ``IMAGE_BODY_BYTES``."""
 
-    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], limit: int) -> None:
-        self.app, self.limit = app, limit
+    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], limit: int,
+                 image_routes: tuple[str, ...] = IMAGE_ROUTES) -> None:
+        self.app, self.limit, self.image_routes = app, limit, image_routes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        images = route_path(scope) in IMAGE_ROUTES
+        images = route_path(scope) in self.image_routes
         limit, shorter = (IMAGE_BODY_BYTES, "smaller images") if images else (self.limit, "a shorter prompt")
         headers = dict(scope.get("headers") or [])
         length = headers.get(b"content-length")
@@ -223,16 +237,31 @@ def validation_message(exc: RequestValidationError, example: str = EXAMPLE) -> t
     return f"field {field!r}: {first.get('msg', 'not valid')}, got {shown}", field
 
 
+def served_controlnets(server: Server) -> ServedControlNets:
+    """The replica's ControlNets (none where it has no ``controlnets``)."""
+    served = getattr(server, "controlnets", None)
+    return served if isinstance(served, ServedControlNets) else ServedControlNets()
+
+
+def output_size(server: Server, height: int | None, width: int | None) -> tuple[int, int]:
+    """A request's output size: its own, else the replica's default (what the control images are
+    resized to)."""
+    default = getattr(server, "default_size", None) or (512, 512)
+    return height or default[0], width or default[1]
+
+
 def _page() -> str:
     return importlib.resources.files("answer_trt.serving").joinpath("page.html").read_text(encoding="utf-8")
 
 
-async def generations(server: Server, requests: list[GenerateRequest],
-                      timeout_s: float | None = None, init: InitImage | None = None) -> list[Generation]:
+async def generations(server: Server, requests: list[GenerateRequest], timeout_s: float | None = None,
+                      init: InitImage | None = None, control: ControlImages | None = None) -> list[Generation]:
     """Every request's generation, the batcher's errors as ``ApiError``; one that fails (or a
-    client that hangs up) cancels the others. ``init``: the input image the requests name."""
-    tasks = [asyncio.ensure_future(server.run(request, timeout_s) if init is None else
-                                   server.run(request, timeout_s, init=init)) for request in requests]
+    client that hangs up) cancels the others. ``init``: the input image the requests name;
+    ``control``: their ControlNets' images."""
+    images: dict[str, Any] = {**({"init": init} if init is not None else {}),
+                              **({"control": control} if control is not None else {})}
+    tasks = [asyncio.ensure_future(server.run(request, timeout_s, **images)) for request in requests]
     try:
         return list(await asyncio.gather(*tasks))
     except QueueFullError as exc:
@@ -261,7 +290,9 @@ def make_api(server: Server) -> FastAPI:
         title="answer-trt", version="0.1.0",
         description="ANSWER-guided text-to-image on optimized engines: answer-trt's own endpoint, the OpenAI "
                     "images API and AUTOMATIC1111's txt2img over one step-level batcher.")
-    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
+    controlled = len(served_controlnets(server)) > 0
+    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES,
+                       image_routes=IMAGE_ROUTES + CONTROL_ROUTES if controlled else IMAGE_ROUTES)
     _handlers(app)
     _own_routes(app, server)
     _openai_routes(app, server)
@@ -324,13 +355,20 @@ def _own_routes(app: FastAPI, server: Server) -> None:
               openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
                   "schema": body_schema}}}})
     async def generate(request: Request) -> Response:
+        served = served_controlnets(server)
         try:
-            call = parse_generate(await request.body())
+            call = parse_generate(await request.body(), IMAGE_BODY_BYTES if len(served) else MAX_BODY_BYTES)
+            control = None
+            if call.control_image is not None:
+                height, width = output_size(server, call.request.height, call.request.width)
+                control = await asyncio.to_thread(generate_control, call.control_image, served, height, width)
+                if not call.request.control_image_sha256:
+                    call = replace(call, request=call.request.replace(control_image_sha256=control.sha256))
         except UserInputError as exc:
             raise ApiError(400, str(exc)) from None
         except ClientDisconnect:  # hung up before sending its whole body: nobody to answer, nothing to log
             raise ApiError(400, "the client hung up before sending the whole request body") from None
-        generation, = await generations(server, [call.request], call.timeout_s)
+        generation, = await generations(server, [call.request], call.timeout_s, control=control)
         body, content_type = await asyncio.to_thread(render, generation, call.response)  # PNG encoding
         return Response(body, media_type=content_type)
 
@@ -384,21 +422,31 @@ def _a1111_routes(app: FastAPI, server: Server) -> None:
     async def txt2img(body: Txt2ImgBody) -> dict[str, Any]:  # type: ignore[valid-type]
         seed = body.seed if body.seed != -1 else conventions.draw_seed()  # type: ignore[attr-defined]
         try:
-            requests = conventions.a1111_requests(body, seed, server.model_name)
+            height, width = output_size(server, body.height, body.width)  # type: ignore[attr-defined]
+            fields, control = await asyncio.to_thread(a1111_control, body.alwayson_scripts,  # type: ignore[attr-defined]
+                                                      served_controlnets(server), height, width)
+            requests = conventions.a1111_requests(body, seed, server.model_name, control_fields=fields)
         except UserInputError as exc:
             raise ApiError(400, str(exc)) from None
-        results = await generations(server, requests)
+        results = await generations(server, requests, control=control)
         return await asyncio.to_thread(conventions.a1111_response, body, requests, results)
 
     @app.post("/sdapi/v1/img2img", response_model=Txt2ImgResponse, responses=_REFUSALS,
               summary="AUTOMATIC1111's img2img and inpainting (answer-trt's guidance fields as extra fields)")
     async def img2img(body: Img2ImgBody) -> dict[str, Any]:  # type: ignore[valid-type]
         seed = body.seed if body.seed != -1 else conventions.draw_seed()  # type: ignore[attr-defined]
+        loaded: list[ControlImages | None] = [None]
+
+        def control(height: int, width: int) -> dict[str, Any]:
+            fields, loaded[0] = a1111_control(body.alwayson_scripts,  # type: ignore[attr-defined]
+                                              served_controlnets(server), height, width)
+            return fields
+
         try:
-            requests, init = await asyncio.to_thread(conventions.a1111_img2img, body, seed, server.model_name)
+            requests, init = await asyncio.to_thread(conventions.a1111_img2img, body, seed, server.model_name, control)
         except UserInputError as exc:
             raise ApiError(400, str(exc)) from None
-        results = await generations(server, requests, init=init)
+        results = await generations(server, requests, init=init, control=loaded[0])
         return await asyncio.to_thread(conventions.a1111_response, body, requests, results)
 
     @app.get("/sdapi/v1/samplers", response_model=list[Sampler], summary="A1111's sampler list (ours)")
@@ -452,9 +500,23 @@ def _a1111_routes(app: FastAPI, server: Server) -> None:
         return []
 
     @app.get("/sdapi/v1/scripts", response_model=ScriptsList,
-             summary="A1111's script list: none (script_name and alwayson_scripts are refused)")
+             summary="A1111's script list: controlnet where the engines have ControlNets (alwayson_scripts' units), "
+                     "else none (script_name and other scripts are refused)")
     async def scripts() -> dict[str, Any]:
-        return {"txt2img": [], "img2img": []}
+        names = [CONTROLNET_SCRIPT] if len(served_controlnets(server)) else []
+        return {"txt2img": names, "img2img": list(names)}
+
+    @app.get("/controlnet/model_list", response_model=ControlNetModelList,
+             summary="The ControlNet extension's model list: the served ControlNets as 'name [sha256 prefix]', in "
+                     "--controlnet order (empty without)")
+    async def controlnet_models() -> dict[str, Any]:
+        return {"model_list": served_controlnets(server).model_list()}
+
+    @app.get("/controlnet/module_list", response_model=ControlNetModuleList,
+             summary="The ControlNet extension's preprocessor list: none runs here, so 'none' alone (send processed "
+                     "control images)")
+    async def controlnet_modules() -> dict[str, Any]:
+        return {"module_list": ["none"]}
 
     @app.get("/sdapi/v1/progress", response_model=ProgressResponse,
              summary="A1111's progress: the batcher's requests in flight and waiting (0 and an idle state when none)")

@@ -24,7 +24,7 @@ from answer_trt.config import MAX_CLIP_SKIP, MAX_IMAGES
 from answer_trt.schema import info as schema_info
 from answer_trt.schema import request_fields
 
-_PYTHON_TYPES: dict[str, type] = {"str": str, "int": int, "float": float}
+_PYTHON_TYPES: dict[str, type] = {"str": str, "int": int, "float": float, "bool": bool}
 
 
 def schema_field(f: dataclasses.Field[Any], *, default: Any = dataclasses.MISSING,
@@ -74,6 +74,9 @@ GenerateBody: type[BaseModel] = create_model(  # type: ignore[call-overload]
                                             "base64 PNG and the parameters")),
     timeout_s=(float | None, Field(None, gt=0, allow_inf_nan=False,
                                    description="deadline for the whole request in seconds, queue included")),
+    control_image=(str | list[str] | None, Field(None, description="ControlNet: the control image (base64 PNG or "
+                                                 "JPEG), one for every served ControlNet or a list, one each in "
+                                                 "--controlnet order; resized to the output size (Lanczos)")),
 )
 
 
@@ -243,7 +246,10 @@ A1111_FIELDS: dict[str, A1111Field] = {
     "infotext": _refused(str, "no parameters from infotext: send the fields", ""),
     "script_name": _refused(str, "no scripts", "", "None"),
     "script_args": _refused(list[Any], "no scripts", []),
-    "alwayson_scripts": _refused(dict[str, Any], "no scripts or extensions (ControlNet, ADetailer, ...)", {}),
+    "alwayson_scripts": A1111Field("honoured", "ControlNet's units only, as the extension takes them: {\"controlnet\": "
+                                   "{\"args\": [{\"image\", \"module\": \"none\", \"model\", \"weight\", "
+                                   "\"guidance_start\", \"guidance_end\", \"control_mode\"}]}} (GET "
+                                   "/controlnet/model_list); other scripts are refused", dict[str, Any]),
     "clip_skip": A1111Field("honoured", "clip skip, A1111's count (1: no skip); the schema's field", int),
 }
 
@@ -427,10 +433,23 @@ class UpscalerItem(BaseModel):
 
 
 class ScriptsList(BaseModel):
-    """GET /sdapi/v1/scripts: none (scripts are refused)."""
+    """GET /sdapi/v1/scripts: controlnet where the engines have ControlNets, else none (other scripts are
+    refused)."""
 
     txt2img: list[str] = Field(default_factory=list)
     img2img: list[str] = Field(default_factory=list)
+
+
+class ControlNetModelList(BaseModel):
+    """GET /controlnet/model_list (the ControlNet extension's): the served ControlNets."""
+
+    model_list: list[str] = Field(description="'name [sha256 prefix]' of each served ControlNet, in --controlnet order")
+
+
+class ControlNetModuleList(BaseModel):
+    """GET /controlnet/module_list (the ControlNet extension's): the preprocessors run here."""
+
+    module_list: list[str] = Field(description="'none' alone: no preprocessor runs; send processed control images")
 
 
 class ProgressState(BaseModel):

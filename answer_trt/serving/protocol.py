@@ -57,7 +57,7 @@ def _is_number(value: object) -> bool:
 def _kind(info: FieldInfo) -> Kind:
     """A schema field's JSON type."""
     test, name = {"str": (lambda v: isinstance(v, str), "a string"), "int": (_is_int, "an integer"),
-                  "float": (_is_number, "a number"),
+                  "float": (_is_number, "a number"), "bool": (lambda v: isinstance(v, bool), "true or false"),
                   "ints": (lambda v: isinstance(v, list) and all(map(_is_int, v)), "a list of integers")}[info.kind]
     return Kind(name, test, info.nullable)
 
@@ -65,8 +65,12 @@ def _kind(info: FieldInfo) -> Kind:
 # The fields a client may send: the request schema's, with their JSON types.
 REQUEST_FIELDS: dict[str, Kind] = {f.name: _kind(schema_info(f)) for f in request_fields()}
 # How to answer: the response format, and a deadline for the whole request (queue included).
+# ControlNet's images travel beside the request (``answer_trt.serving.control.generate_control``).
 OPTION_FIELDS: dict[str, Kind] = {"response": Kind("a string", lambda v: isinstance(v, str)),
-                                   "timeout_s": Kind("a number", _is_number, nullable=True)}
+                                   "timeout_s": Kind("a number", _is_number, nullable=True),
+                                   "control_image": Kind("a base64 image or a list of them", lambda v: isinstance(
+                                       v, str) or (isinstance(v, list) and all(isinstance(i, str) for i in v)),
+                                       nullable=True)}
 FIELDS = {**REQUEST_FIELDS, **OPTION_FIELDS}
 
 
@@ -77,11 +81,12 @@ class GenerateCall:
     request: GenerateRequest
     response: str = "png"
     timeout_s: float | None = None
+    control_image: str | list[str] | None = None  # base64, as sent: loaded at the output size by the route
 
 
-def parse_generate(body: bytes) -> GenerateCall:
-    """The request in ``body`` (a JSON object), checked field by field."""
-    fields = _fields(_decode(body))
+def parse_generate(body: bytes, limit: int = MAX_BODY_BYTES) -> GenerateCall:
+    """The request in ``body`` (a JSON object of at most ``limit`` bytes), checked field by field."""
+    fields = _fields(_decode(body, limit))
     options = {name: fields.pop(name) for name in OPTION_FIELDS if name in fields}
     request = GenerateRequest(**fields)
     request.sampling_config()  # the checks Pipeline.generate makes before looking at the engines
@@ -92,13 +97,14 @@ def parse_generate(body: bytes) -> GenerateCall:
     timeout_s = options.get("timeout_s")
     if timeout_s is not None and not (math.isfinite(timeout_s) and timeout_s > 0):
         raise UserInputError(f"timeout_s must be a positive number of seconds (or null for none), got {timeout_s}")
-    return GenerateCall(request, response, None if timeout_s is None else float(timeout_s))
+    return GenerateCall(request, response, None if timeout_s is None else float(timeout_s),
+                        options.get("control_image"))
 
 
-def _decode(body: bytes) -> dict[str, Any]:
-    if len(body) > MAX_BODY_BYTES:
-        raise UserInputError(f"the request body is {len(body)} bytes, above the limit of {MAX_BODY_BYTES}: "
-                             "send a shorter prompt")
+def _decode(body: bytes, limit: int = MAX_BODY_BYTES) -> dict[str, Any]:
+    if len(body) > limit:
+        raise UserInputError(f"the request body is {len(body)} bytes, above the limit of {limit}: "
+                             "send a shorter prompt" + (" or smaller images" if limit > MAX_BODY_BYTES else ""))
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
