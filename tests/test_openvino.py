@@ -285,3 +285,23 @@ def test_a_component_that_is_not_an_ir_is_refused(fp32_engines, tmp_path):
     (copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(UserInputError, match=r"component unet is 'unet\.bin', not an OpenVINO IR"):
         from_engines(copy)
+
+
+def test_a_small_unet_takes_one_thread_unless_clearly_slower():
+    from answer_trt.export.openvino_build import pick_threads
+
+    assert pick_threads({0: 9.4, 1: 9.3}, small=True) == 1  # level back to back: one thread (faster in the sampler)
+    assert pick_threads({0: 9.0, 1: 9.3}, small=True) == 1  # within 5%
+    assert pick_threads({0: 8.0, 1: 9.3}, small=True) == 0  # the default clearly faster
+    assert pick_threads({0: 9.4, 1: 9.3}, small=False) == 0  # a full-size UNet: the default unless clearly beaten
+    assert pick_threads({0: 9.4, 1: 8.0}, small=False) == 1
+
+
+def test_the_image_benchmark_reads_label_folder_and_threads():
+    from benchmarks.openvino_images import parse_folder
+
+    assert parse_folder("ov=/tmp/e/openvino") == ("ov", "/tmp/e/openvino", None)
+    assert parse_folder("ov2=/tmp/e@x/openvino@0") == ("ov2", "/tmp/e@x/openvino", 0)
+    for bad in ("/tmp/e/openvino", "ov=", "ov=/tmp/e@two"):
+        with pytest.raises(ValueError, match="LABEL=FOLDER|whole number"):
+            parse_folder(bad)
