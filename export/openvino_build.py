@@ -82,7 +82,8 @@ def choose_threads(staging: Path, unet: ComponentEntry, hint: str, log: Callable
     best["static"] = shapes["static"]
     shown = ", ".join(f"{'default' if t == str(DEFAULT_THREADS) else t} {ms:.2f} ms" for t, ms in best.items())
     log(f"openvino: inference threads {'default' if chosen == DEFAULT_THREADS else chosen}, "
-        f"{'static' if static else 'dynamic'} shapes ({'median' if small else 'fastest'} UNet call at batch {binding['batch']}, {hint}: {shown}; "
+        f"{'static' if static else 'dynamic'} shapes ({'median' if small else 'fastest'} UNet call at batch "
+        f"{binding['batch']}, {hint}: {shown}; "
         f"dynamic at the chosen threads again {shapes['dynamic']:.2f} ms)")
     return SessionChoice(intra_op_threads=chosen, unet_call_ms={k: round(ms, 3) for k, ms in best.items()},
                          cpus=os.cpu_count(), static_shapes=static)

@@ -333,7 +333,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", default="all", help="comma-separated labels (spaces as -), or `all`; "
                         "cfg is always run first")
     parser.add_argument("--batch", type=int, default=32, help="prompts per engine call (default 32)")
-    parser.add_argument("--backend", choices=("onnxruntime", "torch"), default="onnxruntime")
+    parser.add_argument("--backend", choices=("onnxruntime", "openvino", "torch"), default="onnxruntime",
+                        help="engines built into the cache (onnxruntime, openvino: fp32) or eager torch")
+    parser.add_argument("--engines", type=Path,
+                        help="an engines folder to run instead (any backend and precision, e.g. `answer-trt build "
+                             "--backend openvino --precision bf16 --max-batch 32`); --model must be its model")
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args(argv)
     args.command = "python -m answer_trt.synthetic.compliance " + " ".join(sys.argv[1:] if argv is None else argv)
@@ -402,10 +406,15 @@ def _run(args: argparse.Namespace) -> int:
               + ", ".join(f"{m} {c[m]:.3f}" for m in METRICS), flush=True)
         if min(c[m] for m in METRICS) < CHECKER_BAR:
             raise UserInputError(f"the checker reads under {CHECKER_BAR:.0%} of the {f} ground truth right: fix it")
-    if args.backend == "torch":
+    if args.engines is not None:
+        pipe = from_engines(args.engines)
+        if pipe.limits.max_batch is not None and pipe.limits.max_batch < args.batch:
+            raise UserInputError(f"--engines {args.engines} was built for batches up to {pipe.limits.max_batch}: "
+                                 f"use --batch {pipe.limits.max_batch} or rebuild with --max-batch {args.batch}")
+    elif args.backend == "torch":
         pipe = answer_trt.load(args.model, backend="torch")
     else:
-        pipe = from_engines(build_cached(args.model, batch=args.batch), verify=False)
+        pipe = from_engines(build_cached(args.model, batch=args.batch, backend=args.backend), verify=False)
     draw = pipeline_draw(pipe, args.steps)
     cells = []
     started = time.perf_counter()

@@ -203,7 +203,7 @@ def test_build_arguments_name_their_own_engines_json_and_readme_block() -> None:
 def test_openvino_peers_get_their_workers_environments_and_a_second_baseline(tmp_path: Path) -> None:
     run = _module("run")
     ov, _ = run.parse_args(["--model", "tiny", "--peers", "openvino"])
-    assert len(ov.peers) == 7 and run.run_name(ov) == "tiny"
+    assert len(ov.peers) == 7 and run.run_name(ov) == "tiny-openvino"  # its own JSON and README block
     assert {harness.PEERS[p][0] for p in ov.peers} >= {"answer-trt-openvino", "optimum-intel"}
     assert run.python_for("optimum-intel", tmp_path) == tmp_path / "optimum-intel" / "bin" / "python"
     assert run.python_for("answer-trt-openvino", tmp_path) == Path(sys.executable)

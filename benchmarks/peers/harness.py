@@ -79,6 +79,8 @@ class Settings:
         parts = [a.lstrip("-").replace("=", "-").replace("/", "-") for a in self.build_args]
         if not self.optimum_spinning:
             parts.append("optimum-no-spinning")
+        if any(PEERS.get(p, ("", ""))[0] in ("answer-trt-openvino", "optimum-intel") for p in self.peers):
+            parts.append("openvino")  # its own README block: the ONNX Runtime set's stays as it was
         return "".join(f"-{p}" for p in parts if p)
 
     def __post_init__(self) -> None:

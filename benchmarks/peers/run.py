@@ -106,8 +106,8 @@ def prepare(settings: Settings, work: Path, venvs: Path, commands: list[str]) ->
         if kind not in kinds:
             continue
         # One engines folder per set of build arguments (optimum's settings do not change them).
-        engines = work / "engines" / (settings.model + dataclasses.replace(settings, optimum_spinning=True).variant()
-                                      + ("-openvino" if backend else ""))
+        plain = dataclasses.replace(settings, optimum_spinning=True, peers=harness.DEFAULT_PEERS)
+        engines = work / "engines" / (settings.model + plain.variant() + ("-openvino" if backend else ""))
         answer_trt = Path(sys.executable).with_name("answer-trt")
         run_step([str(answer_trt), "build", "--model", str(model), "--out", str(engines), *settings.build_args,
                   *backend], f"{kind} engines", commands)

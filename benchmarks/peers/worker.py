@@ -83,12 +83,13 @@ def load_answer_trt(folder: Path, threads: int) -> tuple[Generate, dict[str, Any
 def load_optimum_intel(folder: Path, threads: int) -> tuple[Generate, dict[str, Any]]:
     """optimum-intel's ``OVStableDiffusionPipeline`` on its exported IR folder, compiled for
     the CPU in fp32 (``INFERENCE_PRECISION_HINT`` f32: OpenVINO's default on a CPU with
-    bf16 is bf16) with the latency hint, OpenVINO's own thread count (answer-trt's
-    OpenVINO engines use their build's measured count), and its default dynamic shapes."""
+    bf16 is bf16) with the latency hint, the benchmark's thread count (``INFERENCE_NUM_THREADS``;
+    answer-trt's OpenVINO engines keep their build's measured count), and its default dynamic
+    shapes."""
     import torch
     from optimum.intel import OVStableDiffusionPipeline
 
-    config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+    config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": str(threads)}
     pipe = OVStableDiffusionPipeline.from_pretrained(folder, ov_config=config, compile=True)
     pipe.set_progress_bar_config(disable=True)
 
