@@ -159,6 +159,9 @@ class MethodResult:
     rates: dict[str, Interval]
     vs_cfg: dict[str, Interval]  # paired difference of rates, this method minus CFG
     seconds_per_image: float
+    # "correct" (0/1) per prompt, in prompt order: two runs of the same prompts and seeds (fp32
+    # and bf16 engines) are compared prompt by prompt (``paired_runs``).
+    correct_by_prompt: list[float] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -276,8 +279,17 @@ def run_compliance(draw: Draw, methods: Sequence[MethodSpec], prompts: Sequence[
         rates = bootstrap_mean(rows[m])
         deltas = bootstrap_mean(rows[m] - rows[0])
         results.append(MethodResult(spec.label, asdict(spec), dict(zip(METRICS, rates)), dict(zip(METRICS, deltas)),
-                                    float(seconds[m] / len(prompts))))
+                                    float(seconds[m] / len(prompts)), rows[m, :, METRICS.index("correct")].tolist()))
     return results
+
+
+def paired_runs(base: Sequence[float], other: Sequence[float]) -> Interval:
+    """``other`` minus ``base``: the mean difference of two runs' per-prompt scores (the same
+    prompts and seeds in the same order, e.g. ``correct_by_prompt`` of fp32 and bf16 engines)
+    with its 95% bootstrap interval over prompts; a ``UserInputError`` if they differ in length."""
+    if len(base) != len(other) or len(base) < 2:
+        raise UserInputError(f"paired runs need the same prompts (at least 2): got {len(base)} and {len(other)}")
+    return bootstrap_mean(np.asarray(other, dtype=np.float64)[:, None] - np.asarray(base, dtype=np.float64)[:, None])[0]
 
 
 def run_inpaint_compliance(draw: Callable[..., tuple[list[np.ndarray], float]], methods: Sequence[MethodSpec],

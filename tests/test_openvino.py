@@ -305,3 +305,31 @@ def test_the_image_benchmark_reads_label_folder_and_threads():
     for bad in ("/tmp/e/openvino", "ov=", "ov=/tmp/e@two"):
         with pytest.raises(ValueError, match="LABEL=FOLDER|whole number"):
             parse_folder(bad)
+
+
+@needs_openvino
+def test_the_compliance_suite_runs_an_openvino_engines_folder(fp32_engines, tmp_path, capsys):
+    import json
+
+    from answer_trt.synthetic.compliance import main
+
+    common = ["--engines", str(fp32_engines), "--prompts", "2", "--families", "single", "--methods", "cfg",
+              "--steps", "2"]
+    assert main([*common, "--batch", "64"]) == 2
+    assert "--max-batch 64" in capsys.readouterr().err.splitlines()[-1]
+    assert main([*common, "--batch", "2", "--json", str(tmp_path / "c.json")]) == 0
+    report = json.loads((tmp_path / "c.json").read_text())
+    assert (report["backend"], report["precision"]) == ("openvino", "fp32") and report["cells"][0]["prompts"] == 2
+
+
+def test_paired_runs_compare_two_runs_prompt_by_prompt():
+    from answer_trt.errors import UserInputError
+    from answer_trt.synthetic.compliance import paired_runs
+
+    fp32 = [1.0, 1.0, 0.0, 1.0] * 16
+    bf16 = [1.0, 0.0, 0.0, 1.0] * 16  # one prompt in four lost
+    diff = paired_runs(fp32, bf16)
+    assert diff.value == pytest.approx(-0.25) and diff.low < -0.25 < diff.high < 0
+    assert paired_runs(fp32, fp32).value == 0 and paired_runs(fp32, fp32).low == 0
+    with pytest.raises(UserInputError, match="same prompts"):
+        paired_runs(fp32, bf16[:-1])
