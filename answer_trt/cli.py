@@ -795,7 +795,7 @@ def _info(args: argparse.Namespace) -> int:
         threads = "OpenVINO inference threads" if manifest.backend == "openvino" else "intra-op threads"
         shapes = "" if session.static_shapes is None else f", {'static' if session.static_shapes else 'dynamic'} shapes"
         lines.append(f"session:    {threads} {session.intra_op_threads or 'default'}{shapes} "
-                     f"(measured at build {where}, fastest UNet call: {measured})")
+                     f"(measured at build {where}, UNet call: {measured})")
     print("\n".join(printable(line) for line in lines))  # a manifest is someone else's file
     return 0 if not bad else EXIT_USAGE
 

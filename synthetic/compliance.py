@@ -159,6 +159,9 @@ class MethodResult:
     rates: dict[str, Interval]
     vs_cfg: dict[str, Interval]  # paired difference of rates, this method minus CFG
     seconds_per_image: float
+    # "correct" (0/1) per prompt, in prompt order: two runs of the same prompts and seeds (fp32
+    # and bf16 engines) are compared prompt by prompt (``paired_runs``).
+    correct_by_prompt: list[float] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -276,8 +279,17 @@ def run_compliance(draw: Draw, methods: Sequence[MethodSpec], prompts: Sequence[
         rates = bootstrap_mean(rows[m])
         deltas = bootstrap_mean(rows[m] - rows[0])
         results.append(MethodResult(spec.label, asdict(spec), dict(zip(METRICS, rates)), dict(zip(METRICS, deltas)),
-                                    float(seconds[m] / len(prompts))))
+                                    float(seconds[m] / len(prompts)), rows[m, :, METRICS.index("correct")].tolist()))
     return results
+
+
+def paired_runs(base: Sequence[float], other: Sequence[float]) -> Interval:
+    """``other`` minus ``base``: the mean difference of two runs' per-prompt scores (the same
+    prompts and seeds in the same order, e.g. ``correct_by_prompt`` of fp32 and bf16 engines)
+    with its 95% bootstrap interval over prompts; a ``UserInputError`` if they differ in length."""
+    if len(base) != len(other) or len(base) < 2:
+        raise UserInputError(f"paired runs need the same prompts (at least 2): got {len(base)} and {len(other)}")
+    return bootstrap_mean(np.asarray(other, dtype=np.float64)[:, None] - np.asarray(base, dtype=np.float64)[:, None])[0]
 
 
 def run_inpaint_compliance(draw: Callable[..., tuple[list[np.ndarray], float]], methods: Sequence[MethodSpec],
@@ -333,7 +345,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", default="all", help="comma-separated labels (spaces as -), or `all`; "
                         "cfg is always run first")
     parser.add_argument("--batch", type=int, default=32, help="prompts per engine call (default 32)")
-    parser.add_argument("--backend", choices=("onnxruntime", "torch"), default="onnxruntime")
+    parser.add_argument("--backend", choices=("onnxruntime", "openvino", "torch"), default="onnxruntime",
+                        help="engines built into the cache (onnxruntime, openvino: fp32) or eager torch")
+    parser.add_argument("--engines", type=Path,
+                        help="an engines folder to run instead (any backend and precision, e.g. `answer-trt build "
+                             "--backend openvino --precision bf16 --max-batch 32`); --model must be its model")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                         help="where --backend torch runs (cuda: the GPU machine's way to run the suite in minutes)")
     parser.add_argument("--json", type=Path, help="write the results here")
@@ -406,10 +422,15 @@ def _run(args: argparse.Namespace) -> int:
             raise UserInputError(f"the checker reads under {CHECKER_BAR:.0%} of the {f} ground truth right: fix it")
     if args.device != "cpu" and args.backend != "torch":
         raise UserInputError(f"--device {args.device} runs --backend torch only: add --backend torch")
-    if args.backend == "torch":
+    if args.engines is not None:
+        pipe = from_engines(args.engines)
+        if pipe.limits.max_batch is not None and pipe.limits.max_batch < args.batch:
+            raise UserInputError(f"--engines {args.engines} was built for batches up to {pipe.limits.max_batch}: "
+                                 f"use --batch {pipe.limits.max_batch} or rebuild with --max-batch {args.batch}")
+    elif args.backend == "torch":
         pipe = answer_trt.load(args.model, backend="torch", device=args.device)
     else:
-        pipe = from_engines(build_cached(args.model, batch=args.batch), verify=False)
+        pipe = from_engines(build_cached(args.model, batch=args.batch, backend=args.backend), verify=False)
     draw = pipeline_draw(pipe, args.steps)
     cells = []
     started = time.perf_counter()

@@ -285,3 +285,51 @@ def test_a_component_that_is_not_an_ir_is_refused(fp32_engines, tmp_path):
     (copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(UserInputError, match=r"component unet is 'unet\.bin', not an OpenVINO IR"):
         from_engines(copy)
+
+
+def test_a_small_unet_takes_one_thread_unless_clearly_slower():
+    from answer_trt.export.openvino_build import pick_threads
+
+    assert pick_threads({0: 9.4, 1: 9.3}, small=True) == 1  # level back to back: one thread (faster in the sampler)
+    assert pick_threads({0: 9.0, 1: 9.3}, small=True) == 1  # within 5%
+    assert pick_threads({0: 8.0, 1: 9.3}, small=True) == 0  # the default clearly faster
+    assert pick_threads({0: 9.4, 1: 9.3}, small=False) == 0  # a full-size UNet: the default unless clearly beaten
+    assert pick_threads({0: 9.4, 1: 8.0}, small=False) == 1
+
+
+def test_the_image_benchmark_reads_label_folder_and_threads():
+    from benchmarks.openvino_images import parse_folder
+
+    assert parse_folder("ov=/tmp/e/openvino") == ("ov", "/tmp/e/openvino", None)
+    assert parse_folder("ov2=/tmp/e@x/openvino@0") == ("ov2", "/tmp/e@x/openvino", 0)
+    for bad in ("/tmp/e/openvino", "ov=", "ov=/tmp/e@two"):
+        with pytest.raises(ValueError, match="LABEL=FOLDER|whole number"):
+            parse_folder(bad)
+
+
+@needs_openvino
+def test_the_compliance_suite_runs_an_openvino_engines_folder(fp32_engines, tmp_path, capsys):
+    import json
+
+    from answer_trt.synthetic.compliance import main
+
+    common = ["--engines", str(fp32_engines), "--prompts", "2", "--families", "single", "--methods", "cfg",
+              "--steps", "2"]
+    assert main([*common, "--batch", "64"]) == 2
+    assert "--max-batch 64" in capsys.readouterr().err.splitlines()[-1]
+    assert main([*common, "--batch", "2", "--json", str(tmp_path / "c.json")]) == 0
+    report = json.loads((tmp_path / "c.json").read_text())
+    assert (report["backend"], report["precision"]) == ("openvino", "fp32") and report["cells"][0]["prompts"] == 2
+
+
+def test_paired_runs_compare_two_runs_prompt_by_prompt():
+    from answer_trt.errors import UserInputError
+    from answer_trt.synthetic.compliance import paired_runs
+
+    fp32 = [1.0, 1.0, 0.0, 1.0] * 16
+    bf16 = [1.0, 0.0, 0.0, 1.0] * 16  # one prompt in four lost
+    diff = paired_runs(fp32, bf16)
+    assert diff.value == pytest.approx(-0.25) and diff.low < -0.25 < diff.high < 0
+    assert paired_runs(fp32, fp32).value == 0 and paired_runs(fp32, fp32).low == 0
+    with pytest.raises(UserInputError, match="same prompts"):
+        paired_runs(fp32, bf16[:-1])

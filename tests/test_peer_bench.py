@@ -55,7 +55,10 @@ def test_settings_refuse_bad_values_in_one_line(changes: dict[str, object], mess
 
 
 def test_parse_peers_short_names_and_all() -> None:
-    assert harness.parse_peers("all") == tuple(harness.PEERS)
+    assert harness.parse_peers("all") == ("answer-trt CFG", "answer-trt ANSWER", "optimum ORT CFG",
+                                          "diffusers eager CFG")  # no optimum-intel: its own environment
+    assert harness.parse_peers("openvino")[4:] == ("answer-trt OV CFG", "answer-trt OV ANSWER", "optimum-intel OV CFG")
+    assert harness.parse_peers("ov-cfg,optimum-intel") == ("answer-trt OV CFG", "optimum-intel OV CFG")
     assert harness.parse_peers("cfg, optimum") == ("answer-trt CFG", "optimum ORT CFG")
     with pytest.raises(harness.SettingsError, match="unknown trt"):
         harness.parse_peers("cfg,trt")
@@ -94,7 +97,7 @@ def test_targets_met_and_not_met_and_model_specific() -> None:
         "optimum ORT CFG": result("optimum ORT CFG", [[1.15]]),
     }
     rows = {row["target"]: row for row in harness.target_rows(results, "tiny")}
-    cfg, answer = (rows[name] for name, *_ in harness.TARGETS)
+    cfg, answer = (rows[name] for name, *_ in harness.TARGETS[:2])  # the OpenVINO targets: their peers did not run
     assert cfg["ratio"] == pytest.approx(1.15) and cfg["met"] is False  # needs 1.2x
     assert answer["ratio"] == pytest.approx(1.15 / 1.1) and answer["met"] is True
     # The ANSWER target is the tiny model's only.
@@ -195,3 +198,28 @@ def test_build_arguments_name_their_own_engines_json_and_readme_block() -> None:
     assert optimized.build_args == ("--optimize",)
     assert run.run_name(optimized) == "sd15-random-optimize-optimum-no-spinning"
     assert "answer-trt build --optimize" in harness.markdown_table({}, optimized)
+
+
+def test_openvino_peers_get_their_workers_environments_and_a_second_baseline(tmp_path: Path) -> None:
+    run = _module("run")
+    ov, _ = run.parse_args(["--model", "tiny", "--peers", "openvino"])
+    assert len(ov.peers) == 7 and run.run_name(ov) == "tiny-openvino"  # its own JSON and README block
+    assert {harness.PEERS[p][0] for p in ov.peers} >= {"answer-trt-openvino", "optimum-intel"}
+    assert run.python_for("optimum-intel", tmp_path) == tmp_path / "optimum-intel" / "bin" / "python"
+    assert run.python_for("answer-trt-openvino", tmp_path) == Path(sys.executable)
+    with pytest.raises(RuntimeError, match="setup.sh --openvino"):
+        run.export("optimum-intel", ["openvino"], tmp_path, tmp_path / "out", tmp_path, [])
+    results = {
+        "answer-trt OV CFG": result("answer-trt OV CFG", [[0.1, 0.1]], 1),
+        "optimum ORT CFG": result("optimum ORT CFG", [[0.3, 0.3]], 2),
+        "optimum-intel OV CFG": result("optimum-intel OV CFG", [[0.2, 0.2]], 1),
+    }
+    run_settings = settings(peers=tuple(results))
+    table = harness.markdown_table(results, run_settings)
+    assert "optimum-intel CFG time / this" in table.splitlines()[2]
+    row = next(line for line in table.splitlines() if line.startswith("| answer-trt OV CFG"))
+    assert "| 3.00x | 2.00x |" in row
+    targets = {row["target"]: row for row in harness.target_rows(results, "tiny")}
+    assert targets["answer-trt OV CFG >= 1.1x faster than optimum-intel per image"]["ratio"] == pytest.approx(2.0)
+    summary = harness.summary_json(results, run_settings)
+    assert summary["ratios"]["optimum-intel CFG time / answer-trt OV CFG time"] == pytest.approx(2.0)

@@ -162,8 +162,10 @@ class OpenVinoEngine:
         with self._lock:  # one infer request per compiled model: calls one at a time
             key = shapes if self.static and (shapes in self._compiled or self._static_count() < MAX_STATIC) else None
             compiled, request = self._compiled.get(key) or self._compile(key)
-            results = request.infer(arrays)
-            outputs = [np.array(results[port]) for port in compiled.outputs]  # copies: the request reuses its buffers
+            # share_inputs: the request reads the arrays in place (no copy in); its results are
+            # already copies of its reused output buffers (share_outputs=False), owned by us.
+            results = request.infer(arrays, share_inputs=True, share_outputs=False)
+            outputs = [results[port] for port in compiled.outputs]
         return {name: torch.from_numpy(out) for name, out in zip(self.spec.output_names, outputs)}
 
 

@@ -9,15 +9,25 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-# Peer name -> (worker kind, guidance method). The two answer-trt peers share one worker.
+# Peer name -> (worker kind, guidance method). The answer-trt peers of one backend share one worker.
 PEERS: dict[str, tuple[str, str]] = {
     "answer-trt CFG": ("answer-trt", "cfg"),
     "answer-trt ANSWER": ("answer-trt", "answer"),
     "optimum ORT CFG": ("optimum", "cfg"),
     "diffusers eager CFG": ("diffusers", "cfg"),
+    # OpenVINO (issue 35): answer-trt's --backend openvino engines, optimum-intel's OVStableDiffusionPipeline.
+    "answer-trt OV CFG": ("answer-trt-openvino", "cfg"),
+    "answer-trt OV ANSWER": ("answer-trt-openvino", "answer"),
+    "optimum-intel OV CFG": ("optimum-intel", "cfg"),
 }
 REFERENCE = "diffusers eager CFG"
 OURS_CFG, OURS_ANSWER, OPTIMUM = "answer-trt CFG", "answer-trt ANSWER", "optimum ORT CFG"
+OURS_OV_CFG, OURS_OV_ANSWER, OPTIMUM_INTEL = "answer-trt OV CFG", "answer-trt OV ANSWER", "optimum-intel OV CFG"
+# --peers all: the ONNX Runtime set (optimum-intel needs its own environment: setup.sh --openvino).
+DEFAULT_PEERS = (OURS_CFG, OURS_ANSWER, OPTIMUM, REFERENCE)
+# --peers short names.
+SHORT_NAMES = {"cfg": OURS_CFG, "answer": OURS_ANSWER, "optimum": OPTIMUM, "diffusers": REFERENCE,
+               "ov-cfg": OURS_OV_CFG, "ov-answer": OURS_OV_ANSWER, "optimum-intel": OPTIMUM_INTEL}
 # A CFG peer whose images differ from diffusers' by more than this many 8-bit levels is flagged.
 AGREEMENT_LEVELS = 4
 
@@ -36,6 +46,9 @@ TARGETS = (
     # (name, numerator peer, denominator peer, minimum ratio of denominator time / numerator time, models)
     ("answer-trt CFG >= 1.2x faster than optimum per image", OURS_CFG, OPTIMUM, 1.2, ("tiny", "sd15-random")),
     ("answer-trt ANSWER no slower than optimum CFG", OURS_ANSWER, OPTIMUM, 1.0, ("tiny",)),
+    ("answer-trt OV CFG >= 1.1x faster than optimum-intel per image", OURS_OV_CFG, OPTIMUM_INTEL, 1.1,
+     ("tiny", "sd15-random")),
+    ("answer-trt OV CFG >= 1.5x faster than optimum ORT per image", OURS_OV_CFG, OPTIMUM, 1.5, ("tiny", "sd15-random")),
 )
 
 
@@ -56,7 +69,7 @@ class Settings:
     guidance_scale: float = 7.5
     threads: int = 2
     seed: int = 0
-    peers: tuple[str, ...] = tuple(PEERS)
+    peers: tuple[str, ...] = DEFAULT_PEERS
     optimum_spinning: bool = True  # False: ORT spin-waiting off in optimum's sessions, as answer-trt does
     build_args: tuple[str, ...] = ()  # extra `answer-trt build` arguments
 
@@ -66,6 +79,8 @@ class Settings:
         parts = [a.lstrip("-").replace("=", "-").replace("/", "-") for a in self.build_args]
         if not self.optimum_spinning:
             parts.append("optimum-no-spinning")
+        if any(PEERS.get(p, ("", ""))[0] in ("answer-trt-openvino", "optimum-intel") for p in self.peers):
+            parts.append("openvino")  # its own README block: the ONNX Runtime set's stays as it was
         return "".join(f"-{p}" for p in parts if p)
 
     def __post_init__(self) -> None:
@@ -98,14 +113,19 @@ def schedule(peers: Sequence[str], rounds: int) -> list[tuple[int, str]]:
 
 
 def parse_peers(text: str) -> tuple[str, ...]:
-    """``--peers`` as short names (``cfg,answer,optimum,diffusers``) or ``all``."""
-    short = {"cfg": OURS_CFG, "answer": OURS_ANSWER, "optimum": OPTIMUM, "diffusers": REFERENCE}
+    """``--peers`` as short names (``cfg,answer,optimum,diffusers``, and the OpenVINO peers
+    ``ov-cfg,ov-answer,optimum-intel``), ``all`` (the ONNX Runtime set, ``DEFAULT_PEERS``) or
+    ``openvino`` (``all`` and the three OpenVINO peers)."""
+    short = SHORT_NAMES
     if text.strip() == "all":
-        return tuple(PEERS)
+        return DEFAULT_PEERS
+    if text.strip() == "openvino":
+        return (*DEFAULT_PEERS, OURS_OV_CFG, OURS_OV_ANSWER, OPTIMUM_INTEL)
     names = [t.strip() for t in text.split(",") if t.strip()]
     bad = [n for n in names if n not in short]
     if bad or not names:
-        raise SettingsError(f"--peers: unknown {', '.join(bad) or '(empty)'}: use all or a list of {', '.join(short)}")
+        raise SettingsError(f"--peers: unknown {', '.join(bad) or '(empty)'}: use all, openvino or a list of "
+                            f"{', '.join(short)}")
     return tuple(short[n] for n in names)
 
 
@@ -190,10 +210,11 @@ def markdown_table(results: Mapping[str, PeerResult], settings: Settings) -> str
               f"{settings.warmup} warm-up, {settings.threads} threads"
               f"{'' if settings.optimum_spinning else ', optimum with ORT spin-waiting off'}"
               f"{', answer-trt build ' + ' '.join(settings.build_args) if settings.build_args else ''}\n\n")
+    intel = results.get(OPTIMUM_INTEL)  # a second baseline column where optimum-intel ran
     lines = [
         "| peer | per image: median [min, max] | per step (median) | optimum CFG time / this | "
-        "max abs diff vs diffusers (8-bit levels) |",
-        "|---|---|---|---|---|",
+        + ("optimum-intel CFG time / this | " if intel else "") + "max abs diff vs diffusers (8-bit levels) |",
+        "|---|---|---|---|---|" + ("---|" if intel else ""),
     ]
     base = results.get(OPTIMUM)
     for name in settings.peers:
@@ -202,9 +223,10 @@ def markdown_table(results: Mapping[str, PeerResult], settings: Settings) -> str
         res = results[name]
         spread = res.per_image()
         speed = f"{ratio(res, base):.2f}x" if base is not None else "n/a"
+        speed_intel = f"{ratio(res, intel):.2f}x | " if intel is not None else ""
         lines.append(
             f"| {name} | {spread.median:.3f} s [{spread.low:.3f}, {spread.high:.3f}] | "
-            f"{1000 * spread.median / settings.steps:.1f} ms | {speed} | {agreement_note(res)} |"
+            f"{1000 * spread.median / settings.steps:.1f} ms | {speed} | {speed_intel}{agreement_note(res)} |"
         )
     targets = [
         f"- {row['target']}: {row['ratio']:.2f}x (rounds {', '.join(f'{r:.2f}' for r in row['round_ratios'])}; "
@@ -229,7 +251,8 @@ def summary_json(results: Mapping[str, PeerResult], settings: Settings) -> dict[
             "agreement": agreement_note(res),
         }
     ratios: dict[str, Any] = {}
-    if OPTIMUM in results:
-        for name in results:
-            ratios[f"optimum CFG time / {name} time"] = ratio(results[name], results[OPTIMUM])
+    for base, label in ((OPTIMUM, "optimum"), (OPTIMUM_INTEL, "optimum-intel")):
+        if base in results:
+            for name in results:
+                ratios[f"{label} CFG time / {name} time"] = ratio(results[name], results[base])
     return {"peers": peers, "ratios": ratios, "targets": target_rows(results, settings.model)}

@@ -102,33 +102,44 @@ def prepare(settings: Settings, work: Path, venvs: Path, commands: list[str]) ->
              "model folder", commands)
     folders = {"diffusers": model}
     kinds = {PEERS[p][0] for p in settings.peers}
-    if "answer-trt" in kinds:
+    for kind, backend in (("answer-trt", ()), ("answer-trt-openvino", ("--backend", "openvino"))):
+        if kind not in kinds:
+            continue
         # One engines folder per set of build arguments (optimum's settings do not change them).
-        engines = work / "engines" / (settings.model + dataclasses.replace(settings, optimum_spinning=True).variant())
+        plain = dataclasses.replace(settings, optimum_spinning=True, peers=harness.DEFAULT_PEERS)
+        engines = work / "engines" / (settings.model + plain.variant() + ("-openvino" if backend else ""))
         answer_trt = Path(sys.executable).with_name("answer-trt")
-        run_step([str(answer_trt), "build", "--model", str(model), "--out", str(engines), *settings.build_args],
-                 "answer-trt engines", commands)
-        folders["answer-trt"] = engines
-    if "optimum" in kinds:
-        exported = work / "optimum" / settings.model
-        cli = venvs / "optimum" / "bin" / "optimum-cli"
-        if not cli.exists():
-            raise RuntimeError(f"{cli} is missing: run benchmarks/peers/setup.sh {venvs} first")
-        stamp = exported / "peer-export.json"
-        wanted = (model / "peer-model.json").read_text()
-        export = [str(cli), "export", "onnx", "--model", str(model), "--task", "text-to-image", str(exported)]
-        if not stamp.is_file() or stamp.read_text() != wanted:
-            shutil.rmtree(exported, ignore_errors=True)
-            run_step(export, "optimum export", commands)
-            stamp.write_text(wanted)  # the model folder this export was made from
-        else:
-            commands.append(f"{shlex.join(export)}  # made by an earlier run for this model folder")
-        folders["optimum"] = exported
+        run_step([str(answer_trt), "build", "--model", str(model), "--out", str(engines), *settings.build_args,
+                  *backend], f"{kind} engines", commands)
+        folders[kind] = engines
+    for kind, how in (("optimum", ["onnx"]), ("optimum-intel", ["openvino", "--weight-format", "fp32"])):
+        if kind in kinds:
+            folders[kind] = export(kind, how, model, work / kind / settings.model, venvs, commands)
     return folders
 
 
+def export(kind: str, how: list[str], model: Path, exported: Path, venvs: Path, commands: list[str]) -> Path:
+    """``optimum-cli export <how>`` of ``model`` into ``exported`` with ``kind``'s environment,
+    unless an earlier run exported this same model folder there."""
+    cli = venvs / kind / "bin" / "optimum-cli"
+    if not cli.exists():
+        flag = " --openvino" if kind == "optimum-intel" else ""
+        raise RuntimeError(f"{cli} is missing: run benchmarks/peers/setup.sh{flag} {venvs} first")
+    stamp = exported / "peer-export.json"
+    wanted = (model / "peer-model.json").read_text()
+    command = [str(cli), "export", *how, "--model", str(model), "--task", "text-to-image", str(exported)]
+    if not stamp.is_file() or stamp.read_text() != wanted:
+        shutil.rmtree(exported, ignore_errors=True)
+        run_step(command, f"{kind} export", commands)
+        stamp.write_text(wanted)  # the model folder this export was made from
+    else:
+        commands.append(f"{shlex.join(command)}  # made by an earlier run for this model folder")
+    return exported
+
+
 def python_for(kind: str, venvs: Path) -> Path:
-    return venvs / "optimum" / "bin" / "python" if kind == "optimum" else Path(sys.executable)
+    """The worker's interpreter: the optimum peers' own environments, answer-trt's otherwise."""
+    return venvs / kind / "bin" / "python" if kind in ("optimum", "optimum-intel") else Path(sys.executable)
 
 
 def run_name(settings: Settings) -> str:
@@ -216,7 +227,9 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, argparse.Namespace]:
     parser.add_argument("--guidance-scale", type=float, default=7.5)
     parser.add_argument("--threads", type=int, default=2, help="threads for every peer (torch and ORT intra-op)")
     parser.add_argument("--seed", type=int, default=0, help="seed of image 0 (image i uses seed + i)")
-    parser.add_argument("--peers", default="all", help="all, or a list of cfg,answer,optimum,diffusers")
+    parser.add_argument("--peers", default="all",
+                        help="all (cfg,answer,optimum,diffusers), openvino (all and ov-cfg,ov-answer,optimum-intel), "
+                             "or a list of those short names")
     parser.add_argument("--work", type=Path, default=ROOT / ".peer-bench",
                         help="models, engines, exports, images and logs (default .peer-bench/)")
     parser.add_argument("--venvs", type=Path, default=ROOT / ".peer-venvs", help="setup.sh's folder")

@@ -14,7 +14,9 @@ call, prompt to PIL image, one image per call); ``{"error": "..."}`` on failure.
 
 Peers: ``answer-trt`` (engines folder; methods cfg and answer, answer-trt's defaults),
 ``optimum`` (optimum's ORTStableDiffusionPipeline on an exported folder; cfg),
-``diffusers`` (StableDiffusionPipeline, eager fp32 on the CPU; cfg).
+``diffusers`` (StableDiffusionPipeline, eager fp32 on the CPU; cfg), ``answer-trt-openvino``
+(an engines folder built with ``--backend openvino``), ``optimum-intel`` (optimum-intel's
+OVStableDiffusionPipeline on an ``optimum-cli export openvino`` folder, fp32; cfg).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from typing import IO, Any
 import numpy as np
 
 PACKAGES = ("answer-trt", "torch", "numpy", "onnxruntime", "onnx", "diffusers", "transformers", "tokenizers",
-            "huggingface_hub", "optimum", "optimum-onnx", "pillow")
+            "huggingface_hub", "optimum", "optimum-onnx", "pillow", "openvino", "optimum-intel")
 
 # (prompt, seed, method, steps, guidance scale, size) -> HxWx3 uint8 image
 Generate = Callable[[str, int, str, int, float, int], np.ndarray]
@@ -72,7 +74,35 @@ def load_answer_trt(folder: Path, threads: int) -> tuple[Generate, dict[str, Any
 
     ort_threads = sorted({e.session.get_session_options().intra_op_num_threads
                           for e in pipe.engines.values() if hasattr(e, "session")})
+    if pipe.backend == "openvino":  # OpenVINO engines: the build's measured thread count and shape policy
+        return generate, {"openvino_inference_threads": sorted({e.threads for e in pipe.engines.values()}),
+                          "openvino_static_shapes": sorted({e.static for e in pipe.engines.values()})}
     return generate, {"ort_intra_op": ort_threads, "session": SessionSettings(intra_op_threads=threads).describe()}
+
+
+def load_optimum_intel(folder: Path, threads: int) -> tuple[Generate, dict[str, Any]]:
+    """optimum-intel's ``OVStableDiffusionPipeline`` on its exported IR folder, compiled for
+    the CPU in fp32 (``INFERENCE_PRECISION_HINT`` f32: OpenVINO's default on a CPU with
+    bf16 is bf16) with the latency hint, the benchmark's thread count (``INFERENCE_NUM_THREADS``;
+    answer-trt's OpenVINO engines keep their build's measured count), and its default dynamic
+    shapes."""
+    import torch
+    from optimum.intel import OVStableDiffusionPipeline
+
+    config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": str(threads)}
+    pipe = OVStableDiffusionPipeline.from_pretrained(folder, ov_config=config, compile=True)
+    pipe.set_progress_bar_config(disable=True)
+
+    def generate(prompt: str, seed: int, method: str, steps: int, scale: float, size: int) -> np.ndarray:
+        _only_cfg(method)
+        generator = torch.Generator("cpu").manual_seed(seed)
+        out = pipe(prompt, num_inference_steps=steps, guidance_scale=scale, height=size, width=size,
+                   generator=generator, output_type="pil")
+        return np.asarray(out.images[0].convert("RGB"))
+
+    unet = pipe.unet.request  # the compiled UNet
+    return generate, {"openvino_inference_threads": [int(unet.get_property("INFERENCE_NUM_THREADS"))],
+                      "openvino_precision": str(unet.get_property("INFERENCE_PRECISION_HINT"))}
 
 
 def load_optimum(folder: Path, threads: int, spinning: bool = True) -> tuple[Generate, dict[str, Any]]:
@@ -131,6 +161,8 @@ LOADERS: dict[str, Callable[[Path, int], tuple[Generate, dict[str, Any]]]] = {
     "optimum": load_optimum,
     "optimum-no-spinning": lambda folder, threads: load_optimum(folder, threads, spinning=False),
     "diffusers": load_diffusers,
+    "answer-trt-openvino": load_answer_trt,
+    "optimum-intel": load_optimum_intel,
 }
 
 
