@@ -41,8 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     pipe = answer_trt.load(build_cached("tiny", controlnets=(ControlNetSpec(args.controlnet, 1.0),)))
     cell = 32 * ZOOM
     header = 14
-    sheet = Image.new("RGB", (3 * cell + 2 * GAP, header + len(ROWS) * cell + (len(ROWS) - 1) * GAP), "white")
+    sheet = Image.new("RGB", (3 * cell + 2 * GAP, header + len(ROWS) * cell + (len(ROWS) - 1) * GAP), "grey")
     draw = ImageDraw.Draw(sheet)
+    draw.rectangle((0, 0, sheet.width, header - 1), fill="white")
     for column, title in enumerate(("silhouette (control)", "without ControlNet", "with ControlNet")):
         draw.text((column * (cell + GAP) + 4, 1), title, fill="black")
     for row, (x1, y1, d1, x2, y2, d2, seed) in enumerate(ROWS):

@@ -80,7 +80,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--save-every", type=int, default=0, metavar="STEPS",
                         help="also write the average so far to OUT every this many steps (a run cut short "
                              "keeps its last one; config.json's neighbour STEP.txt names the step)")
+    parser.add_argument("--stop-after", type=int, default=0, metavar="STEP",
+                        help="end after this step and save the average there, the learning-rate schedule still "
+                             "that of --steps (what a --save-every save of a longer run holds)")
     args = parser.parse_args(argv)
+    last = min(args.steps, args.stop_after) if args.stop_after > 0 else args.steps
     quiet_libraries()
     torch.set_num_threads(args.threads)
     from diffusers import AutoencoderKL, ControlNetModel, DDPMScheduler, UNet2DConditionModel
@@ -126,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     average = WeightAverage((controlnet,), decay=0.995)
     gen = torch.Generator().manual_seed(args.seed + 1)
     running = 0.0
-    for step in range(1, args.steps + 1):
+    for step in range(1, last + 1):
         index = torch.randint(len(latents), (args.batch,), generator=gen)
         x0, context, control = latents[index], hidden[index].clone(), controls[index]
         context[torch.rand(args.batch, generator=gen) < CAPTION_DROPOUT] = empty_hidden[0]
@@ -146,10 +150,10 @@ def main(argv: list[str] | None = None) -> int:
         if step % 50 == 0:
             log(f"step {step}/{args.steps}: loss {running / 50:.4f} (mean of the last 50)")
             running = 0.0
-        if args.save_every and step % args.save_every == 0 and step < args.steps:
+        if args.save_every and step % args.save_every == 0 and step < last:
             save(average.modules[0], args.out, step)
             log(f"saved step {step} to {args.out}")
-    save(average.modules[0], args.out, args.steps)
+    save(average.modules[0], args.out, last)
     total = 0
     for path in sorted(p for p in args.out.rglob("*") if p.is_file()):
         total += path.stat().st_size

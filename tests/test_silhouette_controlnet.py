@@ -158,3 +158,31 @@ def test_colours_and_shapes_cover_the_world():  # the check's prompts draw from 
     captions = {control_example(3000, i).caption for i in range(64)}
     words = set(" ".join(captions).split())
     assert set(COLOURS) <= words and set(SHAPES) <= words
+
+
+def test_training_script_writes_a_controlnet_that_build_accepts(tmp_path, capsys):
+    """Two steps on a tiny budget (quality needs the full one): an fp16 diffusers ControlNet of
+    tiny's UNet, its conditioning embedding mapping 32x32 control images onto the 8x8 latents,
+    that `build --controlnet`'s check accepts for tiny; --stop-after ends early and says where."""
+    from diffusers import ControlNetModel
+
+    from answer_trt.build_config import ControlNetSpec
+    from answer_trt.models.controlnet import check_controlnet
+    from answer_trt.models.source import resolve_model
+    from answer_trt.synthetic import train_controlnet
+
+    out = tmp_path / "cn"
+    args = ["--out", str(out), "--examples", "16", "--steps", "3", "--stop-after", "2", "--batch", "4", "--threads", "1"]
+    assert train_controlnet.main(args) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("command: python -m answer_trt.synthetic.train_controlnet")
+    assert "diffusion_pytorch_model.safetensors" in printed and not out.with_name("cn.partial").exists()
+    assert (out / "STEP.txt").read_text() == "2\n"
+    with safe_open(str(out / "diffusion_pytorch_model.safetensors"), "pt") as tensors:
+        assert {str(tensors.get_tensor(k).dtype) for k in tensors.keys()} == {"torch.float16"}
+    check_controlnet(ControlNetSpec(out), resolve_model("tiny").path)
+    import torch
+
+    model = ControlNetModel.from_pretrained(out).float()
+    embedded = model.controlnet_cond_embedding(torch.zeros(1, 3, 32, 32))
+    assert embedded.shape[-2:] == (8, 8)
