@@ -172,7 +172,8 @@ def test_training_script_writes_a_controlnet_that_build_accepts(tmp_path, capsys
     from answer_trt.synthetic import train_controlnet
 
     out = tmp_path / "cn"
-    args = ["--out", str(out), "--examples", "16", "--steps", "3", "--stop-after", "2", "--batch", "4", "--threads", "1"]
+    args = ["--out", str(out), "--examples", "16", "--steps", "3", "--stop-after", "2", "--batch", "4",
+            "--threads", "1"]
     assert train_controlnet.main(args) == 0
     printed = capsys.readouterr().out
     assert printed.startswith("command: python -m answer_trt.synthetic.train_controlnet")
