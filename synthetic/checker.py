@@ -93,14 +93,21 @@ def count_objects(image: np.ndarray) -> int:
     return sum(len(c) >= MIN_OBJECT_PIXELS for c in _components(mask))
 
 
-def score(image: np.ndarray, objects: tuple[ShapeObject, ...]) -> list[ObjectScore]:
-    """One score per expected object (``objects`` left to right)."""
+def colour_labels(image: np.ndarray) -> np.ndarray:
+    """``[H, W]`` int: each foreground pixel's index into COLOURS (its nearest palette colour),
+    -1 for the background."""
     height, width, _ = image.shape
     flat = image.reshape(-1, 3).astype(np.float32)
     foreground = _foreground(flat)
     flat_labels = np.full(flat.shape[0], -1)
     flat_labels[foreground] = nearest_colour(flat[foreground])
-    labels = flat_labels.reshape(height, width)
+    return flat_labels.reshape(height, width)
+
+
+def score(image: np.ndarray, objects: tuple[ShapeObject, ...]) -> list[ObjectScore]:
+    """One score per expected object (``objects`` left to right)."""
+    height, width, _ = image.shape
+    labels = colour_labels(image)
     names = list(COLOURS)
     scores = []
     for slot, obj in enumerate(objects):

@@ -42,21 +42,34 @@ def caption_of(objects: tuple[ShapeObject, ...]) -> str:
     return " and ".join(f"a {o.colour} {o.shape}" for o in objects)
 
 
+def object_mask(o: ShapeObject, size: int) -> np.ndarray:
+    """The pixels ``[size, size]`` (bool) that ``o`` covers, as ``render`` draws it."""
+    ys, xs = np.mgrid[0:size, 0:size] + 0.5
+    half = o.size / 2
+    dx, dy = xs - o.cx, ys - o.cy
+    if o.shape == "square":
+        return (np.abs(dx) <= half) & (np.abs(dy) <= half)
+    if o.shape == "circle":
+        return dx * dx + dy * dy <= half * half
+    # triangle, apex up: inside when below the two slanted edges and above the base
+    return (dy <= half) & (dy >= -half) & (np.abs(dx) <= (dy + half) / 2)
+
+
 def render(objects: tuple[ShapeObject, ...], size: int) -> np.ndarray:
     """Rasterize the objects (no anti-aliasing) on the plain background."""
     image = np.empty((size, size, 3), dtype=np.uint8)
     image[:] = BACKGROUND
-    ys, xs = np.mgrid[0:size, 0:size] + 0.5
     for o in objects:
-        half = o.size / 2
-        dx, dy = xs - o.cx, ys - o.cy
-        if o.shape == "square":
-            mask = (np.abs(dx) <= half) & (np.abs(dy) <= half)
-        elif o.shape == "circle":
-            mask = dx * dx + dy * dy <= half * half
-        else:  # triangle, apex up: inside when below the two slanted edges and above the base
-            mask = (dy <= half) & (dy >= -half) & (np.abs(dx) <= (dy + half) / 2)
-        image[mask] = COLOURS[o.colour]
+        image[object_mask(o, size)] = COLOURS[o.colour]
+    return image
+
+
+def silhouette(objects: tuple[ShapeObject, ...], size: int) -> np.ndarray:
+    """The ControlNet control image of ``objects``: their masks white (255) on black,
+    ``[size, size, 3]`` uint8, where ``render`` draws them (colours left out: the prompt names them)."""
+    image = np.zeros((size, size, 3), dtype=np.uint8)
+    for o in objects:
+        image[object_mask(o, size)] = 255
     return image
 
 
