@@ -104,6 +104,17 @@ def colour_labels(image: np.ndarray) -> np.ndarray:
     return flat_labels.reshape(height, width)
 
 
+def slot_region(count: int, slot: int, height: int, width: int) -> np.ndarray:
+    """Where object ``slot`` of ``count`` is looked for, [height, width] bool: the whole image for
+    one object, else its half (the first object on the left)."""
+    region = np.zeros((height, width), dtype=bool)
+    if count == 1:
+        region[:] = True
+    else:
+        region[:, slot * width // 2 : (slot + 1) * width // 2] = True
+    return region
+
+
 def score(image: np.ndarray, objects: tuple[ShapeObject, ...]) -> list[ObjectScore]:
     """One score per expected object (``objects`` left to right)."""
     height, width, _ = image.shape
@@ -111,11 +122,7 @@ def score(image: np.ndarray, objects: tuple[ShapeObject, ...]) -> list[ObjectSco
     names = list(COLOURS)
     scores = []
     for slot, obj in enumerate(objects):
-        region = np.zeros((height, width), dtype=bool)
-        if len(objects) == 1:
-            region[:] = True
-        else:
-            region[:, slot * width // 2 : (slot + 1) * width // 2] = True
+        region = slot_region(len(objects), slot, height, width)
         colour_mask = (labels == names.index(obj.colour))
         in_region = colour_mask & region
         region_foreground = (labels >= 0) & region

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from answer_trt.errors import UserInputError
-from answer_trt.synthetic.checker import MIN_OBJECT_PIXELS, colour_labels
+from answer_trt.synthetic.checker import MIN_OBJECT_PIXELS, colour_labels, slot_region
 from answer_trt.synthetic.dataset import COLOURS, ShapeObject, caption_of, make_example, object_mask, silhouette
 
 FAMILY = "silhouette"
@@ -74,11 +74,7 @@ def placement(image: np.ndarray, objects: tuple[ShapeObject, ...]) -> list[tuple
     names = list(COLOURS)
     scores = []
     for slot, obj in enumerate(objects):
-        region = np.zeros((height, width), dtype=bool)
-        if len(objects) == 1:
-            region[:] = True
-        else:
-            region[:, slot * width // 2 : (slot + 1) * width // 2] = True
+        region = slot_region(len(objects), slot, height, width)
         pixels = (labels == names.index(obj.colour)) & region
         target = object_mask(obj, height)
         union = (pixels | target).sum()

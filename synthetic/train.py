@@ -155,6 +155,18 @@ def prefix_text_encoder_tensors(path: Path) -> None:
         save_file(renamed, str(path), metadata={"format": "pt"})
 
 
+def start_log(module: str, argv: list[str] | None) -> Callable[[str], None]:
+    """Prints the command that started a training run (``python -m MODULE ARGS``) and returns
+    the run's logger: each line stamped with the seconds since, flushed (logs are read live)."""
+    started = time.monotonic()
+
+    def log(msg: str) -> None:
+        print(f"[{time.monotonic() - started:7.1f} s] {msg}", flush=True)
+
+    print(f"command: python -m {module} {' '.join(sys.argv[1:] if argv is None else argv)}", flush=True)
+    return log
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="folder to write (replaced if it exists)")
@@ -175,13 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
-    started = time.monotonic()
-
-    def log(msg: str) -> None:
-        print(f"[{time.monotonic() - started:7.1f} s] {msg}", flush=True)
-
-    arguments = " ".join(sys.argv[1:] if argv is None else argv)
-    print(f"command: python -m answer_trt.synthetic.train {arguments}", flush=True)
+    log = start_log("answer_trt.synthetic.train", argv)
     staging = args.out.with_name(args.out.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     torch.manual_seed(args.seed)

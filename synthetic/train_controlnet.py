@@ -21,7 +21,6 @@ import argparse
 import hashlib
 import shutil
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +38,7 @@ from answer_trt.synthetic.train import (
     TRAIN_TIMESTEPS,
     WeightAverage,
     learning_rate_factor,
+    start_log,
 )
 
 # Two stride-2 stages: 32x32 control images onto tiny's 8x8 latents (the VAE downsamples 4x).
@@ -92,13 +92,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from answer_trt.models.source import resolve_model
 
-    started = time.monotonic()
-
-    def log(msg: str) -> None:
-        print(f"[{time.monotonic() - started:7.1f} s] {msg}", flush=True)
-
-    arguments = " ".join(sys.argv[1:] if argv is None else argv)
-    print(f"command: python -m answer_trt.synthetic.train_controlnet {arguments}", flush=True)
+    log = start_log("answer_trt.synthetic.train_controlnet", argv)
     model = args.model or resolve_model("tiny").path
     vae: Any = AutoencoderKL.from_pretrained(model / "vae", torch_dtype=torch.float32).eval()
     unet: Any = UNet2DConditionModel.from_pretrained(model / "unet", torch_dtype=torch.float32).eval()
