@@ -38,3 +38,12 @@ def test_every_local_link_and_picture_is_a_tracked_file(document):
         if relative not in tracked:
             missing.append(target)
     assert not missing, f"{document} links to files git does not track: {missing}"
+
+
+def test_every_test_fixture_file_is_tracked():
+    """tests/data holds committed fixtures (a PNG made by older code, for replay): one that only
+    exists on the machine that made it passes there and fails on every clean clone."""
+    tracked = _tracked()
+    untracked = [path.relative_to(ROOT).as_posix() for path in sorted((ROOT / "tests" / "data").rglob("*"))
+                 if path.is_file() and path.relative_to(ROOT).as_posix() not in tracked]
+    assert not untracked, f"fixtures git does not track (git add -f them): {untracked}"
