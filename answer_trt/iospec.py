@@ -362,3 +362,20 @@ def check_shapes(
                     f"{spec.name}: {want}={got} is outside the built profile [{low}, {high}]; rebuild with "
                     f"`{rebuild_command}`, its {BUILD_FLAG.get(want, 'size flags')} widened to cover it"
                 )
+
+
+class ShapeCheck:
+    """``check_shapes`` for an engine's calls, run once per new set of input shapes rather
+    than at every step (a sampler repeats a few sets). Called with a call's feeds, it returns
+    their shapes in ``spec.input_names`` order; raises ``UserInputError`` as ``check_shapes``."""
+
+    def __init__(self, spec: ComponentSpec, profile: Profile, rebuild_command: str) -> None:
+        self.spec, self.profile, self.rebuild_command = spec, profile, rebuild_command
+        self._last: tuple[tuple[int, ...], ...] | None = None
+
+    def __call__(self, feeds: Mapping[str, Any]) -> tuple[tuple[int, ...], ...]:
+        shapes = tuple(tuple(feeds[name].shape) for name in self.spec.input_names)
+        if shapes != self._last:
+            check_shapes(self.spec, self.profile, dict(zip(self.spec.input_names, shapes)), self.rebuild_command)
+            self._last = shapes
+        return shapes

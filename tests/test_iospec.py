@@ -71,3 +71,27 @@ def test_the_unets_text_axis_takes_whole_chunks_up_to_the_built_maximum():
     with pytest.raises(UserInputError, match=r"text_length=308 is outside the built profile \[77, 231\].*"
                                              "--max-prompt-chunks"):
         check_shapes(spec, profile["unet"], {**ok, "encoder_hidden_states": (3, 308, 768)})
+
+
+def test_an_engines_shape_check_runs_once_per_new_shape_set_and_refuses_as_check_shapes(monkeypatch):
+    import torch
+
+    from answer_trt import iospec
+
+    spec = component_specs(DIMS)["unet"]
+    profile = component_profiles(DIMS, max_batch=1, height=512, width=512)["unet"]
+    ok = {"sample": (3, 4, 64, 64), "timestep": (3,), "encoder_hidden_states": (3, 77, 768)}
+    calls = []
+    monkeypatch.setattr(iospec, "check_shapes", lambda *args: calls.append(args) or check_shapes(*args))
+    check = iospec.ShapeCheck(spec, profile, "answer-trt build --model m")
+    feeds = {name: torch.zeros(shape) for name, shape in ok.items()}
+    assert check(feeds) == tuple(ok[name] for name in spec.input_names)
+    check(feeds)
+    assert len(calls) == 1  # the same shapes again: not checked again
+    wide = {**feeds, "sample": torch.zeros(4, 4, 64, 64), "timestep": torch.zeros(4),
+            "encoder_hidden_states": torch.zeros(4, 77, 768)}
+    with pytest.raises(UserInputError, match=r"batch=4 is outside the built profile \[1, 3\].*answer-trt build"):
+        check(wide)
+    assert len(calls) == 2
+    with pytest.raises(UserInputError):  # a refused set is refused again, never remembered as checked
+        check(wide)

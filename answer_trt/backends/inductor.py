@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from answer_trt.errors import UserInputError
-from answer_trt.iospec import ComponentSpec, Profile, check_shapes
+from answer_trt.iospec import ComponentSpec, Profile, ShapeCheck
 from answer_trt.precision import TORCH_DTYPES
 
 DTYPES = {**TORCH_DTYPES, "int64": torch.int64, "int32": torch.int32}
@@ -69,14 +69,11 @@ class InductorEngine:
             raise UserInputError(f"{path} could not be loaded as an AOTInductor package ({type(exc).__name__}: "
                                  f"{str(exc).strip()[:200]}); rebuild with `{rebuild_command}`") from None
         self._dtypes = [DTYPES[t.dtype] for t in spec.inputs]
-        self._checked: tuple[tuple[int, ...], ...] | None = None
+        self._check_shapes = ShapeCheck(spec, profile, rebuild_command)
         self._lock = threading.Lock()
 
     def run(self, feeds: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        shapes = tuple(tuple(feeds[name].shape) for name in self.spec.input_names)
-        if shapes != self._checked:  # check once per new shape set, not per step
-            check_shapes(self.spec, self.profile, dict(zip(self.spec.input_names, shapes)), self.rebuild_command)
-            self._checked = shapes
+        self._check_shapes(feeds)
         args = [feeds[t.name].to(self.device, dtype, non_blocking=True).contiguous()
                 for t, dtype in zip(self.spec.inputs, self._dtypes)]
         with self._lock, torch.inference_mode():

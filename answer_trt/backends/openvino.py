@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from answer_trt.errors import UserInputError
-from answer_trt.iospec import ComponentSpec, Profile, check_shapes
+from answer_trt.iospec import ComponentSpec, Profile, ShapeCheck
 from answer_trt.precision import component_dtype
 
 INSTALL_HINT = "pip install 'answer-trt[openvino]' (or pip install openvino)"
@@ -149,14 +149,11 @@ class OpenVinoEngine:
         if not static:
             self._compile(None)
         self._dtypes = {t.name: np.dtype(t.dtype) for t in spec.inputs}
-        self._checked: tuple[tuple[int, ...], ...] | None = None
+        self._check_shapes = ShapeCheck(spec, profile, rebuild_command)
         self._lock = threading.Lock()
 
     def run(self, feeds: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        shapes = tuple(tuple(feeds[name].shape) for name in self.spec.input_names)
-        if shapes != self._checked:  # check once per new shape set, not per step
-            check_shapes(self.spec, self.profile, dict(zip(self.spec.input_names, shapes)), self.rebuild_command)
-            self._checked = shapes
+        shapes = self._check_shapes(feeds)
         arrays = {name: np.ascontiguousarray(feeds[name].detach().cpu().numpy(), dtype=self._dtypes[name])
                   for name in self.spec.input_names}
         with self._lock:  # one infer request per compiled model: calls one at a time

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from answer_trt.errors import UserInputError
-from answer_trt.iospec import ComponentSpec, Profile, check_shapes
+from answer_trt.iospec import ComponentSpec, Profile, ShapeCheck
 
 # ONNX Runtime's type names for the IO spec's dtypes.
 ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(bfloat16)": "bfloat16",
@@ -173,17 +173,14 @@ class OnnxRuntimeEngine:
         self.session = ort.InferenceSession(str(path), settings.options(), providers=providers or default_providers())
         check_graph_matches_spec(self.session, spec, path, rebuild_command)
         self._dtypes = {t.name: np.dtype(t.dtype) for t in spec.inputs}
-        self._checked: tuple[tuple[int, ...], ...] | None = None
+        self._check_shapes = ShapeCheck(spec, profile, rebuild_command)
         on_cuda = self.session.get_providers()[0] == "CUDAExecutionProvider"
         self.binding: DeviceBinding | None = None
         if io_binding if io_binding is not None else on_cuda:
             self.binding = DeviceBinding(self.session, spec, torch.device("cuda" if on_cuda else "cpu"))
 
     def run(self, feeds: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        shapes = tuple(tuple(feeds[name].shape) for name in self.spec.input_names)
-        if shapes != self._checked:  # check once per new shape set, not per step
-            check_shapes(self.spec, self.profile, dict(zip(self.spec.input_names, shapes)), self.rebuild_command)
-            self._checked = shapes
+        shapes = self._check_shapes(feeds)
         if self.binding is not None:
             return self.binding.run(feeds, shapes)
         arrays = {
