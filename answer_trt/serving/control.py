@@ -21,13 +21,13 @@ Pure functions: no HTTP, no Ray. Refusals are ``UserInputError`` (one line, HTTP
 
 from __future__ import annotations
 
-import base64
 from dataclasses import dataclass
 from typing import Any
 
 from answer_trt.build_config import MAX_CONTROLNET_SCALE
 from answer_trt.controlnet import ControlImages, check_guidance_window, load_control_images
 from answer_trt.errors import UserInputError
+from answer_trt.serving.protocol import image_bytes
 
 # The extension's control modes (its ControlMode enum: names and their indices).
 BALANCED, MORE_PROMPT, MORE_CONTROL = "Balanced", "My prompt is more important", "ControlNet is more important"
@@ -80,16 +80,6 @@ class ServedControlNets:
 def _shown(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
-
-
-def image_bytes(value: Any, where: str) -> bytes:
-    """The bytes of a base64 image (a ``data:image/...;base64,`` prefix allowed)."""
-    if not isinstance(value, str) or not value:
-        raise UserInputError(f"{where} must be a base64 PNG or JPEG")
-    try:
-        return base64.b64decode(value.split(",", 1)[1] if value.startswith("data:") else value, validate=True)
-    except ValueError:
-        raise UserInputError(f"{where} is not base64: send the image file's bytes in base64") from None
 
 
 def generate_control(value: Any, served: ServedControlNets, height: int, width: int) -> ControlImages:

@@ -39,7 +39,7 @@ from answer_trt.serving.models import (
     OPENAI_TAKEN,
     A1111Field,
 )
-from answer_trt.serving.protocol import png_bytes
+from answer_trt.serving.protocol import image_bytes, png_bytes
 from answer_trt.serving.stats import Progress
 
 # A1111 sampler name -> answer-trt scheduler. Only samplers whose update rule is ours: no
@@ -249,16 +249,6 @@ def a1111_requests(body: BaseModel, seed: int, model_name: str,
             for k in range(iterations)]
 
 
-def _image_bytes(text: Any, name: str) -> bytes:
-    """The bytes of a base64 image field (a ``data:image/...;base64,`` prefix allowed)."""
-    if not isinstance(text, str) or not text:
-        raise UserInputError(f"{name} must be a base64 PNG or JPEG")
-    try:
-        return base64.b64decode(text.split(",", 1)[1] if text.startswith("data:") else text, validate=True)
-    except ValueError:
-        raise UserInputError(f"{name} is not base64: send the image file's bytes in base64") from None
-
-
 def a1111_img2img(body: BaseModel, seed: int, model_name: str,
                   control: Any = None) -> tuple[list[GenerateRequest], InitImage]:
     """An A1111 img2img body (``Img2ImgBody``) as ``a1111_requests`` and the input image (with
@@ -274,7 +264,7 @@ def a1111_img2img(body: BaseModel, seed: int, model_name: str,
     images = fields["init_images"]
     if not images or len(images) != 1:
         raise UserInputError(f"init_images must hold one image (base64 PNG or JPEG), got {len(images or [])}")
-    init = load_init_image(_image_bytes(images[0], "init_images[0]"), fields["height"], fields["width"],
+    init = load_init_image(image_bytes(images[0], "init_images[0]"), fields["height"], fields["width"],
                            what="init_images[0]")
     strength = fields["denoising_strength"] if fields["denoising_strength"] is not None else 0.75
     image_fields: dict[str, Any] = {"strength": strength, "image_sha256": init.sha256}
@@ -286,7 +276,7 @@ def a1111_img2img(body: BaseModel, seed: int, model_name: str,
                                      f"({A1111_IMG2IMG_FIELDS[name].note}), got {_shown(value)}"
                                      f"{' (A1111 default)' if fields[name] is None else ''}: send {_shown(kept)}")
         blur = fields["mask_blur"] if fields["mask_blur"] is not None else 4
-        init = with_mask(init, _image_bytes(fields["mask"], "mask"), blur)
+        init = with_mask(init, image_bytes(fields["mask"], "mask"), blur)
         image_fields.update(mask_sha256=init.mask_sha256, mask_blur=blur)
     control_fields = control(init.height, init.width) if control is not None else None
     requests = [request.replace(height=init.height, width=init.width)

@@ -177,6 +177,17 @@ def png_bytes(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
+def image_bytes(value: Any, where: str) -> bytes:
+    """The bytes of a base64 image field (a ``data:image/...;base64,`` prefix allowed);
+    ``UserInputError`` naming ``where`` when it is not a non-empty base64 string."""
+    if not isinstance(value, str) or not value:
+        raise UserInputError(f"{where} must be a base64 PNG or JPEG")
+    try:
+        return base64.b64decode(value.split(",", 1)[1] if value.startswith("data:") else value, validate=True)
+    except ValueError:
+        raise UserInputError(f"{where} is not base64: send the image file's bytes in base64") from None
+
+
 def render(generation: Generation, response: str) -> tuple[bytes, str]:
     """The response body and its content type."""
     png = png_bytes(generation.images[0])
