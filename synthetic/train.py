@@ -167,6 +167,16 @@ def start_log(module: str, argv: list[str] | None) -> Callable[[str], None]:
     return log
 
 
+def report_saved(folder: Path, log: Callable[[str], None]) -> None:
+    """Prints each file of a saved model folder with its sha256 (the log then names the exact
+    weights a run made) and logs their total size."""
+    total = 0
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        total += path.stat().st_size
+        print(f"{hashlib.sha256(path.read_bytes()).hexdigest()}  {path}")
+    log(f"done: {total / 1e6:.2f} MB in {folder}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="folder to write (replaced if it exists)")
@@ -225,11 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     prefix_text_encoder_tensors(staging / "text_encoder" / "model.safetensors")
     shutil.rmtree(args.out, ignore_errors=True)
     staging.rename(args.out)
-    total = 0
-    for path in sorted(p for p in args.out.rglob("*") if p.is_file()):
-        total += path.stat().st_size
-        print(f"{hashlib.sha256(path.read_bytes()).hexdigest()}  {path}")
-    log(f"done: {total / 1e6:.2f} MB in {args.out}")
+    report_saved(args.out, log)
     return 0
 
 

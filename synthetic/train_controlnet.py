@@ -18,7 +18,6 @@ of every file it writes.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import shutil
 import sys
 from pathlib import Path
@@ -38,6 +37,7 @@ from answer_trt.synthetic.train import (
     TRAIN_TIMESTEPS,
     WeightAverage,
     learning_rate_factor,
+    report_saved,
     start_log,
 )
 
@@ -148,11 +148,7 @@ def main(argv: list[str] | None = None) -> int:
             save(average.modules[0], args.out, step)
             log(f"saved step {step} to {args.out}")
     save(average.modules[0], args.out, last)
-    total = 0
-    for path in sorted(p for p in args.out.rglob("*") if p.is_file()):
-        total += path.stat().st_size
-        print(f"{hashlib.sha256(path.read_bytes()).hexdigest()}  {path}")
-    log(f"done: {total / 1e6:.2f} MB in {args.out}")
+    report_saved(args.out, log)
     return 0
 
 

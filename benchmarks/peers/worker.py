@@ -80,18 +80,11 @@ def load_answer_trt(folder: Path, threads: int) -> tuple[Generate, dict[str, Any
     return generate, {"ort_intra_op": ort_threads, "session": SessionSettings(intra_op_threads=threads).describe()}
 
 
-def load_optimum_intel(folder: Path, threads: int) -> tuple[Generate, dict[str, Any]]:
-    """optimum-intel's ``OVStableDiffusionPipeline`` on its exported IR folder, compiled for
-    the CPU in fp32 (``INFERENCE_PRECISION_HINT`` f32: OpenVINO's default on a CPU with
-    bf16 is bf16) with the latency hint, the benchmark's thread count (``INFERENCE_NUM_THREADS``;
-    answer-trt's OpenVINO engines keep their build's measured count), and its default dynamic
-    shapes."""
+def _diffusers_cfg(pipe: Any) -> Generate:
+    """CFG through a pipeline with diffusers' call (optimum's ONNX Runtime and OpenVINO ones are
+    diffusers' StableDiffusionPipeline over their sessions): the initial latents drawn from a CPU
+    generator of the seed, exactly as diffusers draws them."""
     import torch
-    from optimum.intel import OVStableDiffusionPipeline
-
-    config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": str(threads)}
-    pipe = OVStableDiffusionPipeline.from_pretrained(folder, ov_config=config, compile=True)
-    pipe.set_progress_bar_config(disable=True)
 
     def generate(prompt: str, seed: int, method: str, steps: int, scale: float, size: int) -> np.ndarray:
         _only_cfg(method)
@@ -100,6 +93,22 @@ def load_optimum_intel(folder: Path, threads: int) -> tuple[Generate, dict[str, 
                    generator=generator, output_type="pil")
         return np.asarray(out.images[0].convert("RGB"))
 
+    return generate
+
+
+def load_optimum_intel(folder: Path, threads: int) -> tuple[Generate, dict[str, Any]]:
+    """optimum-intel's ``OVStableDiffusionPipeline`` on its exported IR folder, compiled for
+    the CPU in fp32 (``INFERENCE_PRECISION_HINT`` f32: OpenVINO's default on a CPU with
+    bf16 is bf16) with the latency hint, the benchmark's thread count (``INFERENCE_NUM_THREADS``;
+    answer-trt's OpenVINO engines keep their build's measured count), and its default dynamic
+    shapes."""
+    from optimum.intel import OVStableDiffusionPipeline
+
+    config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": str(threads)}
+    pipe = OVStableDiffusionPipeline.from_pretrained(folder, ov_config=config, compile=True)
+    pipe.set_progress_bar_config(disable=True)
+
+    generate = _diffusers_cfg(pipe)
     unet = pipe.unet.request  # the compiled UNet
     return generate, {"openvino_inference_threads": [int(unet.get_property("INFERENCE_NUM_THREADS"))],
                       "openvino_precision": str(unet.get_property("INFERENCE_PRECISION_HINT"))}
@@ -109,7 +118,6 @@ def load_optimum(folder: Path, threads: int, spinning: bool = True) -> tuple[Gen
     """``spinning=False`` turns ONNX Runtime's spin-waiting off, as answer-trt does
     (optimum leaves it on)."""
     import onnxruntime as ort
-    import torch
     from optimum.onnxruntime import ORTStableDiffusionPipeline
 
     options = ort.SessionOptions()
@@ -120,16 +128,7 @@ def load_optimum(folder: Path, threads: int, spinning: bool = True) -> tuple[Gen
                                                       provider="CPUExecutionProvider")
     pipe.set_progress_bar_config(disable=True)
 
-    def generate(prompt: str, seed: int, method: str, steps: int, scale: float, size: int) -> np.ndarray:
-        _only_cfg(method)
-        # optimum's pipeline is diffusers' StableDiffusionPipeline over ONNX Runtime
-        # sessions: it draws the initial latents from this CPU generator exactly as diffusers does.
-        generator = torch.Generator("cpu").manual_seed(seed)
-        out = pipe(prompt, num_inference_steps=steps, guidance_scale=scale, height=size, width=size,
-                   generator=generator, output_type="pil")
-        return np.asarray(out.images[0].convert("RGB"))
-
-    return generate, {"ort_intra_op": [threads], "ort_spinning": spinning}
+    return _diffusers_cfg(pipe), {"ort_intra_op": [threads], "ort_spinning": spinning}
 
 
 def load_diffusers(folder: Path, threads: int) -> tuple[Generate, dict[str, Any]]:
