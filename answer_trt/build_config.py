@@ -140,6 +140,20 @@ def lora_specs(loras: object) -> tuple[LoraSpec, ...]:
     return tuple(specs)
 
 
+def build_precision(backend: str, device: str = "cpu", precision: str | None = None) -> str:
+    """``precision``, or what a build of ``backend`` for ``device`` gets without one
+    (``rules.default_precision``; openvino asks OpenVINO whether this CPU has native bf16, so a
+    machine without OpenVINO gets its one install line here)."""
+    if precision is not None:
+        return precision
+    native_bf16 = False
+    if backend == "openvino":
+        from answer_trt.backends.openvino import has_native_bf16
+
+        native_bf16 = has_native_bf16()
+    return default_precision(backend, device, native_bf16)
+
+
 @dataclass(frozen=True)
 class BuildConfig:
     """One ``answer-trt build`` request, validated on construction (``UserInputError``)."""
@@ -199,7 +213,7 @@ class BuildConfig:
                                  "always run on CUDA and ONNX Runtime graphs pick their provider at load; drop "
                                  "--device, or add --backend inductor")
         if self.precision is None:
-            object.__setattr__(self, "precision", default_precision(self.backend, self.device))
+            object.__setattr__(self, "precision", build_precision(self.backend, self.device))
         check_choice("precision", self.precision, PRECISIONS)
         if self.precision == "bf16" and self.backend not in BF16_BACKENDS:
             raise UserInputError("--precision bf16 needs --backend tensorrt, inductor or openvino; use fp32 or fp16 "

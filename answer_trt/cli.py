@@ -202,6 +202,12 @@ def _controlnets(args: argparse.Namespace) -> tuple[ControlNetSpec, ...]:
     return tuple(getattr(args, "controlnet", None) or ())
 
 
+def add_cached_precision_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default=None,
+                        help="with --model --backend openvino: the engines' precision (default bf16 where the CPU "
+                             "has native bf16, else fp32); a replay (--from-png) takes the image's")
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = _ArgumentParser(prog="answer-trt", description="ANSWER-guided text-to-image on optimized engines.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_ArgumentParser)
@@ -245,8 +251,9 @@ def make_parser() -> argparse.ArgumentParser:
     source.add_argument("--model", help="model to build into the cache on first use (default `tiny`)")
     add_weights_arguments(g)
     g.add_argument("--backend", choices=LOAD_BACKENDS, default=None,
-                   help="with --model: the engines built into the cache (default onnxruntime; openvino: fp32 "
-                        "OpenVINO), or torch to run it eagerly instead")
+                   help="with --model: the engines built into the cache (default onnxruntime; openvino: "
+                        "OpenVINO, see --precision), or torch to run it eagerly instead")
+    add_cached_precision_argument(g)
     g.add_argument("--device", choices=DEVICES, default=DEVICES[0],
                    help="with --backend torch: cuda runs the model in fp16 on the GPU")
     add_request_arguments(g)
@@ -279,7 +286,9 @@ def make_parser() -> argparse.ArgumentParser:
     bench.add_argument("--scheduler", choices=SCHEDULER_NAMES, default=None, metavar="NAME",
                        help="default: the model's own; ours (ddim, euler, dpm++) or A1111's names (\"Euler a\", ...)")
     bench.add_argument("--backend", choices=LOAD_BACKENDS, default=None,
-                       help="with --model: torch runs it eagerly instead of building engines")
+                       help="with --model: the engines built into the cache (default onnxruntime; openvino: "
+                            "OpenVINO, see --precision), or torch to run it eagerly instead")
+    add_cached_precision_argument(bench)
     bench.add_argument("--device", choices=DEVICES, default=DEVICES[0],
                        help="with --backend torch: cuda runs the model on the GPU (fp16 rule)")
     bench.add_argument("--cuda-graph", action="store_true",
@@ -473,6 +482,13 @@ def _load_pipeline(
     torch [--device cuda]``), or ``--model`` built into the cache for this size and batch."""
     from answer_trt.loaders import build_cached, from_engines, from_model_eager
 
+    precision = getattr(args, "precision", None)
+    if precision is not None and (args.engines is not None or args.backend == "torch"):
+        raise UserInputError(f"--precision {precision} chooses the engines built into the cache for --model: an "
+                             "--engines folder has the precision it was built with, and --backend torch follows "
+                             "--device; drop --precision")
+    if precision == "bf16" and args.backend in (None, "onnxruntime"):
+        raise UserInputError("--precision bf16 runs on OpenVINO: add --backend openvino (onnxruntime runs fp32)")
     if args.engines is not None:
         if args.backend == "torch":
             raise UserInputError("--backend torch runs a model, not engines: use --model with it")
@@ -496,8 +512,25 @@ def _load_pipeline(
                                 controlnets=_controlnets(args))
     return from_engines(build_cached(model, height, width, batch, log=log, variant=variant, loras=loras,
                                      config=args.config, vae=args.vae, backend=args.backend or "onnxruntime",
-                                     controlnets=_controlnets(args)),
+                                     controlnets=_controlnets(args), precision=precision),
                         verify=False)
+
+
+def _replay_precision(recorded: dict[str, Any], backend: str | None, png: Path) -> str | None:
+    """The precision a replay of ``recorded`` builds OpenVINO engines in: the image's, so that it
+    redraws to 0 levels (an fp32 image stays fp32 where bf16 became the default); None (the
+    default) for other backends, or where this CPU lacks the image's bf16 (said on stderr)."""
+    if backend != "openvino" or recorded.get("backend") != "openvino" or recorded.get("precision") not in ("fp32",
+                                                                                                           "bf16"):
+        return None
+    if recorded["precision"] == "bf16":
+        from answer_trt.backends.openvino import has_native_bf16
+
+        if not has_native_bf16():
+            _say(f"answer-trt: --from-png {png} was drawn in bf16, which this CPU lacks: redrawn in fp32 (a few "
+                 "levels from the image)")
+            return None
+    return str(recorded["precision"])
 
 
 def _check_output(path: Path, batch: int) -> None:
@@ -537,6 +570,8 @@ def _generate(args: argparse.Namespace) -> int:
                                vae_hash=vae_digest(vae) if vae is not None and vae.exists() else None,
                                vae_name=vae.name if vae is not None else None)
         weights.check_replay(recorded, f"--from-png {args.from_png}")
+    if recorded is not None and args.engines is None and args.precision is None:
+        args.precision = _replay_precision(recorded, args.backend, args.from_png)
     started = time.perf_counter()
     pipe = _load_pipeline(args, request.height, request.width, request.batch,
                           log=lambda msg: print(msg, file=sys.stderr))

@@ -17,7 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from answer_trt.build_config import BuildConfig, ControlNetSpec, LoraSpec, lora_specs
+from answer_trt.build_config import BuildConfig, ControlNetSpec, LoraSpec, build_precision, lora_specs
 from answer_trt.cache import cache_root
 from answer_trt.errors import UserInputError
 from answer_trt.files import read_bounded
@@ -29,6 +29,7 @@ from answer_trt.rules import (
     DEFAULT_PRECISION,
     DEVICES,
     LOAD_BACKENDS,
+    PRECISIONS,
     check_choice,
     check_memory,
     check_variant,
@@ -39,6 +40,7 @@ def load(
     source: str | Path = "tiny", *, backend: str | None = None, device: str = "cpu", build_log: Any = None,
     variant: str | None = None, loras: Any = None, config: str | Path | None = None,
     lora_dir: str | Path | None = None, vae: str | Path | None = None, controlnets: Any = None,
+    precision: str | None = None,
 ) -> Any:
     """``source``: an engines folder (has manifest.json), or a MODEL (``tiny``, a
     diffusers folder, a single-file ``.safetensors`` checkpoint, a hub id). A model is built
@@ -62,13 +64,21 @@ def load(
     it was built with.
     ``controlnets``: diffusers ControlNet folders built beside the UNet, ``["canny-dir:0.8"]``
     (``"DIR[:SCALE]"`` strings or ``ControlNetSpec``; ``answer_trt.controlnet``); with an engines
-    folder, what it was built with."""
+    folder, what it was built with.
+    ``precision``: the precision of engines built into the cache (``"fp32"``, or ``"bf16"`` with
+    ``backend="openvino"``); by default the backend's: openvino runs bf16 where the CPU has native
+    bf16, fp32 elsewhere (``build_config.build_precision``)."""
     if not isinstance(source, (str, os.PathLike)) or isinstance(source, bytes):
         raise UserInputError(f"load() takes a model name, a model folder or an engines folder as a str or path, "
                              f"got {type(source).__name__}: e.g. load('tiny')")
     if backend is not None:
         check_choice("backend", backend, LOAD_BACKENDS)
     check_choice("device", device, DEVICES)
+    if precision is not None:
+        check_choice("precision", precision, PRECISIONS)
+        if backend == "torch" or (Path(source) / MANIFEST_NAME).is_file():
+            raise UserInputError("precision chooses the engines built into the cache for a MODEL: an engines folder "
+                                 "has its own and backend='torch' follows the device; drop precision")
     if variant is not None:
         check_variant(variant)
     specs = lora_specs(loras)
@@ -86,7 +96,7 @@ def load(
                                  "built with its own: pass a MODEL with lora_dir, or drop lora_dir")
         return LoraDirPipeline(lambda chosen: load(source, backend=backend, device=device, build_log=build_log,
                                                    variant=variant, loras=chosen, config=config, vae=vae,
-                                                   controlnets=controlnets),
+                                                   controlnets=controlnets, precision=precision),
                                check_lora_dir(lora_dir), specs)
     controls = controlnet_specs(controlnets)
     if backend == "torch":
@@ -102,7 +112,8 @@ def load(
             check_built_controlnets(Path(source), read_manifest(Path(source)), controls)
         return pipe
     return from_engines(build_cached(str(source), log=build_log, variant=variant, loras=specs, config=model_config,
-                                     vae=vae_path, backend=backend or "onnxruntime", controlnets=controls),
+                                     vae=vae_path, backend=backend or "onnxruntime", controlnets=controls,
+                                     precision=precision),
                         verify=False)
 
 class LoraDirPipeline:
@@ -360,9 +371,9 @@ def from_model_eager(model: str, device: str = "cpu", variant: str | None = None
 def cached_engines_folder(model: str, height: int | None, width: int | None, max_batch: int,
                           variant: str | None = None, loras: tuple[LoraSpec, ...] = (),
                           config: str | None = None, vae: str | None = None, backend: str = "onnxruntime",
-                          controlnets: tuple[ControlNetSpec, ...] = ()) -> Path:
+                          controlnets: tuple[ControlNetSpec, ...] = (), precision: str = "fp32") -> Path:
     """One cache folder per model, weights variant, LoRAs (files by path, and scales), single-file
-    configs, ``--vae`` (by path), backend (onnxruntime or openvino) and build shape:
+    configs, ``--vae`` (by path), backend (onnxruntime or openvino), precision and build shape:
     ``<cache>/engines/<name>-<hash>-...``. (A LoRA file or single-file checkpoint changed in place
     is rebuilt in the same folder: the build key holds its sha256.)"""
     from answer_trt.models.source import BUILT_IN_MODELS
@@ -383,6 +394,8 @@ def cached_engines_folder(model: str, height: int | None, width: int | None, max
         where += f"\0vae={Path(vae).expanduser().resolve()}"
     if backend != "onnxruntime":  # in the name only there: ONNX Runtime's folders keep theirs
         where += f"\0backend={backend}"
+    if precision != "fp32":  # likewise: fp32 folders (openvino's default before bf16) keep theirs
+        where += f"\0precision={precision}"
     tag = hashlib.sha256(where.encode()).hexdigest()[:10]
     size = f"{height or 'default'}x{width or 'default'}"
     return cache_root() / "engines" / f"{slug}-{tag}-{size}-b{max_batch}"
@@ -394,20 +407,26 @@ def build_cached(
     vae: str | None = None,
     backend: str = "onnxruntime",
     controlnets: tuple[ControlNetSpec, ...] = (),
+    precision: str | None = None,
 ) -> Path:
-    """Build (or reuse) ONNX Runtime (``backend="openvino"``: OpenVINO, fp32) engines for ``model``
+    """Build (or reuse) ONNX Runtime (``backend="openvino"``: OpenVINO) engines for ``model``
     (its weights ``variant``, with ``loras`` fused; a single file with the configs of ``config``)
-    in the cache; returns the folder. ``batch`` images of ``height`` x ``width`` are sized
-    against the memory limit first, so an absurd request never starts a build."""
+    in the cache; returns the folder. ``precision``: fp32, or bf16 with openvino; by default the
+    backend's (``build_config.build_precision``: openvino runs bf16 where the CPU has native bf16).
+    ``batch`` images of ``height`` x ``width`` are sized against the memory limit first, so an
+    absurd request never starts a build."""
     default = check_cached_request(model, height, width, batch, variant, config)
     # The model's default size asked for by number (a replayed PNG records it) is the default
     # build: one cache folder, not a second build of the same engines.
     height, width = (None if side == default else side for side in (height, width))
     max_batch = max(DEFAULT_MAX_BATCH, batch)
-    folder = cached_engines_folder(model, height, width, max_batch, variant, loras, config, vae, backend, controlnets)
+    precision = build_precision(backend, "cpu", precision)
+    folder = cached_engines_folder(model, height, width, max_batch, variant, loras, config, vae, backend, controlnets,
+                                   precision)
     vae_argument = None if vae is None else str(Path(vae).expanduser().resolve())
     request = BuildConfig(model=model, out=folder, max_batch=max_batch, height=height, width=width, variant=variant,
-                          loras=loras, model_config=config, vae=vae_argument, backend=backend, controlnets=controlnets)
+                          loras=loras, model_config=config, vae=vae_argument, backend=backend, controlnets=controlnets,
+                          precision=precision)
     build_engines(request, log=log or (lambda _msg: None))
     return folder
 

@@ -190,8 +190,16 @@ def test_the_inference_precision_follows_the_precision_rule():
     assert compile_config("bf16", 2)["INFERENCE_NUM_THREADS"] == "2"
 
 
-def test_build_requests_for_openvino():
-    assert BuildConfig(backend="openvino").precision == "fp32"  # until bf16 passes the quality gate
+def test_build_requests_for_openvino(monkeypatch):
+    import answer_trt.backends.openvino as backend
+
+    # bf16 passed the quality gate (issue 35): the default where the CPU has native bf16, fp32 elsewhere.
+    monkeypatch.setattr(backend, "cpu_capabilities", lambda: ("BF16", "FP32", "INT8"))
+    assert BuildConfig(backend="openvino").precision == "bf16"
+    assert BuildConfig(backend="openvino").checks_accuracy  # a bf16 build is checked against torch by default
+    monkeypatch.setattr(backend, "cpu_capabilities", lambda: ("FP32", "INT8"))
+    assert BuildConfig(backend="openvino").precision == "fp32"
+    assert BuildConfig(backend="onnxruntime").precision == "fp32"
     assert BuildConfig(backend="openvino", precision="bf16").precision == "bf16"
     with pytest.raises(UserInputError, match="--backend openvino runs fp32 or bf16"):
         BuildConfig(backend="openvino", precision="fp16")
@@ -223,21 +231,59 @@ def test_loading_openvino_engines_without_openvino_gets_one_line(monkeypatch, fp
 
 
 @needs_openvino
-def test_load_and_generate_build_openvino_engines_into_the_cache(tmp_path, monkeypatch):
+def test_load_and_generate_build_openvino_engines_into_the_cache(tmp_path, monkeypatch, capsys):
     """`load(model, backend="openvino")` and `generate --model --backend openvino`: a cache folder of
-    their own (ONNX Runtime's keeps its name), fp32 OpenVINO engines."""
+    their own (ONNX Runtime's keeps its name), in the default precision (bf16 where the CPU has it);
+    an fp32 image (openvino's default before bf16) replays from its PNG on fp32 engines, to 0 levels."""
     import answer_trt
     from answer_trt.cli import main
     from answer_trt.loaders import cached_engines_folder
+    from tests.cli_run import file_pixels
 
     monkeypatch.setenv("ANSWER_TRT_CACHE", str(tmp_path / "cache"))
-    assert cached_engines_folder("tiny", None, None, 4) != cached_engines_folder("tiny", None, None, 4,
-                                                                                  backend="openvino")
+    fp32_folder = cached_engines_folder("tiny", None, None, 4, backend="openvino")
+    assert len({cached_engines_folder("tiny", None, None, 4), fp32_folder,
+                cached_engines_folder("tiny", None, None, 4, backend="openvino", precision="bf16")}) == 3
+    default = "bf16" if _has_bf16() else "fp32"
     pipe = answer_trt.load("tiny", backend="openvino")
-    assert pipe.backend == "openvino" and pipe.precision == "fp32"
-    assert main(["generate", PROMPT, "--model", "tiny", "--backend", "openvino", "--steps", "2",
-                 "-o", str(tmp_path / "x.png")]) == 0
-    assert (tmp_path / "x.png").is_file()
+    assert pipe.backend == "openvino" and pipe.precision == default
+    assert answer_trt.load("tiny", backend="openvino", precision="fp32").precision == "fp32"
+    assert fp32_folder.is_dir()  # the fp32 build keeps the folder name it had before bf16 was the default
+    generate = ["generate", PROMPT, "--model", "tiny", "--backend", "openvino", "--steps", "2"]
+    assert main([*generate, "--precision", "fp32", "-o", str(tmp_path / "fp32.png")]) == 0
+    assert main([*generate, "-o", str(tmp_path / "default.png")]) == 0
+    assert main(["generate", "--from-png", str(tmp_path / "fp32.png"), "--backend", "openvino",
+                 "-o", str(tmp_path / "replay.png")]) == 0
+    assert np.array_equal(file_pixels(tmp_path / "replay.png"), file_pixels(tmp_path / "fp32.png"))
+    if default == "bf16":  # bf16 draws the same picture within a few levels, not the same pixels
+        diff = np.abs(file_pixels(tmp_path / "default.png").astype(int) - file_pixels(tmp_path / "fp32.png"))
+        assert 0 < diff.mean() < 3
+    capsys.readouterr()
+    for flags, message in ((["--precision", "bf16"], "--precision bf16 runs on OpenVINO: add --backend openvino"),
+                           (["--backend", "torch", "--precision", "fp32"], "--precision fp32 chooses the engines "
+                                                                           "built into the cache")):
+        assert main(["generate", PROMPT, "--model", "tiny", *flags, "-o", str(tmp_path / "no.png")]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.splitlines()) == 1
+    with pytest.raises(UserInputError, match="precision chooses the engines built into the cache"):
+        answer_trt.load(fp32_folder, precision="bf16")
+
+
+def test_a_replay_builds_openvino_engines_in_the_images_precision(monkeypatch, capsys):
+    import answer_trt.backends.openvino as backend
+    from answer_trt.cli import _replay_precision
+
+    png = Path("x.png")
+    monkeypatch.setattr(backend, "has_native_bf16", lambda: True)
+    assert _replay_precision({"backend": "openvino", "precision": "fp32"}, "openvino", png) == "fp32"
+    assert _replay_precision({"backend": "openvino", "precision": "bf16"}, "openvino", png) == "bf16"
+    assert _replay_precision({"backend": "onnxruntime", "precision": "fp32"}, "openvino", png) is None
+    assert _replay_precision({"backend": "openvino", "precision": "fp32"}, None, png) is None  # onnxruntime: fp32
+    assert _replay_precision({"backend": "openvino", "precision": 3}, "openvino", png) is None
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(backend, "has_native_bf16", lambda: False)
+    assert _replay_precision({"backend": "openvino", "precision": "bf16"}, "openvino", png) is None
+    assert "drawn in bf16, which this CPU lacks: redrawn in fp32" in capsys.readouterr().err
 
 
 @needs_openvino

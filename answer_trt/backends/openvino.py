@@ -72,6 +72,13 @@ def cpu_capabilities() -> tuple[str, ...]:
     return tuple(str(c) for c in core().get_property(DEVICE, "OPTIMIZATION_CAPABILITIES"))
 
 
+def has_native_bf16() -> bool:
+    """Whether OpenVINO reports native bf16 (``BF16``: AVX512-BF16 or AMX) on this CPU, which makes
+    bf16 the default precision of an openvino build (``rules.default_precision``); a
+    ``UserInputError`` naming the install when OpenVINO is missing."""
+    return "BF16" in cpu_capabilities()
+
+
 def check_precision_here(precision: str, what: str = "--precision bf16",
                          remedy: str = "use --precision fp32") -> None:
     """Refuse, in one line, a precision this CPU cannot run natively: bf16 needs a CPU that
