@@ -63,3 +63,28 @@ def test_a_png_made_before_replays_to_its_pixels_whatever_answers_default(answer
     out = tmp_path / "replayed.png"
     assert run_cli("generate", "--from-png", OLD_PNG, "-o", out) == 0
     assert np.array_equal(file_pixels(out), file_pixels(OLD_PNG))
+
+
+def test_the_sweeps_rule_switches_only_to_a_threshold_worse_nowhere_and_better_pooled():
+    """benchmarks/answer_default_sweep.py's verdict (issue 37, part 2) on made-up verdicts."""
+    from benchmarks.answer_default_sweep import TODAY, candidate, decide
+
+    rng = np.random.default_rng(0)
+    today = (rng.random(256) < 0.6).astype(float)
+
+    def flipped(share: float, to: float) -> list[float]:  # ``share`` of today's verdicts set to ``to``
+        out = today.copy()
+        out[rng.random(256) < share] = to
+        return out.tolist()
+
+    rows = {TODAY: 77, candidate(0.3): 74, candidate(0.5): 70, candidate(0.7): 63}
+    better = {TODAY: today.tolist(), candidate(0.3): today.tolist(), candidate(0.5): flipped(0.3, 1.0),
+              candidate(0.7): flipped(0.15, 1.0)}
+    verdicts, chosen = decide([("a", better), ("b", better)], rows)
+    assert chosen == 0.5  # the best pooled of those that pass; 0.3 is level (not better), so it fails
+    assert [v.passes for v in verdicts] == [False, True, True] and verdicts[1].pooled > verdicts[2].pooled > 0
+    worse_in_b = {**better, candidate(0.5): flipped(0.5, 0.0)}
+    verdicts, chosen = decide([("a", better), ("b", worse_in_b)], rows)
+    assert verdicts[1].worse_cells == ("b",) and not verdicts[1].passes and chosen == 0.7
+    verdicts, chosen = decide([("a", better)], {**rows, candidate(0.5): 80, candidate(0.7): 78})
+    assert chosen is None  # better, but dearer than today's default: kept

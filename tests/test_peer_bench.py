@@ -57,7 +57,9 @@ def test_settings_refuse_bad_values_in_one_line(changes: dict[str, object], mess
 def test_parse_peers_short_names_and_all() -> None:
     assert harness.parse_peers("all") == ("answer-trt CFG", "answer-trt ANSWER", "optimum ORT CFG",
                                           "diffusers eager CFG")  # no optimum-intel: its own environment
-    assert harness.parse_peers("openvino")[4:] == ("answer-trt OV CFG", "answer-trt OV ANSWER", "optimum-intel OV CFG")
+    assert harness.parse_peers("openvino")[4:] == ("answer-trt OV CFG", "answer-trt OV ANSWER", "optimum-intel OV CFG",
+                                                   "optimum-intel OV bf16 CFG")
+    assert harness.parse_peers("optimum-intel-bf16") == ("optimum-intel OV bf16 CFG",)
     assert harness.parse_peers("ov-cfg,optimum-intel") == ("answer-trt OV CFG", "optimum-intel OV CFG")
     assert harness.parse_peers("cfg, optimum") == ("answer-trt CFG", "optimum ORT CFG")
     with pytest.raises(harness.SettingsError, match="unknown trt"):
@@ -203,9 +205,10 @@ def test_build_arguments_name_their_own_engines_json_and_readme_block() -> None:
 def test_openvino_peers_get_their_workers_environments_and_a_second_baseline(tmp_path: Path) -> None:
     run = _module("run")
     ov, _ = run.parse_args(["--model", "tiny", "--peers", "openvino"])
-    assert len(ov.peers) == 7 and run.run_name(ov) == "tiny-openvino"  # its own JSON and README block
-    assert {harness.PEERS[p][0] for p in ov.peers} >= {"answer-trt-openvino", "optimum-intel"}
+    assert len(ov.peers) == 8 and run.run_name(ov) == "tiny-openvino"  # its own JSON and README block
+    assert {harness.PEERS[p][0] for p in ov.peers} >= {"answer-trt-openvino", "optimum-intel", "optimum-intel-bf16"}
     assert run.python_for("optimum-intel", tmp_path) == tmp_path / "optimum-intel" / "bin" / "python"
+    assert run.python_for("optimum-intel-bf16", tmp_path) == tmp_path / "optimum-intel" / "bin" / "python"
     assert run.python_for("answer-trt-openvino", tmp_path) == Path(sys.executable)
     with pytest.raises(RuntimeError, match="setup.sh --openvino"):
         run.export("optimum-intel", ["openvino"], tmp_path, tmp_path / "out", tmp_path, [])

@@ -19,15 +19,20 @@ PEERS: dict[str, tuple[str, str]] = {
     "answer-trt OV CFG": ("answer-trt-openvino", "cfg"),
     "answer-trt OV ANSWER": ("answer-trt-openvino", "answer"),
     "optimum-intel OV CFG": ("optimum-intel", "cfg"),
+    # optimum-intel at OpenVINO's own default precision on a CPU with native bf16 (answer-trt's default there too).
+    "optimum-intel OV bf16 CFG": ("optimum-intel-bf16", "cfg"),
 }
 REFERENCE = "diffusers eager CFG"
 OURS_CFG, OURS_ANSWER, OPTIMUM = "answer-trt CFG", "answer-trt ANSWER", "optimum ORT CFG"
 OURS_OV_CFG, OURS_OV_ANSWER, OPTIMUM_INTEL = "answer-trt OV CFG", "answer-trt OV ANSWER", "optimum-intel OV CFG"
+OPTIMUM_INTEL_BF16 = "optimum-intel OV bf16 CFG"
+OPENVINO_KINDS = ("answer-trt-openvino", "optimum-intel", "optimum-intel-bf16")
 # --peers all: the ONNX Runtime set (optimum-intel needs its own environment: setup.sh --openvino).
 DEFAULT_PEERS = (OURS_CFG, OURS_ANSWER, OPTIMUM, REFERENCE)
 # --peers short names.
 SHORT_NAMES = {"cfg": OURS_CFG, "answer": OURS_ANSWER, "optimum": OPTIMUM, "diffusers": REFERENCE,
-               "ov-cfg": OURS_OV_CFG, "ov-answer": OURS_OV_ANSWER, "optimum-intel": OPTIMUM_INTEL}
+               "ov-cfg": OURS_OV_CFG, "ov-answer": OURS_OV_ANSWER, "optimum-intel": OPTIMUM_INTEL,
+               "optimum-intel-bf16": OPTIMUM_INTEL_BF16}
 # A CFG peer whose images differ from diffusers' by more than this many 8-bit levels is flagged.
 AGREEMENT_LEVELS = 4
 
@@ -48,6 +53,9 @@ TARGETS = (
     ("answer-trt ANSWER no slower than optimum CFG", OURS_ANSWER, OPTIMUM, 1.0, ("tiny",)),
     ("answer-trt OV CFG >= 1.1x faster than optimum-intel per image", OURS_OV_CFG, OPTIMUM_INTEL, 1.1,
      ("tiny", "sd15-random")),
+    ("answer-trt OV CFG >= 1.1x faster than optimum-intel in bf16 per image", OURS_OV_CFG, OPTIMUM_INTEL_BF16, 1.1,
+     ("tiny", "sd15-random")),
+    ("answer-trt OV ANSWER no slower than optimum ORT CFG", OURS_OV_ANSWER, OPTIMUM, 1.0, ("tiny", "sd15-random")),
     ("answer-trt OV CFG >= 1.5x faster than optimum ORT per image", OURS_OV_CFG, OPTIMUM, 1.5, ("tiny", "sd15-random")),
 )
 
@@ -79,7 +87,7 @@ class Settings:
         parts = [a.lstrip("-").replace("=", "-").replace("/", "-") for a in self.build_args]
         if not self.optimum_spinning:
             parts.append("optimum-no-spinning")
-        if any(PEERS.get(p, ("", ""))[0] in ("answer-trt-openvino", "optimum-intel") for p in self.peers):
+        if any(PEERS.get(p, ("", ""))[0] in OPENVINO_KINDS for p in self.peers):
             parts.append("openvino")  # its own README block: the ONNX Runtime set's stays as it was
         return "".join(f"-{p}" for p in parts if p)
 
@@ -114,13 +122,13 @@ def schedule(peers: Sequence[str], rounds: int) -> list[tuple[int, str]]:
 
 def parse_peers(text: str) -> tuple[str, ...]:
     """``--peers`` as short names (``cfg,answer,optimum,diffusers``, and the OpenVINO peers
-    ``ov-cfg,ov-answer,optimum-intel``), ``all`` (the ONNX Runtime set, ``DEFAULT_PEERS``) or
-    ``openvino`` (``all`` and the three OpenVINO peers)."""
+    ``ov-cfg,ov-answer,optimum-intel,optimum-intel-bf16``), ``all`` (the ONNX Runtime set,
+    ``DEFAULT_PEERS``) or ``openvino`` (``all`` and the four OpenVINO peers)."""
     short = SHORT_NAMES
     if text.strip() == "all":
         return DEFAULT_PEERS
     if text.strip() == "openvino":
-        return (*DEFAULT_PEERS, OURS_OV_CFG, OURS_OV_ANSWER, OPTIMUM_INTEL)
+        return (*DEFAULT_PEERS, OURS_OV_CFG, OURS_OV_ANSWER, OPTIMUM_INTEL, OPTIMUM_INTEL_BF16)
     names = [t.strip() for t in text.split(",") if t.strip()]
     bad = [n for n in names if n not in short]
     if bad or not names:

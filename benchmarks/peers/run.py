@@ -113,8 +113,10 @@ def prepare(settings: Settings, work: Path, venvs: Path, commands: list[str]) ->
                   *backend], f"{kind} engines", commands)
         folders[kind] = engines
     for kind, how in (("optimum", ["onnx"]), ("optimum-intel", ["openvino", "--weight-format", "fp32"])):
-        if kind in kinds:
+        if kind in kinds or (kind == "optimum-intel" and "optimum-intel-bf16" in kinds):
             folders[kind] = export(kind, how, model, work / kind / settings.model, venvs, commands)
+    if "optimum-intel-bf16" in kinds:  # the same fp32 IR, compiled in bf16
+        folders["optimum-intel-bf16"] = folders["optimum-intel"]
     return folders
 
 
@@ -139,7 +141,8 @@ def export(kind: str, how: list[str], model: Path, exported: Path, venvs: Path, 
 
 def python_for(kind: str, venvs: Path) -> Path:
     """The worker's interpreter: the optimum peers' own environments, answer-trt's otherwise."""
-    return venvs / kind / "bin" / "python" if kind in ("optimum", "optimum-intel") else Path(sys.executable)
+    own = {"optimum": "optimum", "optimum-intel": "optimum-intel", "optimum-intel-bf16": "optimum-intel"}
+    return venvs / own[kind] / "bin" / "python" if kind in own else Path(sys.executable)
 
 
 def run_name(settings: Settings) -> str:
@@ -228,8 +231,8 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, argparse.Namespace]:
     parser.add_argument("--threads", type=int, default=2, help="threads for every peer (torch and ORT intra-op)")
     parser.add_argument("--seed", type=int, default=0, help="seed of image 0 (image i uses seed + i)")
     parser.add_argument("--peers", default="all",
-                        help="all (cfg,answer,optimum,diffusers), openvino (all and ov-cfg,ov-answer,optimum-intel), "
-                             "or a list of those short names")
+                        help="all (cfg,answer,optimum,diffusers), openvino (all and ov-cfg,ov-answer,optimum-intel,"
+                             "optimum-intel-bf16), or a list of those short names")
     parser.add_argument("--work", type=Path, default=ROOT / ".peer-bench",
                         help="models, engines, exports, images and logs (default .peer-bench/)")
     parser.add_argument("--venvs", type=Path, default=ROOT / ".peer-venvs", help="setup.sh's folder")

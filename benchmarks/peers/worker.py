@@ -96,15 +96,15 @@ def _diffusers_cfg(pipe: Any) -> Generate:
     return generate
 
 
-def load_optimum_intel(folder: Path, threads: int) -> tuple[Generate, dict[str, Any]]:
+def load_optimum_intel(folder: Path, threads: int, hint: str = "f32") -> tuple[Generate, dict[str, Any]]:
     """optimum-intel's ``OVStableDiffusionPipeline`` on its exported IR folder, compiled for
     the CPU in fp32 (``INFERENCE_PRECISION_HINT`` f32: OpenVINO's default on a CPU with
-    bf16 is bf16) with the latency hint, the benchmark's thread count (``INFERENCE_NUM_THREADS``;
-    answer-trt's OpenVINO engines keep their build's measured count), and its default dynamic
-    shapes."""
+    bf16 is bf16; ``hint="bf16"``: that default, asked for by name) with the latency hint, the
+    benchmark's thread count (``INFERENCE_NUM_THREADS``; answer-trt's OpenVINO engines keep their
+    build's measured count), and its default dynamic shapes."""
     from optimum.intel import OVStableDiffusionPipeline
 
-    config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": str(threads)}
+    config = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": str(threads)}
     pipe = OVStableDiffusionPipeline.from_pretrained(folder, ov_config=config, compile=True)
     pipe.set_progress_bar_config(disable=True)
 
@@ -162,6 +162,7 @@ LOADERS: dict[str, Callable[[Path, int], tuple[Generate, dict[str, Any]]]] = {
     "diffusers": load_diffusers,
     "answer-trt-openvino": load_answer_trt,
     "optimum-intel": load_optimum_intel,
+    "optimum-intel-bf16": lambda folder, threads: load_optimum_intel(folder, threads, hint="bf16"),
 }
 
 
