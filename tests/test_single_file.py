@@ -330,6 +330,39 @@ def test_an_sdxl_single_file_round_trips_and_draws_the_folders_image(tmp_path):
     assert "SDXL checkpoint" in _one_line(exc)
 
 
+def test_v_pred_and_ztsnr_marker_keys_set_the_scheduler_as_a1111_and_comfyui_read_them(tmp_path, monkeypatch):
+    """A v-prediction SDXL fine-tune's empty ``v_pred`` (and ``ztsnr``) tensors: converted with
+    v_prediction (and a zero-terminal-SNR, trailing schedule), and drawn as the diffusers folder
+    with that scheduler draws; a file without them converts as before."""
+    import shutil
+
+    monkeypatch.setenv("ANSWER_TRT_CACHE", str(tmp_path / "cache"))
+    folder = _tiny_sdxl(tmp_path / "sdxl")
+    plain = write_ldm_checkpoint(folder, tmp_path / "plain.safetensors")
+    marked = tmp_path / "vpred.safetensors"
+    save_file({**load_file(str(plain)), "v_pred": torch.tensor([]), "ztsnr": torch.tensor([])}, str(marked))
+    assert checkpoint_family(marked).label == "SDXL"
+    scheduler = json.loads((resolve_model(str(marked), config=str(folder)).path / "scheduler" /
+                            "scheduler_config.json").read_text())
+    assert (scheduler["prediction_type"], scheduler["rescale_betas_zero_snr"], scheduler["timestep_spacing"]) == (
+        "v_prediction", True, "trailing")
+    unmarked = json.loads((resolve_model(str(plain), config=str(folder)).path / "scheduler" /
+                           "scheduler_config.json").read_text())
+    assert unmarked["prediction_type"] == "epsilon" and not unmarked.get("rescale_betas_zero_snr")
+    assert resolve_model(str(marked), config=str(folder)).content_hash() != \
+        resolve_model(str(plain), config=str(folder)).content_hash()  # engines of the two are not shared
+    expected = tmp_path / "sdxl-vpred"
+    shutil.copytree(folder, expected)
+    config = json.loads((expected / "scheduler" / "scheduler_config.json").read_text())
+    config.update(prediction_type="v_prediction", rescale_betas_zero_snr=True, timestep_spacing="trailing")
+    (expected / "scheduler" / "scheduler_config.json").write_text(json.dumps(config))
+    kwargs = dict(seed=3, steps=3)
+    ours = _pixels(answer_trt.load(str(marked), backend="torch", config=str(folder)).generate(PROMPT, **kwargs))
+    theirs = _pixels(answer_trt.load(str(expected), backend="torch").generate(PROMPT, **kwargs))
+    as_epsilon = _pixels(answer_trt.load(str(plain), backend="torch", config=str(folder)).generate(PROMPT, **kwargs))
+    assert theirs.std() > 1 and np.abs(ours - theirs).max() == 0 and np.abs(ours - as_epsilon).max() > 0
+
+
 def test_an_sd2_single_file_takes_its_prediction_type_from_the_config(tmp_path):
     folder = resolve_model("tiny-sd21").path
     file = write_ldm_checkpoint(folder, tmp_path / "tiny-sd2.safetensors", open_clip=True)

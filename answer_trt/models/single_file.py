@@ -24,6 +24,13 @@ tensors; without ``--config`` the file's UNet tells, as AUTOMATIC1111 tells it
 (``is_using_v_parameterization_for_sd2``: one float32 step on a constant input; a mean output
 below -1 is v-prediction), once per file (the answer is kept in the cache by the file's sha256).
 
+Marker keys: v-prediction SDXL fine-tunes carry an empty ``v_pred`` tensor (and ``ztsnr`` when
+trained on a zero-terminal-SNR schedule), which AUTOMATIC1111 (1.10) and ComfyUI read and
+diffusers' converter does not. The converted folder's scheduler config follows them
+(``marker_scheduler_options``): ``prediction_type`` ``v_prediction``; ``rescale_betas_zero_snr``
+with ``trailing`` timesteps, the setting diffusers gives for such schedules (Lin et al. 2024,
+"Common Diffusion Noise Schedules and Sample Steps are Flawed").
+
 Pickle checkpoints (``.ckpt``, ``.pt``, ``.pth``, ``.bin``) are refused: unpickling can run
 code, and A1111-era ``.ckpt`` files hold training objects that ``torch.load(weights_only=True)``
 does not open anyway. The message says how to convert them.
@@ -103,6 +110,11 @@ UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 TEXT_PREFIXES = ("cond_stage_model.", "conditioner.embedders.")
 TOO_LARGE_HEADER_KEYS = 200_000
+# Marker keys a checkpoint may carry -> the scheduler config options they ask for.
+MARKER_KEYS: dict[str, dict[str, Any]] = {
+    "v_pred": {"prediction_type": "v_prediction"},
+    "ztsnr": {"rescale_betas_zero_snr": True, "timestep_spacing": "trailing"},
+}
 
 
 @dataclass(frozen=True)
@@ -118,18 +130,26 @@ class SingleFile:
     config: str
     config_path: Path
     config_sha256: str
+    markers: tuple[str, ...] = ()  # the file's MARKER_KEYS, in MARKER_KEYS order
 
     @property
     def model_hash(self) -> str:
         """What the build key and the manifest name the model by: the file's content and the
-        configs' content (a 64-digit sha256)."""
-        return hashlib.sha256(f"single-file\0{self.sha256}\0{self.config_sha256}".encode()).hexdigest()
+        configs' content, and what the file's marker keys change (a 64-digit sha256)."""
+        marked = "".join(f"\0marker={m}" for m in self.markers)
+        return hashlib.sha256(f"single-file\0{self.sha256}\0{self.config_sha256}{marked}".encode()).hexdigest()
+
+    def scheduler_options(self) -> dict[str, Any]:
+        """What the file's marker keys set in the converted scheduler config (``MARKER_KEYS``)."""
+        return {k: v for marker in self.markers for k, v in MARKER_KEYS[marker].items()}
 
     def describe(self) -> str:
         """One line for the build log: ``model.safetensors: SD 1.x single-file checkpoint (sha256 ...),
         configs and tokenizer from ...``."""
+        marked = f"; its {' and '.join(self.markers)} key{'s' if len(self.markers) > 1 else ''} set " + ", ".join(
+            f"{k}={v}" for k, v in self.scheduler_options().items()) if self.markers else ""
         return (f"{self.file.name}: {self.family.label} single-file checkpoint (sha256 {self.sha256[:12]}), "
-                f"configs and tokenizer from {self.config}")
+                f"configs and tokenizer from {self.config}{marked}")
 
 
 def is_single_file(path: Path) -> bool:
@@ -326,7 +346,9 @@ def resolve_single_file(path: Path, config: str | None) -> SingleFile:
     if config is None and family.model_type == "v2":
         default = SHIPPED_PREFIX + (family.shipped if sd2_predicts_v(path, sha256) else SD2_EPSILON)
     name, folder = resolve_config(config, family, path, default)
-    return SingleFile(path.resolve(), sha256, family, name, folder, config_sha256(folder))
+    header = check_safetensors(path)
+    markers = tuple(key for key in MARKER_KEYS if key in header)
+    return SingleFile(path.resolve(), sha256, family, name, folder, config_sha256(folder), markers)
 
 
 def sd2_predicts_v(file: Path, sha256: str) -> bool:
@@ -395,7 +417,8 @@ def converted_folder(checkpoint: SingleFile) -> Path:
     the file's sha256 and one digest of the configs and the converting libraries' versions
     (a diffusers upgrade converts again, as it rebuilds engines)."""
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", checkpoint.file.stem)[:40] or "model"
-    converter = hashlib.sha256(f"{checkpoint.config_sha256}\0{_converter_versions()}".encode()).hexdigest()
+    marked = "".join(f"\0marker={m}" for m in checkpoint.markers)  # none: the folder name it always had
+    converter = hashlib.sha256(f"{checkpoint.config_sha256}\0{_converter_versions()}{marked}".encode()).hexdigest()
     return cache_root() / "models" / CONVERTED_FOLDER / f"{stem}-{checkpoint.sha256[:16]}-{converter[:12]}"
 
 
@@ -465,6 +488,9 @@ def convert(checkpoint: SingleFile, out: Path) -> None:
     options["torch_dtype"] = _stored_dtype(checkpoint.file, torch)
     try:
         pipeline = pipeline_class.from_single_file(str(checkpoint.file), **options)
+        if checkpoint.markers:
+            pipeline.scheduler = type(pipeline.scheduler).from_config(pipeline.scheduler.config,
+                                                                      **checkpoint.scheduler_options())
         pipeline.save_pretrained(out, safe_serialization=True)
     except MemoryError:
         raise
