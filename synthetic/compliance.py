@@ -346,7 +346,8 @@ def main(argv: list[str] | None = None) -> int:
                         "cfg is always run first")
     parser.add_argument("--batch", type=int, default=32, help="prompts per engine call (default 32)")
     parser.add_argument("--backend", choices=("onnxruntime", "openvino", "torch"), default="onnxruntime",
-                        help="engines built into the cache (onnxruntime, openvino: fp32) or eager torch")
+                        help="engines built into the cache (onnxruntime fp32; openvino in its default precision, "
+                             "bf16 where the CPU has it) or eager torch")
     parser.add_argument("--engines", type=Path,
                         help="an engines folder to run instead (any backend and precision, e.g. `answer-trt build "
                              "--backend openvino --precision bf16 --max-batch 32`); --model must be its model")

@@ -254,3 +254,26 @@ def test_serve_lists_the_vae_it_was_built_with(vaes, engines):
         server = GenerateServer(ServeConfig(engines=engines[name]))
         answer = call(make_api(server), "GET", "/sdapi/v1/sd-vae")
         assert answer.status_code == 200 and answer.json() == listed, name
+
+
+def test_a1111_clients_may_set_sd_vae_to_the_listed_vae_and_nothing_else(vaes, engines):
+    """override_settings / POST /sdapi/v1/options sd_vae: the listed --vae (or Automatic) where the
+    engines hold one, Automatic or None where they hold the model's own; GET options reports it."""
+    pytest.importorskip("fastapi")
+    from answer_trt.serving.app import GenerateServer, ServeConfig
+    from answer_trt.serving.http import make_api
+    from tests.test_serve_a1111 import call
+
+    body = {"prompt": "a red circle", "steps": 2, "seed": 1, "width": 32, "height": 32}
+    for name, taken, refused in (("ldm", ("fixed.safetensors", "Automatic"), ("None", "other.safetensors")),
+                                 ("own", ("Automatic", "None"), ("fixed.safetensors",))):
+        app = make_api(GenerateServer(ServeConfig(engines=engines[name])))
+        assert call(app, "GET", "/sdapi/v1/options").json()["sd_vae"] == taken[0], name
+        for value in taken:
+            answer = call(app, "POST", "/sdapi/v1/txt2img", {**body, "override_settings": {"sd_vae": value}})
+            assert answer.status_code == 200 and len(answer.json()["images"]) == 1, (name, value)
+            assert call(app, "POST", "/sdapi/v1/options", {"sd_vae": value}).status_code == 200
+        for value in refused:
+            answer = call(app, "POST", "/sdapi/v1/txt2img", {**body, "override_settings": {"sd_vae": value}})
+            assert answer.status_code == 400, (name, value)
+            assert f"sd_vae {value!r} is not served here" in answer.json()["error"].replace('"', "'")

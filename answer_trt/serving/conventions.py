@@ -141,12 +141,29 @@ def _is(value: Any, accepted: Any) -> bool:
 PER_REQUEST_SETTINGS = ("CLIP_stop_at_last_layers",)
 
 
-def check_settings(settings: dict[str, Any], model_name: str, where: str, kept: bool = False) -> None:
+def sd_vae_values(vae_name: str | None) -> tuple[str, ...]:
+    """The ``sd_vae`` values a server takes, the one GET /sdapi/v1/options reports first: with
+    engines built with ``--vae`` (``vae_name``, as GET /sdapi/v1/sd-vae lists it), that name or
+    Automatic (whatever the server runs); without, Automatic or None (the model's own VAE)."""
+    return (vae_name, "Automatic") if vae_name else ("Automatic", "None")
+
+
+def check_settings(settings: dict[str, Any], model_name: str, where: str, kept: bool = False,
+                   vae_name: str | None = None) -> None:
     """Refuse an A1111 setting answer-trt does not honour, or a value other than those it
-    takes (``A1111_SETTINGS``); ``where``: the field or route they came in, for the message.
+    takes (``A1111_SETTINGS``; ``sd_vae``: ``sd_vae_values`` of the served ``vae_name``);
+    ``where``: the field or route they came in, for the message.
     ``kept``: settings meant to last beyond one request (POST /sdapi/v1/options), where
     ``PER_REQUEST_SETTINGS`` take only the value GET reports (nothing is kept)."""
     for name, value in settings.items():
+        if name == "sd_vae":
+            if any(_is(value, v) for v in sd_vae_values(vae_name)):
+                continue
+            built = f"the engines hold {vae_name!r} (serve --vae)" if vae_name else "the engines hold the model's " \
+                "own VAE"
+            raise UserInputError(f"{where} sd_vae {_shown(value)} is not served here: {built}, built in, not "
+                                 f"switched per request; send {' or '.join(_shown(v) for v in sd_vae_values(vae_name))}"
+                                 " or leave it out (GET /sdapi/v1/sd-vae)")
         if kept and name in PER_REQUEST_SETTINGS and not _is(value, A1111_SETTINGS[name].values[0]):
             raise UserInputError(f"options {name} {_shown(value)}: this server keeps no settings between requests; "
                                  f"send it with each txt2img request (override_settings {{\"{name}\": "
@@ -165,9 +182,12 @@ def check_settings(settings: dict[str, Any], model_name: str, where: str, kept: 
                                  "or leave it out")
 
 
-def a1111_options(model_name: str) -> dict[str, Any]:
-    """``GET /sdapi/v1/options``: each setting answer-trt honours, at its value."""
-    return {name: setting.values[0] if setting.values else model_name for name, setting in A1111_SETTINGS.items()}
+def a1111_options(model_name: str, vae_name: str | None = None) -> dict[str, Any]:
+    """``GET /sdapi/v1/options``: each setting answer-trt honours, at its value (``sd_vae``: the
+    served ``--vae``'s name, or Automatic)."""
+    options = {name: setting.values[0] if setting.values else model_name for name, setting in A1111_SETTINGS.items()}
+    options["sd_vae"] = sd_vae_values(vae_name)[0]
+    return options
 
 
 def a1111_scheduler(schedule: str | None, sampler: str | None) -> str | None:
@@ -193,7 +213,7 @@ def a1111_scheduler(schedule: str | None, sampler: str | None) -> str | None:
 
 
 def check_a1111_fields(body: BaseModel, model_name: str, scheduler: str | None,
-                       table: dict[str, A1111Field] = A1111_FIELDS) -> None:
+                       table: dict[str, A1111Field] = A1111_FIELDS, vae_name: str | None = None) -> None:
     """Refuse each field of ``table`` (``A1111_FIELDS``; img2img's adds ``A1111_IMG2IMG_FIELDS``)
     the picture would need and answer-trt cannot honour (a refused field at a value other than
     its neutral ones, a setting of ``override_settings`` it does not take), naming the field.
@@ -208,21 +228,22 @@ def check_a1111_fields(body: BaseModel, model_name: str, scheduler: str | None,
             shown = " or ".join(_shown(v) for v in spec.neutral if v is not None)
             raise UserInputError(f"{name} is not supported by answer-trt ({spec.note}), got {_shown(value)}: send "
                                  f"{shown} or leave it out")
-    check_settings(getattr(body, "override_settings", None) or {}, model_name, "override_settings")
+    check_settings(getattr(body, "override_settings", None) or {}, model_name, "override_settings", vae_name=vae_name)
 
 
 def a1111_requests(body: BaseModel, seed: int, model_name: str,
                    image_fields: dict[str, Any] | None = None,
-                   control_fields: dict[str, Any] | None = None) -> list[GenerateRequest]:
+                   control_fields: dict[str, Any] | None = None, vae_name: str | None = None) -> list[GenerateRequest]:
     """One answer-trt request per iteration of an A1111 txt2img body (``Txt2ImgBody``), with
-    ``seed`` already drawn for -1; ``model_name``: the served model (``override_settings``).
+    ``seed`` already drawn for -1; ``model_name``, ``vae_name``: the served model and its
+    ``--vae`` (``override_settings``).
     ``image_fields``: img2img's (``a1111_img2img``: the schema's ``IMAGE_FIELDS``);
     ``control_fields``: ControlNet's, from ``alwayson_scripts`` (``serving.control.a1111_control``)."""
     fields: dict[str, Any] = dict(body)
     sampler = fields["sampler_name"] if fields["sampler_name"] is not None else fields["sampler_index"]
     scheduler = a1111_scheduler(fields["scheduler"], sampler)
     check_a1111_fields(body, model_name, scheduler,
-                       A1111_FIELDS if image_fields is None else {**A1111_FIELDS, **A1111_IMG2IMG_FIELDS})
+                       A1111_FIELDS if image_fields is None else {**A1111_FIELDS, **A1111_IMG2IMG_FIELDS}, vae_name)
     batch, iterations = fields["batch_size"], fields["n_iter"]
     if batch * iterations > MAX_IMAGES:
         raise UserInputError(f"batch_size * n_iter must be at most {MAX_IMAGES} images per request, "
@@ -250,7 +271,7 @@ def a1111_requests(body: BaseModel, seed: int, model_name: str,
 
 
 def a1111_img2img(body: BaseModel, seed: int, model_name: str,
-                  control: Any = None) -> tuple[list[GenerateRequest], InitImage]:
+                  control: Any = None, vae_name: str | None = None) -> tuple[list[GenerateRequest], InitImage]:
     """An A1111 img2img body (``Img2ImgBody``) as ``a1111_requests`` and the input image (with
     its mask) they name: ``init_images`` (one), ``denoising_strength`` (absent: A1111's 0.75),
     ``mask`` with ``mask_blur`` (absent: A1111's 4); ``control``: a function of the output's
@@ -280,7 +301,7 @@ def a1111_img2img(body: BaseModel, seed: int, model_name: str,
         image_fields.update(mask_sha256=init.mask_sha256, mask_blur=blur)
     control_fields = control(init.height, init.width) if control is not None else None
     requests = [request.replace(height=init.height, width=init.width)
-                for request in a1111_requests(body, seed, model_name, image_fields, control_fields)]
+                for request in a1111_requests(body, seed, model_name, image_fields, control_fields, vae_name)]
     return requests, init
 
 

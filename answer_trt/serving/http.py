@@ -416,6 +416,12 @@ def _openai_routes(app: FastAPI, server: Server) -> None:
                                              "owned_by": "answer-trt"}]}
 
 
+def served_vae(server: Server) -> str | None:
+    """The name of the VAE the served engines were built with (``serve --vae``), or None."""
+    name = getattr(server, "vae_name", None)
+    return name if isinstance(name, str) and name else None
+
+
 def _a1111_routes(app: FastAPI, server: Server) -> None:
     @app.post("/sdapi/v1/txt2img", response_model=Txt2ImgResponse, responses=_REFUSALS,
               summary="AUTOMATIC1111's txt2img (answer-trt's guidance fields as extra fields)")
@@ -425,7 +431,8 @@ def _a1111_routes(app: FastAPI, server: Server) -> None:
             height, width = output_size(server, body.height, body.width)  # type: ignore[attr-defined]
             fields, control = await asyncio.to_thread(a1111_control, body.alwayson_scripts,  # type: ignore[attr-defined]
                                                       served_controlnets(server), height, width)
-            requests = conventions.a1111_requests(body, seed, server.model_name, control_fields=fields)
+            requests = conventions.a1111_requests(body, seed, server.model_name, control_fields=fields,
+                                                  vae_name=served_vae(server))
         except UserInputError as exc:
             raise ApiError(400, str(exc)) from None
         results = await generations(server, requests, control=control)
@@ -443,7 +450,8 @@ def _a1111_routes(app: FastAPI, server: Server) -> None:
             return fields
 
         try:
-            requests, init = await asyncio.to_thread(conventions.a1111_img2img, body, seed, server.model_name, control)
+            requests, init = await asyncio.to_thread(conventions.a1111_img2img, body, seed, server.model_name, control,
+                                                     served_vae(server))
         except UserInputError as exc:
             raise ApiError(400, str(exc)) from None
         results = await generations(server, requests, init=init, control=loaded[0])
@@ -461,14 +469,14 @@ def _a1111_routes(app: FastAPI, server: Server) -> None:
              summary="A1111's settings: those answer-trt honours, at their values (sd_model_checkpoint: the served "
                      "model)")
     async def get_options() -> dict[str, Any]:
-        return conventions.a1111_options(server.model_name)
+        return conventions.a1111_options(server.model_name, served_vae(server))
 
     @app.post("/sdapi/v1/options", response_model=None, responses=_REFUSALS,
               summary="A1111's settings: each must be one answer-trt honours, at its value (one model: nothing is "
                       "switched); answers null, as A1111")
     async def set_options(body: dict[str, Any]) -> None:
         try:
-            conventions.check_settings(body, server.model_name, "options", kept=True)
+            conventions.check_settings(body, server.model_name, "options", kept=True, vae_name=served_vae(server))
         except UserInputError as exc:
             raise ApiError(400, str(exc)) from None
 
@@ -491,8 +499,8 @@ def _a1111_routes(app: FastAPI, server: Server) -> None:
                      "or empty where they hold the model's own VAE decoder; it is built in, not switched per request "
                      "(sd_vae Automatic)")
     async def sd_vae() -> list[dict[str, Any]]:
-        name = getattr(server, "vae_name", None)
-        return [{"model_name": name, "filename": name}] if isinstance(name, str) and name else []
+        name = served_vae(server)
+        return [{"model_name": name, "filename": name}] if name else []
 
     @app.get("/sdapi/v1/upscalers", response_model=list[UpscalerItem],
              summary="A1111's upscaler list: empty, there is no hires fix or upscaling")

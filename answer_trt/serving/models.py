@@ -268,7 +268,8 @@ A1111_SETTINGS: dict[str, A1111Setting] = {
     "sd_model_checkpoint": A1111Setting(str, (), "the served model (GET /sdapi/v1/sd-models): one per server"),
     "CLIP_stop_at_last_layers": A1111Setting(int, tuple(range(1, MAX_CLIP_SKIP + 1)),
                                              "clip skip, A1111's count (1: no skip); the request's clip_skip"),
-    "sd_vae": A1111Setting(str, ("Automatic", "None"), "the model's own VAE, built into the engines"),
+    "sd_vae": A1111Setting(str, ("Automatic", "None"), "the VAE built into the engines: the model's own (Automatic "
+                           "or None), or serve --vae's, by the name GET /sdapi/v1/sd-vae lists (or Automatic)"),
     "eta_ddim": A1111Setting(float, (0.0,), "DDIM's eta: 0"),
     "eta_noise_seed_delta": A1111Setting(int, (0,), "A1111's ENSD: 0 (seeds as given)"),
     "samples_format": A1111Setting(str, ("png",), "images are PNG"),
