@@ -42,6 +42,7 @@ def result(name: str, rounds: list[list[float]], diff: int | None = None) -> obj
     (dict(rounds=0), "--rounds"),
     (dict(images=0), "--images"),
     (dict(warmup=-1), "--warmup must be an integer >= 0"),
+    (dict(warmup_steps=1), "--warmup-steps must be an integer >= 2"),
     (dict(threads=0), "--threads"),
     (dict(size=30), "multiple of 8"),
     (dict(guidance_scale=1.0), "above 1"),
@@ -226,3 +227,11 @@ def test_openvino_peers_get_their_workers_environments_and_a_second_baseline(tmp
     assert targets["answer-trt OV CFG >= 1.1x faster than optimum-intel per image"]["ratio"] == pytest.approx(2.0)
     summary = harness.summary_json(results, run_settings)
     assert summary["ratios"]["optimum-intel CFG time / answer-trt OV CFG time"] == pytest.approx(2.0)
+
+
+def test_short_warm_ups_are_said_in_the_table() -> None:
+    run = _module("run")
+    short, _ = run.parse_args(["--model", "sd15-random", "--warmup-steps", "2"])
+    assert short.warmup_steps == 2 and "1 warm-up of 2 steps" in harness.markdown_table({}, short)
+    plain, _ = run.parse_args(["--model", "sd15-random"])
+    assert plain.warmup_steps is None and "1 warm-up, " in harness.markdown_table({}, plain)

@@ -47,3 +47,4 @@ def test_every_test_fixture_file_is_tracked():
     untracked = [path.relative_to(ROOT).as_posix() for path in sorted((ROOT / "tests" / "data").rglob("*"))
                  if path.is_file() and path.relative_to(ROOT).as_posix() not in tracked]
     assert not untracked, f"fixtures git does not track (git add -f them): {untracked}"
+

@@ -80,6 +80,9 @@ class Settings:
     peers: tuple[str, ...] = DEFAULT_PEERS
     optimum_spinning: bool = True  # False: ORT spin-waiting off in optimum's sessions, as answer-trt does
     build_args: tuple[str, ...] = ()  # extra `answer-trt build` arguments
+    # Steps of each warm-up image (None: ``steps``): fewer compile and allocate what the timed
+    # images use (every call shape comes in the first steps) at a fraction of a full-size image's time.
+    warmup_steps: int | None = None
 
     def variant(self) -> str:
         """A suffix naming what differs from the default run ("" for the default):
@@ -94,6 +97,9 @@ class Settings:
     def __post_init__(self) -> None:
         if self.model not in MODEL_DEFAULTS:
             raise SettingsError(f"unknown model {self.model!r}: choose one of {', '.join(MODEL_DEFAULTS)}")
+        if self.warmup_steps is not None and (not isinstance(self.warmup_steps, int) or self.warmup_steps < 2):
+            raise SettingsError(f"--warmup-steps must be an integer >= 2 (ANSWER's call shapes), got "
+                                f"{self.warmup_steps!r}")
         for name, low in (("steps", 1), ("rounds", 1), ("images", 1), ("warmup", 0), ("threads", 1), ("seed", 0)):
             value = getattr(self, name)
             if not isinstance(value, int) or value < low:
@@ -215,7 +221,9 @@ def markdown_table(results: Mapping[str, PeerResult], settings: Settings) -> str
     images), the ratio to optimum's CFG and the agreement with diffusers."""
     header = (f"{settings.model}, {settings.size}x{settings.size}, {settings.steps} DDIM steps, w = "
               f"{settings.guidance_scale:g}, {settings.rounds} rounds x {settings.images} images after "
-              f"{settings.warmup} warm-up, {settings.threads} threads"
+              f"{settings.warmup} warm-up"
+              f"{'' if settings.warmup_steps is None else f' of {settings.warmup_steps} steps'}, {settings.threads} "
+              f"threads"
               f"{'' if settings.optimum_spinning else ', optimum with ORT spin-waiting off'}"
               f"{', answer-trt build ' + ' '.join(settings.build_args) if settings.build_args else ''}\n\n")
     intel = results.get(OPTIMUM_INTEL)  # a second baseline column where optimum-intel ran

@@ -62,8 +62,8 @@ class Worker:
         return reply
 
     def run(self, method: str, jobs: list[tuple[str, int]], settings: Settings,
-            save_dir: Path | None = None) -> dict[str, Any]:
-        request = {"cmd": "run", "method": method, "jobs": jobs, "steps": settings.steps,
+            save_dir: Path | None = None, steps: int | None = None) -> dict[str, Any]:
+        request = {"cmd": "run", "method": method, "jobs": jobs, "steps": steps or settings.steps,
                    "guidance_scale": settings.guidance_scale, "size": settings.size,
                    "save_dir": str(save_dir) if save_dir else None}
         stdin: IO[str] | None = self.proc.stdin
@@ -186,7 +186,7 @@ def benchmark(settings: Settings, folders: dict[str, Path], venvs: Path, work: P
             for peer in settings.peers:
                 kind, method = PEERS[peer]
                 print(f"[peers] warm-up: {peer}, {len(warm)} image(s)", flush=True)
-                workers[kind].run(method, warm, settings)
+                workers[kind].run(method, warm, settings, steps=settings.warmup_steps)
         results = {peer: PeerResult(peer) for peer in settings.peers}
         images: dict[str, list[Path]] = {}
         load_start = os.getloadavg()
@@ -225,6 +225,7 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, argparse.Namespace]:
     parser.add_argument("--rounds", type=int, help="timed rounds (default: 3)")
     parser.add_argument("--images", type=int, help="images per peer per round (tiny 8, sd15-random 2)")
     parser.add_argument("--warmup", type=int, help="warm-up images per peer (tiny 2, sd15-random 1)")
+    parser.add_argument("--warmup-steps", type=int, help="steps of each warm-up image (default: --steps)")
     parser.add_argument("--steps", type=int, help="DDIM steps (tiny 30, sd15-random 4)")
     parser.add_argument("--size", type=int, help="image side in pixels (tiny 32, sd15-random 256)")
     parser.add_argument("--guidance-scale", type=float, default=7.5)
@@ -249,6 +250,7 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, argparse.Namespace]:
     pick = {name: getattr(args, name) if getattr(args, name) is not None else defaults[name]
             for name in ("size", "steps", "rounds", "images", "warmup")}
     settings = Settings(model=args.model, guidance_scale=args.guidance_scale, threads=args.threads, seed=args.seed,
+                        warmup_steps=args.warmup_steps,
                         peers=harness.parse_peers(args.peers), optimum_spinning=not args.optimum_no_spinning,
                         build_args=tuple(shlex.split(args.build_args)), **pick)
     return settings, args
