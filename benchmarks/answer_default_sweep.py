@@ -29,11 +29,18 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-RUNS = (("tiny", "tiny", "compliance-default-tiny.json"),
-        ("tiny-biased", "benchmarks/models/tiny-biased", "compliance-default-tiny-biased.json"))
+# (model, its path, the runs of its cells): the second run adds CFG with the interval at 0.7 (the
+# threshold the first one chose) on the same engines, prompts and seeds; its CFG must equal the first's.
+RUNS = (("tiny", "tiny", ("compliance-default-tiny.json", "compliance-default-cfg07-tiny.json")),
+        ("tiny-biased", "benchmarks/models/tiny-biased",
+         ("compliance-default-tiny-biased.json", "compliance-default-cfg07-tiny-biased.json")))
 TODAY = "answer K=4 parallel min-sigma=0.5 wn=1"
-CFG, CFG_INTERVAL = "cfg", "cfg gmin=0.5"
+CFG = "cfg"
 THRESHOLDS = (0.3, 0.5, 0.7)
+
+
+def cfg_interval(threshold: float) -> str:
+    return f"cfg gmin={threshold:g}"
 
 
 def candidate(threshold: float) -> str:
@@ -110,57 +117,100 @@ def _diff(base: Sequence[float], other: Sequence[float]) -> str:
     return f"**{text}**" if d.low > 0 or d.high < 0 else text
 
 
-def main() -> int:
-    sys.path.insert(0, str(ROOT))
-    cells: list[tuple[str, dict[str, list[float]]]] = []
+def load_cells() -> tuple[list[tuple[str, str, float, dict[str, list[float]]]], dict[str, int],
+                        dict[tuple[str, str], list[float]]]:
+    """Every (model, family, w) cell with "correct" per prompt per method (the runs of a model
+    merged; a second run's CFG must be the first's to the prompt), UNet rows per image per
+    method, and per model and method the time per image against CFG's, one ratio per cell."""
+    cells = []
     rows: dict[str, int] = {}
-    seconds: dict[tuple[str, str], list[float]] = {}
-    print("| model | family | w | CFG | CFG, S = 0.5 | default | default, S = 0.5 | S = 0.5 - default | "
-          "default, S = 0.5 - CFG | CFG, S = 0.5 - CFG |")
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
-    pooled: dict[tuple[str, float | None], dict[str, list[float]]] = {}
-    for model, path, name in RUNS:
-        run = json.loads((RESULTS / name).read_text())
-        for cell in run["cells"]:
-            by_method = {m["label"]: m["correct_by_prompt"] for m in cell["methods"]}
-            specs = {m["label"]: m["spec"] for m in cell["methods"]}
-            for m in cell["methods"]:
-                seconds.setdefault((model, m["label"]), []).append(m["seconds_per_image"])
-            w = cell["guidance_scale"]
-            cells.append((f"{model} {cell['family']} w={w:g}", by_method))
-            for key in ((model, w), (model, None)):
-                for label, verdicts in by_method.items():
-                    pooled.setdefault(key, {}).setdefault(label, []).extend(verdicts)
-            c = candidate(0.5)
-            print(f"| {model} | {cell['family']} | {w:g} | " + " | ".join(
-                f"{np.mean(by_method[label]):.3f}" for label in (CFG, CFG_INTERVAL, TODAY, c))
-                + f" | {_diff(by_method[TODAY], by_method[c])} | {_diff(by_method[CFG], by_method[c])} | "
-                f"{_diff(by_method[CFG], by_method[CFG_INTERVAL])} |")
-        model_rows = rows_per_image(path, run["steps"], list(specs), specs)
-        if rows and rows != model_rows:
-            raise SystemExit(f"{name}: another step count or schedule than the first run's")
-        rows = model_rows
-    print()
-    print("Pooled over the 7 families (1,792 prompts per w; 5,376 over all three):")
-    print()
-    print("| model | w | method | rows/image (vs CFG) | s/image (vs CFG) | correct | - today's default | - CFG |")
-    print("|---|---|---|---:|---:|---:|---:|---:|")
-    labels = [CFG, CFG_INTERVAL, TODAY, *(candidate(s) for s in THRESHOLDS)]
-    for (model, w), by_method in pooled.items():
-        for label in labels:
-            time = np.mean(seconds[(model, label)]) / np.mean(seconds[(model, CFG)])
-            today = "" if label == TODAY else _diff(by_method[TODAY], by_method[label])
-            vs_cfg = "" if label == CFG else _diff(by_method[CFG], by_method[label])
-            print(f"| {model} | {'all' if w is None else f'{w:g}'} | {label} | {rows[label]} "
-                  f"({rows[label] / rows[CFG]:.2f}x) | {time:.2f}x | {np.mean(by_method[label]):.3f} | {today} | "
-                  f"{vs_cfg} |")
-    verdicts, chosen = decide(cells, rows)
-    print()
+    times: dict[tuple[str, str], list[float]] = {}
+    for model, path, names in RUNS:
+        runs = [json.loads((RESULTS / name).read_text()) for name in names if (RESULTS / name).is_file()]
+        specs: dict[str, dict[str, object]] = {}
+        for parts in zip(*(run["cells"] for run in runs), strict=True):
+            by_method: dict[str, list[float]] = {}
+            for part in parts:
+                if (part["family"], part["guidance_scale"]) != (parts[0]["family"], parts[0]["guidance_scale"]):
+                    raise SystemExit(f"{model}: the runs' cells are not in the same order")
+                cfg_seconds = next(m["seconds_per_image"] for m in part["methods"] if m["label"] == CFG)
+                for m in part["methods"]:
+                    if m["label"] in by_method and by_method[m["label"]] != m["correct_by_prompt"]:
+                        raise SystemExit(f"{model} {part['family']}: {m['label']} differs between runs")
+                    if m["label"] not in by_method:  # time against CFG in the same batches, per cell
+                        times.setdefault((model, m["label"]), []).append(m["seconds_per_image"] / cfg_seconds)
+                    by_method[m["label"]] = m["correct_by_prompt"]
+                    specs[m["label"]] = m["spec"]
+            cells.append((model, parts[0]["family"], parts[0]["guidance_scale"], by_method))
+        steps = {run["steps"] for run in runs}
+        model_rows = rows_per_image(path, steps.pop(), list(specs), specs)
+        if steps or any(rows.get(label, n) != n for label, n in model_rows.items()):
+            raise SystemExit(f"{model}: another step count or schedule than the other runs'")
+        rows.update(model_rows)
+    return cells, rows, times
+
+
+def main(argv: list[str] | None = None) -> int:
+    sys.path.insert(0, str(ROOT))
+    per_cell = "--per-cell" in (sys.argv[1:] if argv is None else argv)
+    cells, rows, times = load_cells()
+    verdicts, chosen = decide([(f"{m} {f} w={w:g}", by) for m, f, w, by in cells], rows)
+    s = chosen if chosen is not None else 0.5
+    new, cfg_s = candidate(s), cfg_interval(s)
+    print(f"Verdict: {'keep today default' if chosen is None else f'guidance_min_sigma = {chosen:g} for ANSWER'}\n")
     for v in verdicts:
         print(f"- S = {v.threshold:g}: {v.rows} rows; pooled - today's default {v.pooled:+.3f} [{v.pooled_low:+.3f}, "
               f"{v.pooled_high:+.3f}]; cells worse beyond their interval: {', '.join(v.worse_cells) or 'none'}"
               f" -> {'passes' if v.passes else 'fails'}")
-    print(f"\nVerdict: {'keep today default' if chosen is None else f'guidance_min_sigma = {chosen:g} for ANSWER'}")
+    groups: dict[tuple[str, str], dict[str, list[float]]] = {}
+    for model, family, _w, by_method in cells:
+        for label, verdict in by_method.items():
+            groups.setdefault((model, family), {}).setdefault(label, []).extend(verdict)
+    for model in dict.fromkeys(m for m, *_ in cells):  # each model's families, then all of them
+        for family in [f for m, f in list(groups) if m == model]:
+            for label, verdict in groups[(model, family)].items():
+                groups.setdefault((model, "all families"), {}).setdefault(label, []).extend(verdict)
+    groups = dict(sorted(groups.items(), key=lambda item: item[0][0]))
+    names = {CFG: "CFG", cfg_s: f"CFG, S = {s:g}", TODAY: "today's default", new: f"new default (S = {s:g})"}
+    columns = [label for label in names if label in cells[0][3]]
+    header = f"| {' | '.join(names[c] for c in columns)} | new - today's | new - CFG |" + (
+        f" CFG, S = {s:g} - CFG |" if cfg_s in columns else "")
+
+    def row(by_method: dict[str, list[float]]) -> str:
+        means = " | ".join(f"{np.mean(by_method[label]):.3f}" for label in columns)
+        diffs = f"{_diff(by_method[TODAY], by_method[new])} | {_diff(by_method[CFG], by_method[new])}"
+        if cfg_s in columns:
+            diffs += f" | {_diff(by_method[CFG], by_method[cfg_s])}"
+        return f"{means} | {diffs} |"
+
+    print("\nPer family, w = 3, 5 and 7.5 pooled (768 prompts; all families: 5,376), correct:\n")
+    print("| model | family " + header)
+    print("|---|---|" + "---:|" * (header.count("|") - 1))
+    for (model, family), by_method in groups.items():
+        print(f"| {model} | {family} | {row(by_method)}")
+    if per_cell:
+        print("\nPer cell (256 prompts), correct:\n")
+        print("| model | family | w " + header)
+        print("|---|---|---|" + "---:|" * (header.count("|") - 1))
+        for model, family, w, by_method in cells:
+            print(f"| {model} | {family} | {w:g} | {row(by_method)}")
+    pooled: dict[tuple[str, float | None], dict[str, list[float]]] = {}
+    for model, _family, w, by_method in cells:
+        for key in ((model, w), (model, None)):
+            for label, verdict in by_method.items():
+                pooled.setdefault(key, {}).setdefault(label, []).extend(verdict)
+    print("\nPooled over the 7 families (1,792 prompts per w; 5,376 over all three); time per image against CFG's:"
+          " the median over the model's 21 cells of the ratio in each (methods alternate batch by batch):\n")
+    print("| model | w | method | rows/image (vs CFG) | time/image vs CFG | correct | - today's default | - CFG |")
+    print("|---|---|---|---:|---:|---:|---:|---:|")
+    labels = [CFG, *(cfg_interval(t) for t in THRESHOLDS), TODAY, *(candidate(t) for t in THRESHOLDS)]
+    for (model, w), by_method in sorted(pooled.items(), key=lambda item: (item[0][0], item[0][1] or 99)):
+        for label in (label for label in labels if label in by_method):
+            today = "" if label == TODAY else _diff(by_method[TODAY], by_method[label])
+            vs_cfg = "" if label == CFG else _diff(by_method[CFG], by_method[label])
+            print(f"| {model} | {'all' if w is None else f'{w:g}'} | {label} | {rows[label]} "
+                  f"({rows[label] / rows[CFG]:.2f}x) | {np.median(times[(model, label)]):.2f}x | "
+                  f"{np.mean(by_method[label]):.3f} | {today} | {vs_cfg} |")
     return 0
 
 

@@ -118,7 +118,7 @@ def test_a_request_joins_by_the_rows_its_first_step_needs_not_its_peak(pipe):
     they share that call. ANSWER's next step (3 rows) then waits for room instead of adding
     a second call to each iteration."""
     cfg = GenerateRequest("a green triangle", method="cfg", steps=8, seed=2)
-    answer = GenerateRequest("a red circle", method="answer", steps=8, seed=1)
+    answer = GenerateRequest("a red circle", method="answer", steps=8, seed=1, guidance_min_sigma=0.0)
     plan = pipe.plan(answer)
     # K = 4: re-anchored at steps 0 and 4; steps 6 and 7 are below the chain's interval.
     assert call_rows(plan.config, plan.rule) == [2, 3, 3, 3, 2, 3, 2, 2]

@@ -32,10 +32,11 @@ def test_bench_cli_writes_a_valid_report(engines_dir, tmp_path, capsys):
     assert validate_report_json(data) == []
     by_variant = {(r["method"], r["fused"]): r for r in data["results"]}
     assert set(by_variant) == {("answer", True), ("cfg", True), ("dns", True), ("answer", False)}
-    # Fused: one UNet call per step. Unfused (the default: K = 4, chain only while sigma_t >= 0.5;
-    # 3 steps): 2 calls at the re-anchor step, 3 at the next, 2 at the last (sigma_t < 0.5: anchored).
+    # Fused: one UNet call per step. Unfused (the default: K = 4, chain only while sigma_t >= 0.5,
+    # guidance off below sigma_t 0.7; 3 steps): 2 calls at the re-anchor step, then 1 (the
+    # conditional prediction alone) at each of the two steps below 0.7.
     assert by_variant[("answer", True)]["unet_calls_per_step"] == 1.0
-    assert by_variant[("answer", False)]["unet_calls_per_step"] == pytest.approx(7 / 3)
+    assert by_variant[("answer", False)]["unet_calls_per_step"] == pytest.approx(4 / 3)
     assert by_variant[("cfg", True)]["unet_calls_per_step"] == 1.0
     assert set(data["ratios"]) == {"answer_over_cfg_step", "fused_speedup_over_unfused", "speedup_over_plain_torch"}
     assert all(v > 0 for v in data["ratios"].values())

@@ -233,7 +233,8 @@ def test_batched_draw_equals_pipeline_generate(tiny_model_dir):
         g = spec.guidance(5.0)
         assert g.wn == 5.0  # a spec without wn means wn = w, whatever the API's default
         alone = pipe.generate(caption, steps=3, seed=seed, guidance_scale=5.0, negative_scale=g.negative_scale,
-                              dns_steps=g.dns_steps, chain_min_sigma=g.chain_min_sigma)
+                              dns_steps=g.dns_steps, chain_min_sigma=g.chain_min_sigma,
+                              guidance_min_sigma=g.guidance_min_sigma)  # a spec's 0: guided at every step
         assert np.abs(np.asarray(alone.images[0]).astype(int) - image.astype(int)).max() <= 1
     # with a negative prompt: the computation of generate(negative_prompt=...)
     negative = MethodSpec("cfg", negative="bias")
@@ -323,7 +324,8 @@ def test_inpaint_family_draw_is_pipeline_inpainting_and_runs_from_the_command_li
     assert pipe.default_size == (64, 64)  # tiny-random: drawn at 64x64, scored at the examples' 32x32
     alone = pipe.generate(example.caption, image=Image.fromarray(example.image),
                           mask_image=Image.fromarray(example.mask), strength=1.0, steps=3, seed=5, height=64, width=64,
-                          guidance_scale=5.0, negative_scale=g.negative_scale, dns_steps=2, chain_min_sigma=0.5)
+                          guidance_scale=5.0, negative_scale=g.negative_scale, dns_steps=2, chain_min_sigma=0.5,
+                          guidance_min_sigma=g.guidance_min_sigma)
     back = alone.images[0].resize((32, 32), Image.Resampling.NEAREST)
     assert seconds > 0 and image.shape == (32, 32, 3) and np.array_equal(np.asarray(back), image)
     out = tmp_path / "inpaint.json"

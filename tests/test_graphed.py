@@ -54,7 +54,7 @@ def test_graphs_are_captured_once_and_reused_across_calls(problem):
     noise, cond = problem
     capturer = CountingCapturer()
     cache = GraphCache(capturer)
-    guidance = GuidanceConfig(method="answer", dns_steps=3)
+    guidance = GuidanceConfig(method="answer", dns_steps=3, guidance_min_sigma=0.0)  # guided at every step
     denoiser = ToyDenoiser()
 
     def graphed(noise, cond, guidance=guidance):
@@ -108,7 +108,7 @@ def test_cuda_graph_replay_matches_eager_on_a_gpu(problem):
     toy = ToyDenoiser()
     toy.mix, toy.proj = toy.mix.cuda(), toy.proj.cuda()
     on_gpu = Conditioning(TextCondition(cond.positive.hidden.cuda()), TextCondition(cond.negative.hidden.cuda()))
-    guidance = GuidanceConfig(method="answer", dns_steps=3)
+    guidance = GuidanceConfig(method="answer", dns_steps=3, guidance_min_sigma=0.0)  # guided at every step
     eager = sample_graphed(toy, noise.cuda(), on_gpu, make_scheduler("ddim"), 7, guidance)
     cache = GraphCache(CudaGraphCapturer())
     graphed = sample_graphed(toy, noise.cuda(), on_gpu, make_scheduler("ddim"), 7, guidance, cache=cache)

@@ -38,7 +38,11 @@ def test_fused_equals_unfused(ort_pipe, kw):
 @pytest.mark.parametrize("mode", ["parallel", "inner"])
 @pytest.mark.parametrize("wn", [1.0, 7.5, 15.0])
 def test_answer_k1_equals_cfg(ort_pipe, mode, wn):
-    cfg = ort_pipe("a red car", method="cfg", steps=STEPS, seed=2, guidance_scale=6.0)
+    from answer_trt.config import ANSWER_GUIDANCE_MIN_SIGMA
+
+    # At the same guidance interval (ANSWER's default one; CFG's own default is none).
+    cfg = ort_pipe("a red car", method="cfg", steps=STEPS, seed=2, guidance_scale=6.0,
+                   guidance_min_sigma=ANSWER_GUIDANCE_MIN_SIGMA)
     ans = ort_pipe("a red car", method="answer", mode=mode, dns_steps=1, negative_scale=wn, steps=STEPS,
                    seed=2, guidance_scale=6.0)
     assert max_level_diff(cfg, ans) <= 1
@@ -85,7 +89,7 @@ def test_graphed_generate_captures_once_and_reuses_its_graphs(engines_dir, kw):
     pipe.graphs = GraphCache(EagerCapturer())
     first = pipe("a bird", steps=STEPS, seed=3, cuda_graph=True, **kw)
     captures = pipe.graphs.captures
-    assert captures == (2 if kw["method"] == "answer" else 1)
+    assert captures == (3 if kw["method"] == "answer" else 1)  # ANSWER: anchor, chain and unguided steps
     again = pipe("a bird", steps=STEPS, seed=3, cuda_graph=True, **kw)
     other = pipe("a cat", steps=STEPS, seed=4, cuda_graph=True, **kw)  # new conditions, same buffers
     assert pipe.graphs.captures == captures

@@ -289,7 +289,7 @@ def test_webuiapi_inpainting_names_what_to_set_then_draws(webui, tmp_path):
     status, text = refused.value.args
     assert status == 400 and "\n" not in json.loads(text)["error"]
     assert "inpainting_fill" in text or "inpaint_full_res" in text
-    result = webui.img2img(images=[init], mask_image=mask, prompt="a blue square", width=32, height=32, steps=4,
+    result = webui.img2img(images=[init], mask_image=mask, prompt="a blue square", width=32, height=32, steps=12,
                            seed=2, inpainting_fill=1, inpaint_full_res=False, denoising_strength=1.0, mask_blur=0)
     got = pixels(result.images[0])
     outside = np.asarray(mask) == 0
