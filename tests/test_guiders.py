@@ -36,7 +36,6 @@ def _guided_at_every_step(monkeypatch):
     monkeypatch.setattr(config, "ANSWER_GUIDANCE_MIN_SIGMA", 0.0)
 
 
-
 def test_the_factory_maps_every_method_and_mode_to_its_guider():
     want = {"cfg": CFG, "dns": DNS}
     for method in METHODS:

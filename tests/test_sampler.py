@@ -12,6 +12,7 @@ from answer_trt.config import GuidanceConfig
 from answer_trt.sampler import Conditioning, sample
 from tests.toys import ToyDenoiser, make_scheduler
 
+
 @pytest.fixture(autouse=True)
 def _guided_at_every_step(monkeypatch):
     """This module's identities and call counts are those of guidance at every step: ANSWER's
@@ -21,7 +22,6 @@ def _guided_at_every_step(monkeypatch):
     from answer_trt import config
 
     monkeypatch.setattr(config, "ANSWER_GUIDANCE_MIN_SIGMA", 0.0)
-
 
 
 def run(problem, guidance: GuidanceConfig, kind: str = "ddim", fused: bool = True, steps: int = 8, **kw):
