@@ -174,13 +174,13 @@ def main(argv: list[str] | None = None) -> int:
     names = {CFG: "CFG", cfg_s: f"CFG, S = {s:g}", TODAY: "today's default", new: f"new default (S = {s:g})"}
     columns = [label for label in names if label in cells[0][3]]
     header = f"| {' | '.join(names[c] for c in columns)} | new - today's | new - CFG |" + (
-        f" CFG, S = {s:g} - CFG |" if cfg_s in columns else "")
+        f" CFG, S = {s:g} - CFG | new - CFG, S = {s:g} |" if cfg_s in columns else "")
 
     def row(by_method: dict[str, list[float]]) -> str:
         means = " | ".join(f"{np.mean(by_method[label]):.3f}" for label in columns)
         diffs = f"{_diff(by_method[TODAY], by_method[new])} | {_diff(by_method[CFG], by_method[new])}"
         if cfg_s in columns:
-            diffs += f" | {_diff(by_method[CFG], by_method[cfg_s])}"
+            diffs += f" | {_diff(by_method[CFG], by_method[cfg_s])} | {_diff(by_method[cfg_s], by_method[new])}"
         return f"{means} | {diffs} |"
 
     print("\nPer family, w = 3, 5 and 7.5 pooled (768 prompts; all families: 5,376), correct:\n")
