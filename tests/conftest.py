@@ -67,3 +67,14 @@ def torch_pipe(tiny_model_dir: Path):
     import answer_trt
 
     return answer_trt.load("tiny-random", backend="torch")
+
+
+@pytest.fixture
+def guided_at_every_step(monkeypatch):
+    """ANSWER's default guidance interval (``config.ANSWER_GUIDANCE_MIN_SIGMA``) set to 0, for tests
+    whose identities and call counts are those of guidance at every step; the interval has its
+    own tests, which give ``guidance_min_sigma`` explicitly, and tests/test_guidance_defaults.py
+    holds the default's resolution."""
+    from answer_trt import config
+
+    monkeypatch.setattr(config, "ANSWER_GUIDANCE_MIN_SIGMA", 0.0)

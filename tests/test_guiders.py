@@ -25,15 +25,8 @@ from tests.toys import ToyDenoiser, make_scheduler
 ROOT = Path(__file__).resolve().parents[1]
 SIGMAS = [0.99, 0.95, 0.9, 0.8, 0.7, 0.6, 0.45, 0.3, 0.15]  # falling, as in sampling
 
-@pytest.fixture(autouse=True)
-def _guided_at_every_step(monkeypatch):
-    """This module's identities and call counts are those of guidance at every step: ANSWER's
-    default guidance interval (``config.ANSWER_GUIDANCE_MIN_SIGMA``) is set to 0 here; the
-    interval has its own tests, which give ``guidance_min_sigma`` explicitly, and
-    tests/test_guidance_defaults.py holds the default's resolution."""
-    from answer_trt import config
-
-    monkeypatch.setattr(config, "ANSWER_GUIDANCE_MIN_SIGMA", 0.0)
+# The identities and call counts here are those of guidance at every step (conftest.py).
+pytestmark = pytest.mark.usefixtures("guided_at_every_step")
 
 
 def test_the_factory_maps_every_method_and_mode_to_its_guider():

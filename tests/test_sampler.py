@@ -12,16 +12,8 @@ from answer_trt.config import GuidanceConfig
 from answer_trt.sampler import Conditioning, sample
 from tests.toys import ToyDenoiser, make_scheduler
 
-
-@pytest.fixture(autouse=True)
-def _guided_at_every_step(monkeypatch):
-    """This module's identities and call counts are those of guidance at every step: ANSWER's
-    default guidance interval (``config.ANSWER_GUIDANCE_MIN_SIGMA``) is set to 0 here; the
-    interval has its own tests, which give ``guidance_min_sigma`` explicitly, and
-    tests/test_guidance_defaults.py holds the default's resolution."""
-    from answer_trt import config
-
-    monkeypatch.setattr(config, "ANSWER_GUIDANCE_MIN_SIGMA", 0.0)
+# The identities and call counts here are those of guidance at every step (conftest.py).
+pytestmark = pytest.mark.usefixtures("guided_at_every_step")
 
 
 def run(problem, guidance: GuidanceConfig, kind: str = "ddim", fused: bool = True, steps: int = 8, **kw):
