@@ -91,20 +91,17 @@ def rows_per_image(model: str, steps: int, labels: Sequence[str], specs: Mapping
         str, int]:
     """UNet rows per image of each method over ``steps`` of the model's own scheduler, counted
     from its guider (``Guider.calls``), as the serving batcher counts them."""
-    from answer_trt.config import GuidanceConfig
     from answer_trt.guiders import make_guider
     from answer_trt.models.source import resolve_model
     from answer_trt.schedulers import make_scheduler, make_step_rule
+    from answer_trt.synthetic.compliance import MethodSpec
 
     config = json.loads((resolve_model(model).path / "scheduler" / "scheduler_config.json").read_text())
     rule = make_step_rule(make_scheduler(config), steps)
     sigmas = [rule.levels(i)[1] for i in range(len(rule.timesteps))]
     out = {}
     for label in labels:
-        kwargs = {k: v for k, v in specs[label].items() if k != "negative"}
-        if kwargs.get("negative_scale") is None:
-            kwargs["negative_scale"] = 7.5
-        guider = make_guider(GuidanceConfig(guidance_scale=7.5, **kwargs))  # type: ignore[arg-type]
+        guider = make_guider(MethodSpec(**specs[label]).guidance(7.5))  # type: ignore[arg-type]
         out[label] = sum(sum(call) for call in guider.calls(sigmas))
     return out
 

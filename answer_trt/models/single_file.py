@@ -27,7 +27,7 @@ below -1 is v-prediction), once per file (the answer is kept in the cache by the
 Marker keys: v-prediction SDXL fine-tunes carry an empty ``v_pred`` tensor (and ``ztsnr`` when
 trained on a zero-terminal-SNR schedule), which AUTOMATIC1111 (1.10) and ComfyUI read and
 diffusers' converter does not. The converted folder's scheduler config follows them
-(``marker_scheduler_options``): ``prediction_type`` ``v_prediction``; ``rescale_betas_zero_snr``
+(``SingleFile.scheduler_options``): ``prediction_type`` ``v_prediction``; ``rescale_betas_zero_snr``
 with ``trailing`` timesteps, the setting diffusers gives for such schedules (Lin et al. 2024,
 "Common Diffusion Noise Schedules and Sample Steps are Flawed").
 
@@ -136,8 +136,13 @@ class SingleFile:
     def model_hash(self) -> str:
         """What the build key and the manifest name the model by: the file's content and the
         configs' content, and what the file's marker keys change (a 64-digit sha256)."""
-        marked = "".join(f"\0marker={m}" for m in self.markers)
-        return hashlib.sha256(f"single-file\0{self.sha256}\0{self.config_sha256}{marked}".encode()).hexdigest()
+        return hashlib.sha256(f"single-file\0{self.sha256}\0{self.config_sha256}{self.marker_key}".encode()).hexdigest()
+
+    @property
+    def marker_key(self) -> str:
+        """The file's marker keys as they enter the model hash and the converted folder's name;
+        empty without markers, so those keep the names they always had."""
+        return "".join(f"\0marker={m}" for m in self.markers)
 
     def scheduler_options(self) -> dict[str, Any]:
         """What the file's marker keys set in the converted scheduler config (``MARKER_KEYS``)."""
@@ -417,8 +422,8 @@ def converted_folder(checkpoint: SingleFile) -> Path:
     the file's sha256 and one digest of the configs and the converting libraries' versions
     (a diffusers upgrade converts again, as it rebuilds engines)."""
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", checkpoint.file.stem)[:40] or "model"
-    marked = "".join(f"\0marker={m}" for m in checkpoint.markers)  # none: the folder name it always had
-    converter = hashlib.sha256(f"{checkpoint.config_sha256}\0{_converter_versions()}{marked}".encode()).hexdigest()
+    converter = hashlib.sha256(f"{checkpoint.config_sha256}\0{_converter_versions()}{checkpoint.marker_key}".encode()
+                               ).hexdigest()
     return cache_root() / "models" / CONVERTED_FOLDER / f"{stem}-{checkpoint.sha256[:16]}-{converter[:12]}"
 
 

@@ -145,7 +145,7 @@ def sd_vae_values(vae_name: str | None) -> tuple[str, ...]:
     """The ``sd_vae`` values a server takes, the one GET /sdapi/v1/options reports first: with
     engines built with ``--vae`` (``vae_name``, as GET /sdapi/v1/sd-vae lists it), that name or
     Automatic (whatever the server runs); without, Automatic or None (the model's own VAE)."""
-    return (vae_name, "Automatic") if vae_name else ("Automatic", "None")
+    return (vae_name, "Automatic") if vae_name else A1111_SETTINGS["sd_vae"].values
 
 
 def check_settings(settings: dict[str, Any], model_name: str, where: str, kept: bool = False,
