@@ -24,6 +24,7 @@ pytest.importorskip("ray.serve", reason="Ray Serve is not installed: pip install
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed: pip install -e '.[dev]'")
 
 from answer_trt.bench.load import free_port  # noqa: E402
+from answer_trt.config import ANSWER_GUIDANCE_MIN_SIGMA  # noqa: E402
 
 HOST = "127.0.0.1"
 CHROMIUM = Path("/usr/bin/chromium")
@@ -116,6 +117,12 @@ def test_the_page_shows_cfg_and_answer_side_by_side_and_cfg_is_the_clis_image(se
     assert main(["generate", prompt, "--model", "tiny", "--method", "cfg", "--seed", str(seed), "--steps", str(steps),
                  "--width", "32", "--height", "32", "-o", str(out)]) == 0
     assert np.array_equal(pixels(shown["cfg"]), pixels(out.read_bytes()))  # 0 levels
+    # ANSWER as the page sends it is the CLI's default ANSWER (its guidance interval resolved per method)
+    assert main(["generate", prompt, "--model", "tiny", "--seed", str(seed), "--steps", str(steps),
+                 "--width", "32", "--height", "32", "-o", str(out)]) == 0
+    assert np.array_equal(pixels(shown["answer"]), pixels(out.read_bytes()))
+    assert json.loads(Image.open(io.BytesIO(shown["answer"])).info["answer-trt"])["guidance_min_sigma"] == \
+        ANSWER_GUIDANCE_MIN_SIGMA
     assert (tmp_path / "page.png").stat().st_size > 0
     # nothing but the server itself (and the images' data: URLs)
     assert requested and all(url.startswith((server + "/", "data:")) for url in requested), requested
